@@ -1,0 +1,2 @@
+"""Command families; importing this package registers every command with the dispatcher."""
+from kdshell.commands import meta, target  # noqa: F401

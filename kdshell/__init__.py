@@ -1,0 +1,25 @@
+"""kdshell: a WinDbg/KD-style debugger for Windows kernel crash dumps.
+
+    import kdshell
+    with kdshell.open("MEMORY.DMP") as s:
+        print(s.capture("vertarget"))
+"""
+from kdshell.errors import DumpFormatError, KdError, MemoryNotPresent
+
+__version__ = "0.1.0"
+__all__ = ["open", "Session", "DumpFormatError", "KdError", "MemoryNotPresent", "__version__"]
+
+
+def open(path, **options):  # noqa: A001 - the natural name for it
+    """Open a kernel dump and return a Session (symbol_path=, image_path=, out= are optional)."""
+    from kdshell.session import open_session
+
+    return open_session(path, **options)
+
+
+def __getattr__(name):
+    if name == "Session":
+        from kdshell.session import Session
+
+        return Session
+    raise AttributeError(name)

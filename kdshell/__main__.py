@@ -1,0 +1,3 @@
+from kdshell.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""The `kdshell` command line: KD-compatible flags, a banner, commands from -c/-cf, then either
+the interactive prompt (a terminal) or commands read from standard input (a pipe)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kdshell import __version__
+from kdshell.errors import KdError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kdshell",
+        description="A WinDbg/KD-style debugger for Windows kernel crash dumps.",
+        epilog='Example: kdshell -z MEMORY.DMP -c "!analyze -v; q"',
+    )
+    p.add_argument("-z", dest="dump", metavar="DUMP", help="the crash dump to open (.dmp)")
+    p.add_argument("-y", dest="symbol_path", metavar="SYMPATH", help="symbol search path")
+    p.add_argument("-i", dest="image_path", metavar="IMAGEPATH", help="executable image search path")
+    p.add_argument("-c", dest="commands", metavar="CMDS", help='commands to run first, e.g. "vertarget; q"')
+    p.add_argument("-cf", dest="command_file", metavar="SCRIPT", help="a file of commands to run first")
+    p.add_argument("-logo", dest="log", metavar="LOG", help="write everything shown to this log file")
+    p.add_argument("-v", dest="verbose", action="store_true", help="verbose: show tracebacks of internal errors")
+    p.add_argument("--version", action="version", version=f"kdshell {__version__}")
+    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    dump_path = args.dump or (args.rest[0] if args.rest else None)
+    if dump_path is None:
+        build_parser().print_usage(sys.stderr)
+        print("kdshell: no dump given: use -z FILE.dmp", file=sys.stderr)
+        return 2
+
+    from kdshell.output import Output
+    from kdshell.session import Quit, open_session
+
+    out = Output(sys.stdout)
+    log = None
+    if args.log:
+        try:
+            log = open(args.log, "w", encoding="utf-8")
+        except OSError as exc:
+            print(f"kdshell: cannot write the log file {args.log}: {exc.strerror}", file=sys.stderr)
+            return 2
+        out.log = log
+    try:
+        session = open_session(dump_path, symbol_path=args.symbol_path, image_path=args.image_path, out=out)
+    except KdError as exc:
+        print(f"kdshell: {dump_path}: {exc}", file=sys.stderr)
+        return 2
+    session.options.verbose = args.verbose
+    try:
+        out.line(f"kdshell {__version__} - kernel dump debugger")
+        out.line("")
+        out.lines(session.banner())
+        _run_startup(session, args)
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            from kdshell.repl import interact
+
+            interact(session)
+        else:
+            _run_stream(session, sys.stdin)
+    except Quit:
+        pass
+    finally:
+        session.close()
+        if log is not None:
+            log.close()
+    return 0 if session.failures == 0 else 1
+
+
+def _run_startup(session, args) -> None:
+    if args.command_file:
+        try:
+            with open(args.command_file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            session.failures += 1
+            session.out.error(f"Cannot read the command file {args.command_file}: {exc.strerror}")
+            return
+        for line in lines:
+            _echo_and_run(session, line)
+    if args.commands:
+        _echo_and_run(session, args.commands)
+
+
+def _echo_and_run(session, line: str) -> None:
+    session.out.line(f"{session.prompt}{line}")
+    session.run(line)
+
+
+def _run_stream(session, stream) -> None:
+    """Commands from a pipe, echoed after the prompt like KD does."""
+    for raw in stream:
+        _echo_and_run(session, raw.rstrip("\n"))

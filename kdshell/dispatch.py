@@ -1,0 +1,184 @@
+"""The command registry and WinDbg's command-line syntax.
+
+Commands register with the `command` decorator (names, family, syntax, a one-line summary, an
+example). A line is split on ';' (outside quotes), each command is resolved to a registered
+one, and its arguments are tokenized the WinDbg way (not argparse: it cannot say `L4` or `/c`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kdshell.errors import CommandError
+
+
+@dataclass
+class Command:
+    names: tuple[str, ...]
+    func: Callable
+    family: str
+    syntax: str
+    summary: str
+    example: str = ""
+    option_suffix: bool = False  # letters glued to the name are options (`lmvm`, `kbn`)
+    needs: tuple[Callable, ...] = ()
+    details: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+
+@dataclass
+class Invocation:
+    """What a command receives: the name as typed, glued option letters, the raw rest, tokens."""
+
+    name: str
+    suffix: str
+    text: str
+    args: list[str] = field(default_factory=list)
+
+
+REGISTRY: dict[str, Command] = {}
+FAMILIES = {
+    "target": "What the dump is: kind, OS, bug check, header fields",
+    "memory": "Reading memory: d*, s, !pte, !vtop, u, r",
+    "symbols": "Modules and symbols: lm, x, ln, dt, .sympath, .reload",
+    "stack": "Call stacks and register contexts: k*, .cxr, .trap, .frame",
+    "kernel": "Processes, threads, processors: !process, !thread, !pcr",
+    "analysis": "Crash analysis: !analyze",
+    "dump": "Writing dumps: .dump",
+    "session": "The session itself: .help, .echo, q, options",
+}
+
+
+def command(
+    *names: str,
+    family: str,
+    syntax: str,
+    summary: str,
+    example: str = "",
+    option_suffix: bool = False,
+    needs: tuple[Callable, ...] = (),
+    details: str = "",
+):
+    """Register a command function `func(session, invocation)` under one or more names."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown command family {family!r}")
+
+    def register(func):
+        cmd = Command(tuple(names), func, family, syntax, summary, example, option_suffix, needs, details)
+        for n in names:
+            if n.lower() in REGISTRY:
+                raise ValueError(f"command {n!r} registered twice")
+            REGISTRY[n.lower()] = cmd
+        return func
+
+    return register
+
+
+def split_commands(line: str) -> list[str]:
+    """Split on ';' outside double quotes; `$$` starts a comment that runs to the next ';'."""
+    parts, cur, quoted = [], [], False
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            parts.append("".join(cur))
+            cur = []
+            i += 1
+            continue
+        cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    out = []
+    for p in parts:
+        p = p.strip()
+        if not p or p.startswith("$$") or p.startswith("*"):
+            continue
+        out.append(p)
+    return out
+
+
+def tokenize(text: str) -> list[str]:
+    """Whitespace-separated tokens; "quoted strings" and (parenthesised expressions) stay whole."""
+    tokens, cur, depth, quoted = [], [], 0, False
+    for ch in text:
+        if quoted:
+            if ch == '"':
+                quoted = False
+            else:
+                cur.append(ch)
+            continue
+        if ch == '"':
+            quoted = True
+            continue
+        if ch in "([":
+            depth += 1
+        elif ch in ")]" and depth:
+            depth -= 1
+        if ch.isspace() and depth == 0:
+            if cur:
+                tokens.append("".join(cur))
+                cur = []
+            continue
+        cur.append(ch)
+    if quoted:
+        raise CommandError("missing closing quote")
+    if cur:
+        tokens.append("".join(cur))
+    return tokens
+
+
+def resolve(text: str) -> tuple[Command, Invocation]:
+    """Find the registered command for one command's text."""
+    text = text.strip()
+    if text.startswith("?"):
+        name = "??" if text.startswith("??") else "?"
+        rest = text[len(name):].strip()
+        cmd = REGISTRY.get(name)
+        if cmd is None:
+            raise CommandError(f"^ Syntax error in '{text}'")
+        return cmd, Invocation(name, "", rest, tokenize(rest))
+    word, _, rest = text.partition(" ")
+    if "\t" in word:
+        word, _, more = word.partition("\t")
+        rest = more + " " + rest
+    rest = rest.strip()
+    cmd = REGISTRY.get(word.lower())
+    if cmd is not None:
+        return cmd, Invocation(word, "", rest, tokenize(rest))
+    # Glued option letters: the longest registered name with option_suffix that prefixes the word.
+    for n in range(len(word) - 1, 0, -1):
+        cmd = REGISTRY.get(word[:n].lower())
+        if cmd is not None and cmd.option_suffix:
+            return cmd, Invocation(word[:n], word[n:], rest, tokenize(rest))
+    if word.startswith("!"):
+        raise CommandError(f"No export {word[1:]} found (type .help for the extensions kdshell knows)")
+    raise CommandError(f"^ Syntax error in '{text}': no such command (type .help for the list)")
+
+
+def commands_by_family() -> dict[str, list[Command]]:
+    seen: dict[str, list[Command]] = {f: [] for f in FAMILIES}
+    done = set()
+    for cmd in REGISTRY.values():
+        if id(cmd) not in done:
+            done.add(id(cmd))
+            seen[cmd.family].append(cmd)
+    for cmds in seen.values():
+        cmds.sort(key=lambda c: c.name.lstrip(".!").lower())
+    return seen
+
+
+def help_lines(cmd: Command) -> list[str]:
+    """`.help CMD` and `CMD /?`: syntax, what it does, an example."""
+    lines = [f"{cmd.syntax}", f"  {cmd.summary}"]
+    if len(cmd.names) > 1:
+        lines.append(f"  Also: {', '.join(cmd.names[1:])}")
+    if cmd.details:
+        lines += ["  " + line for line in cmd.details.strip().splitlines()]
+    if cmd.example:
+        lines.append(f"  Example: {cmd.example}")
+    return lines

@@ -1,0 +1,202 @@
+"""Physical memory of complete and kernel dumps: which PFNs are stored, and where in the file.
+
+Two shapes cover every DumpType that stores physical pages:
+- runs of consecutive PFNs stored back to back (DumpType 1, and the RDMP kinds 8/9/10);
+- a bitmap with one bit per PFN, the set ones stored in PFN order (DumpType 2, 5, 6).
+
+Neither keeps a Python object per page: runs are three parallel arrays searched with bisect,
+and the bitmap gets a rank index (a running popcount per block) built lazily on first use.
+Reads hand out memoryviews over the container's single mmap.
+"""
+from __future__ import annotations
+
+import bisect
+from array import array
+from typing import Iterator
+
+from kdshell.errors import MemoryNotPresent
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+
+def not_present_message(pfn: int) -> str:
+    # WinDbg's wording: "Page 24d116 not present in the dump file. Type ".hh dbgerr004" for details"
+    return f"Page {pfn:x} not present in the dump file"
+
+
+class PhysicalMemory:
+    """Pages by PFN. Subclasses give `file_offset(pfn)` and `present_runs()`."""
+
+    def __init__(self, data: memoryview, file_size: int):
+        self._data = data
+        self._file_size = file_size
+        self.truncated_pages = 0  # stored pages that lie past the end of a truncated file
+
+    # -- to be provided ------------------------------------------------------------------
+    def file_offset(self, pfn: int) -> int | None:
+        """File offset of the page, or None when the dump does not store it."""
+        raise NotImplementedError
+
+    def present_runs(self) -> Iterator[tuple[int, int]]:
+        """(first PFN, count) of every stored run of pages, in PFN order."""
+        raise NotImplementedError
+
+    present_pages: int = 0
+    highest_pfn: int = 0  # one past the highest PFN the dump describes
+
+    # -- shared --------------------------------------------------------------------------
+    def has(self, pfn: int) -> bool:
+        off = self.file_offset(pfn)
+        return off is not None and off + PAGE_SIZE <= self._file_size
+
+    def page(self, pfn: int) -> memoryview:
+        """The 4 KiB page, or MemoryNotPresent."""
+        off = self.file_offset(pfn)
+        if off is None:
+            raise MemoryNotPresent(pfn << PAGE_SHIFT, not_present_message(pfn), physical=True)
+        if off + PAGE_SIZE > self._file_size:
+            raise MemoryNotPresent(
+                pfn << PAGE_SHIFT,
+                f"Page {pfn:x} is past the end of the truncated dump file",
+                physical=True,
+            )
+        return self._data[off : off + PAGE_SIZE]
+
+    def read(self, address: int, size: int) -> bytes:
+        """`size` bytes at a physical address; MemoryNotPresent at the first missing page."""
+        out = bytearray()
+        while size > 0:
+            pfn, offset = address >> PAGE_SHIFT, address & (PAGE_SIZE - 1)
+            chunk = min(size, PAGE_SIZE - offset)
+            out += self.page(pfn)[offset : offset + chunk]
+            address += chunk
+            size -= chunk
+        return bytes(out)
+
+    def present_pfns(self) -> Iterator[int]:
+        for first, count in self.present_runs():
+            yield from range(first, first + count)
+
+
+class RunsPhysicalMemory(PhysicalMemory):
+    """Consecutive PFN runs stored back to back from given file offsets."""
+
+    def __init__(self, data: memoryview, file_size: int, runs: list[tuple[int, int, int]]):
+        """`runs`: (first PFN, page count, file offset), any order, non-overlapping."""
+        super().__init__(data, file_size)
+        runs = sorted(r for r in runs if r[1] > 0)
+        self._bases = array("Q", (r[0] for r in runs))
+        self._counts = array("Q", (r[1] for r in runs))
+        self._offsets = array("Q", (r[2] for r in runs))
+        self.present_pages = sum(self._counts)
+        self.highest_pfn = max((b + c for b, c, _ in runs), default=0)
+        for _, count, off in runs:
+            stored = max(0, (file_size - off) // PAGE_SIZE)
+            self.truncated_pages += count - min(count, stored)
+
+    def file_offset(self, pfn: int) -> int | None:
+        i = bisect.bisect_right(self._bases, pfn) - 1
+        if i < 0:
+            return None
+        delta = pfn - self._bases[i]
+        if delta >= self._counts[i]:
+            return None
+        return self._offsets[i] + delta * PAGE_SIZE
+
+    def present_runs(self) -> Iterator[tuple[int, int]]:
+        return zip(self._bases, self._counts)
+
+
+# Bits per rank block: the rank index holds one running count per block, and a lookup
+# popcounts at most one block's bytes (128 bytes here) to finish the job.
+_RANK_BLOCK_BITS = 1024
+_RANK_BLOCK_BYTES = _RANK_BLOCK_BITS // 8
+
+
+class BitmapPhysicalMemory(PhysicalMemory):
+    """One bit per PFN (LSB first in each byte); set PFNs stored in order from `first_page`."""
+
+    def __init__(
+        self,
+        data: memoryview,
+        file_size: int,
+        bitmap: memoryview,
+        bit_count: int,
+        first_page: int,
+        present_pages: int,
+    ):
+        super().__init__(data, file_size)
+        self._bitmap = bitmap
+        self._bits = bit_count
+        self._first = first_page
+        self.present_pages = present_pages
+        self.highest_pfn = bit_count
+        self._rank: array | None = None
+        stored = max(0, (file_size - first_page) // PAGE_SIZE)
+        self.truncated_pages = present_pages - min(present_pages, stored)
+
+    def _rank_index(self) -> array:
+        if self._rank is None:
+            bm = self._bitmap
+            rank = array("Q", [0])
+            total = 0
+            frombytes = int.from_bytes
+            for start in range(0, len(bm), _RANK_BLOCK_BYTES):
+                total += frombytes(bm[start : start + _RANK_BLOCK_BYTES], "little").bit_count()
+                rank.append(total)
+            self._rank = rank
+        return self._rank
+
+    def file_offset(self, pfn: int) -> int | None:
+        if pfn < 0 or pfn >= self._bits:
+            return None
+        byte, bit = pfn >> 3, pfn & 7
+        bm = self._bitmap
+        if not (bm[byte] >> bit) & 1:
+            return None
+        block = pfn // _RANK_BLOCK_BITS
+        start = block * _RANK_BLOCK_BYTES
+        below = self._rank_index()[block]
+        below += int.from_bytes(bm[start:byte], "little").bit_count()
+        below += (bm[byte] & ((1 << bit) - 1)).bit_count()
+        return self._first + below * PAGE_SIZE
+
+    def present_runs(self) -> Iterator[tuple[int, int]]:
+        for first, end in self._raw_runs():
+            end = min(end, self._bits)
+            if end > first:
+                yield first, end - first
+
+    def _raw_runs(self) -> Iterator[tuple[int, int]]:
+        """(first, end) PFN pairs of set bits, not clipped to the bit count."""
+        bm = self._bitmap
+        nbytes = len(bm)
+        run_start = None
+        pfn = 0
+        i = 0
+        # Walk 8 bytes at a time, skipping all-zero and all-one words quickly.
+        while i < nbytes:
+            word_bytes = bm[i : i + 8]
+            word = int.from_bytes(word_bytes, "little")
+            width = len(word_bytes) * 8
+            full = (1 << width) - 1
+            if word == 0:
+                if run_start is not None:
+                    yield run_start, pfn
+                    run_start = None
+            elif word == full:
+                if run_start is None:
+                    run_start = pfn
+            else:
+                for b in range(width):
+                    if (word >> b) & 1:
+                        if run_start is None:
+                            run_start = pfn + b
+                    elif run_start is not None:
+                        yield run_start, pfn + b
+                        run_start = None
+            pfn += width
+            i += 8
+        if run_start is not None:
+            yield run_start, pfn

@@ -1,0 +1,98 @@
+"""Facts about the crashed machine as KD states them in its banner and in `vertarget`."""
+from __future__ import annotations
+
+from kdshell.dumpfile.header import (
+    MACHINE_AMD64,
+    MACHINE_ARM64,
+    MACHINE_I386,
+    PRODUCT_NAMES,
+    SUITE_NAMES,
+)
+from kdshell.errors import MemoryNotPresent
+from kdshell.format import ptr0x, session_time, uptime
+
+# Build number -> the name WinDbg puts before "Kernel Version" (windbg.md §1). Every 10.0 kernel,
+# Windows 11 included, is "Windows 10".
+_OS_NAMES = [
+    (10240, "Windows 10"),
+    (9600, "Windows 8.1"),
+    (9200, "Windows 8"),
+    (7600, "Windows 7"),
+    (6000, "Windows Vista"),
+    (3790, "Windows Server 2003"),
+    (2600, "Windows XP"),
+    (2195, "Windows 2000"),
+]
+
+_ARCH = {MACHINE_AMD64: "x64", MACHINE_I386: "x86 compatible", MACHINE_ARM64: "ARM 64-bit (AArch64)"}
+
+
+def os_name(build: int) -> str:
+    for first, name in _OS_NAMES:
+        if build >= first:
+            return name
+    return "Windows NT"
+
+
+def os_line(header) -> str:
+    """`Windows 10 Kernel Version 19041 MP (16 procs) Free x64`"""
+    n = header.number_processors
+    mp = "MP" if n > 1 else "UP"
+    build_kind = "Checked" if header.checked else "Free"
+    arch = _ARCH.get(header.machine, f"machine {header.machine:#x}")
+    return f"{os_name(header.build)} Kernel Version {header.build} {mp} ({n} procs) {build_kind} {arch}"
+
+
+def product_line(header) -> str | None:
+    """`Product: WinNt, suite: TerminalServer SingleUserTS`"""
+    if header.product_type is None:
+        return None
+    product = PRODUCT_NAMES.get(header.product_type, f"<unknown {header.product_type}>")
+    suites = [name for bit, name in SUITE_NAMES.items() if (header.suite_mask or 0) & bit]
+    return f"Product: {product}, suite: {' '.join(suites)}"
+
+
+def build_lab(session) -> str | None:
+    """NtBuildLab, the ASCII string the KDBG points to (not in most small dumps)."""
+    kdbg = session.kdbg
+    if kdbg is None:
+        return None
+    address = kdbg.get("NtBuildLab")
+    if not address:
+        return None
+    try:
+        raw = session.memory.read(address, 128)
+    except MemoryNotPresent:
+        try:
+            raw = session.memory.read(address, 0x1000 - (address & 0xFFF))
+        except MemoryNotPresent:
+            return None
+    text = raw.split(b"\0", 1)[0]
+    if not text or not all(0x20 <= b < 0x7F for b in text):
+        return None
+    return text.decode("ascii")
+
+
+def version_lines(session) -> list[str]:
+    """The block `vertarget` prints and the banner repeats."""
+    h = session.dump.header
+    lines = [os_line(h)]
+    product = product_line(h)
+    if product:
+        lines.append(product)
+    lab = build_lab(session)
+    if lab:
+        lines.append(f"Edition build lab: {lab}")
+    lines.append("Machine Name:")
+    base = session.kernel_base
+    mods = h.ps_loaded_module_list
+    lines.append(
+        f"Kernel base = {ptr0x(base, h.is64) if base is not None else '<unknown>'} "
+        f"PsLoadedModuleList = {ptr0x(mods, h.is64) if mods is not None else '<unknown>'}"
+    )
+    when = h.system_datetime
+    if when is not None:
+        lines.append(f"Debug session time: {session_time(when)}")
+    if h.system_uptime is not None:
+        lines.append(f"System Uptime: {uptime(h.system_uptime)}")
+    return lines

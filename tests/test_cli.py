@@ -1,0 +1,55 @@
+"""The kdshell command: banner, -c, a pipe on standard input, exit status, bad files."""
+import subprocess
+import sys
+
+from conftest import MINI_17763, TRIAGE_19041
+
+
+def run(*args, stdin=""):
+    return subprocess.run([sys.executable, "-m", "kdshell", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_banner_and_commands():
+    p = run("-z", str(TRIAGE_19041), "-c", ".bugcheck; q")
+    assert p.returncode == 0, p.stderr
+    assert "Mini Kernel Dump File: Only registers and stack trace are available" in p.stdout
+    assert "0: kd> .bugcheck; q" in p.stdout
+    assert "Bugcheck code 1000007E" in p.stdout
+    assert "Traceback" not in p.stdout + p.stderr
+
+
+def test_stdin_pipe_and_failure_status():
+    p = run("-z", str(MINI_17763), stdin="vertarget\nnosuch\n")
+    assert p.returncode == 1
+    assert "0: kd> vertarget" in p.stdout and "Syntax error" in p.stdout
+
+
+def test_log_file(tmp_path):
+    log = tmp_path / "kd.log"
+    p = run("-z", str(MINI_17763), "-logo", str(log), "-c", ".bugcheck")
+    assert p.returncode == 0
+    assert "Bugcheck code 1000007E" in log.read_text()
+
+
+def test_bad_files_one_line(tmp_path):
+    for content in (b"", b"MDMP\x93\xa7\x00\x00" * 8, b"hello world" * 1000):
+        f = tmp_path / "bad.dmp"
+        f.write_bytes(content)
+        p = run("-z", str(f))
+        assert p.returncode == 2
+        assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    p = run("-z", str(tmp_path / "missing.dmp"))
+    assert p.returncode == 2 and "No such file" in p.stderr
+
+
+def test_no_dump_prints_usage():
+    p = run()
+    assert p.returncode == 2 and "usage: kdshell" in p.stderr
+
+
+def test_python_api_capture():
+    import kdshell
+
+    with kdshell.open(TRIAGE_19041) as s:
+        assert "Bugcheck code 1000007E" in s.capture(".bugcheck")
