@@ -122,7 +122,9 @@ def open_rdmp(data: memoryview, file_size: int, header, warnings: list[str]):
         count = int.from_bytes(data[pos + 8 : pos + 16], "little")
         if pfn == 0 and count == 0:
             break
-        if count > (1 << 40):
+        # 2^40 pages (2^52 bytes) is all an x64 machine can address; more, even summed over the
+        # ranges, is corruption and would overflow the 64-bit file offsets of later ranges.
+        if count > (1 << 40) or counted + count > (1 << 40):
             raise DumpFormatError(f"range at PFN {pfn:#x} claims {count:#x} pages", "RDMP range NumberOfPages", pos + 8)
         runs.append((pfn, count, offset))
         offset += count * PAGE_SIZE

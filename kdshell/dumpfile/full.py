@@ -37,6 +37,15 @@ def parse_runs(block: bytes, is64: bool) -> tuple[int, int, list[tuple[int, int]
             field_offset,
         )
     runs = [struct.unpack_from(fmt, block, first + i * entry) for i in range(count)]
+    for i, (_, page_count) in enumerate(runs):
+        # 2^40 pages = 2^52 bytes, the most any x64 machine can address; more is corruption (and
+        # would overflow the 64-bit file offsets of the runs that follow).
+        if page_count > (1 << 40):
+            raise DumpFormatError(
+                f"physical memory run {i} claims {page_count:#x} pages",
+                f"PhysicalMemoryBlock.Run[{i}].PageCount",
+                field_offset + first + i * entry + entry // 2,
+            )
     return count, pages, runs
 
 

@@ -468,7 +468,7 @@ TRIAGE_DUMP64 = Struct(  # 0x80 bytes; every *Offset is a file offset
     "DataBlocksOffset" / Int32ul,  # +0x78
     "DataBlocksCount" / Int32ul,  # +0x7c
 )
-TRIAGE_DUMP32 = Struct(  # 0x64 bytes
+TRIAGE_DUMP32 = Struct(  # 0x68 bytes
     "ServicePackBuild" / Int32ul,  # +0x00
     "SizeOfDump" / Int32ul,  # +0x04
     "ValidOffset" / Int32ul,  # +0x08

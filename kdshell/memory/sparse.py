@@ -33,6 +33,8 @@ class SparseMemory:
         self._data = data
         self._starts: list[int] = []
         self._ranges: list[SavedRange] = []
+        self._cov_starts: list[int] = []  # coalesced covered intervals [start, end)
+        self._cov_ends: list[int] = []
         self.overlaps = 0  # how many added ranges were partly or wholly covered already
 
     def add(self, start: int, size: int, file_offset: int, source: str) -> None:
@@ -40,24 +42,27 @@ class SparseMemory:
         if size <= 0:
             return
         end = start + size
+        # The uncovered gaps of [start, end) come from the coalesced coverage intervals, not from
+        # the saved ranges: a region covered by many small ranges is one interval there, so a
+        # hostile file adding one big block many times over thousands of small ones stays fast
+        # (walking the saved ranges made that quadratic -- tests/test_corrupt_dumps.py).
+        cs, ce = self._cov_starts, self._cov_ends
+        lo = bisect.bisect_right(cs, start) - 1
+        if lo < 0 or ce[lo] < start:
+            lo += 1
+        hi = lo
         pieces = []
         cursor = start
-        i = bisect.bisect_right(self._starts, start) - 1
-        if i < 0:
-            i = 0
-        while i < len(self._ranges) and cursor < end:
-            r = self._ranges[i]
-            if r.end <= cursor:
-                i += 1
-                continue
-            if r.start >= end:
-                break
-            if r.start > cursor:
-                pieces.append((cursor, r.start))
-            cursor = max(cursor, r.end)
-            i += 1
+        while hi < len(cs) and cs[hi] <= end:
+            if cs[hi] > cursor:
+                pieces.append((cursor, cs[hi]))
+            cursor = max(cursor, ce[hi])
+            hi += 1
         if cursor < end:
             pieces.append((cursor, end))
+        merged = (min(start, cs[lo]), max(end, ce[hi - 1])) if hi > lo else (start, end)
+        cs[lo:hi] = [merged[0]]
+        ce[lo:hi] = [merged[1]]
         if pieces != [(start, end)]:
             self.overlaps += 1
         for s, e in pieces:
