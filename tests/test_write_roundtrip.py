@@ -498,3 +498,20 @@ def test_context_helpers():
     assert len(W.make_context_x86(eip=1)) == 0x2CC
     with pytest.raises(ValueError):
         W.make_context_amd64(eip=1)
+
+
+def test_zero_pages_become_holes_and_read_back(tmp_path):
+    """All-zero pages are written as holes (sparse files for big machines) and read back as zeros,
+    including a trailing run of zero pages that must still count in the file's length."""
+    from kdshell.dumpfile.dump import open_dump
+
+    pages = {pfn: bytes(0x1000) for pfn in range(0x100, 0x400)}
+    pages[0x180] = b"\x5a" * 0x1000
+    for kind in ("full", "bitmap6", "rdmp8"):
+        path = write_kind(tmp_path, kind, pages, name=f"zeros-{kind}.dmp")
+        st = os.stat(path)
+        assert st.st_blocks * 512 < st.st_size // 2  # mostly holes
+        with open_dump(path) as d:
+            assert d.physical.page(0x180).tobytes() == b"\x5a" * 0x1000
+            assert d.physical.page(0x3FF).tobytes() == bytes(0x1000)
+            assert d.physical.truncated_pages == 0 and not d.warnings

@@ -484,15 +484,28 @@ def _page_source(pages, directory: str):
             spool.close()
 
 
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
 def _write_pages(f: BinaryIO, source, runs: Iterable[tuple[int, int]]) -> None:
+    """Write the pages of `runs` in order. All-zero pages become holes: a machine with many
+    GiB of zeroed memory gives a sparse file (the bytes read back the same)."""
     page = source.page
+    hole = False
     for first, count in runs:
         for pfn in range(first, first + count):
             try:
                 data = page(pfn)
             except (KeyError, MemoryNotPresent):
                 raise DumpWriteError(f"page {pfn:#x} is listed but its bytes are not available") from None
-            f.write(_check_page(pfn, data))
+            if _check_page(pfn, data) == _ZERO_PAGE:
+                f.seek(PAGE_SIZE, os.SEEK_CUR)
+                hole = True
+            else:
+                f.write(data)
+                hole = False
+    if hole:
+        f.truncate(f.tell())  # a trailing hole still counts in the file's length
 
 
 # ---------------------------------------------------------------------------------------------
