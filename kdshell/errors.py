@@ -36,3 +36,7 @@ class MemoryNotPresent(KdError):
 
 class CommandError(KdError):
     """Bad command syntax or arguments."""
+
+
+class DumpWriteError(KdError):
+    """A dump could not be written (bad input, existing file, full disk, ...)."""

@@ -53,15 +53,11 @@ from kdshell.dumpfile.header import (
     TRIAGE_DUMP_EXCEPTION, TRIAGE_DUMP_MMINFO, TRIAGE_DUMP_PRCB, TRIAGE_DUMP_PROCESS, TRIAGE_DUMP_STACK,
     TRIAGE_DUMP_THREAD, TRIAGE_DUMP_VALID, VALID_DUMP_32, VALID_DUMP_64, DumpHeader,
 )
-from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.errors import DumpWriteError, KdError, MemoryNotPresent
 
 FILL = b"PAGE"
 RDMP_MARKER = 0x40
 _BITMAP_CHUNK = 1 << 20  # bitmap bytes produced per step (8 M PFNs)
-
-
-class DumpWriteError(KdError):
-    """A dump could not be written (bad input, existing file, full disk, ...): one line."""
 
 
 # ---------------------------------------------------------------------------------------------
