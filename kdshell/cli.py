@@ -90,7 +90,10 @@ def _run_startup(session, args) -> None:
 
 def _echo_and_run(session, line: str) -> None:
     session.out.line(f"{session.prompt}{line}")
-    session.run(line)
+    if line.strip():
+        session.run(line)
+    else:
+        session.repeat_last()
 
 
 def _run_stream(session, stream) -> None:

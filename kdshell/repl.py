@@ -30,4 +30,7 @@ def interact(session) -> None:
             continue
         except EOFError:
             raise Quit() from None
-        session.run(line)
+        if line.strip():
+            session.run(line)
+        else:
+            session.repeat_last()  # WinDbg: Enter repeats the last d*/u, continuing where it stopped

@@ -13,11 +13,12 @@ from functools import cached_property
 
 from kdshell import dispatch
 from kdshell.dumpfile.dump import DumpFile, open_dump
-from kdshell.dumpfile.header import MACHINE_AMD64
+from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
 from kdshell.errors import KdError
 from kdshell.kernel.kdbg import Kdbg, read_kdbg
-from kdshell.memory.paging import X64Paging
-from kdshell.memory.virtual import SavedRangesMemory, TranslatedMemory, VirtualMemory
+from kdshell.memory import paging as _paging
+from kdshell.memory.pte import PteFormat
+from kdshell.memory.virtual import PhysicalView, SavedRangesMemory, TranslatedMemory, VirtualMemory
 from kdshell.output import Output
 from kdshell.target import version_lines
 
@@ -30,6 +31,10 @@ class Quit(Exception):
 class Options:
     ignore_missing_pages: bool = False
     verbose: bool = False
+
+
+def _nothing(_arg):
+    return None
 
 
 def _load_commands() -> None:
@@ -52,21 +57,122 @@ class Session:
         self.symbol_path = symbol_path if symbol_path is not None else os.environ.get("_NT_SYMBOL_PATH", "")
         self.image_path = image_path or ""
         self.registers = dump.registers()
+        self.pseudo_registers: dict[str, int] = {}  # $t0-$t19 and the values commands leave ($p, $exp)
+        self.radix = 16  # `n`: the default number base of expressions
+        # What an empty line repeats (`repeat_last`), and where d*/u continue when given no address.
+        self.repeat: str | None = None
+        self.continuation: dict[str, object] = {}
+        # Symbol hooks, filled in by the symbols layer: `resolve_symbol("nt!KeBugCheckEx")` -> address
+        # or None; `symbolize(address)` -> ("nt!KeBugCheckEx", displacement) or None.
+        self.resolve_symbol = _nothing
+        self.symbolize = _nothing
+        self._memory: VirtualMemory | None = None
+        self._memory_made = False
+        self._spaces: dict[int, VirtualMemory] = {}
         self.processor = 0
         self.failures = 0  # commands that ended in an error: the CLI's exit status
         self.last_error: str | None = None
         self.last_traceback: str | None = None
 
     # -- memory and kernel facts ---------------------------------------------------------------
-    @cached_property
+    @property
     def memory(self) -> VirtualMemory | None:
-        """Kernel virtual memory of the crashing context, or None when it cannot be read yet."""
+        """Virtual memory of the current address space (the crashing context's DTB until
+        `set_dtb` switches), or None when the dump's memory cannot be read."""
+        if not self._memory_made:
+            self._memory_made = True
+            self._memory = self._make_memory()
+        return self._memory
+
+    def _make_memory(self) -> VirtualMemory | None:
         d = self.dump
         if d.triage is not None:
-            return SavedRangesMemory(d.triage.memory)
-        if d.physical is not None and d.header.machine == MACHINE_AMD64:
-            return TranslatedMemory(d.physical, X64Paging(d.physical, d.header.directory_table_base))
+            return SavedRangesMemory(d.triage.memory, 8 if d.is64 else 4)
+        if self.paging_mode is None:
+            return None
+        space = self.address_space(d.header.directory_table_base)
+        # The KDBG says which bit L1TF mitigation sets in invalid PTEs (19H1+); read it with the
+        # provisional format (the KDBG is in valid, non-paged memory) and settle the format.
+        kdbg = read_kdbg(space, d.header.kd_debugger_data_block)
+        bit = None
+        if kdbg is not None and kdbg.size > 0x2C2 and d.header.build >= 18362:
+            bit = kdbg.raw[0x2C2]
+        fmt = PteFormat.for_kernel(self.paging_mode.pte_mode, d.header.build, bit)
+        if fmt != self.pte_format:
+            self.pte_format = fmt
+            for s in self._spaces.values():
+                s.paging.fmt = fmt
+                s.paging.flush()
+        return space
+
+    @cached_property
+    def pages(self) -> _paging.PageCache | None:
+        """The dump's physical pages, cached and shared by every address space."""
+        return _paging.PageCache(self.dump.physical) if self.dump.physical is not None else None
+
+    @cached_property
+    def paging_mode(self) -> _paging.PagingMode | None:
+        """x64 4- or 5-level, x86 PAE or non-PAE; None for dumps without physical memory."""
+        d, h = self.dump, self.dump.header
+        if self.pages is None:
+            return None
+        if h.machine == MACHINE_AMD64:
+            levels = _paging.guess_x64_levels(self.pages, h.directory_table_base, h.kd_debugger_data_block)
+            return _paging.X64_5 if levels == 5 else _paging.X64_4
+        if h.machine == MACHINE_I386 and not d.is64:
+            return _paging.PAE if h.pae_enabled else _paging.X86
         return None
+
+    @cached_property
+    def pte_format(self) -> PteFormat:
+        mode = self.paging_mode.pte_mode if self.paging_mode else "x64"
+        return PteFormat.for_kernel(mode, self.dump.header.build)
+
+    @property
+    def physical_memory(self) -> PhysicalView | None:
+        return PhysicalView(self.pages) if self.pages is not None else None
+
+    def address_space(self, dtb: int) -> TranslatedMemory:
+        """The virtual memory seen through another DirectoryTableBase (a process's DirBase)."""
+        if self.paging_mode is None:
+            raise KdError("This dump has no page tables (a small memory dump keeps only saved ranges)")
+        key = dtb & self.paging_mode.dtb_mask
+        space = self._spaces.get(key)
+        if space is None:
+            if len(self._spaces) >= 64:
+                self._spaces.clear()
+            space = TranslatedMemory(self.pages, _paging.Paging(self.pages, key, self.paging_mode, self.pte_format))
+            self._spaces[key] = space
+        return space
+
+    def set_dtb(self, dtb: int) -> VirtualMemory:
+        """Make `dtb` the current address space (for `.process`); its translation cache starts empty."""
+        space = self.address_space(dtb)
+        if self._memory is not space:
+            space.paging.flush()
+        self.memory  # noqa: B018 - settle the PTE format first
+        self._memory = space
+        self._memory_made = True
+        return space
+
+    def set_paging_mode(self, mode: _paging.PagingMode) -> None:
+        """Use another paging mode (e.g. 5-level once CR4.LA57 is read from the KPRCB): every
+        address space and its translation cache is rebuilt on next use."""
+        self.paging_mode = mode
+        self.__dict__.pop("pte_format", None)
+        self._spaces.clear()
+        self._memory, self._memory_made = None, False
+
+    @property
+    def dtb(self) -> int | None:
+        m = self.memory
+        return m.dtb if isinstance(m, TranslatedMemory) else None
+
+    def repeat_last(self) -> bool:
+        """What the front end runs on an empty line: the last d*/u continues where it stopped."""
+        if not self.repeat:
+            return True
+        return self.run(self.repeat)
 
     @cached_property
     def kdbg(self) -> Kdbg | None:
@@ -109,6 +215,7 @@ class Session:
             if inv.args == ["/?"]:
                 self.out.lines(dispatch.help_lines(cmd))
                 return True
+            self.repeat = None  # only commands that continue (d*, u) leave something to repeat
             for guard in cmd.needs:
                 guard(self)
             cmd.func(self, inv)

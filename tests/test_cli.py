@@ -53,3 +53,12 @@ def test_python_api_capture():
 
     with kdshell.open(TRIAGE_19041) as s:
         assert "Bugcheck code 1000007E" in s.capture(".bugcheck")
+
+
+def test_empty_line_repeats_memory_display():
+    """An empty line continues the last d* where it stopped, as at WinDbg's prompt."""
+    p = run("-z", str(TRIAGE_19041), stdin="dq fffff804`7c600b20 L2\n\n")
+    assert p.returncode == 0, p.stdout
+    lines = [line for line in p.stdout.splitlines() if line.startswith("fffff804`7c600b")]
+    assert lines[0].startswith("fffff804`7c600b20  ")
+    assert lines[1].startswith("fffff804`7c600b30  ")

@@ -1,51 +1,417 @@
-"""Address translation: one table walk per paging mode.
+"""Address translation: a table per paging mode and one walk (x64-unwind.md §6-§7).
 
-Now: x64 4-level paging with 1 GiB and 2 MiB pages (x64-unwind.md §6.1). The software PTE
-states (transition, prototype, pagefile), 5-level, PAE and non-PAE modes come with the virtual
-memory issue; they plug in here as further modes of the same walk.
+Modes: x64 4-level and 5-level (LA57), x86 PAE and x86 non-PAE. A mode is data (entry width,
+the index bits of each level, which levels may map large pages); `Paging` walks any of them.
+
+Reads go through `Paging.translate(va)`: a per-address-space translation cache (virtual page ->
+physical page) in front of the walk, table pages from a shared `PageCache` that also remembers
+which PFNs the dump does not have (so a walk over a kernel-only dump fails at once instead of
+searching the bitmap again). Invalid entries are decoded by pte.py: transition pages are read
+from their PFN, prototype PTEs are followed once, everything else raises `PageNotPresent`
+naming the level and the entry. `Paging.walk(va)` records every step for `!vtop` and `!pte`.
 """
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass, field
+
 from kdshell.errors import MemoryNotPresent
-from kdshell.memory.physical import PAGE_SIZE, PhysicalMemory
+from kdshell.memory import pte as P
+from kdshell.memory.physical import PAGE_SHIFT, PAGE_SIZE, not_present_message
 
-ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
-LARGE_1G_MASK = 0x000F_FFFF_C000_0000
-LARGE_2M_MASK = 0x000F_FFFF_FFE0_0000
-PRESENT = 0x1
-LARGE = 0x80
-LEVEL_NAMES = ("PXE", "PPE", "PDE", "PTE")
+PAGE_MASK = PAGE_SIZE - 1
+_U64 = struct.Struct("<Q").unpack_from
+_U32 = struct.Struct("<I").unpack_from
 
 
-class X64Paging:
-    """4-level x64 translation over a physical page source, from one DTB."""
+class PageNotPresent(MemoryNotPresent):
+    """A virtual address the dump cannot give bytes for, and the entry that said so.
 
-    def __init__(self, physical: PhysicalMemory, dtb: int):
-        self.physical = physical
-        self.dtb = dtb & ADDRESS_MASK  # CR3 may carry PCID/flag bits in its low 12 bits
+    `level` is the entry's name ("PDE"), `entry` its value (None when the table page itself is
+    missing), `state` the decoded entry, `pfn` the physical page missing from the dump (a table
+    or data page) and `span` how many bytes around the address share the same fate (a not-valid
+    PDE stops 2 MiB at once), so scans can skip ahead.
+    """
 
-    def _entry(self, table: int, index: int, va: int, level: str) -> int:
-        try:
-            page = self.physical.page(table >> 12)
-        except MemoryNotPresent as exc:
-            raise MemoryNotPresent(va, f"{level} table: {exc.why}") from None
-        return int.from_bytes(page[index * 8 : index * 8 + 8], "little")
+    def __init__(self, address: int, why: str, *, level: str | None = None, entry: int | None = None,
+                 state: P.PteState | None = None, pfn: int | None = None, span: int = PAGE_SIZE):
+        super().__init__(address, why)
+        self.level = level
+        self.entry = entry
+        self.state = state
+        self.pfn = pfn
+        self.span = span
 
-    def translate(self, va: int) -> int:
-        """Physical address of `va`, or MemoryNotPresent naming the level that stopped the walk."""
+
+# -- modes -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Level:
+    name: str  # !pte's name: PXE PPE PDE PTE
+    vtop_name: str  # !vtop's name: PML4E PDPE PDE PTE
+    shift: int  # lowest VA bit of this level's index
+    bits: int  # index width
+    large_mask: int | None = None  # address bits of a large page mapped here (PS = 1), else None
+
+    @property
+    def span(self) -> int:
+        return 1 << self.shift
+
+
+@dataclass(frozen=True)
+class PagingMode:
+    name: str
+    entry_size: int
+    levels: tuple[Level, ...]
+    va_bits: int  # 48/57 (canonical, sign-extended) or 32
+    dtb_mask: int  # CR3 bits that address the top table
+    table_mask: int  # entry bits that address the next table
+    vtop_prefix: str
+    pte_mode: str  # pte.PteFormat mode
+
+    @property
+    def is64(self) -> bool:
+        return self.va_bits > 32
+
+    @property
+    def hex_digits(self) -> int:
+        return self.entry_size * 2
+
+    def canonical(self, va: int) -> int | None:
+        """The address as this mode sees it, or None when it is not a valid address here."""
         va &= 0xFFFF_FFFF_FFFF_FFFF
-        top = va >> 47
-        if top not in (0, 0x1FFFF):
-            raise MemoryNotPresent(va, "not a canonical address")
+        if self.va_bits == 32:
+            return va & 0xFFFFFFFF if va >> 32 in (0, 0xFFFFFFFF) else None
+        top = va >> (self.va_bits - 1)
+        return va if top in (0, (1 << (65 - self.va_bits)) - 1) else None
+
+
+_A52 = 0x000F_FFFF_FFFF_F000
+X64_4 = PagingMode(
+    "x64", 8,
+    (Level("PXE", "PML4E", 39, 9), Level("PPE", "PDPE", 30, 9, 0x000F_FFFF_C000_0000),
+     Level("PDE", "PDE", 21, 9, 0x000F_FFFF_FFE0_0000), Level("PTE", "PTE", 12, 9)),
+    48, _A52, _A52, "Amd64VtoP", "x64",
+)
+X64_5 = PagingMode(
+    "x64 5-level", 8,
+    (Level("PML5E", "PML5E", 48, 9),) + X64_4.levels,
+    57, _A52, _A52, "Amd64VtoP", "x64",
+)
+PAE = PagingMode(
+    "x86 PAE", 8,
+    (Level("PDPE", "PDPE", 30, 2), Level("PDE", "PDE", 21, 9, 0x000F_FFFF_FFE0_0000), Level("PTE", "PTE", 12, 9)),
+    32, 0xFFFF_FFE0, _A52, "X86VtoP", "pae",
+)
+X86 = PagingMode(
+    "x86", 4,
+    (Level("PDE", "PDE", 22, 10, 0xFFC0_0000), Level("PTE", "PTE", 12, 10)),
+    32, 0xFFFF_F000, 0xFFFF_F000, "X86VtoP", "x86",
+)
+MODES = {m.name: m for m in (X64_4, X64_5, PAE, X86)}
+
+
+# -- physical pages, cached -------------------------------------------------------------------
+class PageCache:
+    """Physical pages by PFN with a bounded cache of recent pages and a record of missing PFNs.
+
+    Pages are copied out of the mapping (a 4 KiB copy costs less than a second bitmap lookup),
+    so nothing here pins the container's mmap.
+    """
+
+    def __init__(self, physical, limit: int = 4096):
+        self.physical = physical
+        self.limit = limit
+        self._pages: dict[int, bytes] = {}
+        self._missing: dict[int, str] = {}
+        self.lookups = 0  # PFN lookups that reached the container (for the benchmark)
+
+    def page(self, pfn: int) -> bytes:
+        data = self._pages.get(pfn)
+        if data is not None:
+            return data
+        why = self._missing.get(pfn)
+        if why is not None:
+            raise MemoryNotPresent(pfn << PAGE_SHIFT, why, physical=True)
+        self.lookups += 1
+        try:
+            data = bytes(self.physical.page(pfn))
+        except MemoryNotPresent as exc:
+            if len(self._missing) > 1 << 20:
+                self._missing.clear()
+            self._missing[pfn] = exc.why
+            raise
+        if len(self._pages) >= self.limit:
+            del self._pages[next(iter(self._pages))]
+        self._pages[pfn] = data
+        return data
+
+    def has(self, pfn: int) -> bool:
+        try:
+            self.page(pfn)
+        except MemoryNotPresent:
+            return False
+        return True
+
+    def read(self, address: int, size: int) -> bytes:
+        """Bytes at a physical address; MemoryNotPresent (physical) at the first missing page."""
+        out = bytearray()
+        while size > 0:
+            offset = address & PAGE_MASK
+            chunk = min(size, PAGE_SIZE - offset)
+            out += self.page(address >> PAGE_SHIFT)[offset : offset + chunk]
+            address += chunk
+            size -= chunk
+        return bytes(out)
+
+
+# -- the walk ---------------------------------------------------------------------------------
+@dataclass
+class WalkStep:
+    level: Level
+    table: int  # physical address of the table
+    entry_address: int  # physical address of the entry
+    entry: int | None  # None when the table page is not in the dump
+    state: P.PteState | None = None
+
+
+@dataclass
+class Walk:
+    """Every step of one translation, for !vtop and !pte."""
+
+    va: int
+    steps: list[WalkStep] = field(default_factory=list)
+    physical: int | None = None
+    large: bool = False
+    transition: bool = False
+    error: PageNotPresent | None = None
+
+
+class Paging:
+    """One address space: a DTB walked in one mode."""
+
+    TLB_LIMIT = 1 << 16
+
+    def __init__(self, pages: PageCache, dtb: int, mode: PagingMode = X64_4, fmt: P.PteFormat | None = None):
+        self.pages = pages
+        self.mode = mode
+        self.dtb = dtb & mode.dtb_mask
+        self.fmt = fmt or P.PteFormat(mode.pte_mode)
+        self._tlb: dict[int, int] = {}
+        self._unpack = _U64 if mode.entry_size == 8 else _U32
+        # (shift, index mask, large mask or 0, large offset mask, level) per level, for the hot loop
+        self._plan = tuple(
+            (lv.shift, (1 << lv.bits) - 1, lv.large_mask or 0, (1 << lv.shift) - 1, lv) for lv in mode.levels
+        )
+
+    def flush(self) -> None:
+        """Forget cached translations."""
+        self._tlb.clear()
+
+    # -- fast path --------------------------------------------------------------------------
+    def translate(self, va: int) -> int:
+        """Physical address of `va`, or PageNotPresent naming the level that stopped the walk."""
+        pa_page = self._tlb.get(va >> PAGE_SHIFT)
+        if pa_page is not None:
+            return pa_page | (va & PAGE_MASK)
+        cva = self.mode.canonical(va)
+        if cva is None:
+            bits = self.mode.va_bits
+            raise PageNotPresent(va, f"{va:#x} is not a canonical {bits}-bit address", span=PAGE_SIZE)
+        pa = self._walk(cva, follow_prototype=True)
+        tlb = self._tlb
+        if len(tlb) >= self.TLB_LIMIT:
+            tlb.clear()
+        tlb[va >> PAGE_SHIFT] = pa & ~PAGE_MASK
+        return pa
+
+    def _walk(self, va: int, follow_prototype: bool) -> int:
+        esize = self.mode.entry_size
+        unpack = self._unpack
         table = self.dtb
-        shifts = (39, 30, 21, 12)
-        for level, shift in enumerate(shifts):
-            entry = self._entry(table, (va >> shift) & 0x1FF, va, LEVEL_NAMES[level])
-            if not entry & PRESENT:
-                raise MemoryNotPresent(va, f"{LEVEL_NAMES[level]} {entry:016x} is not valid")
-            if level == 1 and entry & LARGE:
-                return (entry & LARGE_1G_MASK) | (va & 0x3FFF_FFFF)
-            if level == 2 and entry & LARGE:
-                return (entry & LARGE_2M_MASK) | (va & 0x1F_FFFF)
-            table = entry & ADDRESS_MASK
-        return table | (va & (PAGE_SIZE - 1))
+        table_mask = self.mode.table_mask
+        last = len(self._plan) - 1
+        page_of = self.pages.page
+        parent_span = 1 << self.mode.va_bits
+        for i, (shift, imask, lmask, omask, level) in enumerate(self._plan):
+            epa = table + ((va >> shift) & imask) * esize
+            try:
+                page = page_of(epa >> PAGE_SHIFT)
+            except MemoryNotPresent:
+                pfn = epa >> PAGE_SHIFT
+                raise PageNotPresent(va, f"{level.name} table: {not_present_message(pfn)}", level=level.name,
+                                     pfn=pfn, span=parent_span) from None
+            entry = unpack(page, epa & PAGE_MASK)[0]
+            if entry & 1:
+                if lmask and entry & 0x80:
+                    return (entry & lmask) | (va & omask)
+                table = entry & table_mask
+                parent_span = 1 << shift
+                continue
+            state = P.decode(entry, self.fmt)
+            if state.kind == P.TRANSITION:
+                table = state.pfn << PAGE_SHIFT
+                parent_span = 1 << shift
+                if i == last:
+                    return table | (va & PAGE_MASK)
+                continue
+            if state.kind == P.PROTOTYPE and i == last and follow_prototype:
+                return self._via_prototype(va, state, level)
+            raise PageNotPresent(va, P.why_not_readable(state, level.name, self.mode.hex_digits),
+                                 level=level.name, entry=entry, state=state, span=1 << shift)
+        return table | (va & PAGE_MASK)
+
+    def _via_prototype(self, va: int, state: P.PteState, level: Level) -> int:
+        """Follow a prototype PTE once: valid or transition gives the page, anything else stops."""
+        where = state.proto_address
+        digits = self.mode.hex_digits
+        try:
+            proto_pa = self._walk(where, follow_prototype=False)
+            raw = self.pages.read(proto_pa, self.mode.entry_size)
+        except MemoryNotPresent as exc:
+            raise PageNotPresent(va, f"{level.name} contains {state.raw:0{digits}X}: prototype PTE at {where:x} "
+                                 f"cannot be read ({exc.why})", level=level.name, entry=state.raw,
+                                 state=state) from None
+        proto = P.decode(int.from_bytes(raw, "little"), self.fmt)
+        if proto.kind == P.VALID or proto.kind == P.TRANSITION:
+            return (proto.pfn << PAGE_SHIFT) | (va & PAGE_MASK)
+        why = P.why_not_readable(proto, f"prototype PTE at {where:x}", digits)
+        raise PageNotPresent(va, why, level=level.name, entry=state.raw, state=state)
+
+    # -- every step, for !vtop and !pte ------------------------------------------------------
+    def walk(self, va: int) -> Walk:
+        """The translation of `va` step by step; never raises for a missing or invalid entry."""
+        w = Walk(va)
+        cva = self.mode.canonical(va)
+        if cva is None:
+            w.error = PageNotPresent(va, f"{va:#x} is not a canonical {self.mode.va_bits}-bit address")
+            return w
+        esize = self.mode.entry_size
+        table = self.dtb
+        last = len(self._plan) - 1
+        for i, (shift, imask, lmask, omask, level) in enumerate(self._plan):
+            epa = table + ((cva >> shift) & imask) * esize
+            step = WalkStep(level, table, epa, None)
+            w.steps.append(step)
+            try:
+                page = self.pages.page(epa >> PAGE_SHIFT)
+            except MemoryNotPresent:
+                pfn = epa >> PAGE_SHIFT
+                w.error = PageNotPresent(va, not_present_message(pfn), level=level.name, pfn=pfn)
+                return w
+            entry = self._unpack(page, epa & PAGE_MASK)[0]
+            step.entry = entry
+            step.state = P.decode(entry, self.fmt)
+            if entry & 1:
+                if lmask and entry & 0x80:
+                    w.large = True
+                    w.physical = (entry & lmask) | (cva & omask)
+                    return w
+                table = entry & self.mode.table_mask
+                continue
+            if step.state.kind == P.TRANSITION:
+                table = step.state.pfn << PAGE_SHIFT
+                if i == last:
+                    w.transition = True
+                    w.physical = table | (cva & PAGE_MASK)
+                    return w
+                continue
+            w.error = PageNotPresent(va, P.why_not_readable(step.state, level.name, self.mode.hex_digits),
+                                     level=level.name, entry=entry, state=step.state)
+            return w
+        w.physical = table | (cva & PAGE_MASK)
+        return w
+
+
+# -- the PTE self-map (where !pte says the entries are) ---------------------------------------
+class SelfMap:
+    """Virtual addresses of a VA's paging entries through Windows' recursive self-map.
+
+    x64: one top-level entry points back at its own table; with index i, PTE_BASE =
+    sign-extend(i << (12 + 9 * (levels - 1))) and the PTE of VA is PTE_BASE + ((VA >> 9) & mask).
+    Applying the same function to a PTE address gives the PDE address, and so on up (§6.3).
+    32-bit: fixed at 0xC0000000 (PAE entries 8 bytes, non-PAE 4 bytes).
+    """
+
+    def __init__(self, mode: PagingMode, pte_base: int):
+        self.mode = mode
+        self.pte_base = pte_base & 0xFFFF_FFFF_FFFF_FFFF
+        n = len(mode.levels)
+        if mode.is64:
+            self._mask = (1 << (9 * n + 3)) - 8
+            self._shift = 9
+            self.size = 1 << (9 * n + 3)
+        elif mode.entry_size == 8:  # PAE: 2^20 PTEs of 8 bytes
+            self._mask, self._shift, self.size = 0x7FFFF8, 9, 0x800000
+        else:  # non-PAE: 2^20 PTEs of 4 bytes
+            self._mask, self._shift, self.size = 0x3FFFFC, 10, 0x400000
+
+    @classmethod
+    def for_index(cls, mode: PagingMode, index: int) -> "SelfMap":
+        base = index << (12 + 9 * (len(mode.levels) - 1))
+        if base >> (mode.va_bits - 1):
+            base |= ~((1 << mode.va_bits) - 1) & 0xFFFF_FFFF_FFFF_FFFF
+        return cls(mode, base)
+
+    @classmethod
+    def find(cls, mode: PagingMode, pages: PageCache, dtb: int, pte_base: int | None = None) -> "SelfMap":
+        """From KDBG.PteBase when known; else the top-table entry pointing at itself; else the
+        pre-1607 fixed index 0x1ED."""
+        if not mode.is64:
+            return cls(mode, 0xC0000000)
+        if pte_base:
+            return cls(mode, pte_base)
+        top = dtb & mode.dtb_mask
+        try:
+            table = pages.page(top >> PAGE_SHIFT)
+        except MemoryNotPresent:
+            table = None
+        if table is not None:
+            for index in range(256, 512):  # the self-map lives in the kernel half
+                entry = _U64(table, index * 8)[0]
+                if entry & 1 and entry & mode.table_mask == top:
+                    return cls.for_index(mode, index)
+        return cls.for_index(mode, 0x1ED)
+
+    def entry_address(self, va: int) -> int:
+        """The address of the entry one level up from `va` (the PTE of a page, the PDE of a PTE...)."""
+        return (self.pte_base + ((va >> self._shift) & self._mask)) & 0xFFFF_FFFF_FFFF_FFFF
+
+    def addresses(self, va: int) -> list[int]:
+        """Entry addresses of every level for `va`, top level first (PXE, PPE, PDE, PTE)."""
+        out = []
+        a = va
+        for _ in self.mode.levels:
+            a = self.entry_address(a)
+            out.append(a)
+        return out[::-1]
+
+    def contains(self, address: int) -> bool:
+        return 0 <= (address - self.pte_base) & 0xFFFF_FFFF_FFFF_FFFF < self.size
+
+    def mapped_va(self, entry_address: int) -> int:
+        """The VA whose PTE is at `entry_address` (inverse of entry_address for the PTE level)."""
+        off = (entry_address - self.pte_base) & (self.size - 1)
+        va = (off // self.mode.entry_size) << PAGE_SHIFT
+        if self.mode.is64 and va >> (self.mode.va_bits - 1):
+            va |= ~((1 << self.mode.va_bits) - 1) & 0xFFFF_FFFF_FFFF_FFFF
+        return va
+
+
+def guess_x64_levels(pages: PageCache, dtb: int, probe_va: int | None, probe: bytes = b"KDBG",
+                     probe_offset: int = 0x10) -> int:
+    """4 or 5: which walk reads `probe` at `probe_va` (the KDBG's OwnerTag) from this DTB.
+
+    CR4.LA57 is not in the dump header; a kernel that uses 5-level paging has a PML5 at the DTB
+    and its addresses need not be 48-bit canonical, so the 4-level walk of the KDBG fails or
+    reads something else. When neither walk reads the probe, 4 (the common case).
+    """
+    if probe_va is None:
+        return 4
+    for levels, mode in ((4, X64_4), (5, X64_5)):
+        try:
+            pa = Paging(pages, dtb, mode)._walk(probe_va + probe_offset, follow_prototype=False)
+            if pages.read(pa, len(probe)) == probe:
+                return levels
+        except MemoryNotPresent:
+            continue
+    return 4
