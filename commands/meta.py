@@ -68,3 +68,111 @@ def ignore_missing_pages(session, inv):
     state = "suppressed" if session.options.ignore_missing_pages else "displayed"
     session.out.line(f"Missing page messages are {state} "
                      f"(.ignore_missing_pages {int(session.options.ignore_missing_pages)}).")
+
+
+# -- scripts and logs ---------------------------------------------------------------------------
+
+def _script_path(inv) -> str:
+    path = inv.text.strip()
+    if len(path) >= 2 and path[0] == path[-1] == '"':
+        path = path[1:-1]
+    if not path:
+        raise CommandError(f"{inv.name} needs a script file name, e.g. {inv.name}triage.txt")
+    return path
+
+
+@command("$<", "$$<", family="session", syntax="$<File | $$<File",
+         summary="Run a script file line by line, each line shown as if typed",
+         details="$< takes the rest of the line as the file name; $$< ends at ';'.",
+         example="$$<examples/triage.txt")
+def run_lines(session, inv):
+    from kdshell.scripts import run_script
+
+    run_script(session, _script_path(inv), block=False)
+
+
+@command("$><", "$$><", family="session", syntax="$><File | $$><File",
+         summary="Run a script file as one block of commands (lines joined with ';')",
+         example="$$><examples/triage.txt")
+def run_block(session, inv):
+    from kdshell.scripts import run_script
+
+    run_script(session, _script_path(inv), block=True)
+
+
+@command("$$>a<", family="session", syntax="$$>a<File [Arg1 Arg2 ...]",
+         summary="Run a script file as one block, replacing ${$arg1}, $arg2 ... by the arguments",
+         example="$$>a<examples/show.txt nt")
+def run_with_args(session, inv):
+    from kdshell.scripts import run_script
+
+    if not inv.args:
+        raise CommandError("$$>a< needs a script file name")
+    run_script(session, inv.args[0], block=True, args=inv.args[1:])
+
+
+@command(".scriptstop", family="session", syntax=".scriptstop [0|1]",
+         summary="Make scripts stop at their first failing command (1) or go on (0, the default)")
+def scriptstop(session, inv):
+    session.options.script_stop = _switch(inv, session.options.script_stop, ".scriptstop")
+    state = "stop at" if session.options.script_stop else "go on after"
+    session.out.line(f"Scripts {state} a failing command.")
+
+
+@command(".logopen", family="session", syntax=".logopen [/t] File",
+         summary="Copy everything shown from now on into a log file (a new file; /t adds a timestamp)",
+         example=".logopen crash1.log")
+def logopen(session, inv):
+    import time
+
+    args = list(inv.args)
+    stamp = "/t" in args
+    args = [a for a in args if a != "/t"]
+    if len(args) != 1:
+        raise CommandError(".logopen needs one file name")
+    path = args[0]
+    if stamp:
+        root, dot, ext = path.rpartition(".")
+        suffix = time.strftime("_%Y-%m-%d_%H-%M-%S")
+        path = f"{root}{suffix}.{ext}" if dot else path + suffix
+    _open_log(session, path, append=False)
+
+
+@command(".logappend", family="session", syntax=".logappend File",
+         summary="Like .logopen, but add to the end of an existing log file")
+def logappend(session, inv):
+    if len(inv.args) != 1:
+        raise CommandError(".logappend needs one file name")
+    _open_log(session, inv.args[0], append=True)
+
+
+def _open_log(session, path: str, append: bool) -> None:
+    previous = session.out.close_log()
+    if previous:
+        session.out.line(f"Closing open log file {previous}")
+    try:
+        session.out.open_log(path, append=append)
+    except OSError as exc:
+        raise CommandError(f"Unable to open log file '{path}': {exc.strerror}") from None
+    session.out.line(f"Opened log file '{path}'")
+
+
+@command(".logclose", family="session", syntax=".logclose", summary="Close the log file")
+def logclose(session, inv):
+    path = session.out.log_path if session.out.log is not None else None
+    if path is None:
+        session.out.line("No log file open")
+        return
+    session.out.line(f"Closing open log file {path}")
+    session.out.close_log()
+
+
+@command(".logfile", family="session", syntax=".logfile", summary="Show which log file is open")
+def logfile(session, inv):
+    path = session.out.log_path if session.out.log is not None else None
+    session.out.line(f"Log '{path}' open" if path else "No log file open")
+
+
+@command(".cls", family="session", syntax=".cls", summary="Clear the screen")
+def cls(session, inv):
+    session.out.clear_screen()

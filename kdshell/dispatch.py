@@ -77,11 +77,31 @@ def command(
     return register
 
 
+# Script commands: `$<`/`$><` take the rest of the line (';' included) as the file name; the `$$`
+# forms end at ';' like any command (windbg.md §17).
+SCRIPT_PREFIXES = ("$$>a<", "$$><", "$$<", "$><", "$<")
+
+
 def split_commands(line: str) -> list[str]:
-    """Split on ';' outside double quotes; `$$` starts a comment that runs to the next ';'."""
-    parts, cur, quoted = [], [], False
+    """Split on ';' outside double quotes.
+
+    `$$` starts a comment that runs to the next ';'; `*` at the start of a command comments out
+    the rest of the line; `$<File` and `$><File` take the rest of the line as the file name.
+    """
+    parts: list[str] = []
+    cur: list[str] = []
+    quoted = False
     i = 0
     while i < len(line):
+        if not quoted and not "".join(cur).strip():
+            rest = line[i:].lstrip()
+            if rest.startswith(("$<", "$><")):
+                parts.append(rest)
+                cur = []
+                break
+            if rest.startswith("*"):
+                cur = []
+                break
         ch = line[i]
         if ch == '"':
             quoted = not quoted
@@ -96,7 +116,7 @@ def split_commands(line: str) -> list[str]:
     out = []
     for p in parts:
         p = p.strip()
-        if not p or p.startswith("$$") or p.startswith("*"):
+        if not p or (p.startswith("$$") and not p.startswith(("$$<", "$$>"))):
             continue
         out.append(p)
     return out
@@ -135,6 +155,10 @@ def tokenize(text: str) -> list[str]:
 def resolve(text: str) -> tuple[Command, Invocation]:
     """Find the registered command for one command's text."""
     text = text.strip()
+    for prefix in SCRIPT_PREFIXES:
+        if text.startswith(prefix) and prefix.lower() in REGISTRY:
+            rest = text[len(prefix):].strip()
+            return REGISTRY[prefix.lower()], Invocation(prefix, "", rest, tokenize(rest))
     if text.startswith("?"):
         name = "??" if text.startswith("??") else "?"
         rest = text[len(name):].strip()

@@ -16,6 +16,7 @@ class Output:
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream if stream is not None else sys.stdout
         self.log: TextIO | None = None
+        self.log_path: str | None = None
         self._captures: list[list[str]] = []
         # A front end may replace this to colour text by kind; it must write `text` unchanged.
         self.emit: Callable[[str, str], None] = self._emit_plain
@@ -45,6 +46,26 @@ class Output:
 
     def error(self, text: str) -> None:
         self.write(text + "\n", ERROR)
+
+    def clear_screen(self) -> None:
+        """`.cls`: clear a terminal; nothing for pipes, logs and captures."""
+        if not self._captures and getattr(self.stream, "isatty", lambda: False)():
+            self.stream.write("\x1b[H\x1b[2J")
+            self.stream.flush()
+
+    def open_log(self, path: str, append: bool = False) -> None:
+        """Copy everything shown from now on to `path` (.logopen / .logappend / -logo)."""
+        self.close_log()
+        self.log = open(path, "a" if append else "w", encoding="utf-8")
+        self.log_path = path
+
+    def close_log(self) -> str | None:
+        """Stop logging; the path of the log that was open, if any."""
+        path = self.log_path
+        if self.log is not None:
+            self.log.close()
+        self.log, self.log_path = None, None
+        return path
 
     @contextmanager
     def capture(self) -> Iterator[list[str]]:
