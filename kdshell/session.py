@@ -31,6 +31,7 @@ class Quit(Exception):
 class Options:
     ignore_missing_pages: bool = False
     verbose: bool = False
+    script_stop: bool = False  # `.scriptstop 1`: a script ends at its first failing command
 
 
 def _nothing(_arg):
