@@ -1,0 +1,114 @@
+"""kdshell in a real terminal: tmux runs it, send-keys types, capture-pane reads the screen."""
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import TRIAGE_19041
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+class Terminal:
+    def __init__(self, tmp_path, *args, env=None):
+        self.name = f"kd{uuid.uuid4().hex[:8]}"
+        # A running tmux server starts commands in its own environment, not the client's: the
+        # variables go on the command line.
+        environment = {"XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm-256color", **(env or {})}
+        command = ["env", "-u", "NO_COLOR", "-u", "PYTEST_CURRENT_TEST"]
+        command += [f"{k}={shlex.quote(v)}" for k, v in environment.items()]
+        command += [sys.executable, "-m", "kdshell", *map(shlex.quote, args)]
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "160", "-y", "50", " ".join(command)],
+                       check=True)
+
+    def screen(self, escapes=False) -> str:
+        args = ["tmux", "capture-pane", "-p", "-t", self.name] + (["-e"] if escapes else [])
+        return subprocess.run(args, capture_output=True, text=True).stdout
+
+    def wait_for(self, text, timeout=20.0, escapes=False) -> str:
+        end = time.time() + timeout
+        while time.time() < end:
+            screen = self.screen(escapes)
+            if text in screen:
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared on the screen:\n{self.screen()}")
+
+    def keys(self, *keys):
+        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+
+    def close(self):
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+@pytest.fixture
+def term(tmp_path):
+    terms = []
+
+    def start(*args, **kw):
+        t = Terminal(tmp_path, *args, **kw)
+        terms.append(t)
+        return t
+
+    yield start
+    for t in terms:
+        t.close()
+
+
+def test_prompt_repeat_on_enter_and_quit(term):
+    t = term("-z", str(TRIAGE_19041))
+    t.wait_for("0: kd>")
+    t.keys("dq fffff804`7c600b20 L2", "Enter")
+    t.wait_for("fffff804`7c600b20  ")
+    t.keys("Enter")
+    t.wait_for("fffff804`7c600b30  ")
+    t.keys("q", "Enter")
+    time.sleep(0.5)
+    assert "kd>" not in t.screen()  # the session is gone once kdshell exits
+
+
+def test_tab_completes_commands(term):
+    t = term("-z", str(TRIAGE_19041))
+    t.wait_for("0: kd>")
+    t.keys(".bugch", "Tab")
+    t.wait_for("0: kd> .bugcheck")
+    t.keys("Enter")
+    t.wait_for("Bugcheck code 1000007E")
+
+
+def test_history_survives_a_restart(term):
+    t = term("-z", str(TRIAGE_19041))
+    t.wait_for("0: kd>")
+    t.keys(".echo remembered-line", "Enter")
+    t.wait_for("remembered-line\n")
+    t.keys("C-d")
+    time.sleep(1.0)
+    t2 = term("-z", str(TRIAGE_19041))
+    t2.wait_for("0: kd>")
+    t2.keys("Up")
+    t2.wait_for("0: kd> .echo remembered-line")
+
+
+def test_colour_on_a_terminal_and_off_with_no_color(term):
+    t = term("-z", str(TRIAGE_19041))
+    t.wait_for("0: kd>")
+    t.keys("nosuchcommand", "Enter")
+    screen = t.wait_for("Syntax error", escapes=True)
+    assert "\x1b[31m" in screen  # the error line is red
+    t2 = term("-z", str(TRIAGE_19041), env={"NO_COLOR": "1"})
+    t2.wait_for("0: kd>")
+    t2.keys("nosuchcommand", "Enter")
+    screen = t2.wait_for("Syntax error", escapes=True)
+    assert "\x1b[31m" not in screen
+
+
+def test_ctrl_c_at_the_prompt_keeps_the_session(term):
+    t = term("-z", str(TRIAGE_19041))
+    t.wait_for("0: kd>")
+    t.keys("half a command", "C-c")
+    t.keys(".echo still-alive", "Enter")
+    t.wait_for("still-alive\n")
