@@ -40,3 +40,11 @@ class CommandError(KdError):
 
 class DumpWriteError(KdError):
     """A dump could not be written (bad input, existing file, full disk, ...)."""
+
+
+class SymbolFileError(KdError):
+    """A symbol file (PDB) is truncated, corrupt or of a kind we cannot read; one line saying what."""
+
+    def __init__(self, message: str, path: str | None = None):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
