@@ -7,6 +7,7 @@ terminal. `kdshell.open(path)` gives a Session; `session.run("k; lm")` runs comm
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,6 +21,7 @@ from kdshell.memory import paging as _paging
 from kdshell.memory.pte import PteFormat
 from kdshell.memory.virtual import PhysicalView, SavedRangesMemory, TranslatedMemory, VirtualMemory
 from kdshell.output import Output
+from kdshell.symbols.resolver import ImageOverlay, Symbols
 from kdshell.target import version_lines
 
 
@@ -32,10 +34,6 @@ class Options:
     ignore_missing_pages: bool = False
     verbose: bool = False
     script_stop: bool = False  # `.scriptstop 1`: a script ends at its first failing command
-
-
-def _nothing(_arg):
-    return None
 
 
 def _load_commands() -> None:
@@ -55,8 +53,14 @@ class Session:
         self.dump = dump
         self.out = out or Output()
         self.options = Options()
-        self.symbol_path = symbol_path if symbol_path is not None else os.environ.get("_NT_SYMBOL_PATH", "")
-        self.image_path = image_path or ""
+        if symbol_path is None:  # as the debuggers do: _NT_ALT_SYMBOL_PATH first, then _NT_SYMBOL_PATH
+            symbol_path = ";".join(os.environ.get(v, "") for v in ("_NT_ALT_SYMBOL_PATH", "_NT_SYMBOL_PATH")
+                                   if os.environ.get(v))
+        if image_path is None:
+            image_path = os.environ.get("_NT_EXECUTABLE_IMAGE_PATH", "")
+        # Modules, images, PDBs and the symbol path (kdshell.symbols.resolver).
+        self.symbols = Symbols(self, symbol_path, image_path)
+        self.progress = sys.stderr  # download progress; None to keep quiet
         self.registers = dump.registers()
         self.pseudo_registers: dict[str, int] = {}  # $t0-$t19 and the values commands leave ($p, $exp)
         self.radix = 16  # `n`: the default number base of expressions
@@ -65,10 +69,11 @@ class Session:
         self.continuation: dict[str, object] = {}
         # Symbol hooks, filled in by the symbols layer: `resolve_symbol("nt!KeBugCheckEx")` -> address
         # or None; `symbolize(address)` -> ("nt!KeBugCheckEx", displacement) or None.
-        self.resolve_symbol = _nothing
-        self.symbolize = _nothing
+        self.resolve_symbol = self.symbols.resolve
+        self.symbolize = self.symbols.symbolize
         self._memory: VirtualMemory | None = None
         self._memory_made = False
+        self._overlays: dict[int, ImageOverlay] = {}
         self._spaces: dict[int, VirtualMemory] = {}
         self.processor = 0
         self.failures = 0  # commands that ended in an error: the CLI's exit status
@@ -79,11 +84,40 @@ class Session:
     @property
     def memory(self) -> VirtualMemory | None:
         """Virtual memory of the current address space (the crashing context's DTB until
-        `set_dtb` switches), or None when the dump's memory cannot be read."""
+        `set_dtb` switches), or None when the dump's memory cannot be read. Reads the dump
+        cannot answer fall through to the modules' image files (an ImageOverlay)."""
+        raw = self.raw_memory
+        if raw is None:
+            return None
+        overlay = self._overlays.get(id(raw))
+        if overlay is None or overlay.inner is not raw:
+            overlay = ImageOverlay(raw, self.symbols)
+            self._overlays = {id(raw): overlay}
+        return overlay
+
+    @property
+    def raw_memory(self) -> VirtualMemory | None:
+        """The dump's own virtual memory, without image files behind it."""
         if not self._memory_made:
             self._memory_made = True
             self._memory = self._make_memory()
         return self._memory
+
+    @property
+    def symbol_path(self) -> str:
+        return self.symbols.symbol_path
+
+    @symbol_path.setter
+    def symbol_path(self, text: str) -> None:
+        self.symbols.symbol_path = text
+
+    @property
+    def image_path(self) -> str:
+        return self.symbols.image_path
+
+    @image_path.setter
+    def image_path(self, text: str) -> None:
+        self.symbols.image_path = text
 
     def _make_memory(self) -> VirtualMemory | None:
         d = self.dump
@@ -151,7 +185,7 @@ class Session:
         space = self.address_space(dtb)
         if self._memory is not space:
             space.paging.flush()
-        self.memory  # noqa: B018 - settle the PTE format first
+        self.raw_memory  # noqa: B018 - settle the PTE format first
         self._memory = space
         self._memory_made = True
         return space
@@ -166,7 +200,7 @@ class Session:
 
     @property
     def dtb(self) -> int | None:
-        m = self.memory
+        m = self.raw_memory
         return m.dtb if isinstance(m, TranslatedMemory) else None
 
     def repeat_last(self) -> bool:
@@ -177,9 +211,9 @@ class Session:
 
     @cached_property
     def kdbg(self) -> Kdbg | None:
-        if self.memory is None:
+        if self.raw_memory is None:
             return None
-        return read_kdbg(self.memory, self.dump.header.kd_debugger_data_block)
+        return read_kdbg(self.raw_memory, self.dump.header.kd_debugger_data_block)
 
     @cached_property
     def kernel_base(self) -> int | None:

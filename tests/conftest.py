@@ -15,7 +15,10 @@ FULL_TRUNCATED = CORPUS_DUMPS / "full-x64-19045-truncated-16k.dmp"
 
 @pytest.fixture(autouse=True)
 def _utc(monkeypatch):
-    """Times print in the analyst's zone, as WinDbg does; the tests pin it to UTC."""
+    """Times print in the analyst's zone, as WinDbg does; the tests pin it to UTC. A developer's
+    symbol path must not send the tests to a symbol server."""
+    for name in ("_NT_SYMBOL_PATH", "_NT_ALT_SYMBOL_PATH", "_NT_EXECUTABLE_IMAGE_PATH", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TZ", "UTC")
     import time
 

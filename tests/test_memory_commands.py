@@ -93,8 +93,9 @@ def test_other_display_formats(triage):
     assert lines(triage, "dc @rsp L4") == [
         "ffff8504`29892120  00000000 00000000 8b5a2e2c fffff804  ........,.Z....."]
     assert lines(triage, "dp @rsp L2") == ["ffff8504`29892120  00000000`00000000 fffff804`8b5a2e2c"]
+    # the value is inside amdppm; without its symbols WinDbg shows module+offset
     assert lines(triage, "dps @rsp L2") == ["ffff8504`29892120  00000000`00000000",
-                                            "ffff8504`29892128  fffff804`8b5a2e2c"]
+                                            "ffff8504`29892128  fffff804`8b5a2e2c amdppm+0x22e2c"]
     assert lines(triage, "dyb @rsp+8 L4") == [
         "                   76543210 76543210 76543210 76543210",
         "                   -------- -------- -------- --------",

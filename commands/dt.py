@@ -1,0 +1,130 @@
+"""dt: structure layouts and values (windbg.md §6), from the module's PDB or, for nt without one,
+kdshell's built-in table of kernel structure offsets (kdshell/kernel/offsets.py).
+
+The rendering is kdshell.symbols.typeformat's; this module parses the command line and finds
+the type.
+"""
+from __future__ import annotations
+
+from kdshell.dispatch import command
+from kdshell.errors import CommandError, KdError
+from kdshell.expr import Evaluator
+from kdshell.symbols import typeformat
+
+
+@command("dt", family="symbols", syntax="dt [-r[N]] [-b] [-a[N]] [-i] [-o] [-y] [Module!]Type [Field...] [Address]",
+         summary="Show a structure's layout, or its values at an address",
+         example="dt nt!_EPROCESS ffff920f`cfadb380 UniqueProcessId ImageFileName",
+         details="Module!*Pattern* lists types. Without the kernel's PDB, nt's structures come from\n"
+                 "kdshell's built-in table of offsets (only the fields it knows).")
+def dt(session, inv):
+    run_dt(session, inv)
+
+
+# -- dt ------------------------------------------------------------------------------------------
+_DT_FLAGS = "rbaioyv"
+
+
+def _dt_parse(inv):
+    opts = typeformat.DtOptions()
+    words = []
+    for a in inv.args:
+        if a.startswith("-") and len(a) > 1 and a[1] in _DT_FLAGS and (not words or a[2:] in ("", *"0123456789")):
+            c, rest = a[1], a[2:]
+            if c == "r":
+                opts.recurse = int(rest) if rest.isdigit() else 1
+            elif c == "b":
+                opts.blocks = True
+            elif c == "a":
+                opts.arrays = int(rest) if rest.isdigit() else 0
+            elif c == "i":
+                opts.no_indent = True
+            elif c == "o":
+                opts.no_offsets = True
+            elif c == "y":
+                opts.prefix_match = True
+            continue
+        if a.startswith("-") and len(a) > 1 and not a[1:2].isdigit() and not words:
+            raise CommandError(f"dt: unknown option '{a}' (dt [-r[N]] [-b] [-a[N]] [-i] [-o] [-y] Type [Field] [Address])")
+        words.append(a)
+    if not words:
+        raise CommandError("Usage: dt [Module!]Type [Field...] [Address]")
+    return opts, words
+
+
+def _type_sources(session, module_name: str | None):
+    """[(module name, TypeSource, origin note)] in search order."""
+    syms = session.symbols
+    out = []
+    if module_name is not None:
+        module = syms.module(module_name)
+        if module is None:
+            return []
+        modules = [module]
+    else:
+        kernel = syms.modules.kernel
+        modules = ([kernel] if kernel is not None else []) + [m for m, _ in syms.loaded_tables() if m is not kernel]
+    for m in modules:
+        source = syms.types(m)
+        if source is not None:
+            out.append((m.name, source, getattr(source, "origin", None)))
+    return out
+
+
+def _dt_list(session, module_name: str | None, pattern: str) -> None:
+    found = False
+    for name, source, _ in _type_sources(session, module_name):
+        for tname in source.names(pattern):
+            session.out.line(f"          {name}!{tname}")
+            found = True
+    if not found:
+        shown = f"{module_name}!{pattern}" if module_name else pattern
+        raise KdError(f"Symbol {shown} not found.")
+
+
+def run_dt(session, inv) -> None:
+    opts, words = _dt_parse(inv)
+    spec = words[0]
+    module_name, _, tname = spec.rpartition("!")
+    module_name = module_name or None
+    if "*" in tname or "?" in tname:
+        _dt_list(session, module_name, tname)
+        return
+    found = None
+    for name, source, origin in _type_sources(session, module_name):
+        t = source.find(tname)
+        if t is not None:
+            found = (name, t, origin)
+            break
+    if found is None:
+        raise KdError(f"Symbol {spec} not found.")
+    _, t, origin = found
+    fields, address = [], None
+    ev = Evaluator(session)
+    for w in words[1:]:
+        base = w.split(".", 1)[0].rstrip("*")
+        is_field = t.strip().is_aggregate and base and (
+            t.strip().member(base) is not None or (opts.prefix_match and any(
+                f.name.lower().startswith(base.lower()) for f in t.strip().fields)))
+        if is_field:
+            fields.append(w)
+            continue
+        if address is not None:
+            raise CommandError(f"dt: '{w}' is neither a field of {tname} nor the only address")
+        address = ev.evaluate(w)
+    if origin:
+        session.out.line(f"(no PDB for nt: {origin}; only the fields it knows)")
+    memory = session.memory
+    read = memory.read if memory is not None else None
+    if address is not None and read is None:
+        raise KdError("Memory is not available in this dump")
+
+    def symbolize(value: int) -> str | None:
+        hit = session.symbolize(value)
+        if hit is None:
+            return None
+        return f"{hit[0]}+0x{hit[1]:x}" if hit[1] else hit[0]
+
+    lines = typeformat.render(t, address, read, pointer_size=8 if session.is64 else 4, options=opts,
+                              fields=fields or None, symbolize=symbolize)
+    session.out.lines(lines)

@@ -1,0 +1,299 @@
+"""Kernel structure offsets when there is no PDB for the kernel (DESIGN.md: PDB first, then the
+KDBG's Offset*/Size* fields, then a small built-in table keyed by build number).
+
+    ko = KernelOffsets(build=19041, is64=True, kdbg=session.kdbg, types=nt_pdb_types)
+    ko.offset("_EPROCESS", "UniqueProcessId")      -> 0x440
+    ko.source("_EPROCESS", "UniqueProcessId")      -> "built-in table (build 19041: ntdiff/headers ...)"
+    builtin_types(19041, True)                     -> a StaticTypes for `dt` ("the fields it knows")
+
+The table is data: kdshell/data/offsets.json. Every build entry names where its numbers come
+from; `same_as` shares an entry between builds of one kernel line (19041..19045, 22621/22631).
+A build that is not in the table uses the nearest earlier build of the same line (the entry
+says which) and says so; a build older than every entry gets nothing from the table.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from kdshell.symbols.types import StaticTypes
+
+# KDDEBUGGER_DATA64 Offset*/Size* fields (formats.md §10): (type, field path, KDBG offset, width)
+KDBG_OFFSETS = [
+    ("_KTHREAD", "NextProcessor", 0x298, 2),
+    ("_KTHREAD", "Teb", 0x29A, 2),
+    ("_KTHREAD", "KernelStack", 0x29C, 2),
+    ("_KTHREAD", "InitialStack", 0x29E, 2),
+    ("_KTHREAD", "ApcState.Process", 0x2A0, 2),
+    ("_KTHREAD", "State", 0x2A2, 2),
+    ("_EPROCESS", "Peb", 0x2AA, 2),
+    ("_EPROCESS", "InheritedFromUniqueProcessId", 0x2AC, 2),
+    ("_EPROCESS", "Pcb.DirectoryTableBase", 0x2AE, 2),
+    ("_KPROCESS", "DirectoryTableBase", 0x2AE, 2),
+    ("_KPRCB", "CurrentThread", 0x2B4, 2),
+    ("_KPRCB", "MHz", 0x2B6, 2),
+    ("_KPRCB", "CpuType", 0x2B8, 2),
+    ("_KPRCB", "VendorString", 0x2BA, 2),
+    ("_KPRCB", "ProcessorState.ContextFrame", 0x2BC, 2),
+    ("_KPRCB", "Number", 0x2BE, 2),
+    ("_KPCR", "Self", 0x2E2, 2),
+    ("_KPCR", "CurrentPrcb", 0x2E4, 2),
+    ("_KPCR", "Prcb", 0x2E6, 2),
+    ("_KPRCB", "Context", 0x338, 2),
+    ("_KTHREAD", "StackLimit", 0x340, 4),
+    ("_KTHREAD", "StackBase", 0x344, 4),
+    ("_KTHREAD", "QueueListEntry", 0x348, 4),
+    ("_ETHREAD", "IrpList", 0x34C, 4),
+    ("_KPRCB", "IdleThread", 0x350, 2),
+    ("_KTHREAD", "WaitReason", 0x35C, 2),
+]
+KDBG_SIZES = [("_EPROCESS", 0x2A8), ("_KPRCB", 0x2B0), ("_ETHREAD", 0x2C0), ("_KPCR", 0x2E0)]
+
+
+@lru_cache(maxsize=1)
+def table() -> dict:
+    with resources.files("kdshell").joinpath("data/offsets.json").open("r", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _num(value) -> int:
+    return int(value, 0) if isinstance(value, str) else int(value)
+
+
+@dataclass
+class BuildEntry:
+    build: int  # the build the numbers are for
+    wanted: int  # the build asked for
+    release: str
+    source: str
+    types: dict  # type name -> {"size": int|None, "fields": {path: (offset, dt type)}}
+
+    @property
+    def exact(self) -> bool:
+        return self.build == self.wanted
+
+    @property
+    def origin(self) -> str:
+        how = f"build {self.build}" if self.exact else f"build {self.build} (the nearest to {self.wanted})"
+        return f"kdshell's built-in offsets for {how}, {self.release}, from: {self.source}"
+
+    def offset(self, type_name: str, path: str) -> int | None:
+        t = self.types.get(type_name)
+        if t is None:
+            return None
+        f = t["fields"].get(path)
+        return f[0] if f is not None else None
+
+    def size(self, type_name: str) -> int | None:
+        t = self.types.get(type_name)
+        return t.get("size") if t else None
+
+
+def _entries(arch: str) -> dict:
+    return table().get(arch, {})
+
+
+def _resolve_entry(arch: str, key: str, depth: int = 0) -> dict:
+    raw = _entries(arch)[key]
+    if "same_as" in raw and depth < 8:
+        base = dict(_resolve_entry(arch, raw["same_as"], depth + 1))
+        base.update({k: v for k, v in raw.items() if k != "same_as"})
+        return base
+    return raw
+
+
+def build_entry(build: int, is64: bool) -> BuildEntry | None:
+    """The table's entry for `build` (exact, else the nearest earlier build of the same kernel
+    line, which the entry marks with `covers_up_to`); None when the table has nothing."""
+    arch = "x64" if is64 else "x86"
+    known = sorted(int(k) for k in _entries(arch) if k.isdigit())
+    chosen = None
+    for b in known:
+        if b == build:
+            chosen = b
+            break
+        if b < build:
+            raw = _resolve_entry(arch, str(b))
+            if build <= int(raw.get("covers_up_to", b)):
+                chosen = b
+    if chosen is None:
+        return None
+    raw = _resolve_entry(arch, str(chosen))
+    types = {}
+    for tname, t in raw.get("types", {}).items():
+        fields = {path: (_num(spec[0]), spec[1] if len(spec) > 1 else "") for path, spec in t.get("fields", {}).items()}
+        types[tname] = {"size": _num(t["size"]) if t.get("size") is not None else None, "fields": fields}
+    return BuildEntry(chosen, build, raw.get("release", ""), raw.get("source", ""), types)
+
+
+def builtin_types(build: int, is64: bool) -> StaticTypes | None:
+    """The table's structures as a TypeSource (only the fields the table knows), for dt."""
+    entry = build_entry(build, is64)
+    if entry is None:
+        return None
+    defs: dict[str, dict] = {}
+    ptr = "Ptr64" if is64 else "Ptr32"
+    for tname, t in entry.types.items():
+        fields = []
+        for path, (offset, dtype) in sorted(t["fields"].items(), key=lambda kv: kv[1][0]):
+            if "." in path:
+                continue  # nested paths are reached through their own types
+            dtype = dtype.replace("Ptr ", ptr + " ")
+            if dtype.startswith("Pos "):  # "Pos 0, 3 Bits Uint1B" -> bitfield
+                pos, length, base = _bitfield(dtype)
+                fields.append((path, offset, base, pos, length))
+            else:
+                fields.append((path, offset, dtype or "Void"))
+        defs[tname] = {"size": t["size"] or 0, "fields": fields}
+    # Types the table names but does not describe (`Ptr64 _PEB`) become empty stubs, so a
+    # pointer still prints as `Ptr64 _PEB`.
+    for t in list(defs.values()):
+        for spec in t["fields"]:
+            name = spec[2].split()[-1]
+            if name.startswith("_") and name not in defs:
+                defs[name] = {"size": 0, "fields": []}
+    types = StaticTypes(defs)
+    types.origin = entry.origin  # type: ignore[attr-defined]
+    types.entry = entry  # type: ignore[attr-defined]
+    return types
+
+
+def _bitfield(spec: str) -> tuple[int, int, str]:
+    # "Pos 0, 3 Bits UChar"
+    head, _, base = spec.partition(" Bit")
+    base = base.split(" ", 1)[1] if " " in base else "Uint4B"
+    pos, length = head[4:].split(",")
+    return int(pos), int(length), base.strip() or "Uint4B"
+
+
+class KernelOffsets:
+    """Structure offsets from the best source the dump offers: the kernel PDB's types, the
+    KDBG's Offset*/Size* fields, the built-in table."""
+
+    def __init__(self, build: int, is64: bool, kdbg=None, types=None):
+        self.build = build
+        self.is64 = is64
+        self.kdbg = kdbg
+        self.types = types  # a TypeSource with find()
+        self.entry = build_entry(build, is64)
+
+    def _kdbg_value(self, offset: int, width: int) -> int | None:
+        k = self.kdbg
+        if k is None or offset + width > min(k.size, len(k.raw)):
+            return None
+        value = int.from_bytes(k.raw[offset : offset + width], "little")
+        return value or None
+
+    def lookup(self, type_name: str, path: str) -> tuple[int, str] | None:
+        """(offset, where it came from) or None."""
+        if self.types is not None:
+            t = self.types.find(type_name)
+            if t is not None:
+                try:
+                    found = t.find_field(path)
+                except Exception:  # noqa: BLE001 - a type source's own error means "not there"
+                    found = None
+                if found is not None:
+                    return found[0], "PDB"
+        for tname, fpath, at, width in KDBG_OFFSETS:
+            if tname == type_name and fpath == path:
+                value = self._kdbg_value(at, width)
+                if value is not None:
+                    return value, f"KDBG (field at +{at:#x})"
+        if self.entry is not None:
+            value = self.entry.offset(type_name, path)
+            if value is not None:
+                return value, self.entry.origin
+        return None
+
+    def offset(self, type_name: str, path: str) -> int | None:
+        found = self.lookup(type_name, path)
+        return found[0] if found else None
+
+    def source(self, type_name: str, path: str) -> str | None:
+        found = self.lookup(type_name, path)
+        return found[1] if found else None
+
+    def size(self, type_name: str) -> int | None:
+        if self.types is not None:
+            t = self.types.find(type_name)
+            if t is not None and t.size:
+                return t.size
+        for tname, at in KDBG_SIZES:
+            if tname == type_name:
+                value = self._kdbg_value(at, 2)
+                if value:
+                    return value
+        return self.entry.size(type_name) if self.entry is not None else None
+
+
+# _KLDR_DATA_TABLE_ENTRY fields every x64 / x86 kernel since Windows 7 shares (the ones lm needs);
+# TimeDateStamp moved (Win7: an LDR_DATA_TABLE_ENTRY-sized entry) and comes from the table.
+LOADER_ENTRY_64 = {"DllBase": 0x30, "SizeOfImage": 0x40, "FullDllName": 0x48, "BaseDllName": 0x58, "CheckSum": 0x78}
+LOADER_ENTRY_32 = {"DllBase": 0x18, "SizeOfImage": 0x20, "FullDllName": 0x24, "BaseDllName": 0x2C}
+
+
+def loader_entry_layout(session) -> dict[str, int]:
+    """_KLDR_DATA_TABLE_ENTRY offsets for walking PsLoadedModuleList on this dump."""
+    d = session.dump
+    layout = dict(LOADER_ENTRY_64 if d.is64 else LOADER_ENTRY_32)
+    entry = build_entry(d.header.build, d.is64)
+    if entry is not None:
+        for name in ("DllBase", "SizeOfImage", "FullDllName", "BaseDllName", "CheckSum", "TimeDateStamp"):
+            value = entry.offset("_KLDR_DATA_TABLE_ENTRY", name)
+            if value is not None:
+                layout[name] = value
+    return layout
+
+
+# KDDEBUGGER_DATA64 fields that hold the address of a kernel variable (or routine) of the same
+# name (formats.md §10): without a kernel PDB they still let `dq nt!PsLoadedModuleList` work.
+KDBG_SYMBOLS = {
+    0x20: "RtlpBreakWithStatusInstruction", 0x38: "KiCallUserMode", 0x40: "KeUserCallbackDispatcher",
+    0x48: "PsLoadedModuleList", 0x50: "PsActiveProcessHead", 0x58: "PspCidTable",
+    0x60: "ExpSystemResourcesList", 0x68: "ExpPagedPoolDescriptor", 0x70: "ExpNumberOfPagedPools",
+    0x78: "KeTimeIncrement", 0x80: "KeBugCheckCallbackListHead", 0x88: "KiBugCheckData",
+    0x90: "IopErrorLogListHead", 0x98: "ObpRootDirectoryObject", 0xA0: "ObpTypeObjectType",
+    0xA8: "MmSystemCacheStart", 0xB0: "MmSystemCacheEnd", 0xB8: "MmSystemCacheWs", 0xC0: "MmPfnDatabase",
+    0xC8: "MmSystemPtesStart", 0xD0: "MmSystemPtesEnd", 0xD8: "MmSubsectionBase",
+    0xE0: "MmNumberOfPagingFiles", 0xE8: "MmLowestPhysicalPage", 0xF0: "MmHighestPhysicalPage",
+    0xF8: "MmNumberOfPhysicalPages", 0x100: "MmMaximumNonPagedPoolInBytes", 0x108: "MmNonPagedSystemStart",
+    0x110: "MmNonPagedPoolStart", 0x118: "MmNonPagedPoolEnd", 0x120: "MmPagedPoolStart",
+    0x128: "MmPagedPoolEnd", 0x130: "MmPagedPoolInformation", 0x138: "MmPageSize",
+    0x140: "MmSizeOfPagedPoolInBytes", 0x148: "MmTotalCommitLimit", 0x150: "MmTotalCommittedPages",
+    0x158: "MmSharedCommit", 0x160: "MmDriverCommit", 0x168: "MmProcessCommit", 0x170: "MmPagedPoolCommit",
+    0x178: "MmExtendedCommit", 0x180: "MmZeroedPageListHead", 0x188: "MmFreePageListHead",
+    0x190: "MmStandbyPageListHead", 0x198: "MmModifiedPageListHead", 0x1A0: "MmModifiedNoWritePageListHead",
+    0x1A8: "MmAvailablePages", 0x1B0: "MmResidentAvailablePages", 0x1B8: "PoolTrackTable",
+    0x1C0: "NonPagedPoolDescriptor", 0x1C8: "MmHighestUserAddress", 0x1D0: "MmSystemRangeStart",
+    0x1D8: "MmUserProbeAddress", 0x1E0: "KdPrintCircularBuffer", 0x1E8: "KdPrintCircularBufferEnd",
+    0x1F0: "KdPrintWritePointer", 0x1F8: "KdPrintRolloverCount", 0x200: "MmLoadedUserImageList",
+    0x208: "NtBuildLab", 0x210: "KiNormalSystemCall", 0x218: "KiProcessorBlock", 0x220: "MmUnloadedDrivers",
+    0x228: "MmLastUnloadedDriver", 0x230: "MmTriageActionTaken", 0x238: "MmSpecialPoolTag",
+    0x240: "KernelVerifier", 0x248: "MmVerifierData", 0x250: "MmAllocatedNonPagedPool",
+    0x258: "MmPeakCommitment", 0x260: "MmTotalCommitLimitMaximum", 0x268: "CmNtCSDVersion",
+    0x270: "MmPhysicalMemoryBlock", 0x278: "MmSessionBase", 0x280: "MmSessionSize",
+    0x288: "MmSystemParentTablePage", 0x290: "MmVirtualTranslationBase", 0x2C8: "KdPrintCircularBufferPtr",
+    0x2D0: "KdPrintBufferSize", 0x2D8: "KeLoaderBlock", 0x308: "IopNumTriageDumpDataBlocks",
+    0x310: "IopTriageDumpDataBlocks", 0x318: "VfCrashDataBlock", 0x320: "MmBadPagesDetected",
+    0x328: "MmZeroedPageSingleBitErrorsDetected", 0x330: "EtwpDebuggerData",
+}
+
+
+def kdbg_symbols(kdbg, kdbg_address: int | None, base: int, end: int) -> list[tuple[str, int]]:
+    """(name, address) of the kernel variables the KDBG points to that lie inside nt
+    [base, end), plus KdDebuggerDataBlock itself."""
+    out = []
+    if kdbg_address and base <= kdbg_address < end:
+        out.append(("KdDebuggerDataBlock", kdbg_address))
+    if kdbg is None:
+        return out
+    limit = min(kdbg.size, len(kdbg.raw))
+    for offset, name in KDBG_SYMBOLS.items():
+        if offset + 8 <= limit:
+            value = int.from_bytes(kdbg.raw[offset : offset + 8], "little")
+            if base <= value < end:
+                out.append((name, value))
+    return out

@@ -1,0 +1,760 @@
+"""Addresses <-> names: the session's symbol state.
+
+`Symbols` owns the module list, finds each module's image and PDB (lazily: a module is
+"deferred" until something needs its symbols), and answers the session's hooks:
+
+    symbols.resolve("nt!KeBugCheckEx")  -> address | None      (session.resolve_symbol)
+    symbols.symbolize(0xfffff8048b58334c) -> ("amdppm!WriteIoMemRawEx", 0x70) | None
+                                                               (session.symbolize)
+    symbols.nearest(address)             -> what `ln` prints
+    symbols.search("nt!KeBugCheck*")     -> what `x` prints
+
+Each module gets a symbol table from, in order: its PDB (found by the image's RSDS record along
+the symbol path), else its exports (an image from the dump, the image path or the symbol store),
+else nothing (`amdppm+0x334c`). Images found as files are also lent to memory reads: the
+session's memory is wrapped in an `ImageOverlay`, so `u`, `dps` and the unwinder see code bytes
+that a small dump (or a paged-out page) does not have.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.symbols.modules import (
+    Module,
+    ModuleList,
+    modules_from_triage,
+    read_unloaded_modules,
+    walk_loaded_modules,
+)
+from kdshell.symbols.pe import PeFormatError, PeImage
+from kdshell.symbols.store import SymbolStore
+from kdshell.symbols.types import wildcard
+
+DEFERRED, PDB, EXPORTS, NONE = "deferred", "pdb symbols", "export symbols", "no symbols"
+KDBG = "kdbg symbols"  # nt without PDB or exports: the kernel variables the KDBG points to
+FUNCTION, DATA = "function", "data"
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    rva: int
+    kind: str = FUNCTION  # function / data / public ...
+    size: int = 0
+
+
+class SymbolTable:
+    """A module's symbols sorted by address, with case-insensitive lookup by name."""
+
+    def __init__(self, kind: str, path: str | None, symbols, types=None, pdb=None):
+        self.kind = kind  # PDB or EXPORTS
+        self.path = path
+        self.types = types  # a TypeSource (PDB types), or None
+        self.pdb = pdb
+        seen = set()
+        entries = []
+        for s in symbols:
+            key = (s.rva, s.name)
+            if s.name and key not in seen:
+                seen.add(key)
+                entries.append(s)
+        # functions first among symbols at the same address: they are what `u` labels
+        entries.sort(key=lambda s: (s.rva, s.kind != FUNCTION, s.name))
+        self.entries = entries
+        self._rvas = [s.rva for s in entries]
+        self._by_name: dict[str, Symbol] = {}
+        for s in entries:
+            self._by_name.setdefault(s.name.lower(), s)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def lookup(self, name: str) -> Symbol | None:
+        return self._by_name.get(name.lower())
+
+    def at(self, rva: int) -> Symbol | None:
+        """The nearest symbol at or before `rva`."""
+        i = bisect.bisect_right(self._rvas, rva) - 1
+        return self.entries[i] if i >= 0 else None
+
+    def exact(self, rva: int) -> list[Symbol]:
+        i = bisect.bisect_left(self._rvas, rva)
+        out = []
+        while i < len(self.entries) and self.entries[i].rva == rva:
+            out.append(self.entries[i])
+            i += 1
+        return out
+
+    def after(self, rva: int) -> Symbol | None:
+        i = bisect.bisect_right(self._rvas, rva)
+        return self.entries[i] if i < len(self.entries) else None
+
+    def match(self, pattern: str) -> list[Symbol]:
+        rx = wildcard(pattern)
+        return [s for s in self.entries if rx.fullmatch(s.name)]
+
+
+def export_table(image: PeImage) -> SymbolTable:
+    symbols = []
+    for e in image.exports:
+        if e.forwarder is not None:
+            continue
+        section = image.section_at(e.rva)
+        kind = FUNCTION if section is None or section.executable else DATA
+        symbols.append(Symbol(e.name or f"Ordinal{e.ordinal}", e.rva, kind))
+    return SymbolTable(EXPORTS, image.path, symbols)
+
+
+class PdbSymbols:
+    """A module's symbols from its PDB (kdshell.symbols.pdb.PdbFile), with SymbolTable's methods."""
+
+    kind = PDB
+
+    def __init__(self, pdb, path: str):
+        self.pdb = pdb
+        self.path = path
+        self.types = pdb  # PdbFile is a TypeSource
+        self._all_rvas: list[int] | None = None
+
+    @staticmethod
+    def _symbol(s) -> Symbol:
+        kind = s.kind
+        if kind == "public":  # S_PUB32 flags: 1 code, 2 function
+            kind = FUNCTION if s.flags & 3 else DATA
+        elif kind == "label":
+            kind = FUNCTION
+        return Symbol(s.display, s.rva, kind, s.size or 0)
+
+    def __len__(self) -> int:
+        return len(self.pdb.all_symbols)
+
+    @property
+    def private(self) -> bool:
+        """Private symbols: module functions/data with type information (a public PDB has none)."""
+        if not hasattr(self, "_private"):
+            self._private = any(s.module >= 0 and s.type_index for s in self.pdb.all_symbols)
+        return self._private
+
+    def lookup(self, name: str) -> Symbol | None:
+        s = self.pdb.symbol(name)
+        return self._symbol(s) if s is not None else None
+
+    def at(self, rva: int) -> Symbol | None:
+        hit = self.pdb.lookup(rva)
+        return self._symbol(hit[0]) if hit is not None else None
+
+    def after(self, rva: int) -> Symbol | None:
+        nxt = self.pdb.neighbors(rva)[1]
+        return self._symbol(nxt) if nxt is not None else None
+
+    def exact(self, rva: int) -> list[Symbol]:
+        all_ = self.pdb.all_symbols
+        if self._all_rvas is None:
+            self._all_rvas = [s.rva for s in all_]
+        i = bisect.bisect_left(self._all_rvas, rva)
+        out = []
+        while i < len(all_) and all_[i].rva == rva:
+            out.append(self._symbol(all_[i]))
+            i += 1
+        return out
+
+    def match(self, pattern: str) -> list[Symbol]:
+        return [self._symbol(s) for s in self.pdb.symbols(pattern)]
+
+
+def _open_pdb(path: str):
+    from kdshell.symbols.pdb import PdbFile
+
+    return PdbFile(path)
+
+
+def _same_pdb(pdb, cv) -> bool:
+    """The PDB is the one the image's RSDS/NB10 record names (GUID or signature, and age)."""
+    if cv.guid is not None:
+        if pdb.guid is None or pdb.guid.hex != cv.guid.hex:
+            return False
+    elif getattr(pdb, "signature", None) != cv.signature:
+        return False
+    return pdb.age == cv.age
+
+
+class Symbols:
+    """The session's modules and symbols."""
+
+    def __init__(self, session, symbol_path: str = "", image_path: str = ""):
+        self.session = session
+        self._symbol_path = symbol_path or ""
+        self._image_path = image_path or ""
+        self.noisy = False
+        self._modules: ModuleList | None = None
+        self._store: SymbolStore | None = None
+        self._image_store: SymbolStore | None = None
+        self._failed_servers: set[str] = set()
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def symbol_path(self) -> str:
+        return self._symbol_path
+
+    @symbol_path.setter
+    def symbol_path(self, text: str) -> None:
+        self._symbol_path = text or ""
+        self._store = None
+        self._image_store = None
+
+    @property
+    def image_path(self) -> str:
+        return self._image_path
+
+    @image_path.setter
+    def image_path(self, text: str) -> None:
+        self._image_path = text or ""
+        self._image_store = None
+
+    def _log(self, text: str) -> None:
+        if self.noisy:
+            self.session.out.line(text)
+
+    def _warn(self, text: str) -> None:
+        self.session.out.warn(text)
+
+    def _new_store(self, text: str) -> SymbolStore:
+        store = SymbolStore(text, log=self._log, warn=self._warn, progress=getattr(self.session, "progress", None))
+        store.dead_servers = self._failed_servers  # one warning per server for the whole session
+        return store
+
+    @property
+    def store(self) -> SymbolStore:
+        if self._store is None:
+            self._store = self._new_store(self._symbol_path)
+        return self._store
+
+    @property
+    def image_store(self) -> SymbolStore:
+        """Images are looked for along the image path, then the symbol path."""
+        if self._image_store is None:
+            text = ";".join(p for p in (self._image_path, self._symbol_path) if p)
+            self._image_store = self._new_store(text)
+        return self._image_store
+
+    # -- the module list ---------------------------------------------------------------------
+    @property
+    def modules(self) -> ModuleList:
+        if self._modules is None:
+            self._modules = self._read_modules()
+        return self._modules
+
+    def reload(self) -> ModuleList:
+        """Forget every module and its symbols; the list is read again on next use."""
+        self._modules = None
+        return self.modules
+
+    def _raw_memory(self):
+        return self.session.raw_memory
+
+    def _read_modules(self) -> ModuleList:
+        s = self.session
+        d = s.dump
+        if d.triage is not None:
+            return modules_from_triage(d.triage)
+        memory = self._raw_memory()
+        if memory is None:
+            return ModuleList([], [], "none", ["This dump has no memory kdshell can read"])
+        kdbg = s.kdbg
+        head = (kdbg.get("PsLoadedModuleList") if kdbg is not None else None) or d.header.ps_loaded_module_list
+        if not head:
+            return ModuleList([], [], "none", ["The dump does not say where PsLoadedModuleList is"])
+        from kdshell.kernel.offsets import loader_entry_layout
+
+        layout = loader_entry_layout(s)
+        modules, warnings = walk_loaded_modules(memory, head, layout, d.is64)
+        unloaded = []
+        if kdbg is not None and kdbg.get("MmUnloadedDrivers"):
+            unloaded = read_unloaded_modules(memory, kdbg.get("MmUnloadedDrivers"),
+                                             kdbg.get("MmLastUnloadedDriver"), d.is64)
+        return ModuleList(modules, unloaded, "PsLoadedModuleList", warnings)
+
+    def add_module(self, image_name: str, base: int, size: int, timestamp: int | None = None) -> Module:
+        """`.reload name=base,size[,timestamp]`: a module the dump's list lacks (or one moved)."""
+        current = self.modules
+        keep = [m for m in current.modules
+                if m.image_name.lower() != image_name.lower() and not (m.base < base + size and base < m.end)]
+        for m in keep:
+            m.name = ""
+        module = Module(base, size, image_name, timestamp)
+        self._modules = ModuleList(keep + [module], current.unloaded, current.source, current.warnings)
+        return module
+
+    def retry_failed(self) -> None:
+        """After a path change: modules whose image or symbols were not found are looked for again."""
+        if self._modules is None:
+            return
+        for m in self._modules:
+            st = m.state
+            if st.get("table", DEFERRED) is None:
+                st.pop("table")
+            if st.get("file_image", False) is None:
+                st.pop("file_image")
+            if st.get("image", False) is None:
+                st.pop("image")
+
+    def types(self, module: Module):
+        """The module's TypeSource: its PDB's types; for nt without a PDB, the built-in table."""
+        table = self.table(module)
+        if table is not None and getattr(table, "types", None) is not None:
+            return table.types
+        if module is self.modules.kernel:
+            from kdshell.kernel.offsets import builtin_types
+
+            d = self.session.dump
+            return builtin_types(d.header.build, d.is64)
+        return None
+
+    def module_at(self, address: int) -> Module | None:
+        return self.modules.by_address(address)
+
+    def kernel_offsets(self):
+        """Kernel structure offsets for the kernel layer: nt's PDB types when found, then the
+        KDBG's Offset*/Size* fields, then the built-in table (kdshell.kernel.offsets)."""
+        from kdshell.kernel.offsets import KernelOffsets
+
+        s = self.session
+        kernel = self.modules.kernel
+        table = self.table(kernel) if kernel is not None else None
+        types = table.types if table is not None and table.kind == PDB else None
+        ko = KernelOffsets(s.dump.header.build, s.dump.is64, kdbg=s.kdbg, types=types)
+        if types is not None:
+            self._log("DBGHELP: kernel structure offsets from the PDB")
+        else:
+            table_text = ko.entry.origin if ko.entry is not None else "no built-in table for this build"
+            self._log(f"DBGHELP: kernel structure offsets from the KDBG, then {table_text}")
+        return ko
+
+    def unwind_modules(self) -> "UnwindModules":
+        """The module lookup the stack walker takes (kdshell.stack.walk): `module_at(address)`
+        gives `.base .size .name .image(rva, size)`, the image read through the session's
+        memory (so image files lend what the dump lacks), and `.exception_directory`."""
+        return UnwindModules(self)
+
+    def module(self, name: str) -> Module | None:
+        return self.modules.by_name(name)
+
+    # -- images ------------------------------------------------------------------------------
+    def image(self, module: Module) -> PeImage | None:
+        """The module's PE image: its headers in the dump, else a file found by
+        TimeDateStamp+SizeOfImage on the image path or the symbol path."""
+        st = module.state
+        if "image" not in st:
+            st["image"] = None
+            memory = self._raw_memory()
+            if memory is not None:
+                try:
+                    img = PeImage.from_memory(memory, module.base)
+                    img.exports  # noqa: B018 - exports must be readable to be of use
+                    img.debug_entries  # noqa: B018
+                    st["image"] = img
+                    self._log(f"DBGHELP: {module.name} - image headers read from the dump")
+                except (MemoryNotPresent, PeFormatError) as exc:
+                    self._log(f"DBGHELP: {module.name} - image headers not usable in the dump ({exc})")
+            if st["image"] is None:
+                st["image"] = self.file_image(module)
+            if st["image"] is not None and module.timestamp is None:
+                module.timestamp = st["image"].timestamp
+        return st["image"]
+
+    def file_image(self, module: Module) -> PeImage | None:
+        """The module's image file, mapped at its base (None when no path has it)."""
+        st = module.state
+        if "file_image" not in st:
+            st["file_image"] = None
+            stamp = module.timestamp
+            if stamp is None:
+                stamp = self._memory_timestamp(module)
+            if stamp is None or not module.size:
+                self._log(f"DBGHELP: {module.name} - no TimeDateStamp, cannot look for its image")
+                return None
+            key = f"{stamp:08X}{module.size:x}"
+
+            def same(path: str) -> bool:
+                return _image_matches(path, stamp, module.size)
+
+            path = self.image_store.find(module.image_name, key, verify=same)
+            if path is None:
+                self._log(f"DBGHELP: {module.image_name} ({key}) - image not found")
+                return None
+            try:
+                st["file_image"] = PeImage.from_file(path, module.base)
+                st["image_file"] = path
+                self._log(f"DBGHELP: {module.name} - mapped image {path}")
+            except (OSError, PeFormatError) as exc:
+                self._log(f"DBGHELP: {path} - {exc}")
+        return st["file_image"]
+
+    def _memory_timestamp(self, module: Module) -> int | None:
+        memory = self._raw_memory()
+        if memory is None:
+            return None
+        try:
+            return PeImage.from_memory(memory, module.base).timestamp
+        except (MemoryNotPresent, PeFormatError):
+            return None
+
+    # -- symbol tables -----------------------------------------------------------------------
+    def status(self, module: Module) -> str:
+        table = module.state.get("table", DEFERRED)
+        if table is DEFERRED:
+            return DEFERRED
+        return table.kind if table is not None else NONE
+
+    def table(self, module: Module, load: bool = True) -> SymbolTable | None:
+        """The module's symbols (loading them on first use unless load=False)."""
+        table = module.state.get("table", DEFERRED)
+        if table is DEFERRED:
+            if not load:
+                return None
+            table = self._load_table(module)
+            if module is self.modules.kernel and (table is None or table.kind == EXPORTS):
+                table = self._with_kdbg_names(module, table)
+            module.state["table"] = table
+        return table
+
+    def _with_kdbg_names(self, module: Module, table: SymbolTable | None) -> SymbolTable | None:
+        """nt without a PDB: add the kernel variables the KDBG points to (PsLoadedModuleList...)."""
+        from kdshell.kernel.offsets import kdbg_symbols
+
+        s = self.session
+        found = kdbg_symbols(s.kdbg, s.dump.header.kd_debugger_data_block, module.base, module.end)
+        if not found:
+            return table
+        extra = [Symbol(name, address - module.base, DATA) for name, address in found]
+        self._log(f"DBGHELP: nt - {len(extra)} names from the KDBG")
+        if table is None:
+            return SymbolTable(KDBG, None, extra)
+        return SymbolTable(table.kind, table.path, table.entries + [e for e in extra if table.lookup(e.name) is None])
+
+    def _load_table(self, module: Module) -> SymbolTable | None:
+        image = self.image(module)
+        if image is not None:
+            try:
+                cv = image.codeview
+            except MemoryNotPresent:
+                cv = None
+                # the debug directory is paged out: the image file has it
+                file_image = self.file_image(module)
+                if file_image is not None:
+                    image = file_image
+                    cv = file_image.codeview
+            if cv is not None:
+                table = self._pdb_table(module, cv)
+                if table is not None:
+                    return table
+            try:
+                if image.exports:
+                    self._log(f"DBGHELP: {module.name} - export symbols")
+                    return export_table(image)
+            except MemoryNotPresent:
+                file_image = self.file_image(module)
+                if file_image is not None and file_image.exports:
+                    return export_table(file_image)
+        self._log(f"DBGHELP: {module.name} - no symbols loaded")
+        return None
+
+    def _pdb_table(self, module: Module, cv) -> SymbolTable | None:
+        def same(path: str) -> bool:
+            try:
+                with _open_pdb(path) as candidate:
+                    return _same_pdb(candidate, cv)
+            except (KdError, OSError, ValueError) as exc:
+                self._log(f"DBGHELP: {path} - {exc}")
+                return False
+
+        path = self.store.find(cv.pdb_name, cv.key, verify=same)
+        if path is None:
+            self._log(f"DBGHELP: {cv.pdb_name} ({cv.key}) - PDB not found")
+            return None
+        try:
+            table = PdbSymbols(_open_pdb(path), path)
+        except (KdError, OSError, ValueError) as exc:
+            self._warn(f"*** ERROR: {path} cannot be read: {exc}")
+            return None
+        self._log(f"DBGHELP: {module.name} - private/public symbols from {path}")
+        return table
+
+    def loaded_tables(self):
+        for m in self.modules:
+            t = m.state.get("table", DEFERRED)
+            if t is not DEFERRED and t is not None:
+                yield m, t
+
+    # -- names -> addresses -------------------------------------------------------------------
+    def resolve(self, name: str) -> int | None:
+        """`nt!KeBugCheckEx`, `amdppm` (a module's base), `KeBugCheckEx` (searched in the
+        modules whose symbols are loaded, then nt)."""
+        if not name or name.startswith("@"):
+            return None
+        if "!" in name:
+            mod_name, _, sym = name.partition("!")
+            module = self.module(mod_name)
+            if module is None or not sym:
+                return None
+            table = self.table(module)
+            if table is None:
+                return None
+            s = table.lookup(sym)
+            return module.base + s.rva if s is not None else None
+        module = self.module(name)
+        if module is not None:
+            return module.base
+        if self._is_register(name):
+            return None
+        for m, t in self.loaded_tables():
+            s = t.lookup(name)
+            if s is not None:
+                return m.base + s.rva
+        kernel = self.modules.kernel
+        if kernel is not None:
+            t = self.table(kernel)
+            s = t.lookup(name) if t is not None else None
+            if s is not None:
+                return kernel.base + s.rva
+        return None
+
+    def _is_register(self, name: str) -> bool:
+        from kdshell.expr import Registers
+
+        return Registers(self.session.registers, self.session.is64).known(name)
+
+    # -- addresses -> names -------------------------------------------------------------------
+    def symbolize(self, address: int) -> tuple[str, int] | None:
+        """`("amdppm!WriteIoMemRawEx", 0x70)`, or `("amdppm", 0x334c)` in a module without
+        symbols; None outside every module."""
+        module = self.module_at(address)
+        if module is None:
+            return None
+        table = self.table(module)
+        rva = address - module.base
+        if table is not None:
+            s = table.at(rva)
+            if s is not None:
+                return f"{module.name}!{s.name}", rva - s.rva
+        return module.name, rva
+
+    def nearest(self, address: int):
+        """For ln: (module, previous Symbol|None, next Symbol|None, exact [Symbol]); None
+        outside every module."""
+        module = self.module_at(address)
+        if module is None:
+            return None
+        table = self.table(module)
+        rva = address - module.base
+        if table is None:
+            return module, None, None, []
+        return module, table.at(rva), table.after(rva), table.exact(rva)
+
+    def search(self, pattern: str) -> list[tuple[Module, Symbol]]:
+        """`x` patterns: MODULE!SYMBOL, each side with * and ? wildcards."""
+        mod_pat, _, sym_pat = pattern.partition("!") if "!" in pattern else ("*", "", pattern)
+        out = []
+        for m in self.modules.match(mod_pat or "*"):
+            t = self.table(m)
+            if t is None:
+                continue
+            out.extend((m, s) for s in t.match(sym_pat or "*"))
+        return out
+
+    # -- the overlay: image bytes where the dump has none -------------------------------------
+    def fill(self, address: int, size: int) -> bytes | None:
+        """Bytes of [address, address+size) from a module's image file, or None.
+
+        In a small dump every part of the image is lent (WinDbg maps the image); in other dumps
+        only the headers and read-only sections, whose bytes cannot have changed at run time."""
+        module = self.module_at(address)
+        if module is None or address + size > module.end:
+            return None
+        image = self.file_image(module)
+        if image is None:
+            return None
+        rva = address - module.base
+        if self.session.dump.triage is None:
+            section = image.section_at(rva)
+            if rva >= image.size_of_headers and (section is None or section.writable):
+                return None
+            if section is not None and rva + size > section.end:
+                return None
+        try:
+            return image.read(rva, size)
+        except MemoryNotPresent:
+            return None
+
+
+def _image_matches(path: str, stamp: int, size: int) -> bool:
+    """The file's TimeDateStamp and SizeOfImage are the ones the dump recorded."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x1000)
+        img = PeImage(_HeadReader(head), 0)
+    except (OSError, PeFormatError, MemoryNotPresent):
+        return False
+    return img.timestamp == stamp and img.size_of_image == size
+
+
+class _HeadReader:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, rva: int, size: int) -> bytes:
+        if rva + size > len(self.data):
+            if rva < len(self.data):
+                return self.data[rva:]
+            raise MemoryNotPresent(rva, "beyond the header")
+        return self.data[rva : rva + size]
+
+
+# -- the memory overlay -------------------------------------------------------------------------
+class ImageOverlay:
+    """The session's virtual memory with image files behind it: a read the dump cannot answer
+    is answered from the module's image file when there is one.
+
+    It stands in for the memory object it wraps (`isinstance(overlay, TranslatedMemory)` holds,
+    its attributes are the wrapped object's), so commands that need page tables keep working.
+    """
+
+    def __init__(self, inner, symbols: Symbols):
+        object.__setattr__(self, "_inner", inner)
+        object.__setattr__(self, "_symbols", symbols)
+
+    @property  # type: ignore[misc]
+    def __class__(self):  # isinstance() sees the wrapped memory's class
+        return type(self._inner)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._inner, name, value)
+
+    @property
+    def inner(self):
+        return self._inner
+
+    def read(self, address: int, size: int) -> bytes:
+        try:
+            return self._inner.read(address, size)
+        except MemoryNotPresent:
+            pass
+        out = bytearray()
+        for _, piece, _ in self.chunks(address, size):
+            if isinstance(piece, MemoryNotPresent):
+                raise piece
+            out += piece
+        return bytes(out)
+
+    def chunks(self, address: int, size: int):
+        for at, piece, length in self._inner.chunks(address, size):
+            if not isinstance(piece, MemoryNotPresent):
+                yield at, piece, length
+                continue
+            yield from self._fill(at, length, piece)
+
+    def _fill(self, address: int, length: int, error: MemoryNotPresent):
+        """Fill a hole page by page from images; what no image has stays a hole."""
+        end = address + length
+        cursor = address
+        symbols = self._symbols
+        while cursor < end:
+            module = symbols.module_at(cursor)
+            if module is None or symbols.file_image(module) is None:
+                # no image here: the hole runs to the next module (or the end of this module)
+                if module is None:
+                    nxt = _next_module_start(symbols.modules, cursor)
+                    stop = min(end, nxt) if nxt is not None and nxt > cursor else end
+                else:
+                    stop = min(end, module.end)
+                yield cursor, _hole(error, cursor), stop - cursor
+                cursor = stop
+                continue
+            step = min(end - cursor, 0x1000 - (cursor & 0xFFF))
+            data = symbols.fill(cursor, step)
+            if data is None:
+                yield cursor, _hole(error, cursor), step
+            else:
+                yield cursor, data, step
+            cursor += step
+
+    def read_pointer(self, address: int, pointer_size: int | None = None) -> int:
+        n = pointer_size or self._inner.pointer_size
+        return int.from_bytes(self.read(address, n), "little")
+
+    def read_int(self, address: int, size: int) -> int:
+        return int.from_bytes(self.read(address, size), "little")
+
+    def readable(self, address: int, size: int = 1) -> bool:
+        try:
+            self.read(address, size)
+        except MemoryNotPresent:
+            return False
+        return True
+
+    def read_partial(self, address: int, size: int):
+        data = bytearray(size)
+        valid = bytearray(size)
+        errors: list[MemoryNotPresent] = []
+        mask = getattr(self._inner, "address_mask", 0xFFFF_FFFF_FFFF_FFFF)
+        for at, piece, length in self.chunks(address, size):
+            off = (at - address) & mask
+            if isinstance(piece, MemoryNotPresent):
+                errors.append(piece)
+                continue
+            data[off : off + length] = piece
+            valid[off : off + length] = b"\x01" * length
+        return bytes(data), valid, errors
+
+
+def _next_module_start(modules: ModuleList, address: int) -> int | None:
+    i = bisect.bisect_right(modules._starts, address)
+    return modules._starts[i] if i < len(modules._starts) else None
+
+
+def _hole(error: MemoryNotPresent, address: int) -> MemoryNotPresent:
+    if error.address == address:
+        return error
+    clone = MemoryNotPresent.__new__(type(error))
+    clone.__dict__.update(error.__dict__)
+    clone.args = error.args
+    clone.address = address
+    return clone
+
+
+class UnwindModules:
+    """Adapter for kdshell.stack.walk: modules with an image reader and their .pdata location."""
+
+    def __init__(self, symbols: Symbols):
+        self.symbols = symbols
+        self._views: dict[int, _ModuleView] = {}
+
+    def module_at(self, address: int):
+        module = self.symbols.module_at(address)
+        if module is None:
+            return None
+        view = self._views.get(module.base)
+        if view is None or view.module is not module:
+            view = self._views[module.base] = _ModuleView(self.symbols, module)
+        return view
+
+
+class _ModuleView:
+    def __init__(self, symbols: Symbols, module: Module):
+        self.module = module
+        self.base, self.size, self.name = module.base, module.size, module.name
+        image = symbols.image(module)
+        memory = symbols.session.memory
+        self.image = None
+        self.exception_directory = None
+        if image is not None and memory is not None:
+            base = module.base
+            self.image = lambda rva, size: memory.read(base + rva, size)
+            rva, size = image.directory(3)
+            if rva and size:
+                self.exception_directory = (rva, size)

@@ -1,0 +1,429 @@
+"""The symbol path and symbol stores: where PDBs and image files are found, and how they are
+downloaded (windbg.md §12).
+
+    path = SymbolPath.parse(r"srv*/tmp/sym*https://msdl.microsoft.com/download/symbols;/my/pdbs")
+    store = SymbolStore(path, log=print)
+    store.find("ntkrnlmp.pdb", "3844DBB920174967BE7AA4A2C20430FA2", verify=lambda p: ...)
+
+Elements of a path (separated by ';'):
+    DIR                      a directory: a store layout DIR/NAME/KEY/NAME, or the file in
+                             DIR/symbols/EXT, DIR/EXT, DIR (checked by identity, never "first found")
+    srv*                     the default cache and Microsoft's server
+    srv*URL | srv*STORE      a server or a local store (a URL downloads into the default cache)
+    srv*CACHE*STORE[*...]    downloads (or copies) go into CACHE; stores are tried in order
+    symsrv*symsrv.dll*...    the explicit form of srv*
+    cache*[DIR]              files found by the elements to its right are copied into DIR
+Store layout: NAME/KEY/NAME (keys case-insensitive), NAME/KEY/file.ptr ("PATH:..." points to the
+file), a two-tier NA/NAME/KEY/NAME when the store has index2.txt.
+
+Names come from the dump (RSDS PDB names, module names): they are untrusted. `safe_file_name`
+keeps a bare file name or nothing (no '..', no separators, no drive letters, no device names),
+keys are hex digits, and every path written is checked to stay inside its cache directory.
+Downloads are bounded in size and time, never retried, and a server that fails once is warned
+about once and skipped for the rest of the session. Nothing downloaded is ever executed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable
+
+MICROSOFT_SERVER = "https://msdl.microsoft.com/download/symbols"
+DEFAULT_TIMEOUT = 10.0  # seconds per connect/read
+DEFAULT_DEADLINE = 300.0  # seconds for a whole download
+DEFAULT_MAX_SIZE = 1 << 30  # bytes: the largest file we accept from a server
+USER_AGENT = "Microsoft-Symbol-Server/10.0.0.0 (kdshell)"
+
+_RESERVED = {"con", "prn", "aux", "nul", "conin$", "conout$", "clock$"} | \
+    {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
+_KEY = re.compile(r"^[0-9A-Za-z]{1,80}$")
+_BAD_CHARS = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
+
+
+def default_cache() -> str:
+    """Where `srv*` without a cache puts downloads: $KDSHELL_SYMBOL_CACHE, else the user's cache."""
+    env = os.environ.get("KDSHELL_SYMBOL_CACHE")
+    if env:
+        return env
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "kdshell", "sym")
+
+
+def safe_file_name(name: str | None) -> str | None:
+    """A name from the dump reduced to a bare file name, or None when it cannot be one.
+
+    The last component of either kind of slash is kept (`C:\\build\\x.pdb` -> `x.pdb`); then the
+    name is refused if it is empty, '.', '..', has a drive colon, a control or wildcard character,
+    is a DOS device name (with or without an extension: `nul.pdb`, `COM1`), ends with a dot or
+    space, or is longer than 255 characters.
+    """
+    if not name:
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    if not name or name in (".", "..") or len(name) > 255:
+        return None
+    if any(c in _BAD_CHARS for c in name) or name[-1] in ". ":
+        return None
+    if name.split(".", 1)[0].rstrip(" ").lower() in _RESERVED:
+        return None
+    return name
+
+
+def safe_key(key: str | None) -> str | None:
+    return key if key and _KEY.match(key) else None
+
+
+def inside(directory: str, path: str) -> bool:
+    """True when `path` (resolved) is inside `directory` (resolved)."""
+    d = os.path.realpath(directory)
+    p = os.path.realpath(path)
+    return os.path.commonpath([d, p]) == d and p != d
+
+
+@dataclass
+class Element:
+    kind: str  # "dir", "srv", "cache"
+    path: str = ""  # dir: the directory; cache: the cache directory
+    cache: str | None = None  # srv: where downloads go
+    stores: list[str] = field(default_factory=list)  # srv: local stores or URLs, in order
+    text: str = ""
+
+
+def is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+class SymbolPath:
+    def __init__(self, elements: list[Element], text: str):
+        self.elements = elements
+        self.text = text
+
+    @classmethod
+    def parse(cls, text: str | None) -> "SymbolPath":
+        elements = []
+        for raw in (text or "").split(";"):
+            part = raw.strip()
+            if not part:
+                continue
+            low = part.lower()
+            if low.startswith("symsrv*"):
+                fields = part.split("*")[2:]  # symsrv*symsrv.dll*...
+                elements.append(_server(fields, part))
+            elif low == "srv" or low.startswith("srv*"):
+                elements.append(_server(part.split("*")[1:], part))
+            elif low == "cache" or low.startswith("cache*"):
+                where = part.split("*", 1)[1] if "*" in part else ""
+                elements.append(Element("cache", where or default_cache(), text=part))
+            else:
+                elements.append(Element("dir", os.path.expanduser(part), text=part))
+        return cls(elements, text or "")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _server(fields: list[str], text: str) -> Element:
+    fields = [f for f in fields if f.strip()]
+    if not fields:
+        return Element("srv", cache=default_cache(), stores=[MICROSOFT_SERVER], text=text)
+    if len(fields) == 1:
+        only = fields[0]
+        if is_url(only):
+            return Element("srv", cache=default_cache(), stores=[only], text=text)
+        return Element("srv", cache=None, stores=[only], text=text)
+    return Element("srv", cache=fields[0], stores=fields[1:], text=text)
+
+
+class DownloadError(Exception):
+    pass
+
+
+class SymbolStore:
+    """Finds files by name and key along a symbol path; one instance per path and session."""
+
+    def __init__(self, path: SymbolPath | str | None, *, log: Callable[[str], None] | None = None,
+                 warn: Callable[[str], None] | None = None, progress=None, timeout: float = DEFAULT_TIMEOUT,
+                 deadline: float = DEFAULT_DEADLINE, max_size: int = DEFAULT_MAX_SIZE):
+        self.path = path if isinstance(path, SymbolPath) else SymbolPath.parse(path)
+        self.log = log or (lambda text: None)  # noisy tracing ("SYMSRV:  ...")
+        self.warn = warn or (lambda text: None)  # once-per-server failures
+        self.progress = progress if progress is not None else sys.stderr
+        self.timeout = timeout
+        self.deadline = deadline
+        self.max_size = max_size
+        self.dead_servers: set[str] = set()
+        self.downloads = 0
+
+    # -- public ------------------------------------------------------------------------------
+    def find(self, name: str, key: str, verify: Callable[[str], bool] | None = None) -> str | None:
+        """The path of the file `name` with identity `key`, or None. `verify(path)` confirms a
+        candidate's identity (GUID/age, timestamp/size); a file that fails it is skipped (and a
+        download that fails it is deleted)."""
+        fname, fkey = safe_file_name(name), safe_key(key)
+        if fname is None or fkey is None:
+            self.log(f"SYMSRV:  refusing the unsafe name {name!r} / key {key!r}")
+            return None
+        verify = verify or (lambda p: True)
+        cache_dir: str | None = None
+        for el in self.path.elements:
+            if el.kind == "cache":
+                cache_dir = el.path
+                found = self._from_store(el.path, fname, fkey, verify)
+                if found:
+                    return found
+            elif el.kind == "dir":
+                found = self._from_dir(el.path, fname, fkey, verify)
+                if found and cache_dir:
+                    found = self._copy_into(cache_dir, found, fname, fkey) or found
+                if found:
+                    return found
+            else:
+                found = self._from_server(el, fname, fkey, verify)
+                if found:
+                    return found
+        return None
+
+    # -- local stores and directories --------------------------------------------------------
+    def _from_store(self, store: str, name: str, key: str, verify) -> str | None:
+        """NAME/KEY/NAME (or two-tier NA/NAME/KEY/NAME) in a local store, following file.ptr."""
+        if not os.path.isdir(store):
+            return None
+        roots = [store]
+        if os.path.exists(os.path.join(store, "index2.txt")):
+            roots.insert(0, os.path.join(store, name[:2].lower()))
+        for root in roots:
+            keydir = _child(root, name) and _child(_child(root, name), key)
+            if not keydir:
+                continue
+            candidate = _child(keydir, name)
+            self.log(f"SYMSRV:  {os.path.join(keydir, name)} - {'found' if candidate else 'not found'}")
+            if candidate and os.path.isfile(candidate):
+                if verify(candidate):
+                    return candidate
+                self.log(f"SYMSRV:  {candidate} does not match (wrong identity); skipped")
+            ptr = _child(keydir, "file.ptr")
+            if ptr:
+                found = self._follow_ptr(ptr, store, verify)
+                if found:
+                    return found
+        return None
+
+    def _follow_ptr(self, ptr: str, store: str, verify) -> str | None:
+        try:
+            with open(ptr, "r", encoding="utf-8", errors="replace") as f:
+                text = f.read(4096).strip()
+        except OSError:
+            return None
+        if text.upper().startswith("MSG:"):
+            self.log(f"SYMSRV:  {ptr}: {text[4:].strip()}")
+            return None
+        if not text.upper().startswith("PATH:"):
+            return None
+        target = text[5:].strip()
+        if is_url(target) or target.startswith("\\\\"):
+            self.log(f"SYMSRV:  {ptr} points to {target}: not followed")
+            return None
+        target = target if os.path.isabs(target) else os.path.join(store, target)
+        if os.path.isfile(target) and verify(target):
+            self.log(f"SYMSRV:  {ptr} -> {target}")
+            return target
+        return None
+
+    def _from_dir(self, directory: str, name: str, key: str, verify) -> str | None:
+        found = self._from_store(directory, name, key, verify)
+        if found:
+            return found
+        ext = name.rsplit(".", 1)[-1] if "." in name else ""
+        places = [os.path.join(directory, "symbols", ext), os.path.join(directory, ext), directory]
+        for place in places:
+            candidate = _child(place, name) if os.path.isdir(place) else None
+            self.log(f"DBGHELP: {os.path.join(place, name)} - {'found' if candidate else 'file not found'}")
+            if candidate and os.path.isfile(candidate):
+                if verify(candidate):
+                    return candidate
+                self.log(f"DBGHELP: {candidate} - mismatched identity")
+        return None
+
+    def _copy_into(self, cache: str, source: str, name: str, key: str) -> str | None:
+        target = os.path.join(cache, name, key, name)
+        if not inside(cache, target):
+            return None
+        if os.path.isfile(target):
+            return target
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=os.path.dirname(target))
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out)
+            os.replace(tmp, target)
+            return target
+        except OSError as exc:
+            self.log(f"SYMSRV:  cannot copy {source} into {cache}: {exc.strerror}")
+            return None
+
+    # -- servers -----------------------------------------------------------------------------
+    def _from_server(self, el: Element, name: str, key: str, verify) -> str | None:
+        if el.cache:
+            found = self._from_store(el.cache, name, key, verify)
+            if found:
+                return found
+        for store in el.stores:
+            if is_url(store):
+                if el.cache is None:
+                    continue
+                found = self._download(store, el.cache, name, key, verify)
+            else:
+                found = self._from_store(store, name, key, verify)
+                if found and el.cache:
+                    found = self._copy_into(el.cache, found, name, key) or found
+            if found:
+                return found
+        return None
+
+    def _download(self, server: str, cache: str, name: str, key: str, verify) -> str | None:
+        if server in self.dead_servers:
+            return None
+        base = server.rstrip("/")
+        target = os.path.join(cache, name, key, name)
+        if not inside(cache, target):
+            self.log(f"SYMSRV:  refusing to write outside the cache: {target}")
+            return None
+        # Keys are case-insensitive, but a plain file server is not: after a 404 for the key as
+        # symsrv spells it, ask once more in lower case (the SSQP spelling).
+        tmp = None
+        for spelling in dict.fromkeys([key, key.lower()]):
+            url = f"{base}/{urllib.parse.quote(name)}/{spelling}/{urllib.parse.quote(name)}"
+            self.log(f"SYMSRV:  GET {url}")
+            try:
+                tmp = self._fetch(url, os.path.dirname(target), name)
+            except DownloadError as exc:
+                _prune(os.path.dirname(target), cache)
+                self._server_failed(server, str(exc))
+                return None
+            if tmp is not None:
+                break
+            self.log(f"SYMSRV:  {url} - not found")
+        if tmp is None:
+            _prune(os.path.dirname(target), cache)
+            return None
+        if not verify(tmp):
+            os.unlink(tmp)
+            _prune(os.path.dirname(target), cache)
+            self._server_failed(server, f"{name} from the server is not the file asked for (bad content)")
+            return None
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            os.unlink(tmp)
+            self.warn(f"*** WARNING: cannot write {target}: {exc.strerror}")
+            return None
+        self.downloads += 1
+        self.log(f"SYMSRV:  {target} - downloaded")
+        return target
+
+    def _server_failed(self, server: str, why: str) -> None:
+        self.dead_servers.add(server)
+        self.warn(f"*** WARNING: symbol server {server} failed: {why}. It is not asked again in this session.")
+
+    def _fetch(self, url: str, directory: str, name: str) -> str | None:
+        """Download into a temporary file beside the target: its path, or None for 404."""
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        start = time.monotonic()
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - http(s) only
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise DownloadError(f"HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DownloadError(f"{reason}") from None
+        with response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if total is not None and total > self.max_size:
+                raise DownloadError(f"{name} is {total} bytes, more than the {self.max_size}-byte limit")
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise DownloadError(f"cannot create {directory}: {exc.strerror}") from None
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            done = 0
+            shown = 0.0
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    while True:
+                        if time.monotonic() - start > self.deadline:
+                            raise DownloadError(f"{name} took more than {self.deadline:g} s")
+                        try:
+                            chunk = response.read(64 * 1024)
+                        except (OSError, ValueError) as exc:
+                            raise DownloadError(f"{exc}") from None
+                        if not chunk:
+                            break
+                        done += len(chunk)
+                        if done > self.max_size:
+                            raise DownloadError(f"{name} is more than the {self.max_size}-byte limit")
+                        out.write(chunk)
+                        now = time.monotonic()
+                        if now - shown > 0.5:
+                            shown = now
+                            self._show(name, done, total)
+                self._show(name, done, total, final=True)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+            if total is not None and done != total:
+                os.unlink(tmp)
+                raise DownloadError(f"{name}: the server sent {done} of {total} bytes")
+            return tmp
+
+    def _show(self, name: str, done: int, total: int | None, final: bool = False) -> None:
+        if self.progress is None:
+            return
+        of = f" of {total}" if total else ""
+        end = "\n" if final else ""
+        try:
+            self.progress.write(f"\rDownloading {name}: {done}{of} bytes{end}")
+            self.progress.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _child(directory: str | None, name: str) -> str | None:
+    """`directory/name`, matched case-insensitively (store keys and Windows names ignore case)."""
+    if not directory:
+        return None
+    exact = os.path.join(directory, name)
+    if os.path.exists(exact):
+        return exact
+    try:
+        with os.scandir(directory) as it:
+            for n, entry in enumerate(it):
+                if n > 10000:
+                    break
+                if entry.name.lower() == name.lower():
+                    return entry.path
+    except OSError:
+        return None
+    return None
+
+
+def _prune(directory: str, cache: str) -> None:
+    """Remove the empty NAME/KEY directories a failed download left in the cache."""
+    for _ in range(2):
+        if not inside(cache, directory):
+            return
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        directory = os.path.dirname(directory)
