@@ -176,3 +176,15 @@ def logfile(session, inv):
 @command(".cls", family="session", syntax=".cls", summary="Clear the screen")
 def cls(session, inv):
     session.out.clear_screen()
+
+
+@command(".explain", family="session", syntax=".explain [on|off]",
+         summary="After each command's output, explain in a few lines how to read it (for newcomers)",
+         example=".explain on")
+def explain(session, inv):
+    if inv.args:
+        word = inv.args[0].lower()
+        if word not in ("on", "off", "1", "0") or len(inv.args) > 1:
+            raise CommandError(f".explain takes on or off, not '{inv.text}'")
+        session.options.explain = word in ("on", "1")
+    session.out.line(f"Explanations are {'on' if session.options.explain else 'off'}.")

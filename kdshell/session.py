@@ -34,6 +34,7 @@ class Options:
     ignore_missing_pages: bool = False
     verbose: bool = False
     script_stop: bool = False  # `.scriptstop 1`: a script ends at its first failing command
+    explain: bool = False  # `.explain on`: a note on reading each command's output
 
 
 def _load_commands() -> None:
@@ -254,6 +255,13 @@ class Session:
             for guard in cmd.needs:
                 guard(self)
             cmd.func(self, inv)
+            if self.options.explain:
+                from kdshell.explain import note_for
+
+                note = note_for(cmd.name, inv)
+                if note:
+                    self.out.line("")
+                    self.out.lines("  [explain] " + line for line in note.splitlines())
             return True
         except Quit:
             raise

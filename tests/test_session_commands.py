@@ -83,3 +83,20 @@ def test_banner_mini_and_truncated():
         assert b[1] == "Kernel Complete Dump File: Full address space is available"
         assert any(line.startswith("WARNING: The dump file is truncated") for line in b)
         assert "Windows 10 Kernel Version 19045 MP (4 procs) Free x64" in b
+
+
+@pytest.mark.parametrize("source", ["corpus", "synthetic"])
+def test_explain_adds_a_note_after_known_commands(source, tmp_path):
+    from dumpfactory import write_kind
+
+    path = TRIAGE_19041 if source == "corpus" else write_kind(tmp_path, "full")
+    with kdshell.open(path) as s:
+        assert "[explain]" not in s.capture(".bugcheck")
+        assert s.capture(".explain on") == "Explanations are on.\n"
+        text = s.capture(".bugcheck")
+        assert text.splitlines()[0].startswith("Bugcheck code")
+        assert "  [explain] The bug check code says what kind of crash" in text
+        assert "[explain]" not in s.capture(".echo hi")  # no note for .echo
+        s.capture(".explain off")
+        assert "[explain]" not in s.capture(".bugcheck")
+        assert "takes on or off" in s.capture(".explain maybe")

@@ -1,0 +1,61 @@
+"""`.explain on`: after a command's output, a few lines on how to read it. For newcomers; the
+texts are here in one place so they read as one voice."""
+from __future__ import annotations
+
+NOTES = {
+    "vertarget": """\
+Line 1: the Windows build (19041 = Windows 10 2004/20H2; 22000+ is Windows 11, still printed as
+"Windows 10"), MP = several processors, Free = a retail build, then the CPU architecture.
+"Kernel base" is where ntoskrnl.exe is loaded; "Debug session time" is when it crashed.""",
+    ".bugcheck": """\
+The bug check code says what kind of crash this was (look it up with !analyze -v or
+'.help !analyze'); the four arguments are its parameters, whose meaning depends on the code:
+an address, an IRQL, a pointer to a trap frame or context record, ...""",
+    ".dumpdebug": """\
+These are the dump file's own header fields. DumpType says which kind of dump it is
+(1 complete, 4 small memory dump, 5/6 bitmap complete/kernel); the second block describes how
+the pages are stored in the file.""",
+    ".enumtag": """\
+Drivers may add their own data to a dump while the machine crashes; each blob has a GUID tag
+that says whose it is. The hex shows the first bytes of each blob.""",
+    "r": """\
+The registers of the current context: rip is the instruction that was running, rsp the stack.
+The flags line (nv up ei pl zr ...) spells out EFLAGS. The last line disassembles the
+instruction at rip, and after '=' shows the memory it reads (???????? = not in the dump).""",
+    "db": """\
+Each line: the address, 16 bytes in hex (a '-' after the eighth), then the same bytes as text
+('.' for unprintable ones). '??' means the dump does not hold that memory.""",
+    "dq": """\
+Each line: the address, then quadwords (8 bytes each) in hex, with a ` between the high and
+low halves. Kernel addresses start with ffff; small numbers are often counts or flags.""",
+    "dps": """\
+Each line: the address, the pointer stored there, and the symbol it points into, if any.
+On a stack, values that point into code (module!function+0x..) are likely return addresses.""",
+    "u": """\
+Each line: the address, the instruction's bytes, then the instruction. A 'module!function+0x..:'
+line marks where a function's code begins. Branch targets are shown by name when known.""",
+    "lm": """\
+One line per loaded module: its start and end address, its name, and the state of its symbols
+(deferred = not loaded yet; pdb symbols = full names; export symbols = only exported names).""",
+    "ln": """\
+The symbol just before the address (with the distance from it) and the next one after it.
+'module!function+0x70' means 0x70 bytes into that function.""",
+    "k": """\
+One line per call frame, newest first. Child-SP is the stack pointer in that frame, RetAddr
+where it returns to, Call Site the function (and offset) that was running. Read it bottom-up
+to see how the code got to the crash.""",
+    "dt": """\
+One line per field: its offset in the structure, its name, and its type or value. Pointers
+print as addresses; _LIST_ENTRY shows [ Flink - Blink ]; strings are quoted.""",
+    "!pte": """\
+The four paging levels (PXE, PPE, PDE, PTE) that map the address. 'pfn' is the physical page;
+the flags are --DA--KWEV: Dirty, Accessed, Kernel/User, Writable, Executable, Valid.""",
+}
+
+# Commands that share a note with another spelling.
+ALIASES = {"kb": "k", "kv": "k", "kn": "k", "kp": "k", "kc": "k", "kf": "k", "dd": "dq", "dw": "dq",
+           "dp": "dq", "dc": "db", "dqs": "dps", "dds": "dps", "ub": "u"}
+
+
+def note_for(name: str, inv=None) -> str | None:
+    return NOTES.get(ALIASES.get(name, name))
