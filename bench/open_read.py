@@ -1,11 +1,16 @@
 """Open and page-read speed of bitmap kernel dumps, kdshell side by side with kdmp-parser.
 
     python bench/open_read.py [--present 1M,8M] [--reads 100000] [--dir /tmp/kdshell-bench]
+                              [--large-machine]
 
 Builds (once, cached in --dir) sparse DumpType 6 files of a 64 GiB machine with the given numbers
 of present pages, then for each file and each reader, in a fresh subprocess: time to open (to a
 first page read), peak resident memory, and the mean time of random physical page reads.
 Prints a table with the kdmp-parser/kdshell ratios. Run by hand; not part of CI.
+
+--large-machine builds the files with the test machines' large mode instead
+(fixtures/machine/large.py: a PC memory map, real x64 page tables in the present pages, a
+user address space), so the same files also serve translation benchmarks.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: fixtures.machine.large
 
 MACHINE_PFNS = 1 << 24  # 64 GiB
 SEED = 20261122
@@ -113,7 +120,20 @@ def measure(reader: str, path: str, reads: int) -> dict:
 
 def present_runs_from_file(path: str) -> list[tuple[int, int]]:
     count = int(Path(path).stem.split("-")[-1])
+    if Path(path).stem.startswith("large64g"):
+        from fixtures.machine.large import memory_map
+        from fixtures.machine.large import present_runs as large_runs
+
+        return large_runs(memory_map(64), count)
     return present_runs(count)
+
+
+def build_large(path: Path, count: int) -> None:
+    from fixtures.machine.large import write_large
+
+    t = time.perf_counter()
+    write_large(path, kind="kernel", total_gib=64, present_pages=count)
+    print(f"  built {path.name} (large machine) in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
 
 def run_child(reader: str, path: Path, reads: int) -> dict:
@@ -135,6 +155,8 @@ def main() -> int:
     ap.add_argument("--present", default="1M,8M")
     ap.add_argument("--reads", type=int, default=100_000)
     ap.add_argument("--dir", default="/tmp/kdshell-bench")
+    ap.add_argument("--large-machine", action="store_true",
+                    help="build the files with fixtures/machine/large.py (real page tables)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -151,9 +173,14 @@ def main() -> int:
     print(header)
     for text in args.present.split(","):
         count = parse_count(text)
-        path = directory / f"bitmap64g-{count}.dmp"
-        if not path.exists():
-            build(path, count)
+        if args.large_machine:
+            path = directory / f"large64g-{count}.dmp"
+            if not path.exists():
+                build_large(path, count)
+        else:
+            path = directory / f"bitmap64g-{count}.dmp"
+            if not path.exists():
+                build(path, count)
         results = {r: run_child(r, path, args.reads) for r in ("kdshell", "kdmp-parser")}
         for reader, r in results.items():
             print(f"{count:>14} {reader:>10} {r['open_s']:>10.4f} {r['read_us']:>10.2f} {r['peak_mb']:>10.0f}")

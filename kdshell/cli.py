@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="A WinDbg/KD-style debugger for Windows kernel crash dumps.",
         epilog='Example: kdshell -z MEMORY.DMP -c "!analyze -v; q"',
     )
-    p.add_argument("-z", dest="dump", metavar="DUMP", help="the crash dump to open (.dmp)")
+    p.add_argument("-z", dest="dump", metavar="DUMP",
+                   help="the crash dump to open (.dmp); without one, kdshell opens its bundled sample")
     p.add_argument("-y", dest="symbol_path", metavar="SYMPATH", help="symbol search path")
     p.add_argument("-i", dest="image_path", metavar="IMAGEPATH", help="executable image search path")
     p.add_argument("-c", dest="commands", metavar="CMDS", help='commands to run first, e.g. "vertarget; q"')
@@ -27,13 +28,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SAMPLE_NOTE = ("No dump given (-z FILE.dmp): opening kdshell's bundled sample, a small memory dump of a "
+               "DRIVER_IRQL_NOT_LESS_OR_EQUAL (0xD1) crash in mydrv.sys.")
+
+
+def bundled_sample() -> tuple[str, str] | None:
+    """(dump, symbol store) of the sample shipped in kdshell/data/sample, if installed."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent / "data" / "sample"
+    dumps = sorted(root.glob("*.dmp"))
+    if not dumps or not (root / "symbols").is_dir():
+        return None
+    return str(dumps[0]), str(root / "symbols")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     dump_path = args.dump or (args.rest[0] if args.rest else None)
+    note = None
     if dump_path is None:
-        build_parser().print_usage(sys.stderr)
-        print("kdshell: no dump given: use -z FILE.dmp", file=sys.stderr)
-        return 2
+        sample = bundled_sample()
+        if sample is None:
+            build_parser().print_usage(sys.stderr)
+            print("kdshell: no dump given: use -z FILE.dmp", file=sys.stderr)
+            return 2
+        dump_path, store = sample
+        note = SAMPLE_NOTE
+        if args.symbol_path is None:
+            args.symbol_path = store
+        if args.image_path is None:
+            args.image_path = store
 
     from kdshell.output import Output
     from kdshell.session import Quit, open_session
@@ -54,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     session.options.verbose = args.verbose
     try:
+        if note:
+            out.line(note)
         out.line(f"kdshell {__version__} - kernel dump debugger")
         out.line("")
         out.lines(session.banner())

@@ -23,3 +23,22 @@ def _utc(monkeypatch):
     import time
 
     time.tzset()
+
+
+# -- the test machines (fixtures/machine): built once per session --------------------------------
+import sys as _sys
+
+if str(REPO) not in _sys.path:
+    _sys.path.insert(0, str(REPO))  # `fixtures` (the machine builder) is imported from the checkout
+
+
+@pytest.fixture(scope="session")
+def machines(tmp_path_factory):
+    """Every test machine's dumps and ground truth (fixtures/README.md), built once per session
+    into a temporary directory (or into $KDSHELL_MACHINES, reused while its inputs are the same).
+    Returns a fixtures.machine.catalog.MachineSet: .path("d1", "kernel"), .truth("d1")."""
+    from fixtures.machine.catalog import MachineSet, build_set
+
+    where = os.environ.get("KDSHELL_MACHINES")
+    outdir = Path(where) if where else tmp_path_factory.mktemp("machines")
+    return MachineSet(build_set(outdir))

@@ -43,9 +43,13 @@ def test_bad_files_one_line(tmp_path):
     assert p.returncode == 2 and "No such file" in p.stderr
 
 
-def test_no_dump_prints_usage():
-    p = run()
-    assert p.returncode == 2 and "usage: kdshell" in p.stderr
+def test_no_dump_opens_the_bundled_sample():
+    p = run("-c", "vertarget; q")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.splitlines()[0].startswith("No dump given (-z FILE.dmp): opening kdshell's bundled sample")
+    assert "Mini Kernel Dump File" in p.stdout and "0: kd> vertarget; q" in p.stdout
+    assert "BugCheck D1, {fffff8a000bad000, 2, 0, fffff8000100111d}" in p.stdout
+    assert "Traceback" not in p.stdout + p.stderr
 
 
 def test_python_api_capture():
