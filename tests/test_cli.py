@@ -66,3 +66,10 @@ def test_empty_line_repeats_memory_display():
     lines = [line for line in p.stdout.splitlines() if line.startswith("fffff804`7c600b")]
     assert lines[0].startswith("fffff804`7c600b20  ")
     assert lines[1].startswith("fffff804`7c600b30  ")
+
+
+def test_broken_pipe_is_quiet():
+    p = subprocess.run(f"{sys.executable} -m kdshell -z {TRIAGE_19041} -c '.help; .help; .help; q' | head -2",
+                       shell=True, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+    assert len(p.stdout.splitlines()) == 2
