@@ -21,6 +21,7 @@ from kdshell.memory import paging as _paging
 from kdshell.memory.pte import PteFormat
 from kdshell.memory.virtual import PhysicalView, SavedRangesMemory, TranslatedMemory, VirtualMemory
 from kdshell.output import Output
+from kdshell.stack.context import ContextState
 from kdshell.symbols.resolver import ImageOverlay, Symbols
 from kdshell.target import version_lines
 
@@ -62,7 +63,6 @@ class Session:
         # Modules, images, PDBs and the symbol path (kdshell.symbols.resolver).
         self.symbols = Symbols(self, symbol_path, image_path)
         self.progress = sys.stderr  # download progress; None to keep quiet
-        self.registers = dump.registers()
         self.pseudo_registers: dict[str, int] = {}  # $t0-$t19 and the values commands leave ($p, $exp)
         self.radix = 16  # `n`: the default number base of expressions
         # What an empty line repeats (`repeat_last`), and where d*/u continue when given no address.
@@ -77,9 +77,16 @@ class Session:
         self._overlays: dict[int, ImageOverlay] = {}
         self._spaces: dict[int, VirtualMemory] = {}
         self.processor = 0
+        # The current register context (.cxr/.trap/.thread/.frame/~Ns) and the warm stack walker.
+        self.context = ContextState(self)
         self.failures = 0  # commands that ended in an error: the CLI's exit status
         self.last_error: str | None = None
         self.last_traceback: str | None = None
+
+    @property
+    def registers(self) -> dict[str, int]:
+        """The current context's registers (those of the `.frame` selected, if any)."""
+        return self.context.registers
 
     # -- memory and kernel facts ---------------------------------------------------------------
     @property
@@ -270,6 +277,8 @@ class Session:
             self.last_error = str(exc)
             self.out.error(str(exc))
             return False
+        except BrokenPipeError:
+            raise  # the output is gone: the front end stops
         except KeyboardInterrupt:
             self.failures += 1
             self.out.error("^C: command stopped")

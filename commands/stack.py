@@ -1,0 +1,393 @@
+"""Call stacks and register contexts: k (kb kv kp kP kc kn kf kL, counts, `= BP SP IP`), kd,
+.kframes, .cxr, .ecxr, .trap, .thread, .frame, ~Ns.
+
+Thin: parse WinDbg's syntax, ask the session's ContextState (kdshell.stack.context) for the
+context and its walk (kdshell.stack.walk / x86), print WinDbg's columns (windbg.md §3, §9;
+x64-unwind.md §4). `r` itself lives in commands/memory.py and reads `session.registers`, which is
+the current context (or the `.frame` selected), so `.cxr X; r` shows X's registers.
+
+Column layout (x64), exactly as WinDbg:
+    ` # Child-SP          RetAddr               Call Site`              kn
+    `Child-SP          RetAddr               Call Site`                 k
+    ` #   Memory  Child-SP ...`                                         kf (size on the caller's row)
+    `... RetAddr               : Args to Child <71> : Call Site`        kb / kv (the four home slots)
+Frames found by scanning get WinDbg's warning line, once, before the first of them. Enter does
+not repeat k (WinDbg does not either).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdshell.dispatch import command
+from kdshell.errors import CommandError, KdError
+from kdshell.expr import Evaluator
+from kdshell.format import ptr
+from kdshell.stack.walk import HOW_SCAN
+from kdshell.symbols.resolver import DATA
+from kdshell.commands.memory import current_instruction, display, needs_memory, register_lines
+
+SCAN_WARNING = "WARNING: Stack unwind information not available. Following frames may be wrong."
+TRAP_NOTE = ("NOTE: The trap frame does not contain all registers.",
+             "Some register values may be zeroed or incorrect.")
+MAX_FRAMES = 0xFFFF
+ARGS_WIDTH = 4 * 17 + 3   # four `00000000`00000000` home slots
+
+
+# -- call sites -----------------------------------------------------------------------------------
+def call_site(session, frame, *, clean: bool = False, params: str = "") -> str:
+    """`module!function+0xoff` (no offset when 0), `module+0xoff` without a symbol, the bare
+    address outside every module. The symbol is looked up at frame.lookup_address (a return
+    address minus one: the call may be a function's last instruction); the offset printed is
+    from the real address."""
+    ip = frame.ip
+    symbols = session.symbols
+    module = symbols.module_at(frame.lookup_address)
+    if module is None:
+        return "0x" + ptr(ip, session.is64)
+    table = symbols.table(module)
+    sym = table.at(frame.lookup_address - module.base) if table is not None else None
+    if sym is None or sym.kind == DATA:  # a data name (KDBG variables of nt) is no call site
+        return f"{module.name}+{ip - module.base:#x}"
+    if clean:
+        return f"{module.name}!{sym.name}"
+    off = ip - module.base - sym.rva
+    return f"{module.name}!{sym.name}{params}" + (f"+{off:#x}" if off else "")
+
+
+# -- k ------------------------------------------------------------------------------------------
+@dataclass
+class KOptions:
+    mode: str = ""          # "" | "b" | "v" | "p" | "P"
+    clean: bool = False     # c
+    numbers: bool = False   # n
+    sizes: bool = False     # f
+    count: int | None = None
+    start: tuple[int, ...] = ()   # `= BP [SP IP]`
+
+
+def _k_options(session, inv) -> KOptions:
+    o = KOptions()
+    suffix, rest = inv.suffix, inv.text.strip()
+    if "=" in suffix:  # `k=rbp rsp rip`: the dispatcher glued the '=' to the name
+        suffix, eq, glued = suffix.partition("=")
+        rest = f"={glued} {rest}".strip()
+    for c in suffix:
+        if c in "bvpP":
+            if o.mode and o.mode != c:
+                raise CommandError(f"k: '{o.mode}' and '{c}' cannot be combined")
+            o.mode = c
+        elif c == "c":
+            o.clean = True
+        elif c == "n":
+            o.numbers = True
+        elif c == "f":
+            o.sizes = True
+        elif c in "LM":
+            pass  # L: no source lines (kdshell prints none); M: DML links (none here)
+        else:
+            raise CommandError(f"^ Syntax error in 'k{inv.suffix}': unknown option '{c}' "
+                               "(k[b|v|p|P][c][n][f][L] [= BasePtr StackPtr InstructionPtr] [FrameCount])")
+    ev = Evaluator(session)
+    values = []
+    text = rest
+    if text.startswith("="):
+        text = text[1:]
+        words = _words(text)
+        values = [ev.evaluate(w) for w in words]
+        if not values:
+            raise CommandError("k: '=' needs an address (k = BasePtr [StackPtr InstructionPtr] [FrameCount])")
+        if len(values) >= 3:
+            o.start, values = tuple(values[:3]), values[3:]
+        else:
+            o.start, values = (values[0],), values[1:]
+    else:
+        values = [ev.evaluate(w) for w in _words(text)]
+    if len(values) > 1:
+        raise CommandError(f"^ Extra character error in 'k{inv.suffix} {inv.text}'")
+    if values:
+        if not 0 < values[0] <= MAX_FRAMES:
+            raise CommandError(f"k: frame count {values[0]:#x} is out of range (1-{MAX_FRAMES:#x})")
+        o.count = values[0]
+    return o
+
+
+def _words(text: str) -> list[str]:
+    from kdshell.dispatch import tokenize
+
+    return tokenize(text)
+
+
+def _start_context(session, start: tuple[int, ...]) -> dict[str, int]:
+    """`k = BP SP IP`: the current context with those three registers replaced. With one value
+    (`k = BP`), x64 frames do not chain through RBP, so it is taken as the stack pointer too
+    (the instruction pointer stays)."""
+    ctx = dict(session.context.context)
+    if session.is64:
+        names = ("rbp", "rsp", "rip")
+    else:
+        names = ("ebp", "esp", "eip")
+    if len(start) == 3:
+        for name, value in zip(names, start):
+            ctx[name] = value
+    else:
+        ctx[names[0]] = start[0]
+        if session.is64:
+            ctx["rsp"] = start[0]
+    return ctx
+
+
+def frame_lines(session, frames, o: KOptions, *, header: bool = True) -> list[str]:
+    """WinDbg's k columns for `frames` (x64 or x86)."""
+    is64 = session.is64
+    lines = []
+    if header:
+        lines.append(_header(o, is64))
+    warned = False
+    prev = None
+    for f in frames:
+        if f.how == HOW_SCAN and not warned:
+            lines.append(SCAN_WARNING)
+            warned = True
+        lines.append(_row(session, f, prev, o, is64))
+        prev = f
+    return lines
+
+
+def _header(o: KOptions, is64: bool) -> str:
+    h = " # " if o.numbers else ""
+    if o.sizes:
+        h += "  Memory  "
+    if o.clean:
+        return h + "Call Site"
+    if is64:
+        h += "Child-SP          RetAddr               "
+        if o.mode in ("b", "v"):
+            h += ": " + "Args to Child".ljust(ARGS_WIDTH) + " : "
+        return h + "Call Site"
+    h += "ChildEBP RetAddr  "
+    if o.mode in ("b", "v"):
+        h += "Args to Child              "
+    return h
+
+
+def _slot(value, is64: bool) -> str:
+    if value is None:
+        return "????????`????????" if is64 else "????????"
+    return ptr(value, is64)
+
+
+def _row(session, f, prev, o: KOptions, is64: bool) -> str:
+    s = f"{f.number:02x} " if o.numbers else ""
+    if o.sizes:
+        size = prev.frame_size if prev is not None else None
+        s += f"{size:>9x} " if size else " " * 10
+    params = ""
+    if o.mode in ("p", "P") and not o.clean:
+        params = parameters_text(session, f, full=o.mode == "P")
+    site = call_site(session, f, clean=o.clean, params=params)
+    if o.clean:
+        return s + site
+    ret = f.ret if f.ret is not None else 0
+    if is64:
+        s += f"{ptr(f.sp)} {ptr(ret)}     "
+        if o.mode in ("b", "v"):
+            s += ": " + " ".join(_slot(v, True) for v in f.home) + " : "
+    else:
+        s += f"{(f.frame_pointer or 0) & 0xFFFFFFFF:08x} {ret & 0xFFFFFFFF:08x} "
+        if o.mode in ("b", "v"):
+            s += " ".join(_slot(v, False) for v in f.home[:3]) + " "
+    s += site
+    if o.mode == "v" and f.trap_frame is not None:
+        s += f" (TrapFrame @ {ptr(f.trap_frame, is64)})"
+    return s
+
+
+def parameters_text(session, frame, full: bool = False) -> str:
+    """kp/kP: `(type name = value, ...)` from the module's private symbols; "" when the PDB has
+    no type for the function (a public PDB, exports), as WinDbg prints then."""
+    from kdshell.stack.params import frame_parameters
+
+    symbols = session.symbols
+    module = symbols.module_at(frame.lookup_address)
+    table = symbols.table(module) if module is not None else None
+    pdb = getattr(table, "pdb", None)
+    if pdb is None:
+        return ""
+    found = frame_parameters(pdb, module.base, frame, session.is64, session.memory.read)
+    if found is None:
+        return ""
+    if not found:
+        return "(void)"
+    parts = [f"{p.type_name} {p.name} = {p.value_text}" for p in found]
+    if full:
+        return "(\n\t\t\t" + ", \n\t\t\t".join(parts) + ")"
+    return "(" + ", ".join(parts) + ")"
+
+
+@command("k", family="stack", option_suffix=True, needs=(needs_memory,),
+         syntax="k[b|v|p|P][c][n][f][L] [= BasePtr [StackPtr InstructionPtr]] [FrameCount]",
+         summary="Show the call stack of the current context (b/v: home slots, v: trap frames, "
+                 "p/P: parameters, c: names only, n: frame numbers, f: frame sizes)",
+         example="kn 30",
+         details="The default frame count is 0x14 (.kframes changes it). Frames found by scanning the "
+                 "stack, not by unwind data, follow a warning line and may be wrong.")
+def k_(session, inv):
+    o = _k_options(session, inv)
+    state = session.context
+    count = o.count or state.kframes
+    if o.start:
+        frames = state.walk(count, _start_context(session, o.start), known=None)
+    else:
+        frames = state.walk(count)
+    session.out.lines(_colour_split(session, frame_lines(session, frames, o)))
+
+
+def _colour_split(session, lines):
+    """The warning line goes out as a warning (the text is the same)."""
+    for line in lines:
+        if line == SCAN_WARNING:
+            session.out.warn(line)
+            continue
+        yield line
+
+
+@command("kd", family="stack", needs=(needs_memory,), syntax="kd [WordCount]",
+         summary="Show the raw stack from the stack pointer, with symbols (like dps @rsp)",
+         example="kd 20")
+def kd_(session, inv):
+    count = Evaluator(session).evaluate(inv.text) if inv.text.strip() else 0x10
+    sp = session.registers.get("rsp" if session.is64 else "esp", 0)
+    display(session, "dps", f"{sp:#x} L{count:#x}")
+    session.repeat = None
+
+
+@command(".kframes", family="stack", syntax=".kframes [FrameCountDefault]",
+         summary="Show or set how many frames k shows by default", example=".kframes 0n50")
+def kframes(session, inv):
+    if inv.text.strip():
+        value = Evaluator(session).evaluate(inv.text)
+        if not 0 < value <= MAX_FRAMES:
+            raise CommandError(f".kframes: {value:#x} is out of range (1-{MAX_FRAMES:#x})")
+        session.context.kframes = value
+    session.out.line(f"Default stack trace depth is 0n{session.context.kframes} frames")
+
+
+# -- contexts -------------------------------------------------------------------------------------
+def _show_registers(session) -> None:
+    session.out.lines(register_lines(session))
+    session.out.lines(current_instruction(session))
+
+
+def _address(session, inv, name: str) -> int | None:
+    words = [w for w in inv.args if not w.startswith(("/", "-"))]
+    if not words:
+        return None
+    return Evaluator(session).evaluate(" ".join(words))
+
+
+@command(".cxr", family="stack", needs=(needs_memory,), syntax=".cxr [Address]",
+         summary="Use the CONTEXT record at Address as the register context (alone: back to the default)",
+         example=".cxr ffff8504`29891720",
+         details="0x7E/0x1000007E give the context record in P4, 0x3B in P3 (.ecxr uses it).")
+def cxr(session, inv):
+    address = _address(session, inv, ".cxr")
+    state = session.context
+    if address is None:
+        state.reset()
+        session.out.line("Resetting default scope")
+        return
+    frame = state.context_record(address)
+    state.set(frame, f".cxr {ptr(address, session.is64)}")
+    _show_registers(session)
+
+
+@command(".ecxr", family="stack", needs=(needs_memory,), syntax=".ecxr",
+         summary="Use the exception's context record (from the bug check parameters) as the register context",
+         example=".ecxr")
+def ecxr(session, inv):
+    from kdshell.stack.context import CONTEXT_RECORD_PARAM
+
+    h = session.dump.header
+    code = h.bugcheck_code
+    index = CONTEXT_RECORD_PARAM.get(code)
+    if index is None or not h.bugcheck_parameters[index]:
+        raise KdError(f"Unable to get exception context: bug check {code:X} has no context record "
+                      "(use .trap or k)")
+    address = h.bugcheck_parameters[index]
+    session.context.set(session.context.context_record(address), f".cxr {ptr(address, session.is64)}")
+    _show_registers(session)
+
+
+@command(".trap", family="stack", needs=(needs_memory,), syntax=".trap [Address]",
+         summary="Use the KTRAP_FRAME at Address as the register context (alone: back to the default)",
+         example=".trap ffffc60b`87e8ed40")
+def trap(session, inv):
+    address = _address(session, inv, ".trap")
+    state = session.context
+    if address is None:
+        state.reset()
+        session.out.line("Resetting default scope")
+        return
+    frame = state.trap_frame(address)
+    state.set(frame, f".trap {ptr(address, session.is64)}")
+    if session.is64:
+        session.out.lines(TRAP_NOTE)
+        # an x64 trap frame's registers and flags; WinDbg shows no segment line for it
+        session.out.lines(register_lines(session)[:-1])
+    else:
+        session.out.lines(register_lines(session))
+    session.out.lines(current_instruction(session))
+
+
+@command(".thread", family="stack", needs=(needs_memory,), syntax=".thread [Thread]",
+         summary="Use a thread's register context: its processor's when it is running, else its "
+                 "saved switch frame (alone: the current processor's thread)",
+         example=".thread ffffc20a`00065040")
+def thread(session, inv):
+    address = _address(session, inv, ".thread")
+    state = session.context
+    if address is None:
+        state.thread = None
+        state.reset()
+        current = state.current_thread()
+        if current:
+            session.out.line(f"Implicit thread is now {ptr(current, session.is64)}")
+        return
+    frame, how = state.thread_frame(address)
+    state.set(frame, f".thread {ptr(address, session.is64)} ({how})")
+    state.thread = address
+    session.out.line(f"Implicit thread is now {ptr(address, session.is64)}")
+    if "/r" in inv.args:
+        _show_registers(session)
+
+
+@command(".frame", family="stack", needs=(needs_memory,), syntax=".frame [/r] [FrameNumber]",
+         summary="Select a frame of the current stack: r, u and @rip then see that frame's registers",
+         example=".frame /r 2")
+def frame_(session, inv):
+    show = "/r" in inv.args
+    words = [w for w in inv.args if w != "/r"]
+    state = session.context
+    number = Evaluator(session).evaluate(" ".join(words)) if words else state.frame_number
+    f = state.select_frame(number)
+    session.out.lines(frame_lines(session, [f], KOptions(numbers=True), header=False))
+    if show:
+        _show_registers(session)
+
+
+@command("~", family="stack", option_suffix=True, needs=(needs_memory,), syntax="~Ns",
+         summary="Switch to processor N: its context (KPRCB.ProcessorState.ContextFrame) and prompt",
+         example="~1s")
+def processor(session, inv):
+    text = (inv.suffix + inv.text).strip()
+    if not text.lower().endswith("s") or not text[:-1].strip():
+        raise CommandError("~: kdshell knows ~Ns (switch to processor N)")
+    number = Evaluator(session).evaluate(text[:-1].strip())
+    state = session.context
+    frame = state.processor_frame(number)
+    session.processor = number
+    state.thread = None
+    if number == state.default_processor:
+        state.reset()
+    else:
+        state.set(frame, f"processor {number}")
