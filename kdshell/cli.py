@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-cf", dest="command_file", metavar="SCRIPT", help="a file of commands to run first")
     p.add_argument("-logo", dest="log", metavar="LOG", help="write everything shown to this log file")
     p.add_argument("-v", dest="verbose", action="store_true", help="verbose: show tracebacks of internal errors")
+    p.add_argument("--tutorial", action="store_true",
+                   help="a guided walk through the bundled sample crash (or -z DUMP), for newcomers")
     p.add_argument("--version", action="version", version=f"kdshell {__version__}")
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     return p
@@ -96,6 +98,10 @@ def _main(argv: list[str] | None) -> int:
         out.line("")
         out.lines(session.banner())
         _run_startup(session, args)
+        if args.tutorial:
+            from kdshell.tutorial import run_tutorial
+
+            run_tutorial(session, _line_reader(session))
         if sys.stdin.isatty() and sys.stdout.isatty():
             from kdshell.repl import interact
 
@@ -109,6 +115,23 @@ def _main(argv: list[str] | None) -> int:
         if log is not None:
             log.close()
     return 0 if session.failures == 0 else 1
+
+
+def _line_reader(session):
+    """Reads the user's lines: the terminal prompt, or standard input echoed like KD does."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        from prompt_toolkit import prompt
+
+        return lambda text: prompt(text)
+
+    def read(text: str) -> str:
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        session.out.line(text + line.rstrip("\n"))
+        return line
+
+    return read
 
 
 def _run_startup(session, args) -> None:
