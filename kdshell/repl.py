@@ -55,11 +55,10 @@ def make_completer(session):
 
 def session_words(session, command: str, word: str) -> list[str]:
     """Names that complete `word` after `command`: modules, module!symbol, dt type names."""
-    provider = getattr(session, "completions", None)
-    if provider is None:
-        return []
+    from kdshell.completion import words
+
     try:
-        return list(provider(command, word))[:200]
+        return words(session, command, word)
     except Exception:  # completion must never break the prompt
         return []
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from conftest import TRIAGE_19041
+from conftest import CORPUS_SYMBOLS, TRIAGE_19041
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -112,3 +112,30 @@ def test_ctrl_c_at_the_prompt_keeps_the_session(term):
     t.keys("half a command", "C-c")
     t.keys(".echo still-alive", "Enter")
     t.wait_for("still-alive\n")
+
+
+def test_completion_words_for_modules_symbols_and_types(tmp_path):
+    """The names Tab offers after a command (the terminal test above shows Tab itself works)."""
+    import kdshell
+    from conftest import CORPUS_SYMBOLS
+    from kdshell.completion import words
+    from kdshell.cli import bundled_sample
+
+    with kdshell.open(TRIAGE_19041, symbol_path=str(CORPUS_SYMBOLS)) as s:
+        assert "amdppm" in words(s, "lm", "amdp")
+        assert "amdppm!" in words(s, "x", "amdp")
+        s.run("x amdppm!WriteIo*")  # loads amdppm's symbols
+        assert "amdppm!WriteIoMemRawEx" in words(s, "u", "amdppm!WriteIoMem")
+    dump, symbols = bundled_sample()
+    with kdshell.open(dump, symbol_path=symbols) as s:
+        s.run(".reload /f nt")
+        assert "nt!_EPROCESS" in words(s, "dt", "nt!_EPR")
+
+
+def test_tab_completes_a_symbol_in_the_terminal(term):
+    t = term("-z", str(TRIAGE_19041), "-y", str(CORPUS_SYMBOLS))
+    t.wait_for("0: kd>")
+    t.keys("x amdppm!WriteIoMemRawE*", "Enter")
+    t.wait_for("amdppm!WriteIoMemRawEx")
+    t.keys("ln amdppm!WriteIoMemRaw", "Tab")
+    t.wait_for("amdppm!WriteIoMemRawEx")
