@@ -139,3 +139,16 @@ def test_tab_completes_a_symbol_in_the_terminal(term):
     t.wait_for("amdppm!WriteIoMemRawEx")
     t.keys("ln amdppm!WriteIoMemRaw", "Tab")
     t.wait_for("amdppm!WriteIoMemRawEx")
+
+
+def test_ctrl_c_stops_a_long_command(term, machines):
+    """A search over the whole 64-bit address space of a complete dump takes seconds: Ctrl-C
+    stops it and the prompt comes back."""
+    t = term("-z", str(machines.path("d1", "complete")))
+    t.wait_for("0: kd>")
+    t.keys('s -a 0 L?ffffffffffffffff "no-such-needle"', "Enter")
+    time.sleep(0.4)
+    t.keys("C-c")
+    t.wait_for("^C: command stopped")
+    t.keys(".echo after-ctrl-c", "Enter")
+    t.wait_for("after-ctrl-c\n")

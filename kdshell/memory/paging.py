@@ -43,6 +43,17 @@ class PageNotPresent(MemoryNotPresent):
         self.span = span
 
 
+def _hole_span(va: int, va_bits: int) -> int:
+    """The largest aligned power-of-two block around a non-canonical `va` that lies wholly in the
+    non-canonical hole, so a scan skips the hole in a few steps, not page by page."""
+    low, high = 1 << (va_bits - 1), (1 << 64) - (1 << (va_bits - 1))
+    for k in range(63, PAGE_SHIFT - 1, -1):
+        start = va & ~((1 << k) - 1)
+        if start >= low and start + (1 << k) <= high:
+            return 1 << k
+    return PAGE_SIZE
+
+
 # -- modes -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Level:
@@ -216,7 +227,8 @@ class Paging:
         cva = self.mode.canonical(va)
         if cva is None:
             bits = self.mode.va_bits
-            raise PageNotPresent(va, f"{va:#x} is not a canonical {bits}-bit address", span=PAGE_SIZE)
+            raise PageNotPresent(va, f"{va:#x} is not a canonical {bits}-bit address",
+                                 span=_hole_span(va, bits))
         pa = self._walk(cva, follow_prototype=True)
         tlb = self._tlb
         if len(tlb) >= self.TLB_LIMIT:
