@@ -22,11 +22,15 @@ class Terminal:
         command = ["env", "-u", "NO_COLOR", "-u", "PYTEST_CURRENT_TEST"]
         command += [f"{k}={shlex.quote(v)}" for k, v in environment.items()]
         command += [sys.executable, "-m", "kdshell", *map(shlex.quote, args)]
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "160", "-y", "50", " ".join(command)],
+        # Each terminal has a tmux server of its own (-L): no races with other tests' servers.
+        subprocess.run(self.tmux("new-session", "-d", "-s", self.name, "-x", "160", "-y", "50", " ".join(command)),
                        check=True)
 
+    def tmux(self, *args) -> list[str]:
+        return ["tmux", "-L", self.name, *args]
+
     def screen(self, escapes=False) -> str:
-        args = ["tmux", "capture-pane", "-p", "-t", self.name] + (["-e"] if escapes else [])
+        args = self.tmux("capture-pane", "-p", "-t", self.name) + (["-e"] if escapes else [])
         return subprocess.run(args, capture_output=True, text=True).stdout
 
     def wait_for(self, text, timeout=20.0, escapes=False) -> str:
@@ -39,10 +43,10 @@ class Terminal:
         raise AssertionError(f"{text!r} never appeared on the screen:\n{self.screen()}")
 
     def keys(self, *keys):
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run(self.tmux("send-keys", "-t", self.name, *keys), check=True)
 
     def close(self):
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run(self.tmux("kill-server"), capture_output=True)
 
 
 @pytest.fixture
