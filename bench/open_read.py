@@ -5,8 +5,9 @@
 
 Builds (once, cached in --dir) sparse DumpType 6 files of a 64 GiB machine with the given numbers
 of present pages, then for each file and each reader, in a fresh subprocess: time to open (to a
-first page read), peak resident memory, and the mean time of random physical page reads.
-Prints a table with the kdmp-parser/kdshell ratios. Run by hand; not part of CI.
+first page read), peak resident memory, and the mean time of random physical page reads (each
+read copies the page, so the data is really read). Prints a table with the kdmp-parser/kdshell
+ratios. Run by hand; not part of CI. `measure` is also used by bench/run_all.py.
 
 --large-machine builds the files with the test machines' large mode instead
 (fixtures/machine/large.py: a PC memory map, real x64 page tables in the present pages, a
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: fixtures.machine.large
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/readers.py
 
 MACHINE_PFNS = 1 << 24  # 64 GiB
 SEED = 20261122
@@ -83,39 +85,30 @@ def build(path: Path, count: int) -> None:
 # ----------------------------------------------------------------------------------------------
 # The measurement, run in a subprocess per (reader, file) so peak memory is the reader's own.
 
-def measure(reader: str, path: str, reads: int) -> dict:
-    import resource
-
-    runs = present_runs_from_file(path)
-    rng = random.Random(SEED)
+def sample_pfns(runs, reads: int, seed: int = SEED) -> list[int]:
+    """`reads` PFNs drawn from the ends of the present runs (the same sample for every reader)."""
+    rng = random.Random(seed)
     pfns = [pfn for first, count in runs for pfn in (first, first + count - 1)]
-    sample = [rng.choice(pfns) for _ in range(reads)]
-    # Imports are outside the timing: the start-up cost is measured by its own benchmark.
-    if reader == "kdshell":
-        from kdshell.dumpfile.dump import open_dump
-    else:
-        import kdmp_parser
+    return [rng.choice(pfns) for _ in range(reads)]
+
+
+def measure(reader: str, path: str, reads: int, runs=None) -> dict:
+    """Open `path` with `reader` (bench/readers.py), read a first page, then `reads` random
+    present pages; time to open, mean read time, and the process's peak RSS so far."""
+    from readers import import_reader, memory_mb, open_reader
+
+    sample = sample_pfns(runs if runs is not None else present_runs_from_file(path), reads)
+    import_reader(reader)  # imports are outside the timing: start-up has its own benchmark
     t0 = time.perf_counter()
-    if reader == "kdshell":
-        dump = open_dump(path)
-        page = dump.physical.page
-        page(sample[0])
-        opened = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        for pfn in sample:
-            page(pfn)
-        per_read = (time.perf_counter() - t1) / reads
-    else:
-        dump = kdmp_parser.KernelDumpParser(path)
-        read = dump.read_physical_page
-        read(sample[0] << 12)
-        opened = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        for pfn in sample:
-            read(pfn << 12)
-        per_read = (time.perf_counter() - t1) / reads
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"open_s": opened, "read_us": per_read * 1e6, "peak_mb": peak_kb / 1024}
+    r = open_reader(reader, path)
+    page = r.page
+    page(sample[0])
+    opened = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for pfn in sample:
+        page(pfn)
+    per_read = (time.perf_counter() - t1) / reads
+    return {"open_s": opened, "read_us": per_read * 1e6, **memory_mb()}
 
 
 def present_runs_from_file(path: str) -> list[tuple[int, int]]:
@@ -146,8 +139,9 @@ def run_child(reader: str, path: Path, reads: int) -> dict:
 
 def baseline_mb() -> float:
     """Peak memory of a Python that imports both readers and opens nothing."""
-    code = "import resource, kdshell.dumpfile.dump, kdmp_parser; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    return int(subprocess.check_output([sys.executable, "-c", code])) / 1024
+    code = ("import sys; sys.path.insert(0, %r); import kdshell.session, kdshell.commands, kdmp_parser, readers; "
+            "print(readers.memory_mb()['peak_mb'])" % str(Path(__file__).resolve().parent))
+    return float(subprocess.check_output([sys.executable, "-c", code]))
 
 
 def main() -> int:
@@ -169,7 +163,8 @@ def main() -> int:
     print(f"bitmap kernel dumps of a 64 GiB machine; {args.reads} random page reads; "
           f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print(f"baseline interpreter + imports: {baseline_mb():.0f} MB peak")
-    header = f"{'present pages':>14} {'reader':>10} {'open (s)':>10} {'read (us)':>10} {'peak (MB)':>10}"
+    header = (f"{'present pages':>14} {'reader':>10} {'open (s)':>10} {'read (us)':>10} {'peak (MB)':>10} "
+              f"{'anon (MB)':>10}")
     print(header)
     for text in args.present.split(","):
         count = parse_count(text)
@@ -183,7 +178,8 @@ def main() -> int:
                 build(path, count)
         results = {r: run_child(r, path, args.reads) for r in ("kdshell", "kdmp-parser")}
         for reader, r in results.items():
-            print(f"{count:>14} {reader:>10} {r['open_s']:>10.4f} {r['read_us']:>10.2f} {r['peak_mb']:>10.0f}")
+            print(f"{count:>14} {reader:>10} {r['open_s']:>10.4f} {r['read_us']:>10.2f} {r['peak_mb']:>10.0f} "
+                  f"{r.get('anon_mb', 0):>10.0f}")
         k, p = results["kdshell"], results["kdmp-parser"]
         print(f"{'':>14} {'ratio':>10} {p['open_s'] / k['open_s']:>9.1f}x {p['read_us'] / k['read_us']:>9.1f}x "
               f"{p['peak_mb'] / k['peak_mb']:>9.1f}x   (kdmp-parser / kdshell: above 1 means kdshell is better)")

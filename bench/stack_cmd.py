@@ -112,10 +112,9 @@ def timeit(fn, repeat: int) -> float:
     return statistics.median(samples)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=100)
-    args = ap.parse_args(argv)
+def measure(repeat: int = 100) -> tuple[list[tuple[str, float]], list[str]]:
+    """The rows (name, median seconds) and the first lines of `kn 64`; also used by
+    bench/run_all.py."""
     with tempfile.TemporaryDirectory() as tmp:
         path = write_dump(Path(tmp))
         s = kdshell.open(path, symbol_path="", image_path="")
@@ -131,20 +130,28 @@ def main(argv: list[str] | None = None) -> int:
                 c.capture("k 64")
 
         rows = [
-            ("k 64 (warm)", timeit(lambda: s.capture("k 64"), args.repeat)),
-            ("kn 64 (warm)", timeit(lambda: s.capture("kn 64"), args.repeat)),
-            ("kv 64 (warm)", timeit(lambda: s.capture("kv 64"), args.repeat)),
-            ("k 64 (cold: new session)", timeit(cold, max(5, args.repeat // 10))),
-            ("walk only (warm)", timeit(lambda: s.context.walk(64), args.repeat)),
+            ("k 64 (warm)", timeit(lambda: s.capture("k 64"), repeat)),
+            ("kn 64 (warm)", timeit(lambda: s.capture("kn 64"), repeat)),
+            ("kv 64 (warm)", timeit(lambda: s.capture("kv 64"), repeat)),
+            ("k 64 (cold: new session)", timeit(cold, max(5, repeat // 10))),
+            ("walk only (warm)", timeit(lambda: s.context.walk(64), repeat)),
         ]
         s.close()
+    return rows, out[:4]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=100)
+    args = ap.parse_args(argv)
+    rows, first = measure(args.repeat)
     print(f"Python {sys.version.split()[0]}, 64-frame genuine stack in a small memory dump, "
           f"median of {args.repeat} (cold: {max(5, args.repeat // 10)})")
     print(f"{'command':28} {'ms':>9} {'us/frame':>9}")
     for name, t in rows:
         print(f"{name:28} {t * 1e3:9.3f} {t * 1e6 / 64:9.1f}")
     print("first lines of kn 64:")
-    for line in out[:4]:
+    for line in first:
         print("  " + line)
     return 0
 

@@ -339,7 +339,7 @@ def trap(session, inv):
     session.out.lines(current_instruction(session))
 
 
-@command(".thread", family="stack", needs=(needs_memory,), syntax=".thread [Thread]",
+@command(".thread", family="stack", needs=(needs_memory,), syntax=".thread [/p] [/r] [Thread]",
          summary="Use a thread's register context: its processor's when it is running, else its "
                  "saved switch frame (alone: the current processor's thread)",
          example=".thread ffffc20a`00065040")
@@ -357,6 +357,11 @@ def thread(session, inv):
     state.set(frame, f".thread {ptr(address, session.is64)} ({how})")
     state.thread = address
     session.out.line(f"Implicit thread is now {ptr(address, session.is64)}")
+    if "/p" in inv.args:  # the thread's process becomes the implicit one (its address space)
+        owner = session.kernel.thread(address).owning_process
+        if owner:
+            session.kernel.set_process(owner)
+            session.out.line(f"Implicit process is now {ptr(owner, session.is64)}")
     if "/r" in inv.args:
         _show_registers(session)
 

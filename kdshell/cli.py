@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", dest="verbose", action="store_true", help="verbose: show tracebacks of internal errors")
     p.add_argument("--tutorial", action="store_true",
                    help="a guided walk through the bundled sample crash (or -z DUMP), for newcomers")
+    p.add_argument("--analyze-json", dest="analyze_json", action="store_true",
+                   help="analyse the dump (!analyze) and print only its JSON form; exit 0 when the analysis ran")
     p.add_argument("--version", action="version", version=f"kdshell {__version__}")
     p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     return p
@@ -73,6 +75,9 @@ def _main(argv: list[str] | None) -> int:
         if args.image_path is None:
             args.image_path = store
 
+    if args.analyze_json:
+        return _analyze_json(dump_path, args)
+
     from kdshell.output import Output
     from kdshell.session import Quit, open_session
 
@@ -115,6 +120,41 @@ def _main(argv: list[str] | None) -> int:
         if log is not None:
             log.close()
     return 0 if session.failures == 0 else 1
+
+
+def _analyze_json(dump_path: str, args) -> int:
+    """`--analyze-json`: !analyze's JSON form alone on standard output (for scripts and triage
+    pipelines); a dump that cannot be opened or analysed gives {"error": ...} and exit status 1."""
+    import json
+    import os
+
+    from kdshell.output import Output
+    from kdshell.session import open_session
+
+    quiet = Output(open(os.devnull, "w", encoding="utf-8"))
+    try:
+        session = open_session(dump_path, symbol_path=args.symbol_path, image_path=args.image_path, out=quiet)
+    except KdError as exc:
+        print(json.dumps({"error": f"{dump_path}: {exc}"}))
+        return 1
+    session.progress = None
+    try:
+        from kdshell.analysis.analyze import analyze
+        from kdshell.commands.analyze import json_text
+
+        print(json_text(session, analyze(session)))
+        return 0
+    except KdError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    except Exception as exc:  # a bug of ours: still one JSON line, never a traceback
+        if args.verbose:
+            raise
+        print(json.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}))
+        return 1
+    finally:
+        session.close()
+        quiet.stream.close()
 
 
 def _line_reader(session):

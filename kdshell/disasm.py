@@ -19,8 +19,19 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-import capstone
-from capstone import x86 as cx86
+# capstone is imported by the first Disassembler, not at start-up: it costs 20-40 ms of import
+# time and only u/ub/r need it (bench/run_all.py, "start").
+capstone = None
+cx86 = None
+
+
+def _load_capstone() -> None:
+    global capstone, cx86
+    if capstone is None:
+        import capstone as cs
+        from capstone import x86
+
+        capstone, cx86 = cs, x86
 
 from kdshell.format import ptr
 
@@ -60,6 +71,7 @@ class Line:
 class Disassembler:
     def __init__(self, is64: bool = True, symbolize: Symbolize | None = None):
         self.is64 = is64
+        _load_capstone()
         self.cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if is64 else capstone.CS_MODE_32)
         self.cs.detail = True
         self.symbolize = symbolize or _nothing

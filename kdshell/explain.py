@@ -47,9 +47,35 @@ to see how the code got to the crash.""",
     "dt": """\
 One line per field: its offset in the structure, its name, and its type or value. Pointers
 print as addresses; _LIST_ENTRY shows [ Flink - Blink ]; strings are quoted.""",
+    "!analyze": """\
+The bug check's name and what its four arguments mean come first. "Probably caused by" names the
+first driver on the faulting stack (frames of Windows itself are passed over). With -v:
+STACK_TEXT is that stack, newest call first; SYMBOL_NAME is the blamed function and offset;
+FAILURE_BUCKET_ID groups crashes with the same cause; STACK_COMMAND is what to type to see the
+stack yourself. Unknown_Image, Pool_Corruption or a CPU vendor name mean no driver is blamed.""",
+    ".exr": """\
+An exception record: ExceptionAddress is the instruction that failed, ExceptionCode what went
+wrong (c0000005 = access violation). For an access violation Parameter[0] says read (0), write
+(1) or execute (8) and Parameter[1] the address; ffffffffffffffff means it was not reported.""",
     "!pte": """\
 The four paging levels (PXE, PPE, PDE, PTE) that map the address. 'pfn' is the physical page;
 the flags are --DA--KWEV: Dirty, Accessed, Kernel/User, Writable, Executable, Valid.""",
+    "!process": """\
+One block per process: PROCESS is its EPROCESS address, Cid its process ID and ParentCid its
+parent's (both hex), DirBase the page table root its addresses translate through, Image the
+program's name. With flags 2/6/7 each THREAD follows: its ID (process.thread), its state (WAIT
+says why it waits and on which objects) and, with stacks, what it was doing.""",
+    "!thread": """\
+THREAD is the ETHREAD address, Cid process.thread IDs, then its state: RUNNING on a processor,
+or WAIT (reason, mode). Owning Process is the process it belongs to; Stack Init/Base/Limit bound
+its kernel stack. The stack at the end is what the thread was doing, newest call first.""",
+    "!running": """\
+One line per processor that was not idle: its KPRCB, the thread running on it (with its
+priority), the next thread chosen for it and its idle thread. -i shows idle processors too,
+-t the stack of each running thread.""",
+    "!irql": """\
+The interrupt request level the processor was at before the bug check: 0 (LOW/PASSIVE) for
+normal code, 2 (DISPATCH) in DPCs and spin locks, where touching paged memory is a bug.""",
 }
 
 # Commands that share a note with another spelling.
@@ -58,4 +84,6 @@ ALIASES = {"kb": "k", "kv": "k", "kn": "k", "kp": "k", "kc": "k", "kf": "k", "dd
 
 
 def note_for(name: str, inv=None) -> str | None:
+    if name == "!analyze" and inv is not None and any(a.lower() in ("-json", "-show") for a in inv.args):
+        return None  # JSON must stay JSON; -show explains itself
     return NOTES.get(ALIASES.get(name, name))

@@ -455,7 +455,12 @@ def pseudo_register(session, registers: Registers, name: str) -> int | None:
         return 0x1000
     if n.startswith("$t") and n[2:].isdigit() and int(n[2:]) < _PSEUDO_COUNT:
         return session.pseudo_registers.get(n, 0)
+    if n in KERNEL_PSEUDO and getattr(session, "kernel", None) is not None:
+        return session.kernel.pseudo(n)  # kdshell.kernel.state: the current process, thread, ...
     return session.pseudo_registers.get(n)
+
+
+KERNEL_PSEUDO = ("$proc", "$thread", "$prcb", "$peb", "$teb")
 
 
 def is_settable_pseudo(name: str) -> bool:

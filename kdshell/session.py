@@ -16,7 +16,8 @@ from kdshell import dispatch
 from kdshell.dumpfile.dump import DumpFile, open_dump
 from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
 from kdshell.errors import KdError
-from kdshell.kernel.kdbg import Kdbg, read_kdbg
+from kdshell.kernel.kdbg import Kdbg, is_encoded, keys_from_symbols, read_kdbg
+from kdshell.kernel.state import KernelState, crashing_processor_number, map_triage_copies
 from kdshell.memory import paging as _paging
 from kdshell.memory.pte import PteFormat
 from kdshell.memory.virtual import PhysicalView, SavedRangesMemory, TranslatedMemory, VirtualMemory
@@ -76,7 +77,13 @@ class Session:
         self._memory_made = False
         self._overlays: dict[int, ImageOverlay] = {}
         self._spaces: dict[int, VirtualMemory] = {}
-        self.processor = 0
+        # A small dump's KPRCB/ETHREAD/EPROCESS copies: where they were placed in its memory
+        # (kdshell.kernel.state.map_triage_copies), set when that memory is built.
+        self.triage_copies = None
+        # The processor that bug-checked is the current one (the prompt's N).
+        self.processor = crashing_processor_number(self)
+        # Processors, processes, threads and the implicit process (.process).
+        self.kernel = KernelState(self)
         # The current register context (.cxr/.trap/.thread/.frame/~Ns) and the warm stack walker.
         self.context = ContextState(self)
         self.failures = 0  # commands that ended in an error: the CLI's exit status
@@ -130,7 +137,13 @@ class Session:
     def _make_memory(self) -> VirtualMemory | None:
         d = self.dump
         if d.triage is not None:
-            return SavedRangesMemory(d.triage.memory, 8 if d.is64 else 4)
+            memory = SavedRangesMemory(d.triage.memory, 8 if d.is64 else 4)
+            # The KPRCB/ETHREAD/EPROCESS copies go to the addresses they were copied from.
+            try:
+                self.triage_copies = map_triage_copies(d, memory, read_kdbg(memory, d.header.kd_debugger_data_block))
+            except KdError:
+                self.triage_copies = None
+            return memory
         if self.paging_mode is None:
             return None
         space = self.address_space(d.header.directory_table_base)
@@ -219,9 +232,22 @@ class Session:
 
     @cached_property
     def kdbg(self) -> Kdbg | None:
-        if self.raw_memory is None:
+        """The KDBG at the header's KdDebuggerDataBlock (a small dump's copy is mapped there),
+        decoded when Windows left it encoded and the kernel's symbols give the keys
+        (kdshell.kernel.kdbg, formats.md §10.1); None when neither gives a valid block."""
+        memory = self.raw_memory
+        if memory is None:
             return None
-        return read_kdbg(self.raw_memory, self.dump.header.kd_debugger_data_block)
+        address = self.dump.header.kd_debugger_data_block
+        found = read_kdbg(memory, address)
+        if found is None and is_encoded(memory, address):
+            # Finding the keys loads nt's symbols, which list the modules, which ask for the
+            # KDBG: they see None (the header's PsLoadedModuleList serves them) meanwhile.
+            self.__dict__["kdbg"] = None
+            keys = keys_from_symbols(self.symbols.resolve, memory)
+            found = read_kdbg(memory, address, keys) if keys is not None else None
+            del self.__dict__["kdbg"]
+        return found
 
     @cached_property
     def kernel_base(self) -> int | None:
@@ -321,7 +347,27 @@ class Session:
         code = h.bugcheck_code
         params = ", ".join(f"{p:x}" for p in h.bugcheck_parameters)
         lines.append(f"BugCheck {code:X}, {{{params}}}")
+        verdict = self._banner_verdict()
+        if verdict:
+            lines += ["", verdict]
         return lines
+
+    def _banner_verdict(self) -> str | None:
+        """WinDbg ends a dump's banner with the short !analyze's "Probably caused by" line;
+        skipped (quietly) when the analysis cannot run on this dump."""
+        if self.raw_memory is None:
+            return None
+        try:
+            from kdshell.analysis.analyze import analyze
+            from kdshell.commands.analyze import probably_caused_by
+
+            return probably_caused_by(analyze(self))
+        except KdError:
+            return None
+        except Exception:  # a bug of ours must not keep the dump from opening
+            if "PYTEST_CURRENT_TEST" in os.environ:
+                raise
+            return None
 
     def close(self) -> None:
         self.dump.close()

@@ -77,7 +77,8 @@ def test_banner_mini_and_truncated():
         b = s.banner()
         assert b[1] == "Mini Kernel Dump File: Only registers and stack trace are available"
         assert "Kernel base = 0xfffff804`4a203000 PsLoadedModuleList = 0xfffff804`4a61c710" in b
-        assert b[-1] == "BugCheck 1000007E, {ffffffffc0000005, fffff8044a24d2d4, ffff998071d4ed88, ffff998071d4e5d0}"
+        assert b[-3] == "BugCheck 1000007E, {ffffffffc0000005, fffff8044a24d2d4, ffff998071d4ed88, ffff998071d4e5d0}"
+        assert b[-1] == "Probably caused by : winhvr.sys ( winhvr+16755 )"  # the short !analyze's verdict
     with kdshell.open(FULL_TRUNCATED) as s:
         b = s.banner()
         assert b[1] == "Kernel Complete Dump File: Full address space is available"

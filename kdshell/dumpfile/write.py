@@ -483,18 +483,41 @@ def _page_source(pages, directory: str):
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
+_SPAN_PAGES = 256  # pages asked for at once from a source with page_span() (1 MiB)
+
+
 def _write_pages(f: BinaryIO, source, runs: Iterable[tuple[int, int]]) -> None:
     """Write the pages of `runs` in order. All-zero pages become holes: a machine with many
-    GiB of zeroed memory gives a sparse file (the bytes read back the same)."""
+    GiB of zeroed memory gives a sparse file (the bytes read back the same).
+
+    A source may also offer `page_span(first, count)` (the bytes of `count` consecutive listed
+    pages): then pages are taken 1 MiB at a time and written in runs, which is what keeps a
+    `.dump /f` of an opened dump near disk speed (bench/dump_write.py)."""
+    span = getattr(source, "page_span", None)
     page = source.page
     hole = False
     for first, count in runs:
+        if span is not None:
+            for start in range(first, first + count, _SPAN_PAGES):
+                n = min(_SPAN_PAGES, first + count - start)
+                try:
+                    data = span(start, n)
+                except (KeyError, MemoryNotPresent):
+                    raise DumpWriteError(f"pages {start:#x}-{start + n - 1:#x} are listed but their bytes are "
+                                         "not all available") from None
+                if len(data) != n * PAGE_SIZE:
+                    raise DumpWriteError(f"pages {start:#x}-{start + n - 1:#x} are {len(data)} bytes, "
+                                         f"expected {n * PAGE_SIZE}")
+                hole = _write_span(f, bytes(data), n)
+            continue
         for pfn in range(first, first + count):
             try:
                 data = page(pfn)
             except (KeyError, MemoryNotPresent):
                 raise DumpWriteError(f"page {pfn:#x} is listed but its bytes are not available") from None
-            if _check_page(pfn, data) == _ZERO_PAGE:
+            # bytes(): a memoryview (a page of an opened dump) compares with == element by
+            # element (4.5 us for a zero page); as bytes it is one memcmp.
+            if bytes(_check_page(pfn, data)) == _ZERO_PAGE:
                 f.seek(PAGE_SIZE, os.SEEK_CUR)
                 hole = True
             else:
@@ -502,6 +525,26 @@ def _write_pages(f: BinaryIO, source, runs: Iterable[tuple[int, int]]) -> None:
                 hole = False
     if hole:
         f.truncate(f.tell())  # a trailing hole still counts in the file's length
+
+
+def _write_span(f: BinaryIO, data: bytes, n: int) -> bool:
+    """Write `n` pages: runs of zero pages as holes, the others in one write each. True when the
+    last page was a hole."""
+    view = memoryview(data)
+    zero = data.startswith  # startswith(ZERO, offset) compares in place, no copy
+    i = 0
+    is_zero = False
+    while i < n:
+        is_zero = zero(_ZERO_PAGE, i * PAGE_SIZE)
+        j = i + 1
+        while j < n and zero(_ZERO_PAGE, j * PAGE_SIZE) == is_zero:
+            j += 1
+        if is_zero:
+            f.seek((j - i) * PAGE_SIZE, os.SEEK_CUR)
+        else:
+            f.write(view[i * PAGE_SIZE : j * PAGE_SIZE])
+        i = j
+    return is_zero
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,9 +38,11 @@ KDBG_OFFSETS = [
     ("_KPRCB", "VendorString", 0x2BA, 2),
     ("_KPRCB", "ProcessorState.ContextFrame", 0x2BC, 2),
     ("_KPRCB", "Number", 0x2BE, 2),
+    ("_KPRCB", "ProcessorState.SpecialRegisters", 0x2F2, 2),
     ("_KPCR", "Self", 0x2E2, 2),
     ("_KPCR", "CurrentPrcb", 0x2E4, 2),
     ("_KPCR", "Prcb", 0x2E6, 2),
+    ("_KPCR", "PrcbData", 0x2E6, 2),  # x86's name for the contained KPRCB (x86 KPCR.Prcb is a pointer)
     ("_KPRCB", "Context", 0x338, 2),
     ("_KTHREAD", "StackLimit", 0x340, 4),
     ("_KTHREAD", "StackBase", 0x344, 4),

@@ -139,6 +139,14 @@ class SavedRangesMemory(VirtualMemory):
     def read(self, address: int, size: int) -> bytes:
         return self.sparse.read(address, size)
 
+    def add_range(self, start: int, size: int, file_offset: int, source: str) -> None:
+        """Save one more range: a small dump's KPRCB/ETHREAD/EPROCESS copy, placed at the address
+        the kernel layer derived for it (kdshell.kernel.state.map_triage_copies). Ranges already
+        saved win where they overlap."""
+        self.sparse.add(start & self.address_mask, size, file_offset, source)
+        self._ranges = self.sparse.ranges()
+        self._starts = [r.start for r in self._ranges]
+
     def chunks(self, address: int, size: int) -> Iterator[Chunk]:
         end = address + size
         cursor = address

@@ -245,18 +245,9 @@ class ContextState:
         return int(self.session.dump.header.number_processors or 1)
 
     def prcb(self, number: int) -> int:
-        """KPRCB address of processor `number` (KiProcessorBlock from the KDBG)."""
-        kdbg = self.session.kdbg
-        block = kdbg.get("KiProcessorBlock") if kdbg is not None else None
-        if not block:
-            raise KdError("The KDBG does not say where KiProcessorBlock is: processor contexts are unknown")
-        try:
-            prcb = processor_block(self.read, block, number, self.session.is64)
-        except MemoryNotPresent as exc:
-            raise KdError(f"KiProcessorBlock[{number}] is not in the dump ({exc.why})") from None
-        if not prcb:
-            raise KdError(f"Processor {number} has no KPRCB (KiProcessorBlock[{number}] is 0)")
-        return prcb
+        """KPRCB address of processor `number` (the kernel layer's: KiProcessorBlock, or where a
+        small dump's KPRCB copy was placed -- kdshell.kernel.state)."""
+        return self.session.kernel.processor(number).prcb
 
     def check_processor(self, number: int) -> None:
         count = self.processor_count()
@@ -285,27 +276,13 @@ class ContextState:
         """KPRCB.CurrentThread of processor `number` (default: the current one), or None."""
         number = self.session.processor if number is None else number
         try:
-            offset = self._offset("_KPRCB", "CurrentThread")
-            size = 8 if self.session.is64 else 4
-            triage = self.session.dump.triage
-            if triage is not None and triage.prcb is not None and number == self.default_processor:
-                off, length = triage.prcb
-                if offset + size > length:
-                    return None
-                return int.from_bytes(self.session.dump.read_file(off + offset, size), "little") or None
-            return _ptr(self.read, self.prcb(number) + offset, size) or None
+            return self.session.kernel.processor(number).current_thread or None
         except KdError:
             return None
 
     def running_on(self, thread: int) -> int | None:
         """The processor `thread` is running on (its KPRCB.CurrentThread), or None."""
-        count = self.processor_count() if not self.small_dump else self.default_processor + 1
-        for n in range(count):
-            if self.small_dump and n != self.default_processor:
-                continue
-            if self.current_thread(n) == thread:
-                return n
-        return None
+        return self.session.kernel.running_on(thread)
 
     def thread_frame(self, thread: int) -> tuple[RegisterFrame, str]:
         """(context, how) of a thread: its processor's context when it is running, else the

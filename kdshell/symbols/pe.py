@@ -426,8 +426,10 @@ def parse_codeview(data: bytes) -> CodeView | None:
 
 def _relocate(mapped: bytearray, pe, delta: int) -> None:
     """Apply base relocations (DIR64 and HIGHLOW) for a load at ImageBase + delta."""
-    rva, size = pe.OPTIONAL_HEADER.DATA_DIRECTORY[IMAGE_DIRECTORY_ENTRY_BASERELOC].VirtualAddress, \
-        pe.OPTIONAL_HEADER.DATA_DIRECTORY[IMAGE_DIRECTORY_ENTRY_BASERELOC].Size
+    dirs = pe.OPTIONAL_HEADER.DATA_DIRECTORY
+    if len(dirs) <= IMAGE_DIRECTORY_ENTRY_BASERELOC:  # NumberOfRvaAndSizes < 6: no relocations
+        return  # (fuzz: tests/regressions/pe_unwind/short-data-directory.bin.gz)
+    rva, size = dirs[IMAGE_DIRECTORY_ENTRY_BASERELOC].VirtualAddress, dirs[IMAGE_DIRECTORY_ENTRY_BASERELOC].Size
     if not rva or not size or rva + size > len(mapped):
         return
     end = rva + size

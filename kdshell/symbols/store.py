@@ -30,9 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -335,6 +333,9 @@ class SymbolStore:
 
     def _fetch(self, url: str, directory: str, name: str) -> str | None:
         """Download into a temporary file beside the target: its path, or None for 404."""
+        import urllib.error  # here, not at start-up: urllib.request pulls in http and email (~12 ms)
+        import urllib.request
+
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         start = time.monotonic()
         try:

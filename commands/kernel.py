@@ -1,0 +1,637 @@
+"""Processes, threads, processors: !process, !thread, .process, !running, !pcr, !prcb, !irql,
+!object.
+
+Thin: parse WinDbg's syntax, ask the session's KernelState (kdshell.kernel.state) for the
+objects, print WinDbg's layout (windbg.md §10). `.thread` and `~Ns` are in commands/stack.py
+(they change the register context); their thread and processor facts come from the same engine.
+
+Lines whose fields no source knows (no kernel PDB, no KDBG field, no built-in entry) are left
+out rather than guessed. A small memory dump holds only the crashing processor's KPRCB, its
+current thread and that thread's process: the commands show those and say so for the rest
+("Unable to get ... from the dump").
+"""
+from __future__ import annotations
+
+from kdshell.dispatch import command
+from kdshell.errors import CommandError, KdError, MemoryNotPresent
+from kdshell.expr import Evaluator
+from kdshell.format import ptr
+from kdshell.kernel.layout import Reader
+from kdshell.kernel.prcb import irql_name
+from kdshell.kernel.processes import find_processes
+from kdshell.kernel.threads import wait_objects, wait_reason_name
+from kdshell.commands.memory import needs_memory
+
+STATE_WORDS = {0: "INITIALIZED", 1: "READY", 2: "RUNNING", 3: "STANDBY", 4: "TERMINATED", 5: "WAIT",
+               6: "TRANSITION", 7: "DEFERREDREADY", 8: "GATEWAIT", 9: "WAITINGFORPROCESSINSWAP"}
+KUSER_SHARED_DATA = {True: 0xFFFFF78000000000, False: 0xFFDF0000}
+KUSER_TICK_COUNT = 0x320  # KUSER_SHARED_DATA.TickCountQuad
+DEFAULT_TIME_INCREMENT = 156250  # 15.625 ms in 100 ns units, when the kernel's is not readable
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+def _p(session, value: int | None) -> str:
+    """An address as !process/!thread print it: all digits, no backtick."""
+    value = value or 0
+    return f"{value & 0xFFFF_FFFF_FFFF_FFFF:016x}" if session.is64 else f"{value & 0xFFFFFFFF:08x}"
+
+
+def _bt(session, value: int | None) -> str:
+    """An address with WinDbg's backtick (`fffff800`00001040`), as the dot commands print it."""
+    return ptr(value or 0, session.is64)
+
+
+def _args(inv) -> tuple[list[str], list[str]]:
+    options = [a for a in inv.args if a.startswith(("/", "-")) and not _is_number(a)]
+    words = [a for a in inv.args if a not in options]
+    return options, words
+
+
+def _is_number(text: str) -> bool:
+    return text.startswith("-") and text[1:].isdigit()
+
+
+def _value(session, text: str) -> int:
+    if text == "-1":
+        return -1
+    return Evaluator(session).evaluate(text)
+
+
+def _duration(hundred_ns: int) -> str:
+    ms = hundred_ns // 10_000
+    h, rest = divmod(ms, 3_600_000)
+    m, rest = divmod(rest, 60_000)
+    s, ms = divmod(rest, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
+
+
+def _time_increment(session) -> int:
+    k = session.kernel
+    at = k.kdbg_value("KeTimeIncrement") or k.symbol("KeMaximumIncrement")
+    if at:
+        try:
+            value = Reader(k.memory, k.is64).uint(at, 4)
+            if value:
+                return value
+        except MemoryNotPresent:
+            pass
+    return DEFAULT_TIME_INCREMENT
+
+
+def _tick_count(session) -> int | None:
+    k = session.kernel
+    try:
+        return Reader(k.memory, k.is64).uint(KUSER_SHARED_DATA[k.is64] + KUSER_TICK_COUNT, 4)
+    except (MemoryNotPresent, KdError):
+        return None
+
+
+def _symbol_text(session, address: int) -> str | None:
+    try:
+        found = session.symbolize(address)
+    except KdError:
+        found = None
+    if found is None:
+        return None
+    name, disp = found
+    return name + (f"+{disp:#x}" if disp else "")
+
+
+# -- processes -----------------------------------------------------------------------------------
+def process_lines(session, p, flags: int) -> list[str]:
+    """A PROCESS block (without its threads)."""
+    k = session.kernel
+    if p.session == 0 or (p.session is None and p.pid in (0, 4)):
+        sid = "none"
+    else:
+        sid = str(p.session_id) if p.session_id is not None else "?"
+    cid = f"{p.pid:04x}" if p.pid is not None else "????"
+    parent = f"{p.parent:04x}" if p.parent is not None else "????"
+    peb = f"{p.peb:08x}" if p.peb is not None else "????????"
+    dtb = f"{p.dtb:08x}" if p.dtb is not None else "????????"
+    table = _p(session, p.object_table) if p.object_table is not None else "?" * (16 if session.is64 else 8)
+    count = k.handle_count(p)
+    handles = f"{count:3d}." if count is not None else "<Data Not Accessible>"
+    lines = [f"PROCESS {_p(session, p.address)}",
+             f"    SessionId: {sid}  Cid: {cid}    Peb: {peb}  ParentCid: {parent}",
+             f"    DirBase: {dtb}  ObjectTable: {table}  HandleCount: {handles}",
+             f"    Image: {p.image}"]
+    if flags & 1:
+        if p.device_map is not None:
+            lines.append(f"    DeviceMap {_p(session, p.device_map)}")
+        if p.token is not None:
+            lines.append(f"    {'Token':<34}{_p(session, p.token)}")
+        crash = session.dump.header.system_time
+        if p.create_time and crash and crash >= p.create_time:
+            lines.append(f"    {'ElapsedTime':<34}{_duration(crash - p.create_time)}")
+        if p.base_priority is not None:
+            lines.append(f"    {'BasePriority':<34}{p.base_priority}")
+    return lines
+
+
+def _process_threads(session, p, flags: int, indent: str = "        ") -> list[str]:
+    k = session.kernel
+    walk = k.threads(p)
+    out = []
+    for warning in walk.warnings:
+        out.append(indent + warning)
+    with_args = not flags & 0x8
+    for t in walk.threads:
+        if flags & 0x2 and flags & 0x4:
+            out += [indent + x if x else x for x in thread_lines(session, t, stack=True, args=with_args)]
+        else:
+            out.append(indent + thread_header(session, t))
+            if flags & 0x2:
+                out += [indent + "    " + x for x in _wait_lines(session, t)]
+        out.append("")
+    return out
+
+
+def show_process(session, p, flags: int) -> None:
+    out = session.out
+    out.lines(process_lines(session, p, flags))
+    out.line("")
+    if not flags & 0x6:
+        return
+    k = session.kernel
+    saved = None
+    if flags & 0x10 and not k.small and p.dtb:
+        saved = session.dtb
+        session.set_dtb(p.dtb)
+    try:
+        out.lines(_process_threads(session, p, flags))
+    finally:
+        if saved is not None:
+            session.set_dtb(saved)
+
+
+@command("!process", family="kernel", needs=(needs_memory,),
+         syntax="!process [Process [Flags]] | !process 0 Flags ImageName",
+         summary="Show a process (EPROCESS address or process ID; 0: all, -1: the current one) and, "
+                 "with Flags, its threads (2: wait states, 6: with stacks, 8: no stack arguments, "
+                 "0x10: in its address space)",
+         example="!process 0 0",
+         details="Flags default to 3 for 0, -1 or no process, else to 0xF. A small memory dump holds "
+                 "only the current process and thread.")
+def process_(session, inv):
+    options, words = _args(inv)
+    if options:
+        raise CommandError(f"!process: {options[0]} is not supported by kdshell "
+                           "(!process [Process [Flags]] | !process 0 Flags ImageName)")
+    if len(words) > 3:
+        raise CommandError(f"^ Extra character error in '!process {inv.text}'")
+    name = words[2] if len(words) > 2 else None
+    key = -1
+    if words:
+        try:
+            key = _value(session, words[0])
+        except KdError:
+            if len(words) > 2 or not any(c.isalpha() for c in words[0]):
+                raise
+            key, name = 0, words[0]  # `!process smss.exe [Flags]`: an image name
+    flags = _value(session, words[1]) if len(words) > 1 else (3 if key in (0, -1) or name else 0xF)
+    k = session.kernel
+    out = session.out
+    if key == 0:
+        out.line("**** NT ACTIVE PROCESS DUMP ****")
+        try:
+            walk = k.processes()
+            for w in walk.warnings:
+                out.warn(w)
+            found = walk.processes
+        except KdError as exc:
+            if not k.small:
+                raise
+            out.warn(str(exc))
+            current = k.current_process()
+            found = [k.process(current)] if current else []
+        if name is not None:
+            found = find_processes(found, name)
+        for p in found:
+            show_process(session, p, flags)
+        return
+    if key == -1:
+        current = k.current_process()
+        if not current:
+            raise KdError("Unable to get the current process from the dump")
+        show_process(session, k.process(current), flags)
+        return
+    if key < k.system_range_start():
+        out.line(f"Searching for Process with Cid == {key:x}")
+        found = k.find_processes(key)
+        if not found:
+            raise KdError(f"Unable to get the process with Cid {key:x} from the dump"
+                          + (" (a small memory dump holds only the current process)" if k.small else ""))
+        for p in found:
+            show_process(session, p, flags)
+        return
+    show_process(session, k.process(key), flags)
+
+
+@command(".process", family="kernel", needs=(needs_memory,), syntax=".process [/p] [/r] [Process]",
+         summary="Set the implicit process: its address space translates addresses (/p, /r: accepted; "
+                 "kdshell loads no user-mode symbols yet); alone: show it",
+         example=".process /p /r ffffc20a`00053040")
+def dot_process(session, inv):
+    options, words = _args(inv)
+    k = session.kernel
+    for o in options:
+        if o.lower() not in ("/p", "/r", "/i"):
+            raise CommandError(f".process: unknown option '{o}' (.process [/p] [/r] [Process])")
+    if "/i" in [o.lower() for o in options]:
+        raise KdError(".process /i: a dump cannot run the target: use .process /p instead")
+    if not words:
+        current = k.current_process()
+        session.out.line(f"Implicit process is now {_bt(session, current)}")
+        return
+    address = _value(session, " ".join(words))
+    k.set_process(address if address not in (0, -1) else None)
+    session.out.line(f"Implicit process is now {_bt(session, k.current_process())}")
+    if "/p" in [o.lower() for o in options]:
+        session.out.line(".cache forcedecodeuser done")
+    if "/r" in [o.lower() for o in options]:
+        session.out.line("Loading User Symbols")
+
+
+# -- threads -------------------------------------------------------------------------------------
+def _state_text(session, t) -> str:
+    k = session.kernel
+    word = STATE_WORDS.get(t.state, f"STATE {t.state}" if t.state is not None else "")
+    if t.state == 2:
+        where = k.running_on(t.address)
+        if where is None:
+            where = t.next_processor
+        return f"RUNNING on processor {where:x}" if where is not None else "RUNNING"
+    if t.state in (1, 3, 7) and t.next_processor is not None:
+        return f"{word} on processor {t.next_processor:x}"
+    if t.state == 5:
+        mode = {0: "KernelMode", 1: "UserMode"}.get(t.wait_mode, "")
+        alert = {0: "Non-Alertable", 1: "Alertable"}.get(t.alertable, "")
+        return " ".join(x for x in (f"WAIT: ({wait_reason_name(t.wait_reason)})", mode, alert) if x)
+    return word
+
+
+def thread_header(session, t) -> str:
+    pid = f"{t.pid:04x}" if t.pid is not None else "????"
+    tid = f"{t.tid:04x}" if t.tid is not None else "????"
+    teb = _p(session, t.teb) if t.teb is not None else "?" * (16 if session.is64 else 8)
+    w32 = _p(session, t.win32_thread) if t.win32_thread is not None else "?" * (16 if session.is64 else 8)
+    return f"THREAD {_p(session, t.address)}  Cid {pid}.{tid}  Teb: {teb} Win32Thread: {w32} {_state_text(session, t)}"
+
+
+def _wait_lines(session, t) -> list[str]:
+    k = session.kernel
+    size = k.offsets.size("_KWAIT_BLOCK") if hasattr(k.offsets, "size") else None
+    return [f"{_p(session, obj)}  {name}" for obj, name in wait_objects(k.memory, t, k.thread_layout, k.is64, size)]
+
+
+def thread_lines(session, t, stack: bool = True, args: bool = True) -> list[str]:
+    """A thread as !thread shows it (header, wait objects, details, stack)."""
+    k = session.kernel
+    lines = [thread_header(session, t)]
+    lines += ["    " + x for x in _wait_lines(session, t)]
+    owner = t.owning_process
+    owner_p = None
+    if owner:
+        try:
+            owner_p = k.process(owner)
+        except KdError:
+            owner_p = None
+    if owner_p is not None and owner_p.device_map is not None:
+        lines.append(f"{'DeviceMap':<26}{_p(session, owner_p.device_map)}")
+    if owner:
+        name = owner_p.image if owner_p is not None else "<Data Not Accessible>"
+        lines.append(f"{'Owning Process':<26}{_p(session, owner)}       Image:         {name}")
+        attached = t.attached_process
+        if attached:
+            lines.append(f"{'Attached Process':<26}{_p(session, attached)}       Image:         "
+                         f"{k.process_name(attached) or '<Data Not Accessible>'}")
+        else:
+            lines.append(f"{'Attached Process':<26}N/A            Image:         N/A")
+    if t.state == 2:  # a running thread: the IRQL its processor had (kdshell's line; see !irql)
+        where = k.running_on(t.address)
+        irql = k.processor(where).irql if where is not None else None
+        if irql is not None:
+            lines.append(f"{'IRQL':<26}{irql} ({irql_name(irql, session.is64)})")
+    increment = _time_increment(session)
+    if t.wait_time is not None:
+        text = f"{'Wait Start TickCount':<26}{t.wait_time:<15d}"
+        now = _tick_count(session)
+        if now is not None and now >= t.wait_time:
+            ticks = now - t.wait_time
+            text += f"Ticks: {ticks}"
+            if ticks:
+                ms = ticks * increment // 10_000
+                d, rest = divmod(ms, 86_400_000)
+                text += f" ({d}:{_duration(rest * 10_000)})"
+        lines.append(text.rstrip())
+    if t.context_switches is not None:
+        text = f"{'Context Switch Count':<26}{t.context_switches:<15d}"
+        if t.ideal_processor is not None:
+            text += f"IdealProcessor: {t.ideal_processor}"
+        lines.append(text.rstrip())
+    if t.user_time is not None:
+        lines.append(f"{'UserTime':<26}{_duration(t.user_time * increment)}")
+    if t.kernel_time is not None:
+        lines.append(f"{'KernelTime':<26}{_duration(t.kernel_time * increment)}")
+    start = t.win32_start_address if t.win32_start_address else t.start_address
+    if start is not None:
+        sym = _symbol_text(session, start)
+        where = f"{sym} (0x{_p(session, start)})" if sym else f"0x{_p(session, start)}"
+        lines.append(f"Win32 Start Address {where}")
+    if t.initial_stack is not None or t.kernel_stack is not None:
+        lines.append(f"Stack Init {_p(session, t.initial_stack)} Current {_p(session, t.kernel_stack)}")
+    if t.stack_base is not None or t.stack_limit is not None:
+        text = f"Base {_p(session, t.stack_base)} Limit {_p(session, t.stack_limit)}"
+        if t.callback_stack is not None:
+            text += f" Call {_p(session, t.callback_stack)}"
+        lines.append(text)
+    parts = [(name, value) for name, value in (("Priority", t.priority), ("BasePriority", t.base_priority),
+                                               ("PriorityDecrement", t.priority_decrement)) if value is not None]
+    if parts:
+        lines.append(" ".join(f"{n} {v}" for n, v in parts))
+    if stack:
+        lines += stack_lines(session, t.address, args)
+    return lines
+
+
+def stack_lines(session, thread: int, args: bool = True) -> list[str]:
+    """The thread's kernel stack: from its processor's context when it is running, else its
+    switch frame (kdshell.stack.context), k columns (kb's with `args`)."""
+    from kdshell.commands.stack import KOptions, frame_lines
+
+    state = session.context
+    previous = state.thread
+    state.thread = thread  # the walk's trap-frame hints come from this thread
+    try:
+        frame, _how = state.thread_frame(thread)
+        frames = state.walk(state.kframes, dict(frame.registers), known=frame.known)
+    except KdError as exc:
+        return [str(exc)]
+    finally:
+        state.thread = previous
+    return frame_lines(session, frames, KOptions(mode="b" if args else ""))
+
+
+@command("!thread", family="kernel", needs=(needs_memory,), syntax="!thread [-p] [-t] [Address [Flags]]",
+         summary="Show a thread (ETHREAD address; -t: a thread ID; -1 or none: the current thread): "
+                 "state, owning process, wait, stack limits, then its stack",
+         example="!thread ffffc20a`00002040",
+         details="-p also shows the owning process. Flags: 2 wait objects, 4 the stack (default 6).")
+def thread_(session, inv):
+    options, words = _args(inv)
+    for o in options:
+        if o not in ("-p", "-t"):
+            raise CommandError(f"!thread: unknown option '{o}' (!thread [-p] [-t] [Address [Flags]])")
+    k = session.kernel
+    by_id = "-t" in options
+    flags = _value(session, words[1]) if len(words) > 1 else 6
+    if not words or words[0] == "-1":
+        current = k.current_thread()
+        if not current:
+            raise KdError("Unable to get the current thread from the dump")
+        threads = [k.thread(current)]
+    else:
+        value = _value(session, words[0])
+        if by_id:
+            threads = k.find_thread_by_id(value)
+            if not threads:
+                raise KdError(f"Unable to get the thread with Cid {value:x} from the dump"
+                              + (" (a small memory dump holds only the current thread)" if k.small else ""))
+        else:
+            threads = [k.thread(value)]
+    for t in threads:
+        if "-p" in options and t.owning_process:
+            try:
+                session.out.lines(process_lines(session, k.process(t.owning_process), 0))
+            except KdError as exc:
+                session.out.warn(str(exc))
+        session.out.lines(thread_lines(session, t, stack=bool(flags & 4)))
+        session.out.line("")
+
+
+# -- processors ----------------------------------------------------------------------------------
+def _processor_arg(session, inv, name: str) -> int:
+    _, words = _args(inv)
+    if len(words) > 1:
+        raise CommandError(f"^ Extra character error in '{name} {inv.text}'")
+    return _value(session, words[0]) if words else session.processor
+
+
+@command("!irql", family="kernel", needs=(needs_memory,), syntax="!irql [Processor]",
+         summary="Show the IRQL a processor had when the machine stopped (before the bug check raised it)",
+         example="!irql 1",
+         details="From KPRCB.DebuggerSavedIRQL with the kernel's types, else (x64) CR8 as saved in "
+                 "KPRCB.ProcessorState; else KPCR.Irql, the current IRQL.")
+def irql_(session, inv):
+    number = _processor_arg(session, inv, "!irql")
+    p = session.kernel.processor(number)
+    if p.irql is None:
+        raise KdError(f"Unable to get the IRQL of processor {number} from the dump")
+    text = f"{p.irql} ({irql_name(p.irql, session.is64)})"
+    if p.irql_source == "KPCR.Irql":
+        session.out.line(f"Current IRQL for processor {number:#x} -- {text} (KPCR.Irql: the IRQL saved "
+                         "before the bug check is not known without the kernel's types)")
+    else:
+        session.out.line(f"Debugger saved IRQL for processor {number:#x} -- {text}")
+
+
+@command("!prcb", family="kernel", needs=(needs_memory,), syntax="!prcb [Processor]",
+         summary="Show a processor's control block (KPRCB): current, next and idle threads", example="!prcb 1")
+def prcb_(session, inv):
+    number = _processor_arg(session, inv, "!prcb")
+    k = session.kernel
+    p = k.processor(number)
+    r = Reader(k.memory, k.is64)
+    f = k.prcb_layout.get
+    lines = [f"PRCB for Processor {number} at {_p(session, p.prcb)}:"]
+    if p.current_irql is not None:
+        lines.append(f"Current IRQL -- {p.current_irql}")
+    lines.append(f"Threads--  Current {_p(session, p.current_thread)} Next {_p(session, p.next_thread)} "
+                 f"Idle {_p(session, p.idle_thread)}")
+    group, index = r.maybe_uint(p.prcb, f("group"), 1), r.maybe_uint(p.prcb, f("group_index"), 1)
+    member = r.maybe_ptr(p.prcb, f("group_set_member"))
+    text = f"Processor Index {number}"
+    if group is not None and index is not None:
+        text += f" Number ({group}, {index})"
+    if member is not None:
+        text += f" GroupSetMember {member:x}"
+    lines.append(text)
+    counts = [r.maybe_uint(p.prcb, f(n), 4) for n in ("interrupt_count", "dpc_time", "interrupt_time",
+                                                       "kernel_time", "user_time")]
+    if counts[0] is not None:
+        lines.append(f"Interrupt Count -- {counts[0]:08x}")
+    if None not in counts[1:]:
+        lines.append(f"Times -- Dpc    {counts[1]:08x} Interrupt {counts[2]:08x} ")
+        lines.append(f"         Kernel {counts[3]:08x} User      {counts[4]:08x} ")
+    session.out.lines(lines)
+
+
+@command("!pcr", family="kernel", needs=(needs_memory,), syntax="!pcr [Processor]",
+         summary="Show a processor's control region (KPCR)", example="!pcr 0",
+         details="On x64 the NtTib lines are WinDbg's reading of the KPCR's first fields (GdtBase, "
+                 "TssBase, UserRsp, Self, CurrentPrcb, LockArray, Used_Self), as WinDbg prints them.")
+def pcr_(session, inv):
+    number = _processor_arg(session, inv, "!pcr")
+    k = session.kernel
+    p = k.processor(number)
+    if p.pcr is None:
+        raise KdError(f"Unable to get the KPCR of processor {number} from the dump: a small memory dump "
+                      "keeps only the KPRCB copy")
+    r = Reader(k.memory, k.is64)
+    ps = r.psize
+    try:
+        tib = [r.ptr(p.pcr + i * ps) for i in range(7)]
+    except MemoryNotPresent as exc:
+        raise KdError(f"Unable to get the KPCR of processor {number} at {_p(session, p.pcr)} from the dump "
+                      f"({exc.why})") from None
+    tib[4] = r.uint(p.pcr + 4 * ps, 4)  # NT_TIB.Version is a ULONG
+    f = k.prcb_layout.get
+    major = r.maybe_uint(p.pcr, f("pcr_major"), 2)
+    minor = r.maybe_uint(p.pcr, f("pcr_minor"), 2)
+
+    def v(offset_name, size=None):
+        value = r.maybe_uint(p.pcr, f(offset_name), size or ps)
+        return _p(session, value or 0)
+
+    row = "{:>25}: {}".format
+    lines = [f"KPCR for Processor {number} at {_p(session, p.pcr)}:"]
+    if major is not None and minor is not None:
+        lines.append(f"    Major {major} Minor {minor}")
+    names = ("ExceptionList", "StackBase", "StackLimit", "SubSystemTib", "Version", "UserPointer", "SelfTib")
+    lines += [row(f"NtTib.{n}", _p(session, value)) for n, value in zip(names, tib)]
+    lines.append("")
+    lines.append(row("SelfPcr", v("pcr_self")))
+    lines.append(row("Prcb", _p(session, p.prcb)))
+    lines.append(row("Irql", _p(session, p.current_irql or 0)))
+    lines.append(row("IRR", v("pcr_irr", 4)))
+    lines.append(row("IDR", v("pcr_idr", 4)))
+    lines.append(row("InterruptMode", v("pcr_interrupt_mode", 4)))
+    lines.append(row("IDT", v("pcr_idt")))
+    lines.append(row("GDT", v("pcr_gdt")))
+    lines.append(row("TSS", v("pcr_tss")))
+    lines.append("")
+    lines.append(row("CurrentThread", _p(session, p.current_thread)))
+    lines.append(row("NextThread", _p(session, p.next_thread)))
+    lines.append(row("IdleThread", _p(session, p.idle_thread)))
+    session.out.lines(lines)
+
+
+@command("!running", family="kernel", needs=(needs_memory,), syntax="!running [-i] [-t]",
+         summary="Show the threads running on the processors (-i: idle processors too, -t: their stacks)",
+         example="!running -it")
+def running_(session, inv):
+    options = {o.lower() for o in inv.args}
+    show_idle = any("i" in o for o in options)
+    stacks = any("t" in o for o in options)
+    k = session.kernel
+    processors = k.processors()
+    if k.small:
+        session.out.warn(f"Only processor {k.crashing_processor} is in a small memory dump")
+    system = sum(1 << p.number for p in processors)
+    idle = sum(1 << p.number for p in processors if p.idle)
+    width = 16 if session.is64 else 8
+    lines = ["", f"System Processors:  ({system:0{width}x})", f"  Idle Processors:  ({idle:0{width}x})"]
+    if idle == system:
+        lines.append("All processors idle.")
+    lines += ["", f"{'':7}{'Prcb':<{width + 2}}{'Current':<{width + 1}}(pri) {'Next':<{width + 1}}(pri) Idle"]
+    session.out.lines(lines)
+    for p in processors:
+        if p.idle and not show_idle:
+            continue
+        cur = _priority_text(session, p.current_thread)
+        if p.next_thread:
+            nxt = f"{_p(session, p.next_thread)} {_priority_text(session, p.next_thread)}"
+        else:
+            nxt = " " * (width + 5)
+        session.out.line(f"{p.number:3d}    {_p(session, p.prcb)}  {_p(session, p.current_thread)} {cur} "
+                         f"{nxt} {_p(session, p.idle_thread)}")
+        if stacks and p.current_thread:
+            session.out.line("")
+            session.out.lines(stack_lines(session, p.current_thread, args=False))
+            session.out.line("")
+
+
+def _priority_text(session, thread: int | None) -> str:
+    if not thread:
+        return "    "
+    try:
+        pri = session.kernel.thread(thread).priority
+    except KdError:
+        pri = None
+    return f"({pri:2d})" if pri is not None else "(??)"
+
+
+# -- objects -------------------------------------------------------------------------------------
+@command("!object", family="kernel", needs=(needs_memory,), syntax="!object Address",
+         summary="Show the object header of the object at Address (type, handle and pointer counts)",
+         example="!object ffffc20a`00053040")
+def object_(session, inv):
+    _, words = _args(inv)
+    if not words:
+        raise CommandError("!object: give an object's address (kdshell does not list object directories)")
+    if words[0].startswith("\\"):
+        raise KdError("!object: kdshell takes an object's address; object directories by name are not supported")
+    address = _value(session, words[0])
+    k = session.kernel
+    r = Reader(k.memory, k.is64)
+    o = k.offsets
+    body = o.offset("_OBJECT_HEADER", "Body")
+    if body is None:
+        body = 0x30 if k.is64 else 0x18
+    header = address - body
+    pointer_at = o.offset("_OBJECT_HEADER", "PointerCount") or 0
+    handle_at = o.offset("_OBJECT_HEADER", "HandleCount")
+    if handle_at is None:
+        handle_at = r.psize
+    type_at = o.offset("_OBJECT_HEADER", "TypeIndex")
+    if type_at is None:
+        type_at = 0x18 if k.is64 else 0xC
+    try:
+        pointers = r.uint(header + pointer_at, r.psize)
+        handles = r.uint(header + handle_at, r.psize)
+        index = r.uint(header + type_at, 1)
+    except MemoryNotPresent:
+        raise KdError(f"Unable to read the object header at {_p(session, header)}: it is not in the dump") from None
+    sign = 1 << (8 * r.psize - 1)
+    pointers = pointers - 2 * sign if pointers & sign else pointers
+    handles = handles - 2 * sign if handles & sign else handles
+    type_object, type_name = _object_type(session, header, index)
+    type_text = _p(session, type_object) if type_object is not None else "?" * (2 * r.psize)
+    session.out.lines([
+        f"Object: {_p(session, address)}  Type: ({type_text}) {type_name}",
+        f"    ObjectHeader: {_p(session, header)} (new version)",
+        f"    HandleCount: {handles}  PointerCount: {pointers}",
+    ])
+
+
+def _object_type(session, header: int, stored: int) -> tuple[int | None, str]:
+    """(OBJECT_TYPE address, its name) of the object: TypeIndex decoded (Windows 10 stores it
+    XORed with the second byte of the header's address and nt!ObHeaderCookie), then
+    ObTypeIndexTable[index] -> OBJECT_TYPE.Name. When the table cannot be read, a process or
+    thread is still recognised by its dispatcher header."""
+    k = session.kernel
+    r = Reader(k.memory, k.is64)
+    index = stored
+    if k.build >= 10240:
+        cookie_at = k.symbol("ObHeaderCookie")
+        cookie = r.maybe_uint(cookie_at, 0, 1) if cookie_at else None
+        if cookie is None:
+            return None, "<type index unknown: nt!ObHeaderCookie is not available>"
+        index = stored ^ ((header >> 8) & 0xFF) ^ cookie
+    table = k.symbol("ObTypeIndexTable")
+    type_object = r.maybe_ptr(table, index * r.psize) if table else None
+    if type_object:
+        name_at = k.offsets.offset("_OBJECT_TYPE", "Name")
+        name = r.unicode_string(type_object + (name_at if name_at is not None else 0x10))
+        if name:
+            return type_object, name
+    body = header + (0x30 if k.is64 else 0x18)
+    from kdshell.kernel.processes import looks_like_process
+    from kdshell.kernel.threads import looks_like_thread
+
+    if looks_like_process(k.memory, body, k.process_layout, k.is64):
+        return type_object, "Process"
+    if looks_like_thread(k.memory, body, k.thread_layout, k.is64):
+        return type_object, "Thread"
+    return type_object, f"<type index {index}>"

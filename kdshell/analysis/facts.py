@@ -1,0 +1,157 @@
+"""Facts !analyze reports besides the stack: the exception record, the current process and IRQL
+(from the kernel layer, kdshell.kernel.state), the CPU vendor, a critical process's name, the
+driver an IRP is stuck in, and the OS version strings.
+
+Each function takes the session and raises KdError (one line, the user's words) when the dump
+cannot answer; analyze.py turns that into a note and goes on.
+"""
+from __future__ import annotations
+
+from kdshell.dumpfile.header import EXCEPTION_RECORD32, EXCEPTION_RECORD64, decode_exception
+from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.target import build_lab, os_name
+
+# The I/O manager's structures for 0x9F P1=3 (the IRP a device stack holds). These offsets have
+# not moved since Windows Vista (x64 / x86); the kernel PDB's types are used when loaded.
+#   IRP.Tail.Overlay.CurrentStackLocation, IO_STACK_LOCATION.DeviceObject,
+#   DEVICE_OBJECT.DriverObject, DRIVER_OBJECT.DriverStart / DriverName
+IRP_FIELDS = {
+    True: {("_IRP", "Tail.Overlay.CurrentStackLocation"): 0xB8, ("_IO_STACK_LOCATION", "DeviceObject"): 0x28,
+           ("_DEVICE_OBJECT", "DriverObject"): 0x8, ("_DRIVER_OBJECT", "DriverStart"): 0x18,
+           ("_DRIVER_OBJECT", "DriverName"): 0x38},
+    False: {("_IRP", "Tail.Overlay.CurrentStackLocation"): 0x60, ("_IO_STACK_LOCATION", "DeviceObject"): 0x14,
+            ("_DEVICE_OBJECT", "DriverObject"): 0x8, ("_DRIVER_OBJECT", "DriverStart"): 0xC,
+            ("_DRIVER_OBJECT", "DriverName"): 0x1C},
+}
+
+# NT version of a kernel build (for OS_VERSION): 10.0 from Windows 10 on.
+_NT_VERSIONS = [(10240, "10.0"), (9600, "6.3"), (9200, "6.2"), (7600, "6.1"), (6000, "6.0"),
+                (3790, "5.2"), (2600, "5.1"), (2195, "5.0")]
+
+
+def exception_record(session, address: int) -> dict:
+    """The EXCEPTION_RECORD at `address` (decode_exception's dict)."""
+    layout = EXCEPTION_RECORD64 if session.is64 else EXCEPTION_RECORD32
+    try:
+        raw = session.memory.read(address, layout.sizeof())
+    except MemoryNotPresent as exc:
+        raise KdError(f"it is not in the dump ({exc.why})") from None
+    return decode_exception(layout.parse(raw))
+
+
+def _kernel(session):
+    kernel = getattr(session, "kernel", None)
+    if kernel is None:
+        raise KdError("kdshell cannot read processes and processors in this version")
+    return kernel
+
+
+def current_process_name(session) -> str | None:
+    """PROCESS_NAME: the image name of the crashing thread's process."""
+    kernel = _kernel(session)
+    process = kernel.current_process()
+    return kernel.process_name(process) if process else None
+
+
+def current_irql(session) -> int | None:
+    """CURRENT_IRQL: the crashing processor's IRQL (KPRCB/KPCR, as the kernel layer reads it)."""
+    kernel = _kernel(session)
+    return kernel.processor(session.context.default_processor).irql
+
+
+def process_image_name(session, address: int) -> str | None:
+    """EPROCESS.ImageFileName of the process at `address`."""
+    kernel = getattr(session, "kernel", None)
+    if kernel is not None:
+        return kernel.process_name(address)
+    offset = session.symbols.kernel_offsets().offset("_EPROCESS", "ImageFileName")
+    if offset is None:
+        raise KdError("The offset of _EPROCESS.ImageFileName is not known for this build")
+    return _ascii(session.memory.read(address + offset, 15))
+
+
+def cpu_vendor(session) -> str | None:
+    """KPRCB.VendorString of the crashing processor: GenuineIntel, AuthenticAMD, ..."""
+    offsets = session.symbols.kernel_offsets()
+    offset = offsets.offset("_KPRCB", "VendorString")
+    if offset is None:
+        return None
+    prcb = _kernel(session).processor(session.context.default_processor).prcb
+    try:
+        return _ascii(session.memory.read(prcb + offset, 13))
+    except MemoryNotPresent:
+        return None
+
+
+def irp_driver(session, irp: int) -> dict:
+    """For 0x9F P1=3: the device object holding the IRP and its driver (name, start, module)."""
+    is64 = session.is64
+    size = 8 if is64 else 4
+    offsets = session.symbols.kernel_offsets()
+    memory = session.memory
+
+    def off(type_name: str, path: str) -> int:
+        value = offsets.offset(type_name, path) if getattr(offsets, "types", None) is not None else None
+        return value if value is not None else IRP_FIELDS[is64][(type_name, path)]
+
+    def ptr(address: int) -> int:
+        return int.from_bytes(memory.read(address, size), "little")
+
+    try:
+        location = ptr(irp + off("_IRP", "Tail.Overlay.CurrentStackLocation"))
+        device = ptr(location + off("_IO_STACK_LOCATION", "DeviceObject"))
+        driver = ptr(device + off("_DEVICE_OBJECT", "DriverObject"))
+        start = ptr(driver + off("_DRIVER_OBJECT", "DriverStart"))
+    except MemoryNotPresent as exc:
+        raise KdError(f"Unable to follow the IRP at {irp:#x} to its driver: {exc.why}") from None
+    from kdshell.symbols.modules import read_unicode_string
+
+    name = read_unicode_string(memory, driver + off("_DRIVER_OBJECT", "DriverName"), is64)
+    module = session.symbols.module_at(start)
+    return {"irp": irp, "stack_location": location, "device_object": device, "driver_object": driver,
+            "driver_name": name, "driver_start": start, "module": module.name if module else None,
+            "image": module.image_name if module else None}
+
+
+def os_facts(session) -> dict[str, str]:
+    """OS_VERSION, BUILDLAB_STR, OSPLATFORM_TYPE, OSNAME from the dump (the build lab string the
+    KDBG points to; without it, nt's version resource when its image is at hand)."""
+    h = session.dump.header
+    build = h.build
+    nt = next((v for first, v in _NT_VERSIONS if build >= first), "")
+    out = {"OSNAME": os_name(build), "OSPLATFORM_TYPE": "x64" if session.is64 else "x86"}
+    lab = None
+    try:
+        lab = build_lab(session)
+    except KdError:
+        lab = None
+    version = f"{nt}.{build}" if nt else str(build)
+    if lab:
+        parts = lab.split(".")
+        if len(parts) >= 4 and parts[0].isdigit() and parts[1].isdigit():
+            version = f"{nt}.{parts[0]}.{parts[1]}" if nt else f"{parts[0]}.{parts[1]}"
+            out["BUILDLAB_STR"] = parts[3]
+        out["BUILD_LAB"] = lab
+    else:
+        info = _kernel_version_info(session)
+        if info is not None and info.file_version[2] == build:
+            version = ".".join(str(x) for x in info.file_version)
+    out["OS_VERSION"] = version
+    return out
+
+
+def _kernel_version_info(session):
+    """nt's version resource, when its image file was already found (no lookup, no download)."""
+    try:
+        kernel = session.symbols.modules.kernel
+        image = kernel.state.get("file_image") if kernel is not None else None
+        return image.version_info if image is not None else None
+    except KdError:
+        return None
+
+
+def _ascii(raw: bytes) -> str | None:
+    text = raw.split(b"\0", 1)[0]
+    if not text or not all(0x20 <= b < 0x7F for b in text):
+        return None
+    return text.decode("ascii")

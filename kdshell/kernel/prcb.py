@@ -1,0 +1,286 @@
+"""Processors: KPCR/KPRCB per processor (KiProcessorBlock), the current thread, the IRQL, and
+the small dump's KPRCB/ETHREAD/EPROCESS copies (what !pcr, !prcb, !irql and !running print).
+
+    layout = prcb_layout(offsets)
+    p = read_processor(memory, number, prcb_address, layout, is64)          # a Processor
+    ps = read_processors(memory, ki_processor_block, count, layout, is64)   # every processor
+    crashing_processor(processors, header_sp, thread_bounds)                # which one bug-checked
+    locate_triage_copies(copies, memory, kdbg, layout, ...)                 # a small dump's copies
+
+KPRCB addresses come from nt!KiProcessorBlock (an array of KPRCB pointers; the KDBG gives its
+address). The KPCR holds its KPRCB: KPCR = KPRCB - KPCR.Prcb (0x180 on x64, 0x120 on x86).
+
+IRQL. WinDbg's !irql shows the IRQL saved when the machine stopped, not the one KeBugCheckEx
+raised to: KPRCB.DebuggerSavedIRQL when the kernel's types have it, else (x64) CR8 as saved in
+the processor's KPRCB.ProcessorState.SpecialRegisters (CR8 is the x64 IRQL), else KPCR.Irql.
+`Processor.irql_source` says which was used.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from kdshell.errors import MemoryNotPresent
+from kdshell.kernel.layout import Reader, StructLayout
+
+PRCB_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "current_thread": (("_KPRCB", "CurrentThread"),),
+    "next_thread": (("_KPRCB", "NextThread"),),
+    "idle_thread": (("_KPRCB", "IdleThread"),),
+    "number": (("_KPRCB", "Number"),),
+    "context": (("_KPRCB", "ProcessorState.ContextFrame"),),
+    "special": (("_KPRCB", "ProcessorState.SpecialRegisters"),),
+    "cr8": (("_KPRCB", "ProcessorState.SpecialRegisters.Cr8"),),
+    "saved_irql": (("_KPRCB", "DebuggerSavedIRQL"),),
+    "mhz": (("_KPRCB", "MHz"),),
+    "group": (("_KPRCB", "Group"),),
+    "group_index": (("_KPRCB", "GroupIndex"),),
+    "group_set_member": (("_KPRCB", "GroupSetMember"),),
+    "interrupt_count": (("_KPRCB", "InterruptCount"),),
+    "dpc_time": (("_KPRCB", "DpcTime"),),
+    "interrupt_time": (("_KPRCB", "InterruptTime"),),
+    "kernel_time": (("_KPRCB", "KernelTime"),),
+    "user_time": (("_KPRCB", "UserTime"),),
+    "pcr_irql": (("_KPCR", "Irql"),),
+    "pcr_idt": (("_KPCR", "IdtBase"), ("_KPCR", "IDT")),
+    "pcr_gdt": (("_KPCR", "GdtBase"), ("_KPCR", "GDT")),
+    "pcr_tss": (("_KPCR", "TssBase"), ("_KPCR", "TSS")),
+    "pcr_major": (("_KPCR", "MajorVersion"),),
+    "pcr_minor": (("_KPCR", "MinorVersion"),),
+    "pcr_irr": (("_KPCR", "IRR"),),
+    "pcr_idr": (("_KPCR", "IDR"),),
+    "pcr_interrupt_mode": (("_KPCR", "InterruptMode"),),
+}
+
+# The KPCR fields whose names differ: on x64 KPCR.Prcb is the KPRCB itself (embedded) and
+# CurrentPrcb points to it; on x86 KPCR.PrcbData is embedded and KPCR.Prcb points to it.
+PCR_FIELDS = {
+    True: {"pcr_prcb": (("_KPCR", "Prcb"),), "pcr_self": (("_KPCR", "Self"),),
+           "pcr_current_prcb": (("_KPCR", "CurrentPrcb"),)},
+    False: {"pcr_prcb": (("_KPCR", "PrcbData"),), "pcr_self": (("_KPCR", "SelfPcr"),),
+            "pcr_current_prcb": (("_KPCR", "Prcb"),)},
+}
+
+# Where the KPRCB sits in the KPCR when no source says (x64: KPCR.Prcb at 0x180 on every x64
+# Windows; x86: KPCR.PrcbData at 0x120) -- windbg.md §10, the KDBG's OffsetPcrContainedPrcb.
+PCR_PRCB_DEFAULT = {True: 0x180, False: 0x120}
+# KSPECIAL_REGISTERS.Cr8 on x64 (Cr0..Cr4, KernelDr0-7, Gdtr, Idtr, Tr, Ldtr, MxCsr, DebugControl,
+# four LBR/exception RIPs, then Cr8): stable since the first x64 Windows.
+CR8_IN_SPECIAL_REGISTERS = 0xA0
+MAX_PROCESSORS = 2048
+MAX_SELF_SCAN = 0x40000  # bytes of a structure copy searched for its own list heads
+
+# IRQL names (x64 and x86 differ above DISPATCH_LEVEL); WinDbg prints the number in decimal.
+IRQL_NAMES = {
+    True: {0: "LOW_LEVEL", 1: "APC_LEVEL", 2: "DISPATCH_LEVEL", 12: "SYNCH_LEVEL", 13: "CLOCK_LEVEL",
+           14: "IPI_LEVEL", 15: "HIGH_LEVEL"},
+    False: {0: "LOW_LEVEL", 1: "APC_LEVEL", 2: "DISPATCH_LEVEL", 27: "PROFILE_LEVEL", 28: "CLOCK2_LEVEL",
+            29: "IPI_LEVEL", 30: "POWER_LEVEL", 31: "HIGH_LEVEL"},
+}
+
+
+def prcb_layout(offsets, is64: bool = True, build: int | None = None) -> StructLayout:
+    return StructLayout(offsets, {**PRCB_FIELDS, **PCR_FIELDS[is64]}, build)
+
+
+def irql_name(value: int, is64: bool) -> str:
+    name = IRQL_NAMES[is64].get(value)
+    if name is None and 3 <= value <= (11 if is64 else 26):
+        name = "DEVICE_LEVEL"
+    return name or "?"
+
+
+@dataclass
+class Processor:
+    number: int
+    prcb: int
+    pcr: int | None = None
+    current_thread: int | None = None
+    next_thread: int | None = None
+    idle_thread: int | None = None
+    irql: int | None = None          # the IRQL before the bug check (see the module note)
+    irql_source: str | None = None
+    current_irql: int | None = None  # KPCR.Irql: the current one (the bug check raised it)
+    context_address: int | None = None  # KPRCB.ProcessorState.ContextFrame
+    readable: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def idle(self) -> bool:
+        return bool(self.current_thread) and self.current_thread == self.idle_thread
+
+
+def pcr_prcb_offset(layout: StructLayout, is64: bool) -> int:
+    found = layout.get("pcr_prcb")
+    return found if found is not None else PCR_PRCB_DEFAULT[is64]
+
+
+def processor_block_entry(memory, ki_processor_block: int, number: int, is64: bool) -> int:
+    """KiProcessorBlock[number] (0 for an empty slot); MemoryNotPresent when not in the dump."""
+    return Reader(memory, is64).ptr(ki_processor_block + number * (8 if is64 else 4))
+
+
+def cr8_offset(layout: StructLayout, is64: bool) -> int | None:
+    if not is64:
+        return None
+    found = layout.get("cr8")
+    if found is not None:
+        return found
+    special = layout.get("special")
+    if special is not None:
+        return special + CR8_IN_SPECIAL_REGISTERS
+    context = layout.get("context")
+    # KPROCESSOR_STATE on x64 = { KSPECIAL_REGISTERS (0xF0 bytes), CONTEXT }
+    return context - 0xF0 + CR8_IN_SPECIAL_REGISTERS if context is not None and context >= 0xF0 else None
+
+
+def read_processor(memory, number: int, prcb: int, layout: StructLayout, is64: bool,
+                   read_pcr: bool = True) -> Processor:
+    r = Reader(memory, is64)
+    f = layout.get
+    p = Processor(number, prcb)
+    p.current_thread = r.maybe_ptr(prcb, f("current_thread"))
+    p.next_thread = r.maybe_ptr(prcb, f("next_thread"))
+    p.idle_thread = r.maybe_ptr(prcb, f("idle_thread"))
+    p.readable = p.current_thread is not None or r.maybe_ptr(prcb, 0) is not None
+    if f("context") is not None:
+        p.context_address = prcb + f("context")
+    p.pcr = prcb - pcr_prcb_offset(layout, is64) if read_pcr else None
+    if p.pcr is not None:
+        irql_at = f("pcr_irql") if f("pcr_irql") is not None else (0x50 if is64 else 0x24)
+        p.current_irql = r.maybe_uint(p.pcr, irql_at, 1)
+    saved = r.maybe_uint(prcb, f("saved_irql"), 1)
+    if saved is not None:
+        p.irql, p.irql_source = saved, "KPRCB.DebuggerSavedIRQL"
+    elif (cr8 := r.maybe_uint(prcb, cr8_offset(layout, is64), 1)) is not None:
+        p.irql, p.irql_source = cr8 & 0xF, "CR8 saved in KPRCB.ProcessorState"
+    elif p.current_irql is not None:
+        p.irql, p.irql_source = p.current_irql, "KPCR.Irql"
+    return p
+
+
+@dataclass
+class ProcessorList:
+    processors: list[Processor]
+    warnings: list[str]
+
+
+def read_processors(memory, ki_processor_block: int, count: int, layout: StructLayout, is64: bool) -> ProcessorList:
+    """Processors 0..count-1 from KiProcessorBlock; an empty slot ends the list early."""
+    out: list[Processor] = []
+    warnings: list[str] = []
+    for n in range(min(count, MAX_PROCESSORS)):
+        try:
+            prcb = processor_block_entry(memory, ki_processor_block, n, is64)
+        except MemoryNotPresent:
+            warnings.append(f"KiProcessorBlock[{n}] at {ki_processor_block + n * (8 if is64 else 4):#x} "
+                            "is not in the dump")
+            break
+        if not prcb:
+            warnings.append(f"KiProcessorBlock[{n}] is empty: the machine had {n} processors, not {count}")
+            break
+        out.append(read_processor(memory, n, prcb, layout, is64))
+    return ProcessorList(out, warnings)
+
+
+def crashing_processor(processors: list[Processor], sp: int, stack_bounds, context_sp=None) -> int | None:
+    """The processor that bug-checked: the one whose current thread's kernel stack holds the
+    dump's stack pointer (the header context may be an exception context deeper on the same
+    stack), else the one whose saved context has that stack pointer. `stack_bounds(thread)` gives
+    (limit, base) or None; `context_sp(processor)` the saved context's RSP or None."""
+    hits = []
+    for p in processors:
+        if not p.current_thread:
+            continue
+        bounds = stack_bounds(p.current_thread)
+        if bounds and bounds[0] <= sp < bounds[1]:
+            hits.append(p.number)
+    if len(hits) == 1:
+        return hits[0]
+    if context_sp is not None:
+        same = [p.number for p in processors if context_sp(p) == sp]
+        if len(same) == 1:
+            return same[0]
+    return hits[0] if hits else None
+
+
+# -- the small dump's copies --------------------------------------------------------------------
+@dataclass
+class TriageCopies:
+    """Where the small dump's KPRCB, ETHREAD and EPROCESS copies belong in memory."""
+
+    number: int | None = None
+    prcb: int | None = None
+    thread: int | None = None
+    process: int | None = None
+    how: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def self_address(copy: bytes, is64: bool, alignment: tuple[int, int] | None = None) -> int | None:
+    """The address a structure copy was taken from, told by its empty LIST_ENTRY heads (Flink =
+    Blink = the head's own address): each votes for `head - offset`. None unless at least two
+    heads agree and no other address gets as many votes. `alignment` = (mask, value) filters
+    candidates (a KPRCB inside a page-aligned KPCR: (0xFFF, 0x180) on x64)."""
+    size = 8 if is64 else 4
+    fmt_mask = (1 << (8 * size)) - 1
+    votes: Counter[int] = Counter()
+    copy = copy[:MAX_SELF_SCAN]
+    for off in range(0, len(copy) - 2 * size + 1, size):
+        flink = int.from_bytes(copy[off : off + size], "little")
+        if not flink or flink != int.from_bytes(copy[off + size : off + 2 * size], "little"):
+            continue
+        base = (flink - off) & fmt_mask
+        if alignment is not None and base & alignment[0] != alignment[1]:
+            continue
+        votes[base] += 1
+    if not votes:
+        return None
+    (best, n), *rest = votes.most_common(2)
+    if n < 2 or (rest and rest[0][1] == n):
+        return None
+    return best
+
+
+def locate_triage_copies(prcb_copy: bytes, thread_copy: bytes | None, memory, ki_processor_block: int | None,
+                         layout: StructLayout, thread_layout: StructLayout, is64: bool) -> TriageCopies:
+    """Derive the addresses of a small dump's copies (formats.md §6.2 step 5): the processor
+    number from the KPRCB copy, the KPRCB from KiProcessorBlock[number] when the dump saved it
+    (else from the copy's own empty list heads), the thread from the copy's CurrentThread, the
+    process from the thread copy's ApcState.Process."""
+    out = TriageCopies()
+    size = 8 if is64 else 4
+
+    def field_of(copy: bytes | None, offset: int | None, width: int) -> int | None:
+        if copy is None or offset is None or offset + width > len(copy):
+            return None
+        return int.from_bytes(copy[offset : offset + width], "little")
+
+    number_width = 4 if is64 else 1
+    out.number = field_of(prcb_copy, layout.get("number"), number_width)
+    if out.number is not None and ki_processor_block:
+        try:
+            prcb = processor_block_entry(memory, ki_processor_block, out.number, is64)
+            if prcb:
+                out.prcb, out.how["prcb"] = prcb, f"KiProcessorBlock[{out.number}]"
+        except MemoryNotPresent:
+            pass
+    if out.prcb is None:
+        align = (0xFFF, pcr_prcb_offset(layout, is64) & 0xFFF)
+        found = self_address(prcb_copy, is64, align)
+        if found is not None:
+            out.prcb, out.how["prcb"] = found, "the KPRCB copy's own list heads"
+        else:
+            out.notes.append("The small dump does not say where its KPRCB copy belongs "
+                             "(KiProcessorBlock is not saved and the copy has no empty list heads)")
+    out.thread = field_of(prcb_copy, layout.get("current_thread"), size) or None
+    if out.thread is not None:
+        out.how["thread"] = "KPRCB.CurrentThread"
+        check = self_address(thread_copy, is64) if thread_copy else None
+        if check is not None and check != out.thread:
+            out.notes.append(f"The ETHREAD copy's list heads point at {check:#x}, not at "
+                             f"KPRCB.CurrentThread {out.thread:#x}")
+    out.process = field_of(thread_copy, thread_layout.get("apc_process"), size) or None
+    if out.process is not None:
+        out.how["process"] = "ETHREAD.Tcb.ApcState.Process"
+    return out

@@ -1,0 +1,457 @@
+"""The session's kernel objects: processors, processes, threads, the implicit process.
+
+`KernelState` is the session's holder of this state (as resolver.Symbols is for modules and
+stack.context.ContextState for registers), so it takes the session; the reading itself is done
+by the functions of kdshell.kernel.{processes,threads,prcb}, which take a memory reader and an
+offsets object only (DESIGN.md "Seams").
+
+    k = session.kernel
+    k.processors()            # [Processor] (a small dump: only the crashing one)
+    k.processes()             # ProcessWalk over PsActiveProcessHead (KdError on a small dump)
+    k.process(address), k.thread(address), k.threads(process)
+    k.current_thread(), k.current_process(), k.set_process(address)
+    k.pseudo("$proc")         # $proc $thread $prcb $peb $teb
+
+Small memory dumps keep only the crashing processor's KPRCB, its current thread and that
+thread's process, as copies whose addresses the file does not store: `map_triage_copies` (run
+when the session builds the small dump's memory) derives them (kdshell.kernel.prcb) and adds
+the copies to the saved ranges, so `dt nt!_EPROCESS <addr>` and !process read them like any
+memory. Everything else says "Unable to get ... from the dump".
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel import prcb as P
+from kdshell.kernel import processes as PS
+from kdshell.kernel import threads as T
+from kdshell.kernel.layout import Reader
+from kdshell.kernel.offsets import KernelOffsets
+
+
+# A structure copy is never larger (a Windows 11 KPRCB is under 64 KiB): a bigger extent is a
+# corrupt or hostile small dump, whose copy is cut here.
+MAX_COPY = 0x40000
+
+
+def _copy_size(extent: int, stated: int | None) -> int:
+    return min(extent, stated, MAX_COPY) if stated else min(extent, MAX_COPY)
+
+
+def map_triage_copies(dump, memory, kdbg) -> P.TriageCopies | None:
+    """Place a small dump's KPRCB/ETHREAD/EPROCESS copies at their addresses in `memory` (a
+    SavedRangesMemory with `add_range`); the offsets come from the KDBG copy and the built-in
+    table (no PDB is needed, nor loaded)."""
+    tri = dump.triage
+    if tri is None or tri.prcb is None:
+        return None
+    is64 = dump.is64
+    offsets = KernelOffsets(dump.header.build, is64, kdbg=kdbg)
+    prcb_layout = P.prcb_layout(offsets, is64)
+    thread_layout = T.thread_layout(offsets)
+    prcb_off, prcb_extent = tri.prcb
+    prcb_size = _copy_size(prcb_extent, offsets.size("_KPRCB"))
+    prcb_copy = dump.read_file(prcb_off, prcb_size)
+    thread_copy = None
+    if tri.thread is not None:
+        thread_copy = dump.read_file(tri.thread[0], _copy_size(tri.thread[1], offsets.size("_ETHREAD")))
+    block = kdbg.get("KiProcessorBlock") if kdbg is not None else None
+    found = P.locate_triage_copies(prcb_copy, thread_copy, memory, block, prcb_layout, thread_layout, is64)
+    if found.prcb is not None:
+        memory.add_range(found.prcb, len(prcb_copy), prcb_off, "KPRCB copy")
+    if found.thread is not None and thread_copy is not None:
+        memory.add_range(found.thread, len(thread_copy), tri.thread[0], "ETHREAD copy")
+    if found.process is not None and tri.process is not None:
+        size = _copy_size(tri.process[1], offsets.size("_EPROCESS"))
+        memory.add_range(found.process, size, tri.process[0], "EPROCESS copy")
+    return found
+
+
+def crashing_processor_number(session) -> int:
+    """The processor that bug-checked (the prompt's N): a small dump's KPRCB copy says; else the
+    processor whose current thread's stack holds the dump context's stack pointer. 0 when the
+    dump does not tell."""
+    d = session.dump
+    try:
+        if d.triage is not None:
+            copies = getattr(session, "triage_copies", None)
+            if copies is None:
+                session.raw_memory  # noqa: B018 - builds the memory and places the copies
+                copies = getattr(session, "triage_copies", None)
+            return copies.number if copies is not None and copies.number is not None else 0
+        if (d.header.number_processors or 1) <= 1 or session.raw_memory is None:
+            return 0
+        kernel = KernelState(session, offsets=KernelOffsets(d.header.build, d.is64, kdbg=session.kdbg))
+        return kernel.find_crashing_processor()
+    except KdError:
+        return 0
+    except Exception:  # a bug of ours must not keep the dump from opening (tests see it)
+        if "PYTEST_CURRENT_TEST" in os.environ:
+            raise
+        return 0
+
+
+class KernelState:
+    """The kernel objects of the session's dump (see the module note)."""
+
+    def __init__(self, session: Any, offsets=None):
+        self.session = session
+        self._offsets = offsets
+        self._offsets_key = None  # what the offsets were looked up for (None: given by the caller)
+        self._layouts: dict[str, Any] = {}
+        self._processes: PS.ProcessWalk | None = None
+        self._processors: dict[int, P.Processor] = {}
+        self.implicit_process: int | None = None  # set by .process
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def is64(self) -> bool:
+        return self.session.is64
+
+    @property
+    def build(self) -> int:
+        return self.session.dump.header.build
+
+    @property
+    def small(self) -> bool:
+        return self.session.dump.triage is not None
+
+    @property
+    def memory(self):
+        memory = self.session.memory
+        if memory is None:
+            raise KdError("Memory is not available in this dump (no page tables or saved ranges kdshell can read)")
+        return memory
+
+    @property
+    def reader(self) -> Reader:
+        return Reader(self.memory, self.is64)
+
+    @property
+    def offsets(self):
+        """The kernel's structure offsets (kdshell.kernel.offsets.KernelOffsets), looked up again
+        when the modules or the symbol path change (.reload, .sympath)."""
+        symbols = self.session.symbols
+        key = (id(symbols.modules), symbols.symbol_path)
+        if self._offsets is not None and self._offsets_key is not None and key != self._offsets_key:
+            self.forget()
+        if self._offsets is None:
+            self._offsets = symbols.kernel_offsets()
+            self._offsets_key = key
+        return self._offsets
+
+    def _layout(self, name: str):
+        if name not in self._layouts:
+            make = {"process": lambda o: PS.process_layout(o, self.build),
+                    "thread": lambda o: T.thread_layout(o, self.build),
+                    "prcb": lambda o: P.prcb_layout(o, self.is64, self.build)}[name]
+            self._layouts[name] = make(self.offsets)
+        return self._layouts[name]
+
+    @property
+    def process_layout(self):
+        return self._layout("process")
+
+    @property
+    def thread_layout(self):
+        return self._layout("thread")
+
+    @property
+    def prcb_layout(self):
+        return self._layout("prcb")
+
+    def forget(self) -> None:
+        """After .reload: offsets (and what was read with them) are looked up again."""
+        self._offsets = self._offsets_key = None
+        self._layouts.clear()
+        self._processes = None
+        self._processors.clear()
+
+    def kdbg_value(self, name: str) -> int | None:
+        """A KDBG field; addresses cut to the target's pointer size (a 32-bit target's KDBG
+        holds them sign-extended)."""
+        k = self.session.kdbg
+        value = k.get(name) if k is not None else None
+        if value is not None and not self.is64:
+            value &= 0xFFFFFFFF
+        return value
+
+    def symbol(self, name: str) -> int | None:
+        try:
+            return self.session.symbols.resolve(f"nt!{name}")
+        except KdError:
+            return None
+
+    # -- processors --------------------------------------------------------------------------
+    def processor_count(self) -> int:
+        return int(self.session.dump.header.number_processors or 1)
+
+    @property
+    def crashing_processor(self) -> int:
+        return self.session.context.default_processor if hasattr(self.session, "context") else 0
+
+    def ki_processor_block(self) -> int | None:
+        return self.kdbg_value("KiProcessorBlock") or self.symbol("KiProcessorBlock")
+
+    def check_processor(self, number: int) -> None:
+        count = self.processor_count()
+        if not 0 <= number < count:
+            raise KdError(f"Processor {number} does not exist (this machine had {count} "
+                          f"processor{'s' if count != 1 else ''}: 0-{count - 1})")
+        if self.small and number != self.crashing_processor:
+            raise KdError(f"Unable to get the PRCB of processor {number} from the dump: a small memory dump "
+                          f"keeps only the crashing processor's (processor {self.crashing_processor})")
+
+    def processor(self, number: int | None = None) -> P.Processor:
+        number = self.session.processor if number is None else number
+        self.check_processor(number)
+        if number in self._processors:
+            return self._processors[number]
+        if self.small:
+            copies = getattr(self.session, "triage_copies", None)
+            if copies is None or copies.prcb is None:
+                raise KdError(f"Unable to get the PRCB of processor {number} from the dump: "
+                              "the small dump does not say where its KPRCB copy belongs")
+            p = P.read_processor(self.memory, number, copies.prcb, self.prcb_layout, self.is64, read_pcr=False)
+        else:
+            block = self.ki_processor_block()
+            if not block:
+                raise KdError(f"Unable to get the PRCB of processor {number} from the dump: "
+                              "the KDBG does not say where KiProcessorBlock is")
+            try:
+                prcb = P.processor_block_entry(self.memory, block, number, self.is64)
+            except MemoryNotPresent as exc:
+                raise KdError(f"Unable to get the PRCB of processor {number} from the dump: "
+                              f"KiProcessorBlock[{number}] is not in it ({exc.why})") from None
+            if not prcb:
+                raise KdError(f"Unable to get the PRCB of processor {number}: KiProcessorBlock[{number}] is 0")
+            p = P.read_processor(self.memory, number, prcb, self.prcb_layout, self.is64)
+        self._processors[number] = p
+        return p
+
+    def processors(self) -> list[P.Processor]:
+        if self.small:
+            return [self.processor(self.crashing_processor)]
+        out = []
+        for n in range(self.processor_count()):
+            try:
+                out.append(self.processor(n))
+            except KdError:
+                break
+        return out
+
+    def find_crashing_processor(self) -> int:
+        regs = self.session.dump.registers()
+        sp = regs.get("rsp" if self.is64 else "esp")
+        if sp is None:
+            return 0
+        layout = self.thread_layout
+        memory = self.memory
+
+        def bounds(thread):
+            try:
+                return T.read_stack_bounds(memory, thread, layout, self.is64)
+            except KdError:  # the stack offsets are not known for this build
+                return None
+
+        def context_sp(p):
+            if p.context_address is None:
+                return None
+            return Reader(memory, self.is64).maybe_ptr(p.context_address, 0x98 if self.is64 else 0xC4)
+
+        found = P.crashing_processor(self.processors(), sp, bounds, context_sp)
+        self._processors.clear()
+        return found or 0
+
+    # -- processes ---------------------------------------------------------------------------
+    def process_head(self) -> int | None:
+        return (self.kdbg_value("PsActiveProcessHead") or self.session.dump.header.ps_active_process_head
+                or self.symbol("PsActiveProcessHead"))
+
+    def processes(self) -> PS.ProcessWalk:
+        if self.small:
+            current = self.current_process()
+            where = f" ({self.p(current)})" if current else ""
+            raise PS.no_process_list(f"a small memory dump keeps only the current process{where}")
+        if self._processes is None:
+            head = self.process_head()
+            if not head:
+                raise PS.no_process_list("the dump does not say where PsActiveProcessHead is")
+            self._processes = PS.walk_processes(self.memory, head, self.process_layout, self.is64)
+        return self._processes
+
+    def process(self, address: int) -> PS.Process:
+        p = PS.read_process(self.memory, address, self.process_layout, self.is64)
+        if not p.readable:
+            raise KdError(f"Unable to get the process at {self.p(address)} from the dump (its EPROCESS "
+                          "is not in it)")
+        if not PS.looks_like_process(self.memory, address, self.process_layout, self.is64):
+            raise KdError(f"TYPE mismatch for process object at {self.p(address)}")
+        return p
+
+    def handle_count(self, process: PS.Process) -> int | None:
+        if process.object_table is None:
+            return None
+        if process.object_table == 0:
+            return 0
+        return PS.handle_count(self.memory, process.object_table, self.process_layout, self.is64, self.build)
+
+    def system_range_start(self) -> int:
+        value = self.kdbg_value("MmSystemRangeStart")
+        if value:
+            try:
+                return self.reader.ptr(value)
+            except MemoryNotPresent:
+                pass
+        return 0xFFFF_8000_0000_0000 if self.is64 else 0x80000000
+
+    def find_processes(self, key) -> list[PS.Process]:
+        """Processes by EPROCESS address, CID or image name; on a small dump, only the current
+        process can match."""
+        if self.small:
+            current = self.current_process()
+            candidates = [self.process(current)] if current else []
+            return PS.find_processes(candidates, key, self.system_range_start())
+        if not isinstance(key, str) and key >= self.system_range_start():
+            return [self.process(key)]
+        return PS.find_processes(self.processes().processes, key, self.system_range_start())
+
+    def process_name(self, address: int | None) -> str | None:
+        if not address:
+            return None
+        try:
+            return self.process(address).name
+        except KdError:
+            return None
+
+    # -- threads -----------------------------------------------------------------------------
+    def thread(self, address: int) -> T.Thread:
+        t = T.read_thread(self.memory, address, self.thread_layout, self.is64)
+        if not t.readable:
+            raise KdError(f"Unable to get the thread at {self.p(address)} from the dump (its ETHREAD "
+                          "is not in it)")
+        if not T.looks_like_thread(self.memory, address, self.thread_layout, self.is64):
+            raise KdError(f"TYPE mismatch for thread object at {self.p(address)}")
+        return t
+
+    def threads(self, process: PS.Process) -> T.ThreadWalk:
+        if self.small:
+            current = self.current_thread()
+            if current and self._thread_process(current) == process.address:
+                return T.ThreadWalk([self.thread(current)],
+                                    ["Only the current thread is in a small memory dump"])
+            return T.ThreadWalk([], ["Unable to get the threads of this process from the dump: "
+                                     "a small memory dump keeps only the current thread"])
+        if process.thread_list_head is None:
+            raise KdError(f"Unable to get the threads of process {self.p(process.address)}: the offset of "
+                          f"_EPROCESS.ThreadListHead is not known for build {self.build} (no kernel PDB, "
+                          "KDBG field or built-in entry)")
+        return T.walk_threads(self.memory, process.thread_list_head, self.thread_layout, self.is64,
+                              what=f"thread list of process {process.address:x}")
+
+    def _thread_process(self, address: int) -> int | None:
+        try:
+            t = self.thread(address)
+        except KdError:
+            return None
+        return t.owning_process
+
+    def find_thread_by_id(self, tid: int) -> list[T.Thread]:
+        if self.small:
+            current = self.current_thread()
+            return [t for t in ([self.thread(current)] if current else []) if t.tid == tid]
+        out = []
+        for p in self.processes().processes:
+            try:
+                out += [t for t in self.threads(p).threads if t.tid == tid]
+            except KdError:
+                continue
+        return out
+
+    def running_on(self, thread: int) -> int | None:
+        for p in self._safe_processors():
+            if p.current_thread == thread:
+                return p.number
+        return None
+
+    def _safe_processors(self) -> list[P.Processor]:
+        try:
+            return self.processors()
+        except KdError:
+            return []
+
+    # -- the current context -----------------------------------------------------------------
+    def current_thread(self) -> int | None:
+        """The implicit thread (.thread), else the current processor's KPRCB.CurrentThread."""
+        context = getattr(self.session, "context", None)
+        if context is not None and getattr(context, "thread", None):
+            return context.thread
+        try:
+            return self.processor().current_thread or None
+        except KdError:
+            copies = getattr(self.session, "triage_copies", None)
+            return copies.thread if copies is not None else None
+
+    def current_process(self) -> int | None:
+        """The implicit process (.process), else the current thread's process."""
+        if self.implicit_process:
+            return self.implicit_process
+        thread = self.current_thread()
+        if not thread:
+            return None
+        try:
+            t = self.thread(thread)
+        except KdError:
+            copies = getattr(self.session, "triage_copies", None)
+            return copies.process if copies is not None else None
+        return t.apc_process or t.process
+
+    def set_process(self, address: int | None) -> PS.Process | None:
+        """`.process ADDR`: the implicit process, and its DirBase as the address space (a small
+        dump has no page tables: only its own process is accepted). None resets."""
+        if not address:
+            self.implicit_process = None
+            current = self.current_process()
+            if current and not self.small:
+                p = self.process(current)
+                if p.dtb:
+                    self.session.set_dtb(p.dtb)
+            return None
+        p = self.process(address)
+        if self.small:
+            if address != self.current_process():
+                raise KdError(f"Unable to switch to process {self.p(address)}: a small memory dump has no page "
+                              "tables; only the current process is in it")
+        elif p.dtb is None:
+            raise KdError(f"Unable to switch to process {self.p(address)}: its DirectoryTableBase is not in the dump")
+        else:
+            self.session.set_dtb(p.dtb)
+        self.implicit_process = address
+        return p
+
+    def pseudo(self, name: str) -> int | None:
+        """$proc, $thread, $prcb, $peb, $teb (None when the dump cannot tell)."""
+        n = name.lower()
+        try:
+            if n == "$thread":
+                return self.current_thread()
+            if n == "$proc":
+                return self.current_process()
+            if n == "$prcb":
+                return self.processor().prcb
+            if n == "$peb":
+                proc = self.current_process()
+                return self.process(proc).peb if proc else None
+            if n == "$teb":
+                thread = self.current_thread()
+                return self.thread(thread).teb if thread else None
+        except KdError:
+            return None
+        return None
+
+    def p(self, value: int | None) -> str:
+        from kdshell.format import ptr
+
+        return ptr(value or 0, self.is64)
