@@ -28,10 +28,12 @@ def test_walks_every_step_checking_the_commands():
     for n in range(1, len(STEPS) + 1):
         assert f"--- Step {n} of {len(STEPS)} ---" in out
     assert "Bugcheck code 000000D1" in out
+    assert "MODULE_NAME: mydrv" in out and "IMAGE_NAME:  mydrv.sys" in out
     assert "mydrv!MyDrvReadRegister" in out
     assert "NOTE: The trap frame does not contain all registers." in out
     assert "Tutorial done." in out
     assert "Traceback" not in out + p.stderr
+    assert p.returncode == 0  # every command of the walk succeeded (the wrong one was never run)
 
 
 def test_skip_and_quit():
