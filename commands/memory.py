@@ -15,6 +15,7 @@ import time
 
 from kdshell.disasm import Disassembler, symbol_text
 from kdshell.dispatch import command
+from kdshell.progress import Progress
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator, ExprError, Registers, is_settable_pseudo, pseudo_register, signed
 from kdshell.format import ptr, session_time
@@ -325,12 +326,21 @@ def search(session, inv):
         raise CommandError("Usage: s [-b|w|d|q|a|u] Address L Length Pattern")
     pattern_text = text[pos:].strip()
     memory = session.memory
-    is64 = session.is64
     if kind in ("sa", "su"):
         _strings_search(session, memory, rng.start, rng.count, unit)
         return
     pattern = _pattern(ev, kind, unit, pattern_text)
-    for address in _find(memory, rng.start, rng.count, pattern, unit if kind in ("w", "d", "q") else 1):
+    progress = Progress(session.progress, "Searching", rng.count)
+    try:
+        _report_hits(session, memory, kind, unit, only_address,
+                     _find(memory, rng.start, rng.count, pattern, unit if kind in ("w", "d", "q") else 1, progress))
+    finally:
+        progress.done()
+
+
+def _report_hits(session, memory, kind, unit, only_address, hits) -> None:
+    is64 = session.is64
+    for address in hits:
         if only_address:
             session.out.line("0x" + ptr(address, is64))
             continue
@@ -357,12 +367,14 @@ def _pattern(ev: Evaluator, kind: str, unit: int, text: str) -> bytes:
     return bytes(out)
 
 
-def _find(memory, start: int, length: int, pattern: bytes, align: int):
+def _find(memory, start: int, length: int, pattern: bytes, align: int, progress=None):
     """Addresses of `pattern` in [start, start+length), skipping unreadable pieces."""
     tail = b""
     tail_at = start
     end = start + length
     for at, piece, size in memory.chunks(start, length):
+        if progress is not None:
+            progress.update((at - start) & ((1 << 64) - 1))
         if isinstance(piece, MemoryNotPresent):
             tail = b""
             continue

@@ -60,13 +60,13 @@ def build_lab(session) -> str | None:
     address = kdbg.get("NtBuildLab")
     if not address:
         return None
-    try:
-        raw = session.memory.read(address, 128)
-    except MemoryNotPresent:
+    # Read up to the NUL: a small dump may save just the string's own bytes.
+    raw = b""
+    while len(raw) < 128 and b"\0" not in raw:
         try:
-            raw = session.memory.read(address, 0x1000 - (address & 0xFFF))
+            raw += session.memory.read(address + len(raw), 1)
         except MemoryNotPresent:
-            return None
+            break
     text = raw.split(b"\0", 1)[0]
     if not text or not all(0x20 <= b < 0x7F for b in text):
         return None

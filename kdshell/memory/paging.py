@@ -276,6 +276,10 @@ class Paging:
         """Follow a prototype PTE once: valid or transition gives the page, anything else stops."""
         where = state.proto_address
         digits = self.mode.hex_digits
+        if where is None:  # a PAE prototype PTE whose address is 0 (corrupt or hostile; fuzz:
+            # tests/regressions/containers/pae-prototype-pte-without-address.bin.gz)
+            raise PageNotPresent(va, f"{level.name} contains {state.raw:0{digits}X}: prototype PTE without an "
+                                 "address", level=level.name, entry=state.raw, state=state)
         try:
             proto_pa = self._walk(where, follow_prototype=False)
             raw = self.pages.read(proto_pa, self.mode.entry_size)

@@ -167,6 +167,8 @@ def describe(state: PteState) -> str:
     if k == VAD:
         return "not valid, the VAD describes this page (not in the dump)"
     if k == PROTOTYPE:
+        if state.proto_address is None:
+            return "prototype PTE without an address"
         return f"prototype PTE at {state.proto_address:x}"
     return "not valid"
 
@@ -209,7 +211,7 @@ def invalid_details(state: PteState) -> list[str]:
     if k == TRANSITION:
         return [f"Transition: {state.pfn:x}", protect]
     if k == PROTOTYPE:
-        return [f"Proto: {state.proto_address:X}", protect]
+        return [f"Proto: {state.proto_address or 0:X}", protect]
     if k == VAD:
         return ["Proto: VAD", protect]
     if k == PAGEFILE:

@@ -137,7 +137,8 @@ class SavedRangesMemory(VirtualMemory):
         self._starts = [r.start for r in self._ranges]
 
     def read(self, address: int, size: int) -> bytes:
-        return self.sparse.read(address, size)
+        # 32-bit targets keep sign-extended pointers (KDBG fields): fold them to 32 bits.
+        return self.sparse.read(address & self.address_mask, size)
 
     def add_range(self, start: int, size: int, file_offset: int, source: str) -> None:
         """Save one more range: a small dump's KPRCB/ETHREAD/EPROCESS copy, placed at the address
@@ -148,6 +149,7 @@ class SavedRangesMemory(VirtualMemory):
         self._starts = [r.start for r in self._ranges]
 
     def chunks(self, address: int, size: int) -> Iterator[Chunk]:
+        address &= self.address_mask
         end = address + size
         cursor = address
         first = max(0, bisect.bisect_right(self._starts, address) - 1)

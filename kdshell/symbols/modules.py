@@ -234,8 +234,8 @@ def read_unloaded_modules(memory, pointer_va: int, last_va: int | None, is64: bo
         if not start and not end:
             continue
         name = read_unicode_string(memory, at, is64)
-        if name is None:
-            continue
+        if not name or end <= start:  # unreadable, or not a driver's record (tests/test_hostile.py:
+            continue  # a KDBG whose MmUnloadedDrivers points at the KDBG itself)
         out.append(UnloadedModule(name, start, end, when))
     return out
 
