@@ -36,6 +36,11 @@ SAMPLE_NOTE = ("No dump given (-z FILE.dmp): opening kdshell's bundled sample, a
                "DRIVER_IRQL_NOT_LESS_OR_EQUAL (0xD1) crash in mydrv.sys.")
 
 
+WHERE_TO_START = ("New to crash dumps? Start with !analyze -v, then k (the stack), lm (the modules) and "
+                  "dq @rsp (memory); '.explain on' explains each output, 'kdshell --tutorial' walks you "
+                  "through, .help lists everything.")
+
+
 def bundled_sample() -> tuple[str, str] | None:
     """(dump, symbol store) of the sample shipped in kdshell/data/sample, if installed."""
     from pathlib import Path
@@ -102,6 +107,9 @@ def _main(argv: list[str] | None) -> int:
         out.line(f"kdshell {__version__} - kernel dump debugger")
         out.line("")
         out.lines(session.banner())
+        if note and not args.tutorial:
+            out.line("")
+            out.line(WHERE_TO_START)
         _run_startup(session, args)
         if args.tutorial:
             from kdshell.tutorial import run_tutorial

@@ -50,6 +50,7 @@ def test_no_dump_opens_the_bundled_sample():
     assert p.stdout.splitlines()[0].startswith("No dump given (-z FILE.dmp): opening kdshell's bundled sample")
     assert "Mini Kernel Dump File" in p.stdout and "0: kd> vertarget; q" in p.stdout
     assert "BugCheck D1, {fffff8a000bad000, 2, 0, fffff8000100111d}" in p.stdout
+    assert "New to crash dumps? Start with !analyze -v" in p.stdout  # where to start
     assert "Traceback" not in p.stdout + p.stderr
 
 

@@ -156,3 +156,31 @@ def test_ctrl_c_stops_a_long_command(term, machines):
     t.wait_for("^C: command stopped")
     t.keys(".echo after-ctrl-c", "Enter")
     t.wait_for("after-ctrl-c\n")
+
+
+def test_ctrl_r_searches_the_history(term):
+    t = term("-z", str(TRIAGE_19041))
+    t.wait_for("0: kd>")
+    t.keys(".echo needle-in-history", "Enter")
+    t.wait_for("needle-in-history\n")
+    t.keys(".echo other", "Enter")
+    t.wait_for("other\n")
+    t.keys("C-r", "needle")
+    t.wait_for("(reverse-i-search)`needle': .echo needle-in-history")
+    t.keys("Enter")  # takes the match into the line
+    t.wait_for("0: kd> .echo needle-in-history\n")
+    t.keys("Enter")  # runs it
+    end = time.time() + 20
+    while t.screen().count("needle-in-history") < 4 and time.time() < end:  # the command ran again
+        time.sleep(0.1)
+    assert t.screen().count("needle-in-history") >= 4
+
+
+def test_tab_completes_file_paths(term, tmp_path):
+    (tmp_path / "triage-script.txt").write_text(".echo from-the-script\n")
+    t = term("-z", str(TRIAGE_19041))
+    t.wait_for("0: kd>")
+    t.keys(f"$$<{tmp_path}/triage-scr", "Tab")
+    t.wait_for("triage-script.txt")
+    t.keys("Enter")
+    t.wait_for("from-the-script\n")
