@@ -311,7 +311,7 @@ class Table:
         return out
 
     HEADER = ["benchmark", "data"] + list(COLUMNS) + ["note"]
-    WIDTHS = [34, 26, 14, 20, 20, 18, 0]
+    WIDTHS = [36, 34, 14, 20, 22, 18, 0]
 
     def print_row(self, row: dict) -> None:
         cells = self.cells(row)

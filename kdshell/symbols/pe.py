@@ -438,7 +438,8 @@ def _relocate(mapped: bytearray, pe, delta: int) -> None:
         page, block = struct.unpack_from("<II", mapped, pos)
         if block < 8 or pos + block > end:
             break
-        for (entry,) in struct.iter_unpack("<H", mapped[pos + 8 : pos + block]):
+        entries = mapped[pos + 8 : pos + 8 + (block - 8) // 2 * 2]  # an odd SizeOfBlock: the last byte is no entry
+        for (entry,) in struct.iter_unpack("<H", entries):
             kind, off = entry >> 12, page + (entry & 0xFFF)
             if kind == 10 and off + 8 <= len(mapped):  # IMAGE_REL_BASED_DIR64
                 value = (int.from_bytes(mapped[off : off + 8], "little") + delta) & 0xFFFF_FFFF_FFFF_FFFF
