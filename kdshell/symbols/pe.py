@@ -25,7 +25,6 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import pefile
 
 from kdshell.errors import KdError, MemoryNotPresent
 
@@ -186,10 +185,16 @@ class PeImage:
             head = reader.read(0, 0x400)  # some images are mapped with a short first page
         if head[:2] != b"MZ":
             raise PeFormatError(f"No PE image at {base:#x} (no 'MZ' signature)")
+        import pefile  # here, not at start-up (bench/run_all.py "start")
+
         try:
             pe = pefile.PE(data=bytes(head), fast_load=True)
         except pefile.PEFormatError as exc:
             raise PeFormatError(f"Bad PE header at {base:#x}: {exc}") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # pefile itself fails on some hostile headers (see _pefile_failed)
+            raise _pefile_failed(f"Bad PE header at {base:#x}", exc) from None
         fh, oh = pe.FILE_HEADER, pe.OPTIONAL_HEADER
         self.machine = fh.Machine
         self.timestamp = fh.TimeDateStamp
@@ -231,11 +236,17 @@ class PeImage:
             raise PeFormatError(f"{os.path.basename(path)} is too large for an image ({size} bytes)")
         with open(path, "rb") as f:
             data = f.read()
+        import pefile
+
         try:
             pe = pefile.PE(data=data, fast_load=True)
             mapped = bytearray(pe.get_memory_mapped_image())
         except pefile.PEFormatError as exc:
             raise PeFormatError(f"{os.path.basename(path)} is not a PE image: {exc}") from None
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise _pefile_failed(f"{os.path.basename(path)} is not a readable PE image", exc) from None
         if len(mapped) < pe.OPTIONAL_HEADER.SizeOfImage <= MAX_IMAGE_SIZE:
             mapped += bytes(pe.OPTIONAL_HEADER.SizeOfImage - len(mapped))
         image_base = pe.OPTIONAL_HEADER.ImageBase
@@ -411,6 +422,13 @@ class PeImage:
                 return data_rva, data_size
             offset = found & 0x7FFFFFFF
         return None
+
+
+def _pefile_failed(what: str, exc: Exception) -> PeFormatError:
+    """pefile raises more than PEFormatError on hostile files (an AttributeError from a section
+    table it half built: fuzz, tests/regressions/pe_unwind/pefile-attribute-error.bin.gz): one
+    line for the user either way."""
+    return PeFormatError(f"{what}: pefile failed ({type(exc).__name__}: {exc})")
 
 
 def parse_codeview(data: bytes) -> CodeView | None:
