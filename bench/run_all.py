@@ -412,7 +412,8 @@ def section_open(t: Table, args, machines) -> None:
                 values[reader] = value(r, "s")
                 container = r.get("container_s", container)
         size = os.path.getsize(path)
-        note = f"{size / 2**30:.0f} GiB file" if size > 2**30 else f"{size / 2**20:.1f} MiB file"
+        note = (f"{size / 2**30:.0f} GiB file" if size > 2**30 else f"{size / 2**20:.1f} MiB file" if size > 2**20
+                else f"{size / 2**10:.0f} KiB file")
         if container is not None:
             note += f"; kdshell's container alone {container * 1e3:.1f} ms"
         t.add("open", f"open to first command, type {dtype}", label, "s", values, note=note)
@@ -626,7 +627,7 @@ def section_start(t: Table, args, machines) -> None:
     real = statistics.median(float(subprocess.check_output([sys.executable, "-c", code])) for _ in range(n))
     total, top = import_time()
     t.add("start", "import kdshell.session + commands", "in a fresh interpreter", "s", {"kdshell": real},
-          note=f"python -X importtime (which inflates it to {total * 1e3:.0f} ms): largest self times "
+          note=f"python -X importtime: {total * 1e3:.0f} ms; largest self times "
                + ", ".join(f"{name} {s * 1e3:.0f} ms" for name, s in top[:4]))
 
 

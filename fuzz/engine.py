@@ -90,7 +90,7 @@ def classify(exc: BaseException, tb_text: str | None = None) -> Finding:
     return Finding(kind, _signature(exc, tb_text), str(exc).replace("\n", " "), tb_text)
 
 
-class _Alarm:
+class TimeLimit:
     """Raise Hang in the main thread after `seconds` (SIGALRM; no-op where unavailable)."""
 
     def __init__(self, seconds: float):
@@ -118,7 +118,7 @@ def run_one(harness, data: bytes, timeout: float | None = None) -> tuple[str, Fi
     from kdshell.errors import KdError
 
     try:
-        with _Alarm(timeout if timeout is not None else getattr(harness, "TIMEOUT", 10)):
+        with TimeLimit(timeout if timeout is not None else getattr(harness, "TIMEOUT", 10)):
             ret = harness.one_input(data)
         return f"answer:{ret}" if ret else "answer", None
     except KdError as exc:

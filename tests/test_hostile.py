@@ -12,7 +12,6 @@ pytest the dispatcher re-raises internal errors, so a traceback fails the test b
 """
 from __future__ import annotations
 
-import gzip
 import shutil
 import struct
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 import kdshell
 from conftest import REPO
-from fuzz.engine import Hang, _Alarm
+from fuzz.engine import Hang, TimeLimit
 from kdshell import dispatch
 
 SAMPLE_STORE = REPO / "kdshell" / "data" / "sample" / "symbols"
@@ -52,7 +51,7 @@ def run(s, command: str, limit: float = TIME_LIMIT) -> list[str]:
         pytest.skip(f"{command.split()[0]} is not implemented yet")
     before = s.failures
     try:
-        with _Alarm(limit):
+        with TimeLimit(limit):
             text = s.capture(command)
     except Hang:
         pytest.fail(f"{command!r} ran longer than {limit} s")
@@ -404,7 +403,7 @@ def test_rdmp_range_counts_of_2_32(machine, tmp_path):
     for i, data in enumerate(cases):
         path = tmp_path / f"rdmp{i}.dmp"
         path.write_bytes(data)
-        with _Alarm(TIME_LIMIT):
+        with TimeLimit(TIME_LIMIT):
             code = main(["-z", str(path), "-c", "lm; k; q"])
         assert code in (0, 1, 2)
 
