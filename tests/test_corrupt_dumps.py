@@ -407,34 +407,11 @@ def _bases() -> dict[str, bytes]:
 
 
 def _exercise(d) -> None:
-    """Everything a session does first with a dump; only MemoryNotPresent may come out."""
+    """Everything a session does first with a dump; only MemoryNotPresent may come out (the
+    same checks the fuzz harness makes: one place for them)."""
+    from fuzz.containers import exercise_container
 
-    def quietly(fn, *args):
-        try:
-            return fn(*args)
-        except MemoryNotPresent:
-            return None
-
-    d.registers()
-    d.exception
-    d.kind_line, d.kind_name, d.attribute_names, d.header.system_datetime
-    for blob in d.blobs()[:8]:
-        d.read_file(blob.data_offset, min(blob.data_size, 64))
-    assert all(isinstance(w, str) and "\n" not in w for w in d.warnings)
-    if d.physical is not None:
-        pfns = [0, 1, 2, 3, 0x10, 0x200, 0x7FF, 1 << 32]
-        for first, count in list(d.physical.present_runs())[:20]:
-            pfns += [first, first + count - 1, first + count]
-        for pfn in pfns:
-            quietly(d.physical.page, pfn)
-            quietly(d.physical.read, pfn * 0x1000 + 0xFF8, 0x10)
-    if d.triage is not None:
-        t = d.triage
-        [(x.name, x.base, x.size, x.timestamp) for x in t.drivers]
-        [(u.name, u.start, u.end) for u in t.unloaded]
-        for r in t.memory.ranges()[:50]:
-            quietly(t.memory.read, r.start, min(r.size, 0x100))
-            quietly(t.memory.read, r.end - 1, 2)
+    exercise_container(d)
 
 
 @st.composite
