@@ -80,8 +80,8 @@ class KdshellReader:
     def reader(self):
         return self._memory().read
 
-    def flush(self) -> None:
-        self._memory().paging.flush()
+    def flush(self, tables: bool = False) -> None:
+        self._memory().paging.flush(tables)
 
     def close(self) -> None:
         self.session.close()

@@ -30,7 +30,8 @@ Sections (--sections):
              .dump /m and .dump /f of the test machine's kernel dump. A command that is not
              registered yet prints "not implemented yet" in its row.
   start      REPL start to prompt: `python -m kdshell -z X -c q`, the interactive prompt in a
-             pseudo-terminal, and `python -X importtime -c "import kdshell.session"`
+             pseudo-terminal with bytecode caches (as installed) and without, and
+             `python -X importtime -c "import kdshell.session"`
 
 Ratios are peer / kdshell for times and memory, kdshell / peer for MB/s: above 1, kdshell is
 faster or smaller. Run by hand; not part of CI (DESIGN.md).
@@ -45,8 +46,8 @@ import platform
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def child_open(reader: str, path: str, pa: int, tries: int = 5) -> dict:
 
 def child_workload(reader: str, meta: str, reads: int, translations: int, cold: int, seq_chunk: int) -> dict:
     """On one large machine: open, `reads` random page reads, `translations` warm translations
-    (and `cold` ones with kdshell's cache flushed each time), the sequential region read in
+    (and `cold` ones with kdshell's caches flushed each time, and with its translations flushed
+    but its last-level tables kept), the sequential region read in
     `seq_chunk` pieces; the time of each, and memory: the harness's own (its address lists, in
     compact arrays) before the reader opens the dump, and the peak and anonymous RSS at the end."""
     import gc
@@ -137,12 +139,13 @@ def child_workload(reader: str, meta: str, reads: int, translations: int, cold: 
     out["translate_us"] = (time.perf_counter() - t) / max(1, len(vas)) * 1e6
     out["translations"] = len(vas)
     if cold and hasattr(r, "flush"):
-        flush = r.flush
-        t = time.perf_counter()
-        for va in vas[:cold]:
-            flush()
-            tr(va)
-        out["translate_cold_us"] = (time.perf_counter() - t) / cold * 1e6
+        for key, tables in (("translate_cold_us", True), ("translate_first_touch_us", False)):
+            flush = r.flush
+            t = time.perf_counter()
+            for va in vas[:cold]:
+                flush(tables)
+                tr(va)
+            out[key] = (time.perf_counter() - t) / cold * 1e6
     read = r.reader()
     best = None
     for _ in range(2):
@@ -446,10 +449,15 @@ def section_reads(t: Table, args, machines, sizes) -> dict:
               note=f"per translation; kdshell warm (its cache, as commands use it); volatility3 "
                    f"{args.translations // 10000}k")
         cold = value(per["kdshell"], "translate_cold_us")
-        t.add("reads", "  same, kdshell cache flushed each time", label, "us",
+        t.add("reads", "  same, kdshell caches flushed each time", label, "us",
               {"kdshell": cold, "kdmp-parser": value(per["kdmp-parser"], "translate_us"),
                "volatility3": value(per["volatility3"], "translate_us")},
               note="a full 4-level walk per call in every reader")
+        t.add("reads", "  same, kdshell first touch of each page", label, "us",
+              {"kdshell": value(per["kdshell"], "translate_first_touch_us"),
+               "kdmp-parser": value(per["kdmp-parser"], "translate_us"),
+               "volatility3": value(per["volatility3"], "translate_us")},
+              note="translations flushed, last-level tables kept (as commands meet a new page)")
         t.add("reads", "sequential virtual read", label, "MB/s",
               {r: value(v, "seq_mbs") for r, v in per.items()}, higher_better=True,
               note="64 MiB in 64 KiB reads; kdmp-parser page by page")
@@ -543,7 +551,7 @@ def _wall(cmd: list[str], n: int, env=None) -> float:
     return statistics.median(times)
 
 
-def prompt_time(args: list[str], n: int) -> float | str:
+def prompt_time(args: list[str], n: int, env: dict) -> float | str:
     """Start to the interactive prompt in a pseudo-terminal: until `kd>` is on the screen. The
     terminal answers prompt_toolkit's cursor-position request, as a real one does."""
     import pty
@@ -553,8 +561,7 @@ def prompt_time(args: list[str], n: int) -> float | str:
     for _ in range(n):
         pid, fd = pty.fork()
         if pid == 0:  # the child: kdshell at a terminal
-            os.environ["NO_COLOR"] = "1"
-            os.execv(sys.executable, [sys.executable, "-m", "kdshell", *args])
+            os.execve(sys.executable, [sys.executable, "-m", "kdshell", *args], {**env, "NO_COLOR": "1"})
         t = time.perf_counter()
         seen = b""
         try:
@@ -589,11 +596,11 @@ def prompt_time(args: list[str], n: int) -> float | str:
     return statistics.median(good) if good else "no prompt"
 
 
-def import_time() -> tuple[float, list[tuple[str, float]]]:
+def import_time(env: dict) -> tuple[float, list[tuple[str, float]]]:
     """`python -X importtime -c "import kdshell.session"`: the cumulative time of
     kdshell.session and the largest self times."""
     p = subprocess.run([sys.executable, "-X", "importtime", "-c", "import kdshell.session, kdshell.commands"],
-                       capture_output=True, text=True, check=True)
+                       capture_output=True, text=True, check=True, env=env)
     total, selfs = 0, []
     for line in p.stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line:
@@ -611,21 +618,39 @@ def import_time() -> tuple[float, list[tuple[str, float]]]:
     return total / 1e6, selfs[:6]
 
 
+def _env(bytecode: bool) -> dict:
+    """The child's environment: with bytecode caches (as after `pip install`, which compiles them,
+    or any run that may write __pycache__), or with none (PYTHONDONTWRITEBYTECODE set and the
+    caches removed: every module compiled from source at each start)."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if not bytecode:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="kdshell-nopyc-")  # an empty cache
+    return env
+
+
 def section_start(t: Table, args, machines) -> None:
     n = 3 if args.quick else 7
+    cached, uncached = _env(True), _env(False)
+    kd = [sys.executable, "-m", "kdshell"]
+    _wall(kd + ["-c", "q"], 1, env=cached)  # writes the bytecode caches, as a first run does
     bare = _wall([sys.executable, "-c", "pass"], n)
-    sample = _wall([sys.executable, "-m", "kdshell", "-c", "q"], n)
-    t.add("start", "start to prompt, -c q (pipe)", "bundled sample", "s", {"kdshell": sample},
+    t.add("start", "start to prompt, -c q (pipe)", "bundled sample", "s", {"kdshell": _wall(kd + ["-c", "q"], n, cached)},
           note=f"python -m kdshell -c q, wall; bare interpreter {bare * 1e3:.0f} ms; target < 0.3 s")
     big = machines.large("kernel")["path"]
     t.add("start", "start to prompt, -c q (pipe)", f"{args.gib} GiB kernel dump", "s",
-          {"kdshell": _wall([sys.executable, "-m", "kdshell", "-z", big, "-c", "q"], n)}, note="python -m kdshell -z X -c q")
-    t.add("start", "start to interactive prompt (pty)", "bundled sample", "s", {"kdshell": prompt_time([], n)},
-          note="until 'kd> ' is on the terminal (prompt_toolkit loaded)")
+          {"kdshell": _wall(kd + ["-z", big, "-c", "q"], n, cached)}, note="python -m kdshell -z X -c q")
+    t.add("start", "start to interactive prompt (pty)", "bundled sample", "s",
+          {"kdshell": prompt_time([], n, cached)}, note="until 'kd> ' is on the terminal (prompt_toolkit loaded)")
+    t.add("start", "start to interactive prompt (pty), empty bytecode cache", "bundled sample", "s",
+          {"kdshell": prompt_time([], n, uncached)},
+          note="every module, prompt_toolkit's too, compiled from source: the worst first start")
     code = ("import time; t = time.perf_counter(); import kdshell.session, kdshell.commands; "
             "print(time.perf_counter() - t)")
-    real = statistics.median(float(subprocess.check_output([sys.executable, "-c", code])) for _ in range(n))
-    total, top = import_time()
+    real = statistics.median(float(subprocess.check_output([sys.executable, "-c", code], env=cached))
+                             for _ in range(n))
+    total, top = import_time(cached)
     t.add("start", "import kdshell.session + commands", "in a fresh interpreter", "s", {"kdshell": real},
           note=f"python -X importtime: {total * 1e3:.0f} ms; largest self times "
                + ", ".join(f"{name} {s * 1e3:.0f} ms" for name, s in top[:4]))

@@ -5,7 +5,8 @@
 Builds a synthetic x64 machine (4 KiB pages spread over many page tables, a few 2 MiB pages),
 writes it with kdshell's own writer into a temporary directory, then times:
   - kdshell translate, warm   (translation cache hits: repeated addresses)
-  - kdshell translate, cold   (cache flushed every call: a full 4-level walk from cached tables)
+  - kdshell translate, cold   (caches flushed every call: a full 4-level walk from cached table pages)
+  - kdshell translate, first touch (translations flushed, last-level tables kept)
   - kdshell read(va, 8)       (warm)
   - kdmp-parser translate_virtual (C++ walk per call, through its Python binding)
   - volatility3's Intel32e layer on its crash layer (with --volatility3; types 1 and 5 only)
@@ -51,6 +52,7 @@ def addresses(vas: list[int], count: int) -> list[int]:
 
 
 def measure(reader: str, path: str, seq: list[int], dtb: int | None = None, *, cold: bool = False,
+            tables: bool = True,
             check: list[tuple[int, int]] = ()) -> dict:
     """Translate every address of `seq` with `reader` (bench/readers.py). `cold` flushes
     kdshell's translation cache before every call (kdshell only). `check` pairs (va, pa) must
@@ -70,7 +72,7 @@ def measure(reader: str, path: str, seq: list[int], dtb: int | None = None, *, c
         flush = r.flush
         t = time.perf_counter()
         for va in seq:
-            flush()
+            flush(tables)
             tr(va)
     else:
         t = time.perf_counter()
@@ -116,6 +118,7 @@ def main() -> None:
             truth = [(va, s.memory.translate(va)) for va in vas[:200]]
         report("kdshell translate (warm cache)", measure("kdshell", path, seq, check=truth))
         report("kdshell translate (cold: walk each time)", measure("kdshell", path, seq, cold=True))
+        report("kdshell translate (first touch of a page)", measure("kdshell", path, seq, cold=True, tables=False))
         with kdshell.open(path) as s:
             read = s.memory.read
             timed("kdshell read(va, 8) (warm)", lambda: [read(va, 8) for va in seq], n)

@@ -10,21 +10,20 @@ import datetime
 import os
 
 from kdshell.dispatch import command
-from kdshell.dumpfile.convert import ACTIVE, COMPLETE, KERNEL, KIND_TYPES, write_converted
 from kdshell.dumpfile.dump import KIND_NAMES
-from kdshell.dumpfile.minidump import SmallDumpError, write_small_dump
 from kdshell.errors import CommandError
 
+# The writers (kdshell.dumpfile.convert, .minidump) are imported when .dump runs: they are not
+# needed to start, and the prompt comes sooner without them.
 SMALL = "small"
-# What WinDbg prints after "Creating FILE - " for each kind.
-KIND_WORDS = {SMALL: "mini kernel dump", COMPLETE: "Full kernel dump", KERNEL: "kernel memory dump",
-              ACTIVE: "active kernel memory dump"}
 SYNTAX = '.dump [/m | /f | /k | /ka] [/o] [/u] [/c "Comment"] [/type N] FileName'
 
 
 def parse_options(args: list[str]) -> dict:
     """WinDbg's .dump options: the kind (/m default, /f[y], /k, /ka), /o, /u, /c Comment, and
     kdshell's /type N (the DumpType to write a /f, /k or /ka dump as)."""
+    from kdshell.dumpfile.convert import ACTIVE, COMPLETE, KERNEL
+
     o = dict(kind=None, overwrite=False, unique=False, comment=None, dump_type=None, path=None)
     i = 0
     while i < len(args):
@@ -107,6 +106,12 @@ def _same_file(a: str, b: str) -> bool:
                  "/c \"text\": the header's comment. Written to a temporary file next to FileName and\n"
                  "renamed when complete; Ctrl-C stops a write and leaves no file.")
 def dump(session, inv):
+    from kdshell.dumpfile.convert import ACTIVE, COMPLETE, KERNEL, KIND_TYPES, write_converted
+    from kdshell.dumpfile.minidump import SmallDumpError, write_small_dump
+
+    # What WinDbg prints after "Creating FILE - " for each kind.
+    kind_words = {SMALL: "mini kernel dump", COMPLETE: "Full kernel dump", KERNEL: "kernel memory dump",
+                  ACTIVE: "active kernel memory dump"}
     o = parse_options(inv.args)
     path = os.path.expanduser(o["path"])
     if o["unique"]:
@@ -126,8 +131,8 @@ def dump(session, inv):
                            "from a complete or kernel dump")
     if kind != SMALL and o["dump_type"] is not None and o["dump_type"] not in KIND_TYPES[kind]:
         allowed = ", ".join(str(t) for t in KIND_TYPES[kind])
-        raise CommandError(f".dump: a {KIND_WORDS[kind]} is written as DumpType {allowed}, not {o['dump_type']}")
-    out.line(f"Creating {path} - {KIND_WORDS[kind]}")
+        raise CommandError(f".dump: a {kind_words[kind]} is written as DumpType {allowed}, not {o['dump_type']}")
+    out.line(f"Creating {path} - {kind_words[kind]}")
     if kind == SMALL:
         size, small = write_small_dump(session, path, overwrite=o["overwrite"], comment=o["comment"])
         notes = small.notes

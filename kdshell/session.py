@@ -140,7 +140,8 @@ class Session:
             memory = SavedRangesMemory(d.triage.memory, 8 if d.is64 else 4)
             # The KPRCB/ETHREAD/EPROCESS copies go to the addresses they were copied from.
             try:
-                self.triage_copies = map_triage_copies(d, memory, read_kdbg(memory, d.header.kd_debugger_data_block))
+                kdbg = read_kdbg(memory, d.header.kd_debugger_data_block, is64=d.is64)
+                self.triage_copies = map_triage_copies(d, memory, kdbg)
             except KdError:
                 self.triage_copies = None
             return memory
@@ -149,7 +150,7 @@ class Session:
         space = self.address_space(d.header.directory_table_base)
         # The KDBG says which bit L1TF mitigation sets in invalid PTEs (19H1+); read it with the
         # provisional format (the KDBG is in valid, non-paged memory) and settle the format.
-        kdbg = read_kdbg(space, d.header.kd_debugger_data_block)
+        kdbg = read_kdbg(space, d.header.kd_debugger_data_block, is64=d.is64)
         bit = None
         if kdbg is not None and kdbg.size > 0x2C2 and d.header.build >= 18362:
             bit = kdbg.raw[0x2C2]
@@ -239,13 +240,14 @@ class Session:
         if memory is None:
             return None
         address = self.dump.header.kd_debugger_data_block
-        found = read_kdbg(memory, address)
+        is64 = self.dump.is64
+        found = read_kdbg(memory, address, is64=is64)
         if found is None and is_encoded(memory, address):
             # Finding the keys loads nt's symbols, which list the modules, which ask for the
             # KDBG: they see None (the header's PsLoadedModuleList serves them) meanwhile.
             self.__dict__["kdbg"] = None
             keys = keys_from_symbols(self.symbols.resolve, memory)
-            found = read_kdbg(memory, address, keys) if keys is not None else None
+            found = read_kdbg(memory, address, keys, is64=is64) if keys is not None else None
             del self.__dict__["kdbg"]
         return found
 

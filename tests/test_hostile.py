@@ -24,6 +24,7 @@ from fuzz.engine import Hang, TimeLimit
 from kdshell import dispatch
 
 SAMPLE_STORE = REPO / "kdshell" / "data" / "sample" / "symbols"
+X86_SYMBOLS = f"{REPO / 'fixtures' / 'images' / 'bin'};{REPO / 'fixtures' / 'images' / 'bin' / 'x86'}"
 TIME_LIMIT = 15.0  # seconds for any one command (they take milliseconds)
 PAGE = 0x1000
 
@@ -39,7 +40,7 @@ def registered(command: str) -> bool:
         return False
 
 
-def open_session(path, store: Path | None = SAMPLE_STORE):
+def open_session(path, store: Path | str | None = SAMPLE_STORE):
     s = kdshell.open(str(path), symbol_path=str(store) if store else "", image_path=str(store) if store else "")
     s.progress = None
     return s
@@ -70,10 +71,10 @@ def run(s, command: str, limit: float = TIME_LIMIT) -> list[str]:
 class Machine:
     """d1, built once; `patch` writes through the builder's view and remembers what it hid."""
 
-    def __init__(self):
+    def __init__(self, scenario: str = "d1"):
         from fixtures.machine.machine import build_machine
 
-        self.state = build_machine("d1")
+        self.state = build_machine(scenario)
         self.view = self.state.view()
         self.types = self.state.types
         self.g = self.state.globals
@@ -125,8 +126,12 @@ def machine():
     return Machine()
 
 
-@pytest.fixture
-def damaged(machine, tmp_path):
+@pytest.fixture(scope="module")
+def machine86():
+    return Machine("d1-x86")
+
+
+def _writer(machine, tmp_path):
     """A function: damage(...) has been applied by the test; write the dump, then undo."""
     paths = []
 
@@ -137,6 +142,16 @@ def damaged(machine, tmp_path):
 
     yield write
     machine.restore()
+
+
+@pytest.fixture
+def damaged(machine, tmp_path):
+    yield from _writer(machine, tmp_path)
+
+
+@pytest.fixture
+def damaged86(machine86, tmp_path):
+    yield from _writer(machine86, tmp_path)
 
 
 def test_the_undamaged_machine_lists_everything(machine, damaged):
@@ -238,6 +253,55 @@ def test_dump_conversion_of_looping_page_tables_is_bounded(machine, damaged, tmp
         assert any("mydrv" in line for line in run(open_session(out), "lm"))
 
 
+def _pae_va(pdpt: int, pd: int = 0, pt: int = 0) -> int:
+    return (pdpt << 30) | (pd << 21) | (pt << 12)
+
+
+def _pae_kernel_pd(machine86) -> tuple[int, int]:
+    """(PDPT index, physical address) of the page directory that maps the kernel."""
+    nt = machine86.module("nt")["base"]
+    index = nt >> 30
+    pdpte = struct.unpack("<Q", machine86.state.memory.read(machine86.state.system.dtb + 8 * index, 8))[0]
+    return index, pdpte & 0xFFFFFF000
+
+
+@pytest.mark.parametrize("target", ["its own page directory", "the PDPT's page"])
+def test_pae_directory_entry_looping_back(machine86, damaged86, target):
+    """x86 PAE: a PDE (not large) pointing at the page directory holding it, or at the page of
+    the PDPT: the walk reads a table as data, three levels and no more."""
+    index, pd = _pae_kernel_pd(machine86)
+    free = _free_slot(machine86, pd)
+    table = pd if target == "its own page directory" else machine86.state.system.dtb & ~0xFFF
+    machine86.patch_phys(_entry(pd, free), struct.pack("<Q", table | 0x63))
+    s = open_session(damaged86(), X86_SYMBOLS)
+    va = _pae_va(index, free, free if table == pd else 0)
+    out = run(s, f"dq {va:x} L4")
+    assert out and "????" not in out[0], out  # the page reached is a table: readable
+    run(s, f"!pte {va:x}")
+    run(s, f"s -d {_pae_va(index, free):x} L?80000 0")  # the 2 MiB through the loop, searched
+    assert any("mydrv" in line for line in run(s, "lm"))
+    assert any("mydrv!MyDrvReadRegister" in line for line in run(s, "k"))
+    if registered(".dump"):
+        out_path = Path(s.dump.path).with_name("converted.dmp")
+        run(s, f".dump /k {out_path}", limit=60)
+        assert any("mydrv" in line for line in run(open_session(out_path, X86_SYMBOLS), "lm"))
+
+
+def test_pae_pdpt_entry_pointing_at_the_pdpt(machine86, damaged86):
+    """A PDPT entry holding the PDPT's own page: its four entries become PDEs of page
+    directories, which are read as page tables. Bounded; the other three quarters still work."""
+    dtb = machine86.state.system.dtb
+    mem = machine86.state.memory
+    user = next(i for i in range(4) if not i == _pae_kernel_pd(machine86)[0]
+                and struct.unpack("<Q", mem.read(dtb + 8 * i, 8))[0] & 1)
+    machine86.patch_phys(_entry(dtb, user), struct.pack("<Q", (dtb & ~0xFFF) | 1))
+    s = open_session(damaged86(), X86_SYMBOLS)
+    run(s, f"dd {_pae_va(user):x} L8")
+    run(s, f"!pte {_pae_va(user, 1, 1):x}")
+    run(s, f"!vtop 0 {_pae_va(user, 2, 3):x}")
+    assert any("mydrv!MyDrvReadRegister" in line for line in run(s, "k"))
+
+
 # -- lists that loop -------------------------------------------------------------------------------
 
 
@@ -327,9 +391,10 @@ def test_kdbg_whose_pointers_point_at_itself(machine, damaged):
     path = damaged()
     s = open_session(path)
     k = run(s, "k")
-    assert len(k) >= 2, k  # frame 0 needs no KDBG (the frames are unnamed: no module list, no unwind data)
-    lm = run(s, "lm")
-    assert not any(line.strip() and line.split()[-1].startswith(("0000", "ffff")) for line in lm), lm
+    assert len(k) >= 2, k  # frame 0 needs no KDBG
+    lm = run(s, "lm")  # the KDBG's list is empty: the dump header's PsLoadedModuleList serves
+    assert any("lists no modules; using the dump header's" in line for line in lm), lm
+    assert any(line.split()[2:3] == ["mydrv"] for line in lm if line.strip()), lm
     for cmd in ("vertarget", "!process 0 0", "!pcr", "~1s", "!analyze -v", "!thread", "!running"):
         if registered(cmd.split()[0]):
             run(s, cmd)

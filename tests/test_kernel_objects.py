@@ -205,9 +205,20 @@ def test_kdbg_field_table_offsets():
                "OffsetKThreadStackLimit": 0x340, "OffsetKThreadWaitReason": 0x35C, "PteBase": 0x360}
     for name, offset in literal.items():
         assert K.FIELDS[name][0] == offset, name
-    fields = K.Kdbg(0, 0x340, plain_block()).fields()
-    assert all(off + width <= 0x340 for _, off, width, _ in fields)
-    assert ("KiProcessorBlock", 0x218, 8, 0xFFFFF80000009870) in fields
+    block = K.Kdbg(0, 0x340, plain_block())
+    assert block.get("KiProcessorBlock") == 0xFFFFF80000009870
+    assert block.get("OffsetKThreadStackLimit") is None  # 0x340: past this block's Size
+
+
+def test_kdbg_addresses_of_a_32_bit_target_are_cut_to_32_bits():
+    """A 32-bit kernel's KDBG holds addresses sign-extended; its lists hold 32-bit pointers, so a
+    walk compares against the 32-bit head (else it runs past the head: the x86 module list)."""
+    raw = bytearray(plain_block())
+    raw[0x48:0x50] = (0xFFFFFFFF80407000).to_bytes(8, "little")
+    raw[0x36:0x38] = (0xFFFF).to_bytes(2, "little")  # Flags: not an address, kept whole
+    assert K.Kdbg(0, 0x340, bytes(raw), is64=False).get("PsLoadedModuleList") == 0x80407000
+    assert K.Kdbg(0, 0x340, bytes(raw), is64=False).get("Flags") == 0xFFFF
+    assert K.Kdbg(0, 0x340, bytes(raw)).get("PsLoadedModuleList") == 0xFFFFFFFF80407000
 
 
 # -- processes, threads, handle tables -----------------------------------------------------------

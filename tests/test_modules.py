@@ -302,3 +302,20 @@ def test_pe_reader_refuses_garbage(tmp_path):
         PeImage.from_file(str(junk))
     assert parse_codeview(b"RSDS" + bytes(20) + b"C:\\x\\..\\..\\evil.pdb\0").pdb_name == "evil.pdb"
     assert parse_codeview(b"XXXX" + bytes(30)) is None
+
+
+@pytest.mark.parametrize("name", ["d1", "7e", "3b", "e2", "50", "d1-x86"])
+def test_module_list_of_every_machine_without_symbols(machines, name):
+    """Without any symbol file the list comes from the KDBG (or the header) and the loader
+    entries' fixed offsets: every machine's dumps list exactly the loader's modules. (The
+    32-bit KDBG's sign-extended head once made the x86 walk run past the head.)"""
+    truth = machines.truth(name)
+    for kind in machines.kinds(name):
+        # the loader entry's FullDllName names the image; a small dump's driver list keeps the
+        # BaseDllName (they differ on the x86 machine: ntkrnlpa.exe loaded from ntoskrnl.exe)
+        want = [(m["base"], m["size"], m["name"] if kind == "small" else m["full_name"].rsplit("\\", 1)[-1])
+                for m in truth["modules"]]
+        with kdshell.open(str(machines.path(name, kind)), symbol_path="", image_path="") as s:
+            mods = s.symbols.modules
+            assert mods.warnings == [], (kind, mods.warnings)
+            assert [(m.base, m.size, m.image_name) for m in mods] == want, kind

@@ -149,9 +149,31 @@ def test_reads_across_pages_and_the_tlb():
         p.translate(K + 8)
     assert p.pages.physical.calls == calls  # cached translation, cached table pages
     m.map(K, 0x9000)  # the dump cannot change, but flush() must forget
-    p.flush()
-    p.pages._pages.clear()
+    p.flush(tables=True)
+    p.pages.cached.clear()
     assert p.translate(K) == 0x9000000
+
+
+def test_last_level_table_cache_gives_the_walks_answers():
+    """After one walk, a neighbour page is translated from the cached last-level table; what it
+    gives (a page, or the walk's own error for an entry that is not valid) is the full walk's."""
+    m = Machine()
+    m.map(K, 0x5000)
+    m.map(K + 2 * PAGE, 0x7000)
+    p, _ = paging_of(m)
+    assert p.translate(K) == 0x5000000
+    assert p._leaf_tables  # the PTE table of K, by its 2 MiB region
+    p.flush()  # translations only: the table stays
+    walks = []
+    full = p._walk
+    p._walk = lambda va, follow_prototype: walks.append(va) or full(va, follow_prototype)
+    assert p.translate(K + 2 * PAGE + 0x10) == 0x7000010
+    assert walks == []  # one entry read, no walk
+    with pytest.raises(PageNotPresent) as e:
+        p.translate(K + PAGE)  # a zero PTE: the full walk names the level
+    assert e.value.level == "PTE" and walks == [K + PAGE]
+    p.flush(tables=True)
+    assert p.translate(K + 2 * PAGE) == 0x7000000 and walks[-1] == K + 2 * PAGE
 
 
 @pytest.mark.parametrize("pat", [0, 1 << 12])

@@ -3,10 +3,11 @@ addresses and structure offsets live when there is no PDB (formats.md §10).
 
     kdbg = read_kdbg(memory, header.kd_debugger_data_block)           # a plain block, or None
     kdbg = read_kdbg(memory, address, keys=keys_from_symbols(...))     # an encoded one (§10.1)
-    kdbg.get("PsActiveProcessHead"), kdbg.fields(), kdbg.encoded
+    kdbg.get("PsActiveProcessHead"), kdbg.encoded
 
-Always the 64-bit layout, also on 32-bit targets (pointers are sign-extended there). Only fields
-below the block's `Size` are valid for a build; `get` answers None for the others.
+Always the 64-bit layout, also on 32-bit targets: there the block holds addresses sign-extended
+(0xFFFFFFFF80407000), and `get` answers them cut to 32 bits, as the target's own pointers are.
+Only fields below the block's `Size` are valid for a build; `get` answers None for the others.
 
 Windows quirk -- the encoded block. Since Windows 8 (x64) the kernel keeps KdDebuggerDataBlock
 scrambled in memory while the global byte KdpDataBlockEncoded is nonzero (no debugger attached
@@ -167,22 +168,17 @@ class Kdbg:
     size: int
     raw: bytes
     encoded: bool = False  # the block was stored encoded and decoded here
+    is64: bool = True  # the target's pointer size: a 32-bit target's addresses are cut to 32 bits
 
     def get(self, name: str) -> int | None:
         """A field's value, or None when the block of this build is too short to have it."""
         offset, width = FIELDS[name]
         if offset + width > min(self.size, len(self.raw)):
             return None
-        return int.from_bytes(self.raw[offset : offset + width], "little")
-
-    def fields(self) -> list[tuple[str, int, int, int]]:
-        """(name, offset, width, value) of every field this block has, by offset."""
-        out = []
-        for name, (offset, width) in sorted(FIELDS.items(), key=lambda kv: kv[1][0]):
-            value = self.get(name)
-            if value is not None:
-                out.append((name, offset, width, value))
-        return out
+        value = int.from_bytes(self.raw[offset : offset + width], "little")
+        if not self.is64 and name in ADDRESS_FIELDS:
+            value &= 0xFFFFFFFF
+        return value
 
     @property
     def paging_levels(self) -> int | None:
@@ -198,9 +194,9 @@ def _valid_header(head: bytes) -> int | None:
     return size if MIN_SIZE <= size <= MAX_SIZE else None
 
 
-def read_kdbg(memory, address: int | None, keys: KdbgKeys | None = None) -> Kdbg | None:
+def read_kdbg(memory, address: int | None, keys: KdbgKeys | None = None, *, is64: bool = True) -> Kdbg | None:
     """The KDBG at `address` if it is readable and carries its tag and a plausible size (decoded
-    with `keys` when it is stored encoded), else None."""
+    with `keys` when it is stored encoded), else None. `is64`: the target's pointer size."""
     if not address:
         return None
     try:
@@ -210,7 +206,7 @@ def read_kdbg(memory, address: int | None, keys: KdbgKeys | None = None) -> Kdbg
     size = _valid_header(head)
     if size is not None:
         try:
-            return Kdbg(address, size, memory.read(address, size))
+            return Kdbg(address, size, memory.read(address, size), is64=is64)
         except MemoryNotPresent:
             return None
     if keys is None:
@@ -222,7 +218,7 @@ def read_kdbg(memory, address: int | None, keys: KdbgKeys | None = None) -> Kdbg
         raw = memory.read(address, (size + 7) & ~7)
     except MemoryNotPresent:
         return None
-    return Kdbg(address, size, decode_block(raw, keys)[:size], encoded=True)
+    return Kdbg(address, size, decode_block(raw, keys)[:size], encoded=True, is64=is64)
 
 
 def is_encoded(memory, address: int | None) -> bool:

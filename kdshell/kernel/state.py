@@ -170,13 +170,9 @@ class KernelState:
         self._processors.clear()
 
     def kdbg_value(self, name: str) -> int | None:
-        """A KDBG field; addresses cut to the target's pointer size (a 32-bit target's KDBG
-        holds them sign-extended)."""
+        """A KDBG field (None without a KDBG); addresses at the target's pointer size."""
         k = self.session.kdbg
-        value = k.get(name) if k is not None else None
-        if value is not None and not self.is64:
-            value &= 0xFFFFFFFF
-        return value
+        return k.get(name) if k is not None else None
 
     def symbol(self, name: str) -> int | None:
         try:

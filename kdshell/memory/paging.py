@@ -4,7 +4,9 @@ Modes: x64 4-level and 5-level (LA57), x86 PAE and x86 non-PAE. A mode is data (
 the index bits of each level, which levels may map large pages); `Paging` walks any of them.
 
 Reads go through `Paging.translate(va)`: a per-address-space translation cache (virtual page ->
-physical page) in front of the walk, table pages from a shared `PageCache` that also remembers
+physical page) in front of the walk, then a cache of last-level tables (as a CPU's paging-structure
+cache: the first touch of a page next to one already read costs one entry, not a whole walk),
+table pages from a shared `PageCache` that also remembers
 which PFNs the dump does not have (so a walk over a kernel-only dump fails at once instead of
 searching the bitmap again). Invalid entries are decoded by pte.py: transition pages are read
 from their PFN, prototype PTEs are followed once, everything else raises `PageNotPresent`
@@ -132,12 +134,12 @@ class PageCache:
     def __init__(self, physical, limit: int = 4096):
         self.physical = physical
         self.limit = limit
-        self._pages: dict[int, bytes] = {}
+        self.cached: dict[int, bytes] = {}  # PFN -> page, the most recent `limit` pages
         self._missing: dict[int, str] = {}
         self.lookups = 0  # PFN lookups that reached the container (for the benchmark)
 
     def page(self, pfn: int) -> bytes:
-        data = self._pages.get(pfn)
+        data = self.cached.get(pfn)
         if data is not None:
             return data
         why = self._missing.get(pfn)
@@ -151,9 +153,9 @@ class PageCache:
                 self._missing.clear()
             self._missing[pfn] = exc.why
             raise
-        if len(self._pages) >= self.limit:
-            del self._pages[next(iter(self._pages))]
-        self._pages[pfn] = data
+        if len(self.cached) >= self.limit:
+            del self.cached[next(iter(self.cached))]
+        self.cached[pfn] = data
         return data
 
     def has(self, pfn: int) -> bool:
@@ -201,6 +203,7 @@ class Paging:
     """One address space: a DTB walked in one mode."""
 
     TLB_LIMIT = 1 << 16
+    TABLES_LIMIT = 1 << 14
 
     def __init__(self, pages: PageCache, dtb: int, mode: PagingMode = X64_4, fmt: P.PteFormat | None = None):
         self.pages = pages
@@ -208,22 +211,42 @@ class Paging:
         self.dtb = dtb & mode.dtb_mask
         self.fmt = fmt or P.PteFormat(mode.pte_mode)
         self._tlb: dict[int, int] = {}
+        # last-level table by (va >> leaf.shift + leaf.bits): what a valid, not large, entry of
+        # the level above points at; a dump never changes, so nothing here goes stale
+        self._leaf_tables: dict[int, int] = {}
+        leaf = mode.levels[-1]
+        self._leaf_key_shift = leaf.shift + leaf.bits
+        self._leaf_index_mask = (1 << leaf.bits) - 1
         self._unpack = _U64 if mode.entry_size == 8 else _U32
         # (shift, index mask, large mask or 0, large offset mask, level) per level, for the hot loop
         self._plan = tuple(
             (lv.shift, (1 << lv.bits) - 1, lv.large_mask or 0, (1 << lv.shift) - 1, lv) for lv in mode.levels
         )
 
-    def flush(self) -> None:
-        """Forget cached translations."""
+    def flush(self, tables: bool = False) -> None:
+        """Forget cached translations (and the cached last-level tables with `tables`)."""
         self._tlb.clear()
+        if tables:
+            self._leaf_tables.clear()
 
     # -- fast path --------------------------------------------------------------------------
     def translate(self, va: int) -> int:
         """Physical address of `va`, or PageNotPresent naming the level that stopped the walk."""
-        pa_page = self._tlb.get(va >> PAGE_SHIFT)
+        vpn = va >> PAGE_SHIFT
+        pa_page = self._tlb.get(vpn)
         if pa_page is not None:
             return pa_page | (va & PAGE_MASK)
+        table = self._leaf_tables.get(va >> self._leaf_key_shift)
+        page = None if table is None else self.pages.cached.get(table >> PAGE_SHIFT)
+        if page is not None:  # one entry to read; anything but a valid one takes the full walk
+            entry = self._unpack(page, (table & PAGE_MASK) + (vpn & self._leaf_index_mask) * self.mode.entry_size)[0]
+            if entry & 1:
+                pa_page = entry & self.mode.table_mask
+                tlb = self._tlb
+                if len(tlb) >= self.TLB_LIMIT:
+                    tlb.clear()
+                tlb[vpn] = pa_page
+                return pa_page | (va & PAGE_MASK)
         cva = self.mode.canonical(va)
         if cva is None:
             bits = self.mode.va_bits
@@ -242,22 +265,32 @@ class Paging:
         table = self.dtb
         table_mask = self.mode.table_mask
         last = len(self._plan) - 1
+        cached = self.pages.cached  # the page cache's dict, read directly: a call per level costs
         page_of = self.pages.page
         parent_span = 1 << self.mode.va_bits
-        for i, (shift, imask, lmask, omask, level) in enumerate(self._plan):
+        i = 0
+        for shift, imask, lmask, omask, level in self._plan:
             epa = table + ((va >> shift) & imask) * esize
-            try:
-                page = page_of(epa >> PAGE_SHIFT)
-            except MemoryNotPresent:
-                pfn = epa >> PAGE_SHIFT
-                raise PageNotPresent(va, f"{level.name} table: {not_present_message(pfn)}", level=level.name,
-                                     pfn=pfn, span=parent_span) from None
+            page = cached.get(epa >> PAGE_SHIFT)
+            if page is None:
+                try:
+                    page = page_of(epa >> PAGE_SHIFT)
+                except MemoryNotPresent:
+                    pfn = epa >> PAGE_SHIFT
+                    raise PageNotPresent(va, f"{level.name} table: {not_present_message(pfn)}", level=level.name,
+                                         pfn=pfn, span=parent_span) from None
             entry = unpack(page, epa & PAGE_MASK)[0]
             if entry & 1:
                 if lmask and entry & 0x80:
                     return (entry & lmask) | (va & omask)
                 table = entry & table_mask
                 parent_span = 1 << shift
+                if i == last - 1:
+                    leaves = self._leaf_tables
+                    if len(leaves) >= self.TABLES_LIMIT:
+                        leaves.clear()
+                    leaves[va >> self._leaf_key_shift] = table
+                i += 1
                 continue
             state = P.decode(entry, self.fmt)
             if state.kind == P.TRANSITION:
@@ -265,6 +298,7 @@ class Paging:
                 parent_span = 1 << shift
                 if i == last:
                     return table | (va & PAGE_MASK)
+                i += 1
                 continue
             if state.kind == P.PROTOTYPE and i == last and follow_prototype:
                 return self._via_prototype(va, state, level)

@@ -263,13 +263,22 @@ class Symbols:
         if memory is None:
             return ModuleList([], [], "none", ["This dump has no memory kdshell can read"])
         kdbg = s.kdbg
-        head = (kdbg.get("PsLoadedModuleList") if kdbg is not None else None) or d.header.ps_loaded_module_list
-        if not head:
+        # The KDBG's head first; the dump header's when the KDBG's is damaged (an empty or
+        # unreadable list), as the header is written by the crash code, apart from the KDBG.
+        heads = [h for h in ((kdbg.get("PsLoadedModuleList") if kdbg is not None else None),
+                             d.header.ps_loaded_module_list) if h]
+        if not heads:
             return ModuleList([], [], "none", ["The dump does not say where PsLoadedModuleList is"])
         from kdshell.kernel.offsets import loader_entry_layout
 
         layout = loader_entry_layout(s)
-        modules, warnings = walk_loaded_modules(memory, head, layout, d.is64)
+        modules, warnings = walk_loaded_modules(memory, heads[0], layout, d.is64)
+        if not modules and len(heads) > 1 and heads[1] != heads[0]:
+            from_header, header_warnings = walk_loaded_modules(memory, heads[1], layout, d.is64)
+            if from_header:
+                modules = from_header
+                warnings = [f"The KDBG's PsLoadedModuleList ({heads[0]:#x}) lists no modules; using the dump "
+                            f"header's ({heads[1]:#x})"] + header_warnings
         unloaded = []
         if kdbg is not None and kdbg.get("MmUnloadedDrivers"):
             unloaded = read_unloaded_modules(memory, kdbg.get("MmUnloadedDrivers"),
