@@ -123,7 +123,8 @@ class FakeMemory:
 
 
 def test_gather_with_a_stand_in_source():
-    from kdshell.dumpfile.minidump import DriverRecord, KernelObjects, SmallDumpSource, gather
+    from kdshell.dumpfile.minidump import KernelObjects, SmallDumpSource, gather
+    from kdshell.dumpfile.write import TriageDriverInfo
 
     stack_base = 0xFFFF_A000_0001_0000
     pages = {stack_base - 0x1000 * i: bytes([i]) * 0x1000 for i in range(1, 7)}  # 6 pages of stack
@@ -140,7 +141,7 @@ def test_gather_with_a_stand_in_source():
                                   kd_debugger_data_block=kdbg_at, context=W.make_context_amd64(rip=code + 0x10, rsp=sp),
                                   exception=W.make_exception(0x80000003, code)),
         read=FakeMemory(pages).read, registers={"rip": code + 0x10, "rsp": sp, "rbx": pool + 0x800, "rcx": 5},
-        drivers=[DriverRecord("\\SystemRoot\\system32\\ntoskrnl.exe", 0xFFFF_F800_0000_0000, 0x10000, 0x1234, 0x99)],
+        drivers=[TriageDriverInfo("\\SystemRoot\\system32\\ntoskrnl.exe", 0xFFFF_F800_0000_0000, 0x10000, 0x1234, 0x99)],
         kdbg_address=kdbg_at, kdbg=bytes(kdbg), kernel_start=0xFFFF_8000_0000_0000,
         objects=KernelObjects(stack_base=stack_base, stack_limit=stack_base - 0x6000,
                               bugcheck_registers={"rip": code, "rsp": sp - 0x100}),

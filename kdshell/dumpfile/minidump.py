@@ -105,19 +105,6 @@ class SmallDumpError(KdError):
 
 
 @dataclass
-class DriverRecord:
-    """A loaded module as the driver list keeps it."""
-
-    path: str  # FullDllName: \SystemRoot\system32\ntoskrnl.exe
-    base: int
-    size: int
-    timestamp: int = 0
-    checksum: int = 0
-    entry_point: int = 0
-    flags: int = 0
-
-
-@dataclass
 class KernelObjects:
     """Where the crashing processor's kernel objects are (virtual addresses and sizes)."""
 
@@ -142,7 +129,7 @@ class SmallDumpSource:
     fields: DumpHeaderFields  # the source dump's header facts
     read: MemoryRead  # virtual memory of the crash context (MemoryNotPresent for holes)
     registers: Mapping[str, int]  # the header CONTEXT, decoded
-    drivers: Sequence[DriverRecord] = ()
+    drivers: Sequence[TriageDriverInfo] = ()
     unloaded: Sequence[tuple[str, int, int]] = ()  # (name, start, end)
     kdbg_address: int | None = None
     kdbg: bytes | None = None  # the decoded KDDEBUGGER_DATA64 (Size bytes)
@@ -435,13 +422,12 @@ def gather(src: SmallDumpSource) -> SmallDump:
                 ranges.add(entry, src.entry_size)
     blocks = ranges.blocks()
 
-    drivers = [TriageDriverInfo(d.path, d.base, d.size, d.timestamp or 0, d.checksum or 0, d.entry_point or 0,
-                                d.flags or 0) for d in src.drivers]
+    drivers = list(src.drivers)
     broken = None
     if src.broken_driver:
         wanted = src.broken_driver.replace("/", "\\").rsplit("\\", 1)[-1].lower()
         broken = next((i for i, d in enumerate(src.drivers)
-                       if d.path.replace("/", "\\").rsplit("\\", 1)[-1].lower() == wanted), None)
+                       if d.name.replace("/", "\\").rsplit("\\", 1)[-1].lower() == wanted), None)
     mm_layout = DUMP_MM_STORAGE64 if is64 else DUMP_MM_STORAGE32
     parts = TriageParts(
         stack=stack, top_of_stack=top, prcb=prcb, process=process, thread=thread,
@@ -611,7 +597,7 @@ def _kernel_offsets(session):
     return syms.kernel_offsets()
 
 
-def _driver_records(session, memory) -> list[DriverRecord]:
+def _driver_records(session, memory) -> list[TriageDriverInfo]:
     from kdshell.symbols.pe import PeFormatError, PeImage
 
     is64 = session.is64
@@ -634,7 +620,7 @@ def _driver_records(session, memory) -> list[DriverRecord]:
                 flags = memory.read_int(m.entry + flags_off, 4)
             except MemoryNotPresent:
                 pass
-        out.append(DriverRecord(m.path, m.base, m.size, stamp or 0, checksum or 0, entry, flags))
+        out.append(TriageDriverInfo(m.path, m.base, m.size, stamp or 0, checksum or 0, entry, flags))
     return out
 
 
@@ -738,7 +724,7 @@ def write_small_dump(session, path, *, overwrite: bool = False, comment: str | N
 
 
 __all__ = [
-    "DriverRecord", "KernelObjects", "SmallDump", "SmallDumpError", "SmallDumpSource", "crashing_processor",
+    "KernelObjects", "SmallDump", "SmallDumpError", "SmallDumpSource", "crashing_processor",
     "gather", "header_runs", "readable_extent", "source_blobs", "source_fields", "source_from_session",
     "write_small_dump",
 ]

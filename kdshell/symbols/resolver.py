@@ -21,6 +21,7 @@ import bisect
 from dataclasses import dataclass
 
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.memory.virtual import VirtualMemory
 from kdshell.symbols.modules import (
     Module,
     ModuleList,
@@ -692,33 +693,12 @@ class ImageOverlay:
                 yield cursor, data, step
             cursor += step
 
-    def read_pointer(self, address: int, pointer_size: int | None = None) -> int:
-        n = pointer_size or self._inner.pointer_size
-        return int.from_bytes(self.read(address, n), "little")
-
-    def read_int(self, address: int, size: int) -> int:
-        return int.from_bytes(self.read(address, size), "little")
-
-    def readable(self, address: int, size: int = 1) -> bool:
-        try:
-            self.read(address, size)
-        except MemoryNotPresent:
-            return False
-        return True
-
-    def read_partial(self, address: int, size: int):
-        data = bytearray(size)
-        valid = bytearray(size)
-        errors: list[MemoryNotPresent] = []
-        mask = getattr(self._inner, "address_mask", 0xFFFF_FFFF_FFFF_FFFF)
-        for at, piece, length in self.chunks(address, size):
-            off = (at - address) & mask
-            if isinstance(piece, MemoryNotPresent):
-                errors.append(piece)
-                continue
-            data[off : off + length] = piece
-            valid[off : off + length] = b"\x01" * length
-        return bytes(data), valid, errors
+    # The helpers over read() and chunks(), as every memory has them (pointer_size and
+    # address_mask come from the wrapped memory).
+    read_pointer = VirtualMemory.read_pointer
+    read_int = VirtualMemory.read_int
+    readable = VirtualMemory.readable
+    read_partial = VirtualMemory.read_partial
 
 
 def _next_module_start(modules: ModuleList, address: int) -> int | None:
