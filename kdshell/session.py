@@ -77,11 +77,8 @@ class Session:
         self._memory_made = False
         self._overlays: dict[int, ImageOverlay] = {}
         self._spaces: dict[int, VirtualMemory] = {}
-        # A small dump's KPRCB/ETHREAD/EPROCESS copies: where they were placed in its memory
-        # (kdshell.kernel.state.map_triage_copies), set when that memory is built.
-        self.triage_copies = None
-        # The processor that bug-checked is the current one (the prompt's N).
-        self.processor = crashing_processor_number(self)
+        self._triage_copies = None  # set when a small dump's memory is built
+        self._processor: int | None = None  # the current processor, found when first asked
         # Processors, processes, threads and the implicit process (.process).
         self.kernel = KernelState(self)
         # The current register context (.cxr/.trap/.thread/.frame/~Ns) and the warm stack walker.
@@ -89,6 +86,28 @@ class Session:
         self.failures = 0  # commands that ended in an error: the CLI's exit status
         self.last_error: str | None = None
         self.last_traceback: str | None = None
+
+    @property
+    def triage_copies(self):
+        """A small dump's KPRCB/ETHREAD/EPROCESS copies: where they were placed in its memory
+        (kdshell.kernel.state.map_triage_copies); None for other dumps."""
+        self.raw_memory  # noqa: B018 - building the memory places the copies
+        return self._triage_copies
+
+    @cached_property
+    def crash_processor(self) -> int:
+        """The processor that bug-checked; found on first use, so that opening a dump reads
+        nothing the first command does not need."""
+        return crashing_processor_number(self)
+
+    @property
+    def processor(self) -> int:
+        """The current processor (the prompt's N): the one that bug-checked, until `~Ns`."""
+        return self.crash_processor if self._processor is None else self._processor
+
+    @processor.setter
+    def processor(self, number: int) -> None:
+        self._processor = number
 
     @property
     def registers(self) -> dict[str, int]:
@@ -141,9 +160,9 @@ class Session:
             # The KPRCB/ETHREAD/EPROCESS copies go to the addresses they were copied from.
             try:
                 kdbg = read_kdbg(memory, d.header.kd_debugger_data_block, is64=d.is64)
-                self.triage_copies = map_triage_copies(d, memory, kdbg)
+                self._triage_copies = map_triage_copies(d, memory, kdbg)
             except KdError:
-                self.triage_copies = None
+                self._triage_copies = None
             return memory
         if self.paging_mode is None:
             return None

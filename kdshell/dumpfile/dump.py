@@ -105,6 +105,7 @@ class DumpFile:
         self.type_header = None  # the bitmap/RDMP/summary header Container, for .dumpdebug
         self._data_end = 0  # where the primary dump data ends (secondary data may follow)
         self._blobs: list[DumpBlob] | None = None
+        self._registers: dict[str, int] | None = None
         self._file = open(self.path, "rb")  # read-only, always
         try:
             self.size = os.fstat(self._file.fileno()).st_size
@@ -224,7 +225,10 @@ class DumpFile:
         return self.header.context_bytes
 
     def registers(self) -> dict[str, int]:
-        return decode_context(self.header.machine, self.context_bytes())
+        """The crashing context's registers (a fresh dict: callers may change theirs)."""
+        if self._registers is None:
+            self._registers = decode_context(self.header.machine, self.context_bytes())
+        return dict(self._registers)
 
     @property
     def exception(self) -> dict:

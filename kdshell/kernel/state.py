@@ -76,10 +76,7 @@ def crashing_processor_number(session) -> int:
     d = session.dump
     try:
         if d.triage is not None:
-            copies = getattr(session, "triage_copies", None)
-            if copies is None:
-                session.raw_memory  # noqa: B018 - builds the memory and places the copies
-                copies = getattr(session, "triage_copies", None)
+            copies = session.triage_copies
             return copies.number if copies is not None and copies.number is not None else 0
         if (d.header.number_processors or 1) <= 1 or session.raw_memory is None:
             return 0

@@ -128,12 +128,16 @@ class ContextState:
     def __init__(self, session: Any):
         self.session = session
         self.default = session.dump.registers()
-        self.default_processor = session.processor
         self.kframes = DEFAULT_KFRAMES
         self._walker: Walker | None = None
         self._offsets = None
         self._hints: dict[Any, tuple[int, ...]] = {}
         self._set_default()
+
+    @property
+    def default_processor(self) -> int:
+        """The processor whose context the dump header holds: the one that bug-checked."""
+        return self.session.crash_processor
 
     # -- the context ---------------------------------------------------------------------------
     def _set_default(self) -> None:
