@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import stack_walk  # noqa: E402  (bench/stack_walk.py: the machine)
 
 import kdshell  # noqa: E402
-from kdshell.dumpfile.write import (DumpHeaderFields, TriageDriverInfo, TriageParts,  # noqa: E402
-                                    make_context_amd64, write_triage)
+from kdshell.dumpfile.write import DumpHeaderFields, make_context_amd64  # noqa: E402
+from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage  # noqa: E402
 
 STAMP = 0x5F3C1A2B
 EXPORTS_RVA = 0x3800

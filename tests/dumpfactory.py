@@ -15,16 +15,14 @@ from pathlib import Path
 
 from kdshell.dumpfile.write import (
     DumpHeaderFields,
-    TriageDriverInfo,
-    TriageParts,
     make_context_amd64,
     make_context_x86,
     make_exception,
     write_bitmap,
     write_full,
     write_rdmp,
-    write_triage,
 )
+from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
 
 PAGE = 0x1000
 KINDS = ("full", "bitmap5", "bitmap6", "rdmp8", "rdmp9", "rdmp10", "triage", "full32", "triage32")

@@ -124,7 +124,7 @@ class FakeMemory:
 
 def test_gather_with_a_stand_in_source():
     from kdshell.dumpfile.minidump import KernelObjects, SmallDumpSource, gather
-    from kdshell.dumpfile.write import TriageDriverInfo
+    from kdshell.dumpfile.write_triage import TriageDriverInfo
 
     stack_base = 0xFFFF_A000_0001_0000
     pages = {stack_base - 0x1000 * i: bytes([i]) * 0x1000 for i in range(1, 7)}  # 6 pages of stack

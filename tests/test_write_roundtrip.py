@@ -19,6 +19,7 @@ from dumpfactory import (
     write_kind,
 )
 from kdshell.dumpfile import write as W
+from kdshell.dumpfile import write_triage as WT
 from kdshell.dumpfile.dump import open_dump
 from kdshell.dumpfile.header import (
     BITMAP_DUMP_HEADER64,
@@ -377,7 +378,7 @@ def test_triage_parts(tmp_path, kind):
 
 
 def test_triage_minimal_parts(tmp_path):
-    parts = W.TriageParts(stack=b"\x11" * 0x100, top_of_stack=0xFFFF800000001000)
+    parts = WT.TriageParts(stack=b"\x11" * 0x100, top_of_stack=0xFFFF800000001000)
     path = write_kind(tmp_path, "triage", triage=parts)
     with open_dump(path) as d:
         assert d.warnings == []
@@ -389,7 +390,7 @@ def test_triage_minimal_parts(tmp_path):
 
 def test_triage_explicit_minidump_fields_and_long_names(tmp_path):
     name = "\\SystemRoot\\System32\\drivers\\" + "é" * 200 + ".sys"
-    parts = default_triage_parts(drivers=[W.TriageDriverInfo(name, 0xFFFFF80100000000, 0x1000, 7)], broken_driver=None)
+    parts = default_triage_parts(drivers=[WT.TriageDriverInfo(name, 0xFFFFF80100000000, 0x1000, 7)], broken_driver=None)
     path = write_kind(tmp_path, "triage", triage=parts, minidump_fields=0x1234)
     with open_dump(path) as d:
         assert d.header.minidump_fields == 0x1234
@@ -460,7 +461,7 @@ def test_rewrite_an_opened_dump_as_another_kind(tmp_path, target):
     with open_dump(src) as d:
         fields = W.DumpHeaderFields.from_header(d.header, comment="rewritten")
         out = tmp_path / "out.dmp"
-        W.write_dump(out, TYPE[target], fields, d.physical)
+        WT.write_dump(out, TYPE[target], fields, d.physical)
         with open_dump(out) as e:
             assert e.dump_type == TYPE[target] and e.header.comment == "rewritten"
             assert e.registers() == d.registers() and e.exception == d.exception

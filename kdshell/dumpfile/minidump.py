@@ -1,8 +1,8 @@
 """A small memory dump (DumpType 4) gathered out of a complete or kernel dump: `.dump /m`.
 
 No open-source tool writes one; WinDbg does, on Windows. The parts are the ones Windows' own
-writer puts in (formats.md §6, windbg.md §16) and the order is write.py's `write_triage`, which
-lays them out as Windows 10 does:
+writer puts in (formats.md §6, windbg.md §16) and the order is write_triage.py's
+`write_triage`, which lays them out as Windows 10 does:
 
     header        the source's header: bug check, CONTEXT (for _M codes the exception context the
                   source already carries), EXCEPTION_RECORD, times, product; DumpType 4
@@ -52,7 +52,8 @@ from kdshell.dumpfile.header import (
     TRIAGE_DUMP_DEBUGGER_DATA, TRIAGE_DUMP_DRIVER_LIST, TRIAGE_DUMP_EXCEPTION, TRIAGE_DUMP_MMINFO,
     TRIAGE_DUMP_PRCB, TRIAGE_DUMP_PROCESS, TRIAGE_DUMP_STACK, TRIAGE_DUMP_THREAD,
 )
-from kdshell.dumpfile.write import DumpHeaderFields, TriageDriverInfo, TriageParts, write_triage
+from kdshell.dumpfile.write import DumpHeaderFields
+from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
 from kdshell.errors import KdError, MemoryNotPresent
 
 PAGE = 0x1000
