@@ -657,9 +657,10 @@ def _show_register(session, regs: Registers, bare: str, typed: str) -> str:
 
 
 # -- u / ub -------------------------------------------------------------------------------------
-@command("u", family="memory", syntax="u [Address [L Count | EndAddress]]", needs=(needs_memory,),
+@command("u", "uu", family="memory", syntax="u [Address [L Count | EndAddress]]", needs=(needs_memory,),
          summary="Disassemble (8 instructions from the address, or from where the last u stopped)",
-         example="u @rip L4")
+         example="u @rip L4", details="Bytes the dump lacks show as '??  ???' and disassembly goes on\n"
+                                      "past them (so uu, 'u unsafe', is the same command here).")
 def u_(session, inv):
     _unassemble(session, inv.text, backward=False)
 
@@ -691,6 +692,66 @@ def _unassemble(session, text: str, backward: bool) -> None:
     if lines:
         session.continuation["u"] = {"next": lines[-1].end}
     session.repeat = "u"
+
+
+UF_SYNTAX = "uf [/c] [/o] Address"
+UF_LIMIT = 20000  # instructions: a function larger than this is shown in part
+
+
+@command("uf", family="memory", syntax=UF_SYNTAX, needs=(needs_memory,),
+         summary="Disassemble a whole function, following its branches", example="uf nt!KeBugCheckEx",
+         details="The function holding Address (its extent from the PDB or the image's .pdata;\n"
+                 "without either, from Address to the next symbol). Every block reachable through\n"
+                 "jumps is shown once, in address order, under a 'function+offset:' label.\n"
+                 "/c: only the calls each block makes. /o: address order (the default here).")
+def uf_(session, inv):
+    words = inv.text.split()
+    options = set()
+    while words and words[0].startswith("/") and words[0][1:].isalpha():
+        options.add(words.pop(0)[1:].lower())
+    unknown = options - {"c", "o"}
+    if unknown:
+        raise CommandError(f"uf: option /{sorted(unknown)[0]} is not supported ({UF_SYNTAX})")
+    if not words:
+        raise CommandError(f"uf: which function? ({UF_SYNTAX})")
+    address = Evaluator(session).evaluate(" ".join(words))
+    symbols = session.symbols
+    bounds = symbols.function_bounds(address)
+    if bounds is not None:
+        start, end = bounds
+    else:
+        start, end = address, _next_symbol(session, address)
+    dis = Disassembler(session.is64, session.symbolize)
+    flow = dis.flow(session.memory, start, lambda a: start <= a < end, UF_LIMIT)
+    if flow.lines[start].data is None:
+        raise CommandError(f"No code found, aborting ({ptr(start, session.is64)} is not in the dump)")
+    out = session.out
+    if not flow.complete:
+        out.warn("Flow analysis was incomplete, some code may be missing")
+    lines = [flow.lines[a] for a in sorted(flow.lines)]
+    if "c" in options:
+        out.line(f"{dis.target_text(start)}")
+        for line in lines:
+            if line.insn is not None and line.mnemonic == "call":
+                out.line(f"  {dis.target_text(line.address)}:")
+                out.line(f"    call to {line.operands}")
+        return
+    previous_end = None
+    for line in lines:
+        if line.address in flow.leaders or line.address != previous_end:
+            out.line(dis.label(line.address, True) or f"{ptr(line.address, session.is64)}:")
+        out.line(dis.format(line))
+        previous_end = line.end
+
+
+def _next_symbol(session, address: int) -> int:
+    """Where the code after `address` stops being its function's, as far as symbols tell: the
+    next symbol, else the module's end (a page on, outside every module)."""
+    found = session.symbols.nearest(address)
+    if found is None:
+        return address + 0x1000
+    module, _, following, _ = found
+    return module.base + following.rva if following is not None else module.end
 
 
 # -- ? .formats n -------------------------------------------------------------------------------

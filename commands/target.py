@@ -1,4 +1,4 @@
-"""What the dump is: vertarget, .bugcheck, .dumpdebug, .enumtag."""
+"""What the dump is: vertarget, .bugcheck, .time, .dumpdebug, .enumtag."""
 from __future__ import annotations
 
 import construct
@@ -7,7 +7,7 @@ from kdshell.dispatch import command
 from kdshell.dumpfile.header import TRIAGE_FIELD_NAMES
 from kdshell.errors import CommandError
 from kdshell.format import hex_ascii_lines, ptr
-from kdshell.target import version_lines
+from kdshell.target import time_lines, version_lines
 
 
 @command("vertarget", family="target", syntax="vertarget",
@@ -23,6 +23,16 @@ def bugcheck(session, inv):
     h = session.dump.header
     session.out.line(f"Bugcheck code {h.bugcheck_code:08X}")
     session.out.line("Arguments " + " ".join(ptr(p, h.is64) for p in h.bugcheck_parameters))
+
+
+@command(".time", family="target", syntax=".time",
+         summary="Show when the machine crashed and how long it had been running",
+         details="The dump header's SystemTime and SystemUpTime; a dump that lacks them says so.")
+def time_(session, inv):
+    lines = time_lines(session.dump.header)
+    if not lines:
+        raise CommandError(".time: this dump's header holds no system time or uptime")
+    session.out.lines(lines)
 
 
 # Header fields .dumpdebug leaves out: raw buffers shown elsewhere, and padding.

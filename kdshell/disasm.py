@@ -68,6 +68,19 @@ class Line:
         return self.address + self.size
 
 
+_STOPS = {"int3", "ud2", "hlt"}  # flow does not continue past these
+
+
+@dataclass
+class Flow:
+    """A function's code as flow analysis found it: instructions by address, the addresses
+    that start a block, and whether every path was followed to its end."""
+
+    lines: dict[int, Line]
+    leaders: set[int]
+    complete: bool
+
+
 class Disassembler:
     def __init__(self, is64: bool = True, symbolize: Symbolize | None = None):
         self.is64 = is64
@@ -158,6 +171,43 @@ class Disassembler:
             stop += 1
         line = self._one(data[off:stop], at)
         return None if line.mnemonic == "???" else line
+
+    def flow(self, memory, entry: int, inside: Callable[[int], bool], limit: int = 20000) -> "Flow":
+        """The instructions reachable from `entry` through jumps and fall-through (calls are
+        stepped over), staying where `inside(address)` holds: what `uf` shows. A block ends at
+        a return, an unconditional or indirect jump, an int 3, ud2 or an unreadable byte."""
+        lines: dict[int, Line] = {}
+        leaders = {entry}
+        todo = [entry]
+        complete = True
+        while todo:
+            at = todo.pop()
+            while at not in lines:
+                if len(lines) >= limit:
+                    return Flow(lines, leaders, False)
+                line = self.decode(memory, at, 1)[0]
+                lines[at] = line
+                insn = line.insn
+                if insn is None:  # unreadable: the block stops here
+                    complete = False
+                    break
+                groups = insn.groups
+                if capstone.CS_GRP_RET in groups or capstone.CS_GRP_IRET in groups or insn.mnemonic in _STOPS:
+                    break
+                if capstone.CS_GRP_JUMP in groups:
+                    op = insn.operands[0] if insn.operands else None
+                    if op is not None and op.type == cx86.X86_OP_IMM:
+                        target = op.imm & self.mask
+                        if inside(target):
+                            leaders.add(target)
+                            todo.append(target)
+                    if insn.mnemonic == "jmp":
+                        break
+                    leaders.add(line.end)
+                at = line.end
+                if not inside(at):
+                    break
+        return Flow(lines, leaders, complete)
 
     # -- MASM text -------------------------------------------------------------------------
     def target_text(self, address: int) -> str:

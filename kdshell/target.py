@@ -90,9 +90,14 @@ def version_lines(session) -> list[str]:
         f"Kernel base = {ptr0x(base, h.is64) if base is not None else '<unknown>'} "
         f"PsLoadedModuleList = {ptr0x(mods, h.is64) if mods is not None else '<unknown>'}"
     )
-    when = h.system_datetime
-    if when is not None:
-        lines.append(f"Debug session time: {session_time(when)}")
-    if h.system_uptime is not None:
-        lines.append(f"System Uptime: {uptime(h.system_uptime)}")
+    return lines + time_lines(h)
+
+
+def time_lines(header) -> list[str]:
+    """`Debug session time` (when the machine crashed) and `System Uptime`, as the header says."""
+    lines = []
+    if header.system_datetime is not None:
+        lines.append(f"Debug session time: {session_time(header.system_datetime)}")
+    if header.system_uptime is not None:
+        lines.append(f"System Uptime: {uptime(header.system_uptime)}")
     return lines

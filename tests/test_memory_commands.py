@@ -521,3 +521,63 @@ def test_prototype_demand_zero_and_vad_entries_in_a_dump(tmp_path):
         assert lines(s, f"!pte {K + 0x22 * PAGE:x}")[-2:] == [indent + "Proto: VAD", indent + "Protect: 4 - ReadWrite"]
         assert lines(s, f"? dwo({K + 0x21 * PAGE:x})") == ["Memory access error at ')'"]
         assert lines(s, f"dd {K + 0x22 * PAGE:x} L1") == ["fffff804`7ba22000  ????????"]
+
+
+# -- uf ------------------------------------------------------------------------------------------
+def _labels(out: list[str]) -> list[str]:
+    return [line for line in out if line.endswith(":")]
+
+
+def test_uf_follows_the_branches_of_a_real_function():
+    """amdppm!WriteIoMemRawEx (the corpus crash's function, its extent from the PDB): every block
+    once, in address order, each under its label; from any address inside, the same listing."""
+    from conftest import CORPUS_SYMBOLS
+
+    with kdshell.open(TRIAGE_19041, symbol_path=str(CORPUS_SYMBOLS)) as s:
+        out = lines(s, "uf amdppm!WriteIoMemRawEx")
+        assert _labels(out) == ["amdppm!WriteIoMemRawEx:"] + [f"amdppm!WriteIoMemRawEx+0x{o:x}:" for o in (
+            0x10, 0x17, 0x2f, 0x35, 0x3b, 0x42, 0x4e, 0x5b, 0x60, 0x65, 0x6a, 0x70, 0x76, 0x7d, 0x81, 0x86)]
+        code = [line for line in out if not line.endswith(":")]
+        addresses = [int(line.split()[0].replace("`", ""), 16) for line in code]
+        assert addresses == sorted(set(addresses))  # each instruction once, in order
+        assert addresses[0] == 0xFFFFF8048B5832DC and code[-1].endswith(" ret")
+        assert "fffff804`8b58334c 43891401        mov     dword ptr [r9+r8],edx" in code  # the faulting one
+        assert lines(s, "uf @rip") == out  # @rip is +0x70
+        assert lines(s, "uf /c amdppm!WriteIoMemRawEx") == [
+            "amdppm!WriteIoMemRawEx (fffff804`8b5832dc)",
+            "  amdppm!WriteIoMemRawEx+0x10 (fffff804`8b5832ec):",
+            "    call to amdppm!WriteIoMemRaw (fffff804`8b58324c)",
+        ]
+
+
+# xor eax,eax / (+2) inc eax / cmp eax,0Ah / jne +2 / (+9) jmp +9: a loop, then a jump to itself
+LOOP = bytes.fromhex("31c0" "ffc0" "83f80a" "75f9" "ebfe")
+
+
+def test_uf_on_synthetic_code_with_loops(tmp_path):
+    m = x64_machine()
+    patch(m, 0x5001, 0x300, LOOP)
+    with kdshell.open(write_kind(tmp_path, "full", m.bytes_pages(), directory_table_base=m.dtb)) as s:
+        assert lines(s, f"uf {K + PAGE + 0x300:x}") == [
+            "fffff804`7ba01300:",
+            "fffff804`7ba01300 31c0            xor     eax,eax",
+            "fffff804`7ba01302:",
+            "fffff804`7ba01302 ffc0            inc     eax",
+            "fffff804`7ba01304 83f80a          cmp     eax,0Ah",
+            "fffff804`7ba01307 75f9            jne     fffff804`7ba01302",
+            "fffff804`7ba01309:",
+            "fffff804`7ba01309 ebfe            jmp     fffff804`7ba01309",
+        ]
+        assert lines(s, f"uf {K + PAGE + 0x100:x}")[-2:] == [  # CODE: the call is stepped over
+            "fffff804`7ba01120 4883c480        add     rsp,0FFFFFFFFFFFFFF80h",
+            "fffff804`7ba01124 c3              ret",
+        ]
+        for bad, message in (("uf", "uf: which function?"), ("uf /z 1", "uf: option /z is not supported"),
+                             ("uf 0", "No code found, aborting")):
+            before = s.failures
+            out = s.capture(bad).strip()
+            assert s.failures == before + 1 and out.startswith(message) and "\n" not in out, (bad, out)
+
+
+def test_uu_is_u(triage):
+    assert lines(triage, "uu @rip L4") == lines(triage, "u @rip L4")

@@ -21,6 +21,15 @@ def test_vertarget_triage(triage):
     assert any(line.startswith("System Uptime: 0 days ") for line in lines)
 
 
+def test_time_on_the_corpus_dumps():
+    with kdshell.open(MINI_17763) as s:
+        assert s.capture(".time").splitlines() == [
+            "Debug session time: Thu Jan 16 01:12:59.880 2020 (UTC + 0:00)", "System Uptime: 0 days 0:00:04.126"]
+    with kdshell.open(FULL_TRUNCATED) as s:  # the first 16 KiB: the header has both
+        out = s.capture(".time").splitlines()
+        assert out[0].startswith("Debug session time: ") and out[1].startswith("System Uptime: ")
+
+
 def test_bugcheck(triage):
     assert triage.capture(".bugcheck").splitlines() == [
         "Bugcheck code 1000007E",

@@ -36,6 +36,8 @@ def test_banner_vertarget_bugcheck(tmp_path, kind):
         # 133500000000000000 (FILETIME) is 2024-01-17 21:20:00 UTC; 36e9 x 100 ns is one hour.
         assert "Debug session time: Wed Jan 17 21:20:00.000 2024 (UTC + 0:00)" in vt
         assert "System Uptime: 0 days 1:00:00.000" in vt
+        assert s.capture(".time").splitlines() == [
+            "Debug session time: Wed Jan 17 21:20:00.000 2024 (UTC + 0:00)", "System Uptime: 0 days 1:00:00.000"]
         tags = s.capture(".enumtag").splitlines()
         assert tags[0] == "{12345678-1234-5678-9ABC-DEF012345678} - 0xa bytes"
         assert "hello blob" in tags[1]

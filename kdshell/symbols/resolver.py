@@ -563,6 +563,28 @@ class Symbols:
             return module, None, None, []
         return module, table.at(rva), table.after(rva), table.exact(rva)
 
+    def function_bounds(self, address: int) -> tuple[int, int] | None:
+        """(start, end) addresses of the function holding `address`: from the PDB's procedure
+        records, else the image's .pdata entry (x64); None when neither knows it."""
+        module = self.module_at(address)
+        if module is None:
+            return None
+        rva = address - module.base
+        table = self.table(module)
+        if table is not None and table.pdb is not None:
+            found = table.pdb.function_bounds(rva)
+            if found is not None:
+                return module.base + found[0], module.base + found[1]
+        image = self.image(module)
+        if image is not None:
+            try:
+                f = image.runtime_function(rva)
+            except (MemoryNotPresent, PeFormatError):
+                f = None
+            if f is not None:
+                return module.base + f.begin, module.base + f.end
+        return None
+
     def search(self, pattern: str) -> list[tuple[Module, Symbol]]:
         """`x` patterns: MODULE!SYMBOL, each side with * and ? wildcards."""
         mod_pat, _, sym_pat = pattern.partition("!") if "!" in pattern else ("*", "", pattern)
