@@ -92,6 +92,14 @@ def test_user_mode_dumps(tmp_path, head):
     assert "user-mode" in str(err)
 
 
+@pytest.mark.parametrize("head,kind,tool", [(b"MSCF\0\0\0\0", "CAB", "cabextract"), (b"PK\x03\x04", "ZIP", "unzip"),
+                                            (b"\x1f\x8b\x08\x00", "gzip", "gunzip")])
+def test_packed_dumps_say_how_to_unpack(tmp_path, head, kind, tool):
+    """Windows Error Reporting ships dumps in CAB files; a packed dump gets a hint, not a riddle."""
+    err = format_error(_write(tmp_path, "packed.dmp", head + b"\0" * 0x3000), "Signature", 0)
+    assert f"this is a {kind} archive" in str(err) and tool in str(err)
+
+
 @pytest.mark.parametrize("kind,where", [("full", DUMP_TYPE64), ("full32", DUMP_TYPE32)])
 @pytest.mark.parametrize("dump_type", [3, 0x77, 0, 7, 0xFFFFFFFF])
 def test_header_only_and_unknown_types(tmp_path, kind, where, dump_type):

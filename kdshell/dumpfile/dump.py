@@ -94,6 +94,12 @@ def guid_text(raw: bytes) -> str:
     return f"{d1:08x}-{d2:04x}-{d3:04x}-{raw[8:10].hex()}-{raw[10:16].hex()}"
 
 
+# Dumps often travel packed (Windows Error Reporting sends CAB files): say what to do with one.
+ARCHIVES = ((b"MSCF", "CAB", "cabextract FILE"), (b"PK\x03\x04", "ZIP", "unzip FILE"),
+            (b"\x1f\x8b", "gzip", "gunzip FILE"), (b"7z\xbc\xaf\x27\x1c", "7-Zip", "7z x FILE"),
+            (b"\xfd7zXZ\x00", "xz", "unxz FILE"))
+
+
 class DumpFile:
     """An opened kernel dump: header, context, and the page source of its kind."""
 
@@ -129,6 +135,10 @@ class DumpFile:
             raise DumpFormatError("this is a user-mode minidump, not a kernel dump", "Signature", 0)
         if head[:4] == b"USER":
             raise DumpFormatError("this is a user-mode dump, not a kernel dump", "Signature", 0)
+        for magic, kind, tool in ARCHIVES:
+            if head.startswith(magic):
+                raise DumpFormatError(f"this is a {kind} archive, not a dump: extract the .dmp inside it first "
+                                      f"({tool})", "Signature", 0)
         if head == b"PAGEDU64":
             self.is64 = True
         elif head == b"PAGEDUMP":
