@@ -34,6 +34,14 @@ On a stack, values that point into code (module!function+0x..) are likely return
     "u": """\
 Each line: the address, the instruction's bytes, then the instruction. A 'module!function+0x..:'
 line marks where a function's code begins. Branch targets are shown by name when known.""",
+    "uf": """\
+The whole function, block by block: each 'function+0x..:' line starts a block that a jump
+leads to. Read it top to bottom, following the jumps by their labels; calls are shown but not
+entered (uf /c lists just the calls). The faulting instruction is often in a small block.""",
+    ".time": """\
+"Debug session time" is when the machine crashed (the clock of the crashed machine, shown in
+UTC); "System Uptime" how long Windows had been running: a crash seconds after boot points at
+a boot driver, one after days at something slower (a leak, a rare path).""",
     "lm": """\
 One line per loaded module: its start and end address, its name, and the state of its symbols
 (deferred = not loaded yet; pdb symbols = full names; export symbols = only exported names).""",
