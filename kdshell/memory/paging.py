@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from kdshell.errors import MemoryNotPresent
 from kdshell.memory import pte as P
-from kdshell.memory.physical import PAGE_SHIFT, PAGE_SIZE, not_present_message
+from kdshell.memory.physical import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory, not_present_message
 
 PAGE_MASK = PAGE_SIZE - 1
 _U64 = struct.Struct("<Q").unpack_from
@@ -165,16 +165,8 @@ class PageCache:
             return False
         return True
 
-    def read(self, address: int, size: int) -> bytes:
-        """Bytes at a physical address; MemoryNotPresent (physical) at the first missing page."""
-        out = bytearray()
-        while size > 0:
-            offset = address & PAGE_MASK
-            chunk = min(size, PAGE_SIZE - offset)
-            out += self.page(address >> PAGE_SHIFT)[offset : offset + chunk]
-            address += chunk
-            size -= chunk
-        return bytes(out)
+    # Bytes at a physical address, page by page; MemoryNotPresent at the first missing page.
+    read = PhysicalMemory.read
 
 
 # -- the walk ---------------------------------------------------------------------------------
