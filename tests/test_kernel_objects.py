@@ -442,13 +442,19 @@ def test_without_the_kernel_pdb_the_kdbg_and_the_built_in_table_serve(machines, 
         assert [cur.pid, cur.tid] == next(t["cid"] for t in truth["threads"] if t["address"] == cur.address)
 
 
-def test_an_x86_machine_without_its_pdb_says_which_offset_is_missing(machines):
+def test_an_x86_machine_without_its_pdb_uses_the_x86_table_else_says_which_offset_is_missing(machines):
+    from kdshell.kernel.offsets import KernelOffsets
+
+    truth = machines.truth("d1-x86")
     with open_machine(machines, "d1-x86", "complete", symbol_path="") as s:
-        with pytest.raises(KdError, match=r"^The offset of _EPROCESS.ActiveProcessLinks is not known for build 19041"):
-            s.kernel.processes()
-        # the KDBG still gives the processor and its thread
-        truth = machines.truth("d1-x86")
+        # the 19041 entry of the table's x86 section gives what the KDBG does not
+        assert s.kernel.process_layout.sources["links"].startswith("kdshell's built-in offsets for build 19041")
+        assert [(p.address, p.pid, p.name) for p in s.kernel.processes().processes] == \
+            [(p["address"], p["pid"], p["name"]) for p in truth["processes"] if p["active_list"]]
         assert s.kernel.processor(0).current_thread == truth["processors"][0]["current_thread"]
+    # a 32-bit build the table does not know (10586: another layout than 10240's) says what is missing
+    with pytest.raises(KdError, match=r"^The offset of _EPROCESS.ActiveProcessLinks is not known for build 10586"):
+        process_layout(KernelOffsets(10586, False)).need("links")
 
 
 def test_set_process_switches_the_address_space(machines):
