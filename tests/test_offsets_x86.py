@@ -254,3 +254,13 @@ def test_x86_dump_without_symbols_lists_processes_threads_and_modules(machines):
         bare_lm, full_lm = lines(bare, "lm"), lines(full, "lm")
         assert [x.split()[:3] for x in bare_lm] == [x.split()[:3] for x in full_lm]
         assert [x.split()[2] for x in bare_lm[1:4]] == ["nt", "hal", "mydrv"]
+
+
+def test_x86_pcr_without_symbols_names_itself(machines):
+    """!pcr's SelfPcr comes from the KDBG's OffsetPcrSelfPcr, under x86's field name."""
+    path = machines.path("d1-x86", "complete")
+    with kdshell.open(path, symbol_path="", image_path="") as bare, \
+            kdshell.open(path, symbol_path=MACHINE_SYMBOLS, image_path="") as full:
+        self_pcr = [x for x in lines(full, "!pcr") if x.strip().startswith("SelfPcr:")]
+        assert self_pcr and self_pcr[0].split()[-1] != "00000000"
+        assert [x for x in lines(bare, "!pcr") if x.strip().startswith("SelfPcr:")] == self_pcr

@@ -40,6 +40,7 @@ KDBG_OFFSETS = [
     ("_KPRCB", "Number", 0x2BE, 2),
     ("_KPRCB", "ProcessorState.SpecialRegisters", 0x2F2, 2),
     ("_KPCR", "Self", 0x2E2, 2),
+    ("_KPCR", "SelfPcr", 0x2E2, 2),  # x86's name for it
     ("_KPCR", "CurrentPrcb", 0x2E4, 2),
     ("_KPCR", "Prcb", 0x2E6, 2),
     ("_KPCR", "PrcbData", 0x2E6, 2),  # x86's name for the contained KPRCB (x86 KPCR.Prcb is a pointer)
