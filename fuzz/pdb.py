@@ -1,11 +1,12 @@
-"""Fuzz target: the PDB reader (MSF, info, DBI, publics/globals/module symbols, OMAP, TPI/IPI)
-and the `dt` renderer over the types it decodes.
+"""Fuzz target: the PDB reader (MSF, info, DBI, publics/globals/module symbols, OMAP, TPI/IPI),
+the `dt` renderer over the types it decodes, and the local-variable records `dv` reads.
 
 One input is a whole PDB file, opened from bytes (PdbFile(data=...)); a SymbolFileError (or
 another KdError, e.g. a field-path error) is a clean answer. Then: every symbol, address
 lookups around the symbols, wildcard searches, and -- picked by the input's hash, so the cost
-per input stays bounded on PDBs with thousands of types -- up to 40 type records decoded and
-up to 12 named types rendered (with and without memory behind them, recursing 3 levels).
+per input stays bounded on PDBs with thousands of types -- up to 40 type records decoded,
+up to 12 named types rendered (with and without memory behind them, recursing 3 levels), and
+the locals of up to 8 functions found and placed in a made-up frame.
 
 Seeds: the corpus's Microsoft PDBs (amdppm, user32) and the fixture PDBs built by clang/lld.
 """
@@ -53,6 +54,7 @@ def HOT(data: bytes) -> list[tuple[int, int]]:
 
 
 def one_input(data: bytes) -> None:
+    from kdshell.symbols.locals import locate, procedure_at
     from kdshell.symbols.pdb import PdbFile
     from kdshell.symbols.typeformat import DtOptions, render
 
@@ -88,4 +90,10 @@ def one_input(data: bytes) -> None:
             render(t, options=DtOptions(recurse=3))
             render(t, 0x1000, lambda a, n: bytes(n), options=DtOptions(blocks=True, recurse=2))
         pdb.names("*_E*")
+        functions = [s for s in syms if s.kind == "function" and s.module >= 0]
+        frame = {"rsp": 0x10000, "rbp": 0x10100, "rcx": 1, "esp": 0x10000, "ebp": 0x10100, "vframe": 0x10100}
+        for s in rng.sample(functions, min(8, len(functions))):
+            proc = procedure_at(pdb, s.rva)
+            for var in proc.variables if proc is not None else ():
+                locate(proc, var, frame, s.rva + 1, 8)
         return f"{min(len(syms), 9)}:{min(len(names), 9)}:{len(pdb.warnings)}"
