@@ -31,10 +31,9 @@ from kdshell.dispatch import command
 from kdshell.errors import CommandError, KdError
 from kdshell.format import ptr
 from kdshell.stack.params import kp_type_name
-from kdshell.stack.walk import HOW_TRAP
 from kdshell.symbols import types as T
 from kdshell.symbols import typeformat
-from kdshell.symbols.locals import Where, locate, procedure_at
+from kdshell.symbols.locals import Where, frame_registers, locate, procedure_at
 
 SYNTAX = "dv [/t] [/v] [/V] [/i] [Pattern]"
 NAME_WIDTH = 15           # names are right-aligned in at least this many columns
@@ -87,14 +86,14 @@ def _options(inv) -> DvOptions:
                  "not restore for frames above 0, show <value unavailable>.")
 def dv(session, inv):
     o = _options(inv)
-    frame, caller = _selected_frame(session)
+    frame = _selected_frame(session)
     module, pdb = _private_pdb(session, frame)
     rva = frame.lookup_address - module.base
     proc = procedure_at(pdb, rva)
     if proc is None:
         raise KdError(f"Unable to enumerate locals: {module.name}'s private symbols have no "
                       f"procedure record for {ptr(frame.ip, session.is64)} (assembly code?)")
-    registers = frame_registers(frame, caller, session.is64)
+    registers = frame_registers(frame, session.is64)
     pattern = T.wildcard(o.pattern) if o.pattern else None
     values = _Values(session)
     rows = []
@@ -108,13 +107,13 @@ def dv(session, inv):
 
 
 def _selected_frame(session):
-    """The frame `.frame` selected (0 by default) and its caller (None at the stack's end)."""
+    """The frame `.frame` selected (0 by default)."""
     state = session.context
     number = state.frame_number
-    frames = state.walk(number + 2)
+    frames = state.walk(number + 1)
     if number >= len(frames):
         raise KdError(f"Frame {number:#x} is not on the stack (it has {len(frames):#x} frames)")
-    return frames[number], frames[number + 1] if number + 1 < len(frames) else None
+    return frames[number]
 
 
 def _private_pdb(session, frame):
@@ -132,21 +131,6 @@ def _private_pdb(session, frame):
         session.out.error(NO_PRIVATE[0])
         raise KdError(NO_PRIVATE[1])
     return module, pdb
-
-
-def frame_registers(frame, caller, is64: bool) -> dict[str, int]:
-    """The registers known in `frame` (frames above 0 keep only what the unwinder restored),
-    its stack and instruction pointers, and on x86 VFRAME: where EBP would point in a standard
-    frame, just below the return address (the caller's ESP - 8, when it was unwound to)."""
-    regs = {k: v for k, v in frame.registers.items() if k in frame.known}
-    sp, ip = ("rsp", "rip") if is64 else ("esp", "eip")
-    regs[sp], regs[ip] = frame.sp, frame.ip
-    if not is64:
-        if caller is not None and caller.how != HOW_TRAP:
-            regs["vframe"] = (caller.sp - 8) & 0xFFFFFFFF
-        elif "ebp" in regs:
-            regs["vframe"] = regs["ebp"]
-    return regs
 
 
 # -- the lines ------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Local variables and parameters of a function, from its records in a private PDB (for `dv`).
+"""Local variables and parameters of a function, from its records in a private PDB (for `dv`,
+and for `kp` through kdshell.stack.params).
 
     proc = procedure_at(pdb, rva)        -> Procedure | None (no procedure record at rva)
+    registers = frame_registers(frame, is64)   # what a stack frame knows
     for var in proc.visible(rva):        # the variables in scope at rva
-        where = locate(proc, var, registers, rva, is64)   # memory address, register, or nothing
+        where = locate(proc, var, registers, rva, size)   # memory address, register, or nothing
 
 Layout facts are from public descriptions of CodeView (LLVM's "CodeView Symbol Records" and
 its record definitions, cvinfo.h as mirrored in Wine's cvconst.h); the code is ours.
@@ -32,9 +34,12 @@ S_THUNK32, S_SEPCODE and S_WITH32 open one; S_END, S_PROC_ID_END and S_INLINESIT
       S_DEFRANGE_REGISTER_REL 0x1145            uint16 register, uint16 flags, int32 offset, range
 
 Parameters: S_LOCAL says it itself. S_REGREL32, S_BPREL32 and S_REGISTER carry no flag (MSVC
-writes them); we take the first N of them outside any block as the parameters, N being the
-argument count of the procedure's LF_PROCEDURE type (its arguments come first, as MSVC writes
-them); without a type, none is a parameter.
+writes them); when no S_LOCAL of the procedure is flagged a parameter, we take the first N of
+them outside any block as the parameters, N being the argument count of the procedure's
+LF_PROCEDURE type (its arguments come first, as MSVC writes them); without a type, none is a
+parameter. Where S_LOCALs do flag parameters, unflagged records are locals (an optimised build
+may describe a local whose address is taken by S_REGREL32 next to S_LOCAL parameters).
+`dv` and `kp` (kdshell.stack.params) both take their parameters from here.
 
 A hostile PDB (a record running past the stream, a procedure without its end record, scopes
 nested deeper than MAX_SCOPE_DEPTH) raises a one-line SymbolFileError; the walk only moves
@@ -402,26 +407,33 @@ def procedure_at(pdb, rva: int) -> Procedure | None:
     what = f"{getattr(pdb, '_label', None) or 'PDB'} module {obj}"
     proc = decode_procedure(data, index.offsets[i], pdb.rva_of, pdb.machine != MACHINE_I386,
                             min(m.symbols_size, len(data)), what)
-    if any(v.record != S_LOCAL for v in proc.variables):
+    # unflagged records are parameters only where no S_LOCAL says which are (see the module note)
+    if (any(v.record != S_LOCAL for v in proc.variables)
+            and not any(v.is_param for v in proc.variables)):
         proc.mark_parameters(argument_count(pdb, proc.type_index))
     return proc
 
 
-def argument_count(pdb, type_index: int) -> int:
-    """How many arguments the procedure type LF_PROCEDURE `type_index` declares (`(void)` has
-    none); 0 when the type is missing or not a procedure."""
+def argument_types(pdb, type_index: int) -> list[T.Type]:
+    """The argument types the procedure type LF_PROCEDURE `type_index` declares (`(void)` has
+    none); [] when the type is missing or not a procedure."""
     if not type_index:
-        return 0
+        return []
     try:
         t = pdb.type_by_index(type_index)
     except KdError:
-        return 0
+        return []
     if t.kind != T.FUNCTION:
-        return 0
-    args = t.args
+        return []
+    args = list(t.args)
     if len(args) == 1 and args[0].strip().kind == T.BASE and args[0].strip().encoding in (T.VOID, T.NOTYPE):
-        return 0
-    return len(args)
+        return []
+    return args
+
+
+def argument_count(pdb, type_index: int) -> int:
+    """How many arguments the procedure type `type_index` declares (see argument_types)."""
+    return len(argument_types(pdb, type_index))
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,6 +454,24 @@ class Where(NamedTuple):
     @property
     def available(self) -> bool:
         return self.address is not None or self.value is not None
+
+
+def frame_registers(frame, is64: bool) -> dict[str, int]:
+    """The registers `locate` may use in a stack frame (kdshell.stack.walk.Frame): those the
+    walk knows for it (frames above 0 keep only what the unwinder restored; a thread's or a trap
+    frame's context only what it saved), its stack and instruction pointers, and on x86 VFRAME:
+    where EBP would point in a standard frame, just below the return address (the caller's
+    ESP - 8, when the walk stepped to the caller by its return address and not through a trap
+    frame; else EBP, when known). `dv` and `kp` both place variables with these."""
+    regs = {k: v for k, v in frame.registers.items() if k in frame.known}
+    sp, ip = ("rsp", "rip") if is64 else ("esp", "eip")
+    regs[sp], regs[ip] = frame.sp, frame.ip
+    if not is64:
+        if frame.frame_size is not None and frame.trap_frame is None:
+            regs["vframe"] = (frame.sp + frame.frame_size - 8) & 0xFFFFFFFF
+        elif "ebp" in regs:
+            regs["vframe"] = regs["ebp"]
+    return regs
 
 
 def _register_value(reg: Register | None, registers: Mapping[str, int]) -> int | None:
