@@ -12,9 +12,10 @@ Values as WinDbg's `??` prints one on a line: `0n-1` (signed; int 0 is `0n0`), `
 (unsigned), `0x003a1480` / `0x00000000`00000000` (pointers, every digit, NULL too),
 `0x0127573c "AAAA"` (char and wchar_t pointers; NULL ones `""`), `0x02 ''` (unsigned char),
 `U_ZERO_ERROR (0n0)` (enums), `char [157] "Aa"` (character arrays), `struct _WDF_DRIVER_CONFIG`
-(structures: the name only, plus the text of a UNICODE_STRING, a LIST_ENTRY's links), a pointer
-to a UNICODE_STRING its text, a pointer to a DRIVER_OBJECT `Driver "\\Driver\\x"` (WinDbg's
-NatVis description; `Driver {...}` when the name cannot be read). A variable not live at the
+(structures: the name only, a LIST_ENTRY's links after it), `"\\Device\\Booster"` (a
+UNICODE_STRING: its text alone), a pointer to a UNICODE_STRING its text, a pointer to a
+DRIVER_OBJECT `Driver "\\Driver\\x"` (WinDbg's NatVis description; `Driver {...}` when the name
+cannot be read). A variable not live at the
 frame's instruction, or in a register the unwinder did not restore for this frame:
 `<value unavailable>`; a stack slot the dump does not hold: `<Memory access error>`.
 
@@ -198,6 +199,8 @@ class _Values:
         if s.is_aggregate or s.kind == T.ARRAY:
             name = c_type_name(s)
             detail = self._detail(s, where.address) if where.address is not None else None
+            if detail and s.name in _STRINGS:  # a counted string is shown as its text alone
+                return detail
             return f"{name} {detail}" if detail else name
         size = s.size or self.ps
         data = self._bytes(where, size)

@@ -96,8 +96,8 @@ def test_dv_in_the_sample_frames_shows_what_the_sources_declare(sample):
     out = lines(sample, f".frame {f:x}; dv")[1:]
     assert [x.split(" = ")[0].strip() for x in out] == [
         "DriverObject", "RegistryPath", "DeviceName", "LinkName", "Extension", "Status"]
-    assert out[2] == r'     DeviceName = struct _UNICODE_STRING "\Device\MyDrv"'
-    assert out[3] == r'       LinkName = struct _UNICODE_STRING "\DosDevices\MyDrv"'
+    assert out[2] == r'     DeviceName = "\Device\MyDrv"'  # as WinDbg: a UNICODE_STRING is its text
+    assert out[3] == r'       LinkName = "\DosDevices\MyDrv"'
     assert out[5] == "         Status = 0n0"  # PsCreateSystemThread succeeded (the scenario ran)
     # the small dump keeps the stack, not the DRIVER_OBJECT: WinDbg's placeholder for its name
     assert re.fullmatch(r"   DriverObject = 0xffffc20a`[0-9a-f]{8} Driver \{\.\.\.\}", out[0])
@@ -172,7 +172,7 @@ def test_dv_on_the_test_machines_agrees_with_the_truth(machines, name):
         assert value(s, entry, "DriverObject") == "0x" + ptr(driver, is64) + r' Driver "\Driver\mydrv"'
         assert value(s, entry, "Extension") == "0x" + ptr(extension, is64)
         assert value(s, entry, "RegistryPath").endswith(" " + REGISTRY_PATH)
-        assert value(s, entry, "DeviceName") == r'struct _UNICODE_STRING "\Device\MyDrv"'
+        assert value(s, entry, "DeviceName") == r'"\Device\MyDrv"'
         assert value(s, entry, "Status") == "0n0"
         # every stack variable of the driver's frames lies in its frame: at or above its
         # Child-SP, below the caller's (x86: the arguments sit above, in the caller's frame)
@@ -198,7 +198,7 @@ def test_cross_frame_consistency_and_unrestored_registers(machines):
         out = lines(s, f".frame {caller:x}; dv /v")[1:]
         rows = {r.split(" = ")[0].split()[-1]: r for r in out}
         local = rows["RegistryPath"].split()[0]
-        assert rows["RegistryPath"].endswith(f"RegistryPath = struct _UNICODE_STRING {REGISTRY_PATH}")
+        assert rows["RegistryPath"].endswith(f"RegistryPath = {REGISTRY_PATH}")
         entry = frame_of(s, "mydrv!DriverEntry")
         assert value(s, entry, "RegistryPath") == f"0x{local} {REGISTRY_PATH}"
         assert rows["DriverObject"].startswith("@rsi ")
@@ -708,3 +708,34 @@ def test_literal_layouts_are_what_llvm_pdbutil_reads(patched_store, tmp_path):
                  r"register = R13, offset = -16",
                  r"local fp reg = RSP, param fp reg = RSP"):
         assert re.search(want, text), want
+
+
+# -- kp reads parameters through the same decoding ------------------------------------------------
+def kp_line(s):
+    return next(line for line in lines(s, "kp 10") if "MyDrvReadRegister" in line)
+
+
+def test_kp_prints_a_frame_with_a_hostile_record_as_k_does(patched_store):
+    store = patched_store(read_register_stream([frameproc(2, 2), local("Register", 0x10B5, 1)], b""))
+    with sample_with(store) as s:
+        line = kp_line(s)
+        assert line.endswith("mydrv!MyDrvReadRegister+0xd"), line
+
+
+def test_kp_and_dv_agree_which_records_are_parameters(patched_store):
+    # S_LOCAL flags the parameter: the S_REGREL32 local is not a parameter (kp and dv)
+    store = patched_store(read_register_stream([
+        frameproc(2, 2), regrel32("Local", 0, 0x0603, 335), local("Register", 0x10B5, 1), defrange_fp_full(0)]))
+    with sample_with(store) as s:
+        line = kp_line(s)
+        assert "(unsigned int * Register = 0xfffff8a0`00bad000)" in line, line
+        out = lines(s, f".frame {frame_of(s, 'mydrv!MyDrvReadRegister'):x}; dv /i")[1:]
+        assert [line.split()[1] for line in out] == ["param", "local"], out
+
+
+def test_kp_reads_msvc_style_regrel_parameters(patched_store):
+    store = patched_store(read_register_stream([
+        frameproc(2, 2), regrel32("Register", 0, 0x10B5, 334), regrel32("Local", 0, 0x0603, 335)]))
+    with sample_with(store) as s:
+        line = kp_line(s)
+        assert "(unsigned int * Register = 0xfffff8a0`00bad000)" in line, line
