@@ -72,7 +72,8 @@ def _driver_address(session, io: IoObjects, text: str) -> int:
     found = io.find_driver(text)
     if found:
         return found
-    if text.startswith("\\"):
+    # A bare module name (`mydrv`) is a driver's name here, not the module's base address.
+    if text.startswith("\\") or session.symbols.module(text) is not None:
         raise KdError(f"!drvobj: no driver object named {text} (kdshell finds drivers through the kernel's "
                       "boot-driver table, not the object directory: give the DRIVER_OBJECT's address)")
     try:

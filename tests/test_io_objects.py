@@ -213,3 +213,17 @@ def test_irp_stack_count_255_is_capped_by_its_size(plain):
     assert len(got.locations) == MAX_STACK_LOCATIONS and "255 stack locations" in got.warning
     assert got.locations[0].major == 0x16 and got.locations[0].readable
     assert not got.locations[2].readable  # past the bytes there are
+
+
+def test_drvobj_by_a_module_name_the_dump_cannot_resolve_says_so():
+    """`mydrv` is also the module's base as an expression: !drvobj takes it as a driver's name,
+    and says it cannot find it (the bundled small dump has no boot-driver table), rather than
+    reading the image header as a driver object."""
+    from kdshell.cli import bundled_sample
+
+    dump, store = bundled_sample()
+    with kdshell.open(dump, symbol_path=store, image_path=store) as s:
+        before = s.failures
+        out = s.capture("!drvobj mydrv 2").strip()
+        assert s.failures == before + 1 and "\n" not in out
+        assert out.startswith("!drvobj: no driver object named mydrv")
