@@ -42,6 +42,14 @@ entered (uf /c lists just the calls). The faulting instruction is often in a sma
 "Debug session time" is when the machine crashed (the clock of the crashed machine, shown in
 UTC); "System Uptime" how long Windows had been running: a crash seconds after boot points at
 a boot driver, one after days at something slower (a leak, a rare path).""",
+    "dv": """\
+The parameters and local variables of the selected frame (.frame N chooses it), read from the
+driver's private PDB. <value unavailable> means the value lived in a register this frame does
+not keep, or the variable is not live at this point of the function: not that it was zero.""",
+    "!irp": """\
+One block per driver the request passes through, top of the stack last; '>' marks the driver
+handling it now. [IRP_MJ_...] is what was asked (read, write, device control...), Args its
+parameters (for device control, the third is the IOCTL code).""",
     "lm": """\
 One line per loaded module: its start and end address, its name, and the state of its symbols
 (deferred = not loaded yet; pdb symbols = full names; export symbols = only exported names).""",
