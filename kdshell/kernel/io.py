@@ -417,35 +417,27 @@ class IoObjects:
         """The devices of `address`'s stack, top first: up through AttachedDevice, down through
         DEVOBJ_EXTENSION.AttachedTo (when known). Bounded and loop-safe."""
         start = self.device(address)
-        above: list[Device] = []
         seen = {address}
-        warning = None
-        up = start.attached
-        while up:
-            if up in seen or len(seen) >= MAX_DEVICES:
-                warning = f"The device stack loops at {up:x}; stopped there"
-                break
-            seen.add(up)
-            try:
-                above.append(self.device(up))
-            except IoError as e:
-                warning = str(e)
-                break
-            up = above[-1].attached
-        below: list[Device] = []
-        down = start.attached_to
-        while down:
-            if down in seen or len(seen) >= MAX_DEVICES:
-                warning = f"The device stack loops at {down:x}; stopped there"
-                break
-            seen.add(down)
-            try:
-                below.append(self.device(down))
-            except IoError as e:
-                warning = str(e)
-                break
-            down = below[-1].attached_to
+        above, warning_up = self._follow(start, "attached", seen)
+        below, warning_down = self._follow(start, "attached_to", seen)
+        warning = warning_down or warning_up
         return list(reversed(above)) + [start] + below, warning
+
+    def _follow(self, start: Device, link: str, seen: set[int]) -> tuple[list[Device], str | None]:
+        """The devices reached from `start` through `link` (attached: up; attached_to: down),
+        stopping at a loop, MAX_DEVICES or an unreadable device (the warning says which)."""
+        found: list[Device] = []
+        nxt = getattr(start, link)
+        while nxt:
+            if nxt in seen or len(seen) >= MAX_DEVICES:
+                return found, f"The device stack loops at {nxt:x}; stopped there"
+            seen.add(nxt)
+            try:
+                found.append(self.device(nxt))
+            except IoError as e:
+                return found, str(e)
+            nxt = getattr(found[-1], link)
+        return found, None
 
     # -- IRPs ---------------------------------------------------------------------------------
     def irp(self, address: int) -> Irp:
