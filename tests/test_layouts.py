@@ -350,3 +350,23 @@ def test_literal_offsets_match_real_dumps(path):
     assert u64(tri.DriverListOffset + 8 + 0x30) == entry.LdrEntry.DllBase
     assert u32(tri.DriverListOffset + 8 + 0x80) == entry.LdrEntry.TimeDateStamp
     assert raw[tri.SizeOfDump : tri.SizeOfDump + 8] == b"DumpBlob"
+
+
+def test_field_offset_and_the_fast_driver_list_agree_with_construct():
+    """The small dump's driver list is read with struct at field_offset's offsets: they are the
+    layout's own (formats.md §6 comments), and every corpus driver reads as construct parses it."""
+    import kdshell.dumpfile.header as H
+    from conftest import MINI_17763, TRIAGE_19041
+    from kdshell.dumpfile.dump import open_dump
+
+    assert H.field_offset(H.DUMP_DRIVER_ENTRY64, "LdrEntry.DllBase") == (0x38, 8)
+    assert H.field_offset(H.DUMP_DRIVER_ENTRY64, "LdrEntry.TimeDateStamp") == (0x88, 4)
+    assert H.field_offset(H.DUMP_DRIVER_ENTRY32, "LdrEntry.CheckSum") == (0x44, 4)
+    for path in (TRIAGE_19041, MINI_17763):
+        with open_dump(path) as d:
+            assert len(d.triage.drivers) > 100
+            for drv in d.triage.drivers:
+                e = H.DUMP_DRIVER_ENTRY64.parse(d.read_file(drv.entry_offset, H.DUMP_DRIVER_ENTRY64.sizeof()))
+                ldr = e.LdrEntry
+                assert (drv.base, drv.size, drv.timestamp, drv.checksum) == (
+                    ldr.DllBase, ldr.SizeOfImage, ldr.TimeDateStamp, ldr.CheckSum)

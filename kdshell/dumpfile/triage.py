@@ -26,6 +26,7 @@ from kdshell.dumpfile.header import (
     TRIAGE_DUMP64,
     TRIAGE_DUMP_VALID,
     decode_exception,
+    field_offset,
 )
 from kdshell.errors import DumpFormatError
 from kdshell.memory.sparse import SparseMemory
@@ -189,6 +190,11 @@ def open_triage(data: memoryview, file_size: int, header, warnings: list[str]) -
     return tri
 
 
+_DRIVER_FIELDS = ("DriverNameOffset", "LdrEntry.DllBase", "LdrEntry.SizeOfImage", "LdrEntry.TimeDateStamp",
+                  "LdrEntry.CheckSum")
+_WIDTH = {2: "H", 4: "I", 8: "Q"}
+
+
 def _read_drivers(tri: TriageDump, th, r: _Reader, is64: bool) -> None:
     if not th.DriverCount:
         return
@@ -196,14 +202,18 @@ def _read_drivers(tri: TriageDump, th, r: _Reader, is64: bool) -> None:
     esize = entry.sizeof()
     if not r.fits(th.DriverListOffset, th.DriverCount * esize, "driver list", "DriverListOffset"):
         return
+    # Read with struct at the layout's own offsets: a construct parse per entry costs ~50 us,
+    # a third of opening a small dump with 150 drivers.
+    readers = [(struct.Struct("<" + _WIDTH[size]).unpack_from, at)
+               for at, size in (field_offset(entry, f) for f in _DRIVER_FIELDS)]
+    data = r.data
     for i in range(th.DriverCount):
         off = th.DriverListOffset + i * esize
-        e = entry.parse(bytes(r.data[off : off + esize]))
-        ldr = e.LdrEntry
-        name = r.dump_string(e.DriverNameOffset)
+        name_at, base, size, stamp, checksum = (read(data, off + at)[0] for read, at in readers)
+        name = r.dump_string(name_at)
         if name is None:
-            name = f"<name at {e.DriverNameOffset:#x} outside the file>"
-        drv = TriageDriver(name, ldr.DllBase, ldr.SizeOfImage, ldr.TimeDateStamp, ldr.CheckSum, off)
+            name = f"<name at {name_at:#x} outside the file>"
+        drv = TriageDriver(name, base, size, stamp, checksum, off)
         tri.drivers.append(drv)
         if th.BrokenDriverOffset and th.BrokenDriverOffset == off:
             tri.broken_driver = drv
