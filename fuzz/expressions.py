@@ -6,10 +6,10 @@ One input is text (UTF-8, invalid bytes replaced; at most 400 characters). Each 
    a session picked by the input's hash: the bundled sample (a small dump with its symbols) or
    a reduced kernel dump of the test machine d1 (paging, KDBG, processes);
 2. split and tokenized as a command line (split_commands, tokenize, resolve);
-3. given to a command that takes an expression -- `?`, `ln`, `.formats`, `dt nt!_KTHREAD`,
-   `r $t0 =`, `!pte`, `!vtop`, and `dq`/`db`/`u`/`ub`/`dps` at `@$t0` after `r $t0 = text` --
-   through the dispatcher. `;` is removed from the text and `L?` (a huge length the user asks
-   for on purpose) is cut, so the text stays one expression.
+3. given to a command that takes an expression -- `?`, `??` (C++), `uf`, `ln`, `.formats`,
+   `dt nt!_KTHREAD`, `r $t0 =`, `!pte`, `!vtop`, and `dq`/`db`/`u`/`ub`/`dps` at `@$t0` after
+   `r $t0 = text` -- through the dispatcher. `;` is removed from the text and `L?` (a huge
+   length the user asks for on purpose) is cut, so the text stays one expression.
 An ExprError/CommandError/MemoryNotPresent (a KdError) is a clean answer; an internal error is
 a bug. Seeds: expressions in WinDbg's syntax, valid and not.
 """
@@ -77,7 +77,7 @@ class InternalError(Exception):
 # second address in the text cannot turn into a range of a million lines the user asked for.
 COMMANDS = ("? {}", "ln {}", ".formats {}", "dt nt!_KTHREAD {}", "r $t0 = {}", "!pte {}", "!vtop 0 {}",
             "r $t0 = {}; dq @$t0 L4", "r $t0 = {}; db @$t0 L10", "r $t0 = {}; u @$t0 L2", "r $t0 = {}; ub @$t0 L2",
-            "r $t0 = {}; dps @$t0 L2")
+            "r $t0 = {}; dps @$t0 L2", "?? {}", "uf {}")
 
 
 def one_input(data: bytes) -> None:
