@@ -12,8 +12,6 @@ Scalars print as dv prints a value (the same WinDbg rules); structures as dt pri
 """
 from __future__ import annotations
 
-from kdshell.commands.dt import _type_sources
-from kdshell.commands.locals import MEMORY_ERROR, UNAVAILABLE, _selected_frame, _Values, c_type_name
 from kdshell.cppexpr import CppEvaluator, Value, as_rvalue
 from kdshell.dispatch import command
 from kdshell.errors import CommandError, KdError
@@ -21,6 +19,7 @@ from kdshell.expr import ExprError
 from kdshell.symbols import typeformat
 from kdshell.symbols import types as T
 from kdshell.symbols.locals import Where, frame_registers, locate, procedure_at
+from kdshell.symbols.values import MEMORY_ERROR, UNAVAILABLE, ValueText, c_type_name
 
 
 @command("??", family="memory", syntax="?? Expression",
@@ -51,7 +50,7 @@ class Scope:
         if module is None and (alias or name in T.BASE_TYPES):
             base = T.BASE_TYPES[alias or name]
             return T.Type(T.BASE, name, base.size, encoding=base.encoding, signed=base.signed)
-        sources = _type_sources(self.session, module)
+        sources = self.session.symbols.type_sources(module)
         for _, source, _ in sources:
             t = source.find(name)
             if t is not None:
@@ -80,7 +79,7 @@ class Scope:
         self._locals = {}
         session = self.session
         try:
-            frame = _selected_frame(session)
+            frame = session.context.selected_frame()
         except KdError:
             return self._locals
         module = session.symbols.module_at(frame.lookup_address)
@@ -135,7 +134,7 @@ def value_lines(session, ev: CppEvaluator, value: Value) -> list[str]:
         where = Where(value=value.value & ((1 << 8 * max(t.size, ps)) - 1))
     if read is None:
         raise ExprError(f"Memory access error at '{ev.text[value.at:]}'")
-    text = _Values(session).text(value.type, where)
+    text = ValueText(session).text(value.type, where)
     if text == MEMORY_ERROR:
         raise ExprError(f"Memory access error at '{ev.text[value.at:]}'")
     if t.kind == T.ARRAY:  # dv's text of an array already starts with its type

@@ -52,28 +52,9 @@ def _dt_parse(inv):
     return opts, words
 
 
-def _type_sources(session, module_name: str | None):
-    """[(module name, TypeSource, origin note)] in search order."""
-    syms = session.symbols
-    out = []
-    if module_name is not None:
-        module = syms.module(module_name)
-        if module is None:
-            return []
-        modules = [module]
-    else:
-        kernel = syms.modules.kernel
-        modules = ([kernel] if kernel is not None else []) + [m for m, _ in syms.loaded_tables() if m is not kernel]
-    for m in modules:
-        source = syms.types(m)
-        if source is not None:
-            out.append((m.name, source, getattr(source, "origin", None)))
-    return out
-
-
 def _dt_list(session, module_name: str | None, pattern: str) -> None:
     found = False
-    for name, source, _ in _type_sources(session, module_name):
+    for name, source, _ in session.symbols.type_sources(module_name):
         for tname in source.names(pattern):
             session.out.line(f"          {name}!{tname}")
             found = True
@@ -91,7 +72,7 @@ def run_dt(session, inv) -> None:
         _dt_list(session, module_name, tname)
         return
     found = None
-    for name, source, origin in _type_sources(session, module_name):
+    for name, source, origin in session.symbols.type_sources(module_name):
         t = source.find(tname)
         if t is not None:
             found = (name, t, origin)

@@ -349,6 +349,14 @@ class ContextState:
         self._hints[key] = tuple(hints)
         return self._hints[key]
 
+    def selected_frame(self):
+        """The frame `.frame` selected (0 by default), for dv and ??."""
+        number = self.frame_number
+        frames = self.walk(number + 1)
+        if number >= len(frames):
+            raise KdError(f"Frame {number:#x} is not on the stack (it has {len(frames):#x} frames)")
+        return frames[number]
+
     def walk(self, max_frames: int, context: dict[str, int] | None = None,
              known: frozenset[str] | None = None) -> StackWalk:
         """The stack of the current context (or of `context`), at most `max_frames` frames."""

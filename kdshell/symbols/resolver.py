@@ -322,6 +322,25 @@ class Symbols:
             return builtin_types(d.header.build, d.is64)
         return None
 
+    def type_sources(self, module_name: str | None = None) -> list:
+        """[(module name, TypeSource, origin note)] where types are looked for: the named
+        module's, else nt's first and then every module whose symbols are loaded."""
+        if module_name is not None:
+            module = self.module(module_name)
+            if module is None:
+                return []
+            modules = [module]
+        else:
+            kernel = self.modules.kernel
+            modules = ([kernel] if kernel is not None else []) + [m for m, _ in self.loaded_tables()
+                                                                  if m is not kernel]
+        out = []
+        for m in modules:
+            source = self.types(m)
+            if source is not None:
+                out.append((m.name, source, getattr(source, "origin", None)))
+        return out
+
     def module_at(self, address: int) -> Module | None:
         return self.modules.by_address(address)
 
