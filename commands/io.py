@@ -18,7 +18,6 @@ analyses). Choices where transcripts disagree or say nothing:
 """
 from __future__ import annotations
 
-from kdshell.commands.kernel import _symbol_text
 from kdshell.commands.memory import needs_memory
 from kdshell.dispatch import command
 from kdshell.errors import CommandError, KdError
@@ -62,7 +61,7 @@ def _routine(session, address: int | None) -> str:
     """`address  symbol` as !drvobj prints an entry point."""
     if not address:
         return _h(address)
-    name = _symbol_text(session, address)
+    name = session.symbols.name_at(address)
     return f"{_h(address)}  {name}" if name else _h(address)
 
 
@@ -205,7 +204,7 @@ def location_lines(session, io: IoObjects, sl, current: bool) -> list[str]:
               f"{_h(sl.completion)}-{_h(sl.context)}" + _control_words(sl.control)).rstrip()]
     driver = io.device_driver_name(sl.device) if sl.device else ""
     if sl.completion:
-        routine = _symbol_text(session, sl.completion)
+        routine = session.symbols.name_at(sl.completion)
         driver += f"  {routine}" if routine else ""
     lines.append(f"{' ' * 15}{driver}".rstrip())
     args = [_h(a) for a in sl.args]

@@ -86,17 +86,6 @@ def _tick_count(session) -> int | None:
         return None
 
 
-def _symbol_text(session, address: int) -> str | None:
-    try:
-        found = session.symbolize(address)
-    except KdError:
-        found = None
-    if found is None:
-        return None
-    name, disp = found
-    return name + (f"+{disp:#x}" if disp else "")
-
-
 # -- processes -----------------------------------------------------------------------------------
 def process_lines(session, p, flags: int) -> list[str]:
     """A PROCESS block (without its threads)."""
@@ -336,7 +325,7 @@ def thread_lines(session, t, stack: bool = True, args: bool = True) -> list[str]
         lines.append(f"{'KernelTime':<26}{_duration(t.kernel_time * increment)}")
     start = t.win32_start_address if t.win32_start_address else t.start_address
     if start is not None:
-        sym = _symbol_text(session, start)
+        sym = session.symbols.name_at(start)
         where = f"{sym} (0x{_p(session, start)})" if sym else f"0x{_p(session, start)}"
         lines.append(f"Win32 Start Address {where}")
     if t.initial_stack is not None or t.kernel_stack is not None:

@@ -570,6 +570,18 @@ class Symbols:
                 return f"{module.name}!{s.name}", rva - s.rva
         return module.name, rva
 
+    def name_at(self, address: int) -> str | None:
+        """`module!function+0x12` (or `module+0x1234`) for an address; None outside every module
+        or when its symbols cannot be read."""
+        try:
+            found = self.symbolize(address)
+        except KdError:
+            return None
+        if found is None:
+            return None
+        name, displacement = found
+        return name + (f"+{displacement:#x}" if displacement else "")
+
     def nearest(self, address: int):
         """For ln: (module, previous Symbol|None, next Symbol|None, exact [Symbol]); None
         outside every module."""
