@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from kdshell.kernel.kdbg import FIELDS as KDBG_FIELDS
 from kdshell.symbols.types import StaticTypes
 
 # KDDEBUGGER_DATA64 Offset*/Size* fields (formats.md §10): (type, field path, KDBG offset, width)
@@ -253,36 +254,12 @@ def loader_entry_layout(session) -> dict[str, int]:
 
 # KDDEBUGGER_DATA64 fields that hold the address of a kernel variable (or routine) of the same
 # name (formats.md §10): without a kernel PDB they still let `dq nt!PsLoadedModuleList` work.
-KDBG_SYMBOLS = {
-    0x20: "RtlpBreakWithStatusInstruction", 0x38: "KiCallUserMode", 0x40: "KeUserCallbackDispatcher",
-    0x48: "PsLoadedModuleList", 0x50: "PsActiveProcessHead", 0x58: "PspCidTable",
-    0x60: "ExpSystemResourcesList", 0x68: "ExpPagedPoolDescriptor", 0x70: "ExpNumberOfPagedPools",
-    0x78: "KeTimeIncrement", 0x80: "KeBugCheckCallbackListHead", 0x88: "KiBugCheckData",
-    0x90: "IopErrorLogListHead", 0x98: "ObpRootDirectoryObject", 0xA0: "ObpTypeObjectType",
-    0xA8: "MmSystemCacheStart", 0xB0: "MmSystemCacheEnd", 0xB8: "MmSystemCacheWs", 0xC0: "MmPfnDatabase",
-    0xC8: "MmSystemPtesStart", 0xD0: "MmSystemPtesEnd", 0xD8: "MmSubsectionBase",
-    0xE0: "MmNumberOfPagingFiles", 0xE8: "MmLowestPhysicalPage", 0xF0: "MmHighestPhysicalPage",
-    0xF8: "MmNumberOfPhysicalPages", 0x100: "MmMaximumNonPagedPoolInBytes", 0x108: "MmNonPagedSystemStart",
-    0x110: "MmNonPagedPoolStart", 0x118: "MmNonPagedPoolEnd", 0x120: "MmPagedPoolStart",
-    0x128: "MmPagedPoolEnd", 0x130: "MmPagedPoolInformation", 0x138: "MmPageSize",
-    0x140: "MmSizeOfPagedPoolInBytes", 0x148: "MmTotalCommitLimit", 0x150: "MmTotalCommittedPages",
-    0x158: "MmSharedCommit", 0x160: "MmDriverCommit", 0x168: "MmProcessCommit", 0x170: "MmPagedPoolCommit",
-    0x178: "MmExtendedCommit", 0x180: "MmZeroedPageListHead", 0x188: "MmFreePageListHead",
-    0x190: "MmStandbyPageListHead", 0x198: "MmModifiedPageListHead", 0x1A0: "MmModifiedNoWritePageListHead",
-    0x1A8: "MmAvailablePages", 0x1B0: "MmResidentAvailablePages", 0x1B8: "PoolTrackTable",
-    0x1C0: "NonPagedPoolDescriptor", 0x1C8: "MmHighestUserAddress", 0x1D0: "MmSystemRangeStart",
-    0x1D8: "MmUserProbeAddress", 0x1E0: "KdPrintCircularBuffer", 0x1E8: "KdPrintCircularBufferEnd",
-    0x1F0: "KdPrintWritePointer", 0x1F8: "KdPrintRolloverCount", 0x200: "MmLoadedUserImageList",
-    0x208: "NtBuildLab", 0x210: "KiNormalSystemCall", 0x218: "KiProcessorBlock", 0x220: "MmUnloadedDrivers",
-    0x228: "MmLastUnloadedDriver", 0x230: "MmTriageActionTaken", 0x238: "MmSpecialPoolTag",
-    0x240: "KernelVerifier", 0x248: "MmVerifierData", 0x250: "MmAllocatedNonPagedPool",
-    0x258: "MmPeakCommitment", 0x260: "MmTotalCommitLimitMaximum", 0x268: "CmNtCSDVersion",
-    0x270: "MmPhysicalMemoryBlock", 0x278: "MmSessionBase", 0x280: "MmSessionSize",
-    0x288: "MmSystemParentTablePage", 0x290: "MmVirtualTranslationBase", 0x2C8: "KdPrintCircularBufferPtr",
-    0x2D0: "KdPrintBufferSize", 0x2D8: "KeLoaderBlock", 0x308: "IopNumTriageDumpDataBlocks",
-    0x310: "IopTriageDumpDataBlocks", 0x318: "VfCrashDataBlock", 0x320: "MmBadPagesDetected",
-    0x328: "MmZeroedPageSingleBitErrorsDetected", 0x330: "EtwpDebuggerData",
-}
+# Every 8-byte field but those holding a value rather than a variable's address; one field's
+# name differs from its symbol's.
+_KDBG_VALUES = frozenset(("KernBase", "SavedContext", "PteBase", "RetpolineStubFunctionTable"))
+_KDBG_SYMBOL_NAMES = {"BreakpointWithStatus": "RtlpBreakWithStatusInstruction"}
+KDBG_SYMBOLS = {offset: _KDBG_SYMBOL_NAMES.get(name, name) for name, (offset, width) in KDBG_FIELDS.items()
+                if width == 8 and name not in _KDBG_VALUES}
 
 
 def kdbg_symbols(kdbg, kdbg_address: int | None, base: int, end: int) -> list[tuple[str, int]]:
