@@ -447,7 +447,7 @@ def _validation(path_text: str) -> list[str]:
     return lines
 
 
-def _new_path(current: str, inv, what: str) -> str | None:
+def _new_path(current: str, inv) -> str | None:
     """The path a .sympath/.exepath invocation sets: None to just show it."""
     text = inv.text.strip()
     append = inv.name.endswith("+") or inv.suffix == "+"
@@ -466,13 +466,18 @@ def _new_path(current: str, inv, what: str) -> str | None:
          details="Elements: a directory; srv*[Cache*]Store (a URL or a store directory); cache*Dir.\n"
                  "Modules whose symbols were not found are looked for again on next use.")
 def sympath(session, inv):
-    new = _new_path(session.symbol_path, inv, "symbol")
+    _search_path(session, inv, "symbol_path", "Symbol search path", "<empty>")
+
+
+def _search_path(session, inv, attribute: str, label: str, empty: str) -> None:
+    """.sympath/.exepath: set or append when given a path, then show it as WinDbg does."""
+    new = _new_path(getattr(session, attribute), inv)
     if new is not None:
-        session.symbol_path = new
+        setattr(session, attribute, new)
         session.symbols.retry_failed()
-    path = session.symbol_path
-    session.out.line(f"Symbol search path is: {path or '<empty>'}")
-    session.out.line(f"Expanded Symbol search path is: {path.lower() or '<empty>'}")
+    path = getattr(session, attribute)
+    session.out.line(f"{label} is: {path or empty}")
+    session.out.line(f"Expanded {label} is: {path.lower() or empty}")
     if path:
         session.out.lines(_validation(path))
 
@@ -498,15 +503,7 @@ def symfix(session, inv):
          summary="Show, set or append to the executable image search path (image files for small dumps)",
          example=".exepath /images")
 def exepath(session, inv):
-    new = _new_path(session.image_path, inv, "image")
-    if new is not None:
-        session.image_path = new
-        session.symbols.retry_failed()
-    path = session.image_path
-    session.out.line(f"Executable image search path is: {path}")
-    session.out.line(f"Expanded Executable image search path is: {path.lower()}")
-    if path:
-        session.out.lines(_validation(path))
+    _search_path(session, inv, "image_path", "Executable image search path", "")
 
 
 # -- !lmi, !dh -----------------------------------------------------------------------------------
