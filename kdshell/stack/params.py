@@ -30,6 +30,7 @@ from typing import Any, Callable
 from kdshell.errors import KdError
 from kdshell.symbols import types as T
 from kdshell.symbols.locals import argument_types, frame_registers, locate, procedure_at
+from kdshell.symbols.values import c_type_name
 
 
 @dataclass
@@ -61,19 +62,6 @@ class Parameter:
         return f"{v:#x}"
 
 
-def kp_type_name(t: Any) -> str:
-    """WinDbg's spelling of a parameter type in kp: `struct _DRIVER_OBJECT *`, `unsigned int64`."""
-    if t is None:
-        return "<unknown>"
-    text = T.c_name(t).replace("__int64", "int64")
-    inner, depth = t.strip(), 0
-    while inner.kind == T.POINTER and inner.target is not None and depth < 8:
-        inner, depth = inner.target.strip(), depth + 1
-    if inner.kind in (T.STRUCT, T.CLASS, T.UNION, T.ENUM) and not text.startswith(inner.kind + " "):
-        text = f"{inner.kind} {text}"
-    return text
-
-
 def frame_parameters(pdb: Any, module_base: int, frame: Any, is64: bool,
                      read: Callable[[int, int], bytes]) -> list[Parameter] | None:
     """The parameters of `frame`'s function with their values (see the module docstring)."""
@@ -87,7 +75,7 @@ def frame_parameters(pdb: Any, module_base: int, frame: Any, is64: bool,
     params = [v for v in proc.visible(rva) if v.is_param]
     if not params:
         # a type but no records: names are unknown, values too
-        return [Parameter(f"<arg{i}>", kp_type_name(t), None)
+        return [Parameter(f"<arg{i}>", c_type_name(t), None)
                 for i, t in enumerate(argument_types(pdb, proc.type_index))]
     registers = frame_registers(frame, is64)
     out = []
@@ -99,7 +87,7 @@ def frame_parameters(pdb: Any, module_base: int, frame: Any, is64: bool,
         size = t.size if t is not None and t.size else (8 if is64 else 4)
         pointer = t is not None and t.kind == T.POINTER
         signed = bool(t is not None and getattr(t, "signed", False) and not pointer)
-        param = Parameter(var.name, kp_type_name(t), None, size, signed, pointer)
+        param = Parameter(var.name, c_type_name(t), None, size, signed, pointer)
         where = locate(proc, var, registers, rva, size)
         if where.address is not None:
             if size > 8:

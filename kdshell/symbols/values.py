@@ -7,7 +7,6 @@ from __future__ import annotations
 import struct
 
 from kdshell.errors import KdError
-from kdshell.stack.params import kp_type_name
 from kdshell.symbols import typeformat
 from kdshell.symbols import types as T
 from kdshell.symbols.locals import Where
@@ -17,13 +16,21 @@ MEMORY_ERROR = "<Memory access error>"
 _STRINGS = ("_UNICODE_STRING", "UNICODE_STRING", "_STRING", "STRING", "_ANSI_STRING")
 
 
-def c_type_name(t: T.Type) -> str:
-    """WinDbg's C spelling of a type: `struct _DRIVER_OBJECT *`, `unsigned char [32]`,
-    `unsigned int64`, `long`."""
+def c_type_name(t: T.Type | None) -> str:
+    """WinDbg's C spelling of a type, in dv, ?? and kp: `struct _DRIVER_OBJECT *`,
+    `unsigned char [32]`, `unsigned int64`, `long`."""
+    if t is None:
+        return "<unknown>"
     s = t.strip()
     if s.kind == T.ARRAY and s.target is not None:
         return f"{c_type_name(s.target)} [{s.count}]"
-    return kp_type_name(t)
+    text = T.c_name(t).replace("__int64", "int64")
+    inner, depth = s, 0
+    while inner.kind == T.POINTER and inner.target is not None and depth < 8:
+        inner, depth = inner.target.strip(), depth + 1
+    if inner.kind in (T.STRUCT, T.CLASS, T.UNION, T.ENUM) and not text.startswith(inner.kind + " "):
+        text = f"{inner.kind} {text}"
+    return text
 
 
 class ValueText:
