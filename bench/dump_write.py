@@ -76,7 +76,7 @@ def build_graft(path: Path, extra: int) -> None:
     """The d1 machine's kernel dump, grown to a 64 GiB map with `extra` more present pages."""
     from fixtures.machine.catalog import build_set
     from kdshell.dumpfile.dump import open_dump
-    from kdshell.dumpfile.minidump import source_blobs, source_fields
+    from kdshell.export.minidump import source_blobs, source_fields
     from kdshell.dumpfile.write import write_bitmap
 
     machines = build_set(path.parent / "machines", ["d1"])

@@ -1,7 +1,7 @@
 """Writing dumps: .dump (windbg.md §16).
 
-Thin: parse WinDbg's options, call the engines -- kdshell.dumpfile.minidump (/m, a small memory
-dump) and kdshell.dumpfile.convert (/f, /k, /ka: complete, kernel and active dumps) -- and say
+Thin: parse WinDbg's options, call the engines -- kdshell.export.minidump (/m, a small memory
+dump) and kdshell.export.convert (/f, /k, /ka: complete, kernel and active dumps) -- and say
 what was written.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from kdshell.dispatch import command
 from kdshell.dumpfile.dump import KIND_NAMES
 from kdshell.errors import CommandError
 
-# The writers (kdshell.dumpfile.convert, .minidump) are imported when .dump runs: they are not
+# The writers (kdshell.export.convert, .minidump) are imported when .dump runs: they are not
 # needed to start, and the prompt comes sooner without them.
 SMALL = "small"
 SYNTAX = '.dump [/m | /f | /k | /ka] [/o] [/u] [/c "Comment"] [/type N] FileName'
@@ -22,7 +22,7 @@ SYNTAX = '.dump [/m | /f | /k | /ka] [/o] [/u] [/c "Comment"] [/type N] FileName
 def parse_options(args: list[str]) -> dict:
     """WinDbg's .dump options: the kind (/m default, /f[y], /k, /ka), /o, /u, /c Comment, and
     kdshell's /type N (the DumpType to write a /f, /k or /ka dump as)."""
-    from kdshell.dumpfile.convert import ACTIVE, COMPLETE, KERNEL
+    from kdshell.export.convert import ACTIVE, COMPLETE, KERNEL
 
     o = dict(kind=None, overwrite=False, unique=False, comment=None, dump_type=None, path=None)
     i = 0
@@ -106,8 +106,8 @@ def _same_file(a: str, b: str) -> bool:
                  "/c \"text\": the header's comment. Written to a temporary file next to FileName and\n"
                  "renamed when complete; Ctrl-C stops a write and leaves no file.")
 def dump(session, inv):
-    from kdshell.dumpfile.convert import ACTIVE, COMPLETE, KERNEL, KIND_TYPES, write_converted
-    from kdshell.dumpfile.minidump import SmallDumpError, write_small_dump
+    from kdshell.export.convert import ACTIVE, COMPLETE, KERNEL, KIND_TYPES, write_converted
+    from kdshell.export.minidump import SmallDumpError, write_small_dump
 
     # What WinDbg prints after "Creating FILE - " for each kind.
     kind_words = {SMALL: "mini kernel dump", COMPLETE: "Full kernel dump", KERNEL: "kernel memory dump",

@@ -18,7 +18,7 @@ analyses). Choices where transcripts disagree or say nothing:
 """
 from __future__ import annotations
 
-from kdshell.commands.memory import needs_memory
+from kdshell.dispatch import needs_memory
 from kdshell.dispatch import command
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator

@@ -20,7 +20,8 @@ from kdshell.kernel.layout import Reader
 from kdshell.kernel.prcb import irql_name
 from kdshell.kernel.processes import find_processes
 from kdshell.kernel.threads import wait_objects, wait_reason_name
-from kdshell.commands.memory import needs_memory
+from kdshell.dispatch import needs_memory
+from kdshell.stack.text import KOptions, frame_lines
 
 STATE_WORDS = {0: "INITIALIZED", 1: "READY", 2: "RUNNING", 3: "STANDBY", 4: "TERMINATED", 5: "WAIT",
                6: "TRANSITION", 7: "DEFERREDREADY", 8: "GATEWAIT", 9: "WAITINGFORPROCESSINSWAP"}
@@ -347,8 +348,6 @@ def thread_lines(session, t, stack: bool = True, args: bool = True) -> list[str]
 def stack_lines(session, thread: int, args: bool = True) -> list[str]:
     """The thread's kernel stack: from its processor's context when it is running, else its
     switch frame (kdshell.stack.context), k columns (kb's with `args`)."""
-    from kdshell.commands.stack import KOptions, frame_lines
-
     state = session.context
     previous = state.thread
     state.thread = thread  # the walk's trap-frame hints come from this thread
@@ -359,7 +358,8 @@ def stack_lines(session, thread: int, args: bool = True) -> list[str]:
         return [str(exc)]
     finally:
         state.thread = previous
-    return frame_lines(session, frames, KOptions(mode="b" if args else ""))
+    return frame_lines(frames, KOptions(mode="b" if args else ""), symbols=session.symbols,
+                       memory=session.memory, is64=session.is64)
 
 
 @command("!thread", family="kernel", needs=(needs_memory,), syntax="!thread [-p] [-t] [Address [Flags]]",

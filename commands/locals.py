@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdshell.commands.memory import needs_memory
+from kdshell.dispatch import needs_memory
 from kdshell.dispatch import command
 from kdshell.errors import CommandError, KdError
 from kdshell.format import ptr

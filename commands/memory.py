@@ -14,7 +14,7 @@ import struct
 import time
 
 from kdshell.disasm import Disassembler, symbol_text
-from kdshell.dispatch import command
+from kdshell.dispatch import command, needs_memory, needs_physical
 from kdshell.progress import Progress
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator, ExprError, Registers, is_settable_pseudo, pseudo_register, signed
@@ -22,33 +22,7 @@ from kdshell.format import ptr, session_time
 from kdshell.memory import pte as P
 from kdshell.memory.paging import SelfMap
 from kdshell.memory.virtual import TranslatedMemory
-
-DBGERR004 = 'Type ".hh dbgerr004" for details'
-
-
-def needs_memory(session) -> None:
-    if session.memory is None:
-        raise KdError("Memory is not available in this dump (no page tables or saved ranges kdshell can read)")
-
-
-def needs_physical(session) -> None:
-    if session.physical_memory is None:
-        raise KdError("Physical memory is not available in this dump (a small memory dump keeps none)")
-
-
-def report_missing(session, errors) -> None:
-    """WinDbg's message for each page the dump left out (the first time a command meets it)."""
-    if session.options.ignore_missing_pages:
-        return
-    seen = set()
-    for exc in errors:
-        pfn = getattr(exc, "pfn", None)
-        if pfn is None and getattr(exc, "physical", False):
-            pfn = exc.address >> 12
-        if pfn is not None and pfn not in seen:
-            seen.add(pfn)
-            session.out.line(f"Page {pfn:x} not present in the dump file. {DBGERR004}")
-
+from kdshell.stack.text import context_lines
 
 def _chars(data: bytes, valid) -> str:
     return "".join(
@@ -131,7 +105,7 @@ def display(session, name: str, text: str, *, physical: bool = False) -> None:
         for off in range(0, total, block):
             at = (start + off) & mask
             data, valid, errors = memory.read_partial(at, min(block, total - off))
-            report_missing(session, errors)
+            session.report_missing(errors)
             if kind == "binary" and off:
                 data_lines = _rows(session, kind, unit, per_line, at, data, valid, addr_text, is64, physical)[2:]
             else:
@@ -209,7 +183,7 @@ def _strings(session, memory, start, count, unit, addr_text) -> tuple[list[str],
     unreadable = done = False
     for off in range(0, count * unit, 0x1000):
         data, valid, errors = memory.read_partial(start + off, min(0x1000, count * unit - off))
-        report_missing(session, errors)
+        session.report_missing(errors)
         for i in range(0, len(data) - unit + 1, unit):
             if not all(valid[i : i + unit]):
                 unreadable = done = True
@@ -286,7 +260,7 @@ def _physical_display(session, name: str, text: str) -> None:
     memory = session.physical_memory
     data, valid, errors = memory.read_partial(start, unit)
     if not valid[0]:
-        report_missing(session, errors)
+        session.report_missing(errors)
         raise KdError(f"physical memory read at {start:x} failed")
     display(session, name, text, physical=True)
 
@@ -464,7 +438,7 @@ def vtop(session, inv):
         return
     err = w.error
     if err is not None and err.pfn is not None and err.entry is None:
-        report_missing(session, [err])
+        session.report_missing([err])
     elif w.steps and w.steps[-1].entry is not None:
         step = w.steps[-1]
         if step.entry == 0:
@@ -544,56 +518,6 @@ def _large_inner(paging, entry, va, nxt, mode) -> str:
 
 
 # -- r ------------------------------------------------------------------------------------------
-_X64_ROWS = (("rax", "rbx", "rcx"), ("rdx", "rsi", "rdi"), ("rip", "rsp", "rbp"), ("r8", "r9", "r10"),
-             ("r11", "r12", "r13"), ("r14", "r15"))
-_FLAGS = ((11, "ov", "nv"), (10, "dn", "up"), (9, "ei", "di"), (7, "ng", "pl"), (6, "zr", "nz"),
-          (4, "ac", "na"), (2, "pe", "po"), (0, "cy", "nc"))
-
-
-def flags_text(efl: int) -> str:
-    """`iopl=0         nv up ei pl zr na po nc`"""
-    return f"iopl={(efl >> 12) & 3:<10}" + " ".join(on if efl >> bit & 1 else off for bit, on, off in _FLAGS)
-
-
-def register_lines(session) -> list[str]:
-    regs = session.registers
-    seg = "  ".join(f"{s}={regs.get(s, 0):04x}" for s in ("cs", "ss", "ds", "es", "fs", "gs"))
-    seg += f"             efl={regs.get('efl', 0):08x}"
-    if session.is64:
-        lines = [" ".join(f"{n:>3}={regs.get(n, 0):016x}" for n in row) for row in _X64_ROWS]
-        return lines + [flags_text(regs.get("efl", 0)), seg]
-    first = " ".join(f"{n}={regs.get(n, 0):08x}" for n in ("eax", "ebx", "ecx", "edx", "esi", "edi"))
-    second = " ".join(f"{n}={regs.get(n, 0):08x}" for n in ("eip", "esp", "ebp")) + " " + flags_text(regs.get("efl", 0))
-    return [first, second, seg]
-
-
-def current_instruction(session) -> list[str]:
-    """The label and disassembly of the instruction at the IP, with its memory operand's value."""
-    memory = session.memory
-    if memory is None:
-        return []
-    dis = Disassembler(session.is64, session.symbolize)
-    ip = Registers(session.registers, session.is64).ip
-    line = dis.decode(memory, ip, 1)[0]
-    report_missing(session, dis.errors)
-    out = []
-    label = dis.label(ip, True)
-    if label:
-        out.append(label)
-    text = dis.format(line)
-    ea = dis.effective_address(line, session.registers)
-    if ea is not None:
-        seg, address, size = ea
-        try:
-            value = f"{int.from_bytes(memory.read(address, size), 'little'):0{size * 2}x}"
-        except MemoryNotPresent:
-            value = "?" * (size * 2)
-        selector = f"{session.registers.get(seg, 0):04x}:" if seg == "ss" or not session.is64 else ""
-        text += f" {seg}:{selector}{ptr(address, session.is64)}={value}"
-    out.append(text)
-    return out
-
-
 @command("r", family="memory", syntax="r [Register[=Value][, Register ...]]",
          summary="Show the registers of the current context, or show/set one (in this session only)",
          example="r rax=0x1234", details="Changes never touch the dump. $t0-$t19 are yours to set.")
@@ -601,8 +525,9 @@ def r_(session, inv):
     text = inv.text.strip()
     out = session.out
     if not text:
-        out.lines(register_lines(session))
-        out.lines(current_instruction(session))
+        lines, errors = context_lines(session.memory, session.registers, session.is64, session.symbolize)
+        session.report_missing(errors)
+        out.lines(lines)
         return
     regs = Registers(session.registers, session.is64)
     ev = Evaluator(session)
@@ -687,7 +612,7 @@ def _unassemble(session, text: str, backward: bool) -> None:
         if count > 0x10000:
             raise ExprError(f"Range error in '{text.strip()}'")
         lines = dis.backward(session.memory, start, count) if backward else dis.decode(session.memory, start, count)
-    report_missing(session, dis.errors)
+    session.report_missing(dis.errors)
     session.out.lines(dis.listing(lines))
     if lines:
         session.continuation["u"] = {"next": lines[-1].end}

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from kdshell.dispatch import FAMILIES, REGISTRY, command, commands_by_family, help_lines
-from kdshell.errors import CommandError
-from kdshell.session import Quit
+from kdshell.errors import CommandError, Quit
 
 
 def _switch(inv, current: bool, what: str) -> bool:

@@ -6,65 +6,22 @@ context and its walk (kdshell.stack.walk / x86), print WinDbg's columns (windbg.
 x64-unwind.md §4). `r` itself lives in commands/memory.py and reads `session.registers`, which is
 the current context (or the `.frame` selected), so `.cxr X; r` shows X's registers.
 
-Column layout (x64), exactly as WinDbg:
-    ` # Child-SP          RetAddr               Call Site`              kn
-    `Child-SP          RetAddr               Call Site`                 k
-    ` #   Memory  Child-SP ...`                                         kf (size on the caller's row)
-    `... RetAddr               : Args to Child <71> : Call Site`        kb / kv (the four home slots)
-Frames found by scanning get WinDbg's warning line, once, before the first of them. Enter does
-not repeat k (WinDbg does not either).
+The columns and register blocks are kdshell.stack.text's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from kdshell.dispatch import command
+from kdshell.dispatch import command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
-from kdshell.stack.walk import HOW_SCAN
-from kdshell.symbols.resolver import DATA
-from kdshell.commands.memory import current_instruction, display, needs_memory, register_lines
+from kdshell.stack.text import RESETTING, SCAN_WARNING, KOptions, context_lines, frame_lines
+from kdshell.commands.memory import display
 
-SCAN_WARNING = "WARNING: Stack unwind information not available. Following frames may be wrong."
-TRAP_NOTE = ("NOTE: The trap frame does not contain all registers.",
-             "Some register values may be zeroed or incorrect.")
 MAX_FRAMES = 0xFFFF
-ARGS_WIDTH = 4 * 17 + 3   # four `00000000`00000000` home slots
 
-
-# -- call sites -----------------------------------------------------------------------------------
-def call_site(session, frame, *, clean: bool = False, params: str = "") -> str:
-    """`module!function+0xoff` (no offset when 0), `module+0xoff` without a symbol, the bare
-    address outside every module. The symbol is looked up at frame.lookup_address (a return
-    address minus one: the call may be a function's last instruction); the offset printed is
-    from the real address."""
-    ip = frame.ip
-    symbols = session.symbols
-    module = symbols.module_at(frame.lookup_address)
-    if module is None:
-        return "0x" + ptr(ip, session.is64)
-    table = symbols.table(module)
-    sym = table.at(frame.lookup_address - module.base) if table is not None else None
-    if sym is None or sym.kind == DATA:  # a data name (KDBG variables of nt) is no call site
-        return f"{module.name}+{ip - module.base:#x}"
-    if clean:
-        return f"{module.name}!{sym.name}"
-    off = ip - module.base - sym.rva
-    return f"{module.name}!{sym.name}{params}" + (f"+{off:#x}" if off else "")
 
 
 # -- k ------------------------------------------------------------------------------------------
-@dataclass
-class KOptions:
-    mode: str = ""          # "" | "b" | "v" | "p" | "P"
-    clean: bool = False     # c
-    numbers: bool = False   # n
-    sizes: bool = False     # f
-    count: int | None = None
-    start: tuple[int, ...] = ()   # `= BP [SP IP]`
-
-
 def _k_options(session, inv) -> KOptions:
     o = KOptions()
     suffix, rest = inv.suffix, inv.text.strip()
@@ -136,94 +93,6 @@ def _start_context(session, start: tuple[int, ...]) -> dict[str, int]:
     return ctx
 
 
-def frame_lines(session, frames, o: KOptions, *, header: bool = True) -> list[str]:
-    """WinDbg's k columns for `frames` (x64 or x86)."""
-    is64 = session.is64
-    lines = []
-    if header:
-        lines.append(_header(o, is64))
-    warned = False
-    prev = None
-    for f in frames:
-        if f.how == HOW_SCAN and not warned:
-            lines.append(SCAN_WARNING)
-            warned = True
-        lines.append(_row(session, f, prev, o, is64))
-        prev = f
-    return lines
-
-
-def _header(o: KOptions, is64: bool) -> str:
-    h = " # " if o.numbers else ""
-    if o.sizes:
-        h += "  Memory  "
-    if o.clean:
-        return h + "Call Site"
-    if is64:
-        h += "Child-SP          RetAddr               "
-        if o.mode in ("b", "v"):
-            h += ": " + "Args to Child".ljust(ARGS_WIDTH) + " : "
-        return h + "Call Site"
-    h += "ChildEBP RetAddr  "
-    if o.mode in ("b", "v"):
-        h += "Args to Child              "
-    return h
-
-
-def _slot(value, is64: bool) -> str:
-    if value is None:
-        return "????????`????????" if is64 else "????????"
-    return ptr(value, is64)
-
-
-def _row(session, f, prev, o: KOptions, is64: bool) -> str:
-    s = f"{f.number:02x} " if o.numbers else ""
-    if o.sizes:
-        size = prev.frame_size if prev is not None else None
-        s += f"{size:>9x} " if size else " " * 10
-    params = ""
-    if o.mode in ("p", "P") and not o.clean:
-        params = parameters_text(session, f, full=o.mode == "P")
-    site = call_site(session, f, clean=o.clean, params=params)
-    if o.clean:
-        return s + site
-    ret = f.ret if f.ret is not None else 0
-    if is64:
-        s += f"{ptr(f.sp)} {ptr(ret)}     "
-        if o.mode in ("b", "v"):
-            s += ": " + " ".join(_slot(v, True) for v in f.home) + " : "
-    else:
-        s += f"{(f.frame_pointer or 0) & 0xFFFFFFFF:08x} {ret & 0xFFFFFFFF:08x} "
-        if o.mode in ("b", "v"):
-            s += " ".join(_slot(v, False) for v in f.home[:3]) + " "
-    s += site
-    if o.mode == "v" and f.trap_frame is not None:
-        s += f" (TrapFrame @ {ptr(f.trap_frame, is64)})"
-    return s
-
-
-def parameters_text(session, frame, full: bool = False) -> str:
-    """kp/kP: `(type name = value, ...)` from the module's private symbols; "" when the PDB has
-    no type for the function (a public PDB, exports), as WinDbg prints then."""
-    from kdshell.stack.params import frame_parameters
-
-    symbols = session.symbols
-    module = symbols.module_at(frame.lookup_address)
-    table = symbols.table(module) if module is not None else None
-    pdb = getattr(table, "pdb", None)
-    if pdb is None:
-        return ""
-    found = frame_parameters(pdb, module.base, frame, session.is64, session.memory.read)
-    if found is None:
-        return ""
-    if not found:
-        return "(void)"
-    parts = [f"{p.type_name} {p.name} = {p.value_text}" for p in found]
-    if full:
-        return "(\n\t\t\t" + ", \n\t\t\t".join(parts) + ")"
-    return "(" + ", ".join(parts) + ")"
-
-
 @command("k", family="stack", option_suffix=True, needs=(needs_memory,),
          syntax="k[b|v|p|P][c][n][f][L] [= BasePtr [StackPtr InstructionPtr]] [FrameCount]",
          summary="Show the call stack of the current context (b/v: home slots, v: trap frames, "
@@ -239,7 +108,7 @@ def k_(session, inv):
         frames = state.walk(count, _start_context(session, o.start), known=None)
     else:
         frames = state.walk(count)
-    session.out.lines(_colour_split(session, frame_lines(session, frames, o)))
+    session.out.lines(_colour_split(session, _frames(session, frames, o)))
 
 
 def _colour_split(session, lines):
@@ -273,9 +142,15 @@ def kframes(session, inv):
 
 
 # -- contexts -------------------------------------------------------------------------------------
-def _show_registers(session) -> None:
-    session.out.lines(register_lines(session))
-    session.out.lines(current_instruction(session))
+def _show_registers(session, *, trap: bool = False) -> None:
+    lines, errors = context_lines(session.memory, session.registers, session.is64, session.symbolize, trap=trap)
+    session.report_missing(errors)
+    session.out.lines(lines)
+
+
+def _frames(session, frames, o: KOptions, *, header: bool = True) -> list[str]:
+    return frame_lines(frames, o, symbols=session.symbols, memory=session.memory, is64=session.is64,
+                       header=header)
 
 
 def _address(session, inv, name: str) -> int | None:
@@ -294,7 +169,7 @@ def cxr(session, inv):
     state = session.context
     if address is None:
         state.reset()
-        session.out.line("Resetting default scope")
+        session.out.line(RESETTING)
         return
     frame = state.context_record(address)
     state.set(frame, f".cxr {ptr(address, session.is64)}")
@@ -326,17 +201,11 @@ def trap(session, inv):
     state = session.context
     if address is None:
         state.reset()
-        session.out.line("Resetting default scope")
+        session.out.line(RESETTING)
         return
     frame = state.trap_frame(address)
     state.set(frame, f".trap {ptr(address, session.is64)}")
-    if session.is64:
-        session.out.lines(TRAP_NOTE)
-        # an x64 trap frame's registers and flags; WinDbg shows no segment line for it
-        session.out.lines(register_lines(session)[:-1])
-    else:
-        session.out.lines(register_lines(session))
-    session.out.lines(current_instruction(session))
+    _show_registers(session, trap=True)
 
 
 @command(".thread", family="stack", needs=(needs_memory,), syntax=".thread [/p] [/r] [Thread]",
@@ -375,7 +244,7 @@ def frame_(session, inv):
     state = session.context
     number = Evaluator(session).evaluate(" ".join(words)) if words else state.frame_number
     f = state.select_frame(number)
-    session.out.lines(frame_lines(session, [f], KOptions(numbers=True), header=False))
+    session.out.lines(_frames(session, [f], KOptions(numbers=True), header=False))
     if show:
         _show_registers(session)
 

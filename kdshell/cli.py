@@ -84,7 +84,8 @@ def _main(argv: list[str] | None) -> int:
         return _analyze_json(dump_path, args)
 
     from kdshell.output import Output
-    from kdshell.session import Quit, open_session
+    from kdshell.errors import Quit
+    from kdshell.session import open_session
 
     out = Output(sys.stdout)
     log = None
@@ -148,9 +149,10 @@ def _analyze_json(dump_path: str, args) -> int:
     session.progress = None
     try:
         from kdshell.analysis.analyze import analyze
-        from kdshell.commands.analyze import json_text
+        from kdshell.analysis.report import json_text
+        from kdshell.dispatch import has_command
 
-        print(json_text(session, analyze(session)))
+        print(json_text(session, analyze(session), has_command))
         return 0
     except KdError as exc:
         print(json.dumps({"error": str(exc)}))

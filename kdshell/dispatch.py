@@ -7,9 +7,9 @@ one, and its arguments are tokenized the WinDbg way (not argparse: it cannot say
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
-from kdshell.errors import CommandError
+from kdshell.errors import CommandError, KdError
 
 
 @dataclass
@@ -206,3 +206,33 @@ def help_lines(cmd: Command) -> list[str]:
     if cmd.example:
         lines.append(f"  Example: {cmd.example}")
     return lines
+
+
+def load_commands() -> None:
+    """Register every command family. The families (kdshell.commands) sit above the engine and
+    register themselves with this registry when imported, as plug-ins do: the engine names them
+    only here, by string, and never imports them."""
+    if not REGISTRY:
+        import importlib
+
+        importlib.import_module("kdshell.commands")
+
+
+# -- guards: a command's `needs`, checked before it runs -----------------------------------------
+def needs_memory(session: Any) -> None:
+    if session.memory is None:
+        raise KdError("Memory is not available in this dump (no page tables or saved ranges kdshell can read)")
+
+
+def needs_physical(session: Any) -> None:
+    if session.physical_memory is None:
+        raise KdError("Physical memory is not available in this dump (a small memory dump keeps none)")
+
+
+def has_command(name: str) -> bool:
+    """Whether `name` runs a registered command (`lmvm` is `lm` with options)."""
+    try:
+        resolve(name)
+        return True
+    except CommandError:
+        return False

@@ -48,3 +48,7 @@ class SymbolFileError(KdError):
     def __init__(self, message: str, path: str | None = None):
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class Quit(Exception):
+    """Raised by `q`: the front end stops reading commands."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kdshell.session import Quit
+from kdshell.errors import Quit
 
 # Commands whose argument is a file name: Tab completes paths after them.
 _FILE_COMMANDS = (".logopen", ".logappend", ".dump", "$$><", "$$<", "$><", "$<", "$$>a<", ".writemem")

@@ -15,7 +15,7 @@ from functools import cached_property
 from kdshell import dispatch
 from kdshell.dumpfile.dump import DumpFile, open_dump
 from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
-from kdshell.errors import KdError
+from kdshell.errors import KdError, Quit
 from kdshell.kernel.kdbg import Kdbg, is_encoded, keys_from_symbols, read_kdbg
 from kdshell.kernel.state import KernelState, crashing_processor_number, map_triage_copies
 from kdshell.memory import paging as _paging
@@ -23,12 +23,9 @@ from kdshell.memory.pte import PteFormat
 from kdshell.memory.virtual import PhysicalView, SavedRangesMemory, TranslatedMemory, VirtualMemory
 from kdshell.output import Output
 from kdshell.stack.context import ContextState
+from kdshell.stack.text import missing_page_lines
 from kdshell.symbols.resolver import ImageOverlay, Symbols
 from kdshell.target import version_lines
-
-
-class Quit(Exception):
-    """Raised by `q`: the front end stops reading commands."""
 
 
 @dataclass
@@ -37,10 +34,6 @@ class Options:
     verbose: bool = False
     script_stop: bool = False  # `.scriptstop 1`: a script ends at its first failing command
     explain: bool = False  # `.explain on`: a note on reading each command's output
-
-
-def _load_commands() -> None:
-    import kdshell.commands  # noqa: F401  (registers every command)
 
 
 class Session:
@@ -52,7 +45,7 @@ class Session:
         image_path: str | None = None,
         out: Output | None = None,
     ):
-        _load_commands()
+        dispatch.load_commands()
         self.dump = dump
         self.out = out or Output()
         self.options = Options()
@@ -343,6 +336,12 @@ class Session:
                 self.out.error("(kdshell bug: '.verbose 1' then run it again to see the traceback)")
             return False
 
+    def report_missing(self, errors) -> None:
+        """WinDbg's line for each page the dump left out that a command met (unless
+        `.ignore_missing_pages 1`)."""
+        if not self.options.ignore_missing_pages:
+            self.out.lines(missing_page_lines(errors))
+
     def capture(self, line: str) -> str:
         """Run commands and return what they printed."""
         with self.out.capture() as buf:
@@ -380,7 +379,7 @@ class Session:
             return None
         try:
             from kdshell.analysis.analyze import analyze
-            from kdshell.commands.analyze import probably_caused_by
+            from kdshell.analysis.report import probably_caused_by
 
             return probably_caused_by(analyze(self))
         except KdError:

@@ -27,8 +27,8 @@ from conftest import CORPUS_SYMBOLS, FULL_TRUNCATED, MINI_17763, TRIAGE_19041
 from fixtures.machine.catalog import PLAN
 from kdshell.analysis.analyze import analyze, failure_hash
 from kdshell.analysis.rules import frame_kind, rule_for
-from kdshell.commands.analyze import title_lines
-from kdshell.commands.stack import call_site
+from kdshell.analysis.report import title_lines
+from kdshell.stack.text import call_site
 from test_stack_commands import MACHINE_SYMBOLS, open_machine
 
 MACHINE_DUMPS = [(name, kind) for name, kinds in PLAN.items() for kind in kinds]
@@ -95,12 +95,12 @@ def test_analysis_matches_the_truth(machines, name, kind):
         a = analyze(s)
         assert (a.code, list(a.params)) == (truth["bugcheck"]["code"], truth["bugcheck"]["parameters"])
         # the faulting stack, from the faulting frame on, is the executed one
-        got = [(f.sp, call_site(s, f)) for f in a.stack[a.start:]]
+        got = [(f.sp, call_site(s.symbols, f, s.is64)) for f in a.stack[a.start:]]
         want = expected_stack(truth, kind, first)
         assert got[:len(want)] == want, (name, kind)
         assert not a.guessed_stack  # every image is on the symbol path: nothing is guessed
         if a.stack_command == "kb":  # the crashing stack itself: from KeBugCheckEx on
-            assert (a.stack[0].sp, call_site(s, a.stack[0])) == (chain[0]["sp"], chain[0]["function"])
+            assert (a.stack[0].sp, call_site(s.symbols, a.stack[0], s.is64)) == (chain[0]["sp"], chain[0]["function"])
         # the culprit: module and function of the faulting frame (0xE2: nobody)
         if truth["culprit"] is None:
             assert a.culprit is None and a.verdict == "manual"
@@ -474,7 +474,7 @@ def test_thread_and_processor_parameters(machines, tmp_path):
     with relabel(machines, tmp_path, "kernel", 0x9F, (4, 0x12C, waiting["address"], 0)) as s:
         a = analyze(s)
         assert a.fault.kind == "thread" and a.stack_command == f".thread {waiting['address']:#x} ; kb"
-        got = [(f.sp, call_site(s, f)) for f in a.stack]
+        got = [(f.sp, call_site(s.symbols, f, s.is64)) for f in a.stack]
         want = [(f["sp"], f["function"]) for f in waiting["frames"] if not f["function"].startswith("0x")]
         assert got[:len(want)] == want
         assert a.bucket.startswith("0x9F_4_nt!")  # only Windows on that stack: nt is named
@@ -482,7 +482,7 @@ def test_thread_and_processor_parameters(machines, tmp_path):
     with relabel(machines, tmp_path, "kernel", 0x101, (0x18, 0, 0, 1)) as s:
         a = analyze(s)
         assert a.fault.kind == "processor" and a.stack_command == "~1s ; kb"
-        assert call_site(s, a.stack[0]) == idle["frames"][0]["function"]
+        assert call_site(s.symbols, a.stack[0], s.is64) == idle["frames"][0]["function"]
         assert s.processor == 0  # the user's processor is untouched
     with relabel(machines, tmp_path, "small", 0x101, (0x18, 0, 0, 1)) as s:  # processor 1 is not in it
         a = analyze(s)

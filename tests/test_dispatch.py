@@ -2,7 +2,7 @@ import pytest
 
 from kdshell import dispatch
 from kdshell.errors import CommandError
-from kdshell.session import _load_commands
+from kdshell.dispatch import load_commands as _load_commands
 
 
 def test_split_commands_respects_quotes_and_comments():

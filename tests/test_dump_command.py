@@ -30,11 +30,11 @@ import kdshell
 from conftest import CORPUS_DUMPS, MINI_17763, REPO, TRIAGE_19041
 from fixtures.machine.catalog import PLAN
 from kdshell import dispatch
-from kdshell.dumpfile import convert as C
+from kdshell.export import convert as C
 from kdshell.dumpfile import write as W
 from kdshell.dumpfile.dump import open_dump
 from kdshell.dumpfile.header import DUMP_HEADER64, TRIAGE_DUMP64
-from kdshell.dumpfile.minidump import STACK_LIMIT
+from kdshell.export.minidump import STACK_LIMIT
 
 BIN = REPO / "fixtures" / "images" / "bin"
 SOURCES = [(name, kind) for name, kinds in PLAN.items() for kind in kinds if kind in ("complete", "kernel")]
@@ -123,7 +123,7 @@ class FakeMemory:
 
 
 def test_gather_with_a_stand_in_source():
-    from kdshell.dumpfile.minidump import KernelObjects, SmallDumpSource, gather
+    from kdshell.export.minidump import KernelObjects, SmallDumpSource, gather
     from kdshell.dumpfile.write_triage import TriageDriverInfo
 
     stack_base = 0xFFFF_A000_0001_0000

@@ -449,7 +449,7 @@ def _dtbs(session, read, notes: list[str]) -> list[int]:
 def write_converted(session, path, kind: str, *, dump_type: int | None = None, overwrite: bool = False,
                     comment: str | None = None, progress=None) -> ConvertResult:
     """Write the session's dump again as a complete, kernel or active dump (see the module note)."""
-    from kdshell.dumpfile.minidump import header_runs, source_blobs, source_fields
+    from kdshell.export.minidump import header_runs, source_blobs, source_fields
 
     d = session.dump
     if d.physical is None:

@@ -1,0 +1,315 @@
+"""WinDbg's text of an Analysis (kdshell.analysis.analyze), and its JSON form from the same facts:
+the short form and its "Probably caused by" line (also the banner's), `!analyze -v` (windbg.md
+§2), `-show`, `.exr`, the teaching section, and `--analyze-json`. The CONTEXT, TRAP_FRAME and
+STACK_TEXT blocks come from kdshell.stack.text, as `.cxr`, `.trap` and `kb` print them.
+
+`have(name)` tells whether a command exists (the teaching section suggests only those): the
+dispatcher's, handed in by the caller.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+from kdshell import __version__
+from kdshell.analysis import bugcodes
+from kdshell.analysis.analyze import Analysis, Culprit
+from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
+from kdshell.analysis.teach import explain
+from kdshell.disasm import Disassembler
+from kdshell.errors import KdError
+from kdshell.format import ptr
+from kdshell.stack.text import RESETTING, KOptions, call_site, context_lines, frame_lines, missing_page_lines
+
+STARS = "*" * 79
+EMPTY = "*" + " " * 77 + "*"
+BANNER = [STARS, EMPTY, "*" + " " * 24 + "Bugcheck Analysis" + " " * 36 + "*", EMPTY, STARS]
+
+
+# -- one-line forms ------------------------------------------------------------------------------
+def probably_caused_by(a: Analysis) -> str:
+    """`Probably caused by : amdppm.sys ( amdppm!WriteIoMemRawEx+70 )` or what replaces it."""
+    if a.verdict == MANUAL:
+        return f"No driver is to blame : {a.name} (the crash was requested on purpose)"
+    if a.culprit is not None:
+        return f"Probably caused by : {a.culprit.image} ( {a.culprit.symbol_name} )"
+    if a.verdict == BAD_IP:
+        ip = a.fault_frame.ip if a.fault_frame is not None else 0
+        return f"Probably caused by : Unknown_Image ( bad instruction pointer {ptr(ip, a.is64)} )"
+    if a.verdict in (POOL, MEMORY):
+        where = f" ( {a.detector.symbol_name} )" if a.detector is not None else ""
+        return f"Probably caused by : {a.pseudo_module}{where}"
+    if a.verdict in (HARDWARE, CRITICAL_PROCESS):
+        return f"Probably caused by : {a.pseudo_module}"
+    return "Probably caused by : Unknown_Image ( ANALYSIS_INCONCLUSIVE )"
+
+
+def bugcheck_line(a: Analysis) -> str:
+    return f"BugCheck {a.code:X}, {{{', '.join(f'{p:x}' for p in a.params)}}}"
+
+
+# -- the bug check's name and parameters (also -show) --------------------------------------------
+def title_lines(code: int, params, is64: bool = True) -> list[str]:
+    entry = bugcodes.lookup(code)
+    lines = [bugcodes.describe(code)]
+    if entry is not None and entry.notes:
+        note = entry.notes[0].upper() + entry.notes[1:]
+        lines.append(note if note.endswith(".") else note + ".")
+    lines.append("Arguments:")
+    meanings = entry.parameters if entry is not None else ("",) * 4
+    for i in range(4):
+        value = params[i] if i < len(params) else 0
+        lines.append(f"Arg{i + 1}: {_hex(value, is64)}, {meanings[i] or '(not documented)'}")
+    return lines
+
+
+def _hex(value: int, is64: bool) -> str:
+    return f"{value & 0xFFFFFFFFFFFFFFFF:016x}" if is64 else f"{value & 0xFFFFFFFF:08x}"
+
+
+# -- the short form ----------------------------------------------------------------------------------
+def short_lines(a: Analysis) -> list[str]:
+    return BANNER + ["", "Use !analyze -v to get detailed debugging information.", "", bugcheck_line(a), "",
+                     probably_caused_by(a), "", "Followup:     MachineOwner", "---------", ""]
+
+
+# -- the -v form ---------------------------------------------------------------------------------------
+def verbose_lines(session, a: Analysis) -> list[str]:
+    is64 = a.is64
+    out = BANNER + [""] + title_lines(a.code, a.params, is64) + ["", "Debugging Details:", "------------------", ""]
+
+    def field(name: str, value, sep: str = "  ") -> None:
+        out.extend([f"{name}:{sep}{value}", ""])
+
+    out += ["KEY_VALUES_STRING: 1", ""]
+    for key, value in (("Analysis.Elapsed.mSec", f"{a.elapsed_ms:.0f}"),
+                       ("Bugcheck.Code.DumpHeader", f"{a.code:#x}"),
+                       ("Failure.Bucket", a.bucket), ("Failure.Hash", a.failure_hash)):
+        out += [f"    Key  : {key}", f"    Value: {value}", ""]
+    out.append("")
+    field("BUGCHECK_CODE", f"{a.code:x}")
+    for i, p in enumerate(a.params):
+        field(f"BUGCHECK_P{i + 1}", f"{p:x}", " ")
+    field("FILE_IN_CAB", os.path.basename(a.dump_path))
+    attributes = session.dump.header.attributes
+    if attributes:
+        field("DUMP_FILE_ATTRIBUTES", f"{attributes:#x}", " ")
+    if a.critical_process:
+        field("CRITICAL_PROCESS", a.critical_process)
+    if a.irp:
+        field("IRP_ADDRESS", ptr(a.irp["irp"], is64))
+        field("DEVICE_OBJECT", ptr(a.irp["device_object"], is64))
+        field("DRIVER_OBJECT", ptr(a.irp["driver_object"], is64))
+        if a.irp.get("image"):
+            field("IMAGE_NAME_OF_DRIVER", a.irp["image"])
+    if a.fault_address is not None and a.access in ("read", "write") and a.exception is None:
+        field(f"{a.access.upper()}_ADDRESS", f"{a.fault_address:x}")
+    if a.exception is not None and a.exception.address is not None:
+        out += [f"EXCEPTION_RECORD:  {a.exception.address:x} -- (.exr {a.exception.address:#x})"]
+        out += exr_lines(session, a.exception.address) + [""]
+    if a.context_record is not None:
+        out += [f"CONTEXT:  {a.context_record:x} -- (.cxr {a.context_record:#x})"]
+        out += context_block(session, a.context_record, trap=False) + [""]
+    if a.trap_frame is not None:
+        out += [f"TRAP_FRAME:  {a.trap_frame:x} -- (.trap {a.trap_frame:#x})"]
+        out += context_block(session, a.trap_frame, trap=True) + [""]
+    if a.process_name:
+        field("PROCESS_NAME", a.process_name)
+    if a.irql is not None:
+        field("CURRENT_IRQL", f"{a.irql:x}")
+    exc = a.exception
+    if exc is not None:
+        text = status_text(exc.code)
+        field("ERROR_CODE", f"(NTSTATUS) {exc.code:#x}" + (f" - {text}" if text else ""), " ")
+        field("EXCEPTION_CODE_STR", f"{exc.code:x}")
+        for i, value in enumerate(exc.parameters[:2]):
+            field(f"EXCEPTION_PARAMETER{i + 1}", _hex(value, is64))
+        if a.fault_address is not None and a.access in ("read", "write"):
+            field(f"{a.access.upper()}_ADDRESS", f"{a.fault_address:x}")
+    if a.access == "execute" and a.fault_address is not None:
+        field("FAILED_INSTRUCTION_ADDRESS", f"{a.fault_address:x}")
+    if a.verdict == MANUAL and a.detector is not None:
+        field("BUGCHECKING_DRIVER", a.detector.image)
+    if a.stack:
+        out.append("STACK_TEXT:  ")
+        out += frame_lines(a.stack, KOptions(mode="b"), symbols=session.symbols, memory=session.memory,
+                           is64=is64, header=False)
+        out.append("")
+    blamed = a.culprit or (a.detector if a.verdict != MANUAL else None)
+    if a.verdict == BAD_IP and a.fault_frame is not None:
+        field("FAILED_INSTRUCTION_ADDRESS", f"\n{ptr(a.fault_frame.ip, is64)} ??              ???")
+    if blamed is not None and blamed.ip is not None:
+        out += ["FOLLOWUP_IP: ", blamed.symbol_name, followup_instruction(session, blamed.ip), ""]
+    if a.culprit is not None:
+        field("SYMBOL_NAME", a.culprit.symbol_name)
+        field("MODULE_NAME", a.culprit.module, " ")
+        field("IMAGE_NAME", a.culprit.image)
+        if a.culprit.image_version:
+            field("IMAGE_VERSION", a.culprit.image_version)
+    elif a.pseudo_module:
+        if a.detector is not None:
+            field("SYMBOL_NAME", a.detector.symbol_name)
+        field("MODULE_NAME", a.pseudo_module, " ")
+        field("IMAGE_NAME", a.pseudo_module)
+    if a.stack:
+        field("STACK_COMMAND", a.stack_command)
+    if a.culprit is not None and a.culprit.frame is not None:
+        field("BUCKET_ID_FUNC_OFFSET", f"{a.culprit.offset:x}")
+    field("FAILURE_BUCKET_ID", a.bucket)
+    for key in ("OS_VERSION", "BUILDLAB_STR", "OSPLATFORM_TYPE", "OSNAME"):
+        if a.os.get(key):
+            field(key, a.os[key])
+    field("FAILURE_ID_HASH", a.failure_hash)
+    for note in a.notes:
+        out.append(f"NOTE: {note}")
+    for error in a.errors:
+        out.append(f"WARNING: {error}")
+    if a.notes or a.errors:
+        out.append("")
+    out += ["Followup:     MachineOwner", "---------", ""]
+    return out
+
+
+def context_block(session, address: int, *, trap: bool) -> list[str]:
+    """What `.cxr ADDR` / `.trap ADDR` print, from the record itself (the user's context is not
+    touched), then WinDbg's "Resetting default scope"."""
+    state = session.context
+    try:
+        frame = state.trap_frame(address) if trap else state.context_record(address)
+    except KdError as exc:
+        return [str(exc), RESETTING]
+    lines, errors = context_lines(session.memory, frame.registers, session.is64, session.symbolize, trap=trap)
+    return missing_page_lines(errors) + lines + [RESETTING]
+
+
+def followup_instruction(session, ip: int) -> str:
+    memory = session.memory
+    if memory is None:
+        return f"{ptr(ip, session.is64)} ??              ???"
+    dis = Disassembler(session.is64, session.symbolize)
+    return dis.format(dis.decode(memory, ip, 1)[0])
+
+
+# -- .exr ------------------------------------------------------------------------------------------------
+def exr_lines(session, address: int) -> list[str]:
+    """`.exr ADDR`: the EXCEPTION_RECORD, as WinDbg prints it."""
+    from kdshell.analysis.facts import exception_record
+
+    try:
+        rec = exception_record(session, address)
+    except KdError as exc:
+        return [f"Unable to read the exception record at {ptr(address, session.is64)}: {exc}"]
+    is64 = session.is64
+    ip = rec["ExceptionAddress"]
+    where = ""
+    sym = session.symbolize(ip)
+    if sym is not None:
+        name, off = sym
+        where = f" ({name}+0x{off:016x})" if is64 else f" ({name}+0x{off:08x})"
+    code = rec["ExceptionCode"]
+    text = status_text(code)
+    lines = [f"ExceptionAddress: {_hex(ip, is64)}{where}",
+             f"   ExceptionCode: {code:08x}" + (f" ({text})" if text else ""),
+             f"  ExceptionFlags: {rec['ExceptionFlags']:08x}",
+             f"NumberParameters: {rec['NumberParameters']}"]
+    info = rec["ExceptionInformation"]
+    for i, value in enumerate(info):
+        lines.append(f"   Parameter[{i}]: {_hex(value, is64)}")
+    if code == 0xC0000005 and len(info) >= 2:
+        verb = {0: "Attempt to read from address", 1: "Attempt to write to address",
+                8: "Attempt to execute non-executable address"}.get(info[0])
+        if verb:
+            lines.append(f"{verb} {_hex(info[1], is64)}")
+    return lines
+
+
+# -- the teaching section ------------------------------------------------------------------------------
+def teach_lines(a: Analysis, have: Callable[[str], bool]) -> list[str]:
+    e = explain(a, have=have)
+    out = ["What happened (for newcomers):", "------------------------------"]
+    for paragraph in e.what:
+        out += _wrap(paragraph, 96) + [""]
+    if e.next:
+        out.append("What to look at next:")
+        for cmd, why in e.next:
+            out += [f"  {cmd}", f"      {why}"]
+        out.append("")
+    return out
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+# -- JSON -------------------------------------------------------------------------------------------------
+def _addr(value):
+    return None if value is None else f"{value:#x}"
+
+
+def _culprit_json(c: Culprit | None):
+    if c is None:
+        return None
+    return {"module": c.module, "image": c.image, "symbol_name": c.symbol_name, "function": c.function,
+            "offset": _addr(c.offset), "module_offset": _addr(c.module_offset), "frame": c.frame,
+            "ip": _addr(c.ip), "kind": c.kind or "driver", "guessed": c.guessed, "image_version": c.image_version,
+            "timestamp": _addr(c.timestamp), "company": c.company}
+
+
+def analysis_json(session, a: Analysis, have: Callable[[str], bool]) -> dict:
+    """The JSON form: the same facts as -v, for scripts and triage pipelines. Addresses and
+    other 64-bit values are hex strings (JSON numbers lose precision past 2**53)."""
+    entry = a.bugcheck
+    e = explain(a, have=have)
+    stack = []
+    for f, s in zip(a.stack, a.symbols):
+        stack.append({"frame": f.number, "child_sp": _addr(f.sp), "return_address": _addr(f.ret), "ip": _addr(f.ip),
+                      "call_site": call_site(session.symbols, f, session.is64), "module": s.module_name, "function": s.function,
+                      "how": f.how, "trap_frame": _addr(f.trap_frame)})
+    exc = a.exception
+    blamed = a.culprit
+    return {
+        "kdshell": __version__,
+        "dump": {"file": a.dump_path, "kind": a.dump_kind},
+        "bugcheck": {"code": f"{a.code:#x}", "name": a.name, "title": a.title,
+                     "description": entry.notes if entry else "",
+                     "parameters": [{"value": f"{p:#x}", "meaning": (entry.parameters[i] if entry else "")}
+                                    for i, p in enumerate(a.params)]},
+        "os": {"version": a.os.get("OS_VERSION"), "build_lab": a.os.get("BUILD_LAB"),
+               "branch": a.os.get("BUILDLAB_STR"), "platform": a.os.get("OSPLATFORM_TYPE"), "name": a.os.get("OSNAME")},
+        "process_name": a.process_name,
+        "irql": a.irql,
+        "fault_context": {"kind": a.fault.kind, "address": _addr(a.fault.address) if a.fault.kind != "processor"
+                          else a.fault.address, "command": a.fault.command},
+        "trap_frame": _addr(a.trap_frame),
+        "context_record": _addr(a.context_record),
+        "exception": None if exc is None else {
+            "record": _addr(exc.address), "code": f"{exc.code:#x}", "text": status_text(exc.code),
+            "flags": exc.flags, "address": _addr(exc.ip), "parameters": [_addr(p) for p in exc.parameters]},
+        "access": None if a.access is None else {"kind": a.access, "address": _addr(a.fault_address)},
+        "stack": stack,
+        "faulting_frame": a.start if a.stack else None,
+        "stack_command": a.stack_command if a.stack else None,
+        "verdict": a.verdict,
+        "culprit": _culprit_json(blamed),
+        "detector": _culprit_json(a.detector),
+        "probably_caused_by": probably_caused_by(a),
+        "symbol_name": blamed.symbol_name if blamed else (a.detector.symbol_name if a.detector else None),
+        "module_name": blamed.module if blamed else a.pseudo_module,
+        "image_name": blamed.image if blamed else a.pseudo_module,
+        "bucket_id_func_offset": f"{blamed.offset:x}" if blamed and blamed.frame is not None else None,
+        "failure_bucket_id": a.bucket,
+        "failure_id_hash": a.failure_hash,
+        "critical_process": a.critical_process,
+        "irp": None if a.irp is None else {k: (_addr(v) if isinstance(v, int) else v) for k, v in a.irp.items()},
+        "explanation": {"what_happened": e.what, "next_steps": [{"command": c, "why": w} for c, w in e.next]},
+        "notes": a.notes,
+        "errors": a.errors,
+        "analysis_ms": round(a.elapsed_ms, 1),
+    }
+
+
+def json_text(session, a: Analysis, have: Callable[[str], bool]) -> str:
+    return json.dumps(analysis_json(session, a, have), indent=2)
