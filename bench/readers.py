@@ -69,7 +69,7 @@ class KdshellReader:
 
     def _memory(self):
         s = self.session
-        return s.address_space(self.dtb) if self.dtb is not None else s.raw_memory
+        return s.spaces.space(self.dtb) if self.dtb is not None else s.raw_memory
 
     def translate(self, va: int):
         return self._memory().translate(va)

@@ -122,7 +122,7 @@ def main() -> None:
         with kdshell.open(path) as s:
             read = s.memory.read
             timed("kdshell read(va, 8) (warm)", lambda: [read(va, 8) for va in seq], n)
-            print(f"  container page lookups: {s.pages.lookups:,} (table and data pages, cached after)")
+            print(f"  container page lookups: {s.spaces.pages.lookups:,} (table and data pages, cached after)")
         try:
             import kdmp_parser  # noqa: F401
         except ImportError:

@@ -412,14 +412,14 @@ def vtop(session, inv):
     va = ev.evaluate(inv.args[1])
     current = _translated(session)
     mode = current.paging.mode
-    highest = getattr(session.pages.physical, "highest_pfn", 0)
+    highest = getattr(session.spaces.pages.physical, "highest_pfn", 0)
     if base == 0:
         dtb = current.dtb
     elif base & 0xFFF == 0 or base >= max(highest, 1):
         dtb = base & mode.dtb_mask
     else:
         dtb = base << 12
-    paging = session.address_space(dtb).paging if dtb != current.dtb else current.paging
+    paging = session.spaces.space(dtb).paging if dtb != current.dtb else current.paging
     w = paging.walk(va)
     tag = mode.vtop_prefix + ":"
     digits = 16 if mode.is64 else 8
@@ -471,7 +471,7 @@ def _pte_setup(session):
     pte_base = kdbg.get("PteBase") if kdbg is not None else None
     if isinstance(m, TranslatedMemory):
         mode = m.paging.mode
-        smap = SelfMap.find(mode, session.pages, m.dtb, pte_base if mode.is64 else None)
+        smap = SelfMap.find(mode, session.spaces.pages, m.dtb, pte_base if mode.is64 else None)
         return mode, smap, m.paging
     mode = X64_4 if session.is64 else (PAE if session.dump.header.pae_enabled else X86)
     if mode.is64 and not pte_base:
@@ -486,7 +486,7 @@ def pte_lines(session, address: int) -> list[str]:
     va = smap.mapped_va(address) if smap.contains(address) else address
     levels = [lv for lv in mode.levels if not (mode.name == "x86 PAE" and lv.name == "PDPE")]
     addrs = smap.addresses(va)[-len(levels):]
-    fmt = paging.fmt if paging is not None else session.pte_format
+    fmt = paging.fmt if paging is not None else session.spaces.pte_format
     entries: list[int | None] = []
     if paging is not None:
         w = paging.walk(va)

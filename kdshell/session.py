@@ -10,21 +10,16 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from functools import cached_property
+from typing import Any
 
 from kdshell import dispatch
 from kdshell.dumpfile.dump import DumpFile, open_dump
-from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
 from kdshell.errors import KdError, Quit
-from kdshell.kernel.kdbg import Kdbg, is_encoded, keys_from_symbols, read_kdbg
-from kdshell.kernel.state import KernelState, crashing_processor_number, map_triage_copies
-from kdshell.memory import paging as _paging
-from kdshell.memory.pte import PteFormat
-from kdshell.memory.virtual import PhysicalView, SavedRangesMemory, TranslatedMemory, VirtualMemory
+from kdshell.kernel.kdbg import Kdbg
+from kdshell.memory.virtual import PhysicalView, VirtualMemory
 from kdshell.output import Output
-from kdshell.stack.context import ContextState
+from kdshell.parts import assemble
 from kdshell.stack.text import missing_page_lines
-from kdshell.symbols.resolver import ImageOverlay, Symbols
 from kdshell.target import version_lines
 
 
@@ -37,6 +32,9 @@ class Options:
 
 
 class Session:
+    """One open dump and the user's state over it: the parts (kdshell.parts: address spaces,
+    KDBG, symbols, kernel objects, register context), the options, and the commands' runner."""
+
     def __init__(
         self,
         dump: DumpFile,
@@ -54,81 +52,74 @@ class Session:
                                    if os.environ.get(v))
         if image_path is None:
             image_path = os.environ.get("_NT_EXECUTABLE_IMAGE_PATH", "")
-        # Modules, images, PDBs and the symbol path (kdshell.symbols.resolver).
-        self.symbols = Symbols(self, symbol_path, image_path)
-        self.progress = sys.stderr  # download progress; None to keep quiet
+        self.parts = assemble(dump, self.out, symbol_path=symbol_path, image_path=image_path, progress=sys.stderr)
+        self.spaces = self.parts.spaces
+        self.symbols = self.parts.symbols
+        self.kernel = self.parts.kernel
+        self.context = self.parts.context
         self.pseudo_registers: dict[str, int] = {}  # $t0-$t19 and the values commands leave ($p, $exp)
         self.radix = 16  # `n`: the default number base of expressions
         # What an empty line repeats (`repeat_last`), and where d*/u continue when given no address.
         self.repeat: str | None = None
         self.continuation: dict[str, object] = {}
-        # Symbol hooks, filled in by the symbols layer: `resolve_symbol("nt!KeBugCheckEx")` -> address
-        # or None; `symbolize(address)` -> ("nt!KeBugCheckEx", displacement) or None.
-        self.resolve_symbol = self.symbols.resolve
-        self.symbolize = self.symbols.symbolize
-        self._memory: VirtualMemory | None = None
-        self._memory_made = False
-        self._overlays: dict[int, ImageOverlay] = {}
-        self._spaces: dict[int, VirtualMemory] = {}
-        self._triage_copies = None  # set when a small dump's memory is built
-        self._processor: int | None = None  # the current processor, found when first asked
-        # Processors, processes, threads and the implicit process (.process).
-        self.kernel = KernelState(self)
-        # The current register context (.cxr/.trap/.thread/.frame/~Ns) and the warm stack walker.
-        self.context = ContextState(self)
         self.failures = 0  # commands that ended in an error: the CLI's exit status
         self.last_error: str | None = None
         self.last_traceback: str | None = None
 
-    @property
-    def triage_copies(self):
-        """A small dump's KPRCB/ETHREAD/EPROCESS copies: where they were placed in its memory
-        (kdshell.kernel.state.map_triage_copies); None for other dumps."""
-        self.raw_memory  # noqa: B018 - building the memory places the copies
-        return self._triage_copies
+    # -- the parts, as commands ask for them ---------------------------------------------------
+    def resolve_symbol(self, name: str) -> int | None:
+        """"nt!KeBugCheckEx" -> its address, or None."""
+        return self.symbols.resolve(name)
 
-    @cached_property
-    def crash_processor(self) -> int:
-        """The processor that bug-checked; found on first use, so that opening a dump reads
-        nothing the first command does not need."""
-        return crashing_processor_number(self)
+    def symbolize(self, address: int) -> tuple[str, int] | None:
+        """An address -> ("nt!KeBugCheckEx", displacement), or None."""
+        return self.symbols.symbolize(address)
 
     @property
     def processor(self) -> int:
         """The current processor (the prompt's N): the one that bug-checked, until `~Ns`."""
-        return self.crash_processor if self._processor is None else self._processor
+        return self.kernel.current_processor
 
     @processor.setter
     def processor(self, number: int) -> None:
-        self._processor = number
+        self.parts.selection.processor = number
 
     @property
     def registers(self) -> dict[str, int]:
         """The current context's registers (those of the `.frame` selected, if any)."""
         return self.context.registers
 
-    # -- memory and kernel facts ---------------------------------------------------------------
     @property
     def memory(self) -> VirtualMemory | None:
-        """Virtual memory of the current address space (the crashing context's DTB until
-        `set_dtb` switches), or None when the dump's memory cannot be read. Reads the dump
-        cannot answer fall through to the modules' image files (an ImageOverlay)."""
-        raw = self.raw_memory
-        if raw is None:
-            return None
-        overlay = self._overlays.get(id(raw))
-        if overlay is None or overlay.inner is not raw:
-            overlay = ImageOverlay(raw, self.symbols)
-            self._overlays = {id(raw): overlay}
-        return overlay
+        """Virtual memory of the current address space, or None when the dump's memory cannot
+        be read. Reads the dump cannot answer fall through to the modules' image files."""
+        return self.symbols.memory()
 
     @property
     def raw_memory(self) -> VirtualMemory | None:
         """The dump's own virtual memory, without image files behind it."""
-        if not self._memory_made:
-            self._memory_made = True
-            self._memory = self._make_memory()
-        return self._memory
+        return self.spaces.current
+
+    @property
+    def physical_memory(self) -> PhysicalView | None:
+        return self.spaces.physical
+
+    @property
+    def dtb(self) -> int | None:
+        return self.spaces.dtb
+
+    def set_dtb(self, dtb: int) -> VirtualMemory:
+        """Make `dtb` the current address space (for `.process`)."""
+        return self.spaces.set_dtb(dtb)
+
+    @property
+    def progress(self) -> Any:
+        """Where long operations report progress (downloads, searches, writes); None: quiet."""
+        return self.symbols.progress
+
+    @progress.setter
+    def progress(self, stream: Any) -> None:
+        self.symbols.progress = stream
 
     @property
     def symbol_path(self) -> str:
@@ -146,131 +137,28 @@ class Session:
     def image_path(self, text: str) -> None:
         self.symbols.image_path = text
 
-    def _make_memory(self) -> VirtualMemory | None:
-        d = self.dump
-        if d.triage is not None:
-            memory = SavedRangesMemory(d.triage.memory, 8 if d.is64 else 4)
-            # The KPRCB/ETHREAD/EPROCESS copies go to the addresses they were copied from.
-            try:
-                kdbg = read_kdbg(memory, d.header.kd_debugger_data_block, is64=d.is64)
-                self._triage_copies = map_triage_copies(d, memory, kdbg)
-            except KdError:
-                self._triage_copies = None
-            return memory
-        if self.paging_mode is None:
-            return None
-        space = self.address_space(d.header.directory_table_base)
-        # The KDBG says which bit L1TF mitigation sets in invalid PTEs (19H1+); read it with the
-        # provisional format (the KDBG is in valid, non-paged memory) and settle the format.
-        kdbg = read_kdbg(space, d.header.kd_debugger_data_block, is64=d.is64)
-        bit = None
-        if kdbg is not None and kdbg.size > 0x2C2 and d.header.build >= 18362:
-            bit = kdbg.raw[0x2C2]
-        fmt = PteFormat.for_kernel(self.paging_mode.pte_mode, d.header.build, bit)
-        if fmt != self.pte_format:
-            self.pte_format = fmt
-            for s in self._spaces.values():
-                s.paging.fmt = fmt
-                s.paging.flush()
-        return space
+    @property
+    def kdbg(self) -> Kdbg | None:
+        """The KDBG at the header's KdDebuggerDataBlock (a small dump's copy is mapped there),
+        decoded when Windows left it encoded and the kernel's symbols give the keys
+        (kdshell.kernel.kdbg, formats.md §10.1); None when neither gives a valid block."""
+        return self.parts.decoded_kdbg()
 
-    @cached_property
-    def pages(self) -> _paging.PageCache | None:
-        """The dump's physical pages, cached and shared by every address space."""
-        return _paging.PageCache(self.dump.physical) if self.dump.physical is not None else None
-
-    @cached_property
-    def paging_mode(self) -> _paging.PagingMode | None:
-        """x64 4- or 5-level, x86 PAE or non-PAE; None for dumps without physical memory."""
-        d, h = self.dump, self.dump.header
-        if self.pages is None:
-            return None
-        if h.machine == MACHINE_AMD64:
-            levels = _paging.guess_x64_levels(self.pages, h.directory_table_base, h.kd_debugger_data_block)
-            return _paging.X64_5 if levels == 5 else _paging.X64_4
-        if h.machine == MACHINE_I386 and not d.is64:
-            return _paging.PAE if h.pae_enabled else _paging.X86
+    @property
+    def kernel_base(self) -> int | None:
+        kdbg = self.kdbg
+        if kdbg is not None and kdbg.get("KernBase"):
+            return kdbg.get("KernBase")
+        tri = self.dump.triage
+        if tri is not None and tri.drivers:
+            return int(tri.drivers[0].base)  # the kernel is always the first loaded module
         return None
-
-    @cached_property
-    def pte_format(self) -> PteFormat:
-        mode = self.paging_mode.pte_mode if self.paging_mode else "x64"
-        return PteFormat.for_kernel(mode, self.dump.header.build)
-
-    @property
-    def physical_memory(self) -> PhysicalView | None:
-        return PhysicalView(self.pages) if self.pages is not None else None
-
-    def address_space(self, dtb: int) -> TranslatedMemory:
-        """The virtual memory seen through another DirectoryTableBase (a process's DirBase)."""
-        if self.paging_mode is None:
-            raise KdError("This dump has no page tables (a small memory dump keeps only saved ranges)")
-        key = dtb & self.paging_mode.dtb_mask
-        space = self._spaces.get(key)
-        if space is None:
-            if len(self._spaces) >= 64:
-                self._spaces.clear()
-            space = TranslatedMemory(self.pages, _paging.Paging(self.pages, key, self.paging_mode, self.pte_format))
-            self._spaces[key] = space
-        return space
-
-    def set_dtb(self, dtb: int) -> VirtualMemory:
-        """Make `dtb` the current address space (for `.process`); its translation cache starts empty."""
-        space = self.address_space(dtb)
-        if self._memory is not space:
-            space.paging.flush()
-        self.raw_memory  # noqa: B018 - settle the PTE format first
-        self._memory = space
-        self._memory_made = True
-        return space
-
-    def set_paging_mode(self, mode: _paging.PagingMode) -> None:
-        """Use another paging mode (e.g. 5-level once CR4.LA57 is read from the KPRCB): every
-        address space and its translation cache is rebuilt on next use."""
-        self.paging_mode = mode
-        self.__dict__.pop("pte_format", None)
-        self._spaces.clear()
-        self._memory, self._memory_made = None, False
-
-    @property
-    def dtb(self) -> int | None:
-        m = self.raw_memory
-        return m.dtb if isinstance(m, TranslatedMemory) else None
 
     def repeat_last(self) -> bool:
         """What the front end runs on an empty line: the last d*/u continues where it stopped."""
         if not self.repeat:
             return True
         return self.run(self.repeat)
-
-    @cached_property
-    def kdbg(self) -> Kdbg | None:
-        """The KDBG at the header's KdDebuggerDataBlock (a small dump's copy is mapped there),
-        decoded when Windows left it encoded and the kernel's symbols give the keys
-        (kdshell.kernel.kdbg, formats.md §10.1); None when neither gives a valid block."""
-        memory = self.raw_memory
-        if memory is None:
-            return None
-        address = self.dump.header.kd_debugger_data_block
-        is64 = self.dump.is64
-        found = read_kdbg(memory, address, is64=is64)
-        if found is None and is_encoded(memory, address):
-            # Finding the keys loads nt's symbols, which list the modules, which ask for the
-            # KDBG: they see None (the header's PsLoadedModuleList serves them) meanwhile.
-            self.__dict__["kdbg"] = None
-            keys = keys_from_symbols(self.symbols.resolve, memory)
-            found = read_kdbg(memory, address, keys, is64=is64) if keys is not None else None
-            del self.__dict__["kdbg"]
-        return found
-
-    @cached_property
-    def kernel_base(self) -> int | None:
-        if self.kdbg is not None and self.kdbg.get("KernBase"):
-            return self.kdbg.get("KernBase")
-        tri = self.dump.triage
-        if tri is not None and tri.drivers:
-            return tri.drivers[0].base  # the kernel is always the first loaded module
-        return None
 
     @property
     def is64(self) -> bool:

@@ -197,7 +197,7 @@ def test_small_dump_of_every_machine(machines, tmp_path, image_dir, name, kind):
             thread = next(t for t in truth["threads"] if t["address"] == truth["processors"][0]["current_thread"])
             assert th.TopOfStack == bug_sp
             assert th.SizeOfCallStack == min(thread["initial_stack"], bug_sp + STACK_LIMIT) - bug_sp
-            memory = src.address_space(s.header.directory_table_base)
+            memory = src.spaces.space(s.header.directory_table_base)
             assert d.read_file(th.CallStackOffset, th.SizeOfCallStack) == memory.read(bug_sp, th.SizeOfCallStack)
 
             # the KPRCB, ETHREAD and EPROCESS copies are the crashing processor's

@@ -354,7 +354,7 @@ def test_corpus_small_dumps(path):
         assert lines(s, "!process -1 2")[5:7] == ["        Only the current thread is in a small memory dump",
                                                   "        " + CORPUS_THREAD[path][0]]
         assert lines(s, "!irql") == [f"Debugger saved IRQL for processor {number:#x} -- 0 (LOW_LEVEL)"]
-        assert lines(s, "!prcb")[0] == f"PRCB for Processor {number} at {p64(s.triage_copies.prcb)}:"
+        assert lines(s, "!prcb")[0] == f"PRCB for Processor {number} at {p64(s.kernel.triage_copies.prcb)}:"
         assert lines(s, "!running")[:2] == [f"Only processor {number} is in a small memory dump", ""]
         other = (number + 1) % 8
         for command, error in [

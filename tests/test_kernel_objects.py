@@ -371,7 +371,7 @@ def test_kernel_objects_match_the_ground_truth(machines, name, kind):
         threads = {t["address"]: t for t in truth["threads"]}
         if kind == "small":
             small = truth["dumps"]["small"]["small"]
-            copies = s.triage_copies
+            copies = s.kernel.triage_copies
             assert (copies.prcb, copies.thread, copies.process) == (small["prcb"], small["thread"], small["process"])
             assert [p.number for p in k.processors()] == [s.processor]
             with pytest.raises(KdError, match="small memory dump keeps only the current process"):
@@ -545,7 +545,7 @@ CORPUS = [
 @pytest.mark.parametrize("path,number,prcb,thread,process,cid,image,how", CORPUS, ids=["19041", "17763"])
 def test_corpus_small_dump_copies(path, number, prcb, thread, process, cid, image, how):
     with kdshell.open(path, symbol_path="", image_path="") as s:
-        c = s.triage_copies
+        c = s.kernel.triage_copies
         assert (c.number, c.prcb, c.thread, c.process) == (number, prcb, thread, process)
         assert c.how["prcb"] == how and c.notes == []
         assert s.processor == number and s.prompt == f"{number}: kd> "

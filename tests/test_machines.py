@@ -244,7 +244,7 @@ def test_kdshell_translates_what_the_builder_mapped(machines):
             s = Session(d)
             s.memory  # noqa: B018 - settles the PTE format from the KDBG (L1TF bit)
             for x in t["translations"]:
-                space = s.address_space(x["dtb"])
+                space = s.spaces.space(x["dtb"])
                 if x["pa"] is not None:
                     assert space.translate(x["va"]) == x["pa"], (name, hex(x["va"]), x["note"])
                 elif "resident_pa" in x:  # transition, prototype: still in RAM, readable
@@ -365,7 +365,7 @@ def test_recorded_stacks_were_really_executed(machines):
             s = Session(d)
             stacks = [(t["call_chain"], t["dtb"])] + [(th["frames"], dtb_of[th["process"]]) for th in t["threads"]]
             for frames, dtb in stacks:
-                space = s.address_space(dtb)
+                space = s.spaces.space(dtb)
                 for f in frames:
                     if f["kind"] == "call":  # rip is a return address
                         assert _after_call(images, f["rip"]), (name, f["function"])

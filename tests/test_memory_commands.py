@@ -390,7 +390,7 @@ def test_five_level_dump(tmp_path):
     patch(m, 0x5100, 0xB20, kdbg_block(0, 0xFFFFF8047BA00000, flags=5 << 2))
     m.map(0xFF5FF8047BA00000, 0x5000)
     with kdshell.open(write_kind(tmp_path, "bitmap6", m.bytes_pages(), directory_table_base=m.dtb)) as s:
-        assert s.paging_mode is X64_5
+        assert s.spaces.mode is X64_5
         assert lines(s, "dq ff5ff804`7ba00000 L2") == ["ff5ff804`7ba00000  00005000`3a4e4650 55aa55aa`00000000"]
         assert lines(s, "!vtop 0 ff5ff804`7ba00000")[1:3] == [
             "Amd64VtoP: PML5E 00000000001adaf8", "Amd64VtoP: PML4E 0000000000304f80"]
@@ -415,7 +415,7 @@ def test_x86_dumps(tmp_path, pae):
     m = machine32(pae)
     path = write_kind(tmp_path, "full32", m.bytes_pages(), directory_table_base=m.dtb, pae_enabled=pae)
     with kdshell.open(path) as s:
-        assert s.paging_mode is (PAE if pae else X86)
+        assert s.spaces.mode is (PAE if pae else X86)
         assert lines(s, "r") == [
             "eax=00000011 ebx=00000022 ecx=00000033 edx=00000044 esi=00000055 edi=00000066",
             "eip=82a1c4d0 esp=8b3f1f00 ebp=8b3f1f80 iopl=0         nv up ei pl zr na pe nc",
@@ -496,9 +496,9 @@ def test_paging_mode_can_be_set_by_a_later_layer(tmp_path):
     m = Machine(X64_5)
     m.map(0xFF5FF8047BA00000, 0x5000)
     with kdshell.open(write_kind(tmp_path, "full", m.bytes_pages(), directory_table_base=m.dtb)) as s:
-        assert s.paging_mode.name == "x64"  # no KDBG to probe: 4-level, and the read fails
+        assert s.spaces.mode.name == "x64"  # no KDBG to probe: 4-level, and the read fails
         assert lines(s, "dd ff5ff804`7ba00000 L1") == ["ff5ff804`7ba00000  ????????"]
-        s.set_paging_mode(X64_5)  # what CR4.LA57 in KPRCB.ProcessorState will say
+        s.spaces.set_mode(X64_5)  # what CR4.LA57 in KPRCB.ProcessorState will say
         assert lines(s, "dd ff5ff804`7ba00000 L1") == ["ff5ff804`7ba00000  3a4e4650"]
 
 

@@ -11,7 +11,8 @@ import re
 import pytest
 
 import kdshell
-from kdshell.kernel.offsets import LOADER_ENTRY_32, KernelOffsets, build_entry, builtin_types
+from kdshell.kernel.offsets import LOADER_ENTRY_32, KernelOffsets, build_entry
+from kdshell.parts import builtin_types
 from test_kernel_commands import MACHINE_SYMBOLS, lines, thread_head, with_object_tables
 
 BUILDS = [7601, 9600, 10240, 14393, 15063, 16299, 17134, 17763, 18362, 19041]

@@ -455,7 +455,7 @@ def test_translation_agrees_with_kdmp_parser(tmp_path, kind):
                 assert expected is None and ours == 0x6000000
                 continue
             assert ours == expected, hex(va)
-            if ours is not None and s.pages.has(ours >> 12):
+            if ours is not None and s.spaces.pages.has(ours >> 12):
                 page = theirs.read_virtual_page(va)
                 assert page is not None
                 assert mem.read(va & ~0xFFF, PAGE) == bytes(page)

@@ -8,7 +8,8 @@ import pytest
 
 import kdshell
 from conftest import CORPUS_SYMBOLS, MINI_17763, TRIAGE_19041
-from kdshell.kernel.offsets import KernelOffsets, build_entry, builtin_types
+from kdshell.kernel.offsets import KernelOffsets, build_entry
+from kdshell.parts import builtin_types
 from test_modules import BIN, MYDRV_BASE, KernelMachine
 
 AMDPPM_PDB = str(CORPUS_SYMBOLS / "amdppm.pdb" / "1C19FDDB27BB3399D9B45973EFEAFCF31" / "amdppm.pdb")
@@ -405,10 +406,10 @@ def test_lm_options(complete):
 
 
 def test_kernel_offsets_for_the_kernel_layer(triage, complete):
-    ko = triage.symbols.kernel_offsets()
+    ko = triage.parts.offsets()
     assert ko.types is None and ko.offset("_EPROCESS", "UniqueProcessId") == 0x440
     assert ko.source("_KPRCB", "CurrentThread") == "KDBG (field at +0x2b4)"
-    ko = complete.symbols.kernel_offsets()
+    ko = complete.parts.offsets()
     assert ko.source("_EPROCESS", "UniqueProcessId") == "PDB"
 
 

@@ -64,7 +64,7 @@ def process_image_name(session, address: int) -> str | None:
     kernel = getattr(session, "kernel", None)
     if kernel is not None:
         return kernel.process_name(address)
-    offset = session.symbols.kernel_offsets().offset("_EPROCESS", "ImageFileName")
+    offset = session.parts.offsets().offset("_EPROCESS", "ImageFileName")
     if offset is None:
         raise KdError("The offset of _EPROCESS.ImageFileName is not known for this build")
     return _ascii(session.memory.read(address + offset, 15))
@@ -72,7 +72,7 @@ def process_image_name(session, address: int) -> str | None:
 
 def cpu_vendor(session) -> str | None:
     """KPRCB.VendorString of the crashing processor: GenuineIntel, AuthenticAMD, ..."""
-    offsets = session.symbols.kernel_offsets()
+    offsets = session.parts.offsets()
     offset = offsets.offset("_KPRCB", "VendorString")
     if offset is None:
         return None
@@ -87,7 +87,7 @@ def irp_driver(session, irp: int) -> dict:
     """For 0x9F P1=3: the device object holding the IRP and its driver (name, start, module)."""
     is64 = session.is64
     size = 8 if is64 else 4
-    offsets = session.symbols.kernel_offsets()
+    offsets = session.parts.offsets()
     memory = session.memory
 
     def off(type_name: str, path: str) -> int:

@@ -396,12 +396,11 @@ def kernel_selection(session, user: bool) -> tuple[PageSelection, list[str]]:
     d = session.dump
     h = d.header
     notes: list[str] = []
-    mode = session.paging_mode
+    mode = session.spaces.mode
     if mode is None:
         raise DumpWriteError("kdshell cannot walk this dump's page tables (no paging mode for its machine): "
                              "write a complete dump (/f) instead")
-    session.raw_memory  # noqa: B018 - settles the PTE format
-    memory = session.address_space(h.directory_table_base)
+    memory = session.spaces.space(h.directory_table_base)
     read = memory.read
     kdbg = session.kdbg
     kernel_start = None
@@ -416,7 +415,7 @@ def kernel_selection(session, user: bool) -> tuple[PageSelection, list[str]]:
     dtbs = list(_dtbs(session, read, notes))
     dtbs.append(h.directory_table_base)
     present = d.physical.present_runs()
-    return select_pages(session.pages, mode, dtbs, present, kernel_start=kernel_start, user=user), notes
+    return select_pages(session.spaces.pages, mode, dtbs, present, kernel_start=kernel_start, user=user), notes
 
 
 def _dtbs(session, read, notes: list[str]) -> list[int]:
@@ -429,7 +428,7 @@ def _dtbs(session, read, notes: list[str]) -> list[int]:
         notes.append("the dump does not say where PsActiveProcessHead is: only the crash's address space is walked")
         return []
     try:
-        offsets = session.symbols.kernel_offsets()
+        offsets = session.parts.offsets()
     except KdError:
         offsets = None
     links = offsets.offset("_EPROCESS", "ActiveProcessLinks") if offsets is not None else None

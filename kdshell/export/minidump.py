@@ -588,14 +588,14 @@ def _kernel_offsets(session):
     kernel = syms.modules.kernel
     h = session.dump.header
     if kernel is not None and syms.status(kernel) == PDB:
-        return syms.kernel_offsets()
+        return session.parts.offsets()
     ko = KernelOffsets(h.build, h.is64, kdbg=session.kdbg)
     needed = [("_KPRCB", "CurrentThread"), ("_KPRCB", "ProcessorState.ContextFrame"),
               ("_KTHREAD", "ApcState.Process"), ("_KTHREAD", "StackBase"), ("_KTHREAD", "TrapFrame")]
     if all(ko.offset(*n) is not None for n in needed) and all(
             ko.size(t) for t in ("_KPRCB", "_ETHREAD", "_EPROCESS")):
         return ko
-    return syms.kernel_offsets()
+    return session.parts.offsets()
 
 
 def _driver_records(session, memory) -> list[TriageDriverInfo]:
@@ -678,11 +678,10 @@ def source_from_session(session, comment: str | None = None) -> SmallDumpSource:
     if d.is_small:
         raise SmallDumpError("this is already a small memory dump: .dump /m writes one from a complete or "
                              "kernel dump")
-    if session.paging_mode is None:
+    if session.spaces.mode is None:
         raise SmallDumpError("kdshell cannot translate this dump's addresses (no paging mode for its machine): "
                              "no small memory dump can be made from it")
-    session.raw_memory  # noqa: B018 - settles the PTE format before the space is used
-    memory = session.address_space(h.directory_table_base)
+    memory = session.spaces.space(h.directory_table_base)
     read = memory.read
     kdbg = session.kdbg
     kdbg_raw = bytes(kdbg.raw) if kdbg is not None else None
@@ -694,9 +693,9 @@ def source_from_session(session, comment: str | None = None) -> SmallDumpSource:
     drivers = _driver_records(session, memory)
     unloaded = [(u.name, u.start, u.end) for u in mods.unloaded]
     broken, broken_name = _broken_driver(session, memory)
-    mode = session.paging_mode
+    mode = session.spaces.mode
     pte_base = _kdbg_field(kdbg_raw, 0x360) if h.is64 and h.build >= 14393 else None
-    selfmap = SelfMap.find(mode, session.pages, h.directory_table_base, pte_base)
+    selfmap = SelfMap.find(mode, session.spaces.pages, h.directory_table_base, pte_base)
     kernel_start = _kdbg_field(kdbg_raw, 0x1D0)
     if kernel_start:
         try:

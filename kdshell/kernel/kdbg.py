@@ -25,7 +25,7 @@ right. Pinned by tests/test_kernel_objects.py::test_encoded_kdbg_*.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from kdshell.errors import MemoryNotPresent
 
@@ -245,3 +245,28 @@ def keys_from_symbols(resolve: Callable[[str], int | None], memory) -> KdbgKeys 
     except MemoryNotPresent:
         return None
     return KdbgKeys(never, always, flag_at, flag)
+
+
+class KdbgSource:
+    """The dump's KDBG, read once in plain form; decoded on first request when Windows left it
+    encoded (formats.md §10.1), with keys looked up through `resolve` (nt's PDB). The plain
+    block, or its absence, serves everything that must not load symbols (the module list)."""
+
+    def __init__(self, memory: Any, address: int | None, is64: bool):
+        self._memory = memory
+        self.address = address
+        self.is64 = is64
+        self.plain = read_kdbg(memory, address, is64=is64) if memory is not None else None
+        self.encoded = memory is not None and self.plain is None and is_encoded(memory, address)
+        self._decoded: Kdbg | None = None
+        self._tried = False
+
+    def block(self, resolve: Callable[[str], int | None]) -> Kdbg | None:
+        """The plain block, else the decoded one (None when the keys cannot be found)."""
+        if not self.encoded:
+            return self.plain
+        if not self._tried:
+            self._tried = True
+            keys = keys_from_symbols(resolve, self._memory)
+            self._decoded = read_kdbg(self._memory, self.address, keys, is64=self.is64) if keys else None
+        return self._decoded

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any, Protocol
 from importlib import resources
 
 from kdshell.kernel.kdbg import FIELDS as KDBG_FIELDS
-from kdshell.symbols.types import StaticTypes
+from kdshell.kernel.kdbg import Kdbg
 
 # KDDEBUGGER_DATA64 Offset*/Size* fields (formats.md §10): (type, field path, KDBG offset, width)
 KDBG_OFFSETS = [
@@ -132,8 +133,16 @@ def build_entry(build: int, is64: bool) -> BuildEntry | None:
     return BuildEntry(chosen, build, raw.get("release", ""), raw.get("source", ""), types)
 
 
-def builtin_types(build: int, is64: bool) -> StaticTypes | None:
-    """The table's structures as a TypeSource (only the fields the table knows), for dt."""
+class TypeSource(Protocol):
+    """What the kernel layer asks of a module's types (kdshell.symbols.types implements it):
+    `find(name)` gives a type with `size` and `find_field(path)` -> (offset, type) or None."""
+
+    def find(self, name: str) -> Any: ...
+
+
+def builtin_definitions(build: int, is64: bool) -> tuple[dict[str, dict], BuildEntry] | None:
+    """The table's structures as plain definitions in dt's spelling (the form
+    kdshell.symbols.types.StaticTypes takes; only the fields the table knows), and the entry."""
     entry = build_entry(build, is64)
     if entry is None:
         return None
@@ -158,10 +167,7 @@ def builtin_types(build: int, is64: bool) -> StaticTypes | None:
             name = spec[2].split()[-1]
             if name.startswith("_") and name not in defs:
                 defs[name] = {"size": 0, "fields": []}
-    types = StaticTypes(defs)
-    types.origin = entry.origin  # type: ignore[attr-defined]
-    types.entry = entry  # type: ignore[attr-defined]
-    return types
+    return defs, entry
 
 
 def _bitfield(spec: str) -> tuple[int, int, str]:
@@ -176,7 +182,7 @@ class KernelOffsets:
     """Structure offsets from the best source the dump offers: the kernel PDB's types, the
     KDBG's Offset*/Size* fields, the built-in table."""
 
-    def __init__(self, build: int, is64: bool, kdbg=None, types=None):
+    def __init__(self, build: int, is64: bool, kdbg: Kdbg | None = None, types: TypeSource | None = None):
         self.build = build
         self.is64 = is64
         self.kdbg = kdbg
@@ -239,11 +245,10 @@ LOADER_ENTRY_64 = {"DllBase": 0x30, "SizeOfImage": 0x40, "FullDllName": 0x48, "B
 LOADER_ENTRY_32 = {"DllBase": 0x18, "SizeOfImage": 0x20, "FullDllName": 0x24, "BaseDllName": 0x2C}
 
 
-def loader_entry_layout(session) -> dict[str, int]:
-    """_KLDR_DATA_TABLE_ENTRY offsets for walking PsLoadedModuleList on this dump."""
-    d = session.dump
-    layout = dict(LOADER_ENTRY_64 if d.is64 else LOADER_ENTRY_32)
-    entry = build_entry(d.header.build, d.is64)
+def loader_entry_layout(build: int, is64: bool) -> dict[str, int]:
+    """_KLDR_DATA_TABLE_ENTRY offsets for walking PsLoadedModuleList on this build."""
+    layout = dict(LOADER_ENTRY_64 if is64 else LOADER_ENTRY_32)
+    entry = build_entry(build, is64)
     if entry is not None:
         for name in ("DllBase", "SizeOfImage", "FullDllName", "BaseDllName", "CheckSum", "TimeDateStamp"):
             value = entry.offset("_KLDR_DATA_TABLE_ENTRY", name)

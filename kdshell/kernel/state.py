@@ -1,9 +1,10 @@
 """The session's kernel objects: processors, processes, threads, the implicit process.
 
-`KernelState` is the session's holder of this state (as resolver.Symbols is for modules and
-stack.context.ContextState for registers), so it takes the session; the reading itself is done
-by the functions of kdshell.kernel.{processes,threads,prcb}, which take a memory reader and an
-offsets object only (DESIGN.md "Seams").
+`KernelState` holds this state for the session; it is given what it reads with (the current
+memory, the kernel's offsets, the KDBG, nt's symbol lookup, the user's Selection), never the
+session (the assembly is kdshell/parts.py). The reading itself is done by the functions of
+kdshell.kernel.{processes,threads,prcb}, which take a memory reader and an offsets object only
+(DESIGN.md "Seams").
 
     k = session.kernel
     k.processors()            # [Processor] (a small dump: only the crashing one)
@@ -14,14 +15,15 @@ offsets object only (DESIGN.md "Seams").
 
 Small memory dumps keep only the crashing processor's KPRCB, its current thread and that
 thread's process, as copies whose addresses the file does not store: `map_triage_copies` (run
-when the session builds the small dump's memory) derives them (kdshell.kernel.prcb) and adds
+when the session is assembled) derives them (kdshell.kernel.prcb) and adds
 the copies to the saved ranges, so `dt nt!_EPROCESS <addr>` and !process read them like any
 memory. Everything else says "Unable to get ... from the dump".
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel import prcb as P
@@ -69,19 +71,20 @@ def map_triage_copies(dump, memory, kdbg) -> P.TriageCopies | None:
     return found
 
 
-def crashing_processor_number(session) -> int:
+def crashing_processor_number(kernel: "KernelState") -> int:
     """The processor that bug-checked (the prompt's N): a small dump's KPRCB copy says; else the
     processor whose current thread's stack holds the dump context's stack pointer. 0 when the
-    dump does not tell."""
-    d = session.dump
+    dump does not tell. Read with the KDBG's offsets alone: the prompt needs no PDB."""
+    d = kernel.dump
     try:
         if d.triage is not None:
-            copies = session.triage_copies
+            copies = kernel.triage_copies
             return copies.number if copies is not None and copies.number is not None else 0
-        if (d.header.number_processors or 1) <= 1 or session.raw_memory is None:
+        if (d.header.number_processors or 1) <= 1 or kernel.raw_memory() is None:
             return 0
-        kernel = KernelState(session, offsets=KernelOffsets(d.header.build, d.is64, kdbg=session.kdbg))
-        return kernel.find_crashing_processor()
+        light = KernelState(d, kernel.raw_memory, lambda: KernelOffsets(d.header.build, d.is64, kdbg=kernel.kdbg()),
+                            kernel.kdbg, kernel.resolve, Selection(), kernel.set_dtb, None)
+        return light.find_crashing_processor()
     except KdError:
         return 0
     except Exception:  # a bug of ours must not keep the dump from opening (tests see it)
@@ -90,34 +93,61 @@ def crashing_processor_number(session) -> int:
         return 0
 
 
+@dataclass
+class Selection:
+    """What the user is looking at: the processor (`~Ns`; None: the one that bug-checked), the
+    implicit thread (`.thread`) and the implicit process (`.process`). Shared by the kernel
+    objects and the register context."""
+
+    processor: int | None = None
+    thread: int | None = None
+    process: int | None = None
+
+
 class KernelState:
     """The kernel objects of the session's dump (see the module note)."""
 
-    def __init__(self, session: Any, offsets=None):
-        self.session = session
-        self._offsets = offsets
-        self._offsets_key = None  # what the offsets were looked up for (None: given by the caller)
+    def __init__(self, dump: Any, memory: Callable[[], Any], offsets: Callable[[], KernelOffsets],
+                 kdbg: Callable[[], Any], resolve: Callable[[str], int | None], selection: Selection,
+                 set_dtb: Callable[[int], Any], triage_copies: P.TriageCopies | None):
+        self.dump = dump
+        self.raw_memory = memory           # the current address space (None: no memory)
+        self._offsets_source = offsets     # the kernel's structure offsets, rebuilt on .reload
+        self.kdbg = kdbg
+        self.resolve = resolve             # "nt!Name" -> address or None
+        self.selection = selection
+        self.set_dtb = set_dtb             # .process switches the address space
+        self.triage_copies = triage_copies
+        self._offsets: KernelOffsets | None = None
         self._layouts: dict[str, Any] = {}
         self._processes: PS.ProcessWalk | None = None
         self._processors: dict[int, P.Processor] = {}
-        self.implicit_process: int | None = None  # set by .process
+        self._crash_processor: int | None = None
+
+    @property
+    def implicit_process(self) -> int | None:
+        return self.selection.process
+
+    @implicit_process.setter
+    def implicit_process(self, address: int | None) -> None:
+        self.selection.process = address
 
     # -- facts -------------------------------------------------------------------------------
     @property
     def is64(self) -> bool:
-        return self.session.is64
+        return bool(self.dump.is64)
 
     @property
     def build(self) -> int:
-        return self.session.dump.header.build
+        return int(self.dump.header.build)
 
     @property
     def small(self) -> bool:
-        return self.session.dump.triage is not None
+        return self.dump.triage is not None
 
     @property
-    def memory(self):
-        memory = self.session.memory
+    def memory(self) -> Any:
+        memory = self.raw_memory()
         if memory is None:
             raise KdError("Memory is not available in this dump (no page tables or saved ranges kdshell can read)")
         return memory
@@ -127,17 +157,14 @@ class KernelState:
         return Reader(self.memory, self.is64)
 
     @property
-    def offsets(self):
-        """The kernel's structure offsets (kdshell.kernel.offsets.KernelOffsets), looked up again
-        when the modules or the symbol path change (.reload, .sympath)."""
-        symbols = self.session.symbols
-        key = (id(symbols.modules), symbols.symbol_path)
-        if self._offsets is not None and self._offsets_key is not None and key != self._offsets_key:
+    def offsets(self) -> KernelOffsets:
+        """The kernel's structure offsets (kdshell.kernel.offsets.KernelOffsets); what was read
+        with older ones is forgotten when they change (.reload, .sympath)."""
+        current = self._offsets_source()
+        if current is not self._offsets:
             self.forget()
-        if self._offsets is None:
-            self._offsets = symbols.kernel_offsets()
-            self._offsets_key = key
-        return self._offsets
+            self._offsets = current
+        return current
 
     def _layout(self, name: str):
         if name not in self._layouts:
@@ -161,29 +188,39 @@ class KernelState:
 
     def forget(self) -> None:
         """After .reload: offsets (and what was read with them) are looked up again."""
-        self._offsets = self._offsets_key = None
+        self._offsets = None
         self._layouts.clear()
         self._processes = None
         self._processors.clear()
 
     def kdbg_value(self, name: str) -> int | None:
         """A KDBG field (None without a KDBG); addresses at the target's pointer size."""
-        k = self.session.kdbg
+        k = self.kdbg()
         return k.get(name) if k is not None else None
 
     def symbol(self, name: str) -> int | None:
         try:
-            return self.session.symbols.resolve(f"nt!{name}")
+            return self.resolve(f"nt!{name}")
         except KdError:
             return None
 
     # -- processors --------------------------------------------------------------------------
     def processor_count(self) -> int:
-        return int(self.session.dump.header.number_processors or 1)
+        return int(self.dump.header.number_processors or 1)
 
     @property
     def crashing_processor(self) -> int:
-        return self.session.context.default_processor if hasattr(self.session, "context") else 0
+        """The processor that bug-checked; found on first use, so that opening a dump reads
+        nothing the first command does not need."""
+        if self._crash_processor is None:
+            self._crash_processor = crashing_processor_number(self)
+        return self._crash_processor
+
+    @property
+    def current_processor(self) -> int:
+        """The prompt's N: the one that bug-checked, until `~Ns`."""
+        chosen = self.selection.processor
+        return self.crashing_processor if chosen is None else chosen
 
     def ki_processor_block(self) -> int | None:
         return self.kdbg_value("KiProcessorBlock") or self.symbol("KiProcessorBlock")
@@ -198,12 +235,12 @@ class KernelState:
                           f"keeps only the crashing processor's (processor {self.crashing_processor})")
 
     def processor(self, number: int | None = None) -> P.Processor:
-        number = self.session.processor if number is None else number
+        number = self.current_processor if number is None else number
         self.check_processor(number)
         if number in self._processors:
             return self._processors[number]
         if self.small:
-            copies = getattr(self.session, "triage_copies", None)
+            copies = self.triage_copies
             if copies is None or copies.prcb is None:
                 raise KdError(f"Unable to get the PRCB of processor {number} from the dump: "
                               "the small dump does not say where its KPRCB copy belongs")
@@ -236,7 +273,7 @@ class KernelState:
         return out
 
     def find_crashing_processor(self) -> int:
-        regs = self.session.dump.registers()
+        regs = self.dump.registers()
         sp = regs.get("rsp" if self.is64 else "esp")
         if sp is None:
             return 0
@@ -260,7 +297,7 @@ class KernelState:
 
     # -- processes ---------------------------------------------------------------------------
     def process_head(self) -> int | None:
-        return (self.kdbg_value("PsActiveProcessHead") or self.session.dump.header.ps_active_process_head
+        return (self.kdbg_value("PsActiveProcessHead") or self.dump.header.ps_active_process_head
                 or self.symbol("PsActiveProcessHead"))
 
     def processes(self) -> PS.ProcessWalk:
@@ -378,13 +415,12 @@ class KernelState:
     # -- the current context -----------------------------------------------------------------
     def current_thread(self) -> int | None:
         """The implicit thread (.thread), else the current processor's KPRCB.CurrentThread."""
-        context = getattr(self.session, "context", None)
-        if context is not None and getattr(context, "thread", None):
-            return context.thread
+        if self.selection.thread:
+            return self.selection.thread
         try:
             return self.processor().current_thread or None
         except KdError:
-            copies = getattr(self.session, "triage_copies", None)
+            copies = self.triage_copies
             return copies.thread if copies is not None else None
 
     def current_process(self) -> int | None:
@@ -397,7 +433,7 @@ class KernelState:
         try:
             t = self.thread(thread)
         except KdError:
-            copies = getattr(self.session, "triage_copies", None)
+            copies = self.triage_copies
             return copies.process if copies is not None else None
         return t.apc_process or t.process
 
@@ -410,7 +446,7 @@ class KernelState:
             if current and not self.small:
                 p = self.process(current)
                 if p.dtb:
-                    self.session.set_dtb(p.dtb)
+                    self.set_dtb(p.dtb)
             return None
         p = self.process(address)
         if self.small:
@@ -420,7 +456,7 @@ class KernelState:
         elif p.dtb is None:
             raise KdError(f"Unable to switch to process {self.p(address)}: its DirectoryTableBase is not in the dump")
         else:
-            self.session.set_dtb(p.dtb)
+            self.set_dtb(p.dtb)
         self.implicit_process = address
         return p
 

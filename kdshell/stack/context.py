@@ -8,16 +8,17 @@ default scope"). On top of that, `.frame N` selects a frame of that context's st
 then shows the frame's registers (the ones the unwinder restored; volatile ones keep the
 values of the frame below, as dbgeng's unwound contexts do).
 
-    state = ContextState(session)           # session.context; session.registers is state.registers
+    state = session.context                 # a ContextState; session.registers is state.registers
     state.walk(20)                          # StackWalk of the current context (kdshell.stack.walk)
     state.set(frame, ".cxr ffff8504`29891720")
     state.select_frame(1)                   # r now shows frame 1
     state.reset()
 
-ContextState is the session's holder of this state (as resolver.Symbols is for modules), so it
-takes the session; the reading itself is done by the small functions below, which take a memory
-reader and offsets only (DESIGN.md "Seams"): `switch_frame_context`, `processor_context`,
-`trap_frames_holding`.
+ContextState holds this state for the session; it is given the dump, the memory (with image
+files behind it), the kernel's offsets, the kernel objects, the modules for unwinding and the
+user's Selection, never the session (the assembly is kdshell/parts.py). The reading itself is
+done by the small functions below, which take a memory reader and offsets only (DESIGN.md
+"Seams"): `switch_frame_context`, `processor_context`, `trap_frames_holding`.
 
 One `Walker` per session keeps the function tables warm between `k` commands.
 
@@ -39,6 +40,7 @@ from typing import Any, Callable
 
 from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel.state import KernelState, Selection
 from kdshell.stack.frames import (KTRAP_FRAME_X64_19041, RegisterFrame, decode_context_record,
                                   decode_ktrap_frame, decode_ktrap_frame_x86, plausible_ktrap_frame)
 from kdshell.stack.walk import StackWalk, Walker
@@ -125,19 +127,38 @@ def trap_frames_holding(read: MemoryRead, rip: int, start: int, size: int = FAUL
 class ContextState:
     """The session's register context, its origin, the selected frame and the warm walker."""
 
-    def __init__(self, session: Any):
-        self.session = session
-        self.default = session.dump.registers()
+    def __init__(self, dump: Any, memory: Callable[[], Any], offsets: Callable[[], Any], kernel: KernelState,
+                 unwind_modules: Any, selection: Selection, dtb: Callable[[], int | None]):
+        self.dump = dump
+        self._memory = memory
+        self._offsets_source = offsets
+        self.kernel = kernel
+        self.unwind_modules = unwind_modules
+        self.selection = selection
+        self._dtb = dtb
+        self.default = dump.registers()
         self.kframes = DEFAULT_KFRAMES
         self._walker: Walker | None = None
-        self._offsets = None
         self._hints: dict[Any, tuple[int, ...]] = {}
         self._set_default()
 
     @property
+    def is64(self) -> bool:
+        return bool(self.dump.is64)
+
+    @property
     def default_processor(self) -> int:
         """The processor whose context the dump header holds: the one that bug-checked."""
-        return self.session.crash_processor
+        return self.kernel.crashing_processor
+
+    @property
+    def thread(self) -> int | None:
+        """The implicit thread (.thread), None when the processor's current thread is meant."""
+        return self.selection.thread
+
+    @thread.setter
+    def thread(self, address: int | None) -> None:
+        self.selection.thread = address
 
     # -- the context ---------------------------------------------------------------------------
     def _set_default(self) -> None:
@@ -145,7 +166,7 @@ class ContextState:
         self.known: frozenset[str] | None = None   # None: every register is trustworthy
         self.origin = "default"
         self.address: int | None = None            # the .cxr/.trap/.thread address
-        self.thread: int | None = None             # the implicit thread, when .thread chose one
+        self.thread = None                         # the implicit thread, when .thread chose one
         self._scope_reset()
 
     def _scope_reset(self) -> None:
@@ -168,7 +189,7 @@ class ContextState:
 
     def reset(self) -> None:
         """`.cxr` / `.trap` alone: back to the current processor's default context."""
-        processor = self.session.processor
+        processor = self.kernel.current_processor
         thread = self.thread
         if processor == self.default_processor:
             self._set_default()
@@ -183,19 +204,17 @@ class ContextState:
     # -- reading frames ------------------------------------------------------------------------
     @property
     def read(self) -> MemoryRead:
-        memory = self.session.memory
+        memory = self._memory()
         if memory is None:
             raise KdError("Memory is not available in this dump (no page tables or saved ranges kdshell can read)")
         return memory.read
 
     @property
     def machine(self) -> int:
-        return self.session.dump.header.machine
+        return int(self.dump.header.machine)
 
-    def offsets(self):
-        if self._offsets is None:
-            self._offsets = self.session.symbols.kernel_offsets()
-        return self._offsets
+    def offsets(self) -> Any:
+        return self._offsets_source()
 
     def _offset(self, type_name: str, field: str) -> int:
         value = self.offsets().offset(type_name, field)
@@ -212,7 +231,7 @@ class ContextState:
 
     def trap_frame(self, address: int) -> RegisterFrame:
         try:
-            if self.session.is64:
+            if self.is64:
                 return decode_ktrap_frame(self.read, address, self.ktrap_offsets())
             return decode_ktrap_frame_x86(self.read, address)
         except MemoryNotPresent:
@@ -238,20 +257,20 @@ class ContextState:
     def _p(self, value: int) -> str:
         from kdshell.format import ptr
 
-        return ptr(value, self.session.is64)
+        return ptr(value, self.is64)
 
     # -- processors and threads ------------------------------------------------------------------
     @property
     def small_dump(self) -> bool:
-        return self.session.dump.triage is not None
+        return self.dump.triage is not None
 
     def processor_count(self) -> int:
-        return int(self.session.dump.header.number_processors or 1)
+        return int(self.dump.header.number_processors or 1)
 
     def prcb(self, number: int) -> int:
         """KPRCB address of processor `number` (the kernel layer's: KiProcessorBlock, or where a
         small dump's KPRCB copy was placed -- kdshell.kernel.state)."""
-        return self.session.kernel.processor(number).prcb
+        return self.kernel.processor(number).prcb
 
     def check_processor(self, number: int) -> None:
         count = self.processor_count()
@@ -278,15 +297,15 @@ class ContextState:
 
     def current_thread(self, number: int | None = None) -> int | None:
         """KPRCB.CurrentThread of processor `number` (default: the current one), or None."""
-        number = self.session.processor if number is None else number
+        number = self.kernel.current_processor if number is None else number
         try:
-            return self.session.kernel.processor(number).current_thread or None
+            return self.kernel.processor(number).current_thread or None
         except KdError:
             return None
 
     def running_on(self, thread: int) -> int | None:
         """The processor `thread` is running on (its KPRCB.CurrentThread), or None."""
-        return self.session.kernel.running_on(thread)
+        return self.kernel.running_on(thread)
 
     def thread_frame(self, thread: int) -> tuple[RegisterFrame, str]:
         """(context, how) of a thread: its processor's context when it is running, else the
@@ -295,7 +314,7 @@ class ContextState:
         if processor is not None:
             return self.processor_frame(processor), f"running on processor {processor}"
         offset = self._offset("_KTHREAD", "KernelStack")
-        size = 8 if self.session.is64 else 4
+        size = 8 if self.is64 else 4
         try:
             kernel_stack = _ptr(self.read, thread + offset, size)
         except MemoryNotPresent:
@@ -304,7 +323,7 @@ class ContextState:
             raise KdError(f"Thread {self._p(thread)} has no saved kernel stack (KernelStack is 0)")
         segments = {k: self.default[k] for k in ("ds", "es", "fs", "gs") if k in self.default}
         try:
-            frame = switch_frame_context(self.read, kernel_stack, self.session.is64, segments)
+            frame = switch_frame_context(self.read, kernel_stack, self.is64, segments)
         except MemoryNotPresent:
             raise KdError(f"The switch frame of thread {self._p(thread)} at {self._p(kernel_stack)} "
                           "is not in the dump") from None
@@ -314,18 +333,18 @@ class ContextState:
     @property
     def walker(self) -> Walker:
         if self._walker is None:
-            self._walker = Walker(lambda a, n: self.read(a, n), self.session.symbols.unwind_modules(),
+            self._walker = Walker(lambda a, n: self.read(a, n), self.unwind_modules,
                                   ktrap_offsets=self.ktrap_offsets())
         return self._walker
 
     def trap_hints(self) -> tuple[int, ...]:
         """Trap frames the walker may continue from: bug check parameters, the fault's trap
         frame found on the crashing stack, the implicit thread's KTHREAD.TrapFrame chain."""
-        key = (self.thread, self.session.processor, self.session.dtb)
+        key = (self.thread, self.kernel.current_processor, self._dtb())
         if key in self._hints:
             return self._hints[key]
         hints: list[int] = []
-        h = self.session.dump.header
+        h = self.dump.header
         code, params = h.bugcheck_code, list(h.bugcheck_parameters)
         read = self.read
         if code in TRAP_FRAME_PARAM and params[TRAP_FRAME_PARAM[code]]:
@@ -365,9 +384,9 @@ class ContextState:
             known = self.known
         if self.machine not in (MACHINE_AMD64, MACHINE_I386):
             raise KdError("kdshell walks x64 and x86 stacks only (this dump is for another processor)")
-        if not self.session.is64:
+        if not self.is64:
             return walk_stack_x86(ctx, self.read, None, max_frames,
-                                  modules=self.session.symbols.unwind_modules())
+                                  modules=self.unwind_modules)
         return self.walker.walk(ctx, max_frames, known=known, trap_frames=self.trap_hints())
 
     def select_frame(self, number: int) -> Any:
@@ -380,7 +399,7 @@ class ContextState:
             self._scope_reset()
         else:
             regs = dict(frame.registers)
-            if self.session.is64:
+            if self.is64:
                 regs["rip"], regs["rsp"] = frame.ip, frame.sp
             else:
                 regs["eip"], regs["esp"] = frame.ip, frame.sp

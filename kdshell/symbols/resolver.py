@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.expr import Registers
 from kdshell.memory.virtual import VirtualMemory
 from kdshell.symbols.modules import (
     Module,
@@ -181,11 +183,34 @@ def _same_pdb(pdb, cv) -> bool:
     return pdb.age == cv.age
 
 
-class Symbols:
-    """The session's modules and symbols."""
+class KernelFacts(Protocol):
+    """What the symbols layer needs to know of the kernel, from the layer above it (the
+    session's assembly, kdshell.parts): where the module lists are and how their entries are
+    laid out, nt's structures when its PDB is missing, and the names the KDBG gives nt."""
 
-    def __init__(self, session, symbol_path: str = "", image_path: str = ""):
-        self.session = session
+    def module_list_heads(self) -> list[int]: ...
+
+    def unloaded_list(self) -> tuple[int, int] | None: ...  # MmUnloadedDrivers, MmLastUnloadedDriver
+
+    def loader_layout(self) -> dict[str, int]: ...
+
+    def fallback_types(self) -> Any: ...
+
+    def kernel_names(self, base: int, end: int) -> list[tuple[str, int]]: ...
+
+
+class Symbols:
+    """The session's modules and symbols: the dump's module list, images, PDBs and the symbol
+    path. `memory()` gives the dump's current virtual memory (None when it has none)."""
+
+    def __init__(self, dump: Any, memory: Callable[[], Any], kernel: KernelFacts, out: Any, *,
+                 symbol_path: str = "", image_path: str = "", progress: Any = None):
+        self.dump = dump
+        self._memory = memory
+        self.kernel = kernel
+        self.out = out
+        self.progress = progress
+        self._register_names = Registers(dump.registers(), dump.is64)
         self._symbol_path = symbol_path or ""
         self._image_path = image_path or ""
         self.noisy = False
@@ -193,6 +218,7 @@ class Symbols:
         self._store: SymbolStore | None = None
         self._image_store: SymbolStore | None = None
         self._failed_servers: set[str] = set()
+        self._overlay: ImageOverlay | None = None
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -214,15 +240,16 @@ class Symbols:
         self._image_path = text or ""
         self._image_store = None
 
-    def _log(self, text: str) -> None:
+    def log(self, text: str) -> None:
+        """A line for `!sym noisy`."""
         if self.noisy:
-            self.session.out.line(text)
+            self.out.line(text)
 
     def _warn(self, text: str) -> None:
-        self.session.out.warn(text)
+        self.out.warn(text)
 
     def _new_store(self, text: str) -> SymbolStore:
-        store = SymbolStore(text, log=self._log, warn=self._warn, progress=getattr(self.session, "progress", None))
+        store = SymbolStore(text, log=self.log, warn=self._warn, progress=self.progress)
         store.dead_servers = self._failed_servers  # one warning per server for the whole session
         return store
 
@@ -245,6 +272,8 @@ class Symbols:
     def modules(self) -> ModuleList:
         if self._modules is None:
             self._modules = self._read_modules()
+            # Set first: reading the unloaded list may decode the KDBG, which looks up nt's symbols.
+            self._modules.unloaded = self._read_unloaded()
         return self._modules
 
     def reload(self) -> ModuleList:
@@ -252,27 +281,36 @@ class Symbols:
         self._modules = None
         return self.modules
 
-    def _raw_memory(self):
-        return self.session.raw_memory
+    def generation(self) -> tuple[int, str]:
+        """Changes when the module list or the symbol path does (.reload, .sympath)."""
+        return id(self.modules), self._symbol_path
+
+    def raw_memory(self) -> Any:
+        """The dump's own virtual memory, without image files behind it."""
+        return self._memory()
+
+    def memory(self) -> Any:
+        """The dump's virtual memory with the modules' image files behind it (ImageOverlay)."""
+        raw = self._memory()
+        if raw is None:
+            return None
+        if self._overlay is None or self._overlay.inner is not raw:
+            self._overlay = ImageOverlay(raw, self)
+        return self._overlay
 
     def _read_modules(self) -> ModuleList:
-        s = self.session
-        d = s.dump
+        d = self.dump
         if d.triage is not None:
             return modules_from_triage(d.triage)
-        memory = self._raw_memory()
+        memory = self.raw_memory()
         if memory is None:
             return ModuleList([], [], "none", ["This dump has no memory kdshell can read"])
-        kdbg = s.kdbg
         # The KDBG's head first; the dump header's when the KDBG's is damaged (an empty or
         # unreadable list), as the header is written by the crash code, apart from the KDBG.
-        heads = [h for h in ((kdbg.get("PsLoadedModuleList") if kdbg is not None else None),
-                             d.header.ps_loaded_module_list) if h]
+        heads = self.kernel.module_list_heads()
         if not heads:
             return ModuleList([], [], "none", ["The dump does not say where PsLoadedModuleList is"])
-        from kdshell.kernel.offsets import loader_entry_layout
-
-        layout = loader_entry_layout(s)
+        layout = self.kernel.loader_layout()
         modules, warnings = walk_loaded_modules(memory, heads[0], layout, d.is64)
         if not modules and len(heads) > 1 and heads[1] != heads[0]:
             from_header, header_warnings = walk_loaded_modules(memory, heads[1], layout, d.is64)
@@ -280,11 +318,16 @@ class Symbols:
                 modules = from_header
                 warnings = [f"The KDBG's PsLoadedModuleList ({heads[0]:#x}) lists no modules; using the dump "
                             f"header's ({heads[1]:#x})"] + header_warnings
-        unloaded = []
-        if kdbg is not None and kdbg.get("MmUnloadedDrivers"):
-            unloaded = read_unloaded_modules(memory, kdbg.get("MmUnloadedDrivers"),
-                                             kdbg.get("MmLastUnloadedDriver"), d.is64)
-        return ModuleList(modules, unloaded, "PsLoadedModuleList", warnings)
+        return ModuleList(modules, [], "PsLoadedModuleList", warnings)
+
+    def _read_unloaded(self) -> list:
+        if self.dump.triage is not None:
+            return self._modules.unloaded if self._modules is not None else []
+        memory = self.raw_memory()
+        where = self.kernel.unloaded_list() if memory is not None else None
+        if where is None:
+            return []
+        return read_unloaded_modules(memory, where[0], where[1], self.dump.is64)
 
     def add_module(self, image_name: str, base: int, size: int, timestamp: int | None = None) -> Module:
         """`.reload name=base,size[,timestamp]`: a module the dump's list lacks (or one moved)."""
@@ -316,10 +359,7 @@ class Symbols:
         if table is not None and getattr(table, "types", None) is not None:
             return table.types
         if module is self.modules.kernel:
-            from kdshell.kernel.offsets import builtin_types
-
-            d = self.session.dump
-            return builtin_types(d.header.build, d.is64)
+            return self.kernel.fallback_types()
         return None
 
     def type_sources(self, module_name: str | None = None) -> list:
@@ -344,22 +384,11 @@ class Symbols:
     def module_at(self, address: int) -> Module | None:
         return self.modules.by_address(address)
 
-    def kernel_offsets(self):
-        """Kernel structure offsets for the kernel layer: nt's PDB types when found, then the
-        KDBG's Offset*/Size* fields, then the built-in table (kdshell.kernel.offsets)."""
-        from kdshell.kernel.offsets import KernelOffsets
-
-        s = self.session
+    def kernel_pdb_types(self) -> Any:
+        """nt's types from its PDB, or None (exports only, no PDB, no kernel)."""
         kernel = self.modules.kernel
         table = self.table(kernel) if kernel is not None else None
-        types = table.types if table is not None and table.kind == PDB else None
-        ko = KernelOffsets(s.dump.header.build, s.dump.is64, kdbg=s.kdbg, types=types)
-        if types is not None:
-            self._log("DBGHELP: kernel structure offsets from the PDB")
-        else:
-            table_text = ko.entry.origin if ko.entry is not None else "no built-in table for this build"
-            self._log(f"DBGHELP: kernel structure offsets from the KDBG, then {table_text}")
-        return ko
+        return table.types if table is not None and table.kind == PDB else None
 
     def unwind_modules(self) -> "UnwindModules":
         """The module lookup the stack walker takes (kdshell.stack.walk): `module_at(address)`
@@ -377,16 +406,16 @@ class Symbols:
         st = module.state
         if "image" not in st:
             st["image"] = None
-            memory = self._raw_memory()
+            memory = self.raw_memory()
             if memory is not None:
                 try:
                     img = PeImage.from_memory(memory, module.base)
                     img.exports  # noqa: B018 - exports must be readable to be of use
                     img.debug_entries  # noqa: B018
                     st["image"] = img
-                    self._log(f"DBGHELP: {module.name} - image headers read from the dump")
+                    self.log(f"DBGHELP: {module.name} - image headers read from the dump")
                 except (MemoryNotPresent, PeFormatError) as exc:
-                    self._log(f"DBGHELP: {module.name} - image headers not usable in the dump ({exc})")
+                    self.log(f"DBGHELP: {module.name} - image headers not usable in the dump ({exc})")
             if st["image"] is None:
                 st["image"] = self.file_image(module)
             if st["image"] is not None and module.timestamp is None:
@@ -402,7 +431,7 @@ class Symbols:
             if stamp is None:
                 stamp = self._memory_timestamp(module)
             if stamp is None or not module.size:
-                self._log(f"DBGHELP: {module.name} - no TimeDateStamp, cannot look for its image")
+                self.log(f"DBGHELP: {module.name} - no TimeDateStamp, cannot look for its image")
                 return None
             key = f"{stamp:08X}{module.size:x}"
 
@@ -411,18 +440,18 @@ class Symbols:
 
             path = self.image_store.find(module.image_name, key, verify=same)
             if path is None:
-                self._log(f"DBGHELP: {module.image_name} ({key}) - image not found")
+                self.log(f"DBGHELP: {module.image_name} ({key}) - image not found")
                 return None
             try:
                 st["file_image"] = PeImage.from_file(path, module.base)
                 st["image_file"] = path
-                self._log(f"DBGHELP: {module.name} - mapped image {path}")
+                self.log(f"DBGHELP: {module.name} - mapped image {path}")
             except (OSError, PeFormatError) as exc:
-                self._log(f"DBGHELP: {path} - {exc}")
+                self.log(f"DBGHELP: {path} - {exc}")
         return st["file_image"]
 
     def _memory_timestamp(self, module: Module) -> int | None:
-        memory = self._raw_memory()
+        memory = self.raw_memory()
         if memory is None:
             return None
         try:
@@ -451,14 +480,11 @@ class Symbols:
 
     def _with_kdbg_names(self, module: Module, table: SymbolTable | None) -> SymbolTable | None:
         """nt without a PDB: add the kernel variables the KDBG points to (PsLoadedModuleList...)."""
-        from kdshell.kernel.offsets import kdbg_symbols
-
-        s = self.session
-        found = kdbg_symbols(s.kdbg, s.dump.header.kd_debugger_data_block, module.base, module.end)
+        found = self.kernel.kernel_names(module.base, module.end)
         if not found:
             return table
         extra = [Symbol(name, address - module.base, DATA) for name, address in found]
-        self._log(f"DBGHELP: nt - {len(extra)} names from the KDBG")
+        self.log(f"DBGHELP: nt - {len(extra)} names from the KDBG")
         if table is None:
             return SymbolTable(KDBG, None, extra)
         return SymbolTable(table.kind, table.path, table.entries + [e for e in extra if table.lookup(e.name) is None])
@@ -481,13 +507,13 @@ class Symbols:
                     return table
             try:
                 if image.exports:
-                    self._log(f"DBGHELP: {module.name} - export symbols")
+                    self.log(f"DBGHELP: {module.name} - export symbols")
                     return export_table(image)
             except MemoryNotPresent:
                 file_image = self.file_image(module)
                 if file_image is not None and file_image.exports:
                     return export_table(file_image)
-        self._log(f"DBGHELP: {module.name} - no symbols loaded")
+        self.log(f"DBGHELP: {module.name} - no symbols loaded")
         return None
 
     def _pdb_table(self, module: Module, cv) -> SymbolTable | None:
@@ -496,19 +522,19 @@ class Symbols:
                 with _open_pdb(path) as candidate:
                     return _same_pdb(candidate, cv)
             except (KdError, OSError, ValueError) as exc:
-                self._log(f"DBGHELP: {path} - {exc}")
+                self.log(f"DBGHELP: {path} - {exc}")
                 return False
 
         path = self.store.find(cv.pdb_name, cv.key, verify=same)
         if path is None:
-            self._log(f"DBGHELP: {cv.pdb_name} ({cv.key}) - PDB not found")
+            self.log(f"DBGHELP: {cv.pdb_name} ({cv.key}) - PDB not found")
             return None
         try:
             table = PdbSymbols(_open_pdb(path), path)
         except (KdError, OSError, ValueError) as exc:
             self._warn(f"*** ERROR: {path} cannot be read: {exc}")
             return None
-        self._log(f"DBGHELP: {module.name} - private/public symbols from {path}")
+        self.log(f"DBGHELP: {module.name} - private/public symbols from {path}")
         return table
 
     def loaded_tables(self):
@@ -551,9 +577,7 @@ class Symbols:
         return None
 
     def _is_register(self, name: str) -> bool:
-        from kdshell.expr import Registers
-
-        return Registers(self.session.registers, self.session.is64).known(name)
+        return self._register_names.known(name)
 
     # -- addresses -> names -------------------------------------------------------------------
     def symbolize(self, address: int) -> tuple[str, int] | None:
@@ -640,7 +664,7 @@ class Symbols:
         if image is None:
             return None
         rva = address - module.base
-        if self.session.dump.triage is None:
+        if self.dump.triage is None:
             section = image.section_at(rva)
             if rva >= image.size_of_headers and (section is None or section.writable):
                 return None
@@ -791,7 +815,7 @@ class _ModuleView:
         self.module = module
         self.base, self.size, self.name = module.base, module.size, module.name
         image = symbols.image(module)
-        memory = symbols.session.memory
+        memory = symbols.memory()
         self.image = None
         self.exception_directory = None
         if image is not None and memory is not None:
