@@ -521,7 +521,13 @@ def test_encoded_kdbg_is_decoded_with_the_keys_from_the_pdb(machines, tmp_path):
         _patch_virtual(path, s, address, encoded(plain, keys))
         want = [(p.address, p.name) for p in s.kernel.processes().processes]
         prcbs = [p.prcb for p in s.kernel.processors()]
+        modules = [(m.base, m.name) for m in s.symbols.modules]
+        unloaded = [(u.name, u.start) for u in s.symbols.modules.unloaded]
     with kdshell.open(path, symbol_path=MACHINE_SYMBOLS, image_path="") as s:
+        # the module list comes from the header's PsLoadedModuleList; the unloaded list (a KDBG
+        # field) only once the block is decoded (kdshell/parts.py)
+        assert [(m.base, m.name) for m in s.symbols.modules] == modules
+        assert [(u.name, u.start) for u in s.symbols.modules.unloaded] == unloaded
         assert s.kdbg is not None and s.kdbg.encoded and s.kdbg.raw == plain
         assert [(p.address, p.name) for p in s.kernel.processes().processes] == want
         assert [p.prcb for p in s.kernel.processors()] == prcbs
