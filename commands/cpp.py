@@ -12,14 +12,19 @@ Scalars print as dv prints a value (the same WinDbg rules); structures as dt pri
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kdshell.cppexpr import CppEvaluator, Value, as_rvalue
-from kdshell.dispatch import command
+from kdshell.dispatch import Invocation, command
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import ExprError
 from kdshell.symbols import typeformat
 from kdshell.symbols import types as T
 from kdshell.symbols.locals import Where, frame_registers, locate, procedure_at
 from kdshell.symbols.values import MEMORY_ERROR, UNAVAILABLE, ValueText, c_type_name
+
+if TYPE_CHECKING:
+    from kdshell.session import Session
 
 
 @command("??", family="memory", syntax="?? Expression",
@@ -29,7 +34,7 @@ from kdshell.symbols.values import MEMORY_ERROR, UNAVAILABLE, ValueText, c_type_
                  "sizeof(Type), #FIELD_OFFSET(Type, Field), locals of the frame .frame selects,\n"
                  "@$proc/@$thread typed as nt's structures, @@masm(...) for a MASM part.\n"
                  "Numbers are C++: decimal unless 0x (0n, 0t, 0y are MASM's).")
-def cpp(session, inv):
+def cpp(session: Session, inv: Invocation) -> None:
     if not inv.text:
         raise CommandError("Syntax: ?? Expression (a C++ expression; ? takes MASM)")
     scope = Scope(session)
@@ -41,7 +46,7 @@ def cpp(session, inv):
 class Scope:
     """Type names and the selected frame's variables, for kdshell.cppexpr."""
 
-    def __init__(self, session):
+    def __init__(self, session: Session) -> None:
         self.session = session
         self._locals: dict[str, tuple] | None = None
 
@@ -85,7 +90,7 @@ class Scope:
         module = session.symbols.module_at(frame.lookup_address)
         table = session.symbols.table(module) if module is not None else None
         pdb = getattr(table, "pdb", None)
-        if pdb is None or not getattr(table, "private", False):
+        if module is None or pdb is None or not getattr(table, "private", False):
             return self._locals
         rva = frame.lookup_address - module.base
         proc = procedure_at(pdb, rva)
@@ -99,7 +104,7 @@ class Scope:
         return self._locals
 
 
-def value_lines(session, ev: CppEvaluator, value: Value) -> list[str]:
+def value_lines(session: Session, ev: CppEvaluator, value: Value) -> list[str]:
     """What ?? prints for a value: one line, or a structure's type line and dt's lines."""
     value = as_rvalue(ev, value)
     t = value.type.strip()
@@ -131,7 +136,7 @@ def value_lines(session, ev: CppEvaluator, value: Value) -> list[str]:
     if value.address is not None:
         where = Where(address=value.address)
     else:
-        where = Where(value=value.value & ((1 << 8 * max(t.size, ps)) - 1))
+        where = Where(value=(value.value or 0) & ((1 << 8 * max(t.size, ps)) - 1))
     if read is None:
         raise ExprError(f"Memory access error at '{ev.text[value.at:]}'")
     text = ValueText(session).text(value.type, where)
@@ -142,8 +147,9 @@ def value_lines(session, ev: CppEvaluator, value: Value) -> list[str]:
     return [f"{name} {text}"]
 
 
-def _readable(session, address: int) -> bool:
+def _readable(session: Session, address: int) -> bool:
+    memory = session.memory
     try:
-        return len(session.memory.read(address, 1)) == 1
+        return memory is not None and len(memory.read(address, 1)) == 1
     except KdError:
         return False

@@ -6,10 +6,15 @@ the type.
 """
 from __future__ import annotations
 
-from kdshell.dispatch import command
+from typing import TYPE_CHECKING, Any
+
+from kdshell.dispatch import Invocation, command
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.symbols import typeformat
+
+if TYPE_CHECKING:
+    from kdshell.session import Session
 
 
 @command("dt", family="symbols", syntax="dt [-r[N]] [-b] [-a[N]] [-i] [-o] [-y] [Module!]Type [Field...] [Address]",
@@ -17,7 +22,7 @@ from kdshell.symbols import typeformat
          example="dt nt!_EPROCESS ffff920f`cfadb380 UniqueProcessId ImageFileName",
          details="Module!*Pattern* lists types. Without the kernel's PDB, nt's structures come from\n"
                  "kdshell's built-in table of offsets (only the fields it knows).")
-def dt(session, inv):
+def dt(session: Session, inv: Invocation) -> None:
     run_dt(session, inv)
 
 
@@ -25,9 +30,9 @@ def dt(session, inv):
 _DT_FLAGS = "rbaioyv"
 
 
-def _dt_parse(inv):
+def _dt_parse(inv: Invocation) -> tuple[Any, ...]:
     opts = typeformat.DtOptions()
-    words = []
+    words: list[str] = []
     for a in inv.args:
         if a.startswith("-") and len(a) > 1 and a[1] in _DT_FLAGS and (not words or a[2:] in ("", *"0123456789")):
             c, rest = a[1], a[2:]
@@ -52,7 +57,7 @@ def _dt_parse(inv):
     return opts, words
 
 
-def _dt_list(session, module_name: str | None, pattern: str) -> None:
+def _dt_list(session: Session, module_name: str | None, pattern: str) -> None:
     found = False
     for name, source, _ in session.symbols.type_sources(module_name):
         for tname in source.names(pattern):
@@ -63,7 +68,7 @@ def _dt_list(session, module_name: str | None, pattern: str) -> None:
         raise KdError(f"Symbol {shown} not found.")
 
 
-def run_dt(session, inv) -> None:
+def run_dt(session: Session, inv: Invocation) -> None:
     opts, words = _dt_parse(inv)
     spec = words[0]
     module_name, _, tname = spec.rpartition("!")

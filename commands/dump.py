@@ -6,12 +6,17 @@ what was written.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import datetime
 import os
 
-from kdshell.dispatch import command
+from kdshell.dispatch import Invocation, command
 from kdshell.dumpfile.dump import KIND_NAMES
 from kdshell.errors import CommandError
+
+if TYPE_CHECKING:
+    from kdshell.session import Session
 
 # The writers (kdshell.export.convert, .minidump) are imported when .dump runs: they are not
 # needed to start, and the prompt comes sooner without them.
@@ -24,7 +29,7 @@ def parse_options(args: list[str]) -> dict:
     kdshell's /type N (the DumpType to write a /f, /k or /ka dump as)."""
     from kdshell.export.convert import ACTIVE, COMPLETE, KERNEL
 
-    o = dict(kind=None, overwrite=False, unique=False, comment=None, dump_type=None, path=None)
+    o: dict[str, Any] = dict(kind=None, overwrite=False, unique=False, comment=None, dump_type=None, path=None)
     i = 0
     while i < len(args):
         word = args[i]
@@ -105,7 +110,7 @@ def _same_file(a: str, b: str) -> bool:
                  "/o: overwrite an existing file; /u: add the date, time and a process id to the name;\n"
                  "/c \"text\": the header's comment. Written to a temporary file next to FileName and\n"
                  "renamed when complete; Ctrl-C stops a write and leaves no file.")
-def dump(session, inv):
+def dump(session: Session, inv: Invocation) -> None:
     from kdshell.export.convert import ACTIVE, COMPLETE, KERNEL, KIND_TYPES, write_converted
     from kdshell.export.minidump import SmallDumpError, write_small_dump
 

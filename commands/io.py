@@ -18,18 +18,22 @@ analyses). Choices where transcripts disagree or say nothing:
 """
 from __future__ import annotations
 
-from kdshell.dispatch import needs_memory
-from kdshell.dispatch import command
+from typing import TYPE_CHECKING, Any
+
+from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.kernel.io import CHARACTERISTICS, EXTENSION_FLAGS, IoObjects, flag_names, major_name, minor_name
+
+if TYPE_CHECKING:
+    from kdshell.session import Session
 
 DEVSTACK_HEADER = "  !DevObj           !DrvObj            !DevExt           ObjectName"
 IRP_MJ_DEVICE_CONTROL, IRP_MJ_INTERNAL_DEVICE_CONTROL = 0x0E, 0x0F
 SL_PENDING_RETURNED, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_SUCCESS, SL_INVOKE_ON_ERROR = 0x01, 0x20, 0x40, 0x80
 
 
-def io_objects(session) -> IoObjects:
+def io_objects(session: Session) -> IoObjects:
     k = session.kernel
     return IoObjects(k.memory, k.offsets, k.is64, k.symbol)
 
@@ -44,7 +48,7 @@ def _c_hash(value: int) -> str:
     return f"{value:#010x}" if value else "0" * 10
 
 
-def _address(session, inv, what: str) -> tuple[int, list[str]]:
+def _address(session: Session, inv: Invocation, what: str) -> tuple[int, list[str]]:
     if not inv.args:
         raise CommandError(f"{what}: give an address")
     try:
@@ -53,11 +57,11 @@ def _address(session, inv, what: str) -> tuple[int, list[str]]:
         raise CommandError(f"{what}: {inv.args[0]} is not an address ({e})") from None
 
 
-def _flags(session, words: list[str], default: int) -> int:
+def _flags(session: Session, words: list[str], default: int) -> int:
     return Evaluator(session).evaluate(words[0]) if words else default
 
 
-def _routine(session, address: int | None) -> str:
+def _routine(session: Session, address: int | None) -> str:
     """`address  symbol` as !drvobj prints an entry point."""
     if not address:
         return _h(address)
@@ -66,7 +70,7 @@ def _routine(session, address: int | None) -> str:
 
 
 # -- !drvobj -------------------------------------------------------------------------------------
-def _driver_address(session, io: IoObjects, text: str) -> int:
+def _driver_address(session: Session, io: IoObjects, text: str) -> int:
     """An address, or a driver's name (\\Driver\\ assumed): WinDbg tries the name first."""
     found = io.find_driver(text)
     if found:
@@ -87,7 +91,7 @@ def _driver_address(session, io: IoObjects, text: str) -> int:
          example="!drvobj \\Driver\\mydrv 2",
          details="DriverObject is an address or a driver's name (\\Driver\\ is assumed without a prefix). "
                  "Flags default to 1. Needs the kernel's symbols (nt's PDB).")
-def drvobj_(session, inv):
+def drvobj_(session: Session, inv: Invocation) -> None:
     if not inv.args:
         raise CommandError("!drvobj: give a driver object's address or a driver's name")
     io = io_objects(session)
@@ -116,11 +120,11 @@ def drvobj_(session, inv):
 
 
 # -- !devobj -------------------------------------------------------------------------------------
-def _driver_text(d) -> str:
+def _driver_text(d: Any) -> str:
     return d.driver_name if d.driver_name is not None else "<driver name not readable>"
 
 
-def devobj_lines(session, io: IoObjects, address: int) -> list[str]:
+def devobj_lines(session: Session, io: IoObjects, address: int) -> list[str]:
     d = io.device(address)
     lines = [f"Device object ({_h(d.address)}) is for:",
              f" {d.name} {_driver_text(d)} DriverObject {_h(d.driver)}",
@@ -160,7 +164,7 @@ def devobj_lines(session, io: IoObjects, address: int) -> list[str]:
          summary="Show a DEVICE_OBJECT: its driver, current IRP, flags, extension and attached devices",
          example="!devobj poi(mydrv!MyDrvDeviceObject)",
          details="Needs the kernel's symbols (nt's PDB).")
-def devobj_(session, inv):
+def devobj_(session: Session, inv: Invocation) -> None:
     address, _ = _address(session, inv, "!devobj")
     session.out.lines(devobj_lines(session, io_objects(session), address))
 
@@ -171,7 +175,7 @@ def devobj_(session, inv):
          example="!devstack poi(mydrv!MyDrvDeviceObject)",
          details="Upper devices come from AttachedDevice, lower ones from the device object extension's "
                  "AttachedTo when the kernel's types have it. Needs nt's PDB.")
-def devstack_(session, inv):
+def devstack_(session: Session, inv: Invocation) -> None:
     address, _ = _address(session, inv, "!devstack")
     io = io_objects(session)
     stack, warning = io.device_stack(address)
@@ -195,7 +199,7 @@ def _control_words(control: int) -> str:
     return " " + " ".join(words)
 
 
-def location_lines(session, io: IoObjects, sl, current: bool) -> list[str]:
+def location_lines(session: Session, io: IoObjects, sl: Any, current: bool) -> list[str]:
     mark = ">" if current else " "
     if not sl.readable:
         return [f"{mark}[????] stack location {_h(sl.address)} is not in the dump"]
@@ -228,7 +232,7 @@ IRP_DETAIL = (("Flags", "irp_flags"), ("IoStatus.Status", "irp_status"),
          details="Each location: major/minor function, flags, control, device, file, completion routine and "
                  "context, the device's driver and the four parameter words. Detail adds the IRP's fields. "
                  "Needs nt's PDB.")
-def irp_(session, inv):
+def irp_(session: Session, inv: Invocation) -> None:
     address, rest = _address(session, inv, "!irp")
     detail = _flags(session, rest, 0)
     io = io_objects(session)

@@ -24,15 +24,19 @@ Without private symbols WinDbg fails with two lines (HRESULT 0x80004005 and "Pri
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from dataclasses import dataclass
 
-from kdshell.dispatch import needs_memory
-from kdshell.dispatch import command
+from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.format import ptr
 from kdshell.symbols import types as T
 from kdshell.symbols.locals import Where, frame_registers, locate, procedure_at
 from kdshell.symbols.values import ValueText, c_type_name
+
+if TYPE_CHECKING:
+    from kdshell.session import Session
 
 SYNTAX = "dv [/t] [/v] [/V] [/i] [Pattern]"
 NAME_WIDTH = 15           # names are right-aligned in at least this many columns
@@ -50,7 +54,7 @@ class DvOptions:
     pattern: str | None = None
 
 
-def _options(inv) -> DvOptions:
+def _options(inv: Invocation) -> DvOptions:
     o = DvOptions()
     for word in inv.args:
         if word.startswith("/") and len(word) > 1:
@@ -80,7 +84,7 @@ def _options(inv) -> DvOptions:
                  "register, /i: parameter or local. Pattern: WinDbg wildcards on the names.\n"
                  "Variables not live at the frame's instruction, or in registers the unwinder did\n"
                  "not restore for frames above 0, show <value unavailable>.")
-def dv(session, inv):
+def dv(session: Session, inv: Invocation) -> None:
     o = _options(inv)
     frame = session.context.selected_frame()
     module, pdb = _private_pdb(session, frame)
@@ -102,7 +106,7 @@ def dv(session, inv):
     session.out.lines(_lines(rows, o, session.is64))
 
 
-def _private_pdb(session, frame):
+def _private_pdb(session: Session, frame: Any) -> Any:
     symbols = session.symbols
     module = symbols.module_at(frame.lookup_address)
     if module is None:
@@ -120,7 +124,7 @@ def _private_pdb(session, frame):
 
 
 # -- the lines ------------------------------------------------------------------------------------
-def _lines(rows, o: DvOptions, is64: bool) -> list[str]:
+def _lines(rows: Any, o: DvOptions, is64: bool) -> list[str]:
     width = max([NAME_WIDTH] + [len(var.name) for var, *_ in rows])
     address_width = 17 if is64 else 8
     out = []

@@ -1,11 +1,16 @@
 """The session itself: .help, q, .echo, .verbose, .ignore_missing_pages."""
 from __future__ import annotations
 
-from kdshell.dispatch import FAMILIES, REGISTRY, command, commands_by_family, help_lines
+from typing import TYPE_CHECKING
+
+from kdshell.dispatch import FAMILIES, Invocation, REGISTRY, command, commands_by_family, help_lines
 from kdshell.errors import CommandError, Quit
 
+if TYPE_CHECKING:
+    from kdshell.session import Session
 
-def _switch(inv, current: bool, what: str) -> bool:
+
+def _switch(inv: Invocation, current: bool, what: str) -> bool:
     """Parse an optional 0|1 argument; the new value (unchanged without an argument)."""
     if not inv.args:
         return current
@@ -17,7 +22,7 @@ def _switch(inv, current: bool, what: str) -> bool:
 @command(".help", family="session", syntax=".help [Command]",
          summary="List the commands by family, or explain one command",
          example=".help vertarget")
-def help_(session, inv):
+def help_(session: Session, inv: Invocation) -> None:
     out = session.out
     if inv.args:
         name = inv.args[0].lower()
@@ -37,13 +42,13 @@ def help_(session, inv):
 
 
 @command("q", "qq", "qd", family="session", syntax="q", summary="Quit kdshell")
-def quit_(session, inv):
+def quit_(session: Session, inv: Invocation) -> None:
     raise Quit()
 
 
 @command(".echo", family="session", syntax=".echo [String]", summary="Print a line of text",
          example='.echo "checking the stack"')
-def echo(session, inv):
+def echo(session: Session, inv: Invocation) -> None:
     text = inv.text
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
         text = text[1:-1]
@@ -52,7 +57,7 @@ def echo(session, inv):
 
 @command(".verbose", family="session", syntax=".verbose [0|1]",
          summary="Show more detail, such as the traceback of an internal error")
-def verbose(session, inv):
+def verbose(session: Session, inv: Invocation) -> None:
     session.options.verbose = _switch(inv, session.options.verbose, ".verbose")
     session.out.line(f"Verbose mode {'ON' if session.options.verbose else 'OFF'}.")
 
@@ -61,7 +66,7 @@ def verbose(session, inv):
          summary="Hide (1) or show (0) the 'page not present in the dump file' messages",
          details="Kernel and automatic dumps leave out user and inactive pages by design; 1 silences\n"
                  "the messages about them. Results do not change, only the messages.")
-def ignore_missing_pages(session, inv):
+def ignore_missing_pages(session: Session, inv: Invocation) -> None:
     session.options.ignore_missing_pages = _switch(inv, session.options.ignore_missing_pages,
                                                    ".ignore_missing_pages")
     state = "suppressed" if session.options.ignore_missing_pages else "displayed"
@@ -71,7 +76,7 @@ def ignore_missing_pages(session, inv):
 
 # -- scripts and logs ---------------------------------------------------------------------------
 
-def _script_path(inv) -> str:
+def _script_path(inv: Invocation) -> str:
     path = inv.text.strip()
     if len(path) >= 2 and path[0] == path[-1] == '"':
         path = path[1:-1]
@@ -84,7 +89,7 @@ def _script_path(inv) -> str:
          summary="Run a script file line by line, each line shown as if typed",
          details="$< takes the rest of the line as the file name; $$< ends at ';'.",
          example="$$<examples/triage.txt")
-def run_lines(session, inv):
+def run_lines(session: Session, inv: Invocation) -> None:
     from kdshell.scripts import run_script
 
     run_script(session, _script_path(inv), block=False)
@@ -93,7 +98,7 @@ def run_lines(session, inv):
 @command("$><", "$$><", family="session", syntax="$><File | $$><File",
          summary="Run a script file as one block of commands (lines joined with ';')",
          example="$$><examples/triage.txt")
-def run_block(session, inv):
+def run_block(session: Session, inv: Invocation) -> None:
     from kdshell.scripts import run_script
 
     run_script(session, _script_path(inv), block=True)
@@ -102,7 +107,7 @@ def run_block(session, inv):
 @command("$$>a<", family="session", syntax="$$>a<File [Arg1 Arg2 ...]",
          summary="Run a script file as one block, replacing ${$arg1}, $arg2 ... by the arguments",
          example="$$>a<examples/show.txt nt")
-def run_with_args(session, inv):
+def run_with_args(session: Session, inv: Invocation) -> None:
     from kdshell.scripts import run_script
 
     if not inv.args:
@@ -112,7 +117,7 @@ def run_with_args(session, inv):
 
 @command(".scriptstop", family="session", syntax=".scriptstop [0|1]",
          summary="Make scripts stop at their first failing command (1) or go on (0, the default)")
-def scriptstop(session, inv):
+def scriptstop(session: Session, inv: Invocation) -> None:
     session.options.script_stop = _switch(inv, session.options.script_stop, ".scriptstop")
     state = "stop at" if session.options.script_stop else "go on after"
     session.out.line(f"Scripts {state} a failing command.")
@@ -121,7 +126,7 @@ def scriptstop(session, inv):
 @command(".logopen", family="session", syntax=".logopen [/t] File",
          summary="Copy everything shown from now on into a log file (a new file; /t adds a timestamp)",
          example=".logopen crash1.log")
-def logopen(session, inv):
+def logopen(session: Session, inv: Invocation) -> None:
     import time
 
     args = list(inv.args)
@@ -139,13 +144,13 @@ def logopen(session, inv):
 
 @command(".logappend", family="session", syntax=".logappend File",
          summary="Like .logopen, but add to the end of an existing log file")
-def logappend(session, inv):
+def logappend(session: Session, inv: Invocation) -> None:
     if len(inv.args) != 1:
         raise CommandError(".logappend needs one file name")
     _open_log(session, inv.args[0], append=True)
 
 
-def _open_log(session, path: str, append: bool) -> None:
+def _open_log(session: Session, path: str, append: bool) -> None:
     previous = session.out.close_log()
     if previous:
         session.out.line(f"Closing open log file {previous}")
@@ -157,7 +162,7 @@ def _open_log(session, path: str, append: bool) -> None:
 
 
 @command(".logclose", family="session", syntax=".logclose", summary="Close the log file")
-def logclose(session, inv):
+def logclose(session: Session, inv: Invocation) -> None:
     path = session.out.log_path if session.out.log is not None else None
     if path is None:
         session.out.line("No log file open")
@@ -167,20 +172,20 @@ def logclose(session, inv):
 
 
 @command(".logfile", family="session", syntax=".logfile", summary="Show which log file is open")
-def logfile(session, inv):
+def logfile(session: Session, inv: Invocation) -> None:
     path = session.out.log_path if session.out.log is not None else None
     session.out.line(f"Log '{path}' open" if path else "No log file open")
 
 
 @command(".cls", family="session", syntax=".cls", summary="Clear the screen")
-def cls(session, inv):
+def cls(session: Session, inv: Invocation) -> None:
     session.out.clear_screen()
 
 
 @command(".explain", family="session", syntax=".explain [on|off]",
          summary="After each command's output, explain in a few lines how to read it (for newcomers)",
          example=".explain on")
-def explain(session, inv):
+def explain(session: Session, inv: Invocation) -> None:
     if inv.args:
         word = inv.args[0].lower()
         if word not in ("on", "off", "1", "0") or len(inv.args) > 1:

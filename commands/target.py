@@ -1,25 +1,30 @@
 """What the dump is: vertarget, .bugcheck, .time, .dumpdebug, .enumtag."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import construct
 
-from kdshell.dispatch import command
+from kdshell.dispatch import Invocation, command
 from kdshell.dumpfile.header import TRIAGE_FIELD_NAMES
 from kdshell.errors import CommandError
 from kdshell.format import hex_ascii_lines, ptr
 from kdshell.target import time_lines, version_lines
 
+if TYPE_CHECKING:
+    from kdshell.session import Session
+
 
 @command("vertarget", family="target", syntax="vertarget",
          summary="Show the crashed machine's Windows version, kernel base and times")
-def vertarget(session, inv):
+def vertarget(session: Session, inv: Invocation) -> None:
     session.out.lines(version_lines(session))
 
 
 @command(".bugcheck", family="target", syntax=".bugcheck",
          summary="Show the bug check code and its four parameters",
          details="The code says what kind of crash it was; '!analyze -v' explains the parameters.")
-def bugcheck(session, inv):
+def bugcheck(session: Session, inv: Invocation) -> None:
     h = session.dump.header
     session.out.line(f"Bugcheck code {h.bugcheck_code:08X}")
     session.out.line("Arguments " + " ".join(ptr(p, h.is64) for p in h.bugcheck_parameters))
@@ -28,7 +33,7 @@ def bugcheck(session, inv):
 @command(".time", family="target", syntax=".time",
          summary="Show when the machine crashed and how long it had been running",
          details="The dump header's SystemTime and SystemUpTime; a dump that lacks them says so.")
-def time_(session, inv):
+def time_(session: Session, inv: Invocation) -> None:
     lines = time_lines(session.dump.header)
     if not lines:
         raise CommandError(".time: this dump's header holds no system time or uptime")
@@ -41,7 +46,7 @@ _SKIP = {"Signature", "ValidDump", "PhysicalMemoryBlock", "ContextRecord", "Exce
          "VersionUser", "Comment", "Hdr", "DumpType", "Attributes", "MiniDumpFields"}
 
 
-def _field_lines(layout, values, is64: bool) -> list[str]:
+def _field_lines(layout: Any, values: Any, is64: bool) -> list[str]:
     """`Name   value` lines for each integer field of a construct layout, widths by field size."""
     lines = []
     for sub in layout.subcons:
@@ -61,7 +66,7 @@ def _field_lines(layout, values, is64: bool) -> list[str]:
 
 @command(".dumpdebug", family="target", syntax=".dumpdebug",
          summary="Show the dump file's header fields (layout and kind of the file itself)")
-def dumpdebug(session, inv):
+def dumpdebug(session: Session, inv: Invocation) -> None:
     d = session.dump
     h = d.header
     out = session.out
@@ -90,12 +95,12 @@ def dumpdebug(session, inv):
         out.lines(f"WARNING: {w}" for w in d.warnings)
 
 
-def _header_layout(d):
+def _header_layout(d: Any) -> Any:
     from kdshell.dumpfile.header import DUMP_HEADER32, DUMP_HEADER64
     return DUMP_HEADER64 if d.is64 else DUMP_HEADER32
 
 
-def _type_layout(d):
+def _type_layout(d: Any) -> Any:
     from kdshell.dumpfile import header as H
     t = d.dump_type
     if d.triage is not None:
@@ -112,7 +117,7 @@ def _type_layout(d):
 @command(".enumtag", family="target", syntax=".enumtag",
          summary="List the secondary data blobs (bug check callback data) saved in the dump",
          details="Drivers can add data to a dump while the machine crashes; each blob has a GUID tag.")
-def enumtag(session, inv):
+def enumtag(session: Session, inv: Invocation) -> None:
     if inv.args:
         raise CommandError(".enumtag takes no arguments")
     blobs = session.dump.blobs()
