@@ -13,23 +13,6 @@ from kdshell.errors import CommandError, KdError
 
 
 @dataclass
-class Command:
-    names: tuple[str, ...]
-    func: Callable
-    family: str
-    syntax: str
-    summary: str
-    example: str = ""
-    option_suffix: bool = False  # letters glued to the name are options (`lmvm`, `kbn`)
-    needs: tuple[Callable, ...] = ()
-    details: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.names[0]
-
-
-@dataclass
 class Invocation:
     """What a command receives: the name as typed, glued option letters, the raw rest, tokens."""
 
@@ -37,6 +20,27 @@ class Invocation:
     suffix: str
     text: str
     args: list[str] = field(default_factory=list)
+
+
+# A command: `func(session, invocation)`, printing through session.out.
+CommandFunc = Callable[[Any, Invocation], None]
+
+
+@dataclass
+class Command:
+    names: tuple[str, ...]
+    func: CommandFunc
+    family: str
+    syntax: str
+    summary: str
+    example: str = ""
+    option_suffix: bool = False  # letters glued to the name are options (`lmvm`, `kbn`)
+    needs: tuple[Callable[[Any], None], ...] = ()
+    details: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
 
 
 REGISTRY: dict[str, Command] = {}
@@ -59,14 +63,14 @@ def command(
     summary: str,
     example: str = "",
     option_suffix: bool = False,
-    needs: tuple[Callable, ...] = (),
+    needs: tuple[Callable[[Any], None], ...] = (),
     details: str = "",
-):
+) -> Callable[[CommandFunc], CommandFunc]:
     """Register a command function `func(session, invocation)` under one or more names."""
     if family not in FAMILIES:
         raise ValueError(f"unknown command family {family!r}")
 
-    def register(func):
+    def register(func: CommandFunc) -> CommandFunc:
         cmd = Command(tuple(names), func, family, syntax, summary, example, option_suffix, needs, details)
         for n in names:
             if n.lower() in REGISTRY:

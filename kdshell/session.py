@@ -10,11 +10,11 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from kdshell import dispatch
 from kdshell.dumpfile.dump import DumpFile, open_dump
-from kdshell.errors import KdError, Quit
+from kdshell.errors import KdError, MemoryNotPresent, Quit
 from kdshell.kernel.kdbg import Kdbg
 from kdshell.memory.virtual import PhysicalView, VirtualMemory
 from kdshell.output import Output
@@ -224,7 +224,7 @@ class Session:
                 self.out.error("(kdshell bug: '.verbose 1' then run it again to see the traceback)")
             return False
 
-    def report_missing(self, errors) -> None:
+    def report_missing(self, errors: Sequence[MemoryNotPresent]) -> None:
         """WinDbg's line for each page the dump left out that a command met (unless
         `.ignore_missing_pages 1`)."""
         if not self.options.ignore_missing_pages:
@@ -283,10 +283,10 @@ class Session:
     def __enter__(self) -> "Session":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def open_session(path, **kwargs) -> Session:
+def open_session(path: str | os.PathLike[str], **kwargs: Any) -> Session:
     """Open a dump and return a Session over it (DumpFormatError if the file is malformed)."""
     return Session(open_dump(path), **kwargs)

@@ -29,7 +29,8 @@ from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel import prcb as P
 from kdshell.kernel import processes as PS
 from kdshell.kernel import threads as T
-from kdshell.kernel.layout import Reader
+from kdshell.kernel.kdbg import Kdbg
+from kdshell.kernel.layout import Reader, StructLayout
 from kdshell.kernel.offsets import KernelOffsets
 
 
@@ -42,7 +43,7 @@ def _copy_size(extent: int, stated: int | None) -> int:
     return min(extent, stated, MAX_COPY) if stated else min(extent, MAX_COPY)
 
 
-def map_triage_copies(dump, memory, kdbg) -> P.TriageCopies | None:
+def map_triage_copies(dump: Any, memory: Any, kdbg: Kdbg | None) -> P.TriageCopies | None:
     """Place a small dump's KPRCB/ETHREAD/EPROCESS copies at their addresses in `memory` (a
     SavedRangesMemory with `add_range`); the offsets come from the KDBG copy and the built-in
     table (no PDB is needed, nor loaded)."""
@@ -166,7 +167,7 @@ class KernelState:
             self._offsets = current
         return current
 
-    def _layout(self, name: str):
+    def _layout(self, name: str) -> StructLayout:
         if name not in self._layouts:
             make = {"process": lambda o: PS.process_layout(o, self.build),
                     "thread": lambda o: T.thread_layout(o, self.build),
@@ -175,15 +176,15 @@ class KernelState:
         return self._layouts[name]
 
     @property
-    def process_layout(self):
+    def process_layout(self) -> StructLayout:
         return self._layout("process")
 
     @property
-    def thread_layout(self):
+    def thread_layout(self) -> StructLayout:
         return self._layout("thread")
 
     @property
-    def prcb_layout(self):
+    def prcb_layout(self) -> StructLayout:
         return self._layout("prcb")
 
     def forget(self) -> None:
@@ -280,13 +281,13 @@ class KernelState:
         layout = self.thread_layout
         memory = self.memory
 
-        def bounds(thread):
+        def bounds(thread: int) -> Any:
             try:
                 return T.read_stack_bounds(memory, thread, layout, self.is64)
             except KdError:  # the stack offsets are not known for this build
                 return None
 
-        def context_sp(p):
+        def context_sp(p: P.Processor) -> int | None:
             if p.context_address is None:
                 return None
             return Reader(memory, self.is64).maybe_ptr(p.context_address, 0x98 if self.is64 else 0xC4)
@@ -337,7 +338,7 @@ class KernelState:
                 pass
         return 0xFFFF_8000_0000_0000 if self.is64 else 0x80000000
 
-    def find_processes(self, key) -> list[PS.Process]:
+    def find_processes(self, key: int | str) -> list[PS.Process]:
         """Processes by EPROCESS address, CID or image name; on a small dump, only the current
         process can match."""
         if self.small:

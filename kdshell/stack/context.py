@@ -43,7 +43,7 @@ from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.state import KernelState, Selection
 from kdshell.stack.frames import (KTRAP_FRAME_X64_19041, RegisterFrame, decode_context_record,
                                   decode_ktrap_frame, decode_ktrap_frame_x86, plausible_ktrap_frame)
-from kdshell.stack.walk import StackWalk, Walker
+from kdshell.stack.walk import Frame, StackWalk, Walker
 from kdshell.stack.x86 import walk_stack_x86
 
 MemoryRead = Callable[[int, int], bytes]
@@ -368,7 +368,7 @@ class ContextState:
         self._hints[key] = tuple(hints)
         return self._hints[key]
 
-    def selected_frame(self):
+    def selected_frame(self) -> Frame:
         """The frame `.frame` selected (0 by default), for dv and ??."""
         number = self.frame_number
         frames = self.walk(number + 1)
