@@ -16,7 +16,7 @@ from kdshell.analysis.analyze import Analysis, Culprit, analyze
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
 from kdshell.analysis.teach import explain
 from kdshell.commands.memory import needs_memory
-from kdshell.commands.stack import KOptions, call_site, cxr, frame_lines, trap
+from kdshell.commands.stack import KOptions, call_site, cxr, frame_lines, note_missing_symbols, trap
 from kdshell.disasm import Disassembler
 from kdshell.dispatch import Invocation, command, resolve
 from kdshell.errors import CommandError, KdError
@@ -391,5 +391,6 @@ def analyze_(session, inv):
         out.line(json_text(session, a))
         return
     out.lines(verbose_lines(session, a) if opts["verbose"] else short_lines(a))
+    note_missing_symbols(session, [f.lookup_address for f in a.stack])
     if opts["teach"] or session.options.explain:
         out.lines(teach_lines(a))

@@ -23,6 +23,7 @@ from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
 from kdshell.stack.walk import HOW_SCAN
+from kdshell.symbols.missing import missing_symbols_line
 from kdshell.symbols.resolver import DATA
 from kdshell.commands.memory import current_instruction, display, needs_memory, register_lines
 
@@ -31,6 +32,7 @@ TRAP_NOTE = ("NOTE: The trap frame does not contain all registers.",
              "Some register values may be zeroed or incorrect.")
 MAX_FRAMES = 0xFFFF
 ARGS_WIDTH = 4 * 17 + 3   # four `00000000`00000000` home slots
+MISSING_SHOWN = 3  # modules without symbols named after a stack; the rest are counted
 
 
 # -- call sites -----------------------------------------------------------------------------------
@@ -85,8 +87,10 @@ def _k_options(session, inv) -> KOptions:
         elif c in "LM":
             pass  # L: no source lines (kdshell prints none); M: DML links (none here)
         else:
+            fixed = f"{inv.name}{inv.suffix.replace(c, '')} {inv.text}".strip()
             raise CommandError(f"^ Syntax error in 'k{inv.suffix}': unknown option '{c}' "
-                               "(k[b|v|p|P][c][n][f][L] [= BasePtr StackPtr InstructionPtr] [FrameCount])")
+                               "(k[b|v|p|P][c][n][f][L] [= BasePtr StackPtr InstructionPtr] [FrameCount]). "
+                               f"Did you mean '{fixed}'?")
     ev = Evaluator(session)
     values = []
     text = rest
@@ -240,6 +244,27 @@ def k_(session, inv):
     else:
         frames = state.walk(count)
     session.out.lines(_colour_split(session, frame_lines(session, frames, o)))
+    note_missing_symbols(session, [f.lookup_address for f in frames])
+
+
+def note_missing_symbols(session, addresses) -> None:
+    """After a stack (k, !analyze): one line for each module whose frames stay unnamed for want
+    of symbols, saying what is missing and how to add it; once per module until the path changes."""
+    symbols = session.symbols
+    lines = []
+    for address in addresses:
+        module = symbols.module_at(address)
+        if module is None or module.name in symbols.missing_noted:
+            continue
+        line = missing_symbols_line(symbols, module)
+        if line is not None:
+            symbols.missing_noted.add(module.name)
+            lines.append(line)
+    for line in lines[:MISSING_SHOWN]:
+        session.out.warn(line)
+    if len(lines) > MISSING_SHOWN:
+        session.out.warn(f"*** {len(lines) - MISSING_SHOWN} more modules on this stack have no symbols "
+                         "(lm shows each module's symbol status)")
 
 
 def _colour_split(session, lines):

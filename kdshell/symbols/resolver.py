@@ -184,15 +184,17 @@ def _same_pdb(pdb, cv) -> bool:
 class Symbols:
     """The session's modules and symbols."""
 
-    def __init__(self, session, symbol_path: str = "", image_path: str = ""):
+    def __init__(self, session, symbol_path: str = "", image_path: str = "", offline: bool = False):
         self.session = session
         self._symbol_path = symbol_path or ""
         self._image_path = image_path or ""
+        self.offline = offline  # no downloads, whatever the path says (--offline)
         self.noisy = False
         self._modules: ModuleList | None = None
         self._store: SymbolStore | None = None
         self._image_store: SymbolStore | None = None
         self._failed_servers: set[str] = set()
+        self.missing_noted: set[str] = set()  # modules whose missing symbols were pointed out (k, !analyze)
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -222,7 +224,8 @@ class Symbols:
         self.session.out.warn(text)
 
     def _new_store(self, text: str) -> SymbolStore:
-        store = SymbolStore(text, log=self._log, warn=self._warn, progress=getattr(self.session, "progress", None))
+        store = SymbolStore(text, log=self._log, warn=self._warn, progress=getattr(self.session, "progress", None),
+                            offline=self.offline)
         store.dead_servers = self._failed_servers  # one warning per server for the whole session
         return store
 
@@ -299,6 +302,7 @@ class Symbols:
 
     def retry_failed(self) -> None:
         """After a path change: modules whose image or symbols were not found are looked for again."""
+        self.missing_noted.clear()
         if self._modules is None:
             return
         for m in self._modules:
@@ -410,6 +414,7 @@ class Symbols:
                 return _image_matches(path, stamp, module.size)
 
             path = self.image_store.find(module.image_name, key, verify=same)
+            st["wanted_image"] = None if path else (module.image_name, key)  # kdshell.symbols.missing
             if path is None:
                 self._log(f"DBGHELP: {module.image_name} ({key}) - image not found")
                 return None
@@ -500,6 +505,7 @@ class Symbols:
                 return False
 
         path = self.store.find(cv.pdb_name, cv.key, verify=same)
+        module.state["wanted_pdb"] = None if path else (cv.pdb_name, cv.key)  # kdshell.symbols.missing
         if path is None:
             self._log(f"DBGHELP: {cv.pdb_name} ({cv.key}) - PDB not found")
             return None
