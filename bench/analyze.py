@@ -69,7 +69,7 @@ def bench(dump: str, symbols: str, repeat: int) -> None:
         s.capture("!analyze -v")
         print(row("warm", timed(lambda: s.capture("!analyze -v"), repeat)))
         print(row("engine only", timed(lambda: analyze(s), repeat)))
-    cmd = [sys.executable, "-m", "kdshell", "-z", dump, "-c", "!analyze -v; q"]
+    cmd = [sys.executable, "-m", "kdshell", "--offline", "-z", dump, "-c", "!analyze -v; q"]  # no downloads timed
     if symbols:
         cmd[3:3] = ["-y", symbols]
     print(row("process", timed(lambda: subprocess.run(cmd, capture_output=True, check=True, cwd=REPO),

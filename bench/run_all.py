@@ -624,6 +624,7 @@ def _env(bytecode: bool) -> dict:
     caches removed: every module compiled from source at each start)."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["KDSHELL_OFFLINE"] = "1"  # the default symbol path would time downloads from Microsoft's server
     if not bytecode:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="kdshell-nopyc-")  # an empty cache

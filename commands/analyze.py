@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from kdshell.analysis.analyze import analyze
 from kdshell.analysis.report import exr_lines, json_text, short_lines, teach_lines, title_lines, verbose_lines
+from kdshell.commands.stack import note_missing_symbols
 from kdshell.dispatch import command, has_command, needs_memory
 from kdshell.errors import CommandError
 from kdshell.expr import Evaluator
@@ -75,5 +76,6 @@ def analyze_(session, inv):
         out.line(json_text(session, a, has_command))
         return
     out.lines(verbose_lines(session, a) if opts["verbose"] else short_lines(a))
+    note_missing_symbols(session, [f.lookup_address for f in a.stack])
     if opts["teach"] or session.options.explain:
         out.lines(teach_lines(a, has_command))

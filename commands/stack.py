@@ -10,14 +10,21 @@ The columns and register blocks are kdshell.stack.text's.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterable
+
 from kdshell.dispatch import command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
 from kdshell.stack.text import RESETTING, SCAN_WARNING, KOptions, context_lines, frame_lines
+from kdshell.symbols.missing import missing_symbols_line
 from kdshell.commands.memory import display
 
+if TYPE_CHECKING:
+    from kdshell.session import Session
+
 MAX_FRAMES = 0xFFFF
+MISSING_SHOWN = 3  # modules without symbols named after a stack; the rest are counted
 
 
 
@@ -42,8 +49,10 @@ def _k_options(session, inv) -> KOptions:
         elif c in "LM":
             pass  # L: no source lines (kdshell prints none); M: DML links (none here)
         else:
+            fixed = f"{inv.name}{inv.suffix.replace(c, '')} {inv.text}".strip()
             raise CommandError(f"^ Syntax error in 'k{inv.suffix}': unknown option '{c}' "
-                               "(k[b|v|p|P][c][n][f][L] [= BasePtr StackPtr InstructionPtr] [FrameCount])")
+                               "(k[b|v|p|P][c][n][f][L] [= BasePtr StackPtr InstructionPtr] [FrameCount]). "
+                               f"Did you mean '{fixed}'?")
     ev = Evaluator(session)
     values = []
     text = rest
@@ -109,6 +118,27 @@ def k_(session, inv):
     else:
         frames = state.walk(count)
     session.out.lines(_colour_split(session, _frames(session, frames, o)))
+    note_missing_symbols(session, [f.lookup_address for f in frames])
+
+
+def note_missing_symbols(session: Session, addresses: Iterable[int]) -> None:
+    """After a stack (k, !analyze): one line for each module whose frames stay unnamed for want
+    of symbols, saying what is missing and how to add it; once per module until the path changes."""
+    symbols = session.symbols
+    lines = []
+    for address in addresses:
+        module = symbols.module_at(address)
+        if module is None or module.name in symbols.missing_noted:
+            continue
+        line = missing_symbols_line(symbols, module)
+        if line is not None:
+            symbols.missing_noted.add(module.name)
+            lines.append(line)
+    for line in lines[:MISSING_SHOWN]:
+        session.out.warn(line)
+    if len(lines) > MISSING_SHOWN:
+        session.out.warn(f"*** {len(lines) - MISSING_SHOWN} more modules on this stack have no symbols "
+                         "(lm shows each module's symbol status)")
 
 
 def _colour_split(session, lines):

@@ -45,7 +45,9 @@ def _lm_options(inv) -> dict:
                 rest = w[j:]
                 if not rest:
                     if i >= len(words):
-                        raise CommandError(f"lm: '{c}' needs a {'pattern' if c != 'a' else 'address'}")
+                        typed = f"{inv.name}{inv.suffix} {inv.text}".strip()
+                        raise CommandError(f"lm: '{c}' needs {'a pattern' if c != 'a' else 'an address'}, "
+                                           f"e.g. '{typed} nt'")
                     rest = words[i]
                     i += 1
                 opts[c] = rest
@@ -54,7 +56,9 @@ def _lm_options(inv) -> dict:
                 if c in opts:
                     opts[c] = True
                 continue
-            raise CommandError(f"lm: unknown option '{c}' (lm [v][o][l][k][1m][sm] [m Pattern | a Address])")
+            fixed = f"{inv.name}{inv.suffix} {inv.text}".replace(c, "", 1).strip()
+            raise CommandError(f"lm: unknown option '{c}' (lm [v][o][l][k][1m][sm] [m Pattern | a Address]). "
+                               f"Did you mean '{fixed}'?")
     return opts
 
 
@@ -494,8 +498,10 @@ def symfix(session, inv):
     current = session.symbol_path
     session.symbol_path = f"{current};{element}" if append and current else element
     session.symbols.retry_failed()
+    cache = text or default_cache()
+    if session.symbols.offline:
+        session.out.warn(f"Downloads are off (--offline or KDSHELL_OFFLINE): only the cache {cache} is searched")
     if session.symbols.noisy:
-        cache = text or default_cache()
         session.out.line(f"DBGHELP: Symbol Search Path: {session.symbol_path} (downloads go to {cache})")
 
 

@@ -11,7 +11,9 @@ __all__ = ["open", "Session", "DumpFormatError", "KdError", "MemoryNotPresent", 
 
 
 def open(path, **options):  # noqa: A001 - the natural name for it
-    """Open a kernel dump and return a Session (symbol_path=, image_path=, out= are optional)."""
+    """Open a kernel dump and return a Session (symbol_path=, image_path=, out=, offline= are
+    optional). No symbol path means _NT_SYMBOL_PATH or none: unlike the kdshell command, the API
+    downloads only from a server it is given (offline=True, or KDSHELL_OFFLINE=1, never does)."""
     from kdshell.session import open_session
 
     return open_session(path, **options)

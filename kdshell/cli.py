@@ -17,11 +17,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-z", dest="dump", metavar="DUMP",
                    help="the crash dump to open (.dmp); without one, kdshell opens its bundled sample")
-    p.add_argument("-y", dest="symbol_path", metavar="SYMPATH", help="symbol search path")
+    p.add_argument("-y", dest="symbol_path", metavar="SYMPATH",
+                   help="symbol search path (default: _NT_SYMBOL_PATH, else Microsoft's symbol server "
+                        "with a per-user cache; -y \"\" for none)")
     p.add_argument("-i", dest="image_path", metavar="IMAGEPATH", help="executable image search path")
     p.add_argument("-c", dest="commands", metavar="CMDS", help='commands to run first, e.g. "vertarget; q"')
     p.add_argument("-cf", dest="command_file", metavar="SCRIPT", help="a file of commands to run first")
     p.add_argument("-logo", dest="log", metavar="LOG", help="write everything shown to this log file")
+    p.add_argument("--offline", action="store_true",
+                   help="download nothing: symbols come only from local paths and the cache (also KDSHELL_OFFLINE=1)")
     p.add_argument("-v", dest="verbose", action="store_true", help="verbose: show tracebacks of internal errors")
     p.add_argument("--tutorial", action="store_true",
                    help="a guided walk through the bundled sample crash (or -z DUMP), for newcomers")
@@ -52,9 +56,40 @@ def bundled_sample() -> tuple[str, str] | None:
     return str(dumps[0]), str(root / "symbols")
 
 
+def wrapped(text: str) -> list[str]:
+    """A paragraph wrapped to the terminal's width, between words."""
+    import shutil
+    import textwrap
+
+    width = max(40, shutil.get_terminal_size().columns - 1)
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+
+
+def choose_symbol_path(args) -> tuple[str, str, bool]:
+    """(symbol path, note for the banner, offline): -y, else _NT_SYMBOL_PATH, else the default
+    (Microsoft's server with a per-user cache; the cache alone when offline)."""
+    from kdshell.symbols.store import default_symbol_path, environment_symbol_path, offline_requested
+
+    offline = args.offline or offline_requested()
+    path = args.symbol_path if args.symbol_path is not None else environment_symbol_path()
+    if args.symbol_path == "":
+        note = "(empty: -y PATH or .sympath+ PATH adds symbols, .symfix Microsoft's server)"
+    elif path:
+        note = ""
+    else:
+        path = default_symbol_path(offline)
+        note = "(the default; -y PATH or --offline to change)"
+    if offline:
+        note = "(offline: no downloads)"
+    return path, note, offline
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
+    except KeyboardInterrupt:
+        print(("\r" if sys.stderr.isatty() else "") + "kdshell: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`kdshell ... | head`): stop quietly, as other command-line tools do.
         import os
@@ -80,8 +115,10 @@ def _main(argv: list[str] | None) -> int:
         if args.image_path is None:
             args.image_path = store
 
+    symbol_path, symbol_note, offline = choose_symbol_path(args)
+    opening = dict(symbol_path=symbol_path, image_path=args.image_path, offline=offline)
     if args.analyze_json:
-        return _analyze_json(dump_path, args)
+        return _analyze_json(dump_path, args, opening)
 
     from kdshell.output import Output
     from kdshell.errors import Quit
@@ -97,26 +134,31 @@ def _main(argv: list[str] | None) -> int:
             return 2
         out.log = log
     try:
-        session = open_session(dump_path, symbol_path=args.symbol_path, image_path=args.image_path, out=out)
+        session = open_session(dump_path, out=out, **opening)
     except KdError as exc:
-        print(f"kdshell: {dump_path}: {exc}", file=sys.stderr)
+        print(f"kdshell: {_naming(dump_path, exc)}", file=sys.stderr)
         return 2
     session.options.verbose = args.verbose
+    terminal = sys.stdin.isatty() and sys.stdout.isatty()
+    failures = None  # commands typed at the prompt do not count: only scripted runs report them
     try:
         if note:
-            out.line(note)
+            out.lines(wrapped(note))
         out.line(f"kdshell {__version__} - kernel dump debugger")
         out.line("")
-        out.lines(session.banner())
-        if note and not args.tutorial:
+        for line in session.banner_lines(symbol_note):
+            out.line(line)
+        if (note or terminal) and not args.tutorial:
             out.line("")
-            out.line(WHERE_TO_START)
+            out.lines(wrapped(WHERE_TO_START))
         _run_startup(session, args)
+        if terminal:
+            failures = session.failures
         if args.tutorial:
             from kdshell.tutorial import run_tutorial
 
             run_tutorial(session, _line_reader(session))
-        if sys.stdin.isatty() and sys.stdout.isatty():
+        if terminal:
             from kdshell.repl import interact
 
             interact(session)
@@ -128,10 +170,17 @@ def _main(argv: list[str] | None) -> int:
         session.close()
         if log is not None:
             log.close()
-    return 0 if session.failures == 0 else 1
+    if failures is None:
+        failures = session.failures
+    return 0 if failures == 0 else 1
 
 
-def _analyze_json(dump_path: str, args) -> int:
+def _naming(path: str, exc: Exception) -> str:
+    """An error about a file, naming the file once."""
+    return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+
+
+def _analyze_json(dump_path: str, args, opening: dict) -> int:
     """`--analyze-json`: !analyze's JSON form alone on standard output (for scripts and triage
     pipelines); a dump that cannot be opened or analysed gives {"error": ...} and exit status 1."""
     import json
@@ -142,9 +191,9 @@ def _analyze_json(dump_path: str, args) -> int:
 
     quiet = Output(open(os.devnull, "w", encoding="utf-8"))
     try:
-        session = open_session(dump_path, symbol_path=args.symbol_path, image_path=args.image_path, out=quiet)
+        session = open_session(dump_path, out=quiet, **opening)
     except KdError as exc:
-        print(json.dumps({"error": f"{dump_path}: {exc}"}))
+        print(json.dumps({"error": _naming(dump_path, exc)}))
         return 1
     session.progress = None
     try:

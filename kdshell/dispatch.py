@@ -183,9 +183,54 @@ def resolve(text: str) -> tuple[Command, Invocation]:
         cmd = REGISTRY.get(word[:n].lower())
         if cmd is not None and cmd.option_suffix:
             return cmd, Invocation(word[:n], word[n:], rest, tokenize(rest))
+    hint = did_you_mean(word, rest)
     if word.startswith("!"):
-        raise CommandError(f"No export {word[1:]} found (type .help for the extensions kdshell knows)")
-    raise CommandError(f"^ Syntax error in '{text}': no such command (type .help for the list)")
+        raise CommandError(f"No export {word[1:]} found" + (f". {hint}" if hint else
+                                                             " (type .help for the extensions kdshell knows)"))
+    raise CommandError(f"^ Syntax error in '{text}': no such command" + (f". {hint}" if hint else
+                                                                          " (type .help for the list)"))
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment): insertions, deletions,
+    substitutions and swaps of two neighbours each cost 1."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def closest_command(word: str) -> str | None:
+    """The registered command (or extension) nearest to a mistyped name: within 2 edits for
+    names over 4 characters (not counting a leading '!' or '.'), 1 otherwise; ties go to a name
+    the word starts with (`kk` -> `k`), then to the nearest length. None for one-character
+    words (every letter is a command)."""
+    word = word.lower()
+    if len(word) < 2:
+        return None
+    limit = 2 if len(word.lstrip("!.")) > 4 else 1
+    best = None
+    for name in REGISTRY:
+        d = edit_distance(word, name)
+        if d <= limit:
+            rank = (d, not word.startswith(name), abs(len(word) - len(name)), name)
+            best = min(best, rank) if best is not None else rank
+    return best[-1] if best is not None else None
+
+
+def did_you_mean(word: str, rest: str = "") -> str | None:
+    """ "Did you mean '!analyze -v'?" for a mistyped command name (its arguments kept), or None."""
+    name = closest_command(word)
+    if name is None:
+        return None
+    return f"Did you mean '{f'{name} {rest}'.strip()}'?"
 
 
 def commands_by_family() -> dict[str, list[Command]]:

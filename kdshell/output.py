@@ -47,6 +47,13 @@ class Output:
     def error(self, text: str) -> None:
         self.write(text + "\n", ERROR)
 
+    def interrupted(self, text: str) -> None:
+        """An error line after Ctrl-C: on a terminal it starts at the left edge, over the "^C"
+        the terminal echoed."""
+        if not self._captures and getattr(self.stream, "isatty", lambda: False)():
+            self.stream.write("\r")
+        self.error(text)
+
     def clear_screen(self) -> None:
         """`.cls`: clear a terminal; nothing for pipes, logs and captures."""
         if not self._captures and getattr(self.stream, "isatty", lambda: False)():

@@ -118,7 +118,8 @@ class Parts:
         return self.kdbg.block(self.symbols.resolve)
 
 
-def assemble(dump: Any, out: Any, *, symbol_path: str, image_path: str, progress: Any) -> Parts:
+def assemble(dump: Any, out: Any, *, symbol_path: str, image_path: str, progress: Any,
+             offline: bool = False) -> Parts:
     """Build the session's parts in order (see the module note)."""
     h = dump.header
     spaces = AddressSpaces(dump)
@@ -136,7 +137,7 @@ def assemble(dump: Any, out: Any, *, symbol_path: str, image_path: str, progress
         return kdbg.block(symbols.resolve)
 
     symbols = Symbols(dump, lambda: spaces.current, KernelFactsForSymbols(dump, kdbg, decoded), out,
-                      symbol_path=symbol_path, image_path=image_path, progress=progress)
+                      symbol_path=symbol_path, image_path=image_path, progress=progress, offline=offline)
     offsets = OffsetsSource(dump, symbols, decoded)
     selection = Selection()
     kernel = KernelState(dump, symbols.memory, offsets, decoded, symbols.resolve, selection,

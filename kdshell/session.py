@@ -20,7 +20,10 @@ from kdshell.memory.virtual import PhysicalView, VirtualMemory
 from kdshell.output import Output
 from kdshell.parts import assemble
 from kdshell.stack.text import missing_page_lines
+from kdshell.symbols.store import environment_symbol_path, offline_requested
 from kdshell.target import version_lines
+
+STOPPED = "Command stopped (Ctrl-C)."
 
 
 @dataclass
@@ -42,17 +45,22 @@ class Session:
         symbol_path: str | None = None,
         image_path: str | None = None,
         out: Output | None = None,
+        offline: bool | None = None,
     ):
         dispatch.load_commands()
         self.dump = dump
         self.out = out or Output()
         self.options = Options()
-        if symbol_path is None:  # as the debuggers do: _NT_ALT_SYMBOL_PATH first, then _NT_SYMBOL_PATH
-            symbol_path = ";".join(os.environ.get(v, "") for v in ("_NT_ALT_SYMBOL_PATH", "_NT_SYMBOL_PATH")
-                                   if os.environ.get(v))
+        # No default symbol path here (the command line has one): a library downloads only when
+        # its caller or _NT_SYMBOL_PATH names a server, and never with offline (or KDSHELL_OFFLINE=1).
+        if symbol_path is None:
+            symbol_path = environment_symbol_path()
         if image_path is None:
             image_path = os.environ.get("_NT_EXECUTABLE_IMAGE_PATH", "")
-        self.parts = assemble(dump, self.out, symbol_path=symbol_path, image_path=image_path, progress=sys.stderr)
+        if offline is None:
+            offline = offline_requested()
+        self.parts = assemble(dump, self.out, symbol_path=symbol_path, image_path=image_path, progress=sys.stderr,
+                              offline=offline)
         self.spaces = self.parts.spaces
         self.symbols = self.parts.symbols
         self.kernel = self.parts.kernel
@@ -209,7 +217,7 @@ class Session:
             raise  # the output is gone: the front end stops
         except KeyboardInterrupt:
             self.failures += 1
-            self.out.error("^C: command stopped")
+            self.out.interrupted(STOPPED)
             return False
         except Exception as exc:  # a bug of ours: one line at the prompt, the traceback on request
             if "PYTEST_CURRENT_TEST" in os.environ:
@@ -240,25 +248,33 @@ class Session:
         return "".join(buf)
 
     # -- the banner ----------------------------------------------------------------------------
-    def banner(self) -> list[str]:
+    def banner(self, symbol_note: str = "") -> list[str]:
+        return list(self.banner_lines(symbol_note))
+
+    def banner_lines(self, symbol_note: str = ""):
+        """The banner line by line (the front end shows each as it comes: the verdict at the end
+        loads symbols, and may download them). `symbol_note` follows the symbol path, e.g.
+        "(offline: no downloads)"."""
         d = self.dump
-        lines = [f"Loading Dump File [{os.path.abspath(d.path)}]", d.kind_line]
+        yield f"Loading Dump File [{os.path.abspath(d.path)}]"
+        yield d.kind_line
         if d.header.comment:
-            lines.append(f"Comment: '{d.header.comment}'")
-        lines += [f"WARNING: {w}" for w in d.warnings]
-        lines.append("")
-        lines.append(f"Symbol search path is: {self.symbol_path or '*** Invalid ***'}")
-        lines.append(f"Executable search path is: {self.image_path}")
-        lines += version_lines(self)
+            yield f"Comment: '{d.header.comment}'"
+        yield from (f"WARNING: {w}" for w in d.warnings)
+        yield ""
+        path = self.symbol_path or "*** Invalid ***"
+        yield f"Symbol search path is: {path} {symbol_note}".rstrip()
+        yield f"Executable search path is: {self.image_path}"
+        yield from version_lines(self)
         h = d.header
-        lines.append("For analysis of this file, run !analyze -v")
+        yield "For analysis of this file, run !analyze -v"
         code = h.bugcheck_code
         params = ", ".join(f"{p:x}" for p in h.bugcheck_parameters)
-        lines.append(f"BugCheck {code:X}, {{{params}}}")
+        yield f"BugCheck {code:X}, {{{params}}}"
         verdict = self._banner_verdict()
         if verdict:
-            lines += ["", verdict]
-        return lines
+            yield ""
+            yield verdict
 
     def _banner_verdict(self) -> str | None:
         """WinDbg ends a dump's banner with the short !analyze's "Probably caused by" line;

@@ -14,11 +14,15 @@ FULL_TRUNCATED = CORPUS_DUMPS / "full-x64-19045-truncated-16k.dmp"
 
 
 @pytest.fixture(autouse=True)
-def _utc(monkeypatch):
+def _utc(monkeypatch, tmp_path):
     """Times print in the analyst's zone, as WinDbg does; the tests pin it to UTC. A developer's
-    symbol path must not send the tests to a symbol server."""
+    symbol path must not send the tests to a symbol server, nor may kdshell's default one: every
+    session (and every kdshell the tests start) is offline, with an empty symbol cache of its own;
+    the tests of downloads ask for them (offline=False) from a server on 127.0.0.1."""
     for name in ("_NT_SYMBOL_PATH", "_NT_ALT_SYMBOL_PATH", "_NT_EXECUTABLE_IMAGE_PATH", "NO_COLOR"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KDSHELL_OFFLINE", "1")
+    monkeypatch.setenv("KDSHELL_SYMBOL_CACHE", str(tmp_path / "symbol-cache"))
     monkeypatch.setenv("TZ", "UTC")
     import time
 

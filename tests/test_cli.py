@@ -75,3 +75,68 @@ def test_broken_pipe_is_quiet():
                        shell=True, capture_output=True, text=True, timeout=60)
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
     assert len(p.stdout.splitlines()) == 2
+
+
+def test_the_banner_says_where_symbols_come_from(tmp_path):
+    """The tests run offline (KDSHELL_OFFLINE=1, conftest.py): the default path is then the
+    per-user cache alone; --offline says the same; -y "" is an empty path, said so with the fix."""
+    import os
+
+    cache = os.environ["KDSHELL_SYMBOL_CACHE"]
+    p = run("-z", str(TRIAGE_19041), "-c", "q")
+    assert f"\nSymbol search path is: {cache} (offline: no downloads)\n" in p.stdout
+    env = {k: v for k, v in os.environ.items() if k != "KDSHELL_OFFLINE"}
+    p = subprocess.run([sys.executable, "-m", "kdshell", "--offline", "-z", str(TRIAGE_19041), "-c", "q"],
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert f"\nSymbol search path is: {cache} (offline: no downloads)\n" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "kdshell", "-y", "", "-z", str(TRIAGE_19041), "-c", "q"],
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert ("\nSymbol search path is: *** Invalid *** (empty: -y PATH or .sympath+ PATH adds symbols, "
+            ".symfix Microsoft's server)\n") in p.stdout
+    p = run("-y", str(tmp_path), "-z", str(TRIAGE_19041), "-c", "q")
+    assert f"\nSymbol search path is: {tmp_path} (offline: no downloads)\n" in p.stdout
+
+
+def test_a_missing_file_is_named_once(tmp_path):
+    missing = tmp_path / "MYDUMP.dmp"
+    p = run("-z", str(missing))
+    assert p.returncode == 2 and p.stderr == f"kdshell: cannot open {missing}: No such file or directory\n"
+    p = run("--analyze-json", "-z", str(missing))
+    assert p.stdout.count(str(missing)) == 1
+    bad = tmp_path / "bad.dmp"
+    bad.write_bytes(b"hello world" * 100)
+    p = run("-z", str(bad))
+    assert p.stderr.startswith(f"kdshell: {bad}: not a Windows kernel dump") and p.stderr.count(str(bad)) == 1
+
+
+def test_the_hints_wrap_between_words():
+    import os
+
+    from kdshell.cli import SAMPLE_NOTE, WHERE_TO_START
+
+    p = subprocess.run([sys.executable, "-m", "kdshell", "-c", "q"], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "COLUMNS": "50"})
+    out = p.stdout.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("New to crash dumps?"))
+    hint = out[start:out.index("0: kd> q")]
+    assert all(len(line) < 50 for line in hint) and " ".join(hint) == WHERE_TO_START
+    note = out[:out.index("kdshell 0.1.0 - kernel dump debugger")]
+    assert all(len(line) < 50 for line in note) and " ".join(note) == SAMPLE_NOTE
+
+
+def test_scripted_failures_still_set_the_exit_status():
+    p = run("-z", str(TRIAGE_19041), "-c", "kk; q")
+    assert p.returncode == 1 and "Did you mean 'k'?" in p.stdout
+
+
+def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
+    from kdshell import cli
+    from kdshell.session import Session
+
+    def interrupted(self, note=""):
+        yield "Loading Dump File"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "banner_lines", interrupted)
+    assert cli.main(["-z", str(TRIAGE_19041), "-c", "q"]) == 130
+    assert capsys.readouterr().err == "kdshell: interrupted\n"

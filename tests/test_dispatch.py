@@ -35,3 +35,37 @@ def test_option_suffix_resolution():
         assert cmd.name == "zq_test" and inv.suffix == "vm" and inv.args == ["arg"]
     finally:
         del dispatch.REGISTRY["zq_test"]
+
+
+def test_edit_distance_counts_a_swap_as_one():
+    assert dispatch.edit_distance("analyse", "analyze") == 1
+    assert dispatch.edit_distance("vertraget", "vertarget") == 1  # two neighbours swapped
+    assert dispatch.edit_distance("kk", "k") == 1
+    assert dispatch.edit_distance("", "lm") == 2 and dispatch.edit_distance("lm", "lm") == 0
+
+
+@pytest.mark.parametrize("typed, message", [
+    ("!analyse -v", "No export analyse found. Did you mean '!analyze -v'?"),
+    ("!proces 0 0", "No export proces found. Did you mean '!process 0 0'?"),
+    ("analyze -v", "^ Syntax error in 'analyze -v': no such command. Did you mean '!analyze -v'?"),
+    ("vertraget", "^ Syntax error in 'vertraget': no such command. Did you mean 'vertarget'?"),
+    (".symfx", "^ Syntax error in '.symfx': no such command. Did you mean '.symfix'?"),
+    # nothing close: the old wording, no guess
+    ("frobnicate", "^ Syntax error in 'frobnicate': no such command (type .help for the list)"),
+    ("!frob", "No export frob found (type .help for the extensions kdshell knows)"),
+])
+def test_unknown_commands_suggest_the_nearest_name(typed, message):
+    _load_commands()
+    with pytest.raises(CommandError) as err:
+        dispatch.resolve(typed)
+    assert str(err.value) == message
+
+
+def test_suggestions_stay_close():
+    _load_commands()
+    # short names allow one edit, longer ones two; a one-letter word matches every one-letter command
+    assert dispatch.closest_command("kk") == "k"  # the name the word starts with wins a tie (kd)
+    assert dispatch.closest_command("lmx") == "lm"
+    assert dispatch.closest_command("!frob") is None  # '!prcb' is two edits away, and 'frob' is short
+    assert dispatch.closest_command("vrtrgt") is None  # three edits from vertarget
+    assert dispatch.closest_command("g") is None

@@ -635,7 +635,7 @@ def test_ctrl_c_stops_a_write_and_leaves_no_file(machines, tmp_path, monkeypatch
     with open_session(machines.path("d1", "complete")) as s:
         s.progress = io.StringIO()
         text = s.capture(f".dump /f {out}")
-        assert "^C: command stopped" in text and s.failures == 1
+        assert "Command stopped (Ctrl-C)." in text and "^C" not in text and s.failures == 1
         assert s.progress.getvalue().endswith("\n")  # the progress line is ended
     assert len(taken) == 10 and list(tmp_path.iterdir()) == []
 

@@ -34,7 +34,8 @@ KTRAP_RIP = 0x168  # KTRAP_FRAME.Rip (windbg.md §9): the machine frame's RIP sl
 
 
 def lines(session, command):
-    return session.capture(command).splitlines()
+    """The command's lines, without the notes on modules that lack symbols (tests/test_missing_symbols.py)."""
+    return [line for line in session.capture(command).splitlines() if not line.startswith("*** Symbols for ")]
 
 
 @pytest.fixture

@@ -49,7 +49,10 @@ class Handler(SimpleHTTPRequestHandler):
         if mode == "error":
             self.send_error(503, "Service Unavailable")
             return
-        super().do_GET()
+        try:
+            super().do_GET()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up first (the slow server's test): no traceback in a later test's output
 
 
 @pytest.fixture
@@ -175,7 +178,7 @@ def test_download_into_the_cache(server, tmp_path):
 
 def test_the_triage_dump_with_a_symbol_server(server, tmp_path):
     cache = tmp_path / "cache"
-    with kdshell.open(TRIAGE_19041, symbol_path=f"srv*{cache}*{server.url}", image_path="") as s:
+    with kdshell.open(TRIAGE_19041, symbol_path=f"srv*{cache}*{server.url}", image_path="", offline=False) as s:
         s.progress = None
         assert s.capture("ln 0xfffff8048b58334c").splitlines()[0] == (
             "(fffff804`8b5832dc)   amdppm!WriteIoMemRawEx+0x70   |  (fffff804`8b583370)   amdppm!WriteIoMemRawHidden")
@@ -254,3 +257,68 @@ def test_unsafe_names_never_reach_the_disk_or_the_server(server, tmp_path):
     assert server.handler.hits == []
     assert not cache.exists()
     assert safe_key("1C19FDDB27BB3399D9B45973EFEAFCF31") and safe_key("..") is None
+
+
+# -- the default path, offline ---------------------------------------------------------------------
+def test_the_default_cache_and_path(monkeypatch, tmp_path):
+    from kdshell.symbols import store
+
+    monkeypatch.delenv("KDSHELL_SYMBOL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert store.default_cache() == str(tmp_path / "xdg" / "kdshell" / "symbols")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert store.default_cache() == str(tmp_path / "home" / ".cache" / "kdshell" / "symbols")
+    assert store.default_symbol_path() == f"srv*{store.default_cache()}*{MICROSOFT_SERVER}"
+    assert store.default_symbol_path(offline=True) == store.default_cache()
+    monkeypatch.setenv("KDSHELL_SYMBOL_CACHE", str(tmp_path / "mine"))
+    assert store.default_symbol_path() == f"srv*{tmp_path / 'mine'}*{MICROSOFT_SERVER}"
+    for value, offline in (("1", True), ("yes", True), ("0", False), ("", False)):
+        monkeypatch.setenv("KDSHELL_OFFLINE", value)
+        assert store.offline_requested() is offline
+
+
+def test_offline_asks_no_server_but_reads_the_cache(server, tmp_path):
+    cache = tmp_path / "cache"
+    store, warnings, _, _ = make_store(f"srv*{cache}*{server.url}", offline=True)
+    assert store.find("amdppm.pdb", AMDPPM_PDB_KEY) is None
+    assert server.handler.hits == [] and warnings == []
+    online, *_ = make_store(f"srv*{cache}*{server.url}")
+    assert online.find("amdppm.pdb", AMDPPM_PDB_KEY) is not None  # now in the cache
+    assert store.find("amdppm.pdb", AMDPPM_PDB_KEY) == str(cache / "amdppm.pdb" / AMDPPM_PDB_KEY / "amdppm.pdb")
+    assert len(server.handler.hits) == 1
+
+
+def test_a_dns_lookup_that_hangs_is_cut_short(monkeypatch, tmp_path):
+    """Off the network with a DNS server configured, a name lookup can wait far longer than the
+    socket timeout (which does not cover DNS): it is given the timeout, then the server is dropped."""
+    import socket
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(5))
+    store, warnings, _, _ = make_store(f"srv*{tmp_path}*https://symbols.invalid/x", timeout=0.3)
+    start = time.monotonic()
+    assert store.find("amdppm.pdb", AMDPPM_PDB_KEY) is None
+    assert store.find("other.pdb", AMDPPM_PDB_KEY) is None  # not asked again
+    assert time.monotonic() - start < 1.5
+    assert warnings == ["*** WARNING: symbol server https://symbols.invalid/x failed: no answer from DNS for "
+                        "symbols.invalid within 0.3 s. It is not asked again in this session."]
+
+
+def test_the_command_line_downloads_by_default(server, monkeypatch, tmp_path, capsys):
+    """No -y, no _NT_SYMBOL_PATH, not offline: the command line uses srv*<user cache>*<Microsoft's
+    server> (here the test's server on 127.0.0.1 stands in for Microsoft's), and says so."""
+    from kdshell import cli
+    from kdshell.symbols import store
+
+    monkeypatch.delenv("KDSHELL_OFFLINE")
+    monkeypatch.setattr(store, "MICROSOFT_SERVER", server.url)
+    cache = tmp_path / "symbol-cache"
+    assert cli.main(["-z", str(TRIAGE_19041), "-c", "ln 0xfffff8048b58334c; q"]) == 0
+    out = capsys.readouterr().out
+    assert (f"\nSymbol search path is: srv*{cache}*{server.url} (the default; -y PATH or --offline to change)\n"
+            in out)
+    assert "amdppm!WriteIoMemRawEx+0x70" in out
+    assert (cache / "amdppm.pdb" / AMDPPM_PDB_KEY / "amdppm.pdb").exists()
+    # and the Python API keeps to what it is given: no path, no download
+    with kdshell.open(TRIAGE_19041, offline=False) as s:
+        assert s.symbol_path == "" and "amdppm+0x334c" in s.capture("ln 0xfffff8048b58334c")

@@ -9,19 +9,23 @@ import uuid
 import pytest
 
 from conftest import CORPUS_SYMBOLS, TRIAGE_19041
+from kdshell.cli import WHERE_TO_START
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 
 class Terminal:
-    def __init__(self, tmp_path, *args, env=None):
+    def __init__(self, tmp_path, *args, env=None, status=None):
         self.name = f"kd{uuid.uuid4().hex[:8]}"
         # A running tmux server starts commands in its own environment, not the client's: the
         # variables go on the command line.
-        environment = {"XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm-256color", **(env or {})}
+        environment = {"XDG_STATE_HOME": str(tmp_path / "state"), "TERM": "xterm-256color",
+                       "KDSHELL_OFFLINE": "1", "KDSHELL_SYMBOL_CACHE": str(tmp_path / "symbol-cache"), **(env or {})}
         command = ["env", "-u", "NO_COLOR", "-u", "PYTEST_CURRENT_TEST"]
         command += [f"{k}={shlex.quote(v)}" for k, v in environment.items()]
         command += [sys.executable, "-m", "kdshell", *map(shlex.quote, args)]
+        if status is not None:  # kdshell's exit status, written when it ends
+            command += ["; echo $? >", shlex.quote(str(status))]
         # Each terminal has a tmux server of its own (-L): no races with other tests' servers.
         subprocess.run(self.tmux("new-session", "-d", "-s", self.name, "-x", "160", "-y", "50", " ".join(command)),
                        check=True)
@@ -153,7 +157,9 @@ def test_ctrl_c_stops_a_long_command(term, machines):
     t.keys('s -a 0 L?ffffffffffffffff "no-such-needle"', "Enter")
     time.sleep(0.4)
     t.keys("C-c")
-    t.wait_for("^C: command stopped")
+    screen = t.wait_for("Command stopped (Ctrl-C).")
+    line = next(line for line in screen.splitlines() if "Command stopped" in line)
+    assert line == "Command stopped (Ctrl-C)."  # over the terminal's own "^C", not after it
     t.keys(".echo after-ctrl-c", "Enter")
     t.wait_for("after-ctrl-c\n")
 
@@ -184,3 +190,21 @@ def test_tab_completes_file_paths(term, tmp_path):
     t.wait_for("triage-script.txt")
     t.keys("Enter")
     t.wait_for("from-the-script\n")
+
+
+def test_a_session_at_the_terminal_ends_with_status_0_after_a_typo(term, tmp_path):
+    """Mistakes typed at the prompt are not failures of the run: q ends with status 0 (a -c or
+    piped run still reports them, tests/test_cli.py). The start shows where to begin, for any
+    dump, wrapped between words to the terminal's width."""
+    status = tmp_path / "status"
+    t = term("-z", str(TRIAGE_19041), status=status)
+    screen = t.wait_for("0: kd>")
+    hint = screen[screen.index("New to crash dumps?"):screen.index("0: kd>")].split()
+    assert " ".join(hint) == WHERE_TO_START
+    t.keys("kk", "Enter")
+    t.wait_for("Did you mean 'k'?")
+    t.keys("q", "Enter")
+    end = time.time() + 5
+    while not status.exists() and time.time() < end:
+        time.sleep(0.1)
+    assert status.read_text().strip() == "0"

@@ -204,7 +204,8 @@ class Symbols:
     path. `memory()` gives the dump's current virtual memory (None when it has none)."""
 
     def __init__(self, dump: Any, memory: Callable[[], Any], kernel: KernelFacts, out: Any, *,
-                 symbol_path: str = "", image_path: str = "", progress: Any = None):
+                 symbol_path: str = "", image_path: str = "", progress: Any = None,
+                 offline: bool = False):
         self.dump = dump
         self._memory = memory
         self.kernel = kernel
@@ -213,12 +214,14 @@ class Symbols:
         self._register_names = Registers(dump.registers(), dump.is64)
         self._symbol_path = symbol_path or ""
         self._image_path = image_path or ""
+        self.offline = offline  # no downloads, whatever the path says (--offline)
         self.noisy = False
         self._modules: ModuleList | None = None
         self._store: SymbolStore | None = None
         self._image_store: SymbolStore | None = None
         self._failed_servers: set[str] = set()
         self._overlay: ImageOverlay | None = None
+        self.missing_noted: set[str] = set()  # modules whose missing symbols were pointed out (k, !analyze)
 
     # -- paths -------------------------------------------------------------------------------
     @property
@@ -249,7 +252,7 @@ class Symbols:
         self.out.warn(text)
 
     def _new_store(self, text: str) -> SymbolStore:
-        store = SymbolStore(text, log=self.log, warn=self._warn, progress=self.progress)
+        store = SymbolStore(text, log=self.log, warn=self._warn, progress=self.progress, offline=self.offline)
         store.dead_servers = self._failed_servers  # one warning per server for the whole session
         return store
 
@@ -342,6 +345,7 @@ class Symbols:
 
     def retry_failed(self) -> None:
         """After a path change: modules whose image or symbols were not found are looked for again."""
+        self.missing_noted.clear()
         if self._modules is None:
             return
         for m in self._modules:
@@ -439,6 +443,7 @@ class Symbols:
                 return _image_matches(path, stamp, module.size)
 
             path = self.image_store.find(module.image_name, key, verify=same)
+            st["wanted_image"] = None if path else (module.image_name, key)  # kdshell.symbols.missing
             if path is None:
                 self.log(f"DBGHELP: {module.image_name} ({key}) - image not found")
                 return None
@@ -526,6 +531,7 @@ class Symbols:
                 return False
 
         path = self.store.find(cv.pdb_name, cv.key, verify=same)
+        module.state["wanted_pdb"] = None if path else (cv.pdb_name, cv.key)  # kdshell.symbols.missing
         if path is None:
             self.log(f"DBGHELP: {cv.pdb_name} ({cv.key}) - PDB not found")
             return None

@@ -47,12 +47,34 @@ _BAD_CHARS = set('<>:"/\\|?*') | {chr(c) for c in range(32)}
 
 
 def default_cache() -> str:
-    """Where `srv*` without a cache puts downloads: $KDSHELL_SYMBOL_CACHE, else the user's cache."""
+    """Where `srv*` without a cache puts downloads: $KDSHELL_SYMBOL_CACHE, else the user's cache
+    directory ($XDG_CACHE_HOME or ~/.cache; %LOCALAPPDATA% on Windows) + kdshell/symbols."""
     env = os.environ.get("KDSHELL_SYMBOL_CACHE")
     if env:
         return env
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "kdshell", "sym")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base and os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA")
+    base = base or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "kdshell", "symbols")
+
+
+def default_symbol_path(offline: bool = False) -> str:
+    """The command line's symbol path when none is given: Microsoft's server, downloads cached
+    per user; offline, the cache alone. (The Python API has no default: it downloads only when
+    its caller or _NT_SYMBOL_PATH names a server.)"""
+    return default_cache() if offline else f"srv*{default_cache()}*{MICROSOFT_SERVER}"
+
+
+def environment_symbol_path() -> str:
+    """As the debuggers do: _NT_ALT_SYMBOL_PATH first, then _NT_SYMBOL_PATH."""
+    return ";".join(os.environ[v] for v in ("_NT_ALT_SYMBOL_PATH", "_NT_SYMBOL_PATH") if os.environ.get(v))
+
+
+def offline_requested() -> bool:
+    """KDSHELL_OFFLINE=1 (anything but empty or 0): no downloads, whatever the symbol path says
+    (what --offline does; the test suite sets it so that no test reaches a real server)."""
+    return os.environ.get("KDSHELL_OFFLINE", "").strip() not in ("", "0")
 
 
 def safe_file_name(name: str | None) -> str | None:
@@ -149,8 +171,9 @@ class SymbolStore:
 
     def __init__(self, path: SymbolPath | str | None, *, log: Callable[[str], None] | None = None,
                  warn: Callable[[str], None] | None = None, progress=None, timeout: float = DEFAULT_TIMEOUT,
-                 deadline: float = DEFAULT_DEADLINE, max_size: int = DEFAULT_MAX_SIZE):
+                 deadline: float = DEFAULT_DEADLINE, max_size: int = DEFAULT_MAX_SIZE, offline: bool = False):
         self.path = path if isinstance(path, SymbolPath) else SymbolPath.parse(path)
+        self.offline = offline  # servers (URLs) are skipped; local stores and caches still serve
         self.log = log or (lambda text: None)  # noisy tracing ("SYMSRV:  ...")
         self.warn = warn or (lambda text: None)  # once-per-server failures
         self.progress = progress if progress is not None else sys.stderr
@@ -275,7 +298,7 @@ class SymbolStore:
                 return found
         for store in el.stores:
             if is_url(store):
-                if el.cache is None:
+                if el.cache is None or self.offline:
                     continue
                 found = self._download(store, el.cache, name, key, verify)
             else:
@@ -338,6 +361,7 @@ class SymbolStore:
 
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         start = time.monotonic()
+        self._resolve(urllib.parse.urlsplit(url).hostname or "")
         try:
             response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - http(s) only
         except urllib.error.HTTPError as exc:
@@ -386,6 +410,29 @@ class SymbolStore:
                 os.unlink(tmp)
                 raise DownloadError(f"{name}: the server sent {done} of {total} bytes")
             return tmp
+
+    def _resolve(self, host: str) -> None:
+        """Look the server's name up within the timeout: the socket timeout does not cover DNS, and
+        a machine off the network with a DNS server configured can wait for it for a minute."""
+        import socket
+        import threading
+
+        result: list = []
+
+        def lookup() -> None:
+            try:
+                socket.getaddrinfo(host, None)
+                result.append(None)
+            except (OSError, UnicodeError) as exc:
+                result.append(exc)
+
+        worker = threading.Thread(target=lookup, name="kdshell-dns", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if not result:
+            raise DownloadError(f"no answer from DNS for {host} within {self.timeout:g} s")
+        if result[0] is not None:
+            raise DownloadError(f"{result[0]}")
 
     def _show(self, name: str, done: int, total: int | None, final: bool = False) -> None:
         if self.progress is None:
