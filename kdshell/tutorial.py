@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import CONTEXT_RECORD, DEFAULT, PROCESSOR, THREAD, TRAP_FRAME, Analysis, analyze
@@ -44,7 +44,7 @@ class Skip:
 class Walk:
     """The facts the steps are computed from, gathered once, and what the user has done so far."""
 
-    def __init__(self, session):
+    def __init__(self, session: Any):
         self.session = session
         self.analysis: Analysis | None = None
         self.error = ""
@@ -72,7 +72,7 @@ class Walk:
 
 
 # -- the steps ----------------------------------------------------------------------------------------
-def _bugcheck(w: Walk):
+def _bugcheck(w: Walk) -> Lesson | Skip:
     code, params = w.code, w.params
     entry = bugcodes.lookup(code)
 
@@ -99,7 +99,7 @@ def _bugcheck(w: Walk):
                   "facts of every crash. Type .bugcheck to see them.", ".bugcheck", after)
 
 
-def _analyze(w: Walk):
+def _analyze(w: Walk) -> Lesson | Skip:
     a = w.analysis
     if a is None:
         return Skip("the automated analysis", f"!analyze cannot analyse this dump: {w.error}")
@@ -120,7 +120,7 @@ def _analyze(w: Walk):
                   "faulting code and names the driver to blame. Type !analyze -v.", "!analyze -v", after)
 
 
-def _stack(w: Walk):
+def _stack(w: Walk) -> Lesson | Skip:
     state = w.session.context
     try:
         frames = state.walk(state.kframes)
@@ -144,7 +144,7 @@ def _stack(w: Walk):
                 break
         c = None if a is None else a.culprit or (a.detector if a.verdict == MANUAL else None)
         at = next((i for i, f in enumerate(frames) if c is not None and c.ip is not None and f.ip == c.ip), None)
-        if at is not None:
+        if a is not None and c is not None and at is not None:
             what = "!analyze blamed" if c is a.culprit else "The crash was asked for through"
             text.append(f"{what} frame {at} (counting the top line as 0), {names[at]}, in {c.image}.")
         elif a is not None and a.fault.command:
@@ -157,7 +157,7 @@ def _stack(w: Walk):
     return Lesson("The call stack shows how the code got to the crash. Type k.", "k", after)
 
 
-def _context(w: Walk):
+def _context(w: Walk) -> Lesson | Skip:
     a = w.analysis
     topic = "the registers at the fault, .cxr / .trap"
     if a is None:
@@ -165,8 +165,7 @@ def _context(w: Walk):
     rule, kind, command = a.rule, a.fault.kind, a.fault.command
     entry = a.bugcheck
     if kind == DEFAULT or not command:
-        given = [(rule.context_record, "CONTEXT record"), (rule.trap_frame, "trap frame")]
-        for index, what in given:
+        for index, what in ((rule.context_record, "CONTEXT record"), (rule.trap_frame, "trap frame")):
             if index is not None and a.params[index]:
                 why = a.errors[0].split(";")[0] if a.errors else "it cannot be read"
                 return Skip(topic, f"parameter {index + 1} of {a.title} points at a {what}, but this dump "
@@ -174,16 +173,16 @@ def _context(w: Walk):
         return Skip(topic, f"{a.title} names no context record or trap frame, and no trap frame of a fault "
                            "was found on the stack: the crash's own registers are the ones that matter, and "
                            "they are already current.")
-    if kind == CONTEXT_RECORD:
-        index = rule.context_record
-        meaning = f" (the bug check table: '{entry.parameters[index]}')" if entry and entry.parameters[index] else ""
-        intro = (f"Parameter {index + 1} of this bug check is the address of a CONTEXT record{meaning}: the "
+    given = a.params.index(a.fault.address) if a.fault.address in a.params else None  # the parameter
+    if kind == CONTEXT_RECORD and given is not None:
+        meaning = f" (the bug check table: '{entry.parameters[given]}')" if entry and entry.parameters[given] else ""
+        intro = (f"Parameter {given + 1} of this bug check is the address of a CONTEXT record{meaning}: the "
                  "processor's registers saved when the exception was raised. .cxr ADDRESS makes them the "
                  f"current registers, so r, k and u show the moment of the fault. Type {command}.")
-    elif kind == TRAP_FRAME and rule.trap_frame is not None and a.trap_frame == a.params[rule.trap_frame]:
-        intro = (f"Parameter {rule.trap_frame + 1} of this bug check is the address of a trap frame: the "
-                 "registers the processor saved when the trap came. .trap ADDRESS makes them the current "
-                 f"registers. Type {command}.")
+    elif kind == TRAP_FRAME and given is not None:
+        intro = (f"Parameter {given + 1} of this bug check is the address of a trap frame: the registers the "
+                 f"processor saved when the trap came. .trap ADDRESS makes them the current registers. "
+                 f"Type {command}.")
     elif kind == TRAP_FRAME:
         names = (f"names the faulting instruction (parameter {rule.fault_ip + 1}) but not its registers"
                  if rule.fault_ip is not None else "gives no registers")
@@ -194,7 +193,7 @@ def _context(w: Walk):
         intro = (f"The stack that matters for this bug check is another thread's, which its parameters "
                  f"name. .thread ADDRESS switches to that thread. Type {command}.")
     else:  # PROCESSOR
-        intro = (f"This bug check names processor {a.fault.address} (parameter {rule.processor + 1}): "
+        intro = (f"This bug check names processor {a.fault.address}, whose stack is the one that matters: "
                  f"~Ns switches to processor N. Type {command}.")
 
     def after(ok: bool) -> str:
@@ -212,7 +211,7 @@ def _context(w: Walk):
             text = (f"These are the registers at the faulting instruction, in {top}. !analyze blamed {c.image} "
                     f"({c.symbol_name}), frame {c.frame - a.start} of this context's stack (k shows it).")
         else:
-            text = f"These are the registers at the faulting instruction" + (f", in {top}." if top else ".")
+            text = "These are the registers at the faulting instruction" + (f", in {top}." if top else ".")
         text += (" The last line shows that instruction with the memory it refers to (???????? = not in the "
                  "dump, or not present).")
         if kind == TRAP_FRAME:
@@ -222,7 +221,7 @@ def _context(w: Walk):
     return Lesson(intro, command, after)
 
 
-def _code(w: Walk):
+def _code(w: Walk) -> Lesson | Skip:
     a = w.analysis
     topic = "the code at the fault"
     if a is None or a.fault_frame is None or (a.fault.kind == DEFAULT and a.rule.fault_ip is None):
@@ -259,7 +258,7 @@ STATUS_MEANING = {
 }
 
 
-def _module(w: Walk):
+def _module(w: Walk) -> Lesson | Skip:
     a = w.analysis
     topic = "the blamed module, lmvm"
     if a is None:
@@ -284,7 +283,7 @@ def _module(w: Walk):
                   "v = verbose, m = matching this name).", command, after)
 
 
-def _memory(w: Walk):
+def _memory(w: Walk) -> Lesson | Skip:
     topic = "stack memory"
     sp = w.session.registers.get(w.sp)
     if sp is None:
@@ -302,14 +301,14 @@ def _memory(w: Walk):
     return Lesson(f"Memory can be read directly. Type {command} to see the top of the stack.", command, after)
 
 
-def _reset(w: Walk):
+def _reset(w: Walk) -> Lesson | Skip:
     if not w.switched:
         return Skip("going back to the crash's own registers, .cxr", "they were not changed.")
     return Lesson("Go back to the crash's own context. Type .cxr to reset.", ".cxr",
                   lambda ok: "r, k and u show the crash's own registers again.")
 
 
-STEPS = [_bugcheck, _analyze, _stack, _context, _code, _module, _memory, _reset]
+STEPS: list[Callable[[Walk], Lesson | Skip]] = [_bugcheck, _analyze, _stack, _context, _code, _module, _memory, _reset]
 
 
 def _suggestions(w: Walk) -> str:
@@ -327,8 +326,8 @@ def _suggestions(w: Walk) -> str:
 def _same_command(typed: str, expected: str) -> bool:
     """The typed line runs the expected command with the same arguments (case, spacing and the
     spelling of numbers aside: `.trap ffffc20a`00009ba0` is `.trap 0xffffc20a00009ba0`)."""
-    def words(line: str) -> list:
-        out = []
+    def words(line: str) -> list[int | str]:
+        out: list[int | str] = []
         for w in line.lower().replace("`", "").split():
             try:
                 out.append(int(w, 16))
@@ -345,13 +344,13 @@ def _same_command(typed: str, expected: str) -> bool:
         return False
 
 
-def _say(out, text: str, indent: str = "") -> None:
+def _say(out: Any, text: str, indent: str = "") -> None:
     for paragraph in text.splitlines():
         lead = indent + paragraph[: len(paragraph) - len(paragraph.lstrip())]
         out.lines(textwrap.wrap(paragraph.strip(), WIDTH, initial_indent=lead, subsequent_indent=lead) or [""])
 
 
-def run_tutorial(session, read_line: Callable[[str], str]) -> None:
+def run_tutorial(session: Any, read_line: Callable[[str], str]) -> None:
     """Walk the steps, reading the user's lines with `read_line(prompt)` (EOFError ends it)."""
     out = session.out
     out.line("kdshell tutorial: reading a crash dump, step by step. Type 'skip' to skip a step, 'q' to stop.")
