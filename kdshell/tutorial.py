@@ -224,10 +224,15 @@ def _context(w: Walk) -> Lesson | Skip:
 def _code(w: Walk) -> Lesson | Skip:
     a = w.analysis
     topic = "the code at the fault"
-    if a is None or a.fault_frame is None or (a.fault.kind == DEFAULT and a.rule.fault_ip is None):
-        return Skip(topic, f"{bugcodes.describe(w.code)} names no faulting instruction: the machine was "
-                           "stopped by a call to KeBugCheckEx, not by a fault.")
-    ip = a.fault_frame.ip
+    if a is None:
+        return Skip(topic, f"!analyze cannot analyse this dump: {w.error}")
+    if a.fault.kind != DEFAULT and a.fault_frame is not None:
+        ip = a.fault_frame.ip                   # the first frame of the fault's context
+    elif a.rule.fault_ip is not None and a.params[a.rule.fault_ip]:
+        ip = a.params[a.rule.fault_ip]          # the bug check names the instruction
+    else:
+        return Skip(topic, f"{a.title} names no faulting instruction: the machine was stopped by a call "
+                           "to KeBugCheckEx, not by a fault.")
     if not w.readable(ip):
         module = w.session.symbols.module_at(ip)
         return Skip(topic, f"the code at {ip:#x} is not in this dump"

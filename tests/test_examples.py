@@ -152,7 +152,7 @@ def test_example_prompt_commands_run_on_the_sample():
 @pytest.fixture
 def triage():
     if not TRIAGE_19041.exists():
-        pytest.skip(f"corpus dump {TRIAGE_19041.name} not found (set KDSHELL_SHARED)")
+        pytest.skip(f"corpus dump {TRIAGE_19041.name} is not on this machine (the shared corpus)")
     with kdshell.open(TRIAGE_19041, symbol_path=str(CORPUS_SYMBOLS)) as s:
         yield s
 

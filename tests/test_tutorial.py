@@ -157,7 +157,7 @@ def test_a_wrong_command_gets_a_hint_then_the_step_goes_on(machines):
 # -- the corpus's small dumps -----------------------------------------------------------------------
 def _corpus(path: Path):
     if not path.exists():
-        pytest.skip(f"corpus dump {path.name} not found (set KDSHELL_SHARED)")
+        pytest.skip(f"corpus dump {path.name} is not on this machine (the shared corpus)")
 
 
 def test_the_walk_on_a_real_triage_dump_with_symbols():
