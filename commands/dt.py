@@ -77,13 +77,17 @@ def run_dt(session: Session, inv: Invocation) -> None:
         _dt_list(session, module_name, tname)
         return
     found = None
-    for name, source, origin in session.symbols.type_sources(module_name):
+    sources = session.symbols.type_sources(module_name)
+    for name, source, origin in sources:
         t = source.find(tname)
         if t is not None:
             found = (name, t, origin)
             break
     if found is None:
-        raise KdError(f"Symbol {spec} not found.")
+        # a module named whose PDB has no types (stripped, or its TPI stream lost): say so
+        empty = [name for name, source, _ in sources if getattr(source, "type_count", None) == 0]
+        why = f" ({empty[0]}'s symbol file holds no type information)" if module_name and empty else ""
+        raise KdError(f"Symbol {spec} not found{why}.")
     _, t, origin = found
     fields, address = [], None
     ev = Evaluator(session)

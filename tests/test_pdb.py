@@ -735,3 +735,76 @@ def test_cpp_records_and_numeric_leaves():
         mem[0x18] = 0xFE
         assert render(derived, 0x1000, lambda a, n: bytes(mem[a - 0x1000:a - 0x1000 + n]),
                       fields=["color"]) == ["   +0x018 color : fe ( Minus )"]
+
+
+# --------------------------------------------------------------------------------------------
+# A damaged PDB in a symbol store (issue 15): the fixture hal.pdb with its TPI stream emptied.
+
+DAMAGED_HAL = Path(__file__).resolve().parent / "regressions" / "pdb" / "hal-empty-tpi.pdb.gz"
+
+
+def with_stream_size(pdb: bytes, index: int, size: int) -> bytes:
+    """A copy of an MSF 7.00 file whose stream `index` is cut to `size` bytes: the stream
+    directory (its block list at BlockMapAddr, +0x34 of the superblock; NumDirectoryBytes at
+    +0x2c) is rewritten in its own blocks with the shorter size and block list."""
+    bs, ndirbytes, mapaddr = struct.unpack_from("<I", pdb, 0x20)[0], *struct.unpack_from("<I4xI", pdb, 0x2C)
+    ndir = -(-ndirbytes // bs)
+    dir_blocks = struct.unpack_from(f"<{ndir}I", pdb, mapaddr * bs)
+    directory = b"".join(pdb[b * bs:(b + 1) * bs] for b in dir_blocks)[:ndirbytes]
+    (count,) = struct.unpack_from("<I", directory, 0)
+    sizes = list(struct.unpack_from(f"<{count}I", directory, 4))
+    pos, lists = 4 + 4 * count, []
+    for s in sizes:
+        n = 0 if s == 0xFFFFFFFF else -(-s // bs)
+        lists.append(struct.unpack_from(f"<{n}I", directory, pos))
+        pos += 4 * n
+    assert size <= sizes[index]
+    sizes[index], lists[index] = size, lists[index][:-(-size // bs)]
+    new = struct.pack(f"<I{count}I", count, *sizes) + b"".join(struct.pack(f"<{len(b)}I", *b) for b in lists)
+    out = bytearray(pdb)
+    padded = new.ljust(ndir * bs, b"\0")
+    for i, b in enumerate(dir_blocks):
+        out[b * bs:(b + 1) * bs] = padded[i * bs:(i + 1) * bs]
+    struct.pack_into("<I", out, 0x2C, len(new))
+    return bytes(out)
+
+
+def test_the_committed_damaged_pdb_is_hal_pdb_with_an_empty_tpi():
+    import gzip
+
+    hal = (REPO / "fixtures" / "images" / "bin" / "hal.pdb").read_bytes()
+    assert gzip.decompress(DAMAGED_HAL.read_bytes()) == with_stream_size(hal, 2, 0)
+
+
+def _store_with(tmp_path: Path, pdb: bytes) -> str:
+    """A symbol store (name/KEY/name) holding `pdb` as hal.pdb, ahead of the fixture binaries."""
+    with PdbFile(data=pdb) as p:
+        key = p.key
+    folder = tmp_path / "store" / "hal.pdb" / key
+    folder.mkdir(parents=True)
+    (folder / "hal.pdb").write_bytes(pdb)
+    bin_dir = REPO / "fixtures" / "images" / "bin"
+    return f"srv*{tmp_path / 'store'};{bin_dir}"
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_dt_on_a_damaged_pdb_is_one_line(machines, tmp_path, damage):
+    import gzip
+
+    import kdshell
+
+    pdb = gzip.decompress(DAMAGED_HAL.read_bytes())
+    if damage == "truncated":  # a TPI stream shorter than its own header
+        pdb = with_stream_size((REPO / "fixtures" / "images" / "bin" / "hal.pdb").read_bytes(), 2, 20)
+    with kdshell.open(machines.path("d1", "kernel"), symbol_path=_store_with(tmp_path, pdb), image_path="") as s:
+        text = s.capture("dt hal!_KPCR")
+        assert s.failures == 1
+        assert "hal.pdb" in s.capture("lm m hal")  # the damaged file is the one in use
+        nt = s.capture("dt nt!_KPRCB")          # the other modules' types still work
+    lines = text.splitlines()
+    assert len(lines) == 1 and "Internal error" not in text
+    if damage == "empty":
+        assert lines[0] == "Symbol hal!_KPCR not found (hal's symbol file holds no type information)."
+    else:
+        assert "TPI stream is truncated (20 bytes)" in lines[0]
+    assert "+0x000" in nt

@@ -676,6 +676,8 @@ class PdbFile(CodeViewTypes, T.TypeLookup):
         """The TPI stream (read on first use)."""
         if self._tpi is None:
             self._tpi = _Records(self.msf.stream(STREAM_TPI), "TPI", self._label)
+            if not self._tpi.data:
+                self.warnings.append("no TPI stream: no types")
         return self._tpi
 
     @property
