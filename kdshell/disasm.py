@@ -321,7 +321,7 @@ def _numbers(text: str) -> str:
     """Capstone's numbers and spacing in a memory operand to WinDbg's: `[rax + 0xa0]` -> `[rax+0A0h]`."""
     text = text.replace(" + ", "+").replace(" - ", "-").replace(" * ", "*")
 
-    def one(m: re.Match) -> str:
+    def one(m: re.Match[str]) -> str:
         if m.group(3) is not None:
             return m.group(3)
         return m.group(1) + masm_hex(int(m.group(2), 16))

@@ -13,7 +13,7 @@ Frames found by scanning get WinDbg's warning line, once, before the first of th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from kdshell.disasm import Disassembler, Symbolize
 from kdshell.errors import MemoryNotPresent
@@ -219,7 +219,7 @@ def context_lines(memory: VirtualMemory | None, regs: dict[str, int], is64: bool
     return lines + shown, errors
 
 
-def missing_page_lines(errors: Sequence[Any]) -> list[str]:
+def missing_page_lines(errors: Sequence[MemoryNotPresent]) -> list[str]:
     """WinDbg's message for each page the dump left out, once per page."""
     seen = set()
     out = []
