@@ -5,13 +5,23 @@ start a download or a long load); module names always complete.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from kdshell.symbols.resolver import Symbols
+
 MAX_WORDS = 200
 
 
-def words(session, command: str, word: str) -> list[str]:
-    symbols = getattr(session, "symbols", None)
-    if symbols is None:
-        return []
+class CompletionSource(Protocol):
+    """The session, for its modules and symbols."""
+
+    @property
+    def symbols(self) -> Symbols: ...
+
+
+def words(session: CompletionSource, command: str, word: str) -> list[str]:
+    symbols = session.symbols
     modules = symbols.modules
     if "!" not in word:
         prefix = word.lower()

@@ -19,11 +19,15 @@ the text: "Couldn't resolve error at 'foo'", "Memory access error at '->x'".
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.expr import Evaluator as MasmEvaluator
-from kdshell.expr import ExprError, Registers, pseudo_register
+from kdshell.expr import ExprError, ExprSession, Registers, pseudo_register
 from kdshell.symbols import types as T
+
+if TYPE_CHECKING:
+    from kdshell.symbols.resolver import Symbols
 
 MAX_NESTING = 100  # parentheses / unary operators deep; ((((... past this is an error
 MAX_TEXT = 4096
@@ -110,6 +114,7 @@ def tokenize(text: str) -> list[Token]:
         if not m:
             raise ExprError(f"Syntax error at '{text[pos:]}'")
         kind = m.lastgroup
+        assert kind is not None  # every alternative of _TOKEN is a named group
         if kind == "switch":  # @@masm( ... ): the text up to the matching parenthesis
             depth, end = 1, m.end()
             while end < len(text) and depth:
@@ -197,10 +202,25 @@ def literal(text: str, at: int, rest: str) -> Value:
 
 
 # -- the evaluator ----------------------------------------------------------------------------
+class CppSession(ExprSession, Protocol):
+    """What a C++ expression reads of the session: a MASM expression's needs and the symbols."""
+
+    @property
+    def symbols(self) -> Symbols: ...
+
+
+class CppScope(Protocol):
+    """What lives above the engine (commands/cpp.py's Scope): type names and the frame's locals."""
+
+    def find_type(self, module: str | None, name: str, quiet: bool = False) -> T.Type | None: ...
+
+    def variable(self, name: str) -> Value | None: ...
+
+
 class CppEvaluator:
     """Parses and evaluates one C++ expression (precedence climbing, evaluating as it goes)."""
 
-    def __init__(self, session, scope, nesting: int = 0):
+    def __init__(self, session: CppSession, scope: CppScope, nesting: int = 0) -> None:
         self.session = session
         self.scope = scope
         self.ps = 8 if session.is64 else 4
@@ -320,8 +340,8 @@ class CppEvaluator:
                     raise self.fail("Syntax", tok.pos)
                 inner = CppEvaluator(self.session, self.scope, self.nesting + 1)
                 return inner.evaluate(tok.inner)
-            value = MasmEvaluator(self.session).evaluate(tok.inner)
-            return Value(self.size_t, value=normalize(value, self.size_t), at=tok.pos)
+            number = MasmEvaluator(self.session).evaluate(tok.inner)
+            return Value(self.size_t, value=normalize(number, self.size_t), at=tok.pos)
         if tok.kind == "ident":
             if tok.text in ("true", "false"):
                 return Value(BOOL, value=int(tok.text == "true"), at=tok.pos)
@@ -356,12 +376,13 @@ class CppEvaluator:
         for module in candidates:
             table = symbols.table(module)
             pdb = getattr(table, "pdb", None)
-            if table is None or table.lookup(sym_name) is None:
+            found = table.lookup(sym_name) if table is not None else None
+            if found is None:
                 continue
             raw = pdb.symbol(sym_name) if pdb is not None else None
-            address = module.base + table.lookup(sym_name).rva
+            address = module.base + found.rva
             t = None
-            if raw is not None and raw.type_index:
+            if pdb is not None and raw is not None and raw.type_index:
                 try:
                     t = pdb.symbol_type(raw)
                 except KdError:
@@ -511,6 +532,7 @@ class CppEvaluator:
         """The value of `v` as an integer (arrays and functions decay to their address)."""
         if v.value is not None:
             return v.value
+        assert v.address is not None  # a Value holds either a value or an address
         t = v.type.strip()
         if t.kind in (T.ARRAY, T.FUNCTION):
             return v.address
@@ -574,8 +596,8 @@ class CppEvaluator:
 
     def binary(self, op: str, a: Value, b: Value, at: int) -> Value:
         if op in ("&&", "||"):
-            x, y = self.integer(a) != 0, self.integer(b) != 0
-            return Value(BOOL, value=int(x and y if op == "&&" else x or y), at=a.at)
+            left, right = self.integer(a) != 0, self.integer(b) != 0
+            return Value(BOOL, value=int(left and right if op == "&&" else left or right), at=a.at)
         pa, pb = self.pointee(a), self.pointee(b)
         mask = (1 << 8 * self.ps) - 1
         if (pa or pb) and op in ("+", "-"):
@@ -586,6 +608,7 @@ class CppEvaluator:
                 diff = normalize(self.load(a) - self.load(b), self.ptrdiff_t)
                 return Value(self.ptrdiff_t, value=int(diff / step), at=a.at)
             ptr, other, elem = (a, b, pa) if pa is not None else (b, a, pb)
+            assert elem is not None  # one of them is a pointer
             if op == "-" and ptr is b:
                 raise self.fail("Type conflict", at)
             step = (elem.strip().size or 1) * self.integer(other)
@@ -597,8 +620,8 @@ class CppEvaluator:
             else:
                 t = common_type(self.arithmetic_type(a), self.arithmetic_type(b))
                 x, y = normalize(self.integer(a), t), normalize(self.integer(b), t)
-            result = {"==": x == y, "!=": x != y, "<": x < y, ">": x > y, "<=": x <= y, ">=": x >= y}[op]
-            return Value(BOOL, value=int(result), at=a.at)
+            truth = {"==": x == y, "!=": x != y, "<": x < y, ">": x > y, "<=": x <= y, ">=": x >= y}[op]
+            return Value(BOOL, value=int(truth), at=a.at)
         ta, tb = self.arithmetic_type(a), self.arithmetic_type(b)
         if op in ("<<", ">>"):
             x, n = normalize(self.integer(a), ta), self.integer(b)

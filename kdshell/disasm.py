@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from kdshell.errors import MemoryNotPresent
+    from kdshell.memory.virtual import VirtualMemory
 
 # capstone is imported by the first Disassembler, not at start-up: it costs 20-40 ms of import
 # time and only u/ub/r need it (bench/run_all.py, "start").
-capstone = None
-cx86 = None
+capstone: Any = None  # the capstone module (no type stubs)
+cx86: Any = None  # capstone.x86
 
 
 def _load_capstone() -> None:
@@ -50,7 +54,7 @@ def masm_hex(value: int) -> str:
     return ("0" + text if text[0] in "ABCDEF" else text) + "h"
 
 
-def _nothing(_address):
+def _nothing(_address: int) -> None:
     return None
 
 
@@ -61,7 +65,7 @@ class Line:
     data: bytes | None  # None: the byte could not be read
     mnemonic: str
     operands: str
-    insn: object = None  # the capstone instruction
+    insn: Any = None  # the capstone instruction (CsInsn)
 
     @property
     def end(self) -> int:
@@ -89,18 +93,21 @@ class Disassembler:
         self.cs.detail = True
         self.symbolize = symbolize or _nothing
         self.mask = 0xFFFF_FFFF_FFFF_FFFF if is64 else 0xFFFFFFFF
-        self.errors: list = []  # MemoryNotPresent met by the last decode/backward
+        self.errors: list[MemoryNotPresent] = []  # MemoryNotPresent met by the last decode/backward
 
     # -- decoding ---------------------------------------------------------------------------
-    def decode(self, memory, address: int, count: int | None = None, end: int | None = None) -> list[Line]:
+    def decode(self, memory: VirtualMemory, address: int, count: int | None = None,
+               end: int | None = None) -> list[Line]:
         """`count` instructions from `address` (or until `end`), reading through `memory`.
 
         Unreadable bytes give `??  ???` lines one byte apart, as WinDbg prints them.
         """
         lines: list[Line] = []
-        if count is None and end is None:
-            count = 8
-        want = count * MAX_INSN if end is None else (end - address) + MAX_INSN
+        if end is None:
+            count = 8 if count is None else count
+            want = count * MAX_INSN
+        else:
+            want = (end - address) + MAX_INSN
         data, valid, self.errors = memory.read_partial(address, max(want, MAX_INSN))
         pos = 0
         while (count is None or len(lines) < count) and (end is None or address + pos < end):
@@ -128,7 +135,7 @@ class Disassembler:
             return Line(address, insn.size, bytes(insn.bytes), mnemonic, operands, insn)
         return Line(address, 1, code[:1], "???", "")
 
-    def backward(self, memory, address: int, count: int = 8) -> list[Line]:
+    def backward(self, memory: VirtualMemory, address: int, count: int = 8) -> list[Line]:
         """The `count` instructions that end at `address` (ub). x86 cannot be decoded backwards,
         so like WinDbg this tries start points before it and keeps the one whose instruction
         stream lands exactly on `address`, preferring the earliest (most resynchronised)."""
@@ -172,7 +179,7 @@ class Disassembler:
         line = self._one(data[off:stop], at)
         return None if line.mnemonic == "???" else line
 
-    def flow(self, memory, entry: int, inside: Callable[[int], bool], limit: int = 20000) -> "Flow":
+    def flow(self, memory: VirtualMemory, entry: int, inside: Callable[[int], bool], limit: int = 20000) -> Flow:
         """The instructions reachable from `entry` through jumps and fall-through (calls are
         stepped over), staying where `inside(address)` holds: what `uf` shows. A block ends at
         a return, an unconditional or indirect jump, an int 3, ud2 or an unreadable byte."""
@@ -218,7 +225,7 @@ class Disassembler:
             return ptr(address, self.is64)
         return f"{symbol_text(*sym)} ({ptr(address, self.is64)})"
 
-    def _masm(self, insn) -> tuple[str, str]:
+    def _masm(self, insn: Any) -> tuple[str, str]:
         mnemonic = insn.mnemonic
         if mnemonic == "movabs":
             mnemonic = "mov"
@@ -314,7 +321,7 @@ def _numbers(text: str) -> str:
     """Capstone's numbers and spacing in a memory operand to WinDbg's: `[rax + 0xa0]` -> `[rax+0A0h]`."""
     text = text.replace(" + ", "+").replace(" - ", "-").replace(" * ", "*")
 
-    def one(m: re.Match) -> str:
+    def one(m: re.Match[str]) -> str:
         if m.group(3) is not None:
             return m.group(3)
         return m.group(1) + masm_hex(int(m.group(2), 16))

@@ -2,6 +2,11 @@
 texts are here in one place so they read as one voice."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kdshell.dispatch import Invocation
+
 NOTES = {
     "vertarget": """\
 Line 1: the Windows build (19041 = Windows 10 2004/20H2; 22000+ is Windows 11, still printed as
@@ -99,7 +104,7 @@ ALIASES = {"kb": "k", "kv": "k", "kn": "k", "kp": "k", "kc": "k", "kf": "k", "dd
            "dp": "dq", "dc": "db", "dqs": "dps", "dds": "dps", "ub": "u"}
 
 
-def note_for(name: str, inv=None) -> str | None:
+def note_for(name: str, inv: Invocation | None = None) -> str | None:
     if name == "!analyze" and inv is not None and any(a.lower() in ("-json", "-show") for a in inv.args):
         return None  # JSON must stay JSON; -show explains itself
     return NOTES.get(ALIASES.get(name, name))

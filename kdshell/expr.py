@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
 
@@ -136,20 +137,48 @@ _PSEUDO_COUNT = 20  # $t0 .. $t19
 
 @dataclass
 class Range:
-    start: int
+    start: int | None  # None when the text gave only a length (`L4`)
     count: int | None  # in units; None when the text gave no length
     end: int | None = None  # the second address of a `start end` range (inclusive)
     huge: bool = False  # L? was used
 
 
+class ExprMemory(Protocol):
+    """The memory poi()/by()/$vvalid read (kdshell.memory.virtual.VirtualMemory)."""
+
+    @property
+    def pointer_size(self) -> int: ...
+
+    def read(self, address: int, size: int) -> bytes: ...
+
+    def readable(self, address: int, size: int = 1) -> bool: ...
+
+
+class ExprSession(Protocol):
+    """What an expression reads of the session (radix and kernel are optional: read with getattr)."""
+
+    pseudo_registers: dict[str, int]
+
+    @property
+    def is64(self) -> bool: ...
+
+    @property
+    def registers(self) -> dict[str, int]: ...
+
+    @property
+    def memory(self) -> ExprMemory | None: ...
+
+    def resolve_symbol(self, name: str) -> int | None: ...
+
+
 class Evaluator:
     """Evaluates MASM expressions against a session (registers, memory, symbols, radix)."""
 
-    def __init__(self, session):
+    def __init__(self, session: ExprSession) -> None:
         self.session = session
         self.is64 = session.is64
         self.registers = Registers(session.registers, self.is64)
-        self.radix = getattr(session, "radix", 16)
+        self.radix: int = getattr(session, "radix", 16)
         self.text = ""
         self.pos = 0
 
@@ -342,9 +371,9 @@ class Evaluator:
             return self._pseudo(word, m.end())
         start = self.pos
         self.pos = m.end()
-        value = self._number(word)
-        if value is not None:
-            return value
+        number = self._number(word)
+        if number is not None:
+            return number
         address = self.session.resolve_symbol(word)
         if address is not None:
             return address & MASK64
@@ -434,7 +463,7 @@ class Evaluator:
         return value
 
 
-def pseudo_register(session, registers: Registers, name: str) -> int | None:
+def pseudo_register(session: ExprSession, registers: Registers, name: str) -> int | None:
     """$ip, $csp, $retreg, $retreg64, $t0-$t19, $ptrsize, $pagesize and those commands set ($p,
     $exp); None for one this session does not know."""
     n = name.lower()
@@ -455,8 +484,10 @@ def pseudo_register(session, registers: Registers, name: str) -> int | None:
         return 0x1000
     if n.startswith("$t") and n[2:].isdigit() and int(n[2:]) < _PSEUDO_COUNT:
         return session.pseudo_registers.get(n, 0)
-    if n in KERNEL_PSEUDO and getattr(session, "kernel", None) is not None:
-        return session.kernel.pseudo(n)  # kdshell.kernel.state: the current process, thread, ...
+    if n in KERNEL_PSEUDO:
+        kernel = getattr(session, "kernel", None)  # not in every session (a bare one has none)
+        if kernel is not None:
+            return kernel.pseudo(n)  # kdshell.kernel.state: the current process, thread, ...
     return session.pseudo_registers.get(n)
 
 

@@ -8,8 +8,12 @@ the failure counts for the exit status; with `.scriptstop 1` it stops there inst
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Protocol
 
 from kdshell.errors import CommandError
+
+if TYPE_CHECKING:
+    from kdshell.output import Output
 
 MAX_SCRIPT_BYTES = 1 << 20
 MAX_DEPTH = 16  # scripts that run scripts (a script that runs itself stops here)
@@ -28,21 +32,42 @@ def read_script(path: str) -> list[str]:
 
 def substitute(line: str, args: list[str]) -> str:
     """Replace ${$argN} and $argN by the script's arguments (missing ones stay as written)."""
-    def one(match: re.Match) -> str:
+    def one(match: re.Match[str]) -> str:
         n = int(match.group(1) or match.group(2))
         return args[n] if n < len(args) else match.group(0)
 
     return re.sub(r"\$\{\$arg(\d+)\}|\$arg(\d+)", one, line)
 
 
-def run_script(session, path: str, *, block: bool, args: list[str] | None = None) -> None:
+class ScriptOptions(Protocol):
+    script_stop: bool  # `.scriptstop 1`
+
+
+class ScriptHost(Protocol):
+    """What a script reads of the session: its runner, output, prompt, failure count and options."""
+
+    failures: int
+
+    @property
+    def out(self) -> Output: ...
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def options(self) -> ScriptOptions: ...
+
+    def run(self, line: str) -> bool: ...
+
+
+def run_script(session: ScriptHost, path: str, *, block: bool, args: list[str] | None = None) -> None:
     depth = getattr(session, "_script_depth", 0)
     if depth >= MAX_DEPTH:
         raise CommandError(f"Scripts nested more than {MAX_DEPTH} deep: stopped at '{path}'")
     lines = read_script(path)
     if args is not None:
         lines = [substitute(line, [path] + args) for line in lines]
-    session._script_depth = depth + 1
+    setattr(session, "_script_depth", depth + 1)  # not part of ScriptHost: only scripts know it
     try:
         if block:
             session.run(";".join(line for line in lines if line.strip()))
@@ -57,4 +82,4 @@ def run_script(session, path: str, *, block: bool, args: list[str] | None = None
                 session.out.error(f"Script '{path}' stopped at its first failing command (.scriptstop 1).")
                 break
     finally:
-        session._script_depth = depth
+        setattr(session, "_script_depth", depth)

@@ -30,7 +30,7 @@ import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, TypeVar
 
 from kdshell.analysis import bugcodes
 from kdshell.analysis.facts import (cpu_vendor, current_irql, current_process_name, exception_record,
@@ -44,11 +44,40 @@ from kdshell.stack.scan import MAX_CALL_LENGTH, call_length_before
 from kdshell.stack.walk import HOW_SCAN, Frame, StackWalk
 from kdshell.symbols.resolver import DATA
 
+if TYPE_CHECKING:
+    from kdshell.dumpfile.dump import DumpFile
+    from kdshell.memory.virtual import VirtualMemory
+    from kdshell.stack.context import ContextState
+    from kdshell.symbols.modules import Module, UnloadedModule
+    from kdshell.symbols.resolver import Symbols
+
 MAX_FRAMES = 64              # STACK_TEXT's depth
 RELAXED_SCAN_BYTES = 0x2000  # how far the relaxed scan looks above the last frame
 MAX_RELAXED_FRAMES = 12
 X64_KERNEL_START = 0xFFFF_8000_0000_0000
 X86_KERNEL_START = 0x8000_0000
+
+
+class AnalysisTarget(Protocol):
+    """What !analyze reads of the session (the kernel state too, when it has one: getattr)."""
+
+    processor: int  # the crashing one while analysing (_crashing_scope)
+
+    @property
+    def dump(self) -> DumpFile: ...
+
+    @property
+    def is64(self) -> bool: ...
+
+    @property
+    def memory(self) -> VirtualMemory | None: ...
+
+    @property
+    def context(self) -> ContextState: ...
+
+    @property
+    def symbols(self) -> Symbols: ...
+
 
 # Where the faulting context came from (Analysis.fault.kind).
 CONTEXT_RECORD, TRAP_FRAME, THREAD, PROCESSOR, DEFAULT = ("context record", "trap frame", "thread",
@@ -59,7 +88,7 @@ CONTEXT_RECORD, TRAP_FRAME, THREAD, PROCESSOR, DEFAULT = ("context record", "tra
 class FrameSymbol:
     """What a frame's address is: module, function and offsets (function None without symbols)."""
 
-    module: Any = None            # kdshell.symbols.modules.Module, or None outside every module
+    module: Module | None = None  # None outside every module
     function: str | None = None
     offset: int = 0               # from the function, or from the module base without one
     module_offset: int = 0
@@ -76,6 +105,10 @@ class FrameSymbol:
         if self.function:
             return f"{self.module.name}!{self.function}+{self.offset:x}"
         return f"{self.module.name}+{self.module_offset:x}"
+
+
+# A blame candidate: (index into Analysis.stack, its FrameSymbol, blame.txt's kind or None).
+Candidate = tuple[int, FrameSymbol, str | None]
 
 
 @dataclass
@@ -161,7 +194,7 @@ class Analysis:
     process_name: str | None = None
     irql: int | None = None
     critical_process: str | None = None
-    irp: dict | None = None
+    irp: dict[str, Any] | None = None  # facts.irp_driver's answer
     broken_driver: str | None = None
     os: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)    # caveats worth a reader's attention
@@ -197,7 +230,7 @@ class Analysis:
 
 
 # -- the engine -------------------------------------------------------------------------------------
-def analyze(session, max_frames: int = MAX_FRAMES) -> Analysis:
+def analyze(session: AnalysisTarget, max_frames: int = MAX_FRAMES) -> Analysis:
     """Analyse the session's dump (windbg.md §2). Parts that cannot be read become `errors`; a
     KdError escapes only when nothing about the crash can be said."""
     t0 = time.perf_counter()
@@ -225,7 +258,7 @@ def analyze(session, max_frames: int = MAX_FRAMES) -> Analysis:
 
 
 @contextmanager
-def _crashing_scope(session):
+def _crashing_scope(session: AnalysisTarget) -> Iterator[None]:
     """Analyse the crash, not what the user has switched to: the crashing processor and its
     thread for the duration (the user's .thread/~Ns choice is put back afterwards)."""
     state = session.context
@@ -242,7 +275,10 @@ def _crashing_scope(session):
             kernel.implicit_process = saved[2]
 
 
-def _quietly(a: Analysis, func, *args):
+R = TypeVar("R")
+
+
+def _quietly(a: Analysis, func: Callable[..., R], *args: Any) -> R | None:
     try:
         return func(*args)
     except KdError as exc:
@@ -250,7 +286,7 @@ def _quietly(a: Analysis, func, *args):
         return None
 
 
-def _exception(session, a: Analysis) -> None:
+def _exception(session: AnalysisTarget, a: Analysis) -> None:
     """The EXCEPTION_RECORD a parameter points to, or one made of the parameters (0x1E, 0x3B,
     0x8E give the code and the address); the memory address and the kind of access."""
     rule, p = a.rule, a.params
@@ -274,7 +310,7 @@ def _exception(session, a: Analysis) -> None:
         a.access, a.fault_address = a.exception.access
 
 
-def _faulting_stack(session, a: Analysis, max_frames: int) -> None:
+def _faulting_stack(session: AnalysisTarget, a: Analysis, max_frames: int) -> None:
     """Find the faulting context (step 1) and walk its stack (step 2)."""
     state = session.context
     rule, p = a.rule, a.params
@@ -312,7 +348,8 @@ def _faulting_stack(session, a: Analysis, max_frames: int) -> None:
         _find_trap_on_stack(session, a, fault_ip, max_frames)
 
 
-def _walk(session, a: Analysis, max_frames: int, context=None, known=None) -> StackWalk:
+def _walk(session: AnalysisTarget, a: Analysis, max_frames: int, context: dict[str, int] | None = None,
+          known: frozenset[str] | None = None) -> StackWalk:
     try:
         if context is None:
             walk = session.context.walk(max_frames, dict(session.context.default), known=None)
@@ -326,7 +363,7 @@ def _walk(session, a: Analysis, max_frames: int, context=None, known=None) -> St
     return walk
 
 
-def _find_trap_on_stack(session, a: Analysis, fault_ip: int | None, max_frames: int) -> None:
+def _find_trap_on_stack(session: AnalysisTarget, a: Analysis, fault_ip: int | None, max_frames: int) -> None:
     """The crashing stack crossed a trap frame into the faulting instruction (0xA/0xD1/0x50,
     or any trap for 0x7F/0xBE): the faulting frame is the one after it. If the walk did not
     cross it, look for the KTRAP_FRAME on the stack by its Rip and walk from there."""
@@ -365,7 +402,7 @@ def _find_trap_on_stack(session, a: Analysis, fault_ip: int | None, max_frames: 
                    "the crashing thread's frames are judged instead.")
 
 
-def _relaxed_scan(session, a: Analysis, walk: StackWalk, max_frames: int) -> None:
+def _relaxed_scan(session: AnalysisTarget, a: Analysis, walk: StackWalk, max_frames: int) -> None:
     """When the walk could not leave the faulting frame for want of unwind data and code bytes
     (a small dump without the faulting module's image), continue it from the stack alone: each slot holding an address inside a module is a
     return address when the bytes before it are a call, or when those bytes are not available.
@@ -408,7 +445,7 @@ def _relaxed_scan(session, a: Analysis, walk: StackWalk, max_frames: int) -> Non
                        "(no unwind data or code for its modules in this dump): those frames are guesses.")
 
 
-def _data_symbol(session, module, value: int) -> bool:
+def _data_symbol(session: AnalysisTarget, module: Module, value: int) -> bool:
     """`value` is exactly a data symbol's address (nt!PsLoadedModuleList from the KDBG names):
     a pointer to a variable, not a return address."""
     table = session.symbols.table(module)
@@ -416,8 +453,8 @@ def _data_symbol(session, module, value: int) -> bool:
     return sym is not None and sym.kind == DATA and sym.rva == value - module.base
 
 
-def _home(read, sp: int) -> tuple[int | None, ...]:
-    out = []
+def _home(read: Callable[[int, int], bytes], sp: int) -> tuple[int | None, ...]:
+    out: list[int | None] = []
     for i in range(1, 5):
         try:
             out.append(int.from_bytes(read(sp + 8 * i, 8), "little"))
@@ -426,7 +463,7 @@ def _home(read, sp: int) -> tuple[int | None, ...]:
     return tuple(out)
 
 
-def symbolize(session, frame: Frame) -> FrameSymbol:
+def symbolize(session: AnalysisTarget, frame: Frame) -> FrameSymbol:
     """The module and function of a frame, looked up at its lookup address (a return address
     minus one) with offsets from its real address, as `k` prints it."""
     symbols = session.symbols
@@ -442,13 +479,13 @@ def symbolize(session, frame: Frame) -> FrameSymbol:
 
 
 # -- blame ------------------------------------------------------------------------------------------
-def _judge(session, a: Analysis) -> None:
+def _judge(session: AnalysisTarget, a: Analysis) -> None:
     """Step 3: the verdict, the culprit, the pseudo-module of a verdict that blames no driver."""
     verdict = a.rule.verdict
     if a.base_code == 0xC2:
         verdict = POOL if a.params[0] in C2_CORRUPTION_SUBTYPES else DRIVER
     kernel_start = X64_KERNEL_START if a.is64 else X86_KERNEL_START
-    candidates = []  # (index, FrameSymbol, kind)
+    candidates: list[Candidate] = []
     for i in range(a.start, len(a.stack)):
         f, s = a.stack[i], a.symbols[i]
         if f.ip < kernel_start:
@@ -518,7 +555,7 @@ def _judge(session, a: Analysis) -> None:
         a.irp = _quietly(a, irp_driver, session, a.params[3])
 
 
-def _best(candidates):
+def _best(candidates: list[Candidate]) -> list[Candidate]:
     """Drivers first, then pass-through modules, then Windows; messengers never."""
     ranked = []
     for rank, kinds in enumerate(((None,), (PASS,), (OS,))):
@@ -526,9 +563,10 @@ def _best(candidates):
     return ranked
 
 
-def _culprit(session, a: Analysis, index: int, sym: FrameSymbol, kind: str | None) -> Culprit:
+def _culprit(session: AnalysisTarget, a: Analysis, index: int, sym: FrameSymbol, kind: str | None) -> Culprit:
     frame = a.stack[index]
     module = sym.module
+    assert module is not None  # a candidate's frame is in a module
     version = company = None
     try:
         image = session.symbols.image(module)
@@ -545,14 +583,14 @@ def _culprit(session, a: Analysis, index: int, sym: FrameSymbol, kind: str | Non
                    kind, frame.how == HOW_SCAN, version, module.timestamp, company)
 
 
-def _unloaded_at(session, address: int):
+def _unloaded_at(session: AnalysisTarget, address: int) -> UnloadedModule | None:
     for u in getattr(session.symbols.modules, "unloaded", []):
         if u.start <= address < u.end:
             return u
     return None
 
 
-def _broken_driver(session) -> str | None:
+def _broken_driver(session: AnalysisTarget) -> str | None:
     tri = session.dump.triage
     if tri is not None and tri.broken_driver is not None:
         return tri.broken_driver.name.replace("/", "\\").rsplit("\\", 1)[-1]
@@ -563,7 +601,9 @@ def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def _ascii_at(session, address: int) -> str | None:
+def _ascii_at(session: AnalysisTarget, address: int) -> str | None:
+    if session.memory is None:  # the errors already say the dump's memory cannot be read
+        return None
     raw = session.memory.read(address, 64)
     text = raw.split(b"\0", 1)[0]
     return text.decode("ascii") if text and all(0x20 <= b < 0x7F for b in text) else None

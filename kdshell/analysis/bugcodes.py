@@ -30,8 +30,8 @@ def table() -> dict[int, BugCheck]:
     out: dict[int, BugCheck] = {}
     for row in rows:
         code = int(row["code"], 16)
-        params = tuple((row.get(f"p{i}") or "").strip() for i in range(1, 5))
-        out[code] = BugCheck(code, row["name"].strip(), params, (row.get("notes") or "").strip(),  # type: ignore[arg-type]
+        p = [(row.get(f"p{i}") or "").strip() for i in range(1, 5)]
+        out[code] = BugCheck(code, row["name"].strip(), (p[0], p[1], p[2], p[3]), (row.get("notes") or "").strip(),
                              "curated" in (row.get("source") or ""))
     return out
 

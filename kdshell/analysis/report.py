@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from kdshell import __version__
 from kdshell.analysis import bugcodes
@@ -21,6 +21,35 @@ from kdshell.disasm import Disassembler
 from kdshell.errors import KdError
 from kdshell.format import ptr
 from kdshell.stack.text import RESETTING, KOptions, call_site, context_lines, frame_lines, missing_page_lines
+
+if TYPE_CHECKING:
+    from kdshell.dumpfile.dump import DumpFile
+    from kdshell.memory.virtual import VirtualMemory
+    from kdshell.stack.context import ContextState
+    from kdshell.symbols.resolver import Symbols
+
+
+
+class ReportSource(Protocol):
+    """What the -v form and .exr read of the session beyond the Analysis."""
+
+    @property
+    def dump(self) -> DumpFile: ...
+
+    @property
+    def is64(self) -> bool: ...
+
+    @property
+    def memory(self) -> VirtualMemory | None: ...
+
+    @property
+    def context(self) -> ContextState: ...
+
+    @property
+    def symbols(self) -> Symbols: ...
+
+    def symbolize(self, address: int) -> tuple[str, int] | None: ...
+
 
 STARS = "*" * 79
 EMPTY = "*" + " " * 77 + "*"
@@ -50,7 +79,7 @@ def bugcheck_line(a: Analysis) -> str:
 
 
 # -- the bug check's name and parameters (also -show) --------------------------------------------
-def title_lines(code: int, params, is64: bool = True) -> list[str]:
+def title_lines(code: int, params: Sequence[int], is64: bool = True) -> list[str]:
     entry = bugcodes.lookup(code)
     lines = [bugcodes.describe(code)]
     if entry is not None and entry.notes:
@@ -75,11 +104,11 @@ def short_lines(a: Analysis) -> list[str]:
 
 
 # -- the -v form ---------------------------------------------------------------------------------------
-def verbose_lines(session, a: Analysis) -> list[str]:
+def verbose_lines(session: ReportSource, a: Analysis) -> list[str]:
     is64 = a.is64
     out = BANNER + [""] + title_lines(a.code, a.params, is64) + ["", "Debugging Details:", "------------------", ""]
 
-    def field(name: str, value, sep: str = "  ") -> None:
+    def field(name: str, value: str, sep: str = "  ") -> None:
         out.extend([f"{name}:{sep}{value}", ""])
 
     out += ["KEY_VALUES_STRING: 1", ""]
@@ -123,8 +152,8 @@ def verbose_lines(session, a: Analysis) -> list[str]:
         text = status_text(exc.code)
         field("ERROR_CODE", f"(NTSTATUS) {exc.code:#x}" + (f" - {text}" if text else ""), " ")
         field("EXCEPTION_CODE_STR", f"{exc.code:x}")
-        for i, value in enumerate(exc.parameters[:2]):
-            field(f"EXCEPTION_PARAMETER{i + 1}", _hex(value, is64))
+        for i, param in enumerate(exc.parameters[:2]):
+            field(f"EXCEPTION_PARAMETER{i + 1}", _hex(param, is64))
         if a.fault_address is not None and a.access in ("read", "write"):
             field(f"{a.access.upper()}_ADDRESS", f"{a.fault_address:x}")
     if a.access == "execute" and a.fault_address is not None:
@@ -171,7 +200,7 @@ def verbose_lines(session, a: Analysis) -> list[str]:
     return out
 
 
-def context_block(session, address: int, *, trap: bool) -> list[str]:
+def context_block(session: ReportSource, address: int, *, trap: bool) -> list[str]:
     """What `.cxr ADDR` / `.trap ADDR` print, from the record itself (the user's context is not
     touched), then WinDbg's "Resetting default scope"."""
     state = session.context
@@ -183,7 +212,7 @@ def context_block(session, address: int, *, trap: bool) -> list[str]:
     return missing_page_lines(errors) + lines + [RESETTING]
 
 
-def followup_instruction(session, ip: int) -> str:
+def followup_instruction(session: ReportSource, ip: int) -> str:
     memory = session.memory
     if memory is None:
         return f"{ptr(ip, session.is64)} ??              ???"
@@ -192,7 +221,7 @@ def followup_instruction(session, ip: int) -> str:
 
 
 # -- .exr ------------------------------------------------------------------------------------------------
-def exr_lines(session, address: int) -> list[str]:
+def exr_lines(session: ReportSource, address: int) -> list[str]:
     """`.exr ADDR`: the EXCEPTION_RECORD, as WinDbg prints it."""
     from kdshell.analysis.facts import exception_record
 
@@ -245,11 +274,11 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 # -- JSON -------------------------------------------------------------------------------------------------
-def _addr(value):
+def _addr(value: int | None) -> str | None:
     return None if value is None else f"{value:#x}"
 
 
-def _culprit_json(c: Culprit | None):
+def _culprit_json(c: Culprit | None) -> dict[str, Any] | None:
     if c is None:
         return None
     return {"module": c.module, "image": c.image, "symbol_name": c.symbol_name, "function": c.function,
@@ -258,7 +287,7 @@ def _culprit_json(c: Culprit | None):
             "timestamp": _addr(c.timestamp), "company": c.company}
 
 
-def analysis_json(session, a: Analysis, have: Callable[[str], bool]) -> dict:
+def analysis_json(session: ReportSource, a: Analysis, have: Callable[[str], bool]) -> dict[str, Any]:
     """The JSON form: the same facts as -v, for scripts and triage pipelines. Addresses and
     other 64-bit values are hex strings (JSON numbers lose precision past 2**53)."""
     entry = a.bugcheck
@@ -311,5 +340,5 @@ def analysis_json(session, a: Analysis, have: Callable[[str], bool]) -> dict:
     }
 
 
-def json_text(session, a: Analysis, have: Callable[[str], bool]) -> str:
+def json_text(session: ReportSource, a: Analysis, have: Callable[[str], bool]) -> str:
     return json.dumps(analysis_json(session, a, have), indent=2)

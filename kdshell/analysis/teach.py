@@ -10,10 +10,13 @@ commands that exist are suggested.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from kdshell.analysis.rules import (BAD_IP, CRITICAL_PROCESS, DRIVER, HARDWARE, INCONCLUSIVE, MANUAL, MEMORY,
                                     OS, PASS, POOL, status_text)
+
+if TYPE_CHECKING:
+    from kdshell.analysis.analyze import Analysis
 
 # What kind of mistake each family of bug checks is, in a few plain sentences.
 KIND_OF_MISTAKE = {
@@ -63,7 +66,7 @@ class Explanation:
     next: list[tuple[str, str]] = field(default_factory=list)  # (command, why)
 
 
-def family(a) -> str:
+def family(a: Analysis) -> str:
     if a.verdict == POOL:
         return "pool"
     if a.verdict == MEMORY:
@@ -77,7 +80,7 @@ def family(a) -> str:
     return FAMILIES.get(a.base_code, "other")
 
 
-def _who(a) -> str:
+def _who(a: Analysis) -> str:
     c = a.culprit
     if a.verdict == BAD_IP:
         caller = f" The code that jumped there was probably {a.detector.symbol_name} ({a.detector.image})." \
@@ -108,7 +111,7 @@ def _who(a) -> str:
     return text
 
 
-def explain(a, have: Callable[[str], bool] = lambda name: True) -> Explanation:
+def explain(a: Analysis, have: Callable[[str], bool] = lambda name: True) -> Explanation:
     """What happened and what to run next, from an Analysis."""
     e = Explanation()
     fam = family(a)

@@ -32,9 +32,10 @@ MAX_DEVICES stops with a warning; an IRP's stack locations are capped by what it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
-from kdshell.kernel.layout import Reader, StructLayout
+from kdshell.kernel.layout import FieldOffsets, Memory, Reader, StructLayout
 
 IO_TYPE_DEVICE, IO_TYPE_DRIVER, IO_TYPE_IRP = 3, 4, 6  # the Type word at offset 0 of each object
 MAX_DEVICES = 1024  # a longer device list or stack is corrupt (or hostile)
@@ -153,7 +154,7 @@ CHARACTERISTICS = (
 )
 
 
-def flag_names(value: int, table) -> list[str]:
+def flag_names(value: int, table: Iterable[tuple[int, str]]) -> list[str]:
     return [name for bit, name in table if value & bit]
 
 
@@ -164,6 +165,12 @@ def major_name(major: int) -> str:
 def minor_name(major: int, minor: int) -> str:
     names = MINOR_FUNCTIONS.get(major, ())
     return names[minor] if minor < len(names) else "N/A"
+
+
+class IoOffsets(FieldOffsets, Protocol):
+    """The offsets object IoObjects reads (kdshell.kernel.offsets.KernelOffsets): sizes too."""
+
+    def size(self, type_name: str) -> int | None: ...
 
 
 class IoError(KdError):
@@ -245,7 +252,8 @@ class Irp:
 class IoObjects:
     """Reads I/O manager objects from `memory` with the kernel's types (see the module note)."""
 
-    def __init__(self, memory, offsets, is64: bool, symbol=lambda name: None):
+    def __init__(self, memory: Memory, offsets: IoOffsets, is64: bool,
+                 symbol: Callable[[str], int | None] = lambda name: None) -> None:
         self.r = Reader(memory, is64)
         self.offsets = offsets
         self.layout = StructLayout(offsets, IO_FIELDS)
@@ -397,8 +405,9 @@ class IoObjects:
             d.attached_to = self._opt_ptr(d.objext, "doe_attached_to")
         busy = r.maybe_uint(address, f("dev_queue_busy"), 1)
         d.queue_busy = None if busy is None else bool(busy)
-        if d.queue_busy and f("dev_queue_head") is not None:
-            d.queued_irps = self._queued_irps(address + f("dev_queue_head"))
+        queue_head = f("dev_queue_head")
+        if d.queue_busy and queue_head is not None:
+            d.queued_irps = self._queued_irps(address + queue_head)
         return d
 
     def _queued_irps(self, head: int) -> list[int]:
@@ -469,13 +478,13 @@ class IoObjects:
         return irp
 
     def stack_location(self, address: int) -> StackLocation:
-        r, f = self.r, self.layout.get
+        r = self.r
         sl = StackLocation(address)
         try:
             sl.major = r.uint(address + self._need("sl_major", "!irp"), 1)
-            sl.minor = r.uint(address + f("sl_minor"), 1)
-            sl.flags = r.uint(address + f("sl_flags"), 1)
-            sl.control = r.uint(address + f("sl_control"), 1)
+            sl.minor = r.uint(address + self._need("sl_minor", "!irp"), 1)
+            sl.flags = r.uint(address + self._need("sl_flags", "!irp"), 1)
+            sl.control = r.uint(address + self._need("sl_control", "!irp"), 1)
             sl.device = self._ptr(address, "sl_device")
             sl.file = self._ptr(address, "sl_file")
             sl.completion = self._ptr(address, "sl_completion")

@@ -10,11 +10,26 @@ MemoryNotPresent for bytes the dump does not have.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
 
 # No real list is longer; a longer walk is a corrupt (or hostile) list.
 MAX_LIST_ENTRIES = 65536
+
+
+class FieldOffsets(Protocol):
+    """What a StructLayout asks of its offsets object (kdshell.kernel.offsets.KernelOffsets)."""
+
+    def offset(self, type_name: str, path: str) -> int | None: ...
+
+    def source(self, type_name: str, path: str) -> str | None: ...
+
+
+class Memory(Protocol):
+    """A memory reader: bytes at a virtual address, MemoryNotPresent for those the dump lacks."""
+
+    def read(self, address: int, size: int) -> bytes: ...
 
 
 class OffsetUnknown(KdError):
@@ -27,7 +42,7 @@ class StructLayout:
     source knows: `spec` maps a short name to its alternatives (the same field reached through
     _ETHREAD.Tcb.X or _KTHREAD.X, say)."""
 
-    offsets: object
+    offsets: FieldOffsets
     spec: dict[str, tuple[tuple[str, str], ...]]
     build: int | None = None
     found: dict[str, int] = field(default_factory=dict)
@@ -80,7 +95,7 @@ class StructLayout:
 class Reader:
     """Typed little-endian reads; `maybe_*` answer None for missing bytes or unknown offsets."""
 
-    def __init__(self, memory, is64: bool):
+    def __init__(self, memory: Memory, is64: bool) -> None:
         self.memory = memory
         self.is64 = is64
         self.psize = 8 if is64 else 4

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kdshell.errors import KdError, MemoryNotPresent
-from kdshell.kernel.layout import Reader, StructLayout, walk_list
+from kdshell.kernel.layout import FieldOffsets, Memory, Reader, StructLayout, walk_list
 
 # short name: (type, field path) alternatives, the first a source knows wins
 PROCESS_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -47,7 +47,7 @@ PROCESS_OBJECT = 3  # DISPATCHER_HEADER.Type of a process (KOBJECTS ProcessObjec
 MAX_HANDLE_PAGES = 4096  # of a handle table: 1M handles on x64
 
 
-def process_layout(offsets, build: int | None = None) -> StructLayout:
+def process_layout(offsets: FieldOffsets, build: int | None = None) -> StructLayout:
     return StructLayout(offsets, PROCESS_FIELDS, build)
 
 
@@ -78,7 +78,7 @@ class Process:
         return self.name if self.name is not None else "<Data Not Accessible>"
 
 
-def read_process(memory, address: int, layout: StructLayout, is64: bool) -> Process:
+def read_process(memory: Memory, address: int, layout: StructLayout, is64: bool) -> Process:
     """The EPROCESS at `address`; fields whose offsets are unknown or whose bytes are missing
     are None (`readable` False when not even the process ID could be read)."""
     r = Reader(memory, is64)
@@ -100,11 +100,12 @@ def read_process(memory, address: int, layout: StructLayout, is64: bool) -> Proc
     p.create_time = r.maybe_uint(address, f("create_time"), 8)
     p.base_priority = r.maybe_uint(address, f("base_priority"), 1)
     p.active_threads = r.maybe_uint(address, f("active_threads"), 4)
-    if f("threads") is not None:
-        p.thread_list_head = address + f("threads")
-    if f("name") is not None:
+    threads, name = f("threads"), f("name")
+    if threads is not None:
+        p.thread_list_head = address + threads
+    if name is not None:
         try:
-            raw = r.read(address + f("name"), 15)
+            raw = r.read(address + name, 15)
             p.name = raw.split(b"\0", 1)[0].decode("latin-1")
         except MemoryNotPresent:
             p.name = None
@@ -115,7 +116,7 @@ def read_process(memory, address: int, layout: StructLayout, is64: bool) -> Proc
     return p
 
 
-def looks_like_process(memory, address: int, layout: StructLayout, is64: bool) -> bool:
+def looks_like_process(memory: Memory, address: int, layout: StructLayout, is64: bool) -> bool:
     """The object's dispatcher header says ProcessObject (when the layout knows where it is)."""
     r = Reader(memory, is64)
     offset = layout.get("header_type")
@@ -130,7 +131,7 @@ class ProcessWalk:
     head: int | None = None
 
 
-def walk_processes(memory, head: int, layout: StructLayout, is64: bool) -> ProcessWalk:
+def walk_processes(memory: Memory, head: int, layout: StructLayout, is64: bool) -> ProcessWalk:
     """Every process on PsActiveProcessHead, in list order."""
     links = layout.need("links")
     walk = walk_list(Reader(memory, is64), head, "active process")
@@ -139,7 +140,7 @@ def walk_processes(memory, head: int, layout: StructLayout, is64: bool) -> Proce
     return ProcessWalk(processes, warnings, head)
 
 
-def find_processes(processes: list[Process], key, system_range_start: int | None = None) -> list[Process]:
+def find_processes(processes: list[Process], key: int | str, system_range_start: int | None = None) -> list[Process]:
     """Processes matching `key`: an EPROCESS address, a process ID (a number below the system
     range), or an image name (case-insensitive; WinDbg matches the 15-character ImageFileName)."""
     if isinstance(key, str):
@@ -152,7 +153,7 @@ def find_processes(processes: list[Process], key, system_range_start: int | None
     return by_address or [p for p in processes if p.pid == key]
 
 
-def handle_count(memory, table: int, layout: StructLayout, is64: bool, build: int) -> int | None:
+def handle_count(memory: Memory, table: int, layout: StructLayout, is64: bool, build: int) -> int | None:
     """How many handles a process's handle table holds (Windows 8+ table layout: TableCode's low
     two bits give the levels; 16-byte x64 / 8-byte x86 entries; the first entry of each page is
     not a handle). None when the table cannot be read.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kdshell.errors import MemoryNotPresent
-from kdshell.kernel.layout import Reader, StructLayout, walk_list
+from kdshell.kernel.layout import FieldOffsets, Memory, Reader, StructLayout, walk_list
 
 THREAD_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "cid": (("_ETHREAD", "Cid"),),
@@ -78,7 +78,7 @@ OBJECT_KINDS = {0: "NotificationEvent", 1: "SynchronizationEvent", 2: "Mutant", 
 MAX_WAIT_BLOCKS = 64  # THREAD_WAIT_OBJECTS is 3, MAXIMUM_WAIT_OBJECTS 64
 
 
-def thread_layout(offsets, build: int | None = None) -> StructLayout:
+def thread_layout(offsets: FieldOffsets, build: int | None = None) -> StructLayout:
     return StructLayout(offsets, THREAD_FIELDS, build)
 
 
@@ -144,7 +144,7 @@ def _signed8(value: int | None) -> int | None:
     return value - 0x100 if value is not None and value >= 0x80 else value
 
 
-def read_thread(memory, address: int, layout: StructLayout, is64: bool) -> Thread:
+def read_thread(memory: Memory, address: int, layout: StructLayout, is64: bool) -> Thread:
     r = Reader(memory, is64)
     f = layout.get
     t = Thread(address)
@@ -177,7 +177,7 @@ class ThreadWalk:
     warnings: list[str]
 
 
-def walk_threads(memory, list_head: int, layout: StructLayout, is64: bool, what: str = "thread") -> ThreadWalk:
+def walk_threads(memory: Memory, list_head: int, layout: StructLayout, is64: bool, what: str = "thread") -> ThreadWalk:
     """The threads on a process's EPROCESS.ThreadListHead (at `list_head`), linked through
     ETHREAD.ThreadListEntry; bounded and loop-safe like every list walk."""
     entry_offset = layout.need("list_entry")
@@ -186,7 +186,7 @@ def walk_threads(memory, list_head: int, layout: StructLayout, is64: bool, what:
     return ThreadWalk(threads, [walk.warning] if walk.warning else [])
 
 
-def wait_objects(memory, thread: Thread, layout: StructLayout, is64: bool, block_size: int | None = None
+def wait_objects(memory: Memory, thread: Thread, layout: StructLayout, is64: bool, block_size: int | None = None
                  ) -> list[tuple[int, str]]:
     """The objects a waiting thread waits on: (object address, what !thread calls it), from its
     KTHREAD.WaitBlockList (WaitBlockCount blocks, the Windows 8+ layout)."""
@@ -213,7 +213,7 @@ def wait_objects(memory, thread: Thread, layout: StructLayout, is64: bool, block
     return out
 
 
-def looks_like_thread(memory, address: int, layout: StructLayout, is64: bool) -> bool:
+def looks_like_thread(memory: Memory, address: int, layout: StructLayout, is64: bool) -> bool:
     r = Reader(memory, is64)
     offset = layout.get("header_type")
     value = r.maybe_uint(address, offset if offset is not None else 0, 1)
@@ -226,11 +226,13 @@ def thread_on_stack(thread: Thread, sp: int) -> bool:
     return bool(thread.stack_limit and top and thread.stack_limit <= sp < top)
 
 
-def read_stack_bounds(memory, address: int, layout: StructLayout, is64: bool) -> tuple[int, int] | None:
+def read_stack_bounds(memory: Memory, address: int, layout: StructLayout, is64: bool) -> tuple[int, int] | None:
     r = Reader(memory, is64)
     try:
         limit = r.ptr(address + layout.need("stack_limit"))
-        base_offset = layout.get("stack_base") if layout.get("stack_base") is not None else layout.need("initial_stack")
+        base_offset = layout.get("stack_base")
+        if base_offset is None:
+            base_offset = layout.need("initial_stack")
         base = r.ptr(address + base_offset)
     except MemoryNotPresent:
         return None

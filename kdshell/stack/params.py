@@ -25,12 +25,16 @@ Pinned by tests/test_stack_commands.py::test_kp_shows_parameters_from_private_sy
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from kdshell.errors import KdError
 from kdshell.symbols import types as T
 from kdshell.symbols.locals import argument_types, frame_registers, locate, procedure_at
 from kdshell.symbols.values import c_type_name
+
+if TYPE_CHECKING:
+    from kdshell.stack.walk import Frame
+    from kdshell.symbols.pdb import PdbFile
 
 
 @dataclass
@@ -62,7 +66,7 @@ class Parameter:
         return f"{v:#x}"
 
 
-def frame_parameters(pdb: Any, module_base: int, frame: Any, is64: bool,
+def frame_parameters(pdb: PdbFile, module_base: int, frame: Frame, is64: bool,
                      read: Callable[[int, int], bytes]) -> list[Parameter] | None:
     """The parameters of `frame`'s function with their values (see the module docstring)."""
     rva = frame.lookup_address - module_base

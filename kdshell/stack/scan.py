@@ -13,9 +13,12 @@ tests/test_stack_walk.py cross-checks it against capstone on every call of the f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from kdshell.errors import KdError
+
+if TYPE_CHECKING:
+    from kdshell.stack.walk import ModuleMap
 
 MemoryRead = Callable[[int, int], bytes]
 
@@ -93,7 +96,7 @@ def _code_before(module: Any, read: MemoryRead, address: int, n: int) -> bytes |
         return None
 
 
-def scan_for_return(read: MemoryRead, modules: Any, start: int, *, end: int | None = None,
+def scan_for_return(read: MemoryRead, modules: ModuleMap, start: int, *, end: int | None = None,
                     max_bytes: int = DEFAULT_SCAN_BYTES, pointer_size: int = 8,
                     require_call: bool = True) -> ScanHit | None:
     """The first stack slot at or above `start` (aligned to the pointer size) holding a

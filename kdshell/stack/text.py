@@ -13,14 +13,19 @@ Frames found by scanning get WinDbg's warning line, once, before the first of th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-from kdshell.disasm import Disassembler
+from kdshell.disasm import Disassembler, Symbolize
 from kdshell.errors import MemoryNotPresent
 from kdshell.expr import Registers
 from kdshell.format import ptr
 from kdshell.stack.walk import HOW_SCAN
 from kdshell.symbols.resolver import DATA
+
+if TYPE_CHECKING:
+    from kdshell.memory.virtual import VirtualMemory
+    from kdshell.stack.walk import Frame
+    from kdshell.symbols.resolver import Symbols
 
 SCAN_WARNING = "WARNING: Stack unwind information not available. Following frames may be wrong."
 TRAP_NOTE = ("NOTE: The trap frame does not contain all registers.",
@@ -31,7 +36,7 @@ ARGS_WIDTH = 4 * 17 + 3   # four `00000000`00000000` home slots
 
 
 # -- call sites -----------------------------------------------------------------------------------
-def call_site(symbols: Any, frame: Any, is64: bool, *, clean: bool = False, params: str = "") -> str:
+def call_site(symbols: Symbols, frame: Frame, is64: bool, *, clean: bool = False, params: str = "") -> str:
     """`module!function+0xoff` (no offset when 0), `module+0xoff` without a symbol, the bare
     address outside every module. The symbol is looked up at frame.lookup_address (a return
     address minus one: the call may be a function's last instruction); the offset printed is
@@ -61,14 +66,14 @@ class KOptions:
     start: tuple[int, ...] = ()   # `= BP [SP IP]`
 
 
-def frame_lines(frames: Iterable[Any], o: KOptions, *, symbols: Any, memory: Any, is64: bool,
+def frame_lines(frames: Iterable[Frame], o: KOptions, *, symbols: Symbols, memory: VirtualMemory | None, is64: bool,
                 header: bool = True) -> list[str]:
     """WinDbg's k columns for `frames` (x64 or x86)."""
-    lines = []
+    lines: list[str] = []
     if header:
         lines.append(_header(o, is64))
     warned = False
-    prev = None
+    prev: Frame | None = None
     for f in frames:
         if f.how == HOW_SCAN and not warned:
             lines.append(SCAN_WARNING)
@@ -101,7 +106,8 @@ def _slot(value: int | None, is64: bool) -> str:
     return ptr(value, is64)
 
 
-def _row(symbols: Any, memory: Any, f: Any, prev: Any, o: KOptions, is64: bool) -> str:
+def _row(symbols: Symbols, memory: VirtualMemory | None, f: Frame, prev: Frame | None, o: KOptions,
+         is64: bool) -> str:
     s = f"{f.number:02x} " if o.numbers else ""
     if o.sizes:
         size = prev.frame_size if prev is not None else None
@@ -127,7 +133,8 @@ def _row(symbols: Any, memory: Any, f: Any, prev: Any, o: KOptions, is64: bool) 
     return s
 
 
-def parameters_text(symbols: Any, memory: Any, frame: Any, is64: bool, full: bool = False) -> str:
+def parameters_text(symbols: Symbols, memory: VirtualMemory | None, frame: Frame, is64: bool,
+                    full: bool = False) -> str:
     """kp/kP: `(type name = value, ...)` from the module's private symbols; "" when the PDB has
     no type for the function (a public PDB, exports), as WinDbg prints then."""
     from kdshell.stack.params import frame_parameters
@@ -135,7 +142,7 @@ def parameters_text(symbols: Any, memory: Any, frame: Any, is64: bool, full: boo
     module = symbols.module_at(frame.lookup_address)
     table = symbols.table(module) if module is not None else None
     pdb = getattr(table, "pdb", None)
-    if pdb is None or memory is None:
+    if pdb is None or memory is None or module is None:
         return ""
     found = frame_parameters(pdb, module.base, frame, is64, memory.read)
     if found is None:
@@ -172,8 +179,8 @@ def register_lines(regs: dict[str, int], is64: bool) -> list[str]:
     return [first, second, seg]
 
 
-def instruction_lines(memory: Any, regs: dict[str, int], is64: bool,
-                      symbolize: Callable[[int], Any]) -> tuple[list[str], list[MemoryNotPresent]]:
+def instruction_lines(memory: VirtualMemory | None, regs: dict[str, int], is64: bool,
+                      symbolize: Symbolize) -> tuple[list[str], list[MemoryNotPresent]]:
     """The label and disassembly of the instruction at the IP, with its memory operand's value;
     and the pages the decoder missed (for `missing_page_lines`)."""
     if memory is None:
@@ -199,7 +206,7 @@ def instruction_lines(memory: Any, regs: dict[str, int], is64: bool,
     return out, list(dis.errors)
 
 
-def context_lines(memory: Any, regs: dict[str, int], is64: bool, symbolize: Callable[[int], Any], *,
+def context_lines(memory: VirtualMemory | None, regs: dict[str, int], is64: bool, symbolize: Symbolize, *,
                   trap: bool = False) -> tuple[list[str], list[MemoryNotPresent]]:
     """What `.cxr ADDR` (trap=False) or `.trap ADDR` prints after switching to that context."""
     lines: list[str] = []
@@ -212,7 +219,7 @@ def context_lines(memory: Any, regs: dict[str, int], is64: bool, symbolize: Call
     return lines + shown, errors
 
 
-def missing_page_lines(errors: Sequence[Any]) -> list[str]:
+def missing_page_lines(errors: Sequence[MemoryNotPresent]) -> list[str]:
     """WinDbg's message for each page the dump left out, once per page."""
     seen = set()
     out = []

@@ -405,7 +405,7 @@ class UnwindCache:
     .pdata read and UNWIND_INFO parsing."""
 
     def __init__(self) -> None:
-        self._tables: dict[tuple, FunctionTable] = {}
+        self._tables: dict[tuple[int, int, int], FunctionTable] = {}
 
     def table(self, module: Any) -> FunctionTable:
         reader = getattr(module, "image", None)

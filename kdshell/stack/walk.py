@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.stack.frames import (KTRAP_FRAME_X64_19041, decode_ktrap_frame, plausible_ktrap_frame)
@@ -37,6 +37,18 @@ from kdshell.stack.unwind_x64 import (NONVOLATILE, VOLATILE, NoUnwindData, Unwin
                                       UnwindStep, virtual_unwind)
 
 MemoryRead = Callable[[int, int], bytes]
+# One step of the walk: (caller context, its known registers, how, UnwindStep | None, note),
+# or why the walk stops.
+Caller = tuple[dict[str, int], frozenset[str], str, UnwindStep | None, str | None]
+Hinted = tuple[dict[str, int], frozenset[str], str, None]
+
+
+class ModuleMap(Protocol):
+    """The modules the walker asks (see the module docstring); a module is an object with
+    .base, .size, .name and .image (kdshell.symbols.modules.Module, or a test's stand-in)."""
+
+    def module_at(self, address: int) -> Any: ...
+
 
 DEFAULT_MAX_FRAMES = 256
 MAX_STACK_SWITCHES = 8       # machine frames that move RSP down or off the stack
@@ -97,7 +109,7 @@ class Frame:
         return self.how == HOW_SCAN
 
 
-class StackWalk(list):
+class StackWalk(list[Frame]):
     """The frames, innermost first, plus why the walk stopped (`stop`)."""
 
     stop: str = ""
@@ -108,7 +120,7 @@ def _home(read: MemoryRead, sp: int, size: int = 8, count: int = 4) -> tuple[int
         data = read(sp + size, size * count)
         return tuple(int.from_bytes(data[i : i + size], "little") for i in range(0, size * count, size))
     except KdError:
-        out = []
+        out: list[int | None] = []
         for i in range(count):
             try:
                 out.append(int.from_bytes(read(sp + size * (i + 1), size), "little"))
@@ -120,8 +132,9 @@ def _home(read: MemoryRead, sp: int, size: int = 8, count: int = 4) -> tuple[int
 class Walker:
     """Holds the caches (function tables) so repeated walks are warm; `walk` is walk_stack."""
 
-    def __init__(self, memory_read: MemoryRead, modules: Any, *, ktrap_offsets: dict[str, int] | None = None,
-                 scan: bool = True, scan_bytes: int = DEFAULT_SCAN_BYTES, max_scan_frames: int = MAX_SCAN_FRAMES):
+    def __init__(self, memory_read: MemoryRead, modules: ModuleMap, *, ktrap_offsets: dict[str, int] | None = None,
+                 scan: bool = True, scan_bytes: int = DEFAULT_SCAN_BYTES,
+                 max_scan_frames: int = MAX_SCAN_FRAMES) -> None:
         self.read = memory_read
         self.modules = modules
         self.cache = UnwindCache()
@@ -195,7 +208,7 @@ class Walker:
     # -- one step ---------------------------------------------------------------------------
 
     def _next(self, frame: Frame, ctx: dict[str, int], known: frozenset[str], hints: list[int],
-              used_hints: set[int], scans: int):
+              used_hints: set[int], scans: int) -> Caller | str:
         """(caller context, its known registers, how, UnwindStep | None, note) or a stop reason."""
         read, rip, rsp = self.read, frame.ip, frame.sp
         note = None
@@ -215,7 +228,8 @@ class Walker:
                 fp = step.info.frame_register_name if step.info is not None else None
                 if step.used_frame_register and fp not in known:
                     # an epilog's lea rsp, [rbp+x] after a scanned frame: RBP is stale
-                    note = f"unwind: the frame register {fp.upper()} is not known"
+                    # (fp is not None: a step that used the frame register has one)
+                    note = f"unwind: the frame register {fp.upper()} is not known"  # type: ignore[union-attr]
                 elif step.machine_frame is not None:
                     tf = step.machine_frame - self.ktrap["Rip"]
                     step.trap_frame = tf
@@ -258,7 +272,8 @@ class Walker:
         caller["rsp"] = hit.slot + 8
         return caller, frozenset(("rip", "rsp")), HOW_SCAN, None, note
 
-    def _hinted(self, frame: Frame, ctx: dict[str, int], hints: list[int], used_hints: set[int], limit: int):
+    def _hinted(self, frame: Frame, ctx: dict[str, int], hints: list[int], used_hints: set[int],
+                limit: int) -> Hinted | None:
         """Continue from the lowest unused, plausible trap frame hint in [Child-SP, limit]."""
         for tf in hints:
             if tf in used_hints or not frame.sp <= tf <= limit:
@@ -280,7 +295,8 @@ class Walker:
             return caller, trap.known, HOW_TRAP, None
         return None
 
-    def _trap_registers(self, tf: int, caller: dict[str, int], known: frozenset[str]):
+    def _trap_registers(self, tf: int, caller: dict[str, int],
+                        known: frozenset[str]) -> tuple[dict[str, int], frozenset[str]]:
         """After a machine frame: the volatile registers of the interrupted code from the
         KTRAP_FRAME around it, when the frame agrees with the machine frame (so a layout
         mismatch cannot inject wrong values)."""
@@ -298,7 +314,7 @@ class Walker:
         return caller, known | (trap.known & (VOLATILE | {"mxcsr", "ds", "es", "fs", "gs"}))
 
 
-def walk_stack(context: dict[str, int], memory_read: MemoryRead, modules: Any,
+def walk_stack(context: dict[str, int], memory_read: MemoryRead, modules: ModuleMap,
                max_frames: int = DEFAULT_MAX_FRAMES, *, known: Iterable[str] | None = None,
                stack_base: int | None = None, stack_limit: int | None = None, trap_frames: Iterable[int] = (),
                walker: Walker | None = None, **options: Any) -> StackWalk:

@@ -27,17 +27,19 @@ tests/test_stack_walk.py::test_x86_trap_frame_walk.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.stack.frames import KTRAP_FRAME_X86_19041, X86_DBG_ARG_MARK, decode_ktrap_frame_x86
-from kdshell.stack.walk import DEFAULT_MAX_FRAMES, HOW_CONTEXT, HOW_TRAP, Frame, StackWalk
+from kdshell.stack.walk import DEFAULT_MAX_FRAMES, HOW_CONTEXT, HOW_TRAP, Frame, ModuleMap, StackWalk
 
 MemoryRead = Callable[[int, int], bytes]
 MASK32 = 0xFFFFFFFF
 HOW_FPO = "fpo"
 HOW_FRAME_POINTER = "frame pointer"
 FRAME_FPO, FRAME_TRAP, FRAME_TSS, FRAME_NONFPO = 0, 1, 2, 3   # FPO_DATA.cbFrame
+# One step: (caller context, its known registers, how) or why the walk stops.
+Step = tuple[dict[str, int], frozenset[str], str]
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def _dword(read: MemoryRead, address: int) -> int:
 
 
 def _args(read: MemoryRead, ebp: int) -> tuple[int | None, ...]:
-    out = []
+    out: list[int | None] = []
     for i in range(3):
         try:
             out.append(_dword(read, ebp + 8 + 4 * i))
@@ -78,7 +80,7 @@ def is_trap_frame(read: MemoryRead, address: int, offsets: dict[str, int] | None
 
 def walk_stack_x86(context: dict[str, int], memory_read: MemoryRead,
                    fpo: Callable[[int], FpoData | None] | None = None, max_frames: int = DEFAULT_MAX_FRAMES, *,
-                   stack_base: int | None = None, modules: Any = None,
+                   stack_base: int | None = None, modules: ModuleMap | None = None,
                    ktrap_offsets: dict[str, int] | None = None) -> StackWalk:
     read = memory_read
     o = ktrap_offsets or KTRAP_FRAME_X86_19041
@@ -129,7 +131,8 @@ def walk_stack_x86(context: dict[str, int], memory_read: MemoryRead,
     return frames
 
 
-def _step(read: MemoryRead, ctx: dict[str, int], frame: Frame, fpo, o: dict[str, int]):
+def _step(read: MemoryRead, ctx: dict[str, int], frame: Frame, fpo: Callable[[int], FpoData | None] | None,
+          o: dict[str, int]) -> Step | str:
     eip, esp, ebp = frame.ip, frame.sp, ctx.get("ebp", 0) & MASK32
     data = fpo(eip) if fpo is not None else None
     off = eip - data.start if data is not None else 0
@@ -143,17 +146,17 @@ def _step(read: MemoryRead, ctx: dict[str, int], frame: Frame, fpo, o: dict[str,
         caller = dict(ctx)
         caller.update(trap.registers)
         return caller, trap.known, HOW_TRAP
-    # 2. FPO data: EBP is not (yet) this frame's
+    # 2. FPO data: EBP is not (yet) this frame's (so there is FPO data: the ignores below)
     if not ours:
         caller = dict(ctx)
-        if not data.uses_bp:
-            slot = esp if off == 0 else esp + 4 * (data.locals + data.regs)
+        if not data.uses_bp:  # type: ignore[union-attr]
+            slot = esp if off == 0 else esp + 4 * (data.locals + data.regs)  # type: ignore[union-attr]
         elif off == 0:
             slot = esp
         else:
             code = b""
             try:
-                code = read(data.start, 1)
+                code = read(data.start, 1)  # type: ignore[union-attr]
             except KdError:
                 pass
             if off != 1 or code != b"\x55":
