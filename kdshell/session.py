@@ -163,9 +163,7 @@ class Session:
         # The KDBG says which bit L1TF mitigation sets in invalid PTEs (19H1+); read it with the
         # provisional format (the KDBG is in valid, non-paged memory) and settle the format.
         kdbg = read_kdbg(space, d.header.kd_debugger_data_block, is64=d.is64)
-        bit = None
-        if kdbg is not None and kdbg.size > 0x2C2 and d.header.build >= 18362:
-            bit = kdbg.raw[0x2C2]
+        bit = kdbg.get("L1tfHighPhysicalBitIndex") if kdbg is not None and d.header.build >= 18362 else None
         fmt = PteFormat.for_kernel(self.paging_mode.pte_mode, d.header.build, bit)
         if fmt != self.pte_format:
             self.pte_format = fmt

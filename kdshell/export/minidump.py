@@ -55,6 +55,7 @@ from kdshell.dumpfile.header import (
 from kdshell.dumpfile.write import DumpHeaderFields
 from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel.kdbg import SYSTEM_RANGE_START, Kdbg, system_range_start
 
 PAGE = 0x1000
 STACK_LIMIT = 0x4000  # Windows keeps at most 16 KiB of the kernel stack
@@ -80,20 +81,20 @@ KUSER_SHARED_DATA = {True: 0xFFFF_F780_0000_0000, False: 0xFFDF_0000}
 KUSER_SHARED_DATA_KEPT = 0x330
 
 # KDDEBUGGER_DATA64 fields holding the address of a kernel variable kept as a data block:
-# offset -> (name, size in pointers (negative: bytes), or "processors" / "string").
+# field -> size in pointers (negative: bytes), or "processors" / "string".
 KDBG_VARIABLES = {
-    0x48: ("PsLoadedModuleList", 2), 0x50: ("PsActiveProcessHead", 2), 0x88: ("KiBugCheckData", 5),
-    0xC0: ("MmPfnDatabase", 1), 0x1C8: ("MmHighestUserAddress", 1), 0x1D0: ("MmSystemRangeStart", 1),
-    0x1D8: ("MmUserProbeAddress", 1), 0x78: ("KeTimeIncrement", -4), 0x268: ("CmNtCSDVersion", -4),
-    0x218: ("KiProcessorBlock", "processors"), 0x208: ("NtBuildLab", "string"),
+    "PsLoadedModuleList": 2, "PsActiveProcessHead": 2, "KiBugCheckData": 5, "MmPfnDatabase": 1,
+    "MmHighestUserAddress": 1, "MmSystemRangeStart": 1, "MmUserProbeAddress": 1, "KeTimeIncrement": -4,
+    "CmNtCSDVersion": -4, "KiProcessorBlock": "processors", "NtBuildLab": "string",
 }
-# DUMP_MM_STORAGE field <- KDBG field (offset) holding the variable's address, and the width read.
+# DUMP_MM_STORAGE field <- the KDBG field holding the variable's address, and the width read.
 MM_FROM_KDBG = {
-    "MmSpecialPoolTag": (0x238, 4), "MiTriageActionTaken": (0x230, 4), "KernelVerifier": (0x240, 4),
-    "MmMaximumNonPagedPool": (0x100, None), "MmAllocatedNonPagedPool": (0x250, None),
-    "PagedPoolMaximum": (0x140, None), "PagedPoolAllocated": (0x170, None),
-    "CommittedPages": (0x150, None), "CommittedPagesPeak": (0x258, None),
-    "CommitLimitMaximum": (0x260, None),
+    "MmSpecialPoolTag": ("MmSpecialPoolTag", 4), "MiTriageActionTaken": ("MmTriageActionTaken", 4),
+    "KernelVerifier": ("KernelVerifier", 4), "MmMaximumNonPagedPool": ("MmMaximumNonPagedPoolInBytes", None),
+    "MmAllocatedNonPagedPool": ("MmAllocatedNonPagedPool", None),
+    "PagedPoolMaximum": ("MmSizeOfPagedPoolInBytes", None), "PagedPoolAllocated": ("MmPagedPoolCommit", None),
+    "CommittedPages": ("MmTotalCommittedPages", None), "CommittedPagesPeak": ("MmPeakCommitment", None),
+    "CommitLimitMaximum": ("MmTotalCommitLimitMaximum", None),
 }
 
 
@@ -140,7 +141,7 @@ class SmallDumpSource:
     frames: Sequence[tuple[int, int]] = ()  # (address, size) of trap/exception frames and records
     paging_entries: Callable[[int], Sequence[int]] | None = None  # VA -> PXE..PTE addresses
     entry_size: int = 8  # bytes of one paging entry
-    kernel_start: int = 0xFFFF_8000_0000_0000
+    kernel_start: int = SYSTEM_RANGE_START[True]
     kernel_base: int | None = None  # nt's base: its header page is kept
     blobs: Sequence[tuple[bytes, bytes]] = ()
 
@@ -164,10 +165,11 @@ def _u(data: bytes, off: int, size: int) -> int:
     return int.from_bytes(data[off : off + size], "little")
 
 
-def _kdbg_field(kdbg: bytes | None, offset: int, size: int = 8) -> int | None:
-    if kdbg is None or offset + size > min(_u(kdbg, 0x14, 4), len(kdbg)):
+def _kdbg_field(kdbg: bytes | None, name: str) -> int | None:
+    """A field of the KDBG copy; None when the block is too short for it or it is 0."""
+    if kdbg is None:
         return None
-    return _u(kdbg, offset, size) or None
+    return Kdbg.from_copy(kdbg).get(name) or None
 
 
 def readable_extent(read: MemoryRead, address: int, size: int) -> int:
@@ -297,8 +299,8 @@ def _mm(src: SmallDumpSource, is64: bool) -> tuple[dict[str, int], bool]:
     width = 8 if is64 else 4
     values: dict[str, int] = {}
     found = False
-    for name, (offset, size) in MM_FROM_KDBG.items():
-        address = _kdbg_field(src.kdbg, offset)
+    for name, (field_name, size) in MM_FROM_KDBG.items():
+        address = _kdbg_field(src.kdbg, field_name)
         if not address:
             continue
         try:
@@ -306,7 +308,7 @@ def _mm(src: SmallDumpSource, is64: bool) -> tuple[dict[str, int], bool]:
             found = True
         except MemoryNotPresent:
             continue
-    verifier = _kdbg_field(src.kdbg, 0x248)  # MmVerifierData: MM_DRIVER_VERIFIER_DATA, Level first
+    verifier = _kdbg_field(src.kdbg, "MmVerifierData")  # MM_DRIVER_VERIFIER_DATA, Level first
     if verifier:
         try:
             values["MmVerifyDriverLevel"] = _u(src.read(verifier, 4), 0, 4)
@@ -330,8 +332,8 @@ def _data_page(src: SmallDumpSource, params: Sequence[int], stack: tuple[int, in
 
 
 def _kdbg_variables(src: SmallDumpSource, ranges: _Ranges, ps: int, processors: int) -> None:
-    for offset, (_, what) in KDBG_VARIABLES.items():
-        address = _kdbg_field(src.kdbg, offset)
+    for name, what in KDBG_VARIABLES.items():
+        address = _kdbg_field(src.kdbg, name)
         if not address:
             continue
         if what == "processors":
@@ -475,7 +477,7 @@ def crashing_processor(memory, offsets, kdbg: bytes | None, registers: Mapping[s
     sp_name = "rsp" if is64 else "esp"
     sp = registers.get(sp_name, 0)
     out = KernelObjects()
-    block = _kdbg_field(kdbg, 0x218)
+    block = _kdbg_field(kdbg, "KiProcessorBlock")
     if not block:
         out.notes.append("the KDBG does not say where KiProcessorBlock is: no KPRCB, thread or process copies")
         return out
@@ -695,16 +697,9 @@ def source_from_session(session, comment: str | None = None) -> SmallDumpSource:
     unloaded = [(u.name, u.start, u.end) for u in mods.unloaded]
     broken, broken_name = _broken_driver(session, memory)
     mode = session.paging_mode
-    pte_base = _kdbg_field(kdbg_raw, 0x360) if h.is64 and h.build >= 14393 else None
+    pte_base = _kdbg_field(kdbg_raw, "PteBase") if h.is64 and h.build >= 14393 else None
     selfmap = SelfMap.find(mode, session.pages, h.directory_table_base, pte_base)
-    kernel_start = _kdbg_field(kdbg_raw, 0x1D0)
-    if kernel_start:
-        try:
-            kernel_start = memory.read_pointer(kernel_start, 8 if h.is64 else 4)
-        except MemoryNotPresent:
-            kernel_start = None
-    if not kernel_start:
-        kernel_start = 0xFFFF_8000_0000_0000 if h.is64 else 0x8000_0000
+    kernel_start = system_range_start(kdbg, memory, h.is64)
     kernel = mods.kernel
     return SmallDumpSource(
         fields=source_fields(d, comment), read=read, registers=registers, drivers=drivers, unloaded=unloaded,
