@@ -180,11 +180,11 @@ def cxr(session, inv):
          summary="Use the exception's context record (from the bug check parameters) as the register context",
          example=".ecxr")
 def ecxr(session, inv):
-    from kdshell.stack.context import CONTEXT_RECORD_PARAM
+    from kdshell.bugcheck_roles import parameter
 
     h = session.dump.header
     code = h.bugcheck_code
-    index = CONTEXT_RECORD_PARAM.get(code)
+    index = parameter(code, "context_record")
     if index is None or not h.bugcheck_parameters[index]:
         raise KdError(f"Unable to get exception context: bug check {code:X} has no context record "
                       "(use .trap or k)")

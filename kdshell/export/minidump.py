@@ -45,8 +45,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
+from kdshell import bugcheck_roles
 from kdshell.dumpfile.header import (
-    DUMP_MM_STORAGE32, DUMP_MM_STORAGE64, FILL32, MAX_RUNS32, MAX_RUNS64,
+    CONTEXT_AMD64, DUMP_MM_STORAGE32, EXCEPTION_RECORD64, DUMP_MM_STORAGE64, FILL32, MAX_RUNS32, MAX_RUNS64,
     PHYSICAL_MEMORY_DESCRIPTOR32, PHYSICAL_MEMORY_DESCRIPTOR64, PHYSICAL_MEMORY_RUN32, PHYSICAL_MEMORY_RUN64,
     TRIAGE_DUMP_BROKEN_DRIVER, TRIAGE_DUMP_CONTEXT, TRIAGE_DUMP_DATA_BLOCKS, TRIAGE_DUMP_DATAPAGE,
     TRIAGE_DUMP_DEBUGGER_DATA, TRIAGE_DUMP_DRIVER_LIST, TRIAGE_DUMP_EXCEPTION, TRIAGE_DUMP_MMINFO,
@@ -56,6 +57,7 @@ from kdshell.dumpfile.write import DumpHeaderFields
 from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.kdbg import SYSTEM_RANGE_START, Kdbg, system_range_start
+from kdshell.stack.frames import KTRAP_FRAME_X64_19041, KTRAP_FRAME_X86_19041
 
 PAGE = 0x1000
 STACK_LIMIT = 0x4000  # Windows keeps at most 16 KiB of the kernel stack
@@ -64,17 +66,11 @@ NAME_LIMIT = 0x200  # bytes of a UNICODE_STRING / ASCII string kept at most
 
 MemoryRead = Callable[[int, int], bytes]
 
-# Bug check parameters (0-based index) that name the address whose access faulted: its paging
-# entries are kept, as Windows keeps them (bugcodes.tsv).
-FAULT_ADDRESS_PARAM = {0x0A: 0, 0xD1: 0, 0x50: 0, 0xBE: 0, 0xD5: 0, 0xD6: 0, 0xFC: 0,
-                       0x1000000A: 0, 0x100000D1: 0, 0x10000050: 0}
-# Parameters that point at register frames and records: (index, size of what is there).
-RECORD_PARAMS = {
-    0x7E: ((2, 0x98), (3, 0x4D0)), 0x1000007E: ((2, 0x98), (3, 0x4D0)),
-    0x8E: ((2, 0x190),), 0x1000008E: ((2, 0x190),),
-    0x3B: ((2, 0x4D0),), 0x139: ((1, 0x190), (2, 0x98)),
-}
-KTRAP_FRAME_SIZE = {True: 0x190, False: 0x8C}
+# Bug check parameters that point at register frames and records (kdshell/data/bugcheck_params.tsv):
+# the pages of what is there are kept; x64's sizes, which cover x86's.
+RECORD_SIZES = {"exception_record": EXCEPTION_RECORD64.sizeof(), "context_record": CONTEXT_AMD64.sizeof(),
+                "trap_frame": KTRAP_FRAME_X64_19041["size"]}
+KTRAP_FRAME_SIZE = {True: KTRAP_FRAME_X64_19041["size"], False: KTRAP_FRAME_X86_19041["size"]}
 # KUSER_SHARED_DATA (the kernel's view): its head up to TickCount (+0x320, 12 bytes) is kept --
 # times, version, tick count (what !thread's "Ticks:" and .time read).
 KUSER_SHARED_DATA = {True: 0xFFFF_F780_0000_0000, False: 0xFFDF_0000}
@@ -410,16 +406,18 @@ def gather(src: SmallDumpSource) -> SmallDump:
         if value >= src.kernel_start:
             ranges.add(value - POINTER_BEFORE, POINTER_BEFORE + POINTER_AFTER)
     # the pages of the faulting stack's trap/exception frames and records
-    for index, size in RECORD_PARAMS.get(code, ()):
-        if params[index] >= src.kernel_start:
-            ranges.add_pages(params[index], size)
+    for role, size in RECORD_SIZES.items():
+        for index in bugcheck_roles.parameters(code, role):
+            if params[index] >= src.kernel_start:
+                ranges.add_pages(params[index], size)
     for address, size in src.frames:
         ranges.add_pages(address, size)
     # paging entries of the RIP, RSP and fault address (what !pte needs)
     if src.paging_entries is not None:
         vas = [regs[n] for regs in contexts for n in (ip_name, sp_name) if regs.get(n)]
-        if code in FAULT_ADDRESS_PARAM:
-            vas.append(params[FAULT_ADDRESS_PARAM[code]])
+        fault = bugcheck_roles.parameter(code, "address")
+        if fault is not None:
+            vas.append(params[fault])
         for va in vas:
             for entry in src.paging_entries(va):
                 ranges.add(entry, src.entry_size)
