@@ -16,6 +16,7 @@ from kdshell.dispatch import command
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
+from kdshell.kernel import kuser
 from kdshell.kernel.layout import Reader
 from kdshell.kernel.prcb import irql_name
 from kdshell.kernel.processes import find_processes
@@ -25,8 +26,6 @@ from kdshell.stack.text import KOptions, frame_lines
 
 STATE_WORDS = {0: "INITIALIZED", 1: "READY", 2: "RUNNING", 3: "STANDBY", 4: "TERMINATED", 5: "WAIT",
                6: "TRANSITION", 7: "DEFERREDREADY", 8: "GATEWAIT", 9: "WAITINGFORPROCESSINSWAP"}
-KUSER_SHARED_DATA = {True: 0xFFFFF78000000000, False: 0xFFDF0000}
-KUSER_TICK_COUNT = 0x320  # KUSER_SHARED_DATA.TickCountQuad
 DEFAULT_TIME_INCREMENT = 156250  # 15.625 ms in 100 ns units, when the kernel's is not readable
 
 
@@ -82,7 +81,7 @@ def _time_increment(session) -> int:
 def _tick_count(session) -> int | None:
     k = session.kernel
     try:
-        return Reader(k.memory, k.is64).uint(KUSER_SHARED_DATA[k.is64] + KUSER_TICK_COUNT, 4)
+        return Reader(k.memory, k.is64).uint(kuser.ADDRESS[k.is64] + kuser.TICK_COUNT, 4)
     except (MemoryNotPresent, KdError):
         return None
 

@@ -56,6 +56,7 @@ from kdshell.dumpfile.header import (
 from kdshell.dumpfile.write import DumpHeaderFields
 from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel import kuser
 from kdshell.kernel.kdbg import SYSTEM_RANGE_START, Kdbg, system_range_start
 from kdshell.stack.frames import KTRAP_FRAME_X64_19041, KTRAP_FRAME_X86_19041
 
@@ -71,10 +72,9 @@ MemoryRead = Callable[[int, int], bytes]
 RECORD_SIZES = {"exception_record": EXCEPTION_RECORD64.sizeof(), "context_record": CONTEXT_AMD64.sizeof(),
                 "trap_frame": KTRAP_FRAME_X64_19041["size"]}
 KTRAP_FRAME_SIZE = {True: KTRAP_FRAME_X64_19041["size"], False: KTRAP_FRAME_X86_19041["size"]}
-# KUSER_SHARED_DATA (the kernel's view): its head up to TickCount (+0x320, 12 bytes) is kept --
-# times, version, tick count (what !thread's "Ticks:" and .time read).
-KUSER_SHARED_DATA = {True: 0xFFFF_F780_0000_0000, False: 0xFFDF_0000}
-KUSER_SHARED_DATA_KEPT = 0x330
+# KUSER_SHARED_DATA's head is kept, through TickCount: times, version, tick count (what !thread's
+# "Ticks:" and .time read).
+KUSER_KEPT = (kuser.TICK_COUNT + kuser.TICK_COUNT_SIZE + 0xF) & ~0xF  # to a 16-byte boundary: 0x330
 
 # KDDEBUGGER_DATA64 fields holding the address of a kernel variable kept as a data block:
 # field -> size in pointers (negative: bytes), or "processors" / "string".
@@ -393,7 +393,7 @@ def gather(src: SmallDumpSource) -> SmallDump:
         ranges.add_pages(src.kernel_base, 1)
     # kernel variables the debugger reads first, and KUSER_SHARED_DATA's clocks (!thread's ticks)
     _kdbg_variables(src, ranges, ps, f.number_processors)
-    ranges.add(KUSER_SHARED_DATA[is64], KUSER_SHARED_DATA_KEPT)
+    ranges.add(kuser.ADDRESS[is64], KUSER_KEPT)
     if src.broken_driver_name:
         ranges.add(*src.broken_driver_name)
     if o.trap_frame_slot:
