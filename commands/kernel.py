@@ -17,6 +17,7 @@ from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
 from kdshell.kernel import kuser
+from kdshell.kernel import objects as OB
 from kdshell.kernel.layout import Reader
 from kdshell.kernel.prcb import irql_name
 from kdshell.kernel.processes import find_processes
@@ -562,64 +563,25 @@ def object_(session, inv):
         raise KdError("!object: kdshell takes an object's address; object directories by name are not supported")
     address = _value(session, words[0])
     k = session.kernel
-    r = Reader(k.memory, k.is64)
-    o = k.offsets
-    body = o.offset("_OBJECT_HEADER", "Body")
-    if body is None:
-        body = 0x30 if k.is64 else 0x18
-    header = address - body
-    pointer_at = o.offset("_OBJECT_HEADER", "PointerCount") or 0
-    handle_at = o.offset("_OBJECT_HEADER", "HandleCount")
-    if handle_at is None:
-        handle_at = r.psize
-    type_at = o.offset("_OBJECT_HEADER", "TypeIndex")
-    if type_at is None:
-        type_at = 0x18 if k.is64 else 0xC
+    layout = OB.object_layout(k.offsets, k.is64, k.build)
     try:
-        pointers = r.uint(header + pointer_at, r.psize)
-        handles = r.uint(header + handle_at, r.psize)
-        index = r.uint(header + type_at, 1)
+        header = OB.read_object_header(k.memory, address, layout, k.is64)
     except MemoryNotPresent:
-        raise KdError(f"Unable to read the object header at {_p(session, header)}: it is not in the dump") from None
-    sign = 1 << (8 * r.psize - 1)
-    pointers = pointers - 2 * sign if pointers & sign else pointers
-    handles = handles - 2 * sign if handles & sign else handles
-    type_object, type_name = _object_type(session, header, index)
-    type_text = _p(session, type_object) if type_object is not None else "?" * (2 * r.psize)
+        raise KdError(f"Unable to read the object header at {_p(session, OB.header_address(address, layout, k.is64))}: "
+                      "it is not in the dump") from None
+    # objects whose type the kernel itself says: the current thread and its process
+    examples = {"Process": k.current_process(), "Thread": k.current_thread()}
+    kind = OB.object_type(k.memory, header, layout, k.is64, k.build, k.symbol("ObHeaderCookie"),
+                          k.symbol("ObTypeIndexTable"), examples)
+    if kind.name is not None:
+        type_name = kind.name
+    elif kind.index is not None:
+        type_name = f"<type index {kind.index}>"
+    else:
+        type_name = "<type index unknown: nt!ObHeaderCookie is not available>"
+    type_text = _p(session, kind.address) if kind.address is not None else "?" * (16 if k.is64 else 8)
     session.out.lines([
         f"Object: {_p(session, address)}  Type: ({type_text}) {type_name}",
-        f"    ObjectHeader: {_p(session, header)} (new version)",
-        f"    HandleCount: {handles}  PointerCount: {pointers}",
+        f"    ObjectHeader: {_p(session, header.address)} (new version)",
+        f"    HandleCount: {header.handle_count}  PointerCount: {header.pointer_count}",
     ])
-
-
-def _object_type(session, header: int, stored: int) -> tuple[int | None, str]:
-    """(OBJECT_TYPE address, its name) of the object: TypeIndex decoded (Windows 10 stores it
-    XORed with the second byte of the header's address and nt!ObHeaderCookie), then
-    ObTypeIndexTable[index] -> OBJECT_TYPE.Name. When the table cannot be read, a process or
-    thread is still recognised by its dispatcher header."""
-    k = session.kernel
-    r = Reader(k.memory, k.is64)
-    index = stored
-    if k.build >= 10240:
-        cookie_at = k.symbol("ObHeaderCookie")
-        cookie = r.maybe_uint(cookie_at, 0, 1) if cookie_at else None
-        if cookie is None:
-            return None, "<type index unknown: nt!ObHeaderCookie is not available>"
-        index = stored ^ ((header >> 8) & 0xFF) ^ cookie
-    table = k.symbol("ObTypeIndexTable")
-    type_object = r.maybe_ptr(table, index * r.psize) if table else None
-    if type_object:
-        name_at = k.offsets.offset("_OBJECT_TYPE", "Name")
-        name = r.unicode_string(type_object + (name_at if name_at is not None else 0x10))
-        if name:
-            return type_object, name
-    body = header + (0x30 if k.is64 else 0x18)
-    from kdshell.kernel.processes import looks_like_process
-    from kdshell.kernel.threads import looks_like_thread
-
-    if looks_like_process(k.memory, body, k.process_layout, k.is64):
-        return type_object, "Process"
-    if looks_like_thread(k.memory, body, k.thread_layout, k.is64):
-        return type_object, "Thread"
-    return type_object, f"<type index {index}>"
