@@ -19,7 +19,7 @@ from kdshell.format import ptr
 from kdshell.kernel import kuser
 from kdshell.kernel import objects as OB
 from kdshell.kernel.layout import Reader
-from kdshell.kernel.prcb import irql_name
+from kdshell.kernel.prcb import PCR_TIB_NAMES, irql_name, read_pcr_fields, read_prcb_counters
 from kdshell.kernel.processes import find_processes
 from kdshell.kernel.threads import wait_objects, wait_reason_name
 from kdshell.dispatch import needs_memory
@@ -431,28 +431,24 @@ def prcb_(session, inv):
     number = _processor_arg(session, inv, "!prcb")
     k = session.kernel
     p = k.processor(number)
-    r = Reader(k.memory, k.is64)
-    f = k.prcb_layout.get
+    c = read_prcb_counters(k.memory, p.prcb, k.prcb_layout, k.is64)
     lines = [f"PRCB for Processor {number} at {_p(session, p.prcb)}:"]
     if p.current_irql is not None:
         lines.append(f"Current IRQL -- {p.current_irql}")
     lines.append(f"Threads--  Current {_p(session, p.current_thread)} Next {_p(session, p.next_thread)} "
                  f"Idle {_p(session, p.idle_thread)}")
-    group, index = r.maybe_uint(p.prcb, f("group"), 1), r.maybe_uint(p.prcb, f("group_index"), 1)
-    member = r.maybe_ptr(p.prcb, f("group_set_member"))
     text = f"Processor Index {number}"
-    if group is not None and index is not None:
-        text += f" Number ({group}, {index})"
-    if member is not None:
-        text += f" GroupSetMember {member:x}"
+    if c.group is not None and c.group_index is not None:
+        text += f" Number ({c.group}, {c.group_index})"
+    if c.group_set_member is not None:
+        text += f" GroupSetMember {c.group_set_member:x}"
     lines.append(text)
-    counts = [r.maybe_uint(p.prcb, f(n), 4) for n in ("interrupt_count", "dpc_time", "interrupt_time",
-                                                       "kernel_time", "user_time")]
-    if counts[0] is not None:
-        lines.append(f"Interrupt Count -- {counts[0]:08x}")
-    if None not in counts[1:]:
-        lines.append(f"Times -- Dpc    {counts[1]:08x} Interrupt {counts[2]:08x} ")
-        lines.append(f"         Kernel {counts[3]:08x} User      {counts[4]:08x} ")
+    if c.interrupt_count is not None:
+        lines.append(f"Interrupt Count -- {c.interrupt_count:08x}")
+    times = (c.dpc_time, c.interrupt_time, c.kernel_time, c.user_time)
+    if None not in times:
+        lines.append(f"Times -- Dpc    {times[0]:08x} Interrupt {times[1]:08x} ")
+        lines.append(f"         Kernel {times[2]:08x} User      {times[3]:08x} ")
     session.out.lines(lines)
 
 
@@ -467,38 +463,30 @@ def pcr_(session, inv):
     if p.pcr is None:
         raise KdError(f"Unable to get the KPCR of processor {number} from the dump: a small memory dump "
                       "keeps only the KPRCB copy")
-    r = Reader(k.memory, k.is64)
-    ps = r.psize
     try:
-        tib = [r.ptr(p.pcr + i * ps) for i in range(7)]
+        pcr = read_pcr_fields(k.memory, p.pcr, k.prcb_layout, k.is64)
     except MemoryNotPresent as exc:
         raise KdError(f"Unable to get the KPCR of processor {number} at {_p(session, p.pcr)} from the dump "
                       f"({exc.why})") from None
-    tib[4] = r.uint(p.pcr + 4 * ps, 4)  # NT_TIB.Version is a ULONG
-    f = k.prcb_layout.get
-    major = r.maybe_uint(p.pcr, f("pcr_major"), 2)
-    minor = r.maybe_uint(p.pcr, f("pcr_minor"), 2)
 
-    def v(offset_name, size=None):
-        value = r.maybe_uint(p.pcr, f(offset_name), size or ps)
+    def v(value):
         return _p(session, value or 0)
 
     row = "{:>25}: {}".format
     lines = [f"KPCR for Processor {number} at {_p(session, p.pcr)}:"]
-    if major is not None and minor is not None:
-        lines.append(f"    Major {major} Minor {minor}")
-    names = ("ExceptionList", "StackBase", "StackLimit", "SubSystemTib", "Version", "UserPointer", "SelfTib")
-    lines += [row(f"NtTib.{n}", _p(session, value)) for n, value in zip(names, tib)]
+    if pcr.major is not None and pcr.minor is not None:
+        lines.append(f"    Major {pcr.major} Minor {pcr.minor}")
+    lines += [row(f"NtTib.{n}", _p(session, value)) for n, value in zip(PCR_TIB_NAMES, pcr.tib)]
     lines.append("")
-    lines.append(row("SelfPcr", v("pcr_self")))
+    lines.append(row("SelfPcr", v(pcr.self_pcr)))
     lines.append(row("Prcb", _p(session, p.prcb)))
     lines.append(row("Irql", _p(session, p.current_irql or 0)))
-    lines.append(row("IRR", v("pcr_irr", 4)))
-    lines.append(row("IDR", v("pcr_idr", 4)))
-    lines.append(row("InterruptMode", v("pcr_interrupt_mode", 4)))
-    lines.append(row("IDT", v("pcr_idt")))
-    lines.append(row("GDT", v("pcr_gdt")))
-    lines.append(row("TSS", v("pcr_tss")))
+    lines.append(row("IRR", v(pcr.irr)))
+    lines.append(row("IDR", v(pcr.idr)))
+    lines.append(row("InterruptMode", v(pcr.interrupt_mode)))
+    lines.append(row("IDT", v(pcr.idt)))
+    lines.append(row("GDT", v(pcr.gdt)))
+    lines.append(row("TSS", v(pcr.tss)))
     lines.append("")
     lines.append(row("CurrentThread", _p(session, p.current_thread)))
     lines.append(row("NextThread", _p(session, p.next_thread)))
