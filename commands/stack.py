@@ -10,12 +10,11 @@ The columns and register blocks are kdshell.stack.text's.
 """
 from __future__ import annotations
 
-from kdshell.dispatch import command, needs_memory
+from kdshell.dispatch import command, needs_memory, resolve
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
 from kdshell.stack.text import RESETTING, SCAN_WARNING, KOptions, context_lines, frame_lines
-from kdshell.commands.memory import display
 
 MAX_FRAMES = 0xFFFF
 
@@ -126,7 +125,8 @@ def _colour_split(session, lines):
 def kd_(session, inv):
     count = Evaluator(session).evaluate(inv.text) if inv.text.strip() else 0x10
     sp = session.registers.get("rsp" if session.is64 else "esp", 0)
-    display(session, "dps", f"{sp:#x} L{count:#x}")
+    dps, dps_inv = resolve(f"dps {sp:#x} L{count:#x}")  # the memory family's dps, through the registry
+    dps.func(session, dps_inv)
     session.repeat = None
 
 
