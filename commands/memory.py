@@ -350,9 +350,16 @@ def _strings_search(session, memory, start: int, length: int, unit: int) -> None
 
 
 # -- !vtop and !pte ------------------------------------------------------------------------------
+def _page_tables(session) -> TranslatedMemory | None:
+    """The current address space when the dump's own memory is translated through page tables
+    (session.memory may put image files in front of it; they have none)."""
+    m = session.raw_memory
+    return m if isinstance(m, TranslatedMemory) else None
+
+
 def _translated(session) -> TranslatedMemory:
-    m = session.memory
-    if not isinstance(m, TranslatedMemory):
+    m = _page_tables(session)
+    if m is None:
         raise KdError("This dump has no page tables: a small memory dump keeps only saved virtual ranges")
     return m
 
@@ -422,10 +429,10 @@ def _pte_setup(session):
     """(mode, self-map, walker or None) for !pte on this dump."""
     from kdshell.memory.paging import X64_4, X86, PAE
 
-    m = session.memory
+    m = _page_tables(session)
     kdbg = session.kdbg
     pte_base = kdbg.get("PteBase") if kdbg is not None else None
-    if isinstance(m, TranslatedMemory):
+    if m is not None:
         mode = m.paging.mode
         smap = SelfMap.find(mode, session.pages, m.dtb, pte_base if mode.is64 else None)
         return mode, smap, m.paging
