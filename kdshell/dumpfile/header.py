@@ -1,8 +1,9 @@
 """On-disk layouts of the kernel dump header and the records it carries.
 
 Every layout is declared once here (the CONTEXT records in context.py), with its Windows name and
-the offset of each field, and is used both to read (``.parse``) and to write (``.build``) dumps. `tests/test_layouts.py` checks
-these declarations against literal offsets from ../shared/docs/formats.md.
+the offset of each field, and is used both to read (``.parse``) and to write (``.build``) dumps.
+`tests/test_layouts.py` checks these declarations against literal offsets from
+../shared/docs/formats.md.
 """
 from __future__ import annotations
 
