@@ -16,8 +16,10 @@ from kdshell.dispatch import command
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
+from kdshell.kernel import kuser
+from kdshell.kernel import objects as OB
 from kdshell.kernel.layout import Reader
-from kdshell.kernel.prcb import irql_name
+from kdshell.kernel.prcb import PCR_TIB_NAMES, irql_name, read_pcr_fields, read_prcb_counters
 from kdshell.kernel.processes import find_processes
 from kdshell.kernel.threads import wait_objects, wait_reason_name
 from kdshell.dispatch import needs_memory
@@ -25,8 +27,6 @@ from kdshell.stack.text import KOptions, frame_lines
 
 STATE_WORDS = {0: "INITIALIZED", 1: "READY", 2: "RUNNING", 3: "STANDBY", 4: "TERMINATED", 5: "WAIT",
                6: "TRANSITION", 7: "DEFERREDREADY", 8: "GATEWAIT", 9: "WAITINGFORPROCESSINSWAP"}
-KUSER_SHARED_DATA = {True: 0xFFFFF78000000000, False: 0xFFDF0000}
-KUSER_TICK_COUNT = 0x320  # KUSER_SHARED_DATA.TickCountQuad
 DEFAULT_TIME_INCREMENT = 156250  # 15.625 ms in 100 ns units, when the kernel's is not readable
 
 
@@ -82,7 +82,7 @@ def _time_increment(session) -> int:
 def _tick_count(session) -> int | None:
     k = session.kernel
     try:
-        return Reader(k.memory, k.is64).uint(KUSER_SHARED_DATA[k.is64] + KUSER_TICK_COUNT, 4)
+        return Reader(k.memory, k.is64).uint(kuser.ADDRESS[k.is64] + kuser.TICK_COUNT, 4)
     except (MemoryNotPresent, KdError):
         return None
 
@@ -431,28 +431,24 @@ def prcb_(session, inv):
     number = _processor_arg(session, inv, "!prcb")
     k = session.kernel
     p = k.processor(number)
-    r = Reader(k.memory, k.is64)
-    f = k.prcb_layout.get
+    c = read_prcb_counters(k.memory, p.prcb, k.prcb_layout, k.is64)
     lines = [f"PRCB for Processor {number} at {_p(session, p.prcb)}:"]
     if p.current_irql is not None:
         lines.append(f"Current IRQL -- {p.current_irql}")
     lines.append(f"Threads--  Current {_p(session, p.current_thread)} Next {_p(session, p.next_thread)} "
                  f"Idle {_p(session, p.idle_thread)}")
-    group, index = r.maybe_uint(p.prcb, f("group"), 1), r.maybe_uint(p.prcb, f("group_index"), 1)
-    member = r.maybe_ptr(p.prcb, f("group_set_member"))
     text = f"Processor Index {number}"
-    if group is not None and index is not None:
-        text += f" Number ({group}, {index})"
-    if member is not None:
-        text += f" GroupSetMember {member:x}"
+    if c.group is not None and c.group_index is not None:
+        text += f" Number ({c.group}, {c.group_index})"
+    if c.group_set_member is not None:
+        text += f" GroupSetMember {c.group_set_member:x}"
     lines.append(text)
-    counts = [r.maybe_uint(p.prcb, f(n), 4) for n in ("interrupt_count", "dpc_time", "interrupt_time",
-                                                       "kernel_time", "user_time")]
-    if counts[0] is not None:
-        lines.append(f"Interrupt Count -- {counts[0]:08x}")
-    if None not in counts[1:]:
-        lines.append(f"Times -- Dpc    {counts[1]:08x} Interrupt {counts[2]:08x} ")
-        lines.append(f"         Kernel {counts[3]:08x} User      {counts[4]:08x} ")
+    if c.interrupt_count is not None:
+        lines.append(f"Interrupt Count -- {c.interrupt_count:08x}")
+    times = (c.dpc_time, c.interrupt_time, c.kernel_time, c.user_time)
+    if None not in times:
+        lines.append(f"Times -- Dpc    {times[0]:08x} Interrupt {times[1]:08x} ")
+        lines.append(f"         Kernel {times[2]:08x} User      {times[3]:08x} ")
     session.out.lines(lines)
 
 
@@ -467,38 +463,30 @@ def pcr_(session, inv):
     if p.pcr is None:
         raise KdError(f"Unable to get the KPCR of processor {number} from the dump: a small memory dump "
                       "keeps only the KPRCB copy")
-    r = Reader(k.memory, k.is64)
-    ps = r.psize
     try:
-        tib = [r.ptr(p.pcr + i * ps) for i in range(7)]
+        pcr = read_pcr_fields(k.memory, p.pcr, k.prcb_layout, k.is64)
     except MemoryNotPresent as exc:
         raise KdError(f"Unable to get the KPCR of processor {number} at {_p(session, p.pcr)} from the dump "
                       f"({exc.why})") from None
-    tib[4] = r.uint(p.pcr + 4 * ps, 4)  # NT_TIB.Version is a ULONG
-    f = k.prcb_layout.get
-    major = r.maybe_uint(p.pcr, f("pcr_major"), 2)
-    minor = r.maybe_uint(p.pcr, f("pcr_minor"), 2)
 
-    def v(offset_name, size=None):
-        value = r.maybe_uint(p.pcr, f(offset_name), size or ps)
+    def v(value):
         return _p(session, value or 0)
 
     row = "{:>25}: {}".format
     lines = [f"KPCR for Processor {number} at {_p(session, p.pcr)}:"]
-    if major is not None and minor is not None:
-        lines.append(f"    Major {major} Minor {minor}")
-    names = ("ExceptionList", "StackBase", "StackLimit", "SubSystemTib", "Version", "UserPointer", "SelfTib")
-    lines += [row(f"NtTib.{n}", _p(session, value)) for n, value in zip(names, tib)]
+    if pcr.major is not None and pcr.minor is not None:
+        lines.append(f"    Major {pcr.major} Minor {pcr.minor}")
+    lines += [row(f"NtTib.{n}", _p(session, value)) for n, value in zip(PCR_TIB_NAMES, pcr.tib)]
     lines.append("")
-    lines.append(row("SelfPcr", v("pcr_self")))
+    lines.append(row("SelfPcr", v(pcr.self_pcr)))
     lines.append(row("Prcb", _p(session, p.prcb)))
     lines.append(row("Irql", _p(session, p.current_irql or 0)))
-    lines.append(row("IRR", v("pcr_irr", 4)))
-    lines.append(row("IDR", v("pcr_idr", 4)))
-    lines.append(row("InterruptMode", v("pcr_interrupt_mode", 4)))
-    lines.append(row("IDT", v("pcr_idt")))
-    lines.append(row("GDT", v("pcr_gdt")))
-    lines.append(row("TSS", v("pcr_tss")))
+    lines.append(row("IRR", v(pcr.irr)))
+    lines.append(row("IDR", v(pcr.idr)))
+    lines.append(row("InterruptMode", v(pcr.interrupt_mode)))
+    lines.append(row("IDT", v(pcr.idt)))
+    lines.append(row("GDT", v(pcr.gdt)))
+    lines.append(row("TSS", v(pcr.tss)))
     lines.append("")
     lines.append(row("CurrentThread", _p(session, p.current_thread)))
     lines.append(row("NextThread", _p(session, p.next_thread)))
@@ -563,64 +551,25 @@ def object_(session, inv):
         raise KdError("!object: kdshell takes an object's address; object directories by name are not supported")
     address = _value(session, words[0])
     k = session.kernel
-    r = Reader(k.memory, k.is64)
-    o = k.offsets
-    body = o.offset("_OBJECT_HEADER", "Body")
-    if body is None:
-        body = 0x30 if k.is64 else 0x18
-    header = address - body
-    pointer_at = o.offset("_OBJECT_HEADER", "PointerCount") or 0
-    handle_at = o.offset("_OBJECT_HEADER", "HandleCount")
-    if handle_at is None:
-        handle_at = r.psize
-    type_at = o.offset("_OBJECT_HEADER", "TypeIndex")
-    if type_at is None:
-        type_at = 0x18 if k.is64 else 0xC
+    layout = OB.object_layout(k.offsets, k.is64, k.build)
     try:
-        pointers = r.uint(header + pointer_at, r.psize)
-        handles = r.uint(header + handle_at, r.psize)
-        index = r.uint(header + type_at, 1)
+        header = OB.read_object_header(k.memory, address, layout, k.is64)
     except MemoryNotPresent:
-        raise KdError(f"Unable to read the object header at {_p(session, header)}: it is not in the dump") from None
-    sign = 1 << (8 * r.psize - 1)
-    pointers = pointers - 2 * sign if pointers & sign else pointers
-    handles = handles - 2 * sign if handles & sign else handles
-    type_object, type_name = _object_type(session, header, index)
-    type_text = _p(session, type_object) if type_object is not None else "?" * (2 * r.psize)
+        raise KdError(f"Unable to read the object header at {_p(session, OB.header_address(address, layout, k.is64))}: "
+                      "it is not in the dump") from None
+    # objects whose type the kernel itself says: the current thread and its process
+    examples = {"Process": k.current_process(), "Thread": k.current_thread()}
+    kind = OB.object_type(k.memory, header, layout, k.is64, k.build, k.symbol("ObHeaderCookie"),
+                          k.symbol("ObTypeIndexTable"), examples)
+    if kind.name is not None:
+        type_name = kind.name
+    elif kind.index is not None:
+        type_name = f"<type index {kind.index}>"
+    else:
+        type_name = "<type index unknown: nt!ObHeaderCookie is not available>"
+    type_text = _p(session, kind.address) if kind.address is not None else "?" * (16 if k.is64 else 8)
     session.out.lines([
         f"Object: {_p(session, address)}  Type: ({type_text}) {type_name}",
-        f"    ObjectHeader: {_p(session, header)} (new version)",
-        f"    HandleCount: {handles}  PointerCount: {pointers}",
+        f"    ObjectHeader: {_p(session, header.address)} (new version)",
+        f"    HandleCount: {header.handle_count}  PointerCount: {header.pointer_count}",
     ])
-
-
-def _object_type(session, header: int, stored: int) -> tuple[int | None, str]:
-    """(OBJECT_TYPE address, its name) of the object: TypeIndex decoded (Windows 10 stores it
-    XORed with the second byte of the header's address and nt!ObHeaderCookie), then
-    ObTypeIndexTable[index] -> OBJECT_TYPE.Name. When the table cannot be read, a process or
-    thread is still recognised by its dispatcher header."""
-    k = session.kernel
-    r = Reader(k.memory, k.is64)
-    index = stored
-    if k.build >= 10240:
-        cookie_at = k.symbol("ObHeaderCookie")
-        cookie = r.maybe_uint(cookie_at, 0, 1) if cookie_at else None
-        if cookie is None:
-            return None, "<type index unknown: nt!ObHeaderCookie is not available>"
-        index = stored ^ ((header >> 8) & 0xFF) ^ cookie
-    table = k.symbol("ObTypeIndexTable")
-    type_object = r.maybe_ptr(table, index * r.psize) if table else None
-    if type_object:
-        name_at = k.offsets.offset("_OBJECT_TYPE", "Name")
-        name = r.unicode_string(type_object + (name_at if name_at is not None else 0x10))
-        if name:
-            return type_object, name
-    body = header + (0x30 if k.is64 else 0x18)
-    from kdshell.kernel.processes import looks_like_process
-    from kdshell.kernel.threads import looks_like_thread
-
-    if looks_like_process(k.memory, body, k.process_layout, k.is64):
-        return type_object, "Process"
-    if looks_like_thread(k.memory, body, k.thread_layout, k.is64):
-        return type_object, "Thread"
-    return type_object, f"<type index {index}>"

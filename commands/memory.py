@@ -20,6 +20,7 @@ from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator, ExprError, Registers, is_settable_pseudo, pseudo_register, signed
 from kdshell.format import ptr, session_time
 from kdshell.memory import pte as P
+from kdshell.memory import search as S
 from kdshell.memory.paging import SelfMap
 from kdshell.memory.virtual import TranslatedMemory
 from kdshell.stack.text import context_lines
@@ -307,7 +308,8 @@ def search(session, inv):
     progress = Progress(session.progress, "Searching", rng.count)
     try:
         _report_hits(session, memory, kind, unit, only_address,
-                     _find(memory, rng.start, rng.count, pattern, unit if kind in ("w", "d", "q") else 1, progress))
+                     S.find(memory, rng.start, rng.count, pattern, unit if kind in ("w", "d", "q") else 1,
+                                 progress.update))
     finally:
         progress.done()
 
@@ -341,62 +343,23 @@ def _pattern(ev: Evaluator, kind: str, unit: int, text: str) -> bytes:
     return bytes(out)
 
 
-def _find(memory, start: int, length: int, pattern: bytes, align: int, progress=None):
-    """Addresses of `pattern` in [start, start+length), skipping unreadable pieces."""
-    tail = b""
-    tail_at = start
-    end = start + length
-    for at, piece, size in memory.chunks(start, length):
-        if progress is not None:
-            progress.update((at - start) & ((1 << 64) - 1))
-        if isinstance(piece, MemoryNotPresent):
-            tail = b""
-            continue
-        if tail and tail_at + len(tail) != at:
-            tail = b""
-        buf = tail + bytes(piece)
-        base = at - len(tail)
-        i = buf.find(pattern)
-        while i != -1:
-            hit = base + i
-            if hit + len(pattern) <= end and (hit - start) % align == 0:
-                yield hit
-            i = buf.find(pattern, i + 1)
-        keep = len(pattern) - 1
-        tail = buf[-keep:] if keep else b""
-        tail_at = base + len(buf) - len(tail)
-
-
-def _strings_search(session, memory, start: int, length: int, unit: int, minimum: int = 3) -> None:
+def _strings_search(session, memory, start: int, length: int, unit: int) -> None:
     is64 = session.is64
-    run: list[str] = []
-    run_at = None
-    for at, piece, size in memory.chunks(start, length):
-        if isinstance(piece, MemoryNotPresent):
-            _flush_string(session, run, run_at, minimum, is64)
-            run, run_at = [], None
-            continue
-        for i in range(0, len(piece) - unit + 1, unit):
-            c = int.from_bytes(piece[i : i + unit], "little")
-            if 0x20 <= c < 0x7F:
-                if run_at is None:
-                    run_at = at + i
-                run.append(chr(c))
-            else:
-                _flush_string(session, run, run_at, minimum, is64)
-                run, run_at = [], None
-    _flush_string(session, run, run_at, minimum, is64)
-
-
-def _flush_string(session, run, at, minimum, is64) -> None:
-    if at is not None and len(run) >= minimum:
-        session.out.line(f'{ptr(at, is64)}  "{"".join(run)}"')
+    for at, text in S.strings(memory, start, length, unit):
+        session.out.line(f'{ptr(at, is64)}  "{text}"')
 
 
 # -- !vtop and !pte ------------------------------------------------------------------------------
+def _page_tables(session) -> TranslatedMemory | None:
+    """The current address space when the dump's own memory is translated through page tables
+    (session.memory may put image files in front of it; they have none)."""
+    m = session.raw_memory
+    return m if isinstance(m, TranslatedMemory) else None
+
+
 def _translated(session) -> TranslatedMemory:
-    m = session.memory
-    if not isinstance(m, TranslatedMemory):
+    m = _page_tables(session)
+    if m is None:
         raise KdError("This dump has no page tables: a small memory dump keeps only saved virtual ranges")
     return m
 
@@ -466,10 +429,10 @@ def _pte_setup(session):
     """(mode, self-map, walker or None) for !pte on this dump."""
     from kdshell.memory.paging import X64_4, X86, PAE
 
-    m = session.memory
+    m = _page_tables(session)
     kdbg = session.kdbg
     pte_base = kdbg.get("PteBase") if kdbg is not None else None
-    if isinstance(m, TranslatedMemory):
+    if m is not None:
         mode = m.paging.mode
         smap = SelfMap.find(mode, session.spaces.pages, m.dtb, pte_base if mode.is64 else None)
         return mode, smap, m.paging

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
 
-from kdshell.dispatch import command, needs_memory
+from kdshell.dispatch import command, needs_memory, resolve
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
 from kdshell.stack.text import RESETTING, SCAN_WARNING, KOptions, context_lines, frame_lines
 from kdshell.symbols.missing import missing_symbols_line
-from kdshell.commands.memory import display
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -156,7 +155,8 @@ def _colour_split(session, lines):
 def kd_(session, inv):
     count = Evaluator(session).evaluate(inv.text) if inv.text.strip() else 0x10
     sp = session.registers.get("rsp" if session.is64 else "esp", 0)
-    display(session, "dps", f"{sp:#x} L{count:#x}")
+    dps, dps_inv = resolve(f"dps {sp:#x} L{count:#x}")  # the memory family's dps, through the registry
+    dps.func(session, dps_inv)
     session.repeat = None
 
 
@@ -210,11 +210,11 @@ def cxr(session, inv):
          summary="Use the exception's context record (from the bug check parameters) as the register context",
          example=".ecxr")
 def ecxr(session, inv):
-    from kdshell.stack.context import CONTEXT_RECORD_PARAM
+    from kdshell.bugcheck_roles import parameter
 
     h = session.dump.header
     code = h.bugcheck_code
-    index = CONTEXT_RECORD_PARAM.get(code)
+    index = parameter(code, "context_record")
     if index is None or not h.bugcheck_parameters[index]:
         raise KdError(f"Unable to get exception context: bug check {code:X} has no context record "
                       "(use .trap or k)")

@@ -96,6 +96,18 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug of ours outside any command: one line, the traceback on -v
+        import os
+        import traceback
+
+        if "PYTEST_CURRENT_TEST" in os.environ:
+            raise
+        print(f"kdshell: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if argv is not None and "-v" in argv or argv is None and "-v" in sys.argv[1:]:
+            traceback.print_exc()
+        else:
+            print("(a kdshell bug: run again with -v to see the traceback)", file=sys.stderr)
+        return 1
 
 
 def _main(argv: list[str] | None) -> int:

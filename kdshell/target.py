@@ -11,27 +11,35 @@ from kdshell.dumpfile.header import (
 from kdshell.errors import MemoryNotPresent
 from kdshell.format import ptr0x, session_time, uptime
 
-# Build number -> the name WinDbg puts before "Kernel Version" (windbg.md §1). Every 10.0 kernel,
-# Windows 11 included, is "Windows 10".
-_OS_NAMES = [
-    (10240, "Windows 10"),
-    (9600, "Windows 8.1"),
-    (9200, "Windows 8"),
-    (7600, "Windows 7"),
-    (6000, "Windows Vista"),
-    (3790, "Windows Server 2003"),
-    (2600, "Windows XP"),
-    (2195, "Windows 2000"),
+# First build of each Windows -> the name WinDbg puts before "Kernel Version" (windbg.md §1) and
+# its NT version (!analyze's OS_VERSION). Every 10.0 kernel, Windows 11 included, is "Windows 10".
+_WINDOWS = [
+    (10240, "Windows 10", "10.0"),
+    (9600, "Windows 8.1", "6.3"),
+    (9200, "Windows 8", "6.2"),
+    (7600, "Windows 7", "6.1"),
+    (6000, "Windows Vista", "6.0"),
+    (3790, "Windows Server 2003", "5.2"),
+    (2600, "Windows XP", "5.1"),
+    (2195, "Windows 2000", "5.0"),
 ]
 
 _ARCH = {MACHINE_AMD64: "x64", MACHINE_I386: "x86 compatible", MACHINE_ARM64: "ARM 64-bit (AArch64)"}
 
 
+def _windows(build: int) -> tuple[int, str, str] | None:
+    return next((w for w in _WINDOWS if build >= w[0]), None)
+
+
 def os_name(build: int) -> str:
-    for first, name in _OS_NAMES:
-        if build >= first:
-            return name
-    return "Windows NT"
+    w = _windows(build)
+    return w[1] if w else "Windows NT"
+
+
+def nt_version(build: int) -> str:
+    """"10.0", "6.1" ...; "" for a build older than every Windows the table knows."""
+    w = _windows(build)
+    return w[2] if w else ""
 
 
 def os_line(header) -> str:

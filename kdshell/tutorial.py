@@ -21,6 +21,7 @@ from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import CONTEXT_RECORD, DEFAULT, PROCESSOR, THREAD, TRAP_FRAME, Analysis, analyze
 from kdshell.analysis.rules import MANUAL
 from kdshell.analysis.teach import explain
+from kdshell.bugcheck_roles import base_code
 from kdshell.dispatch import resolve
 from kdshell.errors import KdError
 from kdshell.symbols.resolver import DEFERRED, EXPORTS, NONE, PDB
@@ -81,8 +82,8 @@ def _bugcheck(w: Walk) -> Lesson | Skip:
             text = [explain(w.analysis).what[0]]
         else:
             text = [f"Bug check {code:#x} is {bugcodes.describe(code)}."]
-        if code & 0xF0000000 == bugcodes.M_BIT:
-            text.append(f"The _M in its name: {code:#x} is the same bug check as {code & ~bugcodes.M_BIT:#x}, "
+        if base_code(code) != code:
+            text.append(f"The _M in its name: {code:#x} is the same bug check as {base_code(code):#x}, "
                         "raised by another path in the kernel; its parameters mean the same.")
         meanings = [(i, m) for i, m in enumerate(entry.parameters if entry else ()) if m]
         if meanings:

@@ -140,3 +140,21 @@ def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(Session, "banner_lines", interrupted)
     assert cli.main(["-z", str(TRIAGE_19041), "-c", "q"]) == 130
     assert capsys.readouterr().err == "kdshell: interrupted\n"
+
+
+def test_a_bug_outside_any_command_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """An internal error outside the dispatcher (the tutorial's texts, the banner) ends the run
+    with one line and status 1; -v shows the traceback."""
+    from kdshell import cli
+
+    def broken(argv):
+        raise AttributeError("module 'x' has no attribute 'y'")
+
+    monkeypatch.setattr(cli, "_main", broken)
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    assert cli.main(["-z", "x.dmp"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["kdshell: internal error: AttributeError: module 'x' has no attribute 'y'",
+                                "(a kdshell bug: run again with -v to see the traceback)"]
+    assert cli.main(["-v", "-z", "x.dmp"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

@@ -163,6 +163,39 @@ def test_gather_with_a_stand_in_source():
     assert small.stack_range == (sp - 0x100, stack_base - 0x2000) and small.notes
 
 
+@pytest.mark.parametrize("code, access", [(0xD0, 1), (0xC5, 0), (0xD3, 1), (0xCD, 0), (0x100000D1, 1)])
+def test_small_dump_keeps_the_fault_addresss_paging_entries(code, access):
+    """Every bug check whose P1 is the memory referenced (kdshell/data/bugcheck_params.tsv) has
+    that address's PXE..PTE kept, so `!pte` works on the small dump (0xC5/0xD0/0xCD/0xD3 were
+    once left out); the paging entries of a code without one are not asked for."""
+    from kdshell.export.minidump import KernelObjects, SmallDumpSource, gather
+
+    stack_base = 0xFFFF_A000_0001_0000
+    sp = stack_base - 0x800
+    code_page, fault = 0xFFFF_F800_0000_3000, 0xFFFF_C000_0123_4568
+    self_map = 0xFFFF_F6FB_0000_0000  # where the fake's paging entries live (made-up, readable)
+    pages = {stack_base - 0x1000: bytes(0x1000), code_page: b"\xcc" * 0x1000, self_map: bytes(0x1000)}
+    asked = []
+
+    def entries(va):
+        asked.append(va)
+        return [self_map + (va >> 39 & 0x1FF) * 8]
+
+    def source(bugcheck, params):
+        return SmallDumpSource(
+            fields=W.DumpHeaderFields(bugcheck_code=bugcheck, bugcheck_parameters=params,
+                                      context=W.make_context_amd64(rip=code_page + 0x10, rsp=sp)),
+            read=FakeMemory(pages).read, registers={"rip": code_page + 0x10, "rsp": sp},
+            objects=KernelObjects(stack_base=stack_base, stack_limit=stack_base - 0x6000),
+            paging_entries=entries)
+
+    gather(source(code, (fault, 2, access, code_page + 0x10)))
+    assert fault in asked
+    asked.clear()
+    gather(source(0xE2, (fault, 0, 0, 0)))  # MANUALLY_INITIATED_CRASH: no fault address
+    assert fault not in asked and asked
+
+
 # -- .dump /m from every machine ------------------------------------------------------------------
 @pytest.mark.parametrize("name,kind", SOURCES, ids=[f"{n}-{k}" for n, k in SOURCES])
 def test_small_dump_of_every_machine(machines, tmp_path, image_dir, name, kind):

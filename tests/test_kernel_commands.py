@@ -12,6 +12,7 @@ import pytest
 
 import kdshell
 from conftest import MINI_17763, REPO, TRIAGE_19041
+from kdshell.expr import Evaluator
 from kdshell.format import ptr
 
 BIN = REPO / "fixtures" / "images" / "bin"
@@ -301,6 +302,20 @@ def test_object_header(machines):
         assert lines(s, f"!object {thread:x}")[0] == f"Object: {p64(thread)}  Type: ({p64(0)}) Thread"
         assert lines(s, r"!object \Device") == [
             "!object: kdshell takes an object's address; object directories by name are not supported"]
+
+
+def test_object_device_is_not_a_process(machines):
+    """A DEVICE_OBJECT starts with Type 3 (IO_TYPE_DEVICE), which a dispatcher header reads as a
+    process: the type comes from the header's TypeIndex instead. The fixture kernel's
+    ObTypeIndexTable is empty, so the decoded index is shown (33, OB_TYPE_INDEX_DEVICE in
+    fixtures/images/src/inc/ntkrnl.h; the driver object is 34)."""
+    with open_machine(machines, "7e-plain", "kernel") as s:
+        device = Evaluator(s).evaluate("poi(mydrv!MyDrvDeviceObject)")
+        out = lines(s, "!object poi(mydrv!MyDrvDeviceObject)")
+        assert out[0] == f"Object: {p64(device)}  Type: ({p64(0)}) <type index 33>"
+        assert out[1] == f"    ObjectHeader: {p64(device - 0x30)} (new version)"
+        assert lines(s, "!object poi(mydrv!MyDrvDriverObject)")[0].endswith(") <type index 34>")
+        assert lines(s, "!object @$proc")[0].endswith(") Process")
 
 
 # -- small dumps ---------------------------------------------------------------------------------

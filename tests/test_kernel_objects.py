@@ -298,6 +298,42 @@ def test_handle_count_levels():
     assert handle_count(m, 0x200000, layout, True, 19041) is None
 
 
+def test_object_type_from_the_encoded_type_index():
+    """OBJECT_HEADER.TypeIndex = index ^ second byte of the header address ^ nt!ObHeaderCookie
+    (build 10240+); ObTypeIndexTable[index] -> OBJECT_TYPE.Name. The PDB's header offsets are
+    the ones used (here a made-up Body at 0x40), the fallbacks only for what it lacks."""
+    from kdshell.kernel.objects import object_layout, object_type, read_object_header
+
+    m = FakeMemory()
+    cookie_at, table_at, type_at, name_buffer = 0x5000, 0x6000, 0x7000, 0x8000
+    header, body = 0xFFFF_C20A_0005_2A00, 0xFFFF_C20A_0005_2A40
+    cookie, index = 0x2D, 0x25
+    m.write(cookie_at, bytes([cookie]))
+    m.write(table_at, bytes(0x40 * 8))
+    m.q(table_at + index * 8, type_at)
+    m.write(type_at, bytes(0x20))
+    m.write(type_at + 0x10, struct.pack("<HH", 12, 14))           # OBJECT_TYPE.Name: "Device"
+    m.q(type_at + 0x18, name_buffer)
+    m.write(name_buffer, "Device".encode("utf-16-le"))
+    m.write(header, bytes(0x40))
+    m.q(header, 3)                                                  # PointerCount
+    m.q(header + 8, -1)                                             # HandleCount (signed)
+    m.write(header + 0x18, bytes([index ^ 0x2A ^ cookie]))          # the stored TypeIndex
+    layout = object_layout(FakeOffsets({("_OBJECT_HEADER", "Body"): 0x40}), True)
+    h = read_object_header(m, body, layout, True)
+    assert (h.address, h.pointer_count, h.handle_count) == (header, 3, -1)
+    kind = object_type(m, h, layout, True, 19041, cookie_at, table_at, {})
+    assert (kind.index, kind.address, kind.name) == (index, type_at, "Device")
+    # no cookie: the index is unknown, but an object of the same type still names it
+    other, other_body = 0xFFFF_C20A_0007_1100, 0xFFFF_C20A_0007_1140
+    m.write(other, bytes(0x40))
+    m.write(other + 0x18, bytes([index ^ 0x11 ^ cookie]))
+    kind = object_type(m, h, layout, True, 19041, None, table_at, {"Process": other_body})
+    assert (kind.index, kind.name) == (None, "Process")
+    kind = object_type(m, h, layout, True, 19041, None, table_at, {})
+    assert (kind.index, kind.name) == (None, None)
+
+
 # -- small dump copies ---------------------------------------------------------------------------
 def test_self_address_votes_of_empty_list_heads():
     base = 0xFFFFB8005D200180

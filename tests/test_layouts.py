@@ -10,6 +10,7 @@ import struct
 
 import pytest
 
+from kdshell.dumpfile import context as ctx
 from kdshell.dumpfile import header as h
 
 from conftest import MINI_17763, TRIAGE_19041
@@ -136,7 +137,7 @@ def test_physical_memory_descriptor():
 # formats.md §8.1
 def test_context_amd64():
     check(
-        h.CONTEXT_AMD64,
+        ctx.CONTEXT_AMD64,
         0x4D0,
         {
             "P1Home": 0x00, "P6Home": 0x28, "ContextFlags": 0x30, "MxCsr": 0x34, "SegCs": 0x38, "SegDs": 0x3A,
@@ -155,14 +156,14 @@ def test_context_amd64():
         {"FltSave": 512, "FltSave.XmmRegisters": 16 * 16, "VectorRegister": 26 * 16},
     )
     # Xmm15 at 0x290: 16-byte registers from Xmm0 at 0x1A0.
-    assert offset_of(h.CONTEXT_AMD64, "FltSave.XmmRegisters") + 15 * 16 == 0x290
-    assert h.CONTEXT_FULL_AMD64 == 0x10000B and h.CONTEXT_AMD64_FLAGS == 0x100000
+    assert offset_of(ctx.CONTEXT_AMD64, "FltSave.XmmRegisters") + 15 * 16 == 0x290
+    assert ctx.CONTEXT_FULL_AMD64 == 0x10000B and ctx.CONTEXT_AMD64_FLAGS == 0x100000
 
 
 # formats.md §8.2
 def test_context_x86():
     check(
-        h.CONTEXT_X86,
+        ctx.CONTEXT_X86,
         0x2CC,
         {
             "ContextFlags": 0x00, "Dr0": 0x04, "Dr1": 0x08, "Dr2": 0x0C, "Dr3": 0x10, "Dr6": 0x14, "Dr7": 0x18,
@@ -172,13 +173,13 @@ def test_context_x86():
         },
         {"FloatSave": 112, "FloatSave.RegisterArea": 80, "ExtendedRegisters": 512},
     )
-    assert h.CONTEXT_I386_FLAGS == 0x10000
+    assert ctx.CONTEXT_I386_FLAGS == 0x10000
 
 
 # formats.md §8.3
 def test_context_arm64():
     check(
-        h.CONTEXT_ARM64,
+        ctx.CONTEXT_ARM64,
         0x390,
         {
             "ContextFlags": 0x0, "Cpsr": 0x4, "X": 0x08, "Fp": 0xF0, "Lr": 0xF8, "Sp": 0x100, "Pc": 0x108,
@@ -340,7 +341,7 @@ def test_literal_offsets_match_real_dumps(path):
     assert u64(0x80) == hdr.KdDebuggerDataBlock
     assert u32(0x38) == hdr.BugCheckCode == 0x1000007E
     assert u64(0x40) == hdr.BugCheckParameters[0]
-    assert u64(0x348 + 0xF8) == h.CONTEXT_AMD64.parse(hdr.ContextRecord[:0x4D0]).Rip
+    assert u64(0x348 + 0xF8) == ctx.CONTEXT_AMD64.parse(hdr.ContextRecord[:0x4D0]).Rip
     assert u32(0x348 + 0x34) == u32(0x348 + 0x118)  # MxCsr twice
     assert u64(0xFA8) == hdr.SystemTime and u32(0x1040) == hdr.ProductType
     tri = h.TRIAGE_DUMP64.parse(raw[0x2000:0x2080])

@@ -178,7 +178,7 @@ def test_x86_19041_entry_agrees_with_the_machine_kdbg(machines):
         kdbg_only = KernelOffsets(19041, False, kdbg=s.kdbg)
         kdbg_only.entry = None
         checked = 0
-        for tname, fpath, _, _ in KDBG_OFFSETS:
+        for tname, fpath, _ in KDBG_OFFSETS:
             ours, theirs = entry.offset(tname, fpath), kdbg_only.offset(tname, fpath)
             if ours is not None and theirs is not None:
                 assert ours == theirs, (tname, fpath)

@@ -350,9 +350,9 @@ def test_builtin_table_agrees_with_the_real_dumps_kdbg(path, build, sizes):
         assert entry.exact
         kdbg_only = KernelOffsets(build, True, kdbg=s.kdbg)
         checked = 0
-        for tname, fpath, _, _ in KDBG_OFFSETS:
+        for tname, fpath, field_name in KDBG_OFFSETS:
             table_value = entry.offset(tname, fpath)
-            kdbg_value = kdbg_only._kdbg_value(*[(at, w) for t, f, at, w in KDBG_OFFSETS if (t, f) == (tname, fpath)][0])
+            kdbg_value = kdbg_only._kdbg_value(field_name)
             if table_value is not None and kdbg_value is not None:
                 assert table_value == kdbg_value, (tname, fpath)
                 checked += 1

@@ -238,7 +238,7 @@ def analyze(session: AnalysisTarget, max_frames: int = MAX_FRAMES) -> Analysis:
     h = d.header
     code = h.bugcheck_code
     params = tuple(int(p) for p in h.bugcheck_parameters)
-    rule = rule_for(code)
+    rule = rule_for(code, params)
     a = Analysis(code, params, session.is64, bugcodes.lookup(code), rule, dump_path=d.path, dump_kind=d.kind_name)
     with _crashing_scope(session):
         if session.memory is None:
@@ -326,9 +326,10 @@ def _faulting_stack(session: AnalysisTarget, a: Analysis, max_frames: int) -> No
             frame = state.trap_frame(addr)
             a.trap_frame = addr
             fault = FaultContext(TRAP_FRAME, addr, frame.registers, frame.known, f".trap 0x{addr:x}")
-        elif a.base_code == 0x9F and p[0] == 4 and p[2]:     # the thread holding the PnP lock
-            frame, _ = state.thread_frame(p[2])
-            fault = FaultContext(THREAD, p[2], frame.registers, frame.known, f".thread 0x{p[2]:x}")
+        elif rule.thread is not None and p[rule.thread]:     # 0x9F P1=4: the thread holding the PnP lock
+            addr = p[rule.thread]
+            frame, _ = state.thread_frame(addr)
+            fault = FaultContext(THREAD, addr, frame.registers, frame.known, f".thread 0x{addr:x}")
         elif rule.processor is not None and p[rule.processor] != state.default_processor:
             n = p[rule.processor]
             frame = state.processor_frame(n)
@@ -545,14 +546,14 @@ def _judge(session: AnalysisTarget, a: Analysis) -> None:
     elif verdict == HARDWARE:
         a.pseudo_module = _quietly(a, cpu_vendor, session) or "hardware"
     elif verdict == CRITICAL_PROCESS:
-        process = a.params[0] if a.base_code == 0xEF else (a.params[1] if a.params[0] == 3 else 0)
+        process = a.params[a.rule.process] if a.rule.process is not None else 0
         name = _quietly(a, process_image_name, session, process) if process else None
         if a.base_code == 0xF4 and name is None and a.params[2]:
             name = _quietly(a, _ascii_at, session, a.params[2])
         a.critical_process = name
         a.pseudo_module = name or "critical_process"
-    if a.base_code == 0x9F and a.params[0] == 3 and a.params[3]:
-        a.irp = _quietly(a, irp_driver, session, a.params[3])
+    if a.rule.irp is not None and a.params[a.rule.irp]:
+        a.irp = _quietly(a, irp_driver, session, a.params[a.rule.irp])
 
 
 def _best(candidates: list[Candidate]) -> list[Candidate]:

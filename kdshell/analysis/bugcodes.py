@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-M_BIT = 0x10000000
+from kdshell.bugcheck_roles import base_code
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def lookup(code: int) -> BugCheck | None:
     """The entry for `code`; an `_M` code without its own parameter text borrows its base's."""
     t = table()
     entry = t.get(code)
-    base = t.get(code & ~M_BIT) if code & 0xF0000000 == M_BIT else None
+    base = t.get(base_code(code)) if base_code(code) != code else None
     if entry is not None and base is not None and not any(entry.parameters):
         return BugCheck(code, entry.name, base.parameters, entry.notes or base.notes, base.curated)
     return entry or base

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kdshell.dumpfile.header import EXCEPTION_RECORD32, EXCEPTION_RECORD64, decode_exception
 from kdshell.errors import KdError, MemoryNotPresent
-from kdshell.target import build_lab, os_name
+from kdshell.target import build_lab, nt_version, os_name
 
 # The I/O manager's structures for 0x9F P1=3 (the IRP a device stack holds). These offsets have
 # not moved since Windows Vista (x64 / x86); the kernel PDB's types are used when loaded.
@@ -23,10 +23,6 @@ IRP_FIELDS = {
             ("_DEVICE_OBJECT", "DriverObject"): 0x8, ("_DRIVER_OBJECT", "DriverStart"): 0xC,
             ("_DRIVER_OBJECT", "DriverName"): 0x1C},
 }
-
-# NT version of a kernel build (for OS_VERSION): 10.0 from Windows 10 on.
-_NT_VERSIONS = [(10240, "10.0"), (9600, "6.3"), (9200, "6.2"), (7600, "6.1"), (6000, "6.0"),
-                (3790, "5.2"), (2600, "5.1"), (2195, "5.0")]
 
 
 def exception_record(session, address: int) -> dict:
@@ -118,7 +114,7 @@ def os_facts(session) -> dict[str, str]:
     KDBG points to; without it, nt's version resource when its image is at hand)."""
     h = session.dump.header
     build = h.build
-    nt = next((v for first, v in _NT_VERSIONS if build >= first), "")
+    nt = nt_version(build)
     out = {"OSNAME": os_name(build), "OSPLATFORM_TYPE": "x64" if session.is64 else "x86"}
     lab = None
     try:

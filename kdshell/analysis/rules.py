@@ -1,25 +1,29 @@
 """What !analyze knows about each bug check, and whom it may blame: tables, no logic beyond lookups.
 
     rule_for(0x1000007E)          -> Rule(exception_code=0, fault_ip=1, exception_record=2, context_record=3, ...)
+    rule_for(0x9F, params)        -> Rule(subtype=True, thread=2, ...) when P1 is 4
     frame_kind("nt", "KiPageFault") -> "skip"       (kdshell/data/blame.txt)
     status_text(0xC0000005)       -> "Access violation"
 
-A Rule says where a bug check's parameters point (windbg.md §2 step 1, bugcodes.tsv): a CONTEXT
-record (.cxr), an EXCEPTION_RECORD (.exr), a KTRAP_FRAME (.trap), the faulting instruction (whose
-trap frame is then found on the stack), a thread, a process, an IRP, a processor; how the failure
-bucket is named; and the verdict when the bug check itself says who is at fault (a manual crash,
-a hardware error, pool or memory corruption) instead of the first driver on the stack.
+A Rule says where a bug check's parameters point (windbg.md §2 step 1): a CONTEXT record (.cxr),
+an EXCEPTION_RECORD (.exr), a KTRAP_FRAME (.trap), the faulting instruction (whose trap frame is
+then found on the stack), a thread, a process, an IRP, a processor -- read from the one roles
+table, kdshell/data/bugcheck_params.tsv (kdshell.bugcheck_roles); how the failure bucket is
+named; and the verdict when the bug check itself says who is at fault (a manual crash, a hardware
+error, pool or memory corruption) instead of the first driver on the stack.
 
-The `_M` codes (0x1000007E ...) use their base code's rule (bugcodes.M_BIT).
+The `_M` codes (0x1000007E ...) use their base code's rule (bugcheck_roles.M_BIT).
 """
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
+from typing import Sequence
 
-from kdshell.analysis.bugcodes import M_BIT
+from kdshell import bugcheck_roles as roles
+from kdshell.bugcheck_roles import base_code
 
 # Verdicts: who the analysis says is at fault.
 DRIVER = "driver"                      # the first frame of a driver (or of Windows) on the faulting stack
@@ -49,46 +53,34 @@ class Rule:
     address: int | None = None            # the memory address referenced
     access: tuple[int, str] | None = None  # (parameter, scheme) saying read / write / execute
     thread: int | None = None             # a thread whose stack is the one to read
+    irp: int | None = None                # an IRP (the driver holding it is named)
     process: int | None = None            # an EPROCESS (critical process died)
     processor: int | None = None          # the index of the processor whose stack matters
     verdict: str = DRIVER
     trap_on_stack: bool = False           # use the first trap frame found on the crashing stack
 
 
+# How each bug check is judged; where its parameters point comes from the roles table
+# (kdshell/data/bugcheck_params.tsv) in rule_for.
 RULES: dict[int, Rule] = {
-    0x0A: Rule(av=True, fault_ip=3, address=0, access=(2, "bits")),
-    0xD1: Rule(av=True, fault_ip=3, address=0, access=(2, "bits")),
-    0x50: Rule(av=True, fault_ip=2, address=0, access=(1, "pf50")),
-    0xC5: Rule(fault_ip=3, address=0, access=(2, "rw"), verdict=POOL),
-    0xD0: Rule(fault_ip=3, address=0, access=(2, "rw"), verdict=POOL),
-    0xD5: Rule(fault_ip=2, address=0, access=(1, "rw")),
-    0xD6: Rule(fault_ip=2, address=0, access=(1, "rw")),
-    0xCD: Rule(fault_ip=2, address=0, access=(1, "rw")),
-    0xD3: Rule(fault_ip=3, address=0, access=(2, "rw")),
-    0xBE: Rule(address=0, access=(-1, "write"), trap_on_stack=True),
-    0xFC: Rule(fault_ip=0, address=0, access=(-1, "execute"), trap_on_stack=True),
-    0x1E: Rule(exception_code=0, fault_ip=1, exception_params=(2, 3)),
-    0x7E: Rule(exception_code=0, fault_ip=1, exception_record=2, context_record=3),
-    0x8E: Rule(exception_code=0, fault_ip=1, trap_frame=2),
-    0x3B: Rule(exception_code=0, fault_ip=1, context_record=2),
-    0x139: Rule(subtype=True, trap_frame=1, exception_record=2),
-    0x7F: Rule(subtype=True, trap_on_stack=True),
-    0xC4: Rule(subtype=True),
-    0xC9: Rule(subtype=True),
-    0x9F: Rule(subtype=True),
-    0x133: Rule(subtype=True),
-    0xEF: Rule(process=0, verdict=CRITICAL_PROCESS),
+    0x0A: Rule(av=True),
+    0xD1: Rule(av=True),
+    0x50: Rule(av=True),
+    0xC5: Rule(verdict=POOL),
+    0xD0: Rule(verdict=POOL),
+    0xBE: Rule(trap_on_stack=True),
+    0xFC: Rule(trap_on_stack=True),
+    0x7F: Rule(trap_on_stack=True),
+    0xEF: Rule(verdict=CRITICAL_PROCESS),
     0xF4: Rule(verdict=CRITICAL_PROCESS),
-    0x19: Rule(subtype=True, verdict=POOL),
-    0x13A: Rule(subtype=True, verdict=POOL),
-    0xC2: Rule(subtype=True),
-    0x1A: Rule(subtype=True, verdict=MEMORY),
-    0x4E: Rule(subtype=True, verdict=MEMORY),
-    0x124: Rule(subtype=True, verdict=HARDWARE),
+    0x19: Rule(verdict=POOL),
+    0x13A: Rule(verdict=POOL),
+    0x1A: Rule(verdict=MEMORY),
+    0x4E: Rule(verdict=MEMORY),
+    0x124: Rule(verdict=HARDWARE),
     0x9C: Rule(verdict=HARDWARE),
     0x12B: Rule(verdict=HARDWARE),
     0x80: Rule(verdict=HARDWARE),
-    0x101: Rule(processor=3),
     0xE2: Rule(verdict=MANUAL),
     0xDEADDEAD: Rule(verdict=MANUAL),
     0x1C8: Rule(verdict=MANUAL),
@@ -130,13 +122,25 @@ STATUS_TEXT = {
 }
 
 
-def base_code(code: int) -> int:
-    """0x1000007E -> 0x7E (the `_M` codes behave as their base code)."""
-    return code & ~M_BIT if code & 0xF0000000 == M_BIT else code
+def rule_for(code: int, params: Sequence[int] | None = None) -> Rule:
+    """The code's Rule, its parameter indexes from the roles table (a role that depends on P1,
+    such as 0x9F's thread and IRP, only with `params`)."""
+    def one(role: str) -> int | None:
+        return roles.parameter(code, role, params)
 
-
-def rule_for(code: int) -> Rule:
-    return RULES.get(base_code(code), Rule())
+    info = roles.parameters(code, "exception_info")
+    access = one("access")
+    if access is not None:
+        access_rule = (access, roles.detail(code, "access"))
+    else:
+        fixed = roles.detail(code, "address")
+        access_rule = (-1, fixed) if fixed else None
+    return replace(
+        RULES.get(base_code(code), Rule()), subtype=one("subtype") == 0,
+        exception_code=one("exception_code"), exception_params=(info[0], info[1]) if len(info) == 2 else None,
+        fault_ip=one("fault_ip"), trap_frame=one("trap_frame"), context_record=one("context_record"),
+        exception_record=one("exception_record"), address=one("address"), access=access_rule,
+        thread=one("thread"), process=one("process"), processor=one("processor"), irp=one("irp"))
 
 
 def status_text(status: int) -> str:

@@ -15,6 +15,7 @@ import construct
 from kdshell.dumpfile import bitmap as _bitmap
 from kdshell.dumpfile import full as _full
 from kdshell.dumpfile import triage as _triage
+from kdshell.dumpfile.context import decode_context
 from kdshell.dumpfile.header import (
     ATTRIBUTE_NAMES,
     DUMP_BLOB_FILE_HEADER,
@@ -38,7 +39,6 @@ from kdshell.dumpfile.header import (
     MACHINE_ARM64,
     MACHINE_I386,
     DumpHeader,
-    decode_context,
     decode_header,
 )
 from kdshell.errors import DumpFormatError

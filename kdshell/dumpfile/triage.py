@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from kdshell.dumpfile.context import CONTEXT_AMD64, CONTEXT_X86
 from kdshell.dumpfile.header import (
     DUMP_DRIVER_ENTRY32,
     DUMP_DRIVER_ENTRY64,
@@ -168,8 +169,8 @@ def open_triage(data: memoryview, file_size: int, header, warnings: list[str]) -
             if bad:
                 warnings.append(f"{bad} of {th.DataBlocksCount} data blocks point outside the file; left out.")
 
-    ctx_size = len(header.context_bytes)
-    if th.ContextOffset and r.fits(th.ContextOffset, min(ctx_size, 0x4D0 if is64 else 0x2CC), "context", "ContextOffset"):
+    ctx_size = min(len(header.context_bytes), (CONTEXT_AMD64 if is64 else CONTEXT_X86).sizeof())
+    if th.ContextOffset and r.fits(th.ContextOffset, ctx_size, "context", "ContextOffset"):
         tri.context_offset = th.ContextOffset
 
     er = r.struct(EXCEPTION_RECORD64 if is64 else EXCEPTION_RECORD32, th.ExceptionOffset, "exception record",

@@ -15,7 +15,8 @@ import it.
 Headers are built the way Windows builds them: a header-size buffer filled with "PAGE"
 (formats.md §1), with the fields we know written over it through header.py's construct layouts
 (`DUMP_HEADER64/32.build`); padding and fields we do not know keep the fill, so readers see
-them as absent. No layout is declared twice: everything on disk comes from header.py.
+them as absent. No layout is declared twice: everything on disk comes from header.py (and the
+CONTEXT records from context.py).
 
 `pages` is anything with `present_runs()` (sorted (first PFN, count) pairs) and `page(pfn)`
 (4096 bytes) -- a `PhysicalMemory` of an opened dump qualifies, so `.dump /f` streams one dump
@@ -41,9 +42,10 @@ from typing import BinaryIO, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import construct
 
+from kdshell.dumpfile.context import CONTEXT_AMD64, CONTEXT_X86
 from kdshell.dumpfile.header import (
-    BITMAP_DUMP_HEADER64, BITMAP_OFFSET, BITMAP_SIGNATURE_FULL, BITMAP_SIGNATURE_KERNEL, CONTEXT_AMD64,
-    CONTEXT_X86, DUMP_BLOB_FILE_HEADER, DUMP_BLOB_HEADER, DUMP_HEADER32, DUMP_HEADER64, DUMP_TYPE_BITMAP_FULL,
+    BITMAP_DUMP_HEADER64, BITMAP_OFFSET, BITMAP_SIGNATURE_FULL, BITMAP_SIGNATURE_KERNEL, DUMP_BLOB_FILE_HEADER,
+    DUMP_BLOB_HEADER, DUMP_HEADER32, DUMP_HEADER64, DUMP_TYPE_BITMAP_FULL,
     DUMP_TYPE_BITMAP_KERNEL, DUMP_TYPE_FULL, DUMP_TYPE_RDMP_COMPLETE, DUMP_TYPE_RDMP_KERNEL,
     DUMP_TYPE_RDMP_KERNEL_USER, EXCEPTION_MAXIMUM_PARAMETERS, EXCEPTION_RECORD32, EXCEPTION_RECORD64,
     FULL_RDMP_HEADER64, KERNEL_RDMP_HEADER64, MACHINE_AMD64, MACHINE_I386, MAX_RUNS32, MAX_RUNS64, PAGE_SIZE,

@@ -37,6 +37,7 @@ from kdshell.dumpfile.header import (
 )
 from kdshell.dumpfile.write import DumpWriteError, write_bitmap, write_full, write_rdmp
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel.kdbg import system_range_start
 from kdshell.memory.paging import PageCache, PagingMode
 
 PAGE_SHIFT = 12
@@ -402,16 +403,7 @@ def kernel_selection(session, user: bool) -> tuple[PageSelection, list[str]]:
                              "write a complete dump (/f) instead")
     memory = session.spaces.space(h.directory_table_base)
     read = memory.read
-    kdbg = session.kdbg
-    kernel_start = None
-    if kdbg is not None and kdbg.size >= 0x1D8:
-        where = int.from_bytes(kdbg.raw[0x1D0:0x1D8], "little")
-        try:
-            kernel_start = memory.read_pointer(where, 8 if d.is64 else 4) if where else None
-        except MemoryNotPresent:
-            kernel_start = None
-    if not kernel_start:
-        kernel_start = 0xFFFF_8000_0000_0000 if mode.is64 else 0x8000_0000
+    kernel_start = system_range_start(session.kdbg, memory, mode.is64)
     dtbs = list(_dtbs(session, read, notes))
     dtbs.append(h.directory_table_base)
     present = d.physical.present_runs()

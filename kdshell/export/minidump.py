@@ -45,8 +45,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
+from kdshell import bugcheck_roles
+from kdshell.dumpfile.context import CONTEXT_AMD64
 from kdshell.dumpfile.header import (
-    DUMP_MM_STORAGE32, DUMP_MM_STORAGE64, FILL32, MAX_RUNS32, MAX_RUNS64,
+    DUMP_MM_STORAGE32, DUMP_MM_STORAGE64, EXCEPTION_RECORD64, FILL32, MAX_RUNS32, MAX_RUNS64,
     PHYSICAL_MEMORY_DESCRIPTOR32, PHYSICAL_MEMORY_DESCRIPTOR64, PHYSICAL_MEMORY_RUN32, PHYSICAL_MEMORY_RUN64,
     TRIAGE_DUMP_BROKEN_DRIVER, TRIAGE_DUMP_CONTEXT, TRIAGE_DUMP_DATA_BLOCKS, TRIAGE_DUMP_DATAPAGE,
     TRIAGE_DUMP_DEBUGGER_DATA, TRIAGE_DUMP_DRIVER_LIST, TRIAGE_DUMP_EXCEPTION, TRIAGE_DUMP_MMINFO,
@@ -55,6 +57,9 @@ from kdshell.dumpfile.header import (
 from kdshell.dumpfile.write import DumpHeaderFields
 from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel import kuser
+from kdshell.kernel.kdbg import SYSTEM_RANGE_START, Kdbg, system_range_start
+from kdshell.stack.frames import KTRAP_FRAME_X64_19041, KTRAP_FRAME_X86_19041
 
 PAGE = 0x1000
 STACK_LIMIT = 0x4000  # Windows keeps at most 16 KiB of the kernel stack
@@ -63,37 +68,30 @@ NAME_LIMIT = 0x200  # bytes of a UNICODE_STRING / ASCII string kept at most
 
 MemoryRead = Callable[[int, int], bytes]
 
-# Bug check parameters (0-based index) that name the address whose access faulted: its paging
-# entries are kept, as Windows keeps them (bugcodes.tsv).
-FAULT_ADDRESS_PARAM = {0x0A: 0, 0xD1: 0, 0x50: 0, 0xBE: 0, 0xD5: 0, 0xD6: 0, 0xFC: 0,
-                       0x1000000A: 0, 0x100000D1: 0, 0x10000050: 0}
-# Parameters that point at register frames and records: (index, size of what is there).
-RECORD_PARAMS = {
-    0x7E: ((2, 0x98), (3, 0x4D0)), 0x1000007E: ((2, 0x98), (3, 0x4D0)),
-    0x8E: ((2, 0x190),), 0x1000008E: ((2, 0x190),),
-    0x3B: ((2, 0x4D0),), 0x139: ((1, 0x190), (2, 0x98)),
-}
-KTRAP_FRAME_SIZE = {True: 0x190, False: 0x8C}
-# KUSER_SHARED_DATA (the kernel's view): its head up to TickCount (+0x320, 12 bytes) is kept --
-# times, version, tick count (what !thread's "Ticks:" and .time read).
-KUSER_SHARED_DATA = {True: 0xFFFF_F780_0000_0000, False: 0xFFDF_0000}
-KUSER_SHARED_DATA_KEPT = 0x330
+# Bug check parameters that point at register frames and records (kdshell/data/bugcheck_params.tsv):
+# the pages of what is there are kept; x64's sizes, which cover x86's.
+RECORD_SIZES = {"exception_record": EXCEPTION_RECORD64.sizeof(), "context_record": CONTEXT_AMD64.sizeof(),
+                "trap_frame": KTRAP_FRAME_X64_19041["size"]}
+KTRAP_FRAME_SIZE = {True: KTRAP_FRAME_X64_19041["size"], False: KTRAP_FRAME_X86_19041["size"]}
+# KUSER_SHARED_DATA's head is kept, through TickCount: times, version, tick count (what !thread's
+# "Ticks:" and .time read).
+KUSER_KEPT = (kuser.TICK_COUNT + kuser.TICK_COUNT_SIZE + 0xF) & ~0xF  # to a 16-byte boundary: 0x330
 
 # KDDEBUGGER_DATA64 fields holding the address of a kernel variable kept as a data block:
-# offset -> (name, size in pointers (negative: bytes), or "processors" / "string").
+# field -> size in pointers (negative: bytes), or "processors" / "string".
 KDBG_VARIABLES = {
-    0x48: ("PsLoadedModuleList", 2), 0x50: ("PsActiveProcessHead", 2), 0x88: ("KiBugCheckData", 5),
-    0xC0: ("MmPfnDatabase", 1), 0x1C8: ("MmHighestUserAddress", 1), 0x1D0: ("MmSystemRangeStart", 1),
-    0x1D8: ("MmUserProbeAddress", 1), 0x78: ("KeTimeIncrement", -4), 0x268: ("CmNtCSDVersion", -4),
-    0x218: ("KiProcessorBlock", "processors"), 0x208: ("NtBuildLab", "string"),
+    "PsLoadedModuleList": 2, "PsActiveProcessHead": 2, "KiBugCheckData": 5, "MmPfnDatabase": 1,
+    "MmHighestUserAddress": 1, "MmSystemRangeStart": 1, "MmUserProbeAddress": 1, "KeTimeIncrement": -4,
+    "CmNtCSDVersion": -4, "KiProcessorBlock": "processors", "NtBuildLab": "string",
 }
-# DUMP_MM_STORAGE field <- KDBG field (offset) holding the variable's address, and the width read.
+# DUMP_MM_STORAGE field <- the KDBG field holding the variable's address, and the width read.
 MM_FROM_KDBG = {
-    "MmSpecialPoolTag": (0x238, 4), "MiTriageActionTaken": (0x230, 4), "KernelVerifier": (0x240, 4),
-    "MmMaximumNonPagedPool": (0x100, None), "MmAllocatedNonPagedPool": (0x250, None),
-    "PagedPoolMaximum": (0x140, None), "PagedPoolAllocated": (0x170, None),
-    "CommittedPages": (0x150, None), "CommittedPagesPeak": (0x258, None),
-    "CommitLimitMaximum": (0x260, None),
+    "MmSpecialPoolTag": ("MmSpecialPoolTag", 4), "MiTriageActionTaken": ("MmTriageActionTaken", 4),
+    "KernelVerifier": ("KernelVerifier", 4), "MmMaximumNonPagedPool": ("MmMaximumNonPagedPoolInBytes", None),
+    "MmAllocatedNonPagedPool": ("MmAllocatedNonPagedPool", None),
+    "PagedPoolMaximum": ("MmSizeOfPagedPoolInBytes", None), "PagedPoolAllocated": ("MmPagedPoolCommit", None),
+    "CommittedPages": ("MmTotalCommittedPages", None), "CommittedPagesPeak": ("MmPeakCommitment", None),
+    "CommitLimitMaximum": ("MmTotalCommitLimitMaximum", None),
 }
 
 
@@ -140,7 +138,7 @@ class SmallDumpSource:
     frames: Sequence[tuple[int, int]] = ()  # (address, size) of trap/exception frames and records
     paging_entries: Callable[[int], Sequence[int]] | None = None  # VA -> PXE..PTE addresses
     entry_size: int = 8  # bytes of one paging entry
-    kernel_start: int = 0xFFFF_8000_0000_0000
+    kernel_start: int = SYSTEM_RANGE_START[True]
     kernel_base: int | None = None  # nt's base: its header page is kept
     blobs: Sequence[tuple[bytes, bytes]] = ()
 
@@ -164,10 +162,11 @@ def _u(data: bytes, off: int, size: int) -> int:
     return int.from_bytes(data[off : off + size], "little")
 
 
-def _kdbg_field(kdbg: bytes | None, offset: int, size: int = 8) -> int | None:
-    if kdbg is None or offset + size > min(_u(kdbg, 0x14, 4), len(kdbg)):
+def _kdbg_field(kdbg: bytes | None, name: str) -> int | None:
+    """A field of the KDBG copy; None when the block is too short for it or it is 0."""
+    if kdbg is None:
         return None
-    return _u(kdbg, offset, size) or None
+    return Kdbg.from_copy(kdbg).get(name) or None
 
 
 def readable_extent(read: MemoryRead, address: int, size: int) -> int:
@@ -297,8 +296,8 @@ def _mm(src: SmallDumpSource, is64: bool) -> tuple[dict[str, int], bool]:
     width = 8 if is64 else 4
     values: dict[str, int] = {}
     found = False
-    for name, (offset, size) in MM_FROM_KDBG.items():
-        address = _kdbg_field(src.kdbg, offset)
+    for name, (field_name, size) in MM_FROM_KDBG.items():
+        address = _kdbg_field(src.kdbg, field_name)
         if not address:
             continue
         try:
@@ -306,7 +305,7 @@ def _mm(src: SmallDumpSource, is64: bool) -> tuple[dict[str, int], bool]:
             found = True
         except MemoryNotPresent:
             continue
-    verifier = _kdbg_field(src.kdbg, 0x248)  # MmVerifierData: MM_DRIVER_VERIFIER_DATA, Level first
+    verifier = _kdbg_field(src.kdbg, "MmVerifierData")  # MM_DRIVER_VERIFIER_DATA, Level first
     if verifier:
         try:
             values["MmVerifyDriverLevel"] = _u(src.read(verifier, 4), 0, 4)
@@ -330,8 +329,8 @@ def _data_page(src: SmallDumpSource, params: Sequence[int], stack: tuple[int, in
 
 
 def _kdbg_variables(src: SmallDumpSource, ranges: _Ranges, ps: int, processors: int) -> None:
-    for offset, (_, what) in KDBG_VARIABLES.items():
-        address = _kdbg_field(src.kdbg, offset)
+    for name, what in KDBG_VARIABLES.items():
+        address = _kdbg_field(src.kdbg, name)
         if not address:
             continue
         if what == "processors":
@@ -395,7 +394,7 @@ def gather(src: SmallDumpSource) -> SmallDump:
         ranges.add_pages(src.kernel_base, 1)
     # kernel variables the debugger reads first, and KUSER_SHARED_DATA's clocks (!thread's ticks)
     _kdbg_variables(src, ranges, ps, f.number_processors)
-    ranges.add(KUSER_SHARED_DATA[is64], KUSER_SHARED_DATA_KEPT)
+    ranges.add(kuser.ADDRESS[is64], KUSER_KEPT)
     if src.broken_driver_name:
         ranges.add(*src.broken_driver_name)
     if o.trap_frame_slot:
@@ -408,16 +407,18 @@ def gather(src: SmallDumpSource) -> SmallDump:
         if value >= src.kernel_start:
             ranges.add(value - POINTER_BEFORE, POINTER_BEFORE + POINTER_AFTER)
     # the pages of the faulting stack's trap/exception frames and records
-    for index, size in RECORD_PARAMS.get(code, ()):
-        if params[index] >= src.kernel_start:
-            ranges.add_pages(params[index], size)
+    for role, size in RECORD_SIZES.items():
+        for index in bugcheck_roles.parameters(code, role):
+            if params[index] >= src.kernel_start:
+                ranges.add_pages(params[index], size)
     for address, size in src.frames:
         ranges.add_pages(address, size)
     # paging entries of the RIP, RSP and fault address (what !pte needs)
     if src.paging_entries is not None:
         vas = [regs[n] for regs in contexts for n in (ip_name, sp_name) if regs.get(n)]
-        if code in FAULT_ADDRESS_PARAM:
-            vas.append(params[FAULT_ADDRESS_PARAM[code]])
+        fault = bugcheck_roles.parameter(code, "address")
+        if fault is not None:
+            vas.append(params[fault])
         for va in vas:
             for entry in src.paging_entries(va):
                 ranges.add(entry, src.entry_size)
@@ -475,7 +476,7 @@ def crashing_processor(memory, offsets, kdbg: bytes | None, registers: Mapping[s
     sp_name = "rsp" if is64 else "esp"
     sp = registers.get(sp_name, 0)
     out = KernelObjects()
-    block = _kdbg_field(kdbg, 0x218)
+    block = _kdbg_field(kdbg, "KiProcessorBlock")
     if not block:
         out.notes.append("the KDBG does not say where KiProcessorBlock is: no KPRCB, thread or process copies")
         return out
@@ -694,16 +695,9 @@ def source_from_session(session, comment: str | None = None) -> SmallDumpSource:
     unloaded = [(u.name, u.start, u.end) for u in mods.unloaded]
     broken, broken_name = _broken_driver(session, memory)
     mode = session.spaces.mode
-    pte_base = _kdbg_field(kdbg_raw, 0x360) if h.is64 and h.build >= 14393 else None
+    pte_base = _kdbg_field(kdbg_raw, "PteBase") if h.is64 and h.build >= 14393 else None
     selfmap = SelfMap.find(mode, session.spaces.pages, h.directory_table_base, pte_base)
-    kernel_start = _kdbg_field(kdbg_raw, 0x1D0)
-    if kernel_start:
-        try:
-            kernel_start = memory.read_pointer(kernel_start, 8 if h.is64 else 4)
-        except MemoryNotPresent:
-            kernel_start = None
-    if not kernel_start:
-        kernel_start = 0xFFFF_8000_0000_0000 if h.is64 else 0x8000_0000
+    kernel_start = system_range_start(kdbg, memory, h.is64)
     kernel = mods.kernel
     return SmallDumpSource(
         fields=source_fields(d, comment), read=read, registers=registers, drivers=drivers, unloaded=unloaded,

@@ -31,11 +31,13 @@ from kdshell.errors import MemoryNotPresent
 
 OWNER_TAG = b"KDBG"
 MIN_SIZE, MAX_SIZE = 0x290, 0x1000
+HEADER_SIZE = 0x18  # LIST_ENTRY64, OwnerTag, Size: what says a block is there
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 # name: (offset, width) -- formats.md §10 (offsets past 0x338 are computed from the field
 # order with natural alignment; read below `Size` only).
 FIELDS: dict[str, tuple[int, int]] = {
+    "OwnerTag": (0x10, 4), "Size": (0x14, 4),  # the DBGKD_DEBUG_DATA_HEADER64 after its LIST_ENTRY
     "KernBase": (0x18, 8), "BreakpointWithStatus": (0x20, 8), "SavedContext": (0x28, 8),
     "ThCallbackStack": (0x30, 2), "NextCallback": (0x32, 2), "FramePointer": (0x34, 2),
     "Flags": (0x36, 2),  # PaeEnabled:1, KiBugCheckRecoveryActive:1, PagingLevels:4
@@ -103,6 +105,9 @@ FIELDS: dict[str, tuple[int, int]] = {
     "RetpolineStubFunctionTableSize": (0x370, 4), "RetpolineStubOffset": (0x374, 4),
     "RetpolineStubSize": (0x378, 4), "OffsetEProcessMmHotPatchContext": (0x37C, 2),
 }
+
+# Where kernel space begins when the KDBG cannot say (MmSystemRangeStart's usual value).
+SYSTEM_RANGE_START = {True: 0xFFFF_8000_0000_0000, False: 0x8000_0000}
 
 # Fields holding kernel addresses (the rest are offsets, sizes, counts and selectors).
 ADDRESS_FIELDS = frozenset(
@@ -185,13 +190,38 @@ class Kdbg:
         flags = self.get("Flags")
         return (flags >> 2) & 0xF if flags is not None else None
 
+    @classmethod
+    def from_copy(cls, raw: bytes, address: int = 0, *, is64: bool = True) -> Kdbg:
+        """A block from a copy of its bytes (a small dump's, or one being written): its own
+        Size field bounds it."""
+        return cls(address, _header_field(raw, "Size"), raw, is64=is64)
+
+
+def _header_field(head: bytes, name: str) -> int:
+    offset, width = FIELDS[name]
+    return int.from_bytes(head[offset : offset + width], "little")
+
 
 def _valid_header(head: bytes) -> int | None:
     """The Size of a block whose header is right, else None."""
-    if head[0x10:0x14] != OWNER_TAG:
+    offset, width = FIELDS["OwnerTag"]
+    if head[offset : offset + width] != OWNER_TAG:
         return None
-    size = int.from_bytes(head[0x14:0x18], "little")
+    size = _header_field(head, "Size")
     return size if MIN_SIZE <= size <= MAX_SIZE else None
+
+
+def system_range_start(kdbg: Kdbg | None, memory, is64: bool) -> int:
+    """Where kernel space begins: *MmSystemRangeStart through the KDBG, else the usual value."""
+    where = kdbg.get("MmSystemRangeStart") if kdbg is not None else None
+    if where:
+        try:
+            value = int.from_bytes(memory.read(where, 8 if is64 else 4), "little")
+        except MemoryNotPresent:
+            value = 0
+        if value:
+            return value
+    return SYSTEM_RANGE_START[is64]
 
 
 def read_kdbg(memory, address: int | None, keys: KdbgKeys | None = None, *, is64: bool = True) -> Kdbg | None:
@@ -200,7 +230,7 @@ def read_kdbg(memory, address: int | None, keys: KdbgKeys | None = None, *, is64
     if not address:
         return None
     try:
-        head = memory.read(address, 0x18)
+        head = memory.read(address, HEADER_SIZE)
     except MemoryNotPresent:
         return None
     size = _valid_header(head)
@@ -226,7 +256,7 @@ def is_encoded(memory, address: int | None) -> bool:
     if not address:
         return False
     try:
-        return _valid_header(memory.read(address, 0x18)) is None
+        return _valid_header(memory.read(address, HEADER_SIZE)) is None
     except MemoryNotPresent:
         return False
 

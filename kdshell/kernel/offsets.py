@@ -22,39 +22,41 @@ from importlib import resources
 from kdshell.kernel.kdbg import FIELDS as KDBG_FIELDS
 from kdshell.kernel.kdbg import Kdbg
 
-# KDDEBUGGER_DATA64 Offset*/Size* fields (formats.md §10): (type, field path, KDBG offset, width)
+# KDDEBUGGER_DATA64 Offset*/Size* fields (formats.md §10; kdshell.kernel.kdbg.FIELDS): (type, field
+# path, KDBG field)
 KDBG_OFFSETS = [
-    ("_KTHREAD", "NextProcessor", 0x298, 2),
-    ("_KTHREAD", "Teb", 0x29A, 2),
-    ("_KTHREAD", "KernelStack", 0x29C, 2),
-    ("_KTHREAD", "InitialStack", 0x29E, 2),
-    ("_KTHREAD", "ApcState.Process", 0x2A0, 2),
-    ("_KTHREAD", "State", 0x2A2, 2),
-    ("_EPROCESS", "Peb", 0x2AA, 2),
-    ("_EPROCESS", "InheritedFromUniqueProcessId", 0x2AC, 2),
-    ("_EPROCESS", "Pcb.DirectoryTableBase", 0x2AE, 2),
-    ("_KPROCESS", "DirectoryTableBase", 0x2AE, 2),
-    ("_KPRCB", "CurrentThread", 0x2B4, 2),
-    ("_KPRCB", "MHz", 0x2B6, 2),
-    ("_KPRCB", "CpuType", 0x2B8, 2),
-    ("_KPRCB", "VendorString", 0x2BA, 2),
-    ("_KPRCB", "ProcessorState.ContextFrame", 0x2BC, 2),
-    ("_KPRCB", "Number", 0x2BE, 2),
-    ("_KPRCB", "ProcessorState.SpecialRegisters", 0x2F2, 2),
-    ("_KPCR", "Self", 0x2E2, 2),
-    ("_KPCR", "SelfPcr", 0x2E2, 2),  # x86's name for it
-    ("_KPCR", "CurrentPrcb", 0x2E4, 2),
-    ("_KPCR", "Prcb", 0x2E6, 2),
-    ("_KPCR", "PrcbData", 0x2E6, 2),  # x86's name for the contained KPRCB (x86 KPCR.Prcb is a pointer)
-    ("_KPRCB", "Context", 0x338, 2),
-    ("_KTHREAD", "StackLimit", 0x340, 4),
-    ("_KTHREAD", "StackBase", 0x344, 4),
-    ("_KTHREAD", "QueueListEntry", 0x348, 4),
-    ("_ETHREAD", "IrpList", 0x34C, 4),
-    ("_KPRCB", "IdleThread", 0x350, 2),
-    ("_KTHREAD", "WaitReason", 0x35C, 2),
+    ("_KTHREAD", "NextProcessor", "OffsetKThreadNextProcessor"),
+    ("_KTHREAD", "Teb", "OffsetKThreadTeb"),
+    ("_KTHREAD", "KernelStack", "OffsetKThreadKernelStack"),
+    ("_KTHREAD", "InitialStack", "OffsetKThreadInitialStack"),
+    ("_KTHREAD", "ApcState.Process", "OffsetKThreadApcProcess"),
+    ("_KTHREAD", "State", "OffsetKThreadState"),
+    ("_EPROCESS", "Peb", "OffsetEprocessPeb"),
+    ("_EPROCESS", "InheritedFromUniqueProcessId", "OffsetEprocessParentCID"),
+    ("_EPROCESS", "Pcb.DirectoryTableBase", "OffsetEprocessDirectoryTableBase"),
+    ("_KPROCESS", "DirectoryTableBase", "OffsetEprocessDirectoryTableBase"),
+    ("_KPRCB", "CurrentThread", "OffsetPrcbCurrentThread"),
+    ("_KPRCB", "MHz", "OffsetPrcbMhz"),
+    ("_KPRCB", "CpuType", "OffsetPrcbCpuType"),
+    ("_KPRCB", "VendorString", "OffsetPrcbVendorString"),
+    ("_KPRCB", "ProcessorState.ContextFrame", "OffsetPrcbProcStateContext"),
+    ("_KPRCB", "Number", "OffsetPrcbNumber"),
+    ("_KPRCB", "ProcessorState.SpecialRegisters", "OffsetPrcbProcStateSpecialReg"),
+    ("_KPCR", "Self", "OffsetPcrSelfPcr"),
+    ("_KPCR", "SelfPcr", "OffsetPcrSelfPcr"),  # x86's name for it
+    ("_KPCR", "CurrentPrcb", "OffsetPcrCurrentPrcb"),
+    ("_KPCR", "Prcb", "OffsetPcrContainedPrcb"),
+    ("_KPCR", "PrcbData", "OffsetPcrContainedPrcb"),  # x86's name for the contained KPRCB (x86 KPCR.Prcb is a pointer)
+    ("_KPRCB", "Context", "OffsetPrcbContext"),
+    ("_KTHREAD", "StackLimit", "OffsetKThreadStackLimit"),
+    ("_KTHREAD", "StackBase", "OffsetKThreadStackBase"),
+    ("_KTHREAD", "QueueListEntry", "OffsetKThreadQueueListEntry"),
+    ("_ETHREAD", "IrpList", "OffsetEThreadIrpList"),
+    ("_KPRCB", "IdleThread", "OffsetPrcbIdleThread"),
+    ("_KTHREAD", "WaitReason", "OffsetKThreadWaitReason"),
 ]
-KDBG_SIZES = [("_EPROCESS", 0x2A8), ("_KPRCB", 0x2B0), ("_ETHREAD", 0x2C0), ("_KPCR", 0x2E0)]
+KDBG_SIZES = [("_EPROCESS", "SizeEProcess"), ("_KPRCB", "SizePrcb"), ("_ETHREAD", "SizeEThread"),
+              ("_KPCR", "SizePcr")]
 
 
 @lru_cache(maxsize=1)
@@ -189,12 +191,8 @@ class KernelOffsets:
         self.types = types  # a TypeSource with find()
         self.entry = build_entry(build, is64)
 
-    def _kdbg_value(self, offset: int, width: int) -> int | None:
-        k = self.kdbg
-        if k is None or offset + width > min(k.size, len(k.raw)):
-            return None
-        value = int.from_bytes(k.raw[offset : offset + width], "little")
-        return value or None
+    def _kdbg_value(self, name: str) -> int | None:
+        return (self.kdbg.get(name) or None) if self.kdbg is not None else None
 
     def lookup(self, type_name: str, path: str) -> tuple[int, str] | None:
         """(offset, where it came from) or None."""
@@ -207,11 +205,11 @@ class KernelOffsets:
                     found = None
                 if found is not None:
                     return found[0], "PDB"
-        for tname, fpath, at, width in KDBG_OFFSETS:
+        for tname, fpath, field_name in KDBG_OFFSETS:
             if tname == type_name and fpath == path:
-                value = self._kdbg_value(at, width)
+                value = self._kdbg_value(field_name)
                 if value is not None:
-                    return value, f"KDBG (field at +{at:#x})"
+                    return value, f"KDBG (field at +{KDBG_FIELDS[field_name][0]:#x})"
         if self.entry is not None:
             value = self.entry.offset(type_name, path)
             if value is not None:
@@ -231,9 +229,9 @@ class KernelOffsets:
             t = self.types.find(type_name)
             if t is not None and t.size:
                 return t.size
-        for tname, at in KDBG_SIZES:
+        for tname, field_name in KDBG_SIZES:
             if tname == type_name:
-                value = self._kdbg_value(at, 2)
+                value = self._kdbg_value(field_name)
                 if value:
                     return value
         return self.entry.size(type_name) if self.entry is not None else None

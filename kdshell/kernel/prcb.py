@@ -6,6 +6,7 @@ the small dump's KPRCB/ETHREAD/EPROCESS copies (what !pcr, !prcb, !irql and !run
     ps = read_processors(memory, ki_processor_block, count, layout, is64)   # every processor
     crashing_processor(processors, header_sp, thread_bounds)                # which one bug-checked
     locate_triage_copies(copies, memory, kdbg, layout, ...)                 # a small dump's copies
+    read_prcb_counters(memory, prcb, layout, is64), read_pcr_fields(memory, pcr, layout, is64)  # !prcb, !pcr
 
 KPRCB addresses come from nt!KiProcessorBlock (an array of KPRCB pointers; the KDBG gives its
 address). The KPCR holds its KPRCB: KPCR = KPRCB - KPCR.Prcb (0x180 on x64, 0x120 on x86).
@@ -157,6 +158,63 @@ def read_processor(memory, number: int, prcb: int, layout: StructLayout, is64: b
     elif p.current_irql is not None:
         p.irql, p.irql_source = p.current_irql, "KPCR.Irql"
     return p
+
+
+@dataclass
+class PrcbCounters:
+    """What !prcb shows besides the threads (None: the field is unknown or not in the dump)."""
+
+    group: int | None = None
+    group_index: int | None = None
+    group_set_member: int | None = None
+    interrupt_count: int | None = None
+    dpc_time: int | None = None
+    interrupt_time: int | None = None
+    kernel_time: int | None = None
+    user_time: int | None = None
+
+
+def read_prcb_counters(memory, prcb: int, layout: StructLayout, is64: bool) -> PrcbCounters:
+    r = Reader(memory, is64)
+    f = layout.get
+    return PrcbCounters(
+        r.maybe_uint(prcb, f("group"), 1), r.maybe_uint(prcb, f("group_index"), 1),
+        r.maybe_ptr(prcb, f("group_set_member")),
+        *(r.maybe_uint(prcb, f(n), 4) for n in ("interrupt_count", "dpc_time", "interrupt_time",
+                                                "kernel_time", "user_time")))
+
+
+PCR_TIB_NAMES = ("ExceptionList", "StackBase", "StackLimit", "SubSystemTib", "Version", "UserPointer", "SelfTib")
+
+
+@dataclass
+class PcrFields:
+    """What !pcr shows of a KPCR (None: the field is unknown or not in the dump)."""
+
+    tib: list[int]  # the NT_TIB's seven fields (PCR_TIB_NAMES): the KPCR's head, as WinDbg reads it
+    major: int | None = None
+    minor: int | None = None
+    self_pcr: int | None = None
+    irr: int | None = None
+    idr: int | None = None
+    interrupt_mode: int | None = None
+    idt: int | None = None
+    gdt: int | None = None
+    tss: int | None = None
+
+
+def read_pcr_fields(memory, pcr: int, layout: StructLayout, is64: bool) -> PcrFields:
+    """The KPCR's fields; MemoryNotPresent when its head is not in the dump."""
+    r = Reader(memory, is64)
+    ps = r.psize
+    tib = [r.ptr(pcr + i * ps) for i in range(len(PCR_TIB_NAMES))]
+    tib[4] = r.uint(pcr + 4 * ps, 4)  # NT_TIB.Version is a ULONG
+    f = layout.get
+    return PcrFields(
+        tib, r.maybe_uint(pcr, f("pcr_major"), 2), r.maybe_uint(pcr, f("pcr_minor"), 2),
+        r.maybe_ptr(pcr, f("pcr_self")), r.maybe_uint(pcr, f("pcr_irr"), 4), r.maybe_uint(pcr, f("pcr_idr"), 4),
+        r.maybe_uint(pcr, f("pcr_interrupt_mode"), 4), r.maybe_ptr(pcr, f("pcr_idt")),
+        r.maybe_ptr(pcr, f("pcr_gdt")), r.maybe_ptr(pcr, f("pcr_tss")))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel import prcb as P
 from kdshell.kernel import processes as PS
 from kdshell.kernel import threads as T
-from kdshell.kernel.kdbg import Kdbg
+from kdshell.kernel.kdbg import Kdbg, system_range_start
 from kdshell.kernel.layout import Reader, StructLayout
 from kdshell.kernel.offsets import KernelOffsets
 
@@ -330,13 +330,7 @@ class KernelState:
         return PS.handle_count(self.memory, process.object_table, self.process_layout, self.is64, self.build)
 
     def system_range_start(self) -> int:
-        value = self.kdbg_value("MmSystemRangeStart")
-        if value:
-            try:
-                return self.reader.ptr(value)
-            except MemoryNotPresent:
-                pass
-        return 0xFFFF_8000_0000_0000 if self.is64 else 0x80000000
+        return system_range_start(self.kdbg(), self.memory, self.is64)
 
     def find_processes(self, key: int | str) -> list[PS.Process]:
         """Processes by EPROCESS address, CID or image name; on a small dump, only the current

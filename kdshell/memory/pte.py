@@ -15,7 +15,7 @@ software formats, tried in this order (the order WinDbg's `!pte` and MemProcFS u
   zero        all bits clear: nothing committed here.
 
 L1TF mitigation (Windows 10 1803+, build 17134): Windows sets a high physical-address bit
-(InvalidPteMask, bit 45 by default, KDBG.L1tfHighPhysicalBitIndex @0x2C2 says which) in
+(InvalidPteMask, bit 45 by default, KDBG.L1tfHighPhysicalBitIndex says which) in
 not-present entries so a speculative walk lands outside RAM, and marks such entries by leaving
 SwizzleBit (bit 4) clear. Example: transition PTE 0x00002000_1A2B3880 has SwizzleBit clear, so
 bit 45 is cleared before use and the PFN is 0x1A2B3, not 0x2000_0001A2B3. We clear the mask

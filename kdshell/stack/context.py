@@ -32,12 +32,13 @@ Windows quirks handled here:
   KiPageFault built is found on the stack by its Rip field (= that RIP) and a plausible machine
   frame, and handed to the walker as a hint, so the walk crosses the fault even when nt's
   unwind data is not in the dump (a small dump without nt's image). 0x8E gives the trap frame
-  in P3, 0x139 in P2.
+  in P3, 0x139 in P2 (kdshell/data/bugcheck_params.tsv says which parameter is which).
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from kdshell import bugcheck_roles
 from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.state import KernelState, Selection
@@ -52,11 +53,6 @@ DEFAULT_KFRAMES = 20          # WinDbg's classic default stack depth (windbg.md 
 MAX_TRAP_CHAIN = 8            # KTHREAD.TrapFrame -> KTRAP_FRAME.TrapFrame -> ...
 FAULT_SEARCH_BYTES = 0x6000   # how far above RSP to look for the fault's trap frame
 
-# Bug checks whose parameters point at register frames (bugcodes.tsv): index of the parameter.
-CONTEXT_RECORD_PARAM = {0x7E: 3, 0x1000007E: 3, 0x3B: 2}
-TRAP_FRAME_PARAM = {0x8E: 2, 0x1000008E: 2, 0x139: 1}
-# ... and the ones that give the faulting instruction, whose trap frame is on the stack
-FAULT_RIP_PARAM = {0x0A: 3, 0x1000000A: 3, 0xD1: 3, 0x100000D1: 3, 0x50: 2, 0x10000050: 2}
 
 
 def _ptr(read: MemoryRead, address: int, size: int) -> int:
@@ -347,10 +343,11 @@ class ContextState:
         h = self.dump.header
         code, params = h.bugcheck_code, list(h.bugcheck_parameters)
         read = self.read
-        if code in TRAP_FRAME_PARAM and params[TRAP_FRAME_PARAM[code]]:
-            hints.append(params[TRAP_FRAME_PARAM[code]])
-        if code in FAULT_RIP_PARAM and params[FAULT_RIP_PARAM[code]]:
-            hints += trap_frames_holding(read, params[FAULT_RIP_PARAM[code]], self.default.get("rsp", 0),
+        trap, fault_ip = bugcheck_roles.parameter(code, "trap_frame"), bugcheck_roles.parameter(code, "fault_ip")
+        if trap is not None and params[trap]:
+            hints.append(params[trap])
+        if fault_ip is not None and params[fault_ip]:
+            hints += trap_frames_holding(read, params[fault_ip], self.default.get("rsp", 0),
                                          ktrap=self.ktrap_offsets())
         thread = self.thread if self.thread is not None else self.current_thread()
         if thread:

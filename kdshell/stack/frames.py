@@ -2,7 +2,7 @@
 
 Each decoder reads through a memory reader `read(address, size) -> bytes` and returns a
 `RegisterFrame`: the registers it gives (WinDbg's lower-case names, as
-`kdshell.dumpfile.header.decode_context`) and which of them are trustworthy (`known`).
+`kdshell.dumpfile.context.decode_context`) and which of them are trustworthy (`known`).
 
 Structure offsets are passed in as a small dict (field name -> offset, plus "size"); the
 defaults are the Windows 10 2004 (build 19041) layouts, the same ones the fixture kernel
@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kdshell.dumpfile.header import CONTEXT_AMD64, CONTEXT_X86, MACHINE_AMD64, MACHINE_I386, decode_context
+from kdshell.dumpfile.context import CONTEXT_AMD64, CONTEXT_X86, decode_context
+from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
 
 MemoryRead = Callable[[int, int], bytes]
 
@@ -135,7 +136,7 @@ def decode_kexception_frame(read: MemoryRead, address: int,
 
 
 def decode_context_record(read: MemoryRead, address: int, machine: int = MACHINE_AMD64) -> RegisterFrame:
-    """A CONTEXT record at `address` (for .cxr), decoded by header.py's declaration."""
+    """A CONTEXT record at `address` (for .cxr), decoded by dumpfile/context.py's declaration."""
     layout = CONTEXT_AMD64 if machine == MACHINE_AMD64 else CONTEXT_X86
     regs = decode_context(machine, read(address, layout.sizeof()))
     return RegisterFrame("context", address, regs, frozenset(k for k in regs if k != "contextflags"))

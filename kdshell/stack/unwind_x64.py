@@ -10,7 +10,7 @@ Everything here reads through two callables and never sees the Session:
   reader has none).
 
 `virtual_unwind(context, image_lookup, read)` takes a register context (a dict of WinDbg's
-lower-case names, as `kdshell.dumpfile.header.decode_context` gives: rax..r15, rip, efl, cs, ss,
+lower-case names, as `kdshell.dumpfile.context.decode_context` gives: rax..r15, rip, efl, cs, ss,
 xmm0..xmm15 as 128-bit ints) and returns the caller's context and an `UnwindStep` saying how it
 got there (x64-unwind.md §2.6):
 

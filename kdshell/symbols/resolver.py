@@ -710,17 +710,13 @@ class ImageOverlay:
     """The session's virtual memory with image files behind it: a read the dump cannot answer
     is answered from the module's image file when there is one.
 
-    It stands in for the memory object it wraps (`isinstance(overlay, TranslatedMemory)` holds,
-    its attributes are the wrapped object's), so commands that need page tables keep working.
+    Its other attributes are the wrapped memory's; `inner` is that memory itself (what has page
+    tables, if any).
     """
 
     def __init__(self, inner, symbols: Symbols):
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_symbols", symbols)
-
-    @property  # type: ignore[misc]
-    def __class__(self):  # isinstance() sees the wrapped memory's class
-        return type(self._inner)
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
