@@ -14,7 +14,7 @@ class Progress:
     EVERY = 0.2  # seconds between updates
 
     def __init__(self, stream: TextIO | None, label: str, total: int) -> None:
-        self.stream: TextIO | None = stream if stream is not None and getattr(stream, "isatty", lambda: False)() else None
+        self.stream = stream if stream is not None and getattr(stream, "isatty", lambda: False)() else None
         self.label = label
         self.total = max(total, 1)
         self.start = time.monotonic()

@@ -263,8 +263,8 @@ _PAGE_KINDS = (DUMP_TYPE_FULL, DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_BITMAP_KERNEL, D
                DUMP_TYPE_RDMP_KERNEL_USER, DUMP_TYPE_RDMP_COMPLETE)
 
 
-def write_dump(path: str | os.PathLike[str], dump_type: int, fields: DumpHeaderFields, pages: Pages | None = None,
-               *, triage: TriageParts | None = None, **options: Any) -> int:
+def write_dump(path: str | os.PathLike[str], dump_type: int, fields: DumpHeaderFields,
+               pages: Pages | None = None, *, triage: TriageParts | None = None, **options: Any) -> int:
     """Write a dump of the given DumpType (1, 4, 5, 6, 8, 9, 10); options go to the writer."""
     if dump_type == DUMP_TYPE_TRIAGE:
         return write_triage(path, fields, triage or TriageParts(), **options)

@@ -289,7 +289,7 @@ class Paging:
                 continue
             state = P.decode(entry, self.fmt)
             if state.kind == P.TRANSITION:
-                table = state.pfn << PAGE_SHIFT  # type: ignore[operator]  # decode(): transition has a PFN
+                table = state.pfn << PAGE_SHIFT  # type: ignore[operator]  # transition: a PFN
                 parent_span = 1 << shift
                 if i == last:
                     return table | (va & PAGE_MASK)
@@ -354,7 +354,7 @@ class Paging:
                 table = entry & self.mode.table_mask
                 continue
             if step.state.kind == P.TRANSITION:
-                table = step.state.pfn << PAGE_SHIFT  # type: ignore[operator]  # decode(): transition has a PFN
+                table = step.state.pfn << PAGE_SHIFT  # type: ignore[operator]  # transition: a PFN
                 if i == last:
                     w.transition = True
                     w.physical = table | (cva & PAGE_MASK)

@@ -167,8 +167,8 @@ def describe(state: PteState) -> str:
         return (f"the page is in page file {state.pagefile} at offset {state.offset:x}; "
                 "page-file contents are not in a crash dump")
     if k == DEMAND_ZERO:
-        # decode() gives every demand-zero entry a protection (mypy cannot know)
-        return f"demand-zero page, never touched (Protect: {protection_text(state.protection)})"  # type: ignore[arg-type]
+        protect = protection_text(state.protection)  # type: ignore[arg-type]  # decode() sets it
+        return f"demand-zero page, never touched (Protect: {protect})"
     if k == VAD:
         return "not valid, the VAD describes this page (not in the dump)"
     if k == PROTOTYPE:
