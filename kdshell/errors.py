@@ -8,7 +8,7 @@ class KdError(Exception):
 class DumpFormatError(KdError):
     """The dump file is malformed: names the field and the file offset where it went wrong."""
 
-    def __init__(self, message: str, field: str | None = None, offset: int | None = None):
+    def __init__(self, message: str, field: str | None = None, offset: int | None = None) -> None:
         self.field = field
         self.offset = offset
         where = []
@@ -26,7 +26,7 @@ class MemoryNotPresent(KdError):
     user's words ("page 24d116 not present in the dump file", "prototype PTE", ...).
     """
 
-    def __init__(self, address: int, why: str, physical: bool = False):
+    def __init__(self, address: int, why: str, physical: bool = False) -> None:
         self.address = address
         self.why = why
         self.physical = physical
@@ -45,7 +45,7 @@ class DumpWriteError(KdError):
 class SymbolFileError(KdError):
     """A symbol file (PDB) is truncated, corrupt or of a kind we cannot read; one line saying what."""
 
-    def __init__(self, message: str, path: str | None = None):
+    def __init__(self, message: str, path: str | None = None) -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
 

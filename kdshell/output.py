@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 NORMAL, WARNING, ERROR = "normal", "warning", "error"
 
 
 class Output:
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.log: TextIO | None = None
         self.log_path: str | None = None
@@ -37,7 +37,7 @@ class Output:
     def line(self, text: str = "") -> None:
         self.write(text + "\n")
 
-    def lines(self, texts) -> None:
+    def lines(self, texts: Iterable[str]) -> None:
         for t in texts:
             self.line(t)
 

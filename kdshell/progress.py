@@ -6,13 +6,14 @@ and captures see the same text as before.
 from __future__ import annotations
 
 import time
+from typing import TextIO
 
 
 class Progress:
     DELAY = 0.5  # seconds of work before the line appears
     EVERY = 0.2  # seconds between updates
 
-    def __init__(self, stream, label: str, total: int):
+    def __init__(self, stream: TextIO | None, label: str, total: int) -> None:
         self.stream = stream if stream is not None and getattr(stream, "isatty", lambda: False)() else None
         self.label = label
         self.total = max(total, 1)
@@ -32,6 +33,6 @@ class Progress:
         self.stream.flush()
 
     def done(self) -> None:
-        if self.shown:
+        if self.shown and self.stream is not None:  # shown implies a stream
             self.stream.write("\r" + " " * (len(self.label) + 6) + "\r")
             self.stream.flush()

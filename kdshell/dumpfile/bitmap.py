@@ -18,6 +18,9 @@ from kdshell.dumpfile.header import (
     SUMMARY_BITMAP_OFFSET32,
     SUMMARY_BITMAP_OFFSET64,
     SUMMARY_DUMP_HEADER,
+    Container,
+    DumpHeader,
+    Layout,
 )
 from kdshell.errors import DumpFormatError
 from kdshell.memory.physical import BitmapPhysicalMemory, RunsPhysicalMemory
@@ -25,7 +28,7 @@ from kdshell.memory.physical import BitmapPhysicalMemory, RunsPhysicalMemory
 RDMP_RANGE_SIZE = RDMP_RANGE.sizeof()
 
 
-def _parse(layout, data: memoryview, offset: int, file_size: int, name: str):
+def _parse(layout: Layout, data: memoryview, offset: int, file_size: int, name: str) -> Container:
     size = layout.sizeof()
     if offset + size > file_size:
         raise DumpFormatError(f"file ends inside the {name} header", name, offset)
@@ -71,7 +74,8 @@ def _bitmap_memory(
     return memory, end
 
 
-def open_bitmap(data: memoryview, file_size: int, header, warnings: list[str]):
+def open_bitmap(data: memoryview, file_size: int, header: DumpHeader,
+                warnings: list[str]) -> tuple[BitmapPhysicalMemory, int, Container]:
     """DumpType 5 ('FDMP') and 6 ('SDMP'): header at the end of the dump header."""
     base = header.header_size
     bh = _parse(BITMAP_DUMP_HEADER64, data, base, file_size, "BITMAP_DUMP_HEADER")
@@ -87,7 +91,8 @@ def open_bitmap(data: memoryview, file_size: int, header, warnings: list[str]):
     ) + (bh,)
 
 
-def open_summary(data: memoryview, file_size: int, header, warnings: list[str]):
+def open_summary(data: memoryview, file_size: int, header: DumpHeader,
+                 warnings: list[str]) -> tuple[BitmapPhysicalMemory, int, Container]:
     """DumpType 2: the pre-Windows 8 kernel summary dump (32-bit fields)."""
     base = header.header_size
     sh = _parse(SUMMARY_DUMP_HEADER, data, base, file_size, "SUMMARY_DUMP")
@@ -97,7 +102,8 @@ def open_summary(data: memoryview, file_size: int, header, warnings: list[str]):
     ) + (sh,)
 
 
-def open_rdmp(data: memoryview, file_size: int, header, warnings: list[str]):
+def open_rdmp(data: memoryview, file_size: int, header: DumpHeader,
+              warnings: list[str]) -> tuple[RunsPhysicalMemory, int, Container]:
     """DumpType 8/9 (kernel, kernel+user) and 10 (complete): a PFN range list, then the pages."""
     base = header.header_size
     complete = header.dump_type == DUMP_TYPE_RDMP_COMPLETE

@@ -9,6 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import construct
 
@@ -38,10 +39,12 @@ from kdshell.dumpfile.header import (
     MACHINE_AMD64,
     MACHINE_ARM64,
     MACHINE_I386,
+    Container,
     DumpHeader,
     decode_header,
 )
 from kdshell.errors import DumpFormatError
+from kdshell.memory.physical import PhysicalMemory
 
 # The line KD prints under "Loading Dump File" for each kind (windbg.md §1).
 KIND_LINES = {
@@ -103,20 +106,20 @@ ARCHIVES = ((b"MSCF", "CAB", "cabextract FILE"), (b"PK\x03\x04", "ZIP", "unzip F
 class DumpFile:
     """An opened kernel dump: header, context, and the page source of its kind."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self.warnings: list[str] = []
-        self.physical = None  # PhysicalMemory for complete/kernel kinds
+        self.physical: PhysicalMemory | None = None  # for complete/kernel kinds
         self.triage: _triage.TriageDump | None = None
-        self.type_header = None  # the bitmap/RDMP/summary header Container, for .dumpdebug
+        self.type_header: Container = None  # the bitmap/RDMP/summary/triage header, for .dumpdebug
         self._data_end = 0  # where the primary dump data ends (secondary data may follow)
         self._blobs: list[DumpBlob] | None = None
         self._registers: dict[str, int] | None = None
-        self._file = open(self.path, "rb")  # read-only, always
+        self._file: BinaryIO | None = open(self.path, "rb")  # read-only, always
         try:
             self.size = os.fstat(self._file.fileno()).st_size
             self._identify()
-            self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._mm: mmap.mmap | None = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
             if hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
                 self._mm.madvise(mmap.MADV_RANDOM)
             self.data = memoryview(self._mm)
@@ -127,8 +130,10 @@ class DumpFile:
 
     # -- opening -----------------------------------------------------------------------------
     def _identify(self) -> None:
-        head = self._file.read(8)
-        self._file.seek(0)
+        f = self._file
+        assert f is not None  # open until close()
+        head = f.read(8)
+        f.seek(0)
         if len(head) < 8:
             raise DumpFormatError(f"file is too small to be a dump ({self.size} bytes)", "Signature", 0)
         if head[:4] == b"MDMP":
@@ -241,7 +246,7 @@ class DumpFile:
         return dict(self._registers)
 
     @property
-    def exception(self) -> dict:
+    def exception(self) -> dict[str, Any]:
         if self.triage is not None and self.triage.exception is not None:
             return self.triage.exception
         return self.header.exception
@@ -287,7 +292,7 @@ class DumpFile:
                 data.release()
             except BufferError:  # slices of it are still alive; they keep the mapping until freed
                 pass
-            self.data = None
+            self.data = None  # type: ignore[assignment]  # a closed dump is not read again
         mm = getattr(self, "_mm", None)
         if mm is not None:
             try:
@@ -302,11 +307,11 @@ class DumpFile:
     def __enter__(self) -> "DumpFile":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def open_dump(path) -> DumpFile:
+def open_dump(path: str | os.PathLike[str]) -> DumpFile:
     """Open a kernel dump read-only. Raises DumpFormatError (one line) for anything malformed."""
     try:
         return DumpFile(path)

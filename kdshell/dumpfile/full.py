@@ -8,6 +8,7 @@ from kdshell.dumpfile.header import (
     MAX_RUNS64,
     PAGE_SIZE,
     FILL32,
+    DumpHeader,
 )
 from kdshell.errors import DumpFormatError
 from kdshell.memory.physical import RunsPhysicalMemory
@@ -49,7 +50,8 @@ def parse_runs(block: bytes, is64: bool) -> tuple[int, int, list[tuple[int, int]
     return count, pages, runs
 
 
-def open_full(data: memoryview, file_size: int, header, warnings: list[str]) -> tuple[RunsPhysicalMemory, int]:
+def open_full(data: memoryview, file_size: int, header: DumpHeader,
+              warnings: list[str]) -> tuple[RunsPhysicalMemory, int]:
     """The physical memory of a DumpType 1 file, and the file offset where its page data ends."""
     is64 = header.is64
     field_offset = RUNS_FIELD_OFFSET64 if is64 else RUNS_FIELD_OFFSET32

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
+from typing import Any
 
 from construct import (
     Array,
@@ -21,6 +22,11 @@ from construct import (
     Padding,
     Struct,
 )
+
+# construct ships no type information: its layouts (Struct, Array...) and the Containers they
+# parse are typed with these names.
+Layout = Any
+Container = Any
 
 PAGE_SIZE = 0x1000
 
@@ -523,7 +529,7 @@ DUMP_BLOB_HEADER = Struct(  # 0x20 bytes
 # Decoded header: what the rest of kdshell uses, the same for 32- and 64-bit files.
 
 
-def field_offset(layout, path: str) -> tuple[int, int]:
+def field_offset(layout: Layout, path: str) -> tuple[int, int]:
     """(offset, size) of a field of a fixed-size layout, `A.B` for nested ones: for the hot
     loops that read many records with struct rather than a construct parse each."""
     offset = 0
@@ -597,8 +603,8 @@ class DumpHeader:
     pae_enabled: bool
     physical_memory_block: bytes
     context_bytes: bytes
-    exception: dict
-    raw: object = field(repr=False, default=None)  # the construct Container, for .dumpdebug
+    exception: dict[str, Any]  # decode_exception()'s
+    raw: Container = field(repr=False, default=None)  # the construct Container, for .dumpdebug
 
     @property
     def machine_name(self) -> str:
@@ -617,7 +623,7 @@ class DumpHeader:
         return filetime_to_datetime(self.system_time or 0)
 
 
-def decode_exception(rec) -> dict:
+def decode_exception(rec: Container) -> dict[str, Any]:
     count = min(rec.NumberParameters, EXCEPTION_MAXIMUM_PARAMETERS)
     return {
         "ExceptionCode": rec.ExceptionCode,
@@ -629,7 +635,7 @@ def decode_exception(rec) -> dict:
     }
 
 
-def decode_header(raw, is64: bool) -> DumpHeader:
+def decode_header(raw: Container, is64: bool) -> DumpHeader:
     """Turn a parsed DUMP_HEADER32/64 Container into a DumpHeader."""
     w = 8 if is64 else 4
     params = tuple(int(p) for p in raw.BugCheckParameters)
@@ -645,7 +651,7 @@ def decode_header(raw, is64: bool) -> DumpHeader:
         machine=raw.MachineImageType,
         number_processors=raw.NumberProcessors,
         bugcheck_code=raw.BugCheckCode,
-        bugcheck_parameters=params,  # type: ignore[arg-type]
+        bugcheck_parameters=params,  # type: ignore[arg-type]  # the layout's Array(4): four of them
         kd_debugger_data_block=absent(raw.KdDebuggerDataBlock, w),
         dump_type=raw.DumpType,
         required_dump_space=absent(raw.RequiredDumpSpace),

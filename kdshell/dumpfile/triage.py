@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from kdshell.dumpfile.context import CONTEXT_AMD64, CONTEXT_X86
 from kdshell.dumpfile.header import (
@@ -26,6 +27,9 @@ from kdshell.dumpfile.header import (
     TRIAGE_DUMP32,
     TRIAGE_DUMP64,
     TRIAGE_DUMP_VALID,
+    Container,
+    DumpHeader,
+    Layout,
     decode_exception,
     field_offset,
 )
@@ -55,14 +59,14 @@ class UnloadedDriver:
 
 @dataclass
 class TriageDump:
-    header: object  # TRIAGE_DUMP32/64 Container
+    header: Container  # TRIAGE_DUMP32/64
     offset: int  # file offset of the TRIAGE_DUMP block
     memory: SparseMemory
     drivers: list[TriageDriver] = field(default_factory=list)
     unloaded: list[UnloadedDriver] = field(default_factory=list)
     broken_driver: TriageDriver | None = None
-    mm: object = None  # DUMP_MM_STORAGE Container, or None
-    exception: dict | None = None
+    mm: Container = None  # DUMP_MM_STORAGE, or None
+    exception: dict[str, Any] | None = None
     context_offset: int | None = None
     # (file offset, size) of the KPRCB / EPROCESS / ETHREAD copies; their addresses are not
     # stored in the file, the kernel layer derives them.
@@ -75,7 +79,7 @@ class TriageDump:
 class _Reader:
     """Bounds-checked reads of triage parts; records a warning and returns None when out of the file."""
 
-    def __init__(self, data: memoryview, file_size: int, warnings: list[str]):
+    def __init__(self, data: memoryview, file_size: int, warnings: list[str]) -> None:
         self.data = data
         self.size = file_size
         self.warnings = warnings
@@ -89,7 +93,7 @@ class _Reader:
             return False
         return True
 
-    def struct(self, layout, offset: int, what: str, field_name: str):
+    def struct(self, layout: Layout, offset: int, what: str, field_name: str) -> Container:
         size = layout.sizeof()
         if not self.fits(offset, size, what, field_name):
             return None
@@ -108,7 +112,7 @@ class _Reader:
         return text.split("\0", 1)[0]
 
 
-def _copy_extent(th, name_offset: int, file_size: int) -> int:
+def _copy_extent(th: Container, name_offset: int, file_size: int) -> int:
     """Size of a copied structure whose size is not stored: up to the next part of the dump."""
     starts = [
         v for k, v in th.items()
@@ -117,7 +121,7 @@ def _copy_extent(th, name_offset: int, file_size: int) -> int:
     return min(starts + [file_size]) - name_offset
 
 
-def open_triage(data: memoryview, file_size: int, header, warnings: list[str]) -> TriageDump:
+def open_triage(data: memoryview, file_size: int, header: DumpHeader, warnings: list[str]) -> TriageDump:
     is64 = header.is64
     base = header.header_size
     layout = TRIAGE_DUMP64 if is64 else TRIAGE_DUMP32
@@ -196,7 +200,7 @@ _DRIVER_FIELDS = ("DriverNameOffset", "LdrEntry.DllBase", "LdrEntry.SizeOfImage"
 _WIDTH = {2: "H", 4: "I", 8: "Q"}
 
 
-def _read_drivers(tri: TriageDump, th, r: _Reader, is64: bool) -> None:
+def _read_drivers(tri: TriageDump, th: Container, r: _Reader, is64: bool) -> None:
     if not th.DriverCount:
         return
     entry = DUMP_DRIVER_ENTRY64 if is64 else DUMP_DRIVER_ENTRY32
@@ -220,7 +224,7 @@ def _read_drivers(tri: TriageDump, th, r: _Reader, is64: bool) -> None:
             tri.broken_driver = drv
 
 
-def _read_unloaded(tri: TriageDump, th, r: _Reader, is64: bool) -> None:
+def _read_unloaded(tri: TriageDump, th: Container, r: _Reader, is64: bool) -> None:
     if not th.UnloadedDriversOffset:
         return
     off = th.UnloadedDriversOffset

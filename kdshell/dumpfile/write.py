@@ -38,7 +38,7 @@ import tempfile
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Protocol, Sequence, cast
 
 import construct
 
@@ -51,7 +51,7 @@ from kdshell.dumpfile.header import (
     FULL_RDMP_HEADER64, KERNEL_RDMP_HEADER64, MACHINE_AMD64, MACHINE_I386, MAX_RUNS32, MAX_RUNS64, PAGE_SIZE,
     PHYSICAL_MEMORY_BLOCK_SIZE, PHYSICAL_MEMORY_DESCRIPTOR32, PHYSICAL_MEMORY_DESCRIPTOR64,
     PHYSICAL_MEMORY_RUN32, PHYSICAL_MEMORY_RUN64, RDMP_RANGE, RDMP_RANGES_OFFSET, VALID_DUMP_32, VALID_DUMP_64,
-    DumpHeader,
+    Container, DumpHeader, Layout,
 )
 from kdshell.errors import DumpWriteError, KdError, MemoryNotPresent
 
@@ -81,7 +81,7 @@ class DumpHeaderFields:
     bugcheck_parameters: Sequence[int] = (0, 0, 0, 0)
     kd_debugger_data_block: int | None = None
     context: bytes | None = None  # CONTEXT record bytes (see make_context_amd64/x86)
-    exception: Mapping | bytes | None = None  # decode_exception()-style dict, or raw record
+    exception: Mapping[str, Any] | bytes | None = None  # decode_exception()-style dict, or raw record
     system_time: int | None = None  # FILETIME
     system_uptime: int | None = None  # 100 ns units
     comment: str | bytes | None = None
@@ -101,9 +101,9 @@ class DumpHeaderFields:
     physical_memory_runs: Sequence[tuple[int, int]] | None = None
 
     @classmethod
-    def from_header(cls, h: DumpHeader, **overrides) -> "DumpHeaderFields":
+    def from_header(cls, h: DumpHeader, **overrides: Any) -> "DumpHeaderFields":
         """The fields of an opened dump's header, e.g. to re-write it as another kind."""
-        values = dict(
+        values: dict[str, Any] = dict(
             is64=h.is64, machine=h.machine, major_version=h.major_version, build=h.build,
             directory_table_base=h.directory_table_base, pfn_database=h.pfn_database,
             ps_loaded_module_list=h.ps_loaded_module_list, ps_active_process_head=h.ps_active_process_head,
@@ -118,7 +118,7 @@ class DumpHeaderFields:
         values.update(overrides)
         return cls(**values)
 
-    def replace(self, **changes) -> "DumpHeaderFields":
+    def replace(self, **changes: Any) -> "DumpHeaderFields":
         return replace(self, **changes)
 
 
@@ -128,8 +128,14 @@ class PageSource(Protocol):
     def present_runs(self) -> Iterable[tuple[int, int]]:
         """(first PFN, count) of the stored runs, in increasing PFN order, disjoint."""
 
-    def page(self, pfn: int) -> bytes:
+    def page(self, pfn: int) -> bytes | memoryview:
         """The 4096 bytes of a PFN listed in present_runs()."""
+
+
+# What the writers take as `pages` (see the module's docstring).
+Pages = PageSource | Mapping[int, bytes] | Iterable[tuple[int, bytes]]
+# A blob's tag: a uuid.UUID, a GUID string or its 16 raw bytes.
+BlobTag = uuid.UUID | str | bytes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,11 +151,11 @@ _X86_ALIASES = {
 }
 
 
-def _zero(layout):
+def _zero(layout: Layout) -> Container:
     return layout.parse(bytes(layout.sizeof()))
 
 
-def _field_names(layout) -> dict[str, str]:
+def _field_names(layout: Layout) -> dict[str, str]:
     return {sc.name.lower(): sc.name for sc in layout.subcons if sc.name}
 
 
@@ -191,7 +197,7 @@ def make_context_x86(**regs: int) -> bytes:
 
 
 def make_exception(code: int = 0x80000003, address: int = 0, flags: int = 0, record: int = 0,
-                   parameters: Sequence[int] = ()) -> dict:
+                   parameters: Sequence[int] = ()) -> dict[str, Any]:
     """An exception record in the form header.decode_exception() returns."""
     return {
         "ExceptionCode": code, "ExceptionFlags": flags, "ExceptionRecord": record,
@@ -208,7 +214,7 @@ def _fill(size: int) -> bytes:
     return (FILL * (size // 4 + 1))[:size]
 
 
-def _padding_ranges(layout) -> Iterator[tuple[int, int]]:
+def _padding_ranges(layout: Layout) -> Iterator[tuple[int, int]]:
     """(offset, size) of the unnamed Padding members of a flat Struct (they build as zeros)."""
     offset = 0
     for sc in layout.subcons:
@@ -227,7 +233,7 @@ def _ptr(value: int, is64: bool, what: str) -> int:
     raise DumpWriteError(f"{what} {value:#x} does not fit a 32-bit dump")
 
 
-def _exception_container(exc, is64: bool):
+def _exception_container(exc: Mapping[str, Any] | bytes | bytearray | memoryview, is64: bool) -> Container:
     layout = EXCEPTION_RECORD64 if is64 else EXCEPTION_RECORD32
     if isinstance(exc, (bytes, bytearray, memoryview)):
         raw = bytes(exc)
@@ -366,7 +372,7 @@ def _check_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 class MappingPages:
     """A {pfn: bytes} mapping as a PageSource."""
 
-    def __init__(self, mapping: Mapping[int, bytes]):
+    def __init__(self, mapping: Mapping[int, bytes]) -> None:
         self._mapping = mapping
         self._runs = _check_runs((pfn, 1) for pfn in sorted(mapping))
 
@@ -380,7 +386,7 @@ class MappingPages:
 class _SpooledPages:
     """(pfn, bytes) pairs copied once to an anonymous temporary file, then read back by PFN."""
 
-    def __init__(self, pairs: Iterable[tuple[int, bytes]], directory: str):
+    def __init__(self, pairs: Iterable[tuple[int, bytes]], directory: str) -> None:
         self._file = tempfile.TemporaryFile(dir=directory)
         try:
             self._spool(pairs)
@@ -419,17 +425,17 @@ class _SpooledPages:
         self._file.close()
 
 
-def _check_page(pfn: int, data) -> bytes:
+def _check_page(pfn: int, data: bytes | memoryview) -> bytes | memoryview:
     if len(data) != PAGE_SIZE:
         raise DumpWriteError(f"page {pfn:#x} is {len(data)} bytes, a page is {PAGE_SIZE}")
     return data
 
 
 @contextmanager
-def _page_source(pages, directory: str):
+def _page_source(pages: Pages, directory: str) -> Iterator[PageSource]:
     """`pages` as a PageSource (a spool file for plain iterables, removed afterwards)."""
     if hasattr(pages, "present_runs") and hasattr(pages, "page"):
-        yield pages
+        yield cast(PageSource, pages)  # mypy does not narrow a union by hasattr
     elif isinstance(pages, Mapping):
         yield MappingPages(pages)
     else:
@@ -446,7 +452,7 @@ _ZERO_PAGE = bytes(PAGE_SIZE)
 _SPAN_PAGES = 256  # pages asked for at once from a source with page_span() (1 MiB)
 
 
-def _write_pages(f: BinaryIO, source, runs: Iterable[tuple[int, int]]) -> None:
+def _write_pages(f: BinaryIO, source: PageSource, runs: Iterable[tuple[int, int]]) -> None:
     """Write the pages of `runs` in order. All-zero pages become holes: a machine with many
     GiB of zeroed memory gives a sparse file (the bytes read back the same).
 
@@ -511,7 +517,7 @@ def _write_span(f: BinaryIO, data: bytes, n: int) -> bool:
 # Secondary data (DUMP_BLOB stream, formats.md §7)
 
 
-def _tag_bytes(tag) -> bytes:
+def _tag_bytes(tag: BlobTag) -> bytes:
     if isinstance(tag, uuid.UUID):
         return tag.bytes_le
     if isinstance(tag, str):
@@ -526,7 +532,7 @@ def _post_pad(size: int) -> int:
     return -size % 8
 
 
-def blobs_size(blobs: Sequence[tuple[object, bytes]]) -> int:
+def blobs_size(blobs: Sequence[tuple[BlobTag, bytes]]) -> int:
     """Bytes write_blobs() will write for these blobs (0 when there are none)."""
     if not blobs:
         return 0
@@ -534,7 +540,7 @@ def blobs_size(blobs: Sequence[tuple[object, bytes]]) -> int:
     return head + sum(each + len(data) + _post_pad(len(data)) for _, data in blobs)
 
 
-def write_blobs(f: BinaryIO, blobs: Sequence[tuple[object, bytes]], build: int) -> int:
+def write_blobs(f: BinaryIO, blobs: Sequence[tuple[BlobTag, bytes]], build: int) -> int:
     """Append a DUMP_BLOB_FILE_HEADER and one DUMP_BLOB_HEADER + data per (tag, bytes).
 
     Tags are uuid.UUID, GUID strings or 16 raw bytes. Data is padded to 8 bytes (PostPad), so
@@ -563,7 +569,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def _output(path, overwrite: bool):
+def _output(path: str | os.PathLike[str], overwrite: bool) -> Iterator[tuple[BinaryIO, str]]:
     """A buffered file in the target directory; moved to `path` only if the block completes."""
     path = os.fspath(path)
     if not overwrite and os.path.lexists(path):
@@ -618,8 +624,9 @@ def _align(value: int, to: int) -> int:
 # DumpType 1
 
 
-def write_full(path, fields: DumpHeaderFields, pages, *, runs: Sequence[tuple[int, int]] | None = None,
-               blobs: Sequence[tuple[object, bytes]] = (), overwrite: bool = False) -> int:
+def write_full(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: Pages, *,
+               runs: Sequence[tuple[int, int]] | None = None, blobs: Sequence[tuple[BlobTag, bytes]] = (),
+               overwrite: bool = False) -> int:
     """A complete memory dump with a run list (DumpType 1); pages follow the header in run order.
 
     `runs` gives the run list in file order (any order, e.g. unsorted); it must describe exactly
@@ -677,9 +684,9 @@ def _bitmap_chunks(runs: list[tuple[int, int]], nbytes: int) -> Iterator[bytes]:
         yield bytes(buf)
 
 
-def write_bitmap(path, fields: DumpHeaderFields, pages, kind: int = DUMP_TYPE_BITMAP_KERNEL, *,
-                 bit_count: int | None = None, dump_options: int = 0,
-                 blobs: Sequence[tuple[object, bytes]] = (), overwrite: bool = False) -> int:
+def write_bitmap(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: Pages,
+                 kind: int = DUMP_TYPE_BITMAP_KERNEL, *, bit_count: int | None = None, dump_options: int = 0,
+                 blobs: Sequence[tuple[BlobTag, bytes]] = (), overwrite: bool = False) -> int:
     """A bitmap dump: kind 6 ('SDMP', kernel) or 5 ('FDMP', complete).
 
     `bit_count` (the header's Pages: PFNs described) defaults to the highest PFN + 1 rounded up
@@ -718,8 +725,9 @@ def write_bitmap(path, fields: DumpHeaderFields, pages, kind: int = DUMP_TYPE_BI
 # DumpType 8 / 9 / 10
 
 
-def write_rdmp(path, fields: DumpHeaderFields, pages, dump_type: int = DUMP_TYPE_RDMP_KERNEL, *,
-               blobs: Sequence[tuple[object, bytes]] = (), overwrite: bool = False) -> int:
+def write_rdmp(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: Pages,
+               dump_type: int = DUMP_TYPE_RDMP_KERNEL, *, blobs: Sequence[tuple[BlobTag, bytes]] = (),
+               overwrite: bool = False) -> int:
     """A range-list dump as current WinDbg writes them: 8 (kernel), 9 (kernel + user), 10 (complete).
 
     Layout: RDMP header at 0x2000, ranges {PFN, count} from 0x2030 ended by an all-zero entry,

@@ -10,8 +10,9 @@ write.py does not import this module (so `write_dump`, which reaches every write
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import construct
 
@@ -22,11 +23,11 @@ from kdshell.dumpfile.header import (
     TRIAGE_DATA_BLOCK32, TRIAGE_DATA_BLOCK64, TRIAGE_DUMP32, TRIAGE_DUMP64, TRIAGE_DUMP_BROKEN_DRIVER,
     TRIAGE_DUMP_CONTEXT, TRIAGE_DUMP_DATA_BLOCKS, TRIAGE_DUMP_DATAPAGE, TRIAGE_DUMP_DEBUGGER_DATA,
     TRIAGE_DUMP_DRIVER_LIST, TRIAGE_DUMP_EXCEPTION, TRIAGE_DUMP_MMINFO, TRIAGE_DUMP_PRCB, TRIAGE_DUMP_PROCESS,
-    TRIAGE_DUMP_STACK, TRIAGE_DUMP_THREAD, TRIAGE_DUMP_VALID,
+    TRIAGE_DUMP_STACK, TRIAGE_DUMP_THREAD, TRIAGE_DUMP_VALID, Container,
 )
 from kdshell.dumpfile.write import (
-    DumpHeaderFields, _align, _header_size, _one_line, _output, _ptr, _zero, blobs_size, build_header,
-    write_bitmap, write_blobs, write_full, write_rdmp,
+    BlobTag, DumpHeaderFields, Pages, _align, _header_size, _one_line, _output, _ptr, _zero, blobs_size,
+    build_header, write_bitmap, write_blobs, write_full, write_rdmp,
 )
 from kdshell.errors import DumpWriteError
 
@@ -71,7 +72,7 @@ class TriageParts:
     service_pack_build: int = 0
     triage_options: int = 0
     context: bytes | None = None  # None: the header fields' context
-    exception: Mapping | bytes | None = None  # None: the header fields' exception
+    exception: Mapping[str, Any] | bytes | None = None  # None: the header fields' exception
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ class TriageParts:
 class _Body:
     """The triage data being laid out: parts appended at 8-byte aligned file offsets."""
 
-    def __init__(self, start: int):
+    def __init__(self, start: int) -> None:
         self.start = start
         self.buf = bytearray()
 
@@ -100,13 +101,13 @@ def _utf16(text: str) -> bytes:
     return text.encode("utf-16-le", "surrogatepass")
 
 
-def _unicode_string(text: str) -> dict:
+def _unicode_string(text: str) -> dict[str, int]:
     n = len(_utf16(text))
     return dict(Length=min(n, 0xFFFF), MaximumLength=min(n + 2, 0xFFFF), Buffer=0)
 
 
-def write_triage(path, fields: DumpHeaderFields, parts: TriageParts, *,
-                 blobs: Sequence[tuple[object, bytes]] = (), overwrite: bool = False) -> int:
+def write_triage(path: str | os.PathLike[str], fields: DumpHeaderFields, parts: TriageParts, *,
+                 blobs: Sequence[tuple[BlobTag, bytes]] = (), overwrite: bool = False) -> int:
     """A small memory dump (DumpType 4) laid out as Windows 10 lays it out.
 
     The CONTEXT and EXCEPTION_RECORD are the header's (ContextOffset 0x348 / ExceptionOffset 0xF00
@@ -213,7 +214,7 @@ def write_triage(path, fields: DumpHeaderFields, parts: TriageParts, *,
     return size
 
 
-def _add_drivers(body: _Body, th, parts: TriageParts, is64: bool) -> None:
+def _add_drivers(body: _Body, th: Container, parts: TriageParts, is64: bool) -> None:
     """The DUMP_DRIVER_ENTRY list, then the DUMP_STRING pool its DriverNameOffsets point into."""
     entry = DUMP_DRIVER_ENTRY64 if is64 else DUMP_DRIVER_ENTRY32
     list_offset = body.add(bytes(entry.sizeof() * len(parts.drivers)))
@@ -258,19 +259,24 @@ def _add_drivers(body: _Body, th, parts: TriageParts, is64: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # One entry point by DumpType, for the `.dump` command
 
+_PAGE_KINDS = (DUMP_TYPE_FULL, DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_BITMAP_KERNEL, DUMP_TYPE_RDMP_KERNEL,
+               DUMP_TYPE_RDMP_KERNEL_USER, DUMP_TYPE_RDMP_COMPLETE)
 
-def write_dump(path, dump_type: int, fields: DumpHeaderFields, pages=None, *, triage: TriageParts | None = None,
-               **options) -> int:
+
+def write_dump(path: str | os.PathLike[str], dump_type: int, fields: DumpHeaderFields,
+               pages: Pages | None = None, *, triage: TriageParts | None = None, **options: Any) -> int:
     """Write a dump of the given DumpType (1, 4, 5, 6, 8, 9, 10); options go to the writer."""
+    if dump_type == DUMP_TYPE_TRIAGE:
+        return write_triage(path, fields, triage or TriageParts(), **options)
+    if dump_type not in _PAGE_KINDS:
+        raise DumpWriteError(f"kdshell cannot write DumpType {dump_type}")
+    if pages is None:
+        raise DumpWriteError(f"a DumpType {dump_type} dump needs its pages")
     if dump_type == DUMP_TYPE_FULL:
         return write_full(path, fields, pages, **options)
     if dump_type in (DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_BITMAP_KERNEL):
         return write_bitmap(path, fields, pages, dump_type, **options)
-    if dump_type in (DUMP_TYPE_RDMP_KERNEL, DUMP_TYPE_RDMP_KERNEL_USER, DUMP_TYPE_RDMP_COMPLETE):
-        return write_rdmp(path, fields, pages, dump_type, **options)
-    if dump_type == DUMP_TYPE_TRIAGE:
-        return write_triage(path, fields, triage or TriageParts(), **options)
-    raise DumpWriteError(f"kdshell cannot write DumpType {dump_type}")
+    return write_rdmp(path, fields, pages, dump_type, **options)
 
 
 __all__ = ["TriageDriverInfo", "TriageParts", "write_dump", "write_triage"]

@@ -36,7 +36,7 @@ class PageNotPresent(MemoryNotPresent):
     """
 
     def __init__(self, address: int, why: str, *, level: str | None = None, entry: int | None = None,
-                 state: P.PteState | None = None, pfn: int | None = None, span: int = PAGE_SIZE):
+                 state: P.PteState | None = None, pfn: int | None = None, span: int = PAGE_SIZE) -> None:
         super().__init__(address, why)
         self.level = level
         self.entry = entry
@@ -131,7 +131,7 @@ class PageCache:
     so nothing here pins the container's mmap.
     """
 
-    def __init__(self, physical, limit: int = 4096):
+    def __init__(self, physical: PhysicalMemory, limit: int = 4096) -> None:
         self.physical = physical
         self.limit = limit
         self.cached: dict[int, bytes] = {}  # PFN -> page, the most recent `limit` pages
@@ -197,7 +197,8 @@ class Paging:
     TLB_LIMIT = 1 << 16
     TABLES_LIMIT = 1 << 14
 
-    def __init__(self, pages: PageCache, dtb: int, mode: PagingMode = X64_4, fmt: P.PteFormat | None = None):
+    def __init__(self, pages: PageCache, dtb: int, mode: PagingMode = X64_4,
+                 fmt: P.PteFormat | None = None) -> None:
         self.pages = pages
         self.mode = mode
         self.dtb = dtb & mode.dtb_mask
@@ -229,16 +230,18 @@ class Paging:
         if pa_page is not None:
             return pa_page | (va & PAGE_MASK)
         table = self._leaf_tables.get(va >> self._leaf_key_shift)
-        page = None if table is None else self.pages.cached.get(table >> PAGE_SHIFT)
-        if page is not None:  # one entry to read; anything but a valid one takes the full walk
-            entry = self._unpack(page, (table & PAGE_MASK) + (vpn & self._leaf_index_mask) * self.mode.entry_size)[0]
-            if entry & 1:
-                pa_page = entry & self.mode.table_mask
-                tlb = self._tlb
-                if len(tlb) >= self.TLB_LIMIT:
-                    tlb.clear()
-                tlb[vpn] = pa_page
-                return pa_page | (va & PAGE_MASK)
+        if table is not None:
+            page = self.pages.cached.get(table >> PAGE_SHIFT)
+            if page is not None:  # one entry to read; anything but a valid one takes the full walk
+                entry = self._unpack(page, (table & PAGE_MASK)
+                                     + (vpn & self._leaf_index_mask) * self.mode.entry_size)[0]
+                if entry & 1:
+                    pa_page = entry & self.mode.table_mask
+                    tlb = self._tlb
+                    if len(tlb) >= self.TLB_LIMIT:
+                        tlb.clear()
+                    tlb[vpn] = pa_page
+                    return pa_page | (va & PAGE_MASK)
         cva = self.mode.canonical(va)
         if cva is None:
             bits = self.mode.va_bits
@@ -286,7 +289,7 @@ class Paging:
                 continue
             state = P.decode(entry, self.fmt)
             if state.kind == P.TRANSITION:
-                table = state.pfn << PAGE_SHIFT
+                table = state.pfn << PAGE_SHIFT  # type: ignore[operator]  # transition: a PFN
                 parent_span = 1 << shift
                 if i == last:
                     return table | (va & PAGE_MASK)
@@ -315,7 +318,7 @@ class Paging:
                                  state=state) from None
         proto = P.decode(int.from_bytes(raw, "little"), self.fmt)
         if proto.kind == P.VALID or proto.kind == P.TRANSITION:
-            return (proto.pfn << PAGE_SHIFT) | (va & PAGE_MASK)
+            return (proto.pfn << PAGE_SHIFT) | (va & PAGE_MASK)  # type: ignore[operator]  # resident: a PFN
         why = P.why_not_readable(proto, f"prototype PTE at {where:x}", digits)
         raise PageNotPresent(va, why, level=level.name, entry=state.raw, state=state)
 
@@ -351,7 +354,7 @@ class Paging:
                 table = entry & self.mode.table_mask
                 continue
             if step.state.kind == P.TRANSITION:
-                table = step.state.pfn << PAGE_SHIFT
+                table = step.state.pfn << PAGE_SHIFT  # type: ignore[operator]  # transition: a PFN
                 if i == last:
                     w.transition = True
                     w.physical = table | (cva & PAGE_MASK)
@@ -374,7 +377,7 @@ class SelfMap:
     32-bit: fixed at 0xC0000000 (PAE entries 8 bytes, non-PAE 4 bytes).
     """
 
-    def __init__(self, mode: PagingMode, pte_base: int):
+    def __init__(self, mode: PagingMode, pte_base: int) -> None:
         self.mode = mode
         self.pte_base = pte_base & 0xFFFF_FFFF_FFFF_FFFF
         n = len(mode.levels)

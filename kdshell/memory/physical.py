@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from kdshell.errors import MemoryNotPresent
 
@@ -25,10 +25,17 @@ def not_present_message(pfn: int) -> str:
     return f"Page {pfn:x} not present in the dump file"
 
 
+class HasPages(Protocol):
+    """Anything with 4 KiB pages by PFN: `PhysicalMemory`, and paging's `PageCache` (which borrows
+    `PhysicalMemory.read`)."""
+
+    def page(self, pfn: int) -> bytes | memoryview: ...
+
+
 class PhysicalMemory:
     """Pages by PFN. Subclasses give `file_offset(pfn)` and `present_runs()`."""
 
-    def __init__(self, data: memoryview, file_size: int):
+    def __init__(self, data: memoryview, file_size: int) -> None:
         self._data = data
         self._file_size = file_size
         self.truncated_pages = 0  # stored pages that lie past the end of a truncated file
@@ -63,7 +70,7 @@ class PhysicalMemory:
             )
         return self._data[off : off + PAGE_SIZE]
 
-    def read(self, address: int, size: int) -> bytes:
+    def read(self: HasPages, address: int, size: int) -> bytes:
         """`size` bytes at a physical address; MemoryNotPresent at the first missing page."""
         out = bytearray()
         while size > 0:
@@ -82,7 +89,7 @@ class PhysicalMemory:
 class RunsPhysicalMemory(PhysicalMemory):
     """Consecutive PFN runs stored back to back from given file offsets."""
 
-    def __init__(self, data: memoryview, file_size: int, runs: list[tuple[int, int, int]]):
+    def __init__(self, data: memoryview, file_size: int, runs: list[tuple[int, int, int]]) -> None:
         """`runs`: (first PFN, page count, file offset), any order, non-overlapping."""
         super().__init__(data, file_size)
         runs = sorted(r for r in runs if r[1] > 0)
@@ -125,7 +132,7 @@ class BitmapPhysicalMemory(PhysicalMemory):
         bit_count: int,
         first_page: int,
         present_pages: int,
-    ):
+    ) -> None:
         super().__init__(data, file_size)
         self._bitmap = bitmap
         self._bits = bit_count

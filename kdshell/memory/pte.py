@@ -25,6 +25,10 @@ test_transition_pte_with_l1tf_bit and ::test_pagefile_pte_swizzled).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:  # paging.py imports this module
+    from kdshell.memory.paging import Level
 
 # Entry kinds
 VALID = "valid"
@@ -163,7 +167,8 @@ def describe(state: PteState) -> str:
         return (f"the page is in page file {state.pagefile} at offset {state.offset:x}; "
                 "page-file contents are not in a crash dump")
     if k == DEMAND_ZERO:
-        return f"demand-zero page, never touched (Protect: {protection_text(state.protection)})"
+        protect = protection_text(state.protection)  # type: ignore[arg-type]  # decode() sets it
+        return f"demand-zero page, never touched (Protect: {protect})"
     if k == VAD:
         return "not valid, the VAD describes this page (not in the dump)"
     if k == PROTOTYPE:
@@ -221,8 +226,9 @@ def invalid_details(state: PteState) -> list[str]:
     return []
 
 
-def report_lines(va: int, levels, addresses: list[int], entries: list[int | None], fmt: PteFormat,
-                 va_digits: int, entry_size: int, below_large) -> list[str]:
+def report_lines(va: int, levels: Sequence[Level], addresses: list[int], entries: list[int | None],
+                 fmt: PteFormat, va_digits: int, entry_size: int,
+                 below_large: Callable[[int, int], str]) -> list[str]:
     """!pte's text for one VA: the entry addresses of every level, then what each contains, its
     PFN and flags, up to the first entry that is not valid, cannot be read, or maps a large page.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import struct
+from typing import TYPE_CHECKING, NoReturn
 
 from construct import Int16ul, Int32sl, Int32ul, Struct
 
@@ -188,6 +189,23 @@ class CodeViewTypes:
     `warnings`, `_fail(message)` and the caches `_types`, `_building`, `_udt_names`,
     `_udt_unique`, `_udt_lower` and `_declared_only` (PdbFile.__init__ sets them)."""
 
+    if TYPE_CHECKING:  # what the class this is mixed into provides (PdbFile)
+        @property
+        def tpi(self) -> _Records: ...
+
+        @property
+        def pointer_size(self) -> int: ...
+
+        def _fail(self, message: str) -> NoReturn: ...
+
+    warnings: list[str]
+    _types: dict[int, T.Type]
+    _building: set[int]
+    _udt_names: dict[str, int] | None
+    _udt_unique: dict[str, int]
+    _udt_lower: dict[str, int]
+    _declared_only: set[str]
+
     def type_by_index(self, ti: int) -> T.Type:
         """The Type for a TPI index (built-in types below 0x1000 included); forward references
         come back as their full definition when the PDB has one."""
@@ -246,7 +264,7 @@ class CodeViewTypes:
             return bt
         return T.Type(T.POINTER, "", _SIMPLE_PTR_SIZE.get(mode, self.pointer_size), bt, index=ti)
 
-    def _parse_udt(self, kind: int, p: int, end: int):
+    def _parse_udt(self, kind: int, p: int, end: int) -> tuple[int, int, int, str, str, int]:
         """(prop, field list, size, name, unique name, underlying type) of a UDT record."""
         d, utype = self.tpi.data, 0
         if kind in (LF_CLASS, LF_STRUCTURE, LF_INTERFACE):
@@ -270,9 +288,11 @@ class CodeViewTypes:
         unique = _cstr(d, q, end)[0] if prop & PROP_UNIQUE and q < end else ""
         return prop, field, int(size or 0), name, unique, utype
 
-    def _udt_index(self):
+    def _udt_index(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
         if self._udt_names is None:
-            names, unique, declared = {}, {}, {}
+            names: dict[str, int] = {}
+            unique: dict[str, int] = {}
+            declared: dict[str, int] = {}
             d, begin = self.tpi.data, self.tpi.begin
             header = struct.Struct("<HH").unpack_from
             for i, off in enumerate(self.tpi.offsets):
@@ -335,8 +355,9 @@ class CodeViewTypes:
                 rv, cc, _, _, arglist = struct.unpack_from("<IBBHI", d, p)
             else:
                 rv, _, _, cc, _, _, arglist = struct.unpack_from("<IIIBBHI", d, p)
+            # the ignore: mypy cannot infer a lambda that binds a default argument
             return T.Type(T.FUNCTION, "", 0, sub(rv), calling_convention=_CALLCONV.get(cc, ""),
-                          loader=lambda t, a=arglist: self._load_args(t, a), index=ti)
+                          loader=lambda t, a=arglist: self._load_args(t, a), index=ti)  # type: ignore[misc]
         if kind in UDT_KINDS:
             prop, field, size, name, unique, utype = self._parse_udt(kind, p, end)
             if prop & PROP_FWDREF:
@@ -349,11 +370,11 @@ class CodeViewTypes:
                         return t
                 return T.Type(_UDT_KIND[kind], name, 0, forward=True, fields=(), index=ti,
                               unique_name=unique)
-            target = sub(utype) if kind == LF_ENUM else None
-            if target is not None:
-                size = target.size
+            underlying = sub(utype) if kind == LF_ENUM else None
+            if underlying is not None:
+                size = underlying.size
             loader = (lambda t, f=field: self._load_members(t, f)) if field else None
-            return T.Type(_UDT_KIND[kind], name, size, target, loader=loader,
+            return T.Type(_UDT_KIND[kind], name, size, underlying, loader=loader,
                           fields=None if field else (), unique_name=unique, index=ti)
         return T.Type(T.OTHER, _OTHER_NAMES.get(kind, f"leaf {kind:#x}"), 0, index=ti)
 
@@ -370,7 +391,10 @@ class CodeViewTypes:
 
     def _load_members(self, t: T.Type, fl: int) -> None:
         d = self.tpi.data
-        fields, bases, enums, seen = [], [], [], set()
+        fields: list[T.Field] = []
+        bases: list[tuple[int, T.Type]] = []
+        enums: list[T.Enumerator] = []
+        seen: set[int] = set()
         try:
             while fl and fl not in seen and len(seen) < 4096:
                 seen.add(fl)

@@ -51,10 +51,15 @@ import bisect
 import struct
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, AbstractSet, Callable, Mapping, NamedTuple, Protocol
 
 from kdshell.errors import KdError, SymbolFileError
 from kdshell.symbols import types as T
+
+if TYPE_CHECKING:
+    from kdshell.symbols.pdb import PdbFile
+
+RvaOf = Callable[[int, int], int | None]  # (section, offset) -> RVA; None: no address
 
 # Record kinds (CodeView S_*)
 S_END, S_FRAMEPROC, S_BLOCK32, S_WITH32, S_THUNK32 = 0x0006, 0x1012, 0x1103, 0x1104, 0x1102
@@ -222,12 +227,12 @@ class Procedure:
 # Decoding
 
 
-def _cstr(buf, pos: int, end: int) -> str:
+def _cstr(buf: bytes, pos: int, end: int) -> str:
     stop = buf.find(b"\0", pos, end)
     return bytes(buf[pos:stop if stop >= 0 else end]).decode("utf-8", "replace")
 
 
-def _range(buf, p: int, end: int, rva_of: Callable[[int, int], int | None]) -> AddressRange:
+def _range(buf: bytes, p: int, end: int, rva_of: RvaOf) -> AddressRange:
     """A CV_LVAR_ADDR_RANGE (uint32 offset, uint16 section, uint16 length) and the
     CV_LVAR_ADDR_GAPs (uint16 offset, uint16 length) filling the rest of the record."""
     off, sect, length = struct.unpack_from("<IHH", buf, p)
@@ -235,7 +240,7 @@ def _range(buf, p: int, end: int, rva_of: Callable[[int, int], int | None]) -> A
     return AddressRange(rva_of(sect, off), length, gaps, sect, off)
 
 
-def decode_procedure(data, pos: int, rva_of: Callable[[int, int], int | None], is64: bool,
+def decode_procedure(data: bytes, pos: int, rva_of: RvaOf, is64: bool,
                      end: int | None = None, what: str = "symbol stream") -> Procedure:
     """The procedure whose record starts at `pos` in `data` (a module symbol stream), with its
     variables, read up to its end record. `rva_of(section, offset)` gives RVAs. Each record is
@@ -292,8 +297,8 @@ def decode_procedure(data, pos: int, rva_of: Callable[[int, int], int | None], i
     return proc
 
 
-def _record(proc: Procedure, kind: int, d: bytes, at: int, scope, current, rva_of,
-            is64: bool) -> Variable | None:
+def _record(proc: Procedure, kind: int, d: bytes, at: int, scope: AddressRange | None,
+            current: Variable | None, rva_of: RvaOf, is64: bool) -> Variable | None:
     """Decode one record (`d`: its bytes after the kind) inside the procedure; returns the
     S_LOCAL that S_DEFRANGE_* records that follow belong to (None when the next records cannot
     belong to one)."""
@@ -325,26 +330,26 @@ def _record(proc: Procedure, kind: int, d: bytes, at: int, scope, current, rva_o
         return None
     if current is None:
         return None
-    loc = None
+    defrange: Location | None = None  # where the current S_LOCAL is, over a range
     if kind == S_DEFRANGE_REGISTER:
         reg, _ = struct.unpack_from("<HH", d, p)
-        loc = Location(REGISTER, register(reg, is64), 0, _range(d, p + 4, end, rva_of), kind)
+        defrange = Location(REGISTER, register(reg, is64), 0, _range(d, p + 4, end, rva_of), kind)
     elif kind == S_DEFRANGE_FRAMEPOINTER_REL:
         off, = struct.unpack_from("<i", d, p)
-        loc = Location(FRAME_RELATIVE, None, off, _range(d, p + 4, end, rva_of), kind)
+        defrange = Location(FRAME_RELATIVE, None, off, _range(d, p + 4, end, rva_of), kind)
     elif kind == S_DEFRANGE_FRAMEPOINTER_REL_FULL_SCOPE:
         off, = struct.unpack_from("<i", d, p)
-        loc = Location(FRAME_RELATIVE, None, off, None, kind)
+        defrange = Location(FRAME_RELATIVE, None, off, None, kind)
     elif kind == S_DEFRANGE_REGISTER_REL:
         reg, _, off = struct.unpack_from("<HHi", d, p)
-        loc = Location(REGISTER_RELATIVE, register(reg, is64), off,
-                       _range(d, p + 8, end, rva_of), kind)
+        defrange = Location(REGISTER_RELATIVE, register(reg, is64), off,
+                            _range(d, p + 8, end, rva_of), kind)
     elif kind == S_DEFRANGE_SUBFIELD_REGISTER:
         reg, _, parent = struct.unpack_from("<HHI", d, p)
-        loc = Location(SUBFIELD, register(reg, is64), 0, _range(d, p + 8, end, rva_of), kind,
-                       parent & 0xFFF)
-    if loc is not None:
-        current.locations.append(loc)
+        defrange = Location(SUBFIELD, register(reg, is64), 0, _range(d, p + 8, end, rva_of), kind,
+                            parent & 0xFFF)
+    if defrange is not None:
+        current.locations.append(defrange)
     return current
 
 
@@ -357,10 +362,11 @@ class _ModuleIndex(NamedTuple):
     offsets: list[int]
 
 
-_INDEX: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # PdbFile -> {module: index}
+# PdbFile -> {module: its procedure index}
+_INDEX: weakref.WeakKeyDictionary[PdbFile, dict[int, _ModuleIndex]] = weakref.WeakKeyDictionary()
 
 
-def _module_index(pdb, module: int) -> tuple[bytes, _ModuleIndex]:
+def _module_index(pdb: PdbFile, module: int) -> tuple[bytes, _ModuleIndex]:
     """The module's symbol stream and where each procedure record in it starts, by RVA."""
     m = pdb.modules[module]
     data = pdb.msf.stream(m.stream)
@@ -385,12 +391,14 @@ def _module_index(pdb, module: int) -> tuple[bytes, _ModuleIndex]:
     return data, found
 
 
-def procedure_at(pdb, rva: int) -> Procedure | None:
+def procedure_at(pdb: PdbFile, rva: int) -> Procedure | None:
     """The procedure (with its variables) whose code holds `rva`, from the module symbol stream
     of a private PDB; None when the PDB has no procedure record there (a public PDB, assembly
     code). A corrupt record raises SymbolFileError."""
     bounds = pdb.function_bounds(rva)  # not lookup(rva): a label inside the function may be nearer
-    hit = pdb.lookup(bounds[0]) if bounds is not None else None
+    if bounds is None:
+        return None
+    hit = pdb.lookup(bounds[0])
     if hit is None:
         return None
     sym, _ = hit  # at the function's start a function is preferred over other symbols
@@ -414,7 +422,7 @@ def procedure_at(pdb, rva: int) -> Procedure | None:
     return proc
 
 
-def argument_types(pdb, type_index: int) -> list[T.Type]:
+def argument_types(pdb: PdbFile, type_index: int) -> list[T.Type]:
     """The argument types the procedure type LF_PROCEDURE `type_index` declares (`(void)` has
     none); [] when the type is missing or not a procedure."""
     if not type_index:
@@ -431,7 +439,7 @@ def argument_types(pdb, type_index: int) -> list[T.Type]:
     return args
 
 
-def argument_count(pdb, type_index: int) -> int:
+def argument_count(pdb: PdbFile, type_index: int) -> int:
     """How many arguments the procedure type `type_index` declares (see argument_types)."""
     return len(argument_types(pdb, type_index))
 
@@ -456,7 +464,29 @@ class Where(NamedTuple):
         return self.address is not None or self.value is not None
 
 
-def frame_registers(frame, is64: bool) -> dict[str, int]:
+class FrameFacts(Protocol):
+    """What frame_registers reads of a stack frame (kdshell.stack.walk.Frame, a floor above)."""
+
+    @property
+    def registers(self) -> Mapping[str, int]: ...
+
+    @property
+    def known(self) -> AbstractSet[str]: ...
+
+    @property
+    def sp(self) -> int: ...
+
+    @property
+    def ip(self) -> int: ...
+
+    @property
+    def frame_size(self) -> int | None: ...
+
+    @property
+    def trap_frame(self) -> int | None: ...
+
+
+def frame_registers(frame: FrameFacts, is64: bool) -> dict[str, int]:
     """The registers `locate` may use in a stack frame (kdshell.stack.walk.Frame): those the
     walk knows for it (frames above 0 keep only what the unwinder restored; a thread's or a trap
     frame's context only what it saved), its stack and instruction pointers, and on x86 VFRAME:
@@ -475,7 +505,9 @@ def frame_registers(frame, is64: bool) -> dict[str, int]:
 
 
 def _register_value(reg: Register | None, registers: Mapping[str, int]) -> int | None:
-    value = registers.get(reg.full) if reg is not None and reg.full else None
+    if reg is None or not reg.full:
+        return None
+    value = registers.get(reg.full)
     return None if value is None else (value >> reg.shift) & ((1 << reg.bits) - 1)
 
 
@@ -492,20 +524,22 @@ def locate(proc: Procedure, var: Variable, registers: Mapping[str, int], rva: in
     if loc.kind == SUBFIELD:
         pieces = [x for x in var.locations if x.kind == SUBFIELD and x.range is not None
                   and x.range.covers(rva)]
-        value, covered = 0, set()
+        value = 0
+        covered: set[int] = set()
         for piece in pieces:
-            part = _register_value(piece.register, registers)
-            if part is None:
+            reg = piece.register
+            part = _register_value(reg, registers)
+            if part is None or reg is None:
                 return Where(register=loc.register)
             value |= part << (8 * piece.parent_offset)
-            covered.update(range(piece.parent_offset, piece.parent_offset + piece.register.bits // 8))
+            covered.update(range(piece.parent_offset, piece.parent_offset + reg.bits // 8))
         if size is None or not covered.issuperset(range(size)):
             return Where(register=loc.register)
         return Where(register=loc.register, value=value)
     if loc.kind == REGISTER:
         return Where(register=loc.register, value=_register_value(loc.register, registers))
     base = loc.register if loc.kind == REGISTER_RELATIVE else proc.frame_register(var.is_param)
-    value = registers.get(base.full) if base is not None and base.full else None
-    if value is None:
+    at = registers.get(base.full) if base is not None and base.full else None
+    if at is None:
         return Where(base=base, offset=loc.offset)
-    return Where(address=(value + loc.offset) & mask, base=base, offset=loc.offset)
+    return Where(address=(at + loc.offset) & mask, base=base, offset=loc.offset)

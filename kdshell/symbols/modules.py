@@ -19,8 +19,12 @@ from __future__ import annotations
 import bisect
 import fnmatch
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from kdshell.errors import MemoryNotPresent
+
+if TYPE_CHECKING:
+    from kdshell.dumpfile.triage import TriageDump
 
 KERNEL_IMAGES = {"ntoskrnl.exe", "ntkrnlmp.exe", "ntkrnlpa.exe", "ntkrpamp.exe", "ntkrla57.exe"}
 HAL_IMAGES = {"hal.dll", "halacpi.dll", "halmacpi.dll", "halaacpi.dll", "halapic.dll", "halmps.dll",
@@ -28,6 +32,21 @@ HAL_IMAGES = {"hal.dll", "halacpi.dll", "halmacpi.dll", "halaacpi.dll", "halapic
 MAX_MODULES = 4096  # a longer loader list is a loop or garbage
 MAX_NAME_BYTES = 1024
 UNLOADED_SLOTS = 50  # MI_UNLOADED_DRIVERS in MmUnloadedDrivers
+
+
+class Bytes(Protocol):
+    """Virtual memory as read_unicode_string reads it: `read(address, size)`."""
+
+    def read(self, address: int, size: int, /) -> bytes: ...
+
+
+class Memory(Bytes, Protocol):
+    """Virtual memory as the list walks read it (kdshell.memory.virtual.VirtualMemory, or the
+    resolver's overlay of image files on it)."""
+
+    def read_pointer(self, address: int, pointer_size: int | None = None, /) -> int: ...
+
+    def read_int(self, address: int, size: int, /) -> int: ...
 
 
 @dataclass
@@ -40,7 +59,7 @@ class Module:
     name: str = ""  # WinDbg's module name, set by assign_names
     entry: int | None = None  # address of the loader entry (PsLoadedModuleList walks)
     # symbol state, kept by the resolver
-    state: dict = field(default_factory=dict, repr=False)
+    state: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def end(self) -> int:
@@ -88,7 +107,7 @@ class ModuleList:
     """Loaded modules (load order kept) with lookup by address and by name."""
 
     def __init__(self, modules: list[Module], unloaded: list[UnloadedModule] | None = None,
-                 source: str = "", warnings: list[str] | None = None):
+                 source: str = "", warnings: list[str] | None = None) -> None:
         self.modules = modules
         self.unloaded = unloaded or []
         self.source = source  # "PsLoadedModuleList", "triage driver list", ...
@@ -98,7 +117,7 @@ class ModuleList:
         self._starts = [m.base for m in self._sorted]
         self._by_name = {m.name.lower(): m for m in modules}
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Module]:
         return iter(self.modules)
 
     def __len__(self) -> int:
@@ -136,7 +155,7 @@ class ModuleList:
 
 
 # -- reading the lists --------------------------------------------------------------------------
-def read_unicode_string(memory, address: int, is64: bool) -> str | None:
+def read_unicode_string(memory: Bytes, address: int, is64: bool) -> str | None:
     """A UNICODE_STRING at `address`; None when it (or its buffer) is not in the dump."""
     try:
         head = memory.read(address, 16 if is64 else 8)
@@ -155,7 +174,8 @@ def read_unicode_string(memory, address: int, is64: bool) -> str | None:
     return raw.decode("utf-16-le", "replace")
 
 
-def walk_loaded_modules(memory, head: int, layout: dict[str, int], is64: bool) -> tuple[list[Module], list[str]]:
+def walk_loaded_modules(memory: Memory, head: int, layout: dict[str, int],
+                        is64: bool) -> tuple[list[Module], list[str]]:
     """Walk PsLoadedModuleList from its head: (modules, warnings). `layout` gives the
     _KLDR_DATA_TABLE_ENTRY offsets (DllBase, SizeOfImage, FullDllName, BaseDllName, and
     optionally CheckSum, TimeDateStamp)."""
@@ -191,7 +211,7 @@ def walk_loaded_modules(memory, head: int, layout: dict[str, int], is64: bool) -
     return modules, warnings
 
 
-def _optional_u32(memory, entry: int, offset: int | None) -> int | None:
+def _optional_u32(memory: Memory, entry: int, offset: int | None) -> int | None:
     if offset is None:
         return None
     try:
@@ -200,7 +220,8 @@ def _optional_u32(memory, entry: int, offset: int | None) -> int | None:
         return None
 
 
-def read_unloaded_modules(memory, pointer_va: int, last_va: int | None, is64: bool) -> list[UnloadedModule]:
+def read_unloaded_modules(memory: Memory, pointer_va: int, last_va: int | None,
+                          is64: bool) -> list[UnloadedModule]:
     """MmUnloadedDrivers: `pointer_va` is the address of the pointer to the array of 50
     MI_UNLOADED_DRIVERS {UNICODE_STRING Name; PVOID Start, End; LARGE_INTEGER CurrentTime};
     MmLastUnloadedDriver (a ULONG at `last_va`) is the next slot to fill. Newest first."""
@@ -240,7 +261,7 @@ def read_unloaded_modules(memory, pointer_va: int, last_va: int | None, is64: bo
     return out
 
 
-def modules_from_triage(triage) -> ModuleList:
+def modules_from_triage(triage: TriageDump) -> ModuleList:
     modules = [Module(d.base, d.size, d.name, d.timestamp, d.checksum) for d in triage.drivers]
     unloaded = [UnloadedModule(u.name, u.start, u.end) for u in triage.unloaded]
     return ModuleList(modules, unloaded, "triage driver list")

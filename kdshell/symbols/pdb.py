@@ -34,7 +34,7 @@ import os
 import struct
 import sys
 import uuid
-from typing import NamedTuple
+from typing import BinaryIO, Iterable, NamedTuple, NoReturn
 
 from construct import Bytes, Int16ul, Int32sl, Int32ul, Struct
 
@@ -179,7 +179,7 @@ def undecorate(name: str, machine: int) -> str:
 class Msf:
     """The MSF 7.00 container: superblock, stream directory, streams assembled from blocks."""
 
-    def __init__(self, data, path: str | None = None):
+    def __init__(self, data: bytes | mmap.mmap, path: str | None = None) -> None:
         self.data = data
         self.path = path
         size = len(data)
@@ -227,12 +227,14 @@ class Msf:
             self.stream_blocks.append(blocks)
         self._cache: dict[int, bytes] = {}
 
-    def _fail(self, message: str):
+    def _fail(self, message: str) -> NoReturn:
         raise SymbolFileError(message, self.path)
 
-    def _assemble(self, blocks, size: int, what: str) -> bytes:
+    def _assemble(self, blocks: Iterable[int], size: int, what: str) -> bytes:
         bs, data = self.block_size, self.data
-        parts, run_start, run_len = [], None, 0
+        parts: list[bytes] = []
+        run_start: int | None = None
+        run_len = 0
         for b in blocks:
             if b >= self.num_blocks or b == 0:
                 self._fail(f"{what} uses block {b}, outside the file's {self.num_blocks} blocks")
@@ -274,9 +276,11 @@ class Msf:
 class PdbFile(CodeViewTypes, T.TypeLookup):
     """One PDB: `PdbFile(path)` or `PdbFile(data=bytes)`. Close it (or use `with`) to unmap."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, data: bytes | None = None):
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 data: bytes | mmap.mmap | None = None) -> None:
         self.path = os.fspath(path) if path is not None else None
-        self._file = self._mm = None
+        self._file: BinaryIO | None = None
+        self._mm: mmap.mmap | None = None
         self.warnings: list[str] = []
         label = os.path.basename(self.path) if self.path else None
         if data is None:
@@ -305,7 +309,7 @@ class PdbFile(CodeViewTypes, T.TypeLookup):
         except (struct.error, IndexError, ValueError) as exc:
             self.close()
             raise SymbolFileError(f"corrupt PDB ({exc})", label) from None
-        self._index = None
+        self._index: _AddressIndex | None = None
         self._tpi: _Records | None = None
         self._ipi: _Records | None = None
         self._types: dict[int, T.Type] = {}
@@ -326,13 +330,13 @@ class PdbFile(CodeViewTypes, T.TypeLookup):
             self._file.close()
             self._file = None
 
-    def __enter__(self):
+    def __enter__(self) -> PdbFile:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _fail(self, message: str):
+    def _fail(self, message: str) -> NoReturn:
         raise SymbolFileError(message, self._label)
 
     # ---- identity ----------------------------------------------------------------------
@@ -407,9 +411,9 @@ class PdbFile(CodeViewTypes, T.TypeLookup):
         self.dbi_age, self.machine = 0, MACHINE_AMD64
         self.sym_record_stream = self.publics_stream = self.globals_stream = NIL_STREAM
         self._omap_from: tuple[array.array, array.array] | None = None
-        self._orig_sections: list[SectionHeader] | None = None
+        self._orig_sections: list[SectionHeader] = []  # with _omap_from
         self._sc_bytes = self._sm_bytes = b""
-        self._contributions = None
+        self._contributions: list[SectionContribution] | None = None
         self.section_map: list[tuple[int, int, int, int]] = []
         self.debug_streams: list[int] = []
         if not s:
@@ -500,7 +504,8 @@ class PdbFile(CodeViewTypes, T.TypeLookup):
     @property
     def section_contributions(self) -> list[SectionContribution]:
         if self._contributions is None:
-            out, s = [], self._sc_bytes
+            out: list[SectionContribution] = []
+            s = self._sc_bytes
             if len(s) >= 4:
                 (ver,) = struct.unpack_from("<I", s, 0)
                 step = 32 if ver == SC_V2 else 28
@@ -556,7 +561,7 @@ class PdbFile(CodeViewTypes, T.TypeLookup):
             self._index = _AddressIndex(found)
         return self._index
 
-    def _walk(self, s: bytes, pos: int, end: int, module: int, out: list, what: str) -> None:
+    def _walk(self, s: bytes, pos: int, end: int, module: int, out: list[Symbol], what: str) -> None:
         header = struct.Struct("<HH").unpack_from
         pub = struct.Struct("<IIH").unpack_from
         proc = struct.Struct("<IIH").unpack_from  # CodeSize .. Segment at +12 of the proc body
@@ -695,7 +700,7 @@ class PdbFile(CodeViewTypes, T.TypeLookup):
 class _AddressIndex:
     """Sorted RVAs with the preferred symbol at each, name lookups, and function extents."""
 
-    def __init__(self, found: list[Symbol]):
+    def __init__(self, found: list[Symbol]) -> None:
         best: dict[tuple[int, str], Symbol] = {}
         for s in found:
             k = (s.rva, s.display)
@@ -727,5 +732,5 @@ class _AddressIndex:
                 self.by_lower.setdefault(s.name.lower(), kept)
 
 
-def open_pdb(path) -> PdbFile:
+def open_pdb(path: str | os.PathLike[str]) -> PdbFile:
     return PdbFile(path)

@@ -24,9 +24,12 @@ import uuid
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import cached_property
-
+from typing import TYPE_CHECKING, Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
+
+if TYPE_CHECKING:
+    import pefile  # no type information: its objects are Any
 
 PAGE = 0x1000
 MAX_IMAGE_SIZE = 0x1000_0000  # 256 MiB: no driver is larger; a bigger SizeOfImage is corrupt
@@ -142,10 +145,17 @@ class RuntimeFunction:
 
 
 # -- readers ------------------------------------------------------------------------------------
+class Reader(Protocol):
+    """Bytes by address (a dump's virtual memory) or by RVA (an image): MemoryNotPresent for
+    bytes it does not have."""
+
+    def read(self, address: int, size: int, /) -> bytes: ...
+
+
 class MemoryReader:
     """An image as the dump has it: RVA r is the virtual address base + r."""
 
-    def __init__(self, memory, base: int):
+    def __init__(self, memory: Reader, base: int) -> None:
         self.memory = memory
         self.base = base
 
@@ -156,7 +166,7 @@ class MemoryReader:
 class BytesReader:
     """An image laid out as mapped (a file after mapping): RVA r is offset r."""
 
-    def __init__(self, data: bytes, base: int = 0):
+    def __init__(self, data: bytes, base: int = 0) -> None:
         self.data = data
         self.base = base
 
@@ -174,7 +184,8 @@ def _cstring(data: bytes) -> str:
 class PeImage:
     """One PE image at a base address."""
 
-    def __init__(self, reader, base: int, *, path: str | None = None, file_size: int | None = None):
+    def __init__(self, reader: Reader, base: int, *, path: str | None = None,
+                 file_size: int | None = None) -> None:
         self.reader = reader
         self.base = base
         self.path = path  # the file it came from; None for an image read from the dump
@@ -196,26 +207,28 @@ class PeImage:
         except Exception as exc:  # pefile itself fails on some hostile headers (see _pefile_failed)
             raise _pefile_failed(f"Bad PE header at {base:#x}", exc) from None
         fh, oh = pe.FILE_HEADER, pe.OPTIONAL_HEADER
-        self.machine = fh.Machine
-        self.timestamp = fh.TimeDateStamp
-        self.characteristics = fh.Characteristics
-        self.is64 = oh.Magic == 0x20B
-        self.image_base = oh.ImageBase
-        self.size_of_image = oh.SizeOfImage
-        self.size_of_headers = oh.SizeOfHeaders
-        self.checksum = oh.CheckSum
-        self.entry_point = oh.AddressOfEntryPoint
-        self.subsystem = oh.Subsystem
-        self.dll_characteristics = oh.DllCharacteristics
-        self.linker_version = (oh.MajorLinkerVersion, oh.MinorLinkerVersion)
-        self.os_version = (oh.MajorOperatingSystemVersion, oh.MinorOperatingSystemVersion)
-        self.image_version = (oh.MajorImageVersion, oh.MinorImageVersion)
-        self.subsystem_version = (oh.MajorSubsystemVersion, oh.MinorSubsystemVersion)
-        self.section_alignment = oh.SectionAlignment
-        self.file_alignment = oh.FileAlignment
-        self.stack_reserve, self.stack_commit = oh.SizeOfStackReserve, oh.SizeOfStackCommit
-        self.heap_reserve, self.heap_commit = oh.SizeOfHeapReserve, oh.SizeOfHeapCommit
-        self.directories = [(d.VirtualAddress, d.Size) for d in oh.DATA_DIRECTORY]
+        self.machine: int = fh.Machine
+        self.timestamp: int = fh.TimeDateStamp
+        self.characteristics: int = fh.Characteristics
+        self.is64: bool = oh.Magic == 0x20B
+        self.image_base: int = oh.ImageBase
+        self.size_of_image: int = oh.SizeOfImage
+        self.size_of_headers: int = oh.SizeOfHeaders
+        self.checksum: int = oh.CheckSum
+        self.entry_point: int = oh.AddressOfEntryPoint
+        self.subsystem: int = oh.Subsystem
+        self.dll_characteristics: int = oh.DllCharacteristics
+        self.linker_version: tuple[int, int] = (oh.MajorLinkerVersion, oh.MinorLinkerVersion)
+        self.os_version: tuple[int, int] = (oh.MajorOperatingSystemVersion, oh.MinorOperatingSystemVersion)
+        self.image_version: tuple[int, int] = (oh.MajorImageVersion, oh.MinorImageVersion)
+        self.subsystem_version: tuple[int, int] = (oh.MajorSubsystemVersion, oh.MinorSubsystemVersion)
+        self.section_alignment: int = oh.SectionAlignment
+        self.file_alignment: int = oh.FileAlignment
+        self.stack_reserve: int = oh.SizeOfStackReserve
+        self.stack_commit: int = oh.SizeOfStackCommit
+        self.heap_reserve: int = oh.SizeOfHeapReserve
+        self.heap_commit: int = oh.SizeOfHeapCommit
+        self.directories: list[tuple[int, int]] = [(d.VirtualAddress, d.Size) for d in oh.DATA_DIRECTORY]
         self.sections = [
             Section(s.Name.rstrip(b"\0").decode("latin-1"), s.VirtualAddress, s.Misc_VirtualSize,
                     s.PointerToRawData, s.SizeOfRawData, s.Characteristics)
@@ -225,7 +238,7 @@ class PeImage:
             raise PeFormatError(f"Bad PE header at {base:#x}: SizeOfImage {self.size_of_image:#x}")
 
     @classmethod
-    def from_memory(cls, memory, base: int) -> "PeImage":
+    def from_memory(cls, memory: Reader, base: int) -> "PeImage":
         return cls(MemoryReader(memory, base), base)
 
     @classmethod
@@ -442,7 +455,7 @@ def parse_codeview(data: bytes) -> CodeView | None:
     return None
 
 
-def _relocate(mapped: bytearray, pe, delta: int) -> None:
+def _relocate(mapped: bytearray, pe: pefile.PE, delta: int) -> None:
     """Apply base relocations (DIR64 and HIGHLOW) for a load at ImageBase + delta."""
     dirs = pe.OPTIONAL_HEADER.DATA_DIRECTORY
     if len(dirs) <= IMAGE_DIRECTORY_ENTRY_BASERELOC:  # NumberOfRvaAndSizes < 6: no relocations
@@ -491,7 +504,7 @@ def parse_version_info(data: bytes) -> VersionInfo | None:
     if fixed[0] != 0xFEEF04BD:
         return None
 
-    def quad(ms, ls):
+    def quad(ms: int, ls: int) -> tuple[int, int, int, int]:
         return (ms >> 16, ms & 0xFFFF, ls >> 16, ls & 0xFFFF)
 
     info = VersionInfo(quad(fixed[2], fixed[3]), quad(fixed[4], fixed[5]), fixed[6], fixed[7], fixed[8],

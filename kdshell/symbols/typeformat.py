@@ -171,7 +171,8 @@ class _Memory:
 
 
 class _Renderer:
-    def __init__(self, pointer_size: int, options: DtOptions, read: Reader | None, symbolize):
+    def __init__(self, pointer_size: int, options: DtOptions, read: Reader | None,
+                 symbolize: Callable[[int], str | None] | None) -> None:
         self.ps = pointer_size
         self.opt = options
         self.mem = _Memory(read)

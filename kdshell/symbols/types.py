@@ -13,7 +13,7 @@ chain can never recurse without end.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Callable, Iterable, NamedTuple, Protocol, runtime_checkable
 
 from kdshell.errors import KdError
 
@@ -85,13 +85,13 @@ class Type:
 
     def __init__(self, kind: str, name: str = "", size: int = 0, target: "Type | None" = None,
                  *, count: int = 0, encoding: str = INT, signed: bool = False,
-                 fields: Iterable[Field] | None = None, bases=None,
-                 enumerators: Iterable[Enumerator] | None = None, args=None,
+                 fields: Iterable[Field] | None = None, bases: Iterable[tuple[int, "Type"]] | None = None,
+                 enumerators: Iterable[Enumerator] | None = None, args: Iterable["Type"] | None = None,
                  loader: Callable[["Type"], None] | None = None, bit_position: int = 0,
                  bit_length: int = 0, const: bool = False, volatile: bool = False,
-                 unaligned: bool = False, reference: bool = False, member_of=None,
+                 unaligned: bool = False, reference: bool = False, member_of: int | None = None,
                  forward: bool = False, unique_name: str = "", calling_convention: str = "",
-                 index: int = 0):
+                 index: int = 0) -> None:
         self.kind = kind
         self.name = name
         self.size = size
@@ -360,6 +360,9 @@ class TypeLookup:
     def find(self, name: str) -> Type | None:  # pragma: no cover - provided by the subclass
         raise NotImplementedError
 
+    def names(self, pattern: str = "*") -> list[str]:  # pragma: no cover - provided by the subclass
+        raise NotImplementedError
+
     def offset_of(self, type_name_: str, path: str) -> int:
         return offset_of(self, type_name_, path)
 
@@ -374,7 +377,7 @@ class TypeLookup:
         return None if t is None else t.size
 
 
-def wildcard(pattern: str) -> re.Pattern:
+def wildcard(pattern: str) -> re.Pattern[str]:
     """WinDbg's `*` and `?` wildcards (the rest literal), case-insensitive, whole name."""
     rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     return re.compile(rx, re.IGNORECASE | re.DOTALL)
@@ -421,7 +424,7 @@ class StaticTypes(TypeLookup):
     other names in the same table, `Ptr32/Ptr64 X` and `[N] X`.
     """
 
-    def __init__(self, definitions: dict[str, dict]):
+    def __init__(self, definitions: dict[str, dict[str, Any]]) -> None:
         self._defs = dict(definitions)
         self._types: dict[str, Type] = {}
         self._lower = {k.lower(): k for k in self._defs}
@@ -447,11 +450,12 @@ class StaticTypes(TypeLookup):
             self._types[key] = t
             return t
         kind = UNION if d.get("union") else CLASS if d.get("class") else STRUCT
-        t = Type(kind, key, d.get("size", 0), loader=lambda ty, d=d: self._load(ty, d))
+        # the ignore: mypy cannot infer a lambda that binds a default argument
+        t = Type(kind, key, d.get("size", 0), loader=lambda ty, d=d: self._load(ty, d))  # type: ignore[misc]
         self._types[key] = t
         return t
 
-    def _load(self, t: Type, d: dict) -> None:
+    def _load(self, t: Type, d: dict[str, Any]) -> None:
         fields = []
         for spec in d.get("fields", ()):
             name, offset, tname = spec[0], spec[1], spec[2]

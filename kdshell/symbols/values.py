@@ -5,11 +5,15 @@ their text. Used by dv and ??; dt has its own field lines (typeformat)."""
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING, Protocol
 
 from kdshell.errors import KdError
 from kdshell.symbols import typeformat
 from kdshell.symbols import types as T
 from kdshell.symbols.locals import Where
+
+if TYPE_CHECKING:
+    from kdshell.memory.virtual import VirtualMemory
 
 UNAVAILABLE = "<value unavailable>"
 MEMORY_ERROR = "<Memory access error>"
@@ -33,13 +37,27 @@ def c_type_name(t: T.Type | None) -> str:
     return text
 
 
+class Target(Protocol):
+    """What ValueText reads of the session (a floor above: not imported)."""
+
+    @property
+    def is64(self) -> bool: ...
+
+    @property
+    def memory(self) -> VirtualMemory | None: ...
+
+
 class ValueText:
     """One variable's value on one line, as WinDbg's `??` prints it (see the module note)."""
 
-    def __init__(self, session):
+    def __init__(self, session: Target) -> None:
         self.is64 = session.is64
         self.ps = 8 if self.is64 else 4
-        self.read = session.memory.read
+        memory = session.memory
+        if memory is None:
+            raise KdError("Memory is not available in this dump (no page tables or saved ranges "
+                          "kdshell can read)")
+        self.read = memory.read
         # dt's renderer reads the strings, counted strings and list links (its memory policy)
         self.dt = typeformat._Renderer(self.ps, typeformat.DtOptions(), self.read, None)
 
@@ -66,8 +84,8 @@ class ValueText:
         return c_type_name(s)
 
     def _bytes(self, where: Where, size: int) -> bytes | None:
-        if where.address is None:  # in a register
-            return (where.value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        if where.address is None:  # in a register: text() saw it available, so it has a value
+            return (where.value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")  # type: ignore[operator]
         try:
             data = self.read(where.address, size)
         except KdError:
