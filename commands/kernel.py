@@ -32,8 +32,11 @@ if TYPE_CHECKING:
     from kdshell.kernel.threads import Thread
     from kdshell.session import Session
 
-STATE_WORDS = {0: "INITIALIZED", 1: "READY", 2: "RUNNING", 3: "STANDBY", 4: "TERMINATED", 5: "WAIT",
-               6: "TRANSITION", 7: "DEFERREDREADY", 8: "GATEWAIT", 9: "WAITINGFORPROCESSINSWAP"}
+STATE_WORDS: dict[int | None, str] = {
+    0: "INITIALIZED", 1: "READY", 2: "RUNNING", 3: "STANDBY", 4: "TERMINATED", 5: "WAIT",
+    6: "TRANSITION", 7: "DEFERREDREADY", 8: "GATEWAIT", 9: "WAITINGFORPROCESSINSWAP"}
+WAIT_MODES: dict[int | None, str] = {0: "KernelMode", 1: "UserMode"}
+ALERTABLE: dict[int | None, str] = {0: "Non-Alertable", 1: "Alertable"}
 DEFAULT_TIME_INCREMENT = 156250  # 15.625 ms in 100 ns units, when the kernel's is not readable
 
 
@@ -262,8 +265,8 @@ def _state_text(session: Session, t: Thread) -> str:
     if t.state in (1, 3, 7) and t.next_processor is not None:
         return f"{word} on processor {t.next_processor:x}"
     if t.state == 5:
-        mode = {0: "KernelMode", 1: "UserMode"}.get(t.wait_mode, "")
-        alert = {0: "Non-Alertable", 1: "Alertable"}.get(t.alertable, "")
+        mode = WAIT_MODES.get(t.wait_mode, "")
+        alert = ALERTABLE.get(t.alertable, "")
         return " ".join(x for x in (f"WAIT: ({wait_reason_name(t.wait_reason)})", mode, alert) if x)
     return word
 
@@ -334,8 +337,8 @@ def thread_lines(session: Session, t: Thread, stack: bool = True, args: bool = T
     start = t.win32_start_address if t.win32_start_address else t.start_address
     if start is not None:
         sym = session.symbols.name_at(start)
-        where = f"{sym} (0x{_p(session, start)})" if sym else f"0x{_p(session, start)}"
-        lines.append(f"Win32 Start Address {where}")
+        start_text = f"{sym} (0x{_p(session, start)})" if sym else f"0x{_p(session, start)}"
+        lines.append(f"Win32 Start Address {start_text}")
     if t.initial_stack is not None or t.kernel_stack is not None:
         lines.append(f"Stack Init {_p(session, t.initial_stack)} Current {_p(session, t.kernel_stack)}")
     if t.stack_base is not None or t.stack_limit is not None:
@@ -565,7 +568,8 @@ def object_(session: Session, inv: Invocation) -> None:
         raise KdError(f"Unable to read the object header at {_p(session, OB.header_address(address, layout, k.is64))}: "
                       "it is not in the dump") from None
     # objects whose type the kernel itself says: the current thread and its process
-    examples = {"Process": k.current_process(), "Thread": k.current_thread()}
+    examples = {name: body for name, body in (("Process", k.current_process()), ("Thread", k.current_thread()))
+                if body}
     kind = OB.object_type(k.memory, header, layout, k.is64, k.build, k.symbol("ObHeaderCookie"),
                           k.symbol("ObTypeIndexTable"), examples)
     if kind.name is not None:
