@@ -12,7 +12,9 @@ current thread and that thread's process: the commands show those and say so for
 """
 from __future__ import annotations
 
-from kdshell.dispatch import command
+from typing import TYPE_CHECKING
+
+from kdshell.dispatch import Invocation, command
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
@@ -25,24 +27,32 @@ from kdshell.kernel.threads import wait_objects, wait_reason_name
 from kdshell.dispatch import needs_memory
 from kdshell.stack.text import KOptions, frame_lines
 
-STATE_WORDS = {0: "INITIALIZED", 1: "READY", 2: "RUNNING", 3: "STANDBY", 4: "TERMINATED", 5: "WAIT",
-               6: "TRANSITION", 7: "DEFERREDREADY", 8: "GATEWAIT", 9: "WAITINGFORPROCESSINSWAP"}
+if TYPE_CHECKING:
+    from kdshell.kernel.processes import Process
+    from kdshell.kernel.threads import Thread
+    from kdshell.session import Session
+
+STATE_WORDS: dict[int | None, str] = {
+    0: "INITIALIZED", 1: "READY", 2: "RUNNING", 3: "STANDBY", 4: "TERMINATED", 5: "WAIT",
+    6: "TRANSITION", 7: "DEFERREDREADY", 8: "GATEWAIT", 9: "WAITINGFORPROCESSINSWAP"}
+WAIT_MODES: dict[int | None, str] = {0: "KernelMode", 1: "UserMode"}
+ALERTABLE: dict[int | None, str] = {0: "Non-Alertable", 1: "Alertable"}
 DEFAULT_TIME_INCREMENT = 156250  # 15.625 ms in 100 ns units, when the kernel's is not readable
 
 
 # -- small helpers ---------------------------------------------------------------------------------
-def _p(session, value: int | None) -> str:
+def _p(session: Session, value: int | None) -> str:
     """An address as !process/!thread print it: all digits, no backtick."""
     value = value or 0
     return f"{value & 0xFFFF_FFFF_FFFF_FFFF:016x}" if session.is64 else f"{value & 0xFFFFFFFF:08x}"
 
 
-def _bt(session, value: int | None) -> str:
+def _bt(session: Session, value: int | None) -> str:
     """An address with WinDbg's backtick (`fffff800`00001040`), as the dot commands print it."""
     return ptr(value or 0, session.is64)
 
 
-def _args(inv) -> tuple[list[str], list[str]]:
+def _args(inv: Invocation) -> tuple[list[str], list[str]]:
     options = [a for a in inv.args if a.startswith(("/", "-")) and not _is_number(a)]
     words = [a for a in inv.args if a not in options]
     return options, words
@@ -52,7 +62,7 @@ def _is_number(text: str) -> bool:
     return text.startswith("-") and text[1:].isdigit()
 
 
-def _value(session, text: str) -> int:
+def _value(session: Session, text: str) -> int:
     if text == "-1":
         return -1
     return Evaluator(session).evaluate(text)
@@ -66,7 +76,7 @@ def _duration(hundred_ns: int) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
 
 
-def _time_increment(session) -> int:
+def _time_increment(session: Session) -> int:
     k = session.kernel
     at = k.kdbg_value("KeTimeIncrement") or k.symbol("KeMaximumIncrement")
     if at:
@@ -79,7 +89,7 @@ def _time_increment(session) -> int:
     return DEFAULT_TIME_INCREMENT
 
 
-def _tick_count(session) -> int | None:
+def _tick_count(session: Session) -> int | None:
     k = session.kernel
     try:
         return Reader(k.memory, k.is64).uint(kuser.ADDRESS[k.is64] + kuser.TICK_COUNT, 4)
@@ -88,7 +98,7 @@ def _tick_count(session) -> int | None:
 
 
 # -- processes -----------------------------------------------------------------------------------
-def process_lines(session, p, flags: int) -> list[str]:
+def process_lines(session: Session, p: Process, flags: int) -> list[str]:
     """A PROCESS block (without its threads)."""
     k = session.kernel
     if p.session == 0 or (p.session is None and p.pid in (0, 4)):
@@ -119,7 +129,7 @@ def process_lines(session, p, flags: int) -> list[str]:
     return lines
 
 
-def _process_threads(session, p, flags: int, indent: str = "        ") -> list[str]:
+def _process_threads(session: Session, p: Process, flags: int, indent: str = "        ") -> list[str]:
     k = session.kernel
     walk = k.threads(p)
     out = []
@@ -137,7 +147,7 @@ def _process_threads(session, p, flags: int, indent: str = "        ") -> list[s
     return out
 
 
-def show_process(session, p, flags: int) -> None:
+def show_process(session: Session, p: Process, flags: int) -> None:
     out = session.out
     out.lines(process_lines(session, p, flags))
     out.line("")
@@ -163,7 +173,7 @@ def show_process(session, p, flags: int) -> None:
          example="!process 0 0",
          details="Flags default to 3 for 0, -1 or no process, else to 0xF. A small memory dump holds "
                  "only the current process and thread.")
-def process_(session, inv):
+def process_(session: Session, inv: Invocation) -> None:
     options, words = _args(inv)
     if options:
         raise CommandError(f"!process: {options[0]} is not supported by kdshell "
@@ -222,7 +232,7 @@ def process_(session, inv):
          summary="Set the implicit process: its address space translates addresses (/p, /r: accepted; "
                  "kdshell loads no user-mode symbols yet); alone: show it",
          example=".process /p /r ffffc20a`00053040")
-def dot_process(session, inv):
+def dot_process(session: Session, inv: Invocation) -> None:
     options, words = _args(inv)
     k = session.kernel
     for o in options:
@@ -244,7 +254,7 @@ def dot_process(session, inv):
 
 
 # -- threads -------------------------------------------------------------------------------------
-def _state_text(session, t) -> str:
+def _state_text(session: Session, t: Thread) -> str:
     k = session.kernel
     word = STATE_WORDS.get(t.state, f"STATE {t.state}" if t.state is not None else "")
     if t.state == 2:
@@ -255,13 +265,13 @@ def _state_text(session, t) -> str:
     if t.state in (1, 3, 7) and t.next_processor is not None:
         return f"{word} on processor {t.next_processor:x}"
     if t.state == 5:
-        mode = {0: "KernelMode", 1: "UserMode"}.get(t.wait_mode, "")
-        alert = {0: "Non-Alertable", 1: "Alertable"}.get(t.alertable, "")
+        mode = WAIT_MODES.get(t.wait_mode, "")
+        alert = ALERTABLE.get(t.alertable, "")
         return " ".join(x for x in (f"WAIT: ({wait_reason_name(t.wait_reason)})", mode, alert) if x)
     return word
 
 
-def thread_header(session, t) -> str:
+def thread_header(session: Session, t: Thread) -> str:
     pid = f"{t.pid:04x}" if t.pid is not None else "????"
     tid = f"{t.tid:04x}" if t.tid is not None else "????"
     teb = _p(session, t.teb) if t.teb is not None else "?" * (16 if session.is64 else 8)
@@ -269,13 +279,13 @@ def thread_header(session, t) -> str:
     return f"THREAD {_p(session, t.address)}  Cid {pid}.{tid}  Teb: {teb} Win32Thread: {w32} {_state_text(session, t)}"
 
 
-def _wait_lines(session, t) -> list[str]:
+def _wait_lines(session: Session, t: Thread) -> list[str]:
     k = session.kernel
     size = k.offsets.size("_KWAIT_BLOCK") if hasattr(k.offsets, "size") else None
     return [f"{_p(session, obj)}  {name}" for obj, name in wait_objects(k.memory, t, k.thread_layout, k.is64, size)]
 
 
-def thread_lines(session, t, stack: bool = True, args: bool = True) -> list[str]:
+def thread_lines(session: Session, t: Thread, stack: bool = True, args: bool = True) -> list[str]:
     """A thread as !thread shows it (header, wait objects, details, stack)."""
     k = session.kernel
     lines = [thread_header(session, t)]
@@ -327,8 +337,8 @@ def thread_lines(session, t, stack: bool = True, args: bool = True) -> list[str]
     start = t.win32_start_address if t.win32_start_address else t.start_address
     if start is not None:
         sym = session.symbols.name_at(start)
-        where = f"{sym} (0x{_p(session, start)})" if sym else f"0x{_p(session, start)}"
-        lines.append(f"Win32 Start Address {where}")
+        start_text = f"{sym} (0x{_p(session, start)})" if sym else f"0x{_p(session, start)}"
+        lines.append(f"Win32 Start Address {start_text}")
     if t.initial_stack is not None or t.kernel_stack is not None:
         lines.append(f"Stack Init {_p(session, t.initial_stack)} Current {_p(session, t.kernel_stack)}")
     if t.stack_base is not None or t.stack_limit is not None:
@@ -345,7 +355,7 @@ def thread_lines(session, t, stack: bool = True, args: bool = True) -> list[str]
     return lines
 
 
-def stack_lines(session, thread: int, args: bool = True) -> list[str]:
+def stack_lines(session: Session, thread: int, args: bool = True) -> list[str]:
     """The thread's kernel stack: from its processor's context when it is running, else its
     switch frame (kdshell.stack.context), k columns (kb's with `args`)."""
     state = session.context
@@ -367,7 +377,7 @@ def stack_lines(session, thread: int, args: bool = True) -> list[str]:
                  "state, owning process, wait, stack limits, then its stack",
          example="!thread ffffc20a`00002040",
          details="-p also shows the owning process. Flags: 2 wait objects, 4 the stack (default 6).")
-def thread_(session, inv):
+def thread_(session: Session, inv: Invocation) -> None:
     options, words = _args(inv)
     for o in options:
         if o not in ("-p", "-t"):
@@ -400,7 +410,7 @@ def thread_(session, inv):
 
 
 # -- processors ----------------------------------------------------------------------------------
-def _processor_arg(session, inv, name: str) -> int:
+def _processor_arg(session: Session, inv: Invocation, name: str) -> int:
     _, words = _args(inv)
     if len(words) > 1:
         raise CommandError(f"^ Extra character error in '{name} {inv.text}'")
@@ -412,7 +422,7 @@ def _processor_arg(session, inv, name: str) -> int:
          example="!irql 1",
          details="From KPRCB.DebuggerSavedIRQL with the kernel's types, else (x64) CR8 as saved in "
                  "KPRCB.ProcessorState; else KPCR.Irql, the current IRQL.")
-def irql_(session, inv):
+def irql_(session: Session, inv: Invocation) -> None:
     number = _processor_arg(session, inv, "!irql")
     p = session.kernel.processor(number)
     if p.irql is None:
@@ -427,7 +437,7 @@ def irql_(session, inv):
 
 @command("!prcb", family="kernel", needs=(needs_memory,), syntax="!prcb [Processor]",
          summary="Show a processor's control block (KPRCB): current, next and idle threads", example="!prcb 1")
-def prcb_(session, inv):
+def prcb_(session: Session, inv: Invocation) -> None:
     number = _processor_arg(session, inv, "!prcb")
     k = session.kernel
     p = k.processor(number)
@@ -456,7 +466,7 @@ def prcb_(session, inv):
          summary="Show a processor's control region (KPCR)", example="!pcr 0",
          details="On x64 the NtTib lines are WinDbg's reading of the KPCR's first fields (GdtBase, "
                  "TssBase, UserRsp, Self, CurrentPrcb, LockArray, Used_Self), as WinDbg prints them.")
-def pcr_(session, inv):
+def pcr_(session: Session, inv: Invocation) -> None:
     number = _processor_arg(session, inv, "!pcr")
     k = session.kernel
     p = k.processor(number)
@@ -469,7 +479,7 @@ def pcr_(session, inv):
         raise KdError(f"Unable to get the KPCR of processor {number} at {_p(session, p.pcr)} from the dump "
                       f"({exc.why})") from None
 
-    def v(value):
+    def v(value: int | None) -> str:
         return _p(session, value or 0)
 
     row = "{:>25}: {}".format
@@ -497,7 +507,7 @@ def pcr_(session, inv):
 @command("!running", family="kernel", needs=(needs_memory,), syntax="!running [-i] [-t]",
          summary="Show the threads running on the processors (-i: idle processors too, -t: their stacks)",
          example="!running -it")
-def running_(session, inv):
+def running_(session: Session, inv: Invocation) -> None:
     options = {o.lower() for o in inv.args}
     show_idle = any("i" in o for o in options)
     stacks = any("t" in o for o in options)
@@ -529,7 +539,7 @@ def running_(session, inv):
             session.out.line("")
 
 
-def _priority_text(session, thread: int | None) -> str:
+def _priority_text(session: Session, thread: int | None) -> str:
     if not thread:
         return "    "
     try:
@@ -543,7 +553,7 @@ def _priority_text(session, thread: int | None) -> str:
 @command("!object", family="kernel", needs=(needs_memory,), syntax="!object Address",
          summary="Show the object header of the object at Address (type, handle and pointer counts)",
          example="!object ffffc20a`00053040")
-def object_(session, inv):
+def object_(session: Session, inv: Invocation) -> None:
     _, words = _args(inv)
     if not words:
         raise CommandError("!object: give an object's address (kdshell does not list object directories)")
@@ -558,7 +568,8 @@ def object_(session, inv):
         raise KdError(f"Unable to read the object header at {_p(session, OB.header_address(address, layout, k.is64))}: "
                       "it is not in the dump") from None
     # objects whose type the kernel itself says: the current thread and its process
-    examples = {"Process": k.current_process(), "Thread": k.current_thread()}
+    examples = {name: body for name, body in (("Process", k.current_process()), ("Thread", k.current_thread()))
+                if body}
     kind = OB.object_type(k.memory, header, layout, k.is64, k.build, k.symbol("ObHeaderCookie"),
                           k.symbol("ObTypeIndexTable"), examples)
     if kind.name is not None:

@@ -12,28 +12,49 @@ from __future__ import annotations
 import math
 import struct
 import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from kdshell.disasm import Disassembler, symbol_text
-from kdshell.dispatch import command, needs_memory, needs_physical
+from kdshell.dispatch import CommandFunc, Invocation, command, needs_memory, needs_physical
 from kdshell.progress import Progress
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator, ExprError, Registers, is_settable_pseudo, pseudo_register, signed
 from kdshell.format import ptr, session_time
 from kdshell.memory import pte as P
 from kdshell.memory import search as S
-from kdshell.memory.paging import SelfMap
-from kdshell.memory.virtual import TranslatedMemory
+from kdshell.memory.paging import Level, Paging, PagingMode, SelfMap
+from kdshell.memory.virtual import TranslatedMemory, VirtualMemory
 from kdshell.stack.text import context_lines
 
-def _chars(data: bytes, valid) -> str:
+if TYPE_CHECKING:
+    from kdshell.session import Session
+
+
+class Readable(Protocol):
+    """What d* reads: virtual memory, or (/p and the !d* forms) physical memory."""
+
+    def read_partial(self, address: int, size: int) -> tuple[bytes, bytearray, list[MemoryNotPresent]]: ...
+
+
+AddressText = Callable[[int], str]
+# a d* format: (unit size, default count in units, units per line, kind)
+Format = tuple[int, int, int, str]
+
+
+def _continued(session: Session, key: str) -> dict[str, Any]:
+    """Where the last d* ("d"), physical d* ("p") or u ("u") stopped: {"next": address, ...}, or {}."""
+    state = session.continuation.get(key, {})
+    return state if isinstance(state, dict) else {}
+
+
+def _chars(data: bytes, valid: bytearray) -> str:
     return "".join(
         ("?" if not valid[i] else chr(b) if 0x20 <= b < 0x7F else ".") for i, b in enumerate(data)
     )
 
 
 # -- d* -----------------------------------------------------------------------------------------
-# name: (unit size, default count in units, units per line, kind)
-FORMATS = {
+FORMATS: dict[str, Format] = {
     "db": (1, 0x80, 16, "bytes"), "dw": (2, 0x40, 8, "num"), "dd": (4, 0x20, 4, "num"),
     "dq": (8, 0x10, 2, "num"), "dc": (4, 0x20, 4, "chars"), "dyb": (1, 0x20, 4, "binary"),
     "da": (1, 0x100, 48, "ascii"), "du": (2, 0x100, 48, "unicode"),
@@ -41,7 +62,7 @@ FORMATS = {
 }
 
 
-def _format_for(name: str, is64: bool) -> tuple[str, tuple]:
+def _format_for(name: str, is64: bool) -> tuple[str, Format]:
     if name == "dp":
         name = "dq" if is64 else "dd"
     elif name == "dps":
@@ -49,9 +70,9 @@ def _format_for(name: str, is64: bool) -> tuple[str, tuple]:
     return name, FORMATS[name]
 
 
-def _options(inv_text: str) -> tuple[dict, str]:
+def _options(inv_text: str) -> tuple[dict[str, int], str]:
     """Leading `/c N` and `/p` options of a d* command; the rest is the range."""
-    opts: dict = {}
+    opts: dict[str, int] = {}  # "columns": N, "physical": True
     text = inv_text.strip()
     while text.startswith("/"):
         word, _, rest = text.partition(" ")
@@ -73,10 +94,10 @@ def _options(inv_text: str) -> tuple[dict, str]:
     return opts, text
 
 
-def display(session, name: str, text: str, *, physical: bool = False) -> None:
+def display(session: Session, name: str, text: str, *, physical: bool = False) -> None:
     """One d* command (also the physical !d* forms, which prefix `#`)."""
     opts, text = _options(text)
-    physical = physical or opts.get("physical", False)
+    physical = physical or bool(opts.get("physical"))
     is64 = session.is64
     _, (unit, default_count, per_line, kind) = _format_for(name, is64)
     if "columns" in opts and kind not in ("ascii", "unicode"):
@@ -85,14 +106,15 @@ def display(session, name: str, text: str, *, physical: bool = False) -> None:
     rng, pos = ev.parse_range(text, unit)
     if pos < len(text.rstrip()):
         raise CommandError(f"^ Extra character error in '{name} {text}'")
-    state = session.continuation.get("p" if physical else "d", {})
+    state = _continued(session, "p" if physical else "d")
     start = rng.start if rng is not None and rng.start is not None else state.get("next")
     if start is None:
         start = 0 if physical else Registers(session.registers, is64).ip
     count = rng.count if rng is not None and rng.count is not None else default_count
-    memory = session.physical_memory if physical else session.memory
+    memory: Readable | None = session.physical_memory if physical else session.memory
     if memory is None:
         needs_physical(session) if physical else needs_memory(session)
+    assert memory is not None  # the guard raised
     mask = 0xFFFF_FFFF_FFFF_FFFF if is64 or physical else 0xFFFFFFFF
     start &= mask
     addr_text = (lambda a: f"#{a:8x}") if physical else (lambda a: ptr(a, is64))
@@ -125,7 +147,7 @@ def display(session, name: str, text: str, *, physical: bool = False) -> None:
     session.repeat = again + (f" L{count:x}" if rng is not None and rng.count is not None else "")
 
 
-def _cell(data: bytes, valid, i: int, unit: int) -> str:
+def _cell(data: bytes, valid: bytearray, i: int, unit: int) -> str:
     if not all(valid[i : i + unit]) or i + unit > len(data):
         if unit == 8:
             return "????????`????????"
@@ -136,19 +158,20 @@ def _cell(data: bytes, valid, i: int, unit: int) -> str:
     return f"{value:0{unit * 2}x}"
 
 
-def _rows(session, kind, unit, per_line, start, data, valid, addr_text, is64, physical) -> list[str]:
-    lines = []
+def _rows(session: Session, kind: str, unit: int, per_line: int, start: int, data: bytes, valid: bytearray,
+          addr_text: AddressText, is64: bool, physical: bool) -> list[str]:
+    lines: list[str] = []
     step = unit * per_line
     sep = " " if physical else "  "
     for off in range(0, len(data), step):
         chunk = range(off, min(off + step, len(data)), unit)
         head = addr_text(start + off) + sep
         if kind == "bytes":
-            cells = []
+            byte_cells = []
             for j, i in enumerate(chunk):
-                cells.append(("-" if j == 8 and per_line == 16 else " " if j else "") +
-                             ("??" if not valid[i] else f"{data[i]:02x}"))
-            hexpart = "".join(cells).ljust(per_line * 3 - 1)
+                byte_cells.append(("-" if j == 8 and per_line == 16 else " " if j else "") +
+                                  ("??" if not valid[i] else f"{data[i]:02x}"))
+            hexpart = "".join(byte_cells).ljust(per_line * 3 - 1)
             lines.append(head + hexpart + sep + _chars(data[off : off + step], valid[off : off + step]))
         elif kind == "binary":
             cells = " ".join("????????" if not valid[i] else f"{data[i]:08b}" for i in chunk)
@@ -177,7 +200,8 @@ def _rows(session, kind, unit, per_line, start, data, valid, addr_text, is64, ph
     return lines
 
 
-def _strings(session, memory, start, count, unit, addr_text) -> tuple[list[str], int]:
+def _strings(session: Session, memory: Readable, start: int, count: int, unit: int,
+             addr_text: AddressText) -> tuple[list[str], int]:
     """da/du: up to the first NUL or `count` characters, 48 to a line, in quotes."""
     chars: list[str] = []
     end = start
@@ -205,11 +229,11 @@ def _strings(session, memory, start, count, unit, addr_text) -> tuple[list[str],
     return lines, end
 
 
-def _register_display(name: str, summary: str):
+def _register_display(name: str, summary: str) -> CommandFunc:
     @command(name, family="memory", syntax=f"{name} [/c Columns] [Address [L Count | L?Count | EndAddress]]",
              summary=summary, needs=(needs_memory,),
              example=f"{name} @rsp L8" if name != "da" else "da @rcx")
-    def cmd(session, inv):
+    def cmd(session: Session, inv: Invocation) -> None:
         display(session, inv.name.lower(), inv.text)
 
     return cmd
@@ -234,15 +258,15 @@ for _name, _summary in (
 
 @command("d", family="memory", syntax="d [Address [L Count]]", needs=(needs_memory,),
          summary="Display memory in the format of the last d* command (db at first)")
-def d_(session, inv):
-    last = session.continuation.get("d", {}).get("name", "db")
+def d_(session: Session, inv: Invocation) -> None:
+    last = _continued(session, "d").get("name", "db")
     display(session, last, inv.text)
 
 
-def _register_physical(name: str, summary: str):
+def _register_physical(name: str, summary: str) -> CommandFunc:
     @command("!" + name, family="memory", syntax=f"!{name} [PhysicalAddress] [L Size]", summary=summary,
              needs=(needs_physical,), example=f"!{name} 1ad000")
-    def cmd(session, inv):
+    def cmd(session: Session, inv: Invocation) -> None:
         text = inv.text.strip()
         if text.startswith("["):  # caching attribute ([c], [uc], [wc]): meaningless in a dump
             text = text.partition("]")[2].strip()
@@ -253,12 +277,13 @@ def _register_physical(name: str, summary: str):
     return cmd
 
 
-def _physical_display(session, name: str, text: str) -> None:
+def _physical_display(session: Session, name: str, text: str) -> None:
     ev = Evaluator(session)
     unit = {"db": 1, "dc": 4, "dd": 4, "dq": 8, "dw": 2}[name]
     rng, _ = ev.parse_range(text, unit)
-    start = rng.start if rng is not None and rng.start is not None else session.continuation.get("p", {}).get("next", 0)
-    memory = session.physical_memory
+    start = rng.start if rng is not None and rng.start is not None else _continued(session, "p").get("next", 0)
+    memory: Readable | None = session.physical_memory
+    assert memory is not None  # !d* needs physical memory (its guard)
     data, valid, errors = memory.read_partial(start, unit)
     if not valid[0]:
         session.report_missing(errors)
@@ -280,7 +305,7 @@ _SEARCH_UNITS = {"b": 1, "w": 2, "d": 4, "q": 8, "a": 1, "u": 2}
          example='s -a @rsp L1000 "KDBG"',
          details="The range needs L? above 256 MB. Unreadable pages are skipped. -1 prints only\n"
                  "addresses; -sa/-su list every printable string of 3 or more characters.")
-def search(session, inv):
+def search(session: Session, inv: Invocation) -> None:
     text = inv.text.strip()
     kind, only_address = "b", False
     if text.startswith("-"):
@@ -301,6 +326,7 @@ def search(session, inv):
         raise CommandError("Usage: s [-b|w|d|q|a|u] Address L Length Pattern")
     pattern_text = text[pos:].strip()
     memory = session.memory
+    assert memory is not None  # s needs memory (its guard)
     if kind in ("sa", "su"):
         _strings_search(session, memory, rng.start, rng.count, unit)
         return
@@ -314,7 +340,8 @@ def search(session, inv):
         progress.done()
 
 
-def _report_hits(session, memory, kind, unit, only_address, hits) -> None:
+def _report_hits(session: Session, memory: VirtualMemory, kind: str, unit: int, only_address: bool,
+                 hits: Iterable[int]) -> None:
     is64 = session.is64
     for address in hits:
         if only_address:
@@ -343,21 +370,21 @@ def _pattern(ev: Evaluator, kind: str, unit: int, text: str) -> bytes:
     return bytes(out)
 
 
-def _strings_search(session, memory, start: int, length: int, unit: int) -> None:
+def _strings_search(session: Session, memory: VirtualMemory, start: int, length: int, unit: int) -> None:
     is64 = session.is64
     for at, text in S.strings(memory, start, length, unit):
         session.out.line(f'{ptr(at, is64)}  "{text}"')
 
 
 # -- !vtop and !pte ------------------------------------------------------------------------------
-def _page_tables(session) -> TranslatedMemory | None:
+def _page_tables(session: Session) -> TranslatedMemory | None:
     """The current address space when the dump's own memory is translated through page tables
     (session.memory may put image files in front of it; they have none)."""
     m = session.raw_memory
     return m if isinstance(m, TranslatedMemory) else None
 
 
-def _translated(session) -> TranslatedMemory:
+def _translated(session: Session) -> TranslatedMemory:
     m = _page_tables(session)
     if m is None:
         raise KdError("This dump has no page tables: a small memory dump keeps only saved virtual ranges")
@@ -367,7 +394,7 @@ def _translated(session) -> TranslatedMemory:
 @command("!vtop", family="memory", syntax="!vtop DirBase|PFN|0 VirtualAddress", needs=(needs_memory,),
          summary="Translate a virtual address step by step through the page tables",
          example="!vtop 0 @rsp", details="0 uses the current address space's DirBase.")
-def vtop(session, inv):
+def vtop(session: Session, inv: Invocation) -> None:
     ev = Evaluator(session)
     if len(inv.args) != 2:
         raise CommandError("Usage: !vtop DirBase VirtualAddress (DirBase 0 = current)")
@@ -375,7 +402,7 @@ def vtop(session, inv):
     va = ev.evaluate(inv.args[1])
     current = _translated(session)
     mode = current.paging.mode
-    highest = getattr(session.spaces.pages.physical, "highest_pfn", 0)
+    highest = getattr(current.physical, "highest_pfn", 0)
     if base == 0:
         dtb = current.dtb
     elif base & 0xFFF == 0 or base >= max(highest, 1):
@@ -407,6 +434,7 @@ def vtop(session, inv):
         if step.entry == 0:
             out.line(f"{tag} zero {step.level.vtop_name}")
         else:
+            assert step.state is not None  # decoded with every entry read
             out.line(f"{tag} {step.level.vtop_name} {step.entry:0{digits}x} {P.describe(step.state)}")
     out.line(f"Virtual address {va_text} translation fails, error 0xD0000147.")
 
@@ -417,7 +445,7 @@ def vtop(session, inv):
          details="The entry addresses are those of the PTE self-map (KDBG.PteBase, or found in the\n"
                  "top table); their values come from walking the tables (or the saved copies in a\n"
                  "small memory dump).")
-def pte_(session, inv):
+def pte_(session: Session, inv: Invocation) -> None:
     ev = Evaluator(session)
     if not inv.args:
         raise CommandError("Usage: !pte VirtualAddress")
@@ -425,7 +453,7 @@ def pte_(session, inv):
     session.out.lines(pte_lines(session, address))
 
 
-def _pte_setup(session):
+def _pte_setup(session: Session) -> tuple[PagingMode, SelfMap, Paging | None]:
     """(mode, self-map, walker or None) for !pte on this dump."""
     from kdshell.memory.paging import X64_4, X86, PAE
 
@@ -434,15 +462,17 @@ def _pte_setup(session):
     pte_base = kdbg.get("PteBase") if kdbg is not None else None
     if m is not None:
         mode = m.paging.mode
-        smap = SelfMap.find(mode, session.spaces.pages, m.dtb, pte_base if mode.is64 else None)
+        smap = SelfMap.find(mode, m.pages, m.dtb, pte_base if mode.is64 else None)
         return mode, smap, m.paging
     mode = X64_4 if session.is64 else (PAE if session.dump.header.pae_enabled else X86)
-    if mode.is64 and not pte_base:
+    if not mode.is64:
+        return mode, SelfMap(mode, 0xC0000000), None
+    if not pte_base:
         raise KdError("Levels not implemented for this platform (MmPteBase is unknown in this dump)")
-    return mode, SelfMap(mode, pte_base if mode.is64 else 0xC0000000), None
+    return mode, SelfMap(mode, pte_base), None
 
 
-def pte_lines(session, address: int) -> list[str]:
+def pte_lines(session: Session, address: int) -> list[str]:
     mode, smap, paging = _pte_setup(session)
     va_digits = 16 if mode.is64 else 8
     # An address inside the PTE self-map is taken as a PTE's address: show the page it maps.
@@ -456,9 +486,11 @@ def pte_lines(session, address: int) -> list[str]:
         by_level = {s.level.name: s.entry for s in w.steps}
         entries = [by_level.get(lv.name) for lv in levels]
     else:
+        memory = session.memory
+        assert memory is not None  # !pte needs memory (its guard)
         for a in addrs:
             try:
-                entries.append(session.memory.read_int(a, mode.entry_size))
+                entries.append(memory.read_int(a, mode.entry_size))
             except MemoryNotPresent:
                 entries.append(None)
 
@@ -468,7 +500,7 @@ def pte_lines(session, address: int) -> list[str]:
     return P.report_lines(va, levels, addrs, entries, fmt, va_digits, mode.entry_size, inner)
 
 
-def _large_inner(paging, entry, va, nxt, mode) -> str:
+def _large_inner(paging: Paging | None, entry: int, va: int, nxt: Level, mode: PagingMode) -> str:
     """What the self-map shows below a large entry: the large page's own bytes read as entries."""
     if paging is None:
         return "?" * (mode.entry_size * 2)
@@ -484,7 +516,7 @@ def _large_inner(paging, entry, va, nxt, mode) -> str:
 @command("r", family="memory", syntax="r [Register[=Value][, Register ...]]",
          summary="Show the registers of the current context, or show/set one (in this session only)",
          example="r rax=0x1234", details="Changes never touch the dump. $t0-$t19 are yours to set.")
-def r_(session, inv):
+def r_(session: Session, inv: Invocation) -> None:
     text = inv.text.strip()
     out = session.out
     if not text:
@@ -514,7 +546,9 @@ def r_(session, inv):
 
 
 def _split_top(text: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "([":
             depth += 1
@@ -529,7 +563,7 @@ def _split_top(text: str) -> list[str]:
     return [p for p in (p.strip() for p in parts) if p]
 
 
-def _show_register(session, regs: Registers, bare: str, typed: str) -> str:
+def _show_register(session: Session, regs: Registers, bare: str, typed: str) -> str:
     if bare.startswith("$"):
         value = pseudo_register(session, regs, bare)
         if value is None:
@@ -549,32 +583,34 @@ def _show_register(session, regs: Registers, bare: str, typed: str) -> str:
          summary="Disassemble (8 instructions from the address, or from where the last u stopped)",
          example="u @rip L4", details="Bytes the dump lacks show as '??  ???' and disassembly goes on\n"
                                       "past them (so uu, 'u unsafe', is the same command here).")
-def u_(session, inv):
+def u_(session: Session, inv: Invocation) -> None:
     _unassemble(session, inv.text, backward=False)
 
 
 @command("ub", family="memory", syntax="ub [Address [L Count]]", needs=(needs_memory,),
          summary="Disassemble the instructions before an address", example="ub @rip")
-def ub_(session, inv):
+def ub_(session: Session, inv: Invocation) -> None:
     _unassemble(session, inv.text, backward=True)
 
 
-def _unassemble(session, text: str, backward: bool) -> None:
+def _unassemble(session: Session, text: str, backward: bool) -> None:
     ev = Evaluator(session)
     rng, _ = ev.parse_range(text, 1)
     regs = Registers(session.registers, session.is64)
-    state = session.continuation.get("u", {})
+    state = _continued(session, "u")
     start = rng.start if rng is not None and rng.start is not None else state.get("next", regs.ip)
+    memory = session.memory
+    assert memory is not None  # u and ub need memory (their guard)
     dis = Disassembler(session.is64, session.symbolize)
     if rng is not None and rng.end is not None:
         if rng.end - start > 0x100000:
             raise ExprError(f"Range error in '{text.strip()}'")
-        lines = dis.decode(session.memory, start, end=rng.end)
+        lines = dis.decode(memory, start, end=rng.end)
     else:
         count = rng.count if rng is not None and rng.count is not None else 8
         if count > 0x10000:
             raise ExprError(f"Range error in '{text.strip()}'")
-        lines = dis.backward(session.memory, start, count) if backward else dis.decode(session.memory, start, count)
+        lines = dis.backward(memory, start, count) if backward else dis.decode(memory, start, count)
     session.report_missing(dis.errors)
     session.out.lines(dis.listing(lines))
     if lines:
@@ -592,9 +628,9 @@ UF_LIMIT = 20000  # instructions: a function larger than this is shown in part
                  "without either, from Address to the next symbol). Every block reachable through\n"
                  "jumps is shown once, in address order, under a 'function+offset:' label.\n"
                  "/c: only the calls each block makes. /o: address order (the default here).")
-def uf_(session, inv):
+def uf_(session: Session, inv: Invocation) -> None:
     words = inv.text.split()
-    options = set()
+    options: set[str] = set()
     while words and words[0].startswith("/") and words[0][1:].isalpha():
         options.add(words.pop(0)[1:].lower())
     unknown = options - {"c", "o"}
@@ -609,8 +645,10 @@ def uf_(session, inv):
         start, end = bounds
     else:
         start, end = address, _next_symbol(session, address)
+    memory = session.memory
+    assert memory is not None  # uf needs memory (its guard)
     dis = Disassembler(session.is64, session.symbolize)
-    flow = dis.flow(session.memory, start, lambda a: start <= a < end, UF_LIMIT)
+    flow = dis.flow(memory, start, lambda a: start <= a < end, UF_LIMIT)
     if flow.lines[start].data is None:
         raise CommandError(f"No code found, aborting ({ptr(start, session.is64)} is not in the dump)")
     out = session.out
@@ -632,7 +670,7 @@ def uf_(session, inv):
         previous_end = line.end
 
 
-def _next_symbol(session, address: int) -> int:
+def _next_symbol(session: Session, address: int) -> int:
     """Where the code after `address` stops being its function's, as far as symbols tell: the
     next symbol, else the module's end (a page on, outside every module)."""
     found = session.symbols.nearest(address)
@@ -646,7 +684,7 @@ def _next_symbol(session, address: int) -> int:
 @command("?", family="memory", syntax="? Expression", summary="Evaluate a MASM expression",
          example="? poi(@rsp) + 0n10", details="Numbers are hex unless 'n' changed the radix; 0n = decimal,\n"
                                               "0x = hex, 0t = octal, 0y = binary.")
-def evaluate(session, inv):
+def evaluate(session: Session, inv: Invocation) -> None:
     if not inv.text.strip():
         raise CommandError("Usage: ? Expression")
     value = Evaluator(session).evaluate(inv.text)
@@ -702,7 +740,7 @@ def _time_text(value: int) -> str:
 @command(".formats", family="memory", syntax=".formats Expression",
          summary="Show a value as hex, decimal, octal, binary, characters, time and floats",
          example=".formats 0x4700")
-def formats(session, inv):
+def formats(session: Session, inv: Invocation) -> None:
     if not inv.text.strip():
         raise CommandError("Usage: .formats Expression")
     session.out.lines(formats_lines(Evaluator(session).evaluate(inv.text), session.is64))
@@ -710,7 +748,7 @@ def formats(session, inv):
 
 @command("n", family="memory", syntax="n [8|10|16]", summary="Show or set the default number base of expressions",
          example="n 10")
-def radix(session, inv):
+def radix(session: Session, inv: Invocation) -> None:
     if inv.args:
         if inv.args[0] not in ("8", "10", "16"):
             raise CommandError(f"Invalid radix '{inv.args[0]}': use 8, 10 or 16")

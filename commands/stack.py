@@ -10,9 +10,9 @@ The columns and register blocks are kdshell.stack.text's.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-from kdshell.dispatch import command, needs_memory, resolve
+from kdshell.dispatch import Invocation, command, needs_memory, resolve
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
@@ -21,6 +21,7 @@ from kdshell.symbols.missing import missing_symbols_line
 
 if TYPE_CHECKING:
     from kdshell.session import Session
+    from kdshell.stack.walk import Frame
 
 MAX_FRAMES = 0xFFFF
 MISSING_SHOWN = 3  # modules without symbols named after a stack; the rest are counted
@@ -28,7 +29,7 @@ MISSING_SHOWN = 3  # modules without symbols named after a stack; the rest are c
 
 
 # -- k ------------------------------------------------------------------------------------------
-def _k_options(session, inv) -> KOptions:
+def _k_options(session: Session, inv: Invocation) -> KOptions:
     o = KOptions()
     suffix, rest = inv.suffix, inv.text.strip()
     if "=" in suffix:  # `k=rbp rsp rip`: the dispatcher glued the '=' to the name
@@ -82,7 +83,7 @@ def _words(text: str) -> list[str]:
     return tokenize(text)
 
 
-def _start_context(session, start: tuple[int, ...]) -> dict[str, int]:
+def _start_context(session: Session, start: tuple[int, ...]) -> dict[str, int]:
     """`k = BP SP IP`: the current context with those three registers replaced. With one value
     (`k = BP`), x64 frames do not chain through RBP, so it is taken as the stack pointer too
     (the instruction pointer stays)."""
@@ -108,7 +109,7 @@ def _start_context(session, start: tuple[int, ...]) -> dict[str, int]:
          example="kn 30",
          details="The default frame count is 0x14 (.kframes changes it). Frames found by scanning the "
                  "stack, not by unwind data, follow a warning line and may be wrong.")
-def k_(session, inv):
+def k_(session: Session, inv: Invocation) -> None:
     o = _k_options(session, inv)
     state = session.context
     count = o.count or state.kframes
@@ -140,7 +141,7 @@ def note_missing_symbols(session: Session, addresses: Iterable[int]) -> None:
                          "(lm shows each module's symbol status)")
 
 
-def _colour_split(session, lines):
+def _colour_split(session: Session, lines: Iterable[str]) -> Iterator[str]:
     """The warning line goes out as a warning (the text is the same)."""
     for line in lines:
         if line == SCAN_WARNING:
@@ -152,7 +153,7 @@ def _colour_split(session, lines):
 @command("kd", family="stack", needs=(needs_memory,), syntax="kd [WordCount]",
          summary="Show the raw stack from the stack pointer, with symbols (like dps @rsp)",
          example="kd 20")
-def kd_(session, inv):
+def kd_(session: Session, inv: Invocation) -> None:
     count = Evaluator(session).evaluate(inv.text) if inv.text.strip() else 0x10
     sp = session.registers.get("rsp" if session.is64 else "esp", 0)
     dps, dps_inv = resolve(f"dps {sp:#x} L{count:#x}")  # the memory family's dps, through the registry
@@ -162,7 +163,7 @@ def kd_(session, inv):
 
 @command(".kframes", family="stack", syntax=".kframes [FrameCountDefault]",
          summary="Show or set how many frames k shows by default", example=".kframes 0n50")
-def kframes(session, inv):
+def kframes(session: Session, inv: Invocation) -> None:
     if inv.text.strip():
         value = Evaluator(session).evaluate(inv.text)
         if not 0 < value <= MAX_FRAMES:
@@ -172,18 +173,18 @@ def kframes(session, inv):
 
 
 # -- contexts -------------------------------------------------------------------------------------
-def _show_registers(session, *, trap: bool = False) -> None:
+def _show_registers(session: Session, *, trap: bool = False) -> None:
     lines, errors = context_lines(session.memory, session.registers, session.is64, session.symbolize, trap=trap)
     session.report_missing(errors)
     session.out.lines(lines)
 
 
-def _frames(session, frames, o: KOptions, *, header: bool = True) -> list[str]:
+def _frames(session: Session, frames: Iterable[Frame], o: KOptions, *, header: bool = True) -> list[str]:
     return frame_lines(frames, o, symbols=session.symbols, memory=session.memory, is64=session.is64,
                        header=header)
 
 
-def _address(session, inv, name: str) -> int | None:
+def _address(session: Session, inv: Invocation, name: str) -> int | None:
     words = [w for w in inv.args if not w.startswith(("/", "-"))]
     if not words:
         return None
@@ -194,7 +195,7 @@ def _address(session, inv, name: str) -> int | None:
          summary="Use the CONTEXT record at Address as the register context (alone: back to the default)",
          example=".cxr ffff8504`29891720",
          details="0x7E/0x1000007E give the context record in P4, 0x3B in P3 (.ecxr uses it).")
-def cxr(session, inv):
+def cxr(session: Session, inv: Invocation) -> None:
     address = _address(session, inv, ".cxr")
     state = session.context
     if address is None:
@@ -209,7 +210,7 @@ def cxr(session, inv):
 @command(".ecxr", family="stack", needs=(needs_memory,), syntax=".ecxr",
          summary="Use the exception's context record (from the bug check parameters) as the register context",
          example=".ecxr")
-def ecxr(session, inv):
+def ecxr(session: Session, inv: Invocation) -> None:
     from kdshell.bugcheck_roles import parameter
 
     h = session.dump.header
@@ -226,7 +227,7 @@ def ecxr(session, inv):
 @command(".trap", family="stack", needs=(needs_memory,), syntax=".trap [Address]",
          summary="Use the KTRAP_FRAME at Address as the register context (alone: back to the default)",
          example=".trap ffffc60b`87e8ed40")
-def trap(session, inv):
+def trap(session: Session, inv: Invocation) -> None:
     address = _address(session, inv, ".trap")
     state = session.context
     if address is None:
@@ -242,7 +243,7 @@ def trap(session, inv):
          summary="Use a thread's register context: its processor's when it is running, else its "
                  "saved switch frame (alone: the current processor's thread)",
          example=".thread ffffc20a`00065040")
-def thread(session, inv):
+def thread(session: Session, inv: Invocation) -> None:
     address = _address(session, inv, ".thread")
     state = session.context
     if address is None:
@@ -268,7 +269,7 @@ def thread(session, inv):
 @command(".frame", family="stack", needs=(needs_memory,), syntax=".frame [/r] [FrameNumber]",
          summary="Select a frame of the current stack: r, u and @rip then see that frame's registers",
          example=".frame /r 2")
-def frame_(session, inv):
+def frame_(session: Session, inv: Invocation) -> None:
     show = "/r" in inv.args
     words = [w for w in inv.args if w != "/r"]
     state = session.context
@@ -282,7 +283,7 @@ def frame_(session, inv):
 @command("~", family="stack", option_suffix=True, needs=(needs_memory,), syntax="~Ns",
          summary="Switch to processor N: its context (KPRCB.ProcessorState.ContextFrame) and prompt",
          example="~1s")
-def processor(session, inv):
+def processor(session: Session, inv: Invocation) -> None:
     text = (inv.suffix + inv.text).strip()
     if not text.lower().endswith("s") or not text[:-1].strip():
         raise CommandError("~: kdshell knows ~Ns (switch to processor N)")

@@ -6,28 +6,35 @@ WinDbg's columns (windbg.md §4, §6, §12).
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
-from kdshell.dispatch import command
+from kdshell.dispatch import Invocation, command
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
 from kdshell.symbols.modules import Module
-from kdshell.symbols.pe import PeImage
-from kdshell.symbols.resolver import DEFERRED, EXPORTS, FUNCTION, KDBG, PDB, SymbolTable
+from kdshell.symbols.pe import DebugEntry, PeImage
+from kdshell.symbols.resolver import DEFERRED, EXPORTS, FUNCTION, KDBG, PDB, PdbSymbols, Symbol, SymbolTable
 from kdshell.symbols.store import MICROSOFT_SERVER, SymbolPath, default_cache
+
+if TYPE_CHECKING:
+    from kdshell.session import Session
+    from kdshell.symbols.pdb import PdbFile
+    from kdshell.symbols.pdb import Symbol as PdbSymbol
 
 LM_HEADER = "start             end                 module name"
 
 
-def _addr(session, value: int) -> str:
+def _addr(session: Session, value: int) -> str:
     return ptr(value, session.is64)
 
 
 # -- lm ------------------------------------------------------------------------------------------
-def _lm_options(inv) -> dict:
+def _lm_options(inv: Invocation) -> dict[str, Any]:
     """lm's glued and separate options: v o l k u e f t sm 1m, `m Pattern`, `M Pattern`, `a Address`."""
-    opts = {"v": False, "o": False, "l": False, "k": False, "u": False, "e": False, "f": False,
-            "t": False, "sm": False, "1m": False, "m": None, "M": None, "a": None}
+    # the letters are True or False; m, M and a their text, or None
+    opts: dict[str, Any] = {"v": False, "o": False, "l": False, "k": False, "u": False, "e": False,
+                            "f": False, "t": False, "sm": False, "1m": False, "m": None, "M": None, "a": None}
     words = ([inv.suffix] if inv.suffix else []) + list(inv.args)
     i = 0
     while i < len(words):
@@ -62,23 +69,23 @@ def _lm_options(inv) -> dict:
     return opts
 
 
-def status_text(session, module: Module) -> tuple[str, str]:
+def status_text(session: Session, module: Module) -> tuple[str, str]:
     """The (status, path) columns of lm: `(deferred)`, `(pdb symbols)  path`, ..."""
     syms = session.symbols
     status = syms.status(module)
     if status == DEFERRED:
         return "(deferred)", ""
     table = syms.table(module, load=False)
-    if status == PDB:
+    if status == PDB and isinstance(table, PdbSymbols):
         return ("(private pdb symbols)" if table.private else "(pdb symbols)"), table.path
-    if status == EXPORTS:
+    if status == EXPORTS and table is not None:
         return "(export symbols)", table.path or module.image_name
     if status == KDBG:
         return "(KDBG symbols)", ""
     return "(no symbols)", ""
 
 
-def module_line(session, module: Module) -> str:
+def module_line(session: Session, module: Module) -> str:
     status, path = status_text(session, module)
     name = module.name.ljust(10)
     line = f"{_addr(session, module.base)} {_addr(session, module.end)}   {name} {status.ljust(22)} {path}"
@@ -92,7 +99,7 @@ def module_line(session, module: Module) -> str:
          details="v: image details (version resource, timestamp); o: loaded only; l: only modules whose\n"
                  "symbols are loaded; m: module name pattern (* ?); M: image path pattern;\n"
                  "a: the module containing an address; sm: sort by name; 1m: names only.")
-def lm(session, inv):
+def lm(session: Session, inv: Invocation) -> None:
     o = _lm_options(inv)
     syms = session.symbols
     modules = syms.modules.sorted
@@ -158,14 +165,14 @@ _STRING_ORDER = ["CompanyName", "ProductName", "InternalName", "OriginalFilename
                  "PrivateBuild", "SpecialBuild"]
 
 
-def _image_quietly(session, module: Module) -> PeImage | None:
+def _image_quietly(session: Session, module: Module) -> PeImage | None:
     try:
         return session.symbols.image(module)
     except KdError:
         return None
 
 
-def verbose_lines(session, module: Module) -> list[str]:
+def verbose_lines(session: Session, module: Module) -> list[str]:
     """lmv's block for one module."""
     syms = session.symbols
     image = _image_quietly(session, module)
@@ -215,9 +222,9 @@ def verbose_lines(session, module: Module) -> list[str]:
          example=".reload /f amdppm.sys",
          details="Without /f symbols stay deferred until something needs them. Module=Address,Size\n"
                  "adds a module the dump's list does not have (or moves one).")
-def reload_(session, inv):
-    flags = set()
-    names = []
+def reload_(session: Session, inv: Invocation) -> None:
+    flags: set[str] = set()
+    names: list[str] = []
     for a in inv.args:
         if a.startswith("/") or (a.startswith("-") and len(a) > 1):
             for c in a[1:]:
@@ -265,7 +272,7 @@ def _dots(n: int) -> list[str]:
     return ["." * min(64, n - i) for i in range(0, n, 64)]
 
 
-def _reload_target(session, text: str) -> Module:
+def _reload_target(session: Session, text: str) -> Module:
     syms = session.symbols
     name, eq, where = text.partition("=")
     if not eq:
@@ -284,7 +291,7 @@ def _reload_target(session, text: str) -> Module:
     return syms.add_module(name, base, size, stamp)
 
 
-def _load_reporting(session, module: Module) -> None:
+def _load_reporting(session: Session, module: Module) -> None:
     """Load one module's symbols now, with WinDbg's messages when it does not work out."""
     syms = session.symbols
     table = syms.table(module)
@@ -301,14 +308,14 @@ def _load_reporting(session, module: Module) -> None:
 
 
 # -- ln and x ------------------------------------------------------------------------------------
-def _symbol_text(table: SymbolTable, module: Module, s) -> str:
+def _symbol_text(table: SymbolTable | PdbSymbols | None, module: Module, s: Symbol) -> str:
     name = f"{module.name}!{s.name}"
     if s.kind == FUNCTION:
         return f"{name} ({_signature(table, s)})"
     return f"{name} = {_data_type(table, s)}"
 
 
-def _pdb_symbol(table, s):
+def _pdb_symbol(table: SymbolTable | PdbSymbols | None, s: Symbol) -> tuple[PdbFile | None, PdbSymbol | None]:
     pdb = getattr(table, "pdb", None)
     if pdb is None:
         return None, None
@@ -318,9 +325,9 @@ def _pdb_symbol(table, s):
     return pdb, raw
 
 
-def _signature(table, s) -> str:
+def _signature(table: SymbolTable | PdbSymbols | None, s: Symbol) -> str:
     pdb, raw = _pdb_symbol(table, s)
-    if raw is not None and raw.type_index:
+    if pdb is not None and raw is not None and raw.type_index:
         try:
             t = pdb.symbol_type(raw)
         except KdError:
@@ -333,9 +340,9 @@ def _signature(table, s) -> str:
     return s.name
 
 
-def _data_type(table, s) -> str:
+def _data_type(table: SymbolTable | PdbSymbols | None, s: Symbol) -> str:
     pdb, raw = _pdb_symbol(table, s)
-    if raw is not None and raw.type_index:
+    if pdb is not None and raw is not None and raw.type_index:
         try:
             t = pdb.symbol_type(raw)
         except KdError:
@@ -350,7 +357,7 @@ def _data_type(table, s) -> str:
 @command("ln", family="symbols", syntax="ln Address",
          summary="List the nearest symbols before and after an address",
          example="ln fffff804`8b58334c")
-def ln(session, inv):
+def ln(session: Session, inv: Invocation) -> None:
     if not inv.text:
         raise CommandError("Usage: ln Address")
     address = Evaluator(session).evaluate(inv.text)
@@ -379,8 +386,8 @@ def ln(session, inv):
          summary="List symbols matching a pattern (wildcards * and ?)",
          example="x nt!KeBugCheck*",
          details="/0 addresses only, /1 names only, /2 address and name, /v kind and size.")
-def x_(session, inv):
-    opts = set()
+def x_(session: Session, inv: Invocation) -> None:
+    opts: set[str] = set()
     pattern = None
     for a in inv.args:
         if a.startswith("/"):
@@ -425,7 +432,7 @@ def x_(session, inv):
 @command("!sym", family="symbols", syntax="!sym noisy|quiet",
          summary="Trace (noisy) or stop tracing (quiet) where symbols are looked for",
          example="!sym noisy")
-def sym_(session, inv):
+def sym_(session: Session, inv: Invocation) -> None:
     syms = session.symbols
     if not inv.args:
         session.out.line(f"!sym <noisy/quiet> - {'noisy' if syms.noisy else 'quiet'} mode")
@@ -451,7 +458,7 @@ def _validation(path_text: str) -> list[str]:
     return lines
 
 
-def _new_path(current: str, inv) -> str | None:
+def _new_path(current: str, inv: Invocation) -> str | None:
     """The path a .sympath/.exepath invocation sets: None to just show it."""
     text = inv.text.strip()
     append = inv.name.endswith("+") or inv.suffix == "+"
@@ -469,11 +476,11 @@ def _new_path(current: str, inv) -> str | None:
          example=".sympath srv*/tmp/sym*https://msdl.microsoft.com/download/symbols",
          details="Elements: a directory; srv*[Cache*]Store (a URL or a store directory); cache*Dir.\n"
                  "Modules whose symbols were not found are looked for again on next use.")
-def sympath(session, inv):
+def sympath(session: Session, inv: Invocation) -> None:
     _search_path(session, inv, "symbol_path", "Symbol search path", "<empty>")
 
 
-def _search_path(session, inv, attribute: str, label: str, empty: str) -> None:
+def _search_path(session: Session, inv: Invocation, attribute: str, label: str, empty: str) -> None:
     """.sympath/.exepath: set or append when given a path, then show it as WinDbg does."""
     new = _new_path(getattr(session, attribute), inv)
     if new is not None:
@@ -489,7 +496,7 @@ def _search_path(session, inv, attribute: str, label: str, empty: str) -> None:
 @command(".symfix", ".symfix+", family="symbols", syntax=".symfix [+] [LocalCache]",
          summary="Use Microsoft's symbol server (downloads go to LocalCache or the default cache)",
          example=".symfix /tmp/sym")
-def symfix(session, inv):
+def symfix(session: Session, inv: Invocation) -> None:
     text = inv.text.strip()
     append = inv.name.endswith("+")
     if text.startswith("+"):
@@ -508,12 +515,12 @@ def symfix(session, inv):
 @command(".exepath", ".exepath+", family="symbols", syntax=".exepath [+] [Path[;...]]",
          summary="Show, set or append to the executable image search path (image files for small dumps)",
          example=".exepath /images")
-def exepath(session, inv):
+def exepath(session: Session, inv: Invocation) -> None:
     _search_path(session, inv, "image_path", "Executable image search path", "")
 
 
 # -- !lmi, !dh -----------------------------------------------------------------------------------
-def _module_arg(session, text: str) -> Module:
+def _module_arg(session: Session, text: str) -> Module:
     syms = session.symbols
     module = syms.module(text) or syms.module(text.rsplit(".", 1)[0])
     if module is None:
@@ -530,7 +537,7 @@ def _module_arg(session, text: str) -> Module:
 @command("!lmi", family="symbols", syntax="!lmi Module|Address",
          summary="Show what kdshell knows about one module: image, debug record, symbols",
          example="!lmi amdppm")
-def lmi(session, inv):
+def lmi(session: Session, inv: Invocation) -> None:
     if not inv.args:
         raise CommandError("Usage: !lmi Module|Address")
     module = _module_arg(session, inv.args[0])
@@ -584,7 +591,7 @@ _DEBUG_TYPES = {1: "COFF", 2: "CODEVIEW", 3: "FPO", 4: "MISC", 9: "BORLAND", 12:
                 14: "ILTCG", 16: "REPRO", 20: "EX_DLLCHARACTERISTICS"}
 
 
-def _cv_suffix(image: PeImage, entry) -> str:
+def _cv_suffix(image: PeImage, entry: DebugEntry) -> str:
     if entry.type != 2:
         return ""
     try:
@@ -615,7 +622,7 @@ _SCN_FLAGS = [(0x20, "Code"), (0x40, "Initialized Data"), (0x80, "Uninitialized 
               (0x10000000, "Shared")]
 
 
-def dh_lines(image: PeImage, flags: set, is64: bool) -> list[str]:
+def dh_lines(image: PeImage, flags: set[str], is64: bool) -> list[str]:
     every = not flags or "-a" in flags
     out: list[str] = []
     wide = (lambda v: f"{v:016x}") if image.is64 else (lambda v: f"{v:8X}")
@@ -668,7 +675,7 @@ def dh_lines(image: PeImage, flags: set, is64: bool) -> list[str]:
     return out
 
 
-def _cv_format(image: PeImage, entry) -> str:
+def _cv_format(image: PeImage, entry: DebugEntry) -> str:
     if entry.type != 2:
         return ""
     try:
@@ -686,7 +693,7 @@ def _cv_format(image: PeImage, entry) -> str:
          summary="Show a module's PE headers: file and optional header, directories, sections",
          example="!dh amdppm",
          details="-f file and optional headers only, -s sections only, -a everything (the default).")
-def dh(session, inv):
+def dh(session: Session, inv: Invocation) -> None:
     flags = {a.lower() for a in inv.args if a.startswith("-")}
     rest = [a for a in inv.args if not a.startswith("-")]
     if len(rest) != 1:
