@@ -65,7 +65,7 @@ def table() -> dict:
         return json.load(f)
 
 
-def _num(value) -> int:
+def _num(value: str | int) -> int:
     return int(value, 0) if isinstance(value, str) else int(value)
 
 
@@ -151,7 +151,7 @@ def builtin_definitions(build: int, is64: bool) -> tuple[dict[str, dict], BuildE
     defs: dict[str, dict] = {}
     ptr = "Ptr64" if is64 else "Ptr32"
     for tname, t in entry.types.items():
-        fields = []
+        fields: list[tuple[str, int, str] | tuple[str, int, str, int, int]] = []
         for path, (offset, dtype) in sorted(t["fields"].items(), key=lambda kv: kv[1][0]):
             if "." in path:
                 continue  # nested paths are reached through their own types
@@ -265,10 +265,10 @@ KDBG_SYMBOLS = {offset: _KDBG_SYMBOL_NAMES.get(name, name) for name, (offset, wi
                 if width == 8 and name not in _KDBG_VALUES}
 
 
-def kdbg_symbols(kdbg, kdbg_address: int | None, base: int, end: int) -> list[tuple[str, int]]:
+def kdbg_symbols(kdbg: Kdbg | None, kdbg_address: int | None, base: int, end: int) -> list[tuple[str, int]]:
     """(name, address) of the kernel variables the KDBG points to that lie inside nt
     [base, end), plus KdDebuggerDataBlock itself."""
-    out = []
+    out: list[tuple[str, int]] = []
     if kdbg_address and base <= kdbg_address < end:
         out.append(("KdDebuggerDataBlock", kdbg_address))
     if kdbg is None:
