@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, TypeVar
 
 from kdshell.analysis import bugcodes
-from kdshell.analysis.facts import (OffsetsHolder, cpu_vendor, current_irql, current_process_name,
-                                    exception_record, irp_driver, os_facts, process_image_name)
+from kdshell.analysis.facts import (cpu_vendor, current_irql, current_process_name, exception_record,
+                                    irp_driver, os_facts, process_image_name)
 from kdshell.analysis.rules import (BAD_IP, C2_CORRUPTION_SUBTYPES, CRITICAL_PROCESS, DRIVER, FAST_FAIL_NAMES,
                                     HARDWARE, INCONCLUSIVE, MANUAL, MEMORY, OS, PASS, POOL, Rule,
                                     access_kind, base_code, frame_kind, rule_for)
@@ -47,6 +47,7 @@ from kdshell.symbols.resolver import DATA
 if TYPE_CHECKING:
     from kdshell.dumpfile.dump import DumpFile
     from kdshell.kernel.kdbg import Kdbg
+    from kdshell.kernel.offsets import OffsetsHolder
     from kdshell.memory.virtual import VirtualMemory
     from kdshell.stack.context import ContextState
     from kdshell.symbols.modules import Module, UnloadedModule

@@ -7,7 +7,7 @@ cannot answer; analyze.py turns that into a note and goes on.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kdshell.dumpfile.header import EXCEPTION_RECORD32, EXCEPTION_RECORD64, decode_exception
 from kdshell.errors import KdError, MemoryNotPresent
@@ -16,7 +16,7 @@ from kdshell.target import build_lab, nt_version, os_name
 if TYPE_CHECKING:
     from kdshell.dumpfile.dump import DumpFile
     from kdshell.kernel.kdbg import Kdbg
-    from kdshell.kernel.offsets import KernelOffsets
+    from kdshell.kernel.offsets import OffsetsHolder
     from kdshell.kernel.state import KernelState
     from kdshell.memory.virtual import VirtualMemory
     from kdshell.stack.context import ContextState
@@ -45,13 +45,6 @@ class MemorySource(Protocol):
 
     @property
     def memory(self) -> VirtualMemory | None: ...
-
-
-class OffsetsHolder(Protocol):
-    """The session's parts as far as these facts read them: the kernel's structure offsets."""
-
-    @property
-    def offsets(self) -> Callable[[], KernelOffsets]: ...
 
 
 class FactSource(MemorySource, Protocol):

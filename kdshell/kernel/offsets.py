@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 from importlib import resources
 
 from kdshell.kernel.kdbg import FIELDS as KDBG_FIELDS
@@ -235,6 +235,14 @@ class KernelOffsets:
                 if value:
                     return value
         return self.entry.size(type_name) if self.entry is not None else None
+
+
+class OffsetsHolder(Protocol):
+    """What gives the kernel's offsets, built again when symbols change (the session's parts,
+    kdshell.parts.Parts): for the layers above that take the session but may not import it."""
+
+    @property
+    def offsets(self) -> Callable[[], KernelOffsets]: ...
 
 
 # _KLDR_DATA_TABLE_ENTRY fields every x64 / x86 kernel since Windows 7 shares (the ones lm needs);

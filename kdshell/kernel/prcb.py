@@ -224,7 +224,8 @@ class ProcessorList:
     warnings: list[str]
 
 
-def read_processors(memory: Memory, ki_processor_block: int, count: int, layout: StructLayout, is64: bool) -> ProcessorList:
+def read_processors(memory: Memory, ki_processor_block: int, count: int, layout: StructLayout,
+                    is64: bool) -> ProcessorList:
     """Processors 0..count-1 from KiProcessorBlock; an empty slot ends the list early."""
     out: list[Processor] = []
     warnings: list[str] = []

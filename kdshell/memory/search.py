@@ -62,7 +62,8 @@ def _characters(memory: Chunked, start: int, length: int, unit: int) -> Iterator
     yield None, None
 
 
-def strings(memory: Chunked, start: int, length: int, unit: int, minimum: int = MIN_STRING) -> Iterator[tuple[int, str]]:
+def strings(memory: Chunked, start: int, length: int, unit: int,
+            minimum: int = MIN_STRING) -> Iterator[tuple[int, str]]:
     """(address, text) of every run of at least `minimum` printable characters (`unit` bytes
     each: 1 ASCII, 2 UTF-16) in [start, start+length)."""
     run: list[str] = []

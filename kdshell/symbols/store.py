@@ -170,8 +170,9 @@ class SymbolStore:
     """Finds files by name and key along a symbol path; one instance per path and session."""
 
     def __init__(self, path: SymbolPath | str | None, *, log: Callable[[str], None] | None = None,
-                 warn: Callable[[str], None] | None = None, progress: TextIO | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 deadline: float = DEFAULT_DEADLINE, max_size: int = DEFAULT_MAX_SIZE, offline: bool = False):
+                 warn: Callable[[str], None] | None = None, progress: TextIO | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, deadline: float = DEFAULT_DEADLINE, max_size: int = DEFAULT_MAX_SIZE,
+                 offline: bool = False) -> None:
         self.path = path if isinstance(path, SymbolPath) else SymbolPath.parse(path)
         self.offline = offline  # servers (URLs) are skipped; local stores and caches still serve
         self.log = log or (lambda text: None)  # noisy tracing ("SYMSRV:  ...")
