@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from kdshell import __version__
 from kdshell.errors import KdError
+
+if TYPE_CHECKING:
+    from kdshell.session import Session
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +69,7 @@ def wrapped(text: str) -> list[str]:
     return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
 
 
-def choose_symbol_path(args) -> tuple[str, str, bool]:
+def choose_symbol_path(args: argparse.Namespace) -> tuple[str, str, bool]:
     """(symbol path, note for the banner, offline): -y, else _NT_SYMBOL_PATH, else the default
     (Microsoft's server with a per-user cache; the cache alone when offline)."""
     from kdshell.symbols.store import default_symbol_path, environment_symbol_path, offline_requested
@@ -192,7 +196,7 @@ def _naming(path: str, exc: Exception) -> str:
     return str(exc) if str(path) in str(exc) else f"{path}: {exc}"
 
 
-def _analyze_json(dump_path: str, args, opening: dict) -> int:
+def _analyze_json(dump_path: str, args: argparse.Namespace, opening: dict[str, Any]) -> int:
     """`--analyze-json`: !analyze's JSON form alone on standard output (for scripts and triage
     pipelines); a dump that cannot be opened or analysed gives {"error": ...} and exit status 1."""
     import json
@@ -228,7 +232,7 @@ def _analyze_json(dump_path: str, args, opening: dict) -> int:
         quiet.stream.close()
 
 
-def _line_reader(session):
+def _line_reader(session: Session) -> Callable[[str], str]:
     """Reads the user's lines: the terminal prompt, or standard input echoed like KD does."""
     if sys.stdin.isatty() and sys.stdout.isatty():
         from prompt_toolkit import prompt
@@ -245,7 +249,7 @@ def _line_reader(session):
     return read
 
 
-def _run_startup(session, args) -> None:
+def _run_startup(session: Session, args: argparse.Namespace) -> None:
     if args.command_file:
         try:
             with open(args.command_file, encoding="utf-8") as f:
@@ -260,7 +264,7 @@ def _run_startup(session, args) -> None:
         _echo_and_run(session, args.commands)
 
 
-def _echo_and_run(session, line: str) -> None:
+def _echo_and_run(session: Session, line: str) -> None:
     session.out.line(f"{session.prompt}{line}")
     if line.strip():
         session.run(line)
@@ -268,7 +272,7 @@ def _echo_and_run(session, line: str) -> None:
         session.repeat_last()
 
 
-def _run_stream(session, stream) -> None:
+def _run_stream(session: Session, stream: Iterable[str]) -> None:
     """Commands from a pipe, echoed after the prompt like KD does."""
     for raw in stream:
         _echo_and_run(session, raw.rstrip("\n"))

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, TextIO
 
 from kdshell.errors import Quit
+
+if TYPE_CHECKING:
+    from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+    from prompt_toolkit.document import Document
+    from prompt_toolkit.history import History
+
+    from kdshell.session import Session
 
 # Commands whose argument is a file name: Tab completes paths after them.
 _FILE_COMMANDS = (".logopen", ".logappend", ".dump", "$$><", "$$<", "$><", "$<", "$$>a<", ".writemem")
@@ -16,12 +24,12 @@ def history_path() -> Path:
     return Path(state) / "kdshell" / "history"
 
 
-def color_enabled(stream) -> bool:
+def color_enabled(stream: TextIO) -> bool:
     """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
     return "NO_COLOR" not in os.environ and getattr(stream, "isatty", lambda: False)()
 
 
-def make_completer(session):
+def make_completer(session: Session) -> Completer:
     from prompt_toolkit.completion import Completer, Completion, PathCompleter
     from prompt_toolkit.document import Document
 
@@ -30,7 +38,7 @@ def make_completer(session):
     paths = PathCompleter(expanduser=True)
 
     class KdCompleter(Completer):
-        def get_completions(self, document, complete_event):
+        def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterator[Completion]:
             line = document.text_before_cursor
             current = line.rsplit(";", 1)[-1].lstrip()
             for prefix in _FILE_COMMANDS:
@@ -53,7 +61,7 @@ def make_completer(session):
     return KdCompleter()
 
 
-def session_words(session, command: str, word: str) -> list[str]:
+def session_words(session: Session, command: str, word: str) -> list[str]:
     """Names that complete `word` after `command`: modules, module!symbol, dt type names."""
     from kdshell.completion import words
 
@@ -63,7 +71,7 @@ def session_words(session, command: str, word: str) -> list[str]:
         return []
 
 
-def interact(session) -> None:
+def interact(session: Session) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory, InMemoryHistory
     from prompt_toolkit.lexers import PygmentsLexer
@@ -79,12 +87,13 @@ def interact(session) -> None:
         out.emit = emit
 
     path = history_path()
+    history: History
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         history = FileHistory(str(path))
     except OSError:
         history = InMemoryHistory()
-    prompt = PromptSession(
+    prompt: PromptSession[str] = PromptSession(
         history=history,
         completer=make_completer(session),
         complete_while_typing=False,

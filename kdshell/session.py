@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from kdshell import dispatch
 from kdshell.dumpfile.dump import DumpFile, open_dump
@@ -251,7 +251,7 @@ class Session:
     def banner(self, symbol_note: str = "") -> list[str]:
         return list(self.banner_lines(symbol_note))
 
-    def banner_lines(self, symbol_note: str = ""):
+    def banner_lines(self, symbol_note: str = "") -> Iterator[str]:
         """The banner line by line (the front end shows each as it comes: the verdict at the end
         loads symbols, and may download them). `symbol_note` follows the symbol path, e.g.
         "(offline: no downloads)"."""

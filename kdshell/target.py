@@ -1,15 +1,23 @@
 """Facts about the crashed machine as KD states them in its banner and in `vertarget`."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 from kdshell.dumpfile.header import (
     MACHINE_AMD64,
     MACHINE_ARM64,
     MACHINE_I386,
     PRODUCT_NAMES,
     SUITE_NAMES,
+    DumpHeader,
 )
 from kdshell.errors import MemoryNotPresent
 from kdshell.format import ptr0x, session_time, uptime
+from kdshell.kernel.layout import Memory
+
+if TYPE_CHECKING:
+    from kdshell.dumpfile.dump import DumpFile
+    from kdshell.kernel.kdbg import Kdbg
 
 # First build of each Windows -> the name WinDbg puts before "Kernel Version" (windbg.md §1) and
 # its NT version (!analyze's OS_VERSION). Every 10.0 kernel, Windows 11 included, is "Windows 10".
@@ -27,6 +35,26 @@ _WINDOWS = [
 _ARCH = {MACHINE_AMD64: "x64", MACHINE_I386: "x86 compatible", MACHINE_ARM64: "ARM 64-bit (AArch64)"}
 
 
+class LabSource(Protocol):
+    """What build_lab reads of the session."""
+
+    @property
+    def kdbg(self) -> Kdbg | None: ...
+
+    @property
+    def memory(self) -> Memory | None: ...
+
+
+class VersionSource(LabSource, Protocol):
+    """What version_lines reads of the session (vertarget, the banner)."""
+
+    @property
+    def dump(self) -> DumpFile: ...
+
+    @property
+    def kernel_base(self) -> int | None: ...
+
+
 def _windows(build: int) -> tuple[int, str, str] | None:
     return next((w for w in _WINDOWS if build >= w[0]), None)
 
@@ -42,7 +70,7 @@ def nt_version(build: int) -> str:
     return w[2] if w else ""
 
 
-def os_line(header) -> str:
+def os_line(header: DumpHeader) -> str:
     """`Windows 10 Kernel Version 19041 MP (16 procs) Free x64`"""
     n = header.number_processors
     mp = "MP" if n > 1 else "UP"
@@ -51,7 +79,7 @@ def os_line(header) -> str:
     return f"{os_name(header.build)} Kernel Version {header.build} {mp} ({n} procs) {build_kind} {arch}"
 
 
-def product_line(header) -> str | None:
+def product_line(header: DumpHeader) -> str | None:
     """`Product: WinNt, suite: TerminalServer SingleUserTS`"""
     if header.product_type is None:
         return None
@@ -60,10 +88,10 @@ def product_line(header) -> str | None:
     return f"Product: {product}, suite: {' '.join(suites)}"
 
 
-def build_lab(session) -> str | None:
+def build_lab(session: LabSource) -> str | None:
     """NtBuildLab, the ASCII string the KDBG points to (not in most small dumps)."""
-    kdbg = session.kdbg
-    if kdbg is None:
+    kdbg, memory = session.kdbg, session.memory
+    if kdbg is None or memory is None:
         return None
     address = kdbg.get("NtBuildLab")
     if not address:
@@ -72,7 +100,7 @@ def build_lab(session) -> str | None:
     raw = b""
     while len(raw) < 128 and b"\0" not in raw:
         try:
-            raw += session.memory.read(address + len(raw), 1)
+            raw += memory.read(address + len(raw), 1)
         except MemoryNotPresent:
             break
     text = raw.split(b"\0", 1)[0]
@@ -81,7 +109,7 @@ def build_lab(session) -> str | None:
     return text.decode("ascii")
 
 
-def version_lines(session) -> list[str]:
+def version_lines(session: VersionSource) -> list[str]:
     """The block `vertarget` prints and the banner repeats."""
     h = session.dump.header
     lines = [os_line(h)]
@@ -101,9 +129,9 @@ def version_lines(session) -> list[str]:
     return lines + time_lines(h)
 
 
-def time_lines(header) -> list[str]:
+def time_lines(header: DumpHeader) -> list[str]:
     """`Debug session time` (when the machine crashed) and `System Uptime`, as the header says."""
-    lines = []
+    lines: list[str] = []
     if header.system_datetime is not None:
         lines.append(f"Debug session time: {session_time(header.system_datetime)}")
     if header.system_uptime is not None:

@@ -46,6 +46,8 @@ from kdshell.symbols.resolver import DATA
 
 if TYPE_CHECKING:
     from kdshell.dumpfile.dump import DumpFile
+    from kdshell.kernel.kdbg import Kdbg
+    from kdshell.kernel.offsets import OffsetsHolder
     from kdshell.memory.virtual import VirtualMemory
     from kdshell.stack.context import ContextState
     from kdshell.symbols.modules import Module, UnloadedModule
@@ -77,6 +79,12 @@ class AnalysisTarget(Protocol):
 
     @property
     def symbols(self) -> Symbols: ...
+
+    @property
+    def kdbg(self) -> Kdbg | None: ...  # the OS facts (kdshell.analysis.facts) read these two
+
+    @property
+    def parts(self) -> OffsetsHolder: ...
 
 
 # Where the faulting context came from (Analysis.fault.kind).

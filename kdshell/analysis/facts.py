@@ -7,9 +7,21 @@ cannot answer; analyze.py turns that into a note and goes on.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Protocol
+
 from kdshell.dumpfile.header import EXCEPTION_RECORD32, EXCEPTION_RECORD64, decode_exception
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.target import build_lab, nt_version, os_name
+
+if TYPE_CHECKING:
+    from kdshell.dumpfile.dump import DumpFile
+    from kdshell.kernel.kdbg import Kdbg
+    from kdshell.kernel.offsets import OffsetsHolder
+    from kdshell.kernel.state import KernelState
+    from kdshell.memory.virtual import VirtualMemory
+    from kdshell.stack.context import ContextState
+    from kdshell.symbols.pe import VersionInfo
+    from kdshell.symbols.resolver import Symbols
 
 # The I/O manager's structures for 0x9F P1=3 (the IRP a device stack holds). These offsets have
 # not moved since Windows Vista (x64 / x86); the kernel PDB's types are used when loaded.
@@ -25,37 +37,73 @@ IRP_FIELDS = {
 }
 
 
-def exception_record(session, address: int) -> dict:
+class MemorySource(Protocol):
+    """What exception_record reads of the session."""
+
+    @property
+    def is64(self) -> bool: ...
+
+    @property
+    def memory(self) -> VirtualMemory | None: ...
+
+
+class FactSource(MemorySource, Protocol):
+    """What the other facts read of the session (its kernel state too, when it has one: getattr)."""
+
+    @property
+    def dump(self) -> DumpFile: ...
+
+    @property
+    def kdbg(self) -> Kdbg | None: ...
+
+    @property
+    def context(self) -> ContextState: ...
+
+    @property
+    def symbols(self) -> Symbols: ...
+
+    @property
+    def parts(self) -> OffsetsHolder: ...
+
+
+def _memory(session: MemorySource) -> VirtualMemory:
+    memory = session.memory
+    if memory is None:
+        raise KdError("the dump's memory cannot be read")
+    return memory
+
+
+def exception_record(session: MemorySource, address: int) -> dict[str, Any]:
     """The EXCEPTION_RECORD at `address` (decode_exception's dict)."""
     layout = EXCEPTION_RECORD64 if session.is64 else EXCEPTION_RECORD32
     try:
-        raw = session.memory.read(address, layout.sizeof())
+        raw = _memory(session).read(address, layout.sizeof())
     except MemoryNotPresent as exc:
         raise KdError(f"it is not in the dump ({exc.why})") from None
     return decode_exception(layout.parse(raw))
 
 
-def _kernel(session):
+def _kernel(session: FactSource) -> KernelState:
     kernel = getattr(session, "kernel", None)
     if kernel is None:
         raise KdError("kdshell cannot read processes and processors in this version")
     return kernel
 
 
-def current_process_name(session) -> str | None:
+def current_process_name(session: FactSource) -> str | None:
     """PROCESS_NAME: the image name of the crashing thread's process."""
     kernel = _kernel(session)
     process = kernel.current_process()
     return kernel.process_name(process) if process else None
 
 
-def current_irql(session) -> int | None:
+def current_irql(session: FactSource) -> int | None:
     """CURRENT_IRQL: the crashing processor's IRQL (KPRCB/KPCR, as the kernel layer reads it)."""
     kernel = _kernel(session)
     return kernel.processor(session.context.default_processor).irql
 
 
-def process_image_name(session, address: int) -> str | None:
+def process_image_name(session: FactSource, address: int) -> str | None:
     """EPROCESS.ImageFileName of the process at `address`."""
     kernel = getattr(session, "kernel", None)
     if kernel is not None:
@@ -63,10 +111,10 @@ def process_image_name(session, address: int) -> str | None:
     offset = session.parts.offsets().offset("_EPROCESS", "ImageFileName")
     if offset is None:
         raise KdError("The offset of _EPROCESS.ImageFileName is not known for this build")
-    return _ascii(session.memory.read(address + offset, 15))
+    return _ascii(_memory(session).read(address + offset, 15))
 
 
-def cpu_vendor(session) -> str | None:
+def cpu_vendor(session: FactSource) -> str | None:
     """KPRCB.VendorString of the crashing processor: GenuineIntel, AuthenticAMD, ..."""
     offsets = session.parts.offsets()
     offset = offsets.offset("_KPRCB", "VendorString")
@@ -74,17 +122,17 @@ def cpu_vendor(session) -> str | None:
         return None
     prcb = _kernel(session).processor(session.context.default_processor).prcb
     try:
-        return _ascii(session.memory.read(prcb + offset, 13))
+        return _ascii(_memory(session).read(prcb + offset, 13))
     except MemoryNotPresent:
         return None
 
 
-def irp_driver(session, irp: int) -> dict:
+def irp_driver(session: FactSource, irp: int) -> dict[str, Any]:
     """For 0x9F P1=3: the device object holding the IRP and its driver (name, start, module)."""
     is64 = session.is64
     size = 8 if is64 else 4
     offsets = session.parts.offsets()
-    memory = session.memory
+    memory = _memory(session)
 
     def off(type_name: str, path: str) -> int:
         value = offsets.offset(type_name, path) if getattr(offsets, "types", None) is not None else None
@@ -109,7 +157,7 @@ def irp_driver(session, irp: int) -> dict:
             "image": module.image_name if module else None}
 
 
-def os_facts(session) -> dict[str, str]:
+def os_facts(session: FactSource) -> dict[str, str]:
     """OS_VERSION, BUILDLAB_STR, OSPLATFORM_TYPE, OSNAME from the dump (the build lab string the
     KDBG points to; without it, nt's version resource when its image is at hand)."""
     h = session.dump.header
@@ -136,7 +184,7 @@ def os_facts(session) -> dict[str, str]:
     return out
 
 
-def _kernel_version_info(session):
+def _kernel_version_info(session: FactSource) -> VersionInfo | None:
     """nt's version resource, when its image file was already found (no lookup, no download)."""
     try:
         kernel = session.symbols.modules.kernel

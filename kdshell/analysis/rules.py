@@ -131,7 +131,8 @@ def rule_for(code: int, params: Sequence[int] | None = None) -> Rule:
     info = roles.parameters(code, "exception_info")
     access = one("access")
     if access is not None:
-        access_rule = (access, roles.detail(code, "access"))
+        # every access role names its scheme; "rw" (nonzero: a write) is what a bare one would mean
+        access_rule: tuple[int, str] | None = (access, roles.detail(code, "access") or "rw")
     else:
         fixed = roles.detail(code, "address")
         access_rule = (-1, fixed) if fixed else None

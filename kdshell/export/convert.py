@@ -25,22 +25,49 @@ temporary file and nothing is left behind.
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence, TextIO
 
 from kdshell.dumpfile.header import (
     DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_BITMAP_KERNEL, DUMP_TYPE_FULL, DUMP_TYPE_RDMP_COMPLETE, DUMP_TYPE_RDMP_KERNEL,
     DUMP_TYPE_RDMP_KERNEL_USER,
 )
-from kdshell.dumpfile.write import DumpWriteError, write_bitmap, write_full, write_rdmp
+from kdshell.dumpfile.write import DumpWriteError, PageSource, write_bitmap, write_full, write_rdmp
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.kdbg import system_range_start
+from kdshell.kernel.offsets import KernelOffsets
 from kdshell.memory.paging import PageCache, PagingMode
 
+if TYPE_CHECKING:
+    from kdshell.dumpfile.dump import DumpFile
+    from kdshell.kernel.kdbg import Kdbg
+    from kdshell.kernel.offsets import OffsetsHolder
+    from kdshell.memory.spaces import AddressSpaces
+
 PAGE_SHIFT = 12
+
+MemoryRead = Callable[[int, int], bytes]
+
+
+class DumpSession(Protocol):
+    """What writing a dump reads of the session (kdshell.export.minidump's SmallDumpSession adds
+    to it)."""
+
+    @property
+    def dump(self) -> DumpFile: ...
+
+    @property
+    def spaces(self) -> AddressSpaces: ...
+
+    @property
+    def kdbg(self) -> Kdbg | None: ...
+
+    @property
+    def parts(self) -> OffsetsHolder: ...
 
 COMPLETE, KERNEL, ACTIVE = "complete", "kernel", "active"
 # The DumpTypes each kind may be written as; the first is the default.
@@ -80,7 +107,7 @@ class _TableWalk:
     or a higher level is not followed (the table is kept, it is one).
     Pinned by tests/test_dump_command.py::test_kernel_pages_are_the_machines_kernel_pages."""
 
-    def __init__(self, pages: PageCache, mode: PagingMode):
+    def __init__(self, pages: PageCache, mode: PagingMode) -> None:
         self.pages = pages
         self.mode = mode
         self.tables: set[int] = set()
@@ -91,7 +118,7 @@ class _TableWalk:
         fmt = "<%dQ" if mode.entry_size == 8 else "<%dI"
         self._unpack = {bits: struct.Struct(fmt % (1 << bits)).unpack_from for bits in {lv.bits for lv in mode.levels}}
 
-    def _entries(self, table_pa: int, level: int):
+    def _entries(self, table_pa: int, level: int) -> tuple[int, ...] | None:
         lv = self.mode.levels[level]
         try:
             page = self.pages.page(table_pa >> PAGE_SHIFT)
@@ -123,7 +150,7 @@ class _TableWalk:
                         self._known(pfn, 1)
         self._table(entries, top_pfn, 0, lo, hi, data)
 
-    def _table(self, entries, table_pfn: int, level: int, lo: int, hi: int, data: bool) -> None:
+    def _table(self, entries: Sequence[int], table_pfn: int, level: int, lo: int, hi: int, data: bool) -> None:
         mode = self.mode
         lv = mode.levels[level]
         last = level == len(mode.levels) - 1
@@ -218,10 +245,11 @@ def select_pages(pages: PageCache, mode: PagingMode, dtbs: Sequence[int], presen
 # Process DTBs
 
 
-def process_dtbs(read, head: int, links_offset: int, dtb_offset: int, is64: bool, limit: int = 1 << 16) -> list[int]:
+def process_dtbs(read: MemoryRead, head: int, links_offset: int, dtb_offset: int, is64: bool,
+                 limit: int = 1 << 16) -> list[int]:
     """DirectoryTableBase of every EPROCESS on PsActiveProcessHead (System first)."""
     ps = 8 if is64 else 4
-    out = []
+    out: list[int] = []
     try:
         entry = int.from_bytes(read(head, ps), "little")
     except MemoryNotPresent:
@@ -247,21 +275,22 @@ def process_dtbs(read, head: int, links_offset: int, dtb_offset: int, is64: bool
 class SubsetPages:
     """A source's pages restricted to some runs (a PageSource for the writers)."""
 
-    def __init__(self, source, runs: Sequence[tuple[int, int]]):
+    def __init__(self, source: PageSource, runs: Sequence[tuple[int, int]]) -> None:
         self.source = source
         self.runs = list(runs)
 
-    def present_runs(self):
+    def present_runs(self) -> list[tuple[int, int]]:
         return self.runs
 
-    def page(self, pfn: int):
+    def page(self, pfn: int) -> bytes | memoryview:
         return self.source.page(pfn)
 
-    def page_span(self, first: int, count: int):
+    def page_span(self, first: int, count: int) -> bytes | memoryview:
         return _span(self.source, first, count)
 
 
-def _span(source, first: int, count: int):
+def _span(source: PageSource, first: int, count: int) -> bytes | memoryview:
+    """The pages [first, first + count): the source's own page_span() when it has one."""
     span = getattr(source, "page_span", None)
     if span is not None:
         return span(first, count)
@@ -277,7 +306,9 @@ class StoredPages:
     cost after the write itself, bench/dump_write.py). Pages past the end of a truncated file
     are not available, as PhysicalMemory.page says."""
 
-    def __init__(self, dump):
+    def __init__(self, dump: DumpFile) -> None:
+        if dump.physical is None:
+            raise DumpWriteError("this dump has no physical memory (a small memory dump keeps only saved ranges)")
         self.physical = dump.physical
         self.data = dump.data
         self.size = dump.size
@@ -286,23 +317,25 @@ class StoredPages:
         self._first = self._end = -1
         self._offset = 0
 
-    def present_runs(self):
+    def present_runs(self) -> list[tuple[int, int]]:
         return self._runs
 
-    def page(self, pfn: int):
+    def page(self, pfn: int) -> bytes | memoryview:
         if not self._first <= pfn < self._end:
             i = bisect.bisect_right(self._starts, pfn) - 1
             if i < 0 or pfn >= self._runs[i][0] + self._runs[i][1]:
                 return self.physical.page(pfn)  # not stored: its error
-            self._first, count = self._runs[i]
-            self._end = self._first + count
-            self._offset = self.physical.file_offset(self._first)
+            first, count = self._runs[i]
+            offset = self.physical.file_offset(first)
+            if offset is None:  # a listed run always has one
+                return self.physical.page(pfn)
+            self._first, self._end, self._offset = first, first + count, offset
         off = self._offset + ((pfn - self._first) << PAGE_SHIFT)
         if off + 0x1000 > self.size:
             return self.physical.page(pfn)  # past the end of a truncated file: its error
         return self.data[off : off + 0x1000]
 
-    def page_span(self, first: int, count: int):
+    def page_span(self, first: int, count: int) -> bytes | memoryview:
         """`count` listed pages from `first`: one slice of the file per stored run they cross."""
         pieces = []
         pfn, end = first, first + count
@@ -323,7 +356,7 @@ class ProgressPages:
     The line is rewritten in place (`\\r`) at most every 0.2 s: `Writing FILE: 37% (123 of 330 MiB)`.
     `finish()` ends it with a newline, `abort()` too (after Ctrl-C or an error)."""
 
-    def __init__(self, source, label: str, stream=None, interval: float = 0.2):
+    def __init__(self, source: PageSource, label: str, stream: TextIO | None = None, interval: float = 0.2) -> None:
         self.source = source
         self.label = label
         self.stream = stream
@@ -336,17 +369,17 @@ class ProgressPages:
         self._last = 0.0
         self._step = max(1, min(4096, self.total // 200 or 1))
 
-    def present_runs(self):
+    def present_runs(self) -> list[tuple[int, int]]:
         return self.runs
 
-    def page(self, pfn: int):
+    def page(self, pfn: int) -> bytes | memoryview:
         self.done += 1
         if self.done >= self._next:
             self._next = self.done + self._step
             self._report(False)
         return self.source.page(pfn)
 
-    def page_span(self, first: int, count: int):
+    def page_span(self, first: int, count: int) -> bytes | memoryview:
         self.done += count
         if self.done >= self._next:
             self._next = self.done + self._step
@@ -392,13 +425,13 @@ class ConvertResult:
     notes: list[str]
 
 
-def kernel_selection(session, user: bool) -> tuple[PageSelection, list[str]]:
+def kernel_selection(session: DumpSession, user: bool) -> tuple[PageSelection, list[str]]:
     """The kernel (and with `user`, active user) pages of the session's dump."""
     d = session.dump
     h = d.header
     notes: list[str] = []
-    mode = session.spaces.mode
-    if mode is None:
+    mode, pages = session.spaces.mode, session.spaces.pages
+    if mode is None or pages is None or d.physical is None:  # a paging mode is known only with pages
         raise DumpWriteError("kdshell cannot walk this dump's page tables (no paging mode for its machine): "
                              "write a complete dump (/f) instead")
     memory = session.spaces.space(h.directory_table_base)
@@ -407,10 +440,10 @@ def kernel_selection(session, user: bool) -> tuple[PageSelection, list[str]]:
     dtbs = list(_dtbs(session, read, notes))
     dtbs.append(h.directory_table_base)
     present = d.physical.present_runs()
-    return select_pages(session.spaces.pages, mode, dtbs, present, kernel_start=kernel_start, user=user), notes
+    return select_pages(pages, mode, dtbs, present, kernel_start=kernel_start, user=user), notes
 
 
-def _dtbs(session, read, notes: list[str]) -> list[int]:
+def _dtbs(session: DumpSession, read: MemoryRead, notes: list[str]) -> list[int]:
     """Every process's DTB: the processes engine when there is one, else PsActiveProcessHead with
     the EPROCESS offsets the kernel offsets know."""
     d = session.dump
@@ -419,6 +452,7 @@ def _dtbs(session, read, notes: list[str]) -> list[int]:
     if not head:
         notes.append("the dump does not say where PsActiveProcessHead is: only the crash's address space is walked")
         return []
+    offsets: KernelOffsets | None
     try:
         offsets = session.parts.offsets()
     except KdError:
@@ -437,8 +471,9 @@ def _dtbs(session, read, notes: list[str]) -> list[int]:
     return found
 
 
-def write_converted(session, path, kind: str, *, dump_type: int | None = None, overwrite: bool = False,
-                    comment: str | None = None, progress=None) -> ConvertResult:
+def write_converted(session: DumpSession, path: str | os.PathLike[str], kind: str, *, dump_type: int | None = None,
+                    overwrite: bool = False, comment: str | None = None,
+                    progress: TextIO | None = None) -> ConvertResult:
     """Write the session's dump again as a complete, kernel or active dump (see the module note)."""
     from kdshell.export.minidump import header_runs, source_blobs, source_fields
 
@@ -454,6 +489,7 @@ def write_converted(session, path, kind: str, *, dump_type: int | None = None, o
     notes: list[str] = []
     selection = None
     stored = StoredPages(d)
+    source: PageSource
     if kind == COMPLETE:
         source = stored
         if d.dump_type not in (DUMP_TYPE_FULL, DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_RDMP_COMPLETE):

@@ -42,13 +42,14 @@ Windows quirks (pinned by tests/test_dump_command.py):
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from kdshell import bugcheck_roles
 from kdshell.dumpfile.context import CONTEXT_AMD64
 from kdshell.dumpfile.header import (
-    DUMP_MM_STORAGE32, DUMP_MM_STORAGE64, EXCEPTION_RECORD64, FILL32, MAX_RUNS32, MAX_RUNS64,
+    DUMP_MM_STORAGE32, DUMP_MM_STORAGE64, EXCEPTION_RECORD64, FILL32, MAX_RUNS32, MAX_RUNS64, DumpHeader,
     PHYSICAL_MEMORY_DESCRIPTOR32, PHYSICAL_MEMORY_DESCRIPTOR64, PHYSICAL_MEMORY_RUN32, PHYSICAL_MEMORY_RUN64,
     TRIAGE_DUMP_BROKEN_DRIVER, TRIAGE_DUMP_CONTEXT, TRIAGE_DUMP_DATA_BLOCKS, TRIAGE_DUMP_DATAPAGE,
     TRIAGE_DUMP_DEBUGGER_DATA, TRIAGE_DUMP_DRIVER_LIST, TRIAGE_DUMP_EXCEPTION, TRIAGE_DUMP_MMINFO,
@@ -57,9 +58,20 @@ from kdshell.dumpfile.header import (
 from kdshell.dumpfile.write import DumpHeaderFields
 from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.export.convert import DumpSession
 from kdshell.kernel import kuser
 from kdshell.kernel.kdbg import SYSTEM_RANGE_START, Kdbg, system_range_start
+from kdshell.kernel.layout import Memory
+from kdshell.kernel.offsets import KernelOffsets
 from kdshell.stack.frames import KTRAP_FRAME_X64_19041, KTRAP_FRAME_X86_19041
+
+if TYPE_CHECKING:
+    from kdshell.dumpfile.dump import DumpFile
+    from kdshell.kernel.prcb import Processor
+    from kdshell.kernel.threads import Thread
+    from kdshell.memory.virtual import VirtualMemory
+    from kdshell.stack.context import ContextState
+    from kdshell.symbols.resolver import Symbols
 
 PAGE = 0x1000
 STACK_LIMIT = 0x4000  # Windows keeps at most 16 KiB of the kernel stack
@@ -79,7 +91,7 @@ KUSER_KEPT = (kuser.TICK_COUNT + kuser.TICK_COUNT_SIZE + 0xF) & ~0xF  # to a 16-
 
 # KDDEBUGGER_DATA64 fields holding the address of a kernel variable kept as a data block:
 # field -> size in pointers (negative: bytes), or "processors" / "string".
-KDBG_VARIABLES = {
+KDBG_VARIABLES: dict[str, int | str] = {
     "PsLoadedModuleList": 2, "PsActiveProcessHead": 2, "KiBugCheckData": 5, "MmPfnDatabase": 1,
     "MmHighestUserAddress": 1, "MmSystemRangeStart": 1, "MmUserProbeAddress": 1, "KeTimeIncrement": -4,
     "CmNtCSDVersion": -4, "KiProcessorBlock": "processors", "NtBuildLab": "string",
@@ -97,6 +109,24 @@ MM_FROM_KDBG = {
 
 class SmallDumpError(KdError):
     """The small memory dump cannot be made from this dump (one line, the user's words)."""
+
+
+class SmallDumpSession(DumpSession, Protocol):
+    """What `source_from_session` reads of the session besides what every dump writer does."""
+
+    @property
+    def is64(self) -> bool: ...
+
+    @property
+    def symbols(self) -> Symbols: ...
+
+    @property
+    def context(self) -> ContextState: ...
+
+    @property
+    def kernel_base(self) -> int | None: ...
+
+    def resolve_symbol(self, name: str) -> int | None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +216,7 @@ def readable_extent(read: MemoryRead, address: int, size: int) -> int:
 class _Ranges:
     """Address ranges to keep as data blocks, minus what other parts of the dump already hold."""
 
-    def __init__(self, read: MemoryRead, mask: int):
+    def __init__(self, read: MemoryRead, mask: int) -> None:
         self.read = read
         self.mask = mask
         self.wanted: list[tuple[int, int]] = []
@@ -265,14 +295,14 @@ def _stack(src: SmallDumpSource, sp_name: str) -> tuple[int, int, list[str]]:
     notes = []
     o = src.objects
     sp_now = src.registers.get(sp_name)
-    candidates = [sp_now] if sp_now else []
+    candidates: list[int] = [sp_now] if sp_now else []
     if o.bugcheck_registers and o.bugcheck_registers.get(sp_name):
         candidates.append(o.bugcheck_registers[sp_name])
     if not candidates:
         raise SmallDumpError("the dump's context has no stack pointer: no kernel stack to keep")
     base, limit = o.stack_base, o.stack_limit
     on_stack = [c for c in candidates if base and limit and limit <= c < base]
-    if on_stack:
+    if on_stack and base:  # (base is known when a stack pointer is on the stack)
         top = min(on_stack)
         end = min(base, top + STACK_LIMIT)
     else:
@@ -341,7 +371,7 @@ def _kdbg_variables(src: SmallDumpSource, ranges: _Ranges, ps: int, processors: 
                 text = src.read(address, n)
                 end = text.find(b"\0")
                 ranges.add(address, (end + 1) if end >= 0 else n)
-        else:
+        elif isinstance(what, int):
             ranges.add(address, what * ps if what > 0 else -what)
 
 
@@ -459,8 +489,8 @@ def gather(src: SmallDumpSource) -> SmallDump:
 # process and stack bounds, read with the kernel layer's engines (kdshell.kernel.prcb/threads).
 
 
-def crashing_processor(memory, offsets, kdbg: bytes | None, registers: Mapping[str, int], processors: int,
-                       machine: int, is64: bool, build: int | None = None) -> KernelObjects:
+def crashing_processor(memory: Memory, offsets: KernelOffsets, kdbg: bytes | None, registers: Mapping[str, int],
+                       processors: int, machine: int, is64: bool, build: int | None = None) -> KernelObjects:
     """The processor that bug-checked and its objects.
 
     KiProcessorBlock[n] (KDBG) gives each KPRCB (kdshell.kernel.prcb.read_processors). The
@@ -489,22 +519,22 @@ def crashing_processor(memory, offsets, kdbg: bytes | None, registers: Mapping[s
     if not cpus:
         out.notes.append("KiProcessorBlock holds no KPRCB the source dump has")
         return out
-    threads = {}
+    threads: dict[int, Thread | None] = {}
 
-    def thread(address):
+    def thread(address: int) -> Thread | None:
         if address not in threads:
             t = T.read_thread(memory, address, thread_layout, is64)
             threads[address] = t if t.readable else None
         return threads[address]
 
-    def bounds(address):
+    def bounds(address: int) -> tuple[int, int] | None:
         t = thread(address)
         base = t and (t.stack_base or t.initial_stack)
         return (t.stack_limit, base) if t and t.stack_limit and base else None
 
-    contexts = {}
+    contexts: dict[int, dict[str, int] | None] = {}
 
-    def context(p):
+    def context(p: Processor) -> dict[str, int] | None:
         if p.number not in contexts:
             contexts[p.number] = None
             if p.context_address is not None:
@@ -534,8 +564,8 @@ def crashing_processor(memory, offsets, kdbg: bytes | None, registers: Mapping[s
     out.stack_base = t.stack_base or t.initial_stack
     out.process = t.apc_process or t.process
     out.process_size = offsets.size("_EPROCESS") or 0
-    if thread_layout.get("trap_frame") is not None:
-        out.trap_frame_slot = t.address + thread_layout.get("trap_frame")
+    if (slot := thread_layout.get("trap_frame")) is not None:
+        out.trap_frame_slot = t.address + slot
     return out
 
 
@@ -543,7 +573,7 @@ def crashing_processor(memory, offsets, kdbg: bytes | None, registers: Mapping[s
 # From a session
 
 
-def header_runs(header) -> list[tuple[int, int]] | None:
+def header_runs(header: DumpHeader) -> list[tuple[int, int]] | None:
     """The PHYSICAL_MEMORY_DESCRIPTOR of a header (the machine's RAM runs), None when absent."""
     raw = bytes(header.physical_memory_block)
     desc, run, limit = ((PHYSICAL_MEMORY_DESCRIPTOR64, PHYSICAL_MEMORY_RUN64, MAX_RUNS64) if header.is64
@@ -553,7 +583,7 @@ def header_runs(header) -> list[tuple[int, int]] | None:
     d = desc.parse(raw)
     if d.NumberOfRuns in (0, FILL32) or d.NumberOfRuns > limit:
         return None
-    runs = []
+    runs: list[tuple[int, int]] = []
     size = run.sizeof()
     for i in range(d.NumberOfRuns):
         r = run.parse(raw[desc.sizeof() + i * size : desc.sizeof() + (i + 1) * size])
@@ -563,22 +593,22 @@ def header_runs(header) -> list[tuple[int, int]] | None:
     return runs
 
 
-def source_fields(dump, comment: str | None = None) -> DumpHeaderFields:
+def source_fields(dump: DumpFile, comment: str | None = None) -> DumpHeaderFields:
     """The source dump's header facts, for a dump written from it (any kind)."""
     h = dump.header
-    overrides = dict(context=bytes(dump.context_bytes()), exception=dict(dump.exception),
+    overrides: dict[str, Any] = dict(context=bytes(dump.context_bytes()), exception=dict(dump.exception),
                      physical_memory_runs=header_runs(h))
     if comment is not None:
         overrides["comment"] = comment
     return DumpHeaderFields.from_header(h, **overrides)
 
 
-def source_blobs(dump) -> list[tuple[bytes, bytes]]:
+def source_blobs(dump: DumpFile) -> list[tuple[bytes, bytes]]:
     """The source's secondary-data blobs as (tag, data)."""
     return [(b.tag, dump.read_file(b.data_offset, b.data_size)) for b in dump.blobs()]
 
 
-def _kernel_offsets(session):
+def _kernel_offsets(session: SmallDumpSession) -> KernelOffsets:
     """KernelOffsets: the kernel PDB's types when they are loaded already, else the KDBG's
     Offset*/Size* fields first (no PDB download for a small dump), else everything the symbols
     layer offers."""
@@ -599,13 +629,13 @@ def _kernel_offsets(session):
     return session.parts.offsets()
 
 
-def _driver_records(session, memory) -> list[TriageDriverInfo]:
+def _driver_records(session: SmallDumpSession, memory: VirtualMemory) -> list[TriageDriverInfo]:
     from kdshell.symbols.pe import PeFormatError, PeImage
 
     is64 = session.is64
     ps = 8 if is64 else 4
     entry_off, flags_off = (0x38, 0x68) if is64 else (0x1C, 0x34)
-    out = []
+    out: list[TriageDriverInfo] = []
     for m in session.symbols.modules.modules:
         stamp, checksum = m.timestamp, m.checksum
         if stamp is None or checksum is None:  # the loader entry's layout does not say: the PE header
@@ -626,7 +656,7 @@ def _driver_records(session, memory) -> list[TriageDriverInfo]:
     return out
 
 
-def _broken_driver(session, memory) -> tuple[str | None, tuple[int, int] | None]:
+def _broken_driver(session: SmallDumpSession, memory: VirtualMemory) -> tuple[str | None, tuple[int, int] | None]:
     """KiBugCheckDriver: the UNICODE_STRING naming the driver the bug check blames (nt's
     symbols give its address); (image name, (address, bytes to keep))."""
     from kdshell.symbols.modules import read_unicode_string
@@ -650,9 +680,9 @@ def _broken_driver(session, memory) -> tuple[str | None, tuple[int, int] | None]
     return name, (pointer, 2 * ps)
 
 
-def _frames(session, is64: bool) -> list[tuple[int, int]]:
+def _frames(session: SmallDumpSession, is64: bool) -> list[tuple[int, int]]:
     """(address, size) of the register frames the faulting stack's walk found or was told about."""
-    out = []
+    out: list[tuple[int, int]] = []
     size = KTRAP_FRAME_SIZE[is64]
     try:
         state = session.context
@@ -670,7 +700,7 @@ def _frames(session, is64: bool) -> list[tuple[int, int]]:
     return out
 
 
-def source_from_session(session, comment: str | None = None) -> SmallDumpSource:
+def source_from_session(session: SmallDumpSession, comment: str | None = None) -> SmallDumpSource:
     """A SmallDumpSource of the session's complete or kernel dump."""
     from kdshell.memory.paging import SelfMap
 
@@ -679,7 +709,8 @@ def source_from_session(session, comment: str | None = None) -> SmallDumpSource:
     if d.is_small:
         raise SmallDumpError("this is already a small memory dump: .dump /m writes one from a complete or "
                              "kernel dump")
-    if session.spaces.mode is None:
+    mode, pages = session.spaces.mode, session.spaces.pages
+    if mode is None or pages is None:  # a paging mode is known only with pages
         raise SmallDumpError("kdshell cannot translate this dump's addresses (no paging mode for its machine): "
                              "no small memory dump can be made from it")
     memory = session.spaces.space(h.directory_table_base)
@@ -694,9 +725,8 @@ def source_from_session(session, comment: str | None = None) -> SmallDumpSource:
     drivers = _driver_records(session, memory)
     unloaded = [(u.name, u.start, u.end) for u in mods.unloaded]
     broken, broken_name = _broken_driver(session, memory)
-    mode = session.spaces.mode
     pte_base = _kdbg_field(kdbg_raw, "PteBase") if h.is64 and h.build >= 14393 else None
-    selfmap = SelfMap.find(mode, session.spaces.pages, h.directory_table_base, pte_base)
+    selfmap = SelfMap.find(mode, pages, h.directory_table_base, pte_base)
     kernel_start = system_range_start(kdbg, memory, h.is64)
     kernel = mods.kernel
     return SmallDumpSource(
@@ -708,7 +738,8 @@ def source_from_session(session, comment: str | None = None) -> SmallDumpSource:
     )
 
 
-def write_small_dump(session, path, *, overwrite: bool = False, comment: str | None = None) -> tuple[int, SmallDump]:
+def write_small_dump(session: SmallDumpSession, path: str | os.PathLike[str], *, overwrite: bool = False,
+                     comment: str | None = None) -> tuple[int, SmallDump]:
     """`.dump /m`: gather the small memory dump of the session's dump and write it atomically.
     Returns (file size, what was gathered)."""
     src = source_from_session(session, comment)

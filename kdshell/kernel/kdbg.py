@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kdshell.errors import MemoryNotPresent
+from kdshell.kernel.layout import Memory
 
 OWNER_TAG = b"KDBG"
 MIN_SIZE, MAX_SIZE = 0x290, 0x1000
@@ -211,7 +212,7 @@ def _valid_header(head: bytes) -> int | None:
     return size if MIN_SIZE <= size <= MAX_SIZE else None
 
 
-def system_range_start(kdbg: Kdbg | None, memory, is64: bool) -> int:
+def system_range_start(kdbg: Kdbg | None, memory: Memory, is64: bool) -> int:
     """Where kernel space begins: *MmSystemRangeStart through the KDBG, else the usual value."""
     where = kdbg.get("MmSystemRangeStart") if kdbg is not None else None
     if where:
@@ -224,7 +225,7 @@ def system_range_start(kdbg: Kdbg | None, memory, is64: bool) -> int:
     return SYSTEM_RANGE_START[is64]
 
 
-def read_kdbg(memory, address: int | None, keys: KdbgKeys | None = None, *, is64: bool = True) -> Kdbg | None:
+def read_kdbg(memory: Memory, address: int | None, keys: KdbgKeys | None = None, *, is64: bool = True) -> Kdbg | None:
     """The KDBG at `address` if it is readable and carries its tag and a plausible size (decoded
     with `keys` when it is stored encoded), else None. `is64`: the target's pointer size."""
     if not address:
@@ -251,7 +252,7 @@ def read_kdbg(memory, address: int | None, keys: KdbgKeys | None = None, *, is64
     return Kdbg(address, size, decode_block(raw, keys)[:size], encoded=True, is64=is64)
 
 
-def is_encoded(memory, address: int | None) -> bool:
+def is_encoded(memory: Memory, address: int | None) -> bool:
     """A block is there (readable) but its header is not a plain KDBG header."""
     if not address:
         return False
@@ -261,7 +262,7 @@ def is_encoded(memory, address: int | None) -> bool:
         return False
 
 
-def keys_from_symbols(resolve: Callable[[str], int | None], memory) -> KdbgKeys | None:
+def keys_from_symbols(resolve: Callable[[str], int | None], memory: Memory) -> KdbgKeys | None:
     """The decoding keys from the kernel's symbols (a PDB): nt!KiWaitNever, nt!KiWaitAlways and
     the address of nt!KdpDataBlockEncoded; None when any is missing or unreadable."""
     never_at, always_at, flag_at = (resolve(f"nt!{n}") for n in ("KiWaitNever", "KiWaitAlways",

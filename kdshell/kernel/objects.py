@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdshell.errors import MemoryNotPresent
-from kdshell.kernel.layout import Reader, StructLayout
+from kdshell.kernel.layout import FieldOffsets, Memory, Reader, StructLayout
 
 OBJECT_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "body": (("_OBJECT_HEADER", "Body"),),
@@ -43,7 +43,7 @@ DEFAULT_OFFSETS = {
 ENCODED_INDEX_BUILD = 10240  # the first build whose headers store TypeIndex encoded
 
 
-def object_layout(offsets, is64: bool = True, build: int | None = None) -> StructLayout:
+def object_layout(offsets: FieldOffsets, is64: bool = True, build: int | None = None) -> StructLayout:
     return StructLayout(offsets, OBJECT_FIELDS, build)
 
 
@@ -70,7 +70,7 @@ def header_address(body: int, layout: StructLayout, is64: bool) -> int:
     return body - _offset(layout, "body", is64)
 
 
-def read_object_header(memory, body: int, layout: StructLayout, is64: bool) -> ObjectHeader:
+def read_object_header(memory: Memory, body: int, layout: StructLayout, is64: bool) -> ObjectHeader:
     """The header of the object at `body`; MemoryNotPresent when the dump does not have it."""
     r = Reader(memory, is64)
     header = header_address(body, layout, is64)
@@ -91,7 +91,7 @@ class ObjectType:
     name: str | None     # None: no source names it
 
 
-def object_type(memory, header: ObjectHeader, layout: StructLayout, is64: bool, build: int,
+def object_type(memory: Memory, header: ObjectHeader, layout: StructLayout, is64: bool, build: int,
                 cookie_at: int | None, table_at: int | None, examples: dict[str, int]) -> ObjectType:
     """The object's type from its TypeIndex (see the module note). `cookie_at`: the address of
     nt!ObHeaderCookie; `table_at`: of nt!ObTypeIndexTable; `examples`: type name -> the body of
@@ -100,7 +100,7 @@ def object_type(memory, header: ObjectHeader, layout: StructLayout, is64: bool, 
     index: int | None = header.unkeyed_index(build)
     if build >= ENCODED_INDEX_BUILD:
         cookie = r.maybe_uint(cookie_at, 0, 1) if cookie_at else None
-        index = index ^ cookie if cookie is not None else None
+        index = header.unkeyed_index(build) ^ cookie if cookie is not None else None
     type_object = r.maybe_ptr(table_at, index * r.psize) if table_at and index is not None else None
     if type_object:
         name = r.unicode_string(type_object + _offset(layout, "type_name", is64))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 from importlib import resources
 
 from kdshell.kernel.kdbg import FIELDS as KDBG_FIELDS
@@ -65,7 +65,7 @@ def table() -> dict:
         return json.load(f)
 
 
-def _num(value) -> int:
+def _num(value: str | int) -> int:
     return int(value, 0) if isinstance(value, str) else int(value)
 
 
@@ -151,7 +151,7 @@ def builtin_definitions(build: int, is64: bool) -> tuple[dict[str, dict], BuildE
     defs: dict[str, dict] = {}
     ptr = "Ptr64" if is64 else "Ptr32"
     for tname, t in entry.types.items():
-        fields = []
+        fields: list[tuple[str, int, str] | tuple[str, int, str, int, int]] = []
         for path, (offset, dtype) in sorted(t["fields"].items(), key=lambda kv: kv[1][0]):
             if "." in path:
                 continue  # nested paths are reached through their own types
@@ -237,6 +237,14 @@ class KernelOffsets:
         return self.entry.size(type_name) if self.entry is not None else None
 
 
+class OffsetsHolder(Protocol):
+    """What gives the kernel's offsets, built again when symbols change (the session's parts,
+    kdshell.parts.Parts): for the layers above that take the session but may not import it."""
+
+    @property
+    def offsets(self) -> Callable[[], KernelOffsets]: ...
+
+
 # _KLDR_DATA_TABLE_ENTRY fields every x64 / x86 kernel since Windows 7 shares (the ones lm needs);
 # TimeDateStamp moved (Win7: an LDR_DATA_TABLE_ENTRY-sized entry) and comes from the table.
 LOADER_ENTRY_64 = {"DllBase": 0x30, "SizeOfImage": 0x40, "FullDllName": 0x48, "BaseDllName": 0x58, "CheckSum": 0x78}
@@ -265,10 +273,10 @@ KDBG_SYMBOLS = {offset: _KDBG_SYMBOL_NAMES.get(name, name) for name, (offset, wi
                 if width == 8 and name not in _KDBG_VALUES}
 
 
-def kdbg_symbols(kdbg, kdbg_address: int | None, base: int, end: int) -> list[tuple[str, int]]:
+def kdbg_symbols(kdbg: Kdbg | None, kdbg_address: int | None, base: int, end: int) -> list[tuple[str, int]]:
     """(name, address) of the kernel variables the KDBG points to that lie inside nt
     [base, end), plus KdDebuggerDataBlock itself."""
-    out = []
+    out: list[tuple[str, int]] = []
     if kdbg_address and base <= kdbg_address < end:
         out.append(("KdDebuggerDataBlock", kdbg_address))
     if kdbg is None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from kdshell.errors import MemoryNotPresent
-from kdshell.kernel.layout import Reader, StructLayout
+from kdshell.kernel.layout import FieldOffsets, Memory, Reader, StructLayout
 
 PRCB_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "current_thread": (("_KPRCB", "CurrentThread"),),
@@ -80,7 +81,7 @@ IRQL_NAMES = {
 }
 
 
-def prcb_layout(offsets, is64: bool = True, build: int | None = None) -> StructLayout:
+def prcb_layout(offsets: FieldOffsets, is64: bool = True, build: int | None = None) -> StructLayout:
     return StructLayout(offsets, {**PRCB_FIELDS, **PCR_FIELDS[is64]}, build)
 
 
@@ -116,7 +117,7 @@ def pcr_prcb_offset(layout: StructLayout, is64: bool) -> int:
     return found if found is not None else PCR_PRCB_DEFAULT[is64]
 
 
-def processor_block_entry(memory, ki_processor_block: int, number: int, is64: bool) -> int:
+def processor_block_entry(memory: Memory, ki_processor_block: int, number: int, is64: bool) -> int:
     """KiProcessorBlock[number] (0 for an empty slot); MemoryNotPresent when not in the dump."""
     return Reader(memory, is64).ptr(ki_processor_block + number * (8 if is64 else 4))
 
@@ -135,7 +136,7 @@ def cr8_offset(layout: StructLayout, is64: bool) -> int | None:
     return context - 0xF0 + CR8_IN_SPECIAL_REGISTERS if context is not None and context >= 0xF0 else None
 
 
-def read_processor(memory, number: int, prcb: int, layout: StructLayout, is64: bool,
+def read_processor(memory: Memory, number: int, prcb: int, layout: StructLayout, is64: bool,
                    read_pcr: bool = True) -> Processor:
     r = Reader(memory, is64)
     f = layout.get
@@ -144,8 +145,8 @@ def read_processor(memory, number: int, prcb: int, layout: StructLayout, is64: b
     p.next_thread = r.maybe_ptr(prcb, f("next_thread"))
     p.idle_thread = r.maybe_ptr(prcb, f("idle_thread"))
     p.readable = p.current_thread is not None or r.maybe_ptr(prcb, 0) is not None
-    if f("context") is not None:
-        p.context_address = prcb + f("context")
+    if (context := f("context")) is not None:
+        p.context_address = prcb + context
     p.pcr = prcb - pcr_prcb_offset(layout, is64) if read_pcr else None
     if p.pcr is not None:
         irql_at = f("pcr_irql") if f("pcr_irql") is not None else (0x50 if is64 else 0x24)
@@ -174,7 +175,7 @@ class PrcbCounters:
     user_time: int | None = None
 
 
-def read_prcb_counters(memory, prcb: int, layout: StructLayout, is64: bool) -> PrcbCounters:
+def read_prcb_counters(memory: Memory, prcb: int, layout: StructLayout, is64: bool) -> PrcbCounters:
     r = Reader(memory, is64)
     f = layout.get
     return PrcbCounters(
@@ -203,7 +204,7 @@ class PcrFields:
     tss: int | None = None
 
 
-def read_pcr_fields(memory, pcr: int, layout: StructLayout, is64: bool) -> PcrFields:
+def read_pcr_fields(memory: Memory, pcr: int, layout: StructLayout, is64: bool) -> PcrFields:
     """The KPCR's fields; MemoryNotPresent when its head is not in the dump."""
     r = Reader(memory, is64)
     ps = r.psize
@@ -223,7 +224,8 @@ class ProcessorList:
     warnings: list[str]
 
 
-def read_processors(memory, ki_processor_block: int, count: int, layout: StructLayout, is64: bool) -> ProcessorList:
+def read_processors(memory: Memory, ki_processor_block: int, count: int, layout: StructLayout,
+                    is64: bool) -> ProcessorList:
     """Processors 0..count-1 from KiProcessorBlock; an empty slot ends the list early."""
     out: list[Processor] = []
     warnings: list[str] = []
@@ -241,7 +243,9 @@ def read_processors(memory, ki_processor_block: int, count: int, layout: StructL
     return ProcessorList(out, warnings)
 
 
-def crashing_processor(processors: list[Processor], sp: int, stack_bounds, context_sp=None) -> int | None:
+def crashing_processor(processors: list[Processor], sp: int,
+                       stack_bounds: Callable[[int], tuple[int, int] | None],
+                       context_sp: Callable[[Processor], int | None] | None = None) -> int | None:
     """The processor that bug-checked: the one whose current thread's kernel stack holds the
     dump's stack pointer (the header context may be an exception context deeper on the same
     stack), else the one whose saved context has that stack pointer. `stack_bounds(thread)` gives
@@ -300,7 +304,7 @@ def self_address(copy: bytes, is64: bool, alignment: tuple[int, int] | None = No
     return best
 
 
-def locate_triage_copies(prcb_copy: bytes, thread_copy: bytes | None, memory, ki_processor_block: int | None,
+def locate_triage_copies(prcb_copy: bytes, thread_copy: bytes | None, memory: Memory, ki_processor_block: int | None,
                          layout: StructLayout, thread_layout: StructLayout, is64: bool) -> TriageCopies:
     """Derive the addresses of a small dump's copies (formats.md §6.2 step 5): the processor
     number from the KPRCB copy, the KPRCB from KiProcessorBlock[number] when the dump saved it

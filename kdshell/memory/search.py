@@ -9,14 +9,21 @@ A hit may straddle two readable pieces; a gap (a piece the dump lacks) breaks a 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from kdshell.errors import MemoryNotPresent
+from kdshell.memory.virtual import Chunk
 
 MIN_STRING = 3  # characters of the shortest string listed (WinDbg's default for -sa/-su)
 
 
-def find(memory, start: int, length: int, pattern: bytes, align: int,
+class Chunked(Protocol):
+    """A memory that yields its pieces in order (VirtualMemory, PhysicalView)."""
+
+    def chunks(self, address: int, size: int) -> Iterator[Chunk]: ...
+
+
+def find(memory: Chunked, start: int, length: int, pattern: bytes, align: int,
          progress: Callable[[int], None] | None = None) -> Iterator[int]:
     """Addresses of `pattern` in [start, start+length) that lie `align` apart from `start`.
     `progress` is told how many bytes have been looked at."""
@@ -44,7 +51,7 @@ def find(memory, start: int, length: int, pattern: bytes, align: int,
         tail_at = base + len(buf) - len(tail)
 
 
-def _characters(memory, start: int, length: int, unit: int) -> Iterator[tuple[int | None, int | None]]:
+def _characters(memory: Chunked, start: int, length: int, unit: int) -> Iterator[tuple[int | None, int | None]]:
     """(address, character code) in order; None for a piece the dump lacks and at the end."""
     for at, piece, size in memory.chunks(start, length):
         if isinstance(piece, MemoryNotPresent):
@@ -55,7 +62,8 @@ def _characters(memory, start: int, length: int, unit: int) -> Iterator[tuple[in
     yield None, None
 
 
-def strings(memory, start: int, length: int, unit: int, minimum: int = MIN_STRING) -> Iterator[tuple[int, str]]:
+def strings(memory: Chunked, start: int, length: int, unit: int,
+            minimum: int = MIN_STRING) -> Iterator[tuple[int, str]]:
     """(address, text) of every run of at least `minimum` printable characters (`unit` bytes
     each: 1 ASCII, 2 UTF-16) in [start, start+length)."""
     run: list[str] = []

@@ -10,16 +10,22 @@ offline, no path, a server that failed, or a server that does not have the file.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kdshell.symbols.resolver import KDBG, NONE
 from kdshell.symbols.store import is_url
 
+if TYPE_CHECKING:
+    from kdshell.symbols.modules import Module
+    from kdshell.symbols.resolver import Symbols
 
-def lacks_symbols(symbols, module) -> bool:
+
+def lacks_symbols(symbols: Symbols, module: Module) -> bool:
     """The module's symbols were looked for (not deferred) and give no function names."""
     return symbols.status(module) in (NONE, KDBG)
 
 
-def what_is_missing(module) -> str:
+def what_is_missing(module: Module) -> str:
     """The file the module's names would come from, as the resolver last looked for it."""
     st = module.state
     pdb, image = st.get("wanted_pdb"), st.get("wanted_image")
@@ -32,7 +38,7 @@ def what_is_missing(module) -> str:
     return "its image could not be read"
 
 
-def how_to_fix(symbols) -> str:
+def how_to_fix(symbols: Symbols) -> str:
     servers = [s for el in symbols.store.path.elements for s in el.stores if is_url(s)]
     if symbols.offline:
         return "downloads are off (--offline), so add a local store with .sympath+ DIR"
@@ -43,7 +49,7 @@ def how_to_fix(symbols) -> str:
     return "the symbol server lacks it too, so add the folder that has it with .sympath+ DIR"
 
 
-def missing_symbols_line(symbols, module) -> str | None:
+def missing_symbols_line(symbols: Symbols, module: Module) -> str | None:
     """The line for a module without symbols; None when it has some (or was never looked at)."""
     if not lacks_symbols(symbols, module):
         return None

@@ -19,21 +19,26 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.expr import Registers
-from kdshell.memory.virtual import VirtualMemory
+from kdshell.memory.virtual import Chunk, VirtualMemory
 from kdshell.symbols.modules import (
     Module,
     ModuleList,
+    UnloadedModule,
     modules_from_triage,
     read_unloaded_modules,
     walk_loaded_modules,
 )
-from kdshell.symbols.pe import PeFormatError, PeImage
+from kdshell.symbols.pe import CodeView, PeFormatError, PeImage
 from kdshell.symbols.store import SymbolStore
-from kdshell.symbols.types import wildcard
+from kdshell.symbols.types import TypeSource, wildcard
+
+if TYPE_CHECKING:
+    from kdshell.symbols.pdb import PdbFile
+    from kdshell.symbols.pdb import Symbol as PdbSymbol
 
 DEFERRED, PDB, EXPORTS, NONE = "deferred", "pdb symbols", "export symbols", "no symbols"
 KDBG = "kdbg symbols"  # nt without PDB or exports: the kernel variables the KDBG points to
@@ -51,13 +56,14 @@ class Symbol:
 class SymbolTable:
     """A module's symbols sorted by address, with case-insensitive lookup by name."""
 
-    def __init__(self, kind: str, path: str | None, symbols, types=None, pdb=None):
+    def __init__(self, kind: str, path: str | None, symbols: Iterable[Symbol], types: TypeSource | None = None,
+                 pdb: PdbFile | None = None) -> None:
         self.kind = kind  # PDB or EXPORTS
         self.path = path
         self.types = types  # a TypeSource (PDB types), or None
         self.pdb = pdb
-        seen = set()
-        entries = []
+        seen: set[tuple[int, str]] = set()
+        entries: list[Symbol] = []
         for s in symbols:
             key = (s.rva, s.name)
             if s.name and key not in seen:
@@ -115,14 +121,14 @@ class PdbSymbols:
 
     kind = PDB
 
-    def __init__(self, pdb, path: str):
+    def __init__(self, pdb: PdbFile, path: str) -> None:
         self.pdb = pdb
         self.path = path
         self.types = pdb  # PdbFile is a TypeSource
         self._all_rvas: list[int] | None = None
 
     @staticmethod
-    def _symbol(s) -> Symbol:
+    def _symbol(s: PdbSymbol) -> Symbol:
         kind = s.kind
         if kind == "public":  # S_PUB32 flags: 1 code, 2 function
             kind = FUNCTION if s.flags & 3 else DATA
@@ -167,13 +173,13 @@ class PdbSymbols:
         return [self._symbol(s) for s in self.pdb.symbols(pattern)]
 
 
-def _open_pdb(path: str):
+def _open_pdb(path: str) -> PdbFile:
     from kdshell.symbols.pdb import PdbFile
 
     return PdbFile(path)
 
 
-def _same_pdb(pdb, cv) -> bool:
+def _same_pdb(pdb: PdbFile, cv: CodeView) -> bool:
     """The PDB is the one the image's RSDS/NB10 record names (GUID or signature, and age)."""
     if cv.guid is not None:
         if pdb.guid is None or pdb.guid.hex != cv.guid.hex:
@@ -181,6 +187,10 @@ def _same_pdb(pdb, cv) -> bool:
     elif getattr(pdb, "signature", None) != cv.signature:
         return False
     return pdb.age == cv.age
+
+
+# A module's symbol table: from its PDB, else its exports (or the KDBG's names for nt).
+Table = SymbolTable | PdbSymbols
 
 
 class KernelFacts(Protocol):
@@ -323,7 +333,7 @@ class Symbols:
                             f"header's ({heads[1]:#x})"] + header_warnings
         return ModuleList(modules, [], "PsLoadedModuleList", warnings)
 
-    def _read_unloaded(self) -> list:
+    def _read_unloaded(self) -> list[UnloadedModule]:
         if self.dump.triage is not None:
             return self._modules.unloaded if self._modules is not None else []
         memory = self.raw_memory()
@@ -357,7 +367,7 @@ class Symbols:
             if st.get("image", False) is None:
                 st.pop("image")
 
-    def types(self, module: Module):
+    def types(self, module: Module) -> TypeSource | None:
         """The module's TypeSource: its PDB's types; for nt without a PDB, the built-in table."""
         table = self.table(module)
         if table is not None and getattr(table, "types", None) is not None:
@@ -366,7 +376,7 @@ class Symbols:
             return self.kernel.fallback_types()
         return None
 
-    def type_sources(self, module_name: str | None = None) -> list:
+    def type_sources(self, module_name: str | None = None) -> list[tuple[str, TypeSource, str | None]]:
         """[(module name, TypeSource, origin note)] where types are looked for: the named
         module's, else nt's first and then every module whose symbols are loaded."""
         if module_name is not None:
@@ -378,7 +388,7 @@ class Symbols:
             kernel = self.modules.kernel
             modules = ([kernel] if kernel is not None else []) + [m for m, _ in self.loaded_tables()
                                                                   if m is not kernel]
-        out = []
+        out: list[tuple[str, TypeSource, str | None]] = []
         for m in modules:
             source = self.types(m)
             if source is not None:
@@ -471,14 +481,15 @@ class Symbols:
             return DEFERRED
         return table.kind if table is not None else NONE
 
-    def table(self, module: Module, load: bool = True) -> SymbolTable | None:
+    def table(self, module: Module, load: bool = True) -> Table | None:
         """The module's symbols (loading them on first use unless load=False)."""
         table = module.state.get("table", DEFERRED)
         if table is DEFERRED:
             if not load:
                 return None
             table = self._load_table(module)
-            if module is self.modules.kernel and (table is None or table.kind == EXPORTS):
+            if module is self.modules.kernel and (table is None or isinstance(table, SymbolTable)
+                                                  and table.kind == EXPORTS):
                 table = self._with_kdbg_names(module, table)
             module.state["table"] = table
         return table
@@ -494,7 +505,7 @@ class Symbols:
             return SymbolTable(KDBG, None, extra)
         return SymbolTable(table.kind, table.path, table.entries + [e for e in extra if table.lookup(e.name) is None])
 
-    def _load_table(self, module: Module) -> SymbolTable | None:
+    def _load_table(self, module: Module) -> Table | None:
         image = self.image(module)
         if image is not None:
             try:
@@ -521,7 +532,7 @@ class Symbols:
         self.log(f"DBGHELP: {module.name} - no symbols loaded")
         return None
 
-    def _pdb_table(self, module: Module, cv) -> SymbolTable | None:
+    def _pdb_table(self, module: Module, cv: CodeView) -> PdbSymbols | None:
         def same(path: str) -> bool:
             try:
                 with _open_pdb(path) as candidate:
@@ -543,7 +554,7 @@ class Symbols:
         self.log(f"DBGHELP: {module.name} - private/public symbols from {path}")
         return table
 
-    def loaded_tables(self):
+    def loaded_tables(self) -> Iterator[tuple[Module, Table]]:
         for m in self.modules:
             t = m.state.get("table", DEFERRED)
             if t is not DEFERRED and t is not None:
@@ -576,8 +587,8 @@ class Symbols:
                 return m.base + s.rva
         kernel = self.modules.kernel
         if kernel is not None:
-            t = self.table(kernel)
-            s = t.lookup(name) if t is not None else None
+            table = self.table(kernel)
+            s = table.lookup(name) if table is not None else None
             if s is not None:
                 return kernel.base + s.rva
         return None
@@ -612,7 +623,7 @@ class Symbols:
         name, displacement = found
         return name + (f"+{displacement:#x}" if displacement else "")
 
-    def nearest(self, address: int):
+    def nearest(self, address: int) -> tuple[Module, Symbol | None, Symbol | None, list[Symbol]] | None:
         """For ln: (module, previous Symbol|None, next Symbol|None, exact [Symbol]); None
         outside every module."""
         module = self.module_at(address)
@@ -649,7 +660,7 @@ class Symbols:
     def search(self, pattern: str) -> list[tuple[Module, Symbol]]:
         """`x` patterns: MODULE!SYMBOL, each side with * and ? wildcards."""
         mod_pat, _, sym_pat = pattern.partition("!") if "!" in pattern else ("*", "", pattern)
-        out = []
+        out: list[tuple[Module, Symbol]] = []
         for m in self.modules.match(mod_pat or "*"):
             t = self.table(m)
             if t is None:
@@ -694,7 +705,7 @@ def _image_matches(path: str, stamp: int, size: int) -> bool:
 
 
 class _HeadReader:
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes) -> None:
         self.data = data
 
     def read(self, rva: int, size: int) -> bytes:
@@ -714,18 +725,18 @@ class ImageOverlay:
     tables, if any).
     """
 
-    def __init__(self, inner, symbols: Symbols):
+    def __init__(self, inner: VirtualMemory, symbols: Symbols) -> None:
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_symbols", symbols)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._inner, name, value)
 
     @property
-    def inner(self):
+    def inner(self) -> VirtualMemory:
         return self._inner
 
     def read(self, address: int, size: int) -> bytes:
@@ -740,14 +751,14 @@ class ImageOverlay:
             out += piece
         return bytes(out)
 
-    def chunks(self, address: int, size: int):
+    def chunks(self, address: int, size: int) -> Iterator[Chunk]:
         for at, piece, length in self._inner.chunks(address, size):
             if not isinstance(piece, MemoryNotPresent):
                 yield at, piece, length
                 continue
             yield from self._fill(at, length, piece)
 
-    def _fill(self, address: int, length: int, error: MemoryNotPresent):
+    def _fill(self, address: int, length: int, error: MemoryNotPresent) -> Iterator[Chunk]:
         """Fill a hole page by page from images; what no image has stays a hole."""
         end = address + length
         cursor = address
@@ -798,11 +809,11 @@ def _hole(error: MemoryNotPresent, address: int) -> MemoryNotPresent:
 class UnwindModules:
     """Adapter for kdshell.stack.walk: modules with an image reader and their .pdata location."""
 
-    def __init__(self, symbols: Symbols):
+    def __init__(self, symbols: Symbols) -> None:
         self.symbols = symbols
         self._views: dict[int, _ModuleView] = {}
 
-    def module_at(self, address: int):
+    def module_at(self, address: int) -> _ModuleView | None:
         module = self.symbols.module_at(address)
         if module is None:
             return None
@@ -813,7 +824,7 @@ class UnwindModules:
 
 
 class _ModuleView:
-    def __init__(self, symbols: Symbols, module: Module):
+    def __init__(self, symbols: Symbols, module: Module) -> None:
         self.module = module
         self.base, self.size, self.name = module.base, module.size, module.name
         image = symbols.image(module)

@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TextIO
 
 MICROSOFT_SERVER = "https://msdl.microsoft.com/download/symbols"
 DEFAULT_TIMEOUT = 10.0  # seconds per connect/read
@@ -122,7 +122,7 @@ def is_url(text: str) -> bool:
 
 
 class SymbolPath:
-    def __init__(self, elements: list[Element], text: str):
+    def __init__(self, elements: list[Element], text: str) -> None:
         self.elements = elements
         self.text = text
 
@@ -170,13 +170,14 @@ class SymbolStore:
     """Finds files by name and key along a symbol path; one instance per path and session."""
 
     def __init__(self, path: SymbolPath | str | None, *, log: Callable[[str], None] | None = None,
-                 warn: Callable[[str], None] | None = None, progress=None, timeout: float = DEFAULT_TIMEOUT,
-                 deadline: float = DEFAULT_DEADLINE, max_size: int = DEFAULT_MAX_SIZE, offline: bool = False):
+                 warn: Callable[[str], None] | None = None, progress: TextIO | None = None,
+                 timeout: float = DEFAULT_TIMEOUT, deadline: float = DEFAULT_DEADLINE, max_size: int = DEFAULT_MAX_SIZE,
+                 offline: bool = False) -> None:
         self.path = path if isinstance(path, SymbolPath) else SymbolPath.parse(path)
         self.offline = offline  # servers (URLs) are skipped; local stores and caches still serve
         self.log = log or (lambda text: None)  # noisy tracing ("SYMSRV:  ...")
         self.warn = warn or (lambda text: None)  # once-per-server failures
-        self.progress = progress if progress is not None else sys.stderr
+        self.progress: TextIO | None = progress if progress is not None else sys.stderr
         self.timeout = timeout
         self.deadline = deadline
         self.max_size = max_size
@@ -213,7 +214,7 @@ class SymbolStore:
         return None
 
     # -- local stores and directories --------------------------------------------------------
-    def _from_store(self, store: str, name: str, key: str, verify) -> str | None:
+    def _from_store(self, store: str, name: str, key: str, verify: Callable[[str], bool]) -> str | None:
         """NAME/KEY/NAME (or two-tier NA/NAME/KEY/NAME) in a local store, following file.ptr."""
         if not os.path.isdir(store):
             return None
@@ -237,7 +238,7 @@ class SymbolStore:
                     return found
         return None
 
-    def _follow_ptr(self, ptr: str, store: str, verify) -> str | None:
+    def _follow_ptr(self, ptr: str, store: str, verify: Callable[[str], bool]) -> str | None:
         try:
             with open(ptr, "r", encoding="utf-8", errors="replace") as f:
                 text = f.read(4096).strip()
@@ -258,7 +259,7 @@ class SymbolStore:
             return target
         return None
 
-    def _from_dir(self, directory: str, name: str, key: str, verify) -> str | None:
+    def _from_dir(self, directory: str, name: str, key: str, verify: Callable[[str], bool]) -> str | None:
         found = self._from_store(directory, name, key, verify)
         if found:
             return found
@@ -291,7 +292,7 @@ class SymbolStore:
             return None
 
     # -- servers -----------------------------------------------------------------------------
-    def _from_server(self, el: Element, name: str, key: str, verify) -> str | None:
+    def _from_server(self, el: Element, name: str, key: str, verify: Callable[[str], bool]) -> str | None:
         if el.cache:
             found = self._from_store(el.cache, name, key, verify)
             if found:
@@ -309,7 +310,7 @@ class SymbolStore:
                 return found
         return None
 
-    def _download(self, server: str, cache: str, name: str, key: str, verify) -> str | None:
+    def _download(self, server: str, cache: str, name: str, key: str, verify: Callable[[str], bool]) -> str | None:
         if server in self.dead_servers:
             return None
         base = server.rstrip("/")
@@ -417,7 +418,7 @@ class SymbolStore:
         import socket
         import threading
 
-        result: list = []
+        result: list[BaseException | None] = []
 
         def lookup() -> None:
             try:
