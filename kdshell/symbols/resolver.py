@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.expr import Registers
-from kdshell.memory.virtual import Chunk, VirtualMemory
+from kdshell.memory.virtual import VirtualMemory
+from kdshell.symbols.overlay import ImageOverlay, UnwindModules
 from kdshell.symbols.modules import (
     Module,
     ModuleList,
@@ -404,7 +405,7 @@ class Symbols:
         table = self.table(kernel) if kernel is not None else None
         return table.types if table is not None and table.kind == PDB else None
 
-    def unwind_modules(self) -> "UnwindModules":
+    def unwind_modules(self) -> UnwindModules:
         """The module lookup the stack walker takes (kdshell.stack.walk): `module_at(address)`
         gives `.base .size .name .image(rva, size)`, the image read through the session's
         memory (so image files lend what the dump lacks), and `.exception_directory`."""
@@ -714,126 +715,3 @@ class _HeadReader:
                 return self.data[rva:]
             raise MemoryNotPresent(rva, "beyond the header")
         return self.data[rva : rva + size]
-
-
-# -- the memory overlay -------------------------------------------------------------------------
-class ImageOverlay:
-    """The session's virtual memory with image files behind it: a read the dump cannot answer
-    is answered from the module's image file when there is one.
-
-    Its other attributes are the wrapped memory's; `inner` is that memory itself (what has page
-    tables, if any).
-    """
-
-    def __init__(self, inner: VirtualMemory, symbols: Symbols) -> None:
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "_symbols", symbols)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._inner, name, value)
-
-    @property
-    def inner(self) -> VirtualMemory:
-        return self._inner
-
-    def read(self, address: int, size: int) -> bytes:
-        try:
-            return self._inner.read(address, size)
-        except MemoryNotPresent:
-            pass
-        out = bytearray()
-        for _, piece, _ in self.chunks(address, size):
-            if isinstance(piece, MemoryNotPresent):
-                raise piece
-            out += piece
-        return bytes(out)
-
-    def chunks(self, address: int, size: int) -> Iterator[Chunk]:
-        for at, piece, length in self._inner.chunks(address, size):
-            if not isinstance(piece, MemoryNotPresent):
-                yield at, piece, length
-                continue
-            yield from self._fill(at, length, piece)
-
-    def _fill(self, address: int, length: int, error: MemoryNotPresent) -> Iterator[Chunk]:
-        """Fill a hole page by page from images; what no image has stays a hole."""
-        end = address + length
-        cursor = address
-        symbols = self._symbols
-        while cursor < end:
-            module = symbols.module_at(cursor)
-            if module is None or symbols.file_image(module) is None:
-                # no image here: the hole runs to the next module (or the end of this module)
-                if module is None:
-                    nxt = _next_module_start(symbols.modules, cursor)
-                    stop = min(end, nxt) if nxt is not None and nxt > cursor else end
-                else:
-                    stop = min(end, module.end)
-                yield cursor, _hole(error, cursor), stop - cursor
-                cursor = stop
-                continue
-            step = min(end - cursor, 0x1000 - (cursor & 0xFFF))
-            data = symbols.fill(cursor, step)
-            if data is None:
-                yield cursor, _hole(error, cursor), step
-            else:
-                yield cursor, data, step
-            cursor += step
-
-    # The helpers over read() and chunks(), as every memory has them (pointer_size and
-    # address_mask come from the wrapped memory).
-    read_pointer = VirtualMemory.read_pointer
-    read_int = VirtualMemory.read_int
-    readable = VirtualMemory.readable
-    read_partial = VirtualMemory.read_partial
-
-
-def _next_module_start(modules: ModuleList, address: int) -> int | None:
-    i = bisect.bisect_right(modules._starts, address)
-    return modules._starts[i] if i < len(modules._starts) else None
-
-
-def _hole(error: MemoryNotPresent, address: int) -> MemoryNotPresent:
-    if error.address == address:
-        return error
-    clone = MemoryNotPresent.__new__(type(error))
-    clone.__dict__.update(error.__dict__)
-    clone.args = error.args
-    clone.address = address
-    return clone
-
-
-class UnwindModules:
-    """Adapter for kdshell.stack.walk: modules with an image reader and their .pdata location."""
-
-    def __init__(self, symbols: Symbols) -> None:
-        self.symbols = symbols
-        self._views: dict[int, _ModuleView] = {}
-
-    def module_at(self, address: int) -> _ModuleView | None:
-        module = self.symbols.module_at(address)
-        if module is None:
-            return None
-        view = self._views.get(module.base)
-        if view is None or view.module is not module:
-            view = self._views[module.base] = _ModuleView(self.symbols, module)
-        return view
-
-
-class _ModuleView:
-    def __init__(self, symbols: Symbols, module: Module) -> None:
-        self.module = module
-        self.base, self.size, self.name = module.base, module.size, module.name
-        image = symbols.image(module)
-        memory = symbols.memory()
-        self.image = None
-        self.exception_directory = None
-        if image is not None and memory is not None:
-            base = module.base
-            self.image = lambda rva, size: memory.read(base + rva, size)
-            rva, size = image.directory(3)
-            if rva and size:
-                self.exception_directory = (rva, size)
