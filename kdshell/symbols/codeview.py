@@ -123,6 +123,7 @@ class _Records:
     def __init__(self, data: bytes, what: str, path: str | None):
         self.data, self.what, self.path = data, what, path
         self.begin = self.end = 0x1000
+        self.header_size = self.record_end = 0  # an empty stream: no records
         self._offsets: array.array | None = None
         if not data:
             return
