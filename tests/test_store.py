@@ -53,13 +53,22 @@ class Handler(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def server():
-    """An HTTP symbol server over the corpus store; `server.mode` switches its behaviour."""
+def corpus_server():
+    """An HTTP symbol server over the corpus store."""
+    yield from _serve(CORPUS_SYMBOLS)
 
+
+@pytest.fixture
+def server(tmp_path_factory):
+    """An HTTP symbol server over an empty store, for the failures: `server.handler.mode` says which."""
+    yield from _serve(tmp_path_factory.mktemp("served"))
+
+
+def _serve(directory):
     class H(Handler):
         hits = []
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(H, directory=str(CORPUS_SYMBOLS)))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(H, directory=str(directory)))
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -155,7 +164,8 @@ def test_cache_element_copies_what_it_finds(tmp_path):
 
 
 # -- downloads -----------------------------------------------------------------------------------
-def test_download_into_the_cache(server, tmp_path):
+def test_download_into_the_cache(corpus_server, tmp_path):
+    server = corpus_server
     cache = tmp_path / "cache"
     store, warnings, log, progress = make_store(f"srv*{cache}*{server.url}")
     found = store.find("amdppm.pdb", AMDPPM_PDB_KEY)
@@ -173,7 +183,8 @@ def test_download_into_the_cache(server, tmp_path):
     assert store.find("nothere.pdb", AMDPPM_PDB_KEY) is None and warnings == []
 
 
-def test_the_triage_dump_with_a_symbol_server(server, tmp_path):
+def test_the_triage_dump_with_a_symbol_server(corpus_server, tmp_path):
+    server = corpus_server
     cache = tmp_path / "cache"
     with kdshell.open(TRIAGE_19041, symbol_path=f"srv*{cache}*{server.url}", image_path="") as s:
         s.progress = None
