@@ -4,7 +4,19 @@
     with kdshell.open("MEMORY.DMP") as s:
         print(s.capture("vertarget"))
 """
+import os as _os
+
 from kdshell.errors import DumpFormatError, KdError, MemoryNotPresent
+
+# In a source checkout the command modules are ../commands, installed as kdshell.commands
+# (pyproject.toml's package-dir). When kdshell is imported from a checkout without an editable
+# install (`pip install .`, then `python -m pytest` or `python -m kdshell` in the checkout), the
+# checkout's root joins the package's path so that kdshell.commands is its commands/.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_here, "commands")) and \
+        _os.path.isfile(_os.path.join(_here, "..", "commands", "__init__.py")):
+    __path__.append(_os.path.dirname(_here))
+del _here
 
 __version__ = "0.1.0"
 __all__ = ["open", "Session", "DumpFormatError", "KdError", "MemoryNotPresent", "__version__"]

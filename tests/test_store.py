@@ -1,6 +1,6 @@
 """The symbol path and stores: grammar, local store layouts (keys in any case, file.ptr,
 index2.txt, cache*), downloads from a local HTTP server (127.0.0.1, http.server in a thread)
-serving ../shared/corpus/symbols, and the failures: a server that is down, slow, sends garbage or
+serving the corpus's symbol store, and the failures: a server that is down, slow, sends garbage or
 too much; names from a dump that try to leave the cache."""
 import functools
 import io
