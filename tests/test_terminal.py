@@ -1,4 +1,5 @@
 """kdshell in a real terminal: tmux runs it, send-keys types, capture-pane reads the screen."""
+import re
 import shlex
 import shutil
 import subprocess
@@ -11,6 +12,9 @@ import pytest
 from conftest import CORPUS_SYMBOLS, TRIAGE_19041
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+PROMPT_AT_END = re.compile(r"\n\d+: kd>\s*$")
 
 
 class Terminal:
@@ -31,6 +35,7 @@ class Terminal:
         shell = f"trap : INT; {shlex.join(command)}; echo $? > {status}.new && mv {status}.new {status}"
         # Each terminal has a tmux server of its own (-L): no races with other tests' servers.
         subprocess.run(self.tmux("-f", "/dev/null", "start-server", ";", "set-option", "-g", "remain-on-exit", "on",
+                                 ";", "set-option", "-g", "default-shell", "/bin/sh",
                                  ";", "new-session", "-d", "-s", self.name, "-x", "160", "-y", "50", shell),
                        check=True)
 
@@ -58,14 +63,16 @@ class Terminal:
             time.sleep(0.02)
         return self.screen(escapes, history=True)
 
-    def wait_for(self, text, timeout=20.0, escapes=False) -> str:
-        """The screen once `text` is on it. Fails as soon as kdshell has exited without showing it,
-        and after `timeout` seconds of a live kdshell not showing it."""
+    def wait_for(self, text, timeout=20.0, escapes=False, then_prompt=False) -> str:
+        """The screen once `text` is on it (and, with then_prompt, an empty prompt below it: kdshell
+        reads keys again; until then the terminal is in line mode, where Ctrl-R or Ctrl-D never
+        reach it). Fails as soon as kdshell has exited without showing it, and after `timeout`
+        seconds of a live kdshell not showing it."""
         end = time.monotonic() + timeout
         while True:
             status = self.exit_status()
             screen = self.screen(escapes) if status is None else self.last_screen(escapes)
-            if text in screen:
+            if text in screen and not (then_prompt and not PROMPT_AT_END.search(screen[screen.rfind(text):])):
                 return screen
             if status is not None:
                 raise AssertionError(f"kdshell exited (status {status}) before {text!r} appeared; "
@@ -108,9 +115,9 @@ def test_prompt_repeat_on_enter_and_quit(term):
     t = term("-z", str(TRIAGE_19041))
     t.wait_for("0: kd>")
     t.keys("dq fffff804`7c600b20 L2", "Enter")
-    t.wait_for("fffff804`7c600b20  ")
+    t.wait_for("fffff804`7c600b20  ", then_prompt=True)
     t.keys("Enter")
-    t.wait_for("fffff804`7c600b30  ")
+    t.wait_for("fffff804`7c600b30  ", then_prompt=True)
     t.keys("q", "Enter")
     assert t.wait_exit() == 0
 
@@ -126,7 +133,7 @@ def test_a_wait_fails_at_once_when_kdshell_has_exited(term, tmp_path):
     status = t.wait_exit()
     assert status > 0
     assert f"kdshell exited (status {status}) before '0: kd>' appeared" in str(failure.value)
-    assert "/nonexistent/no-such.dmp: No such file or directory" in str(failure.value)  # its one-line error, from the screen
+    assert "/nonexistent/no-such.dmp: No such file or directory" in str(failure.value)  # what it printed
 
 
 def test_tab_completes_commands(term):
@@ -142,7 +149,7 @@ def test_history_survives_a_restart(term):
     t = term("-z", str(TRIAGE_19041))
     t.wait_for("0: kd>")
     t.keys(".echo remembered-line", "Enter")
-    t.wait_for("remembered-line\n")
+    t.wait_for("remembered-line\n", then_prompt=True)
     t.keys("C-d")
     assert t.wait_exit() == 0
     t2 = term("-z", str(TRIAGE_19041))
@@ -194,9 +201,9 @@ def test_tab_completes_a_symbol_in_the_terminal(term):
     t = term("-z", str(TRIAGE_19041), "-y", str(CORPUS_SYMBOLS))
     t.wait_for("0: kd>")
     t.keys("x amdppm!WriteIoMemRawE*", "Enter")
-    t.wait_for("amdppm!WriteIoMemRawEx")
+    t.wait_for("amdppm!WriteIoMemRawEx", then_prompt=True)
     t.keys("ln amdppm!WriteIoMemRaw", "Tab")
-    t.wait_for("amdppm!WriteIoMemRawEx")
+    t.wait_for("amdppm!WriteIoMemRawHidden")  # the menu of the symbols the prefix starts (x showed only ...Ex)
 
 
 def test_ctrl_c_stops_a_long_command(term, machines):
@@ -218,7 +225,7 @@ def test_ctrl_r_searches_the_history(term):
     t.keys(".echo needle-in-history", "Enter")
     t.wait_for("needle-in-history\n")
     t.keys(".echo other", "Enter")
-    t.wait_for("other\n")
+    t.wait_for("other\n", then_prompt=True)
     t.keys("C-r", "needle")
     t.wait_for("(reverse-i-search)`needle': .echo needle-in-history")
     t.keys("Enter")  # takes the match into the line
