@@ -11,14 +11,13 @@ Rows (median and worst of --repeat runs, seconds):
   - engine only       kdshell.analysis.analyze.analyze(session), warm: no text
   - process           `python -m kdshell -c "!analyze -v; q"` end to end, interpreter included
 
-Without --dump it uses the bundled sample (kdshell/data/sample) and the real triage dump from
-../shared/corpus with the corpus symbol store when present. Run by hand; nothing is asserted
-(DESIGN.md: bench/ is not CI).
+Without --dump it uses the bundled sample (kdshell/data/sample) and the real triage dump from the
+corpus ($KDSHELL_CORPUS, default ../shared/corpus) with its symbol store when present. Run by
+hand; nothing is asserted (DESIGN.md: bench/ is not CI).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -31,8 +30,9 @@ sys.path.insert(0, str(REPO))
 import kdshell  # noqa: E402
 from kdshell.analysis.analyze import analyze  # noqa: E402
 from kdshell.cli import bundled_sample  # noqa: E402
+from tests.fetch_corpus import corpus_dir  # noqa: E402
 
-SHARED = Path(os.environ.get("KDSHELL_SHARED", REPO.parent / "shared"))
+CORPUS = corpus_dir()  # $KDSHELL_CORPUS, default ../shared/corpus
 
 
 def timed(func, repeat: int) -> list[float]:
@@ -89,10 +89,10 @@ def main() -> None:
     if sample is None:
         sys.exit("the bundled sample is not installed (kdshell/data/sample)")
     bench(sample[0], sample[1], args.repeat)
-    triage = SHARED / "corpus" / "dumps" / "triage-x64-19041-1000007e.dmp"
+    triage = CORPUS / "dumps" / "triage-x64-19041-1000007e.dmp"
     if triage.exists():
         print()
-        bench(str(triage), str(SHARED / "corpus" / "symbols"), args.repeat)
+        bench(str(triage), str(CORPUS / "symbols"), args.repeat)
         print()
         bench(str(triage), "", args.repeat)
 

@@ -2,7 +2,8 @@
 
     python bench/pdb_index.py [--lookups 10000] [--repeat 5] [PDB ...]
 
-Default PDBs: the corpus's real Microsoft PDBs (../shared/corpus/symbols) and the fixture PDBs.
+Default PDBs: the corpus's real Microsoft PDBs ($KDSHELL_CORPUS/symbols, default ../shared/corpus)
+and the fixture PDBs.
 For each: time to open (superblock, directory, info, DBI), to build the address index (publics,
 globals, module symbols; first `symbol_at`), to decode every type record, and the mean time of
 random RVA -> (name, displacement) lookups. With `symbolic` (PyPI; not a dependency) installed,
@@ -23,12 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kdshell.symbols.pdb import PdbFile  # noqa: E402
-
-SHARED = REPO.parent / "shared"
+from tests.fetch_corpus import corpus_dir  # noqa: E402
 
 
 def default_pdbs() -> list[Path]:
-    corpus = sorted((SHARED / "corpus" / "symbols").glob("*.pdb/*/*.pdb"))
+    corpus = sorted((corpus_dir() / "symbols").glob("*.pdb/*/*.pdb"))
     fixtures = sorted((REPO / "fixtures" / "images" / "bin").glob("*.pdb"))
     return corpus + fixtures
 

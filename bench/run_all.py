@@ -56,8 +56,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-SHARED = Path(os.environ.get("KDSHELL_SHARED", REPO.parent / "shared"))
-CORPUS_DUMPS = SHARED / "corpus" / "dumps"
+from tests.fetch_corpus import corpus_dir  # noqa: E402
+
+CORPUS_DUMPS = corpus_dir() / "dumps"  # $KDSHELL_CORPUS, default ../shared/corpus
 SEED = 20261122
 PEERS = ("kdmp-parser", "volatility3", "symbolic")
 COLUMNS = ("kdshell",) + PEERS

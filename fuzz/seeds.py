@@ -22,9 +22,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("KDSHELL_SHARED", REPO.parent / "shared"))
-CORPUS_DUMPS = SHARED / "corpus" / "dumps"
-CORPUS_SYMBOLS = SHARED / "corpus" / "symbols"
 FIXTURE_BIN = REPO / "fixtures" / "images" / "bin"
 SAMPLE_STORE = REPO / "kdshell" / "data" / "sample" / "symbols"
 PAGE = 0x1000
@@ -32,6 +29,11 @@ PAGE = 0x1000
 for p in (str(REPO), str(REPO / "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+from tests.fetch_corpus import corpus_dir  # noqa: E402
+
+CORPUS_DUMPS = corpus_dir() / "dumps"  # $KDSHELL_CORPUS, default ../shared/corpus; seeds when there
+CORPUS_SYMBOLS = corpus_dir() / "symbols"
 
 # What the recording session runs to learn which pages matter (unknown commands are skipped).
 RECORD_COMMANDS = (

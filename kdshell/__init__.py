@@ -14,6 +14,16 @@ from kdshell.errors import DumpFormatError, KdError, MemoryNotPresent
 if TYPE_CHECKING:
     from kdshell.session import Session
 
+# In a source checkout the command modules are ../commands, installed as kdshell.commands
+# (pyproject.toml's package-dir). When kdshell is imported from a checkout without an editable
+# install (`pip install .`, then `python -m pytest` or `python -m kdshell` in the checkout), the
+# checkout's root joins the package's path so that kdshell.commands is its commands/.
+_here = os.path.dirname(os.path.abspath(__file__))
+if not os.path.isdir(os.path.join(_here, "commands")) and \
+        os.path.isfile(os.path.join(_here, "..", "commands", "__init__.py")):
+    __path__.append(os.path.dirname(_here))
+del _here
+
 __version__ = "0.1.0"
 __all__ = ["open", "Session", "DumpFormatError", "KdError", "MemoryNotPresent", "__version__"]
 

@@ -1,16 +1,119 @@
 import os
+import sys as _sys
+import types
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("KDSHELL_SHARED", REPO.parent / "shared"))
-CORPUS_DUMPS = SHARED / "corpus" / "dumps"
-CORPUS_SYMBOLS = SHARED / "corpus" / "symbols"
+if str(REPO) not in _sys.path:
+    _sys.path.insert(0, str(REPO))  # `fixtures` (the machine builder) and `tests.fetch_corpus`
+
+from tests.fetch_corpus import SETTING, corpus_dir, missing  # noqa: E402
+
+# -- the real-file corpus ($KDSHELL_CORPUS, default ../shared/corpus) ------------------------------
+CORPUS = corpus_dir()
+CORPUS_DUMPS = CORPUS / "dumps"
+CORPUS_SYMBOLS = CORPUS / "symbols"
 
 TRIAGE_19041 = CORPUS_DUMPS / "triage-x64-19041-1000007e.dmp"
 MINI_17763 = CORPUS_DUMPS / "mini-x64-17763-1000007e.dmp"
 FULL_TRUNCATED = CORPUS_DUMPS / "full-x64-19045-truncated-16k.dmp"
+
+_MISSING = missing(CORPUS)
+_HOW = f"set {SETTING}, or fetch it: python -m tests.fetch_corpus DIR"
+CORPUS_ABSENT = (None if not _MISSING else
+                 f"real-file corpus not found at {CORPUS} ({_HOW})" if not CORPUS.is_dir() else
+                 f"real-file corpus incomplete at {CORPUS}: no {_MISSING[0]} ({_HOW})")
+
+
+def corpus_dumps_if_present() -> list[Path]:
+    """The corpus dumps, or none: for tests that add them to their inputs when they are there and
+    run without them too (a test that names the corpus directly is a real-file test)."""
+    return [] if CORPUS_ABSENT else sorted(CORPUS_DUMPS.glob("*.dmp"))
+
+
+# The names a test uses to reach the corpus (from conftest import ...).
+_CORPUS_NAMES = {"CORPUS", "CORPUS_DUMPS", "CORPUS_SYMBOLS", "TRIAGE_19041", "MINI_17763", "FULL_TRUNCATED"}
+
+
+def _is_corpus_value(value, depth=0) -> bool:
+    """A path into the corpus, or a list/tuple/dict (two levels deep) holding one."""
+    if isinstance(value, (str, Path)):
+        return str(value).startswith(str(CORPUS))
+    if depth < 2 and isinstance(value, (list, tuple, set, frozenset)):
+        return any(_is_corpus_value(v, depth + 1) for v in value)
+    if depth < 2 and isinstance(value, dict):
+        return any(_is_corpus_value(v, depth + 1) for v in (*value, *value.values()))
+    return False
+
+
+def _code_names(code) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _refers_to_corpus(func, seen) -> bool:
+    """Does `func`, or a function of its module that it calls, name the corpus or a module-level
+    value that holds a corpus path?"""
+    func = getattr(func, "__func__", func)
+    if not isinstance(func, types.FunctionType) or func in seen:
+        return False
+    seen.add(func)
+    for name in _code_names(func.__code__):
+        if name in _CORPUS_NAMES:
+            return True
+        value = func.__globals__.get(name)
+        if isinstance(value, types.FunctionType):
+            if value.__module__ == func.__module__ and _refers_to_corpus(value, seen):
+                return True
+        elif not isinstance(value, types.ModuleType) and _is_corpus_value(value):
+            return True
+    return False
+
+
+def uses_corpus(item) -> bool:
+    """A real-file test: marked needs_corpus, parametrized with a corpus path, or its function
+    (or a fixture it uses, or a helper either calls) refers to the corpus."""
+    if item.get_closest_marker("needs_corpus"):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and any(_is_corpus_value(v) for v in callspec.params.values()):
+        return True
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    if info is not None:
+        funcs += [d.func for defs in info.name2fixturedefs.values() for d in defs]
+    seen: set = set()
+    return any(_refers_to_corpus(f, seen) for f in funcs)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"needs_corpus: a real-file test (the corpus at ${SETTING}); "
+                                       "found without the marker when a test refers to the corpus")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if uses_corpus(item):
+            item.add_marker("needs_corpus")
+            if CORPUS_ABSENT:
+                item.add_marker(pytest.mark.skip(reason=CORPUS_ABSENT))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line on the real-file tests: how many ran on the corpus, or how many were skipped and why."""
+    reports = [r for kind in ("passed", "failed", "skipped", "error") for r in terminalreporter.stats.get(kind, ())
+               if getattr(r, "when", None) in ("setup", "call") and "needs_corpus" in getattr(r, "keywords", {})]
+    skipped = {r.nodeid for r in reports if r.skipped and CORPUS_ABSENT and CORPUS_ABSENT in str(r.longrepr)}
+    ran = {r.nodeid for r in reports if r.when == "call"}
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} real-file tests skipped: {CORPUS_ABSENT}", yellow=True)
+    elif ran:
+        terminalreporter.write_line(f"{len(ran)} real-file tests ran on the corpus at {CORPUS} (${SETTING})")
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +133,6 @@ def _utc(monkeypatch, tmp_path):
 
 
 # -- the test machines (fixtures/machine): built once per session --------------------------------
-import sys as _sys
-
-if str(REPO) not in _sys.path:
-    _sys.path.insert(0, str(REPO))  # `fixtures` (the machine builder) is imported from the checkout
-
-
 @pytest.fixture(scope="session")
 def machines(tmp_path_factory):
     """Every test machine's dumps and ground truth (fixtures/README.md), built once per session

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FULL_TRUNCATED, MINI_17763, TRIAGE_19041
+from conftest import FULL_TRUNCATED, corpus_dumps_if_present
 from dumpfactory import KINDS, default_triage_parts, make_pages, page_bytes, write_kind
 from kdshell.dumpfile.dump import open_dump
 from kdshell.errors import DumpFormatError, MemoryNotPresent
@@ -379,8 +379,6 @@ def test_blob_stream_damage(tmp_path, kind):
 
 
 def test_real_truncated_full_dump():
-    if not FULL_TRUNCATED.exists():
-        pytest.skip("corpus not available")
     with open_dump(FULL_TRUNCATED) as d:
         assert d.dump_type == 1 and d.size == 0x4000
         assert any("truncated" in w for w in d.warnings)
@@ -408,9 +406,8 @@ def _bases() -> dict[str, bytes]:
             for kind in KINDS:
                 path = write_kind(tmp, kind, make_pages(PFNS), blobs=BLOB + [(b"\x08" * 16, b"x" * 13)])
                 _BASES[kind] = path.read_bytes()
-        for real in (MINI_17763, TRIAGE_19041, FULL_TRUNCATED):
-            if real.exists():
-                _BASES[real.name] = real.read_bytes()
+        for real in corpus_dumps_if_present():  # more bases when the corpus is there
+            _BASES[real.name] = real.read_bytes()
     return _BASES
 
 

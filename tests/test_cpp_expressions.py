@@ -224,8 +224,6 @@ def test_machine_process_and_offsets(d1):
 
 @pytest.fixture(scope="module")
 def corpus():
-    if not TRIAGE_19041.exists():
-        pytest.skip("corpus dump not present")
     with kdshell.open(TRIAGE_19041, symbol_path=str(CORPUS_SYMBOLS), image_path="") as s:
         s.progress = None
         yield s

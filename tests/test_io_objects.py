@@ -147,8 +147,6 @@ def test_bad_input_is_one_line(plain, text, message):
     ("!irp ffff850429891720", "_IRP"),
 ])
 def test_corpus_dump_without_kernel_pdb(text, kind):
-    if not TRIAGE_19041.exists():
-        pytest.skip("corpus dump not present")
     s = kdshell.open(TRIAGE_19041, symbol_path=str(CORPUS_SYMBOLS), image_path="")
     s.progress = None
     with s.out.capture() as buf:

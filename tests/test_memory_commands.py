@@ -1,5 +1,7 @@
 """The memory commands as a user sees them: exact WinDbg lines on the real corpus dumps and on
 synthetic dumps with real page tables (x64 4/5-level, PAE, non-PAE), written by our writers."""
+from pathlib import Path
+
 import pytest
 
 import kdshell
@@ -469,13 +471,12 @@ DUMP_COMMANDS = ["db @$csp", "dw @$csp", "dd @$csp", "dq @$csp", "dp @$csp", "dc
                  "!vtop 0 @$ip", "!db 0 L10", "!dd 0", "!dq 0"]
 
 
-@pytest.mark.parametrize("which", ["triage", "mini", "x64", "pae", "x86"])
+@pytest.mark.parametrize("which", [pytest.param(TRIAGE_19041, id="triage"), pytest.param(MINI_17763, id="mini"),
+                                   "x64", "pae", "x86"])
 def test_every_command_runs_on_every_kind_of_dump(tmp_path, which):
     """No internal error, and an answer (or a one-line error in the user's words) for every command."""
-    if which == "triage":
-        path = TRIAGE_19041
-    elif which == "mini":
-        path = MINI_17763
+    if isinstance(which, Path):
+        path = which
     elif which == "x64":
         m = x64_machine()
         path = write_kind(tmp_path, "rdmp8", m.bytes_pages(), directory_table_base=m.dtb)

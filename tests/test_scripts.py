@@ -1,6 +1,7 @@
 """Scripts ($<, $$<, $><, $$><, $$>a<), .scriptstop, logs and comments, on real and synthetic dumps."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -9,9 +10,9 @@ from conftest import TRIAGE_19041
 from dumpfactory import write_kind
 
 
-@pytest.fixture(params=["corpus", "synthetic"])
+@pytest.fixture(params=[TRIAGE_19041, "bitmap6"], ids=["corpus", "synthetic"])
 def session(request, tmp_path):
-    path = TRIAGE_19041 if request.param == "corpus" else write_kind(tmp_path, "bitmap6")
+    path = request.param if isinstance(request.param, Path) else write_kind(tmp_path, request.param)
     with kdshell.open(path) as s:
         yield s
 

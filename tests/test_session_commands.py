@@ -1,4 +1,6 @@
 """Commands of the target family and the session, on the real corpus dumps."""
+from pathlib import Path
+
 import pytest
 
 import kdshell
@@ -95,11 +97,11 @@ def test_banner_mini_and_truncated():
         assert "Windows 10 Kernel Version 19045 MP (4 procs) Free x64" in b
 
 
-@pytest.mark.parametrize("source", ["corpus", "synthetic"])
+@pytest.mark.parametrize("source", [TRIAGE_19041, "full"], ids=["corpus", "synthetic"])
 def test_explain_adds_a_note_after_known_commands(source, tmp_path):
     from dumpfactory import write_kind
 
-    path = TRIAGE_19041 if source == "corpus" else write_kind(tmp_path, "full")
+    path = source if isinstance(source, Path) else write_kind(tmp_path, source)
     with kdshell.open(path) as s:
         assert "[explain]" not in s.capture(".bugcheck")
         assert s.capture(".explain on") == "Explanations are on.\n"

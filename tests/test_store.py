@@ -1,6 +1,6 @@
 """The symbol path and stores: grammar, local store layouts (keys in any case, file.ptr,
 index2.txt, cache*), downloads from a local HTTP server (127.0.0.1, http.server in a thread)
-serving ../shared/corpus/symbols, and the failures: a server that is down, slow, sends garbage or
+serving the corpus's symbol store, and the failures: a server that is down, slow, sends garbage or
 too much; names from a dump that try to leave the cache."""
 import functools
 import io
@@ -56,13 +56,22 @@ class Handler(SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def server():
-    """An HTTP symbol server over the corpus store; `server.mode` switches its behaviour."""
+def corpus_server():
+    """An HTTP symbol server over the corpus store."""
+    yield from _serve(CORPUS_SYMBOLS)
 
+
+@pytest.fixture
+def server(tmp_path_factory):
+    """An HTTP symbol server over an empty store, for the failures: `server.handler.mode` says which."""
+    yield from _serve(tmp_path_factory.mktemp("served"))
+
+
+def _serve(directory):
     class H(Handler):
         hits = []
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(H, directory=str(CORPUS_SYMBOLS)))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(H, directory=str(directory)))
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -158,7 +167,8 @@ def test_cache_element_copies_what_it_finds(tmp_path):
 
 
 # -- downloads -----------------------------------------------------------------------------------
-def test_download_into_the_cache(server, tmp_path):
+def test_download_into_the_cache(corpus_server, tmp_path):
+    server = corpus_server
     cache = tmp_path / "cache"
     store, warnings, log, progress = make_store(f"srv*{cache}*{server.url}")
     found = store.find("amdppm.pdb", AMDPPM_PDB_KEY)
@@ -176,7 +186,8 @@ def test_download_into_the_cache(server, tmp_path):
     assert store.find("nothere.pdb", AMDPPM_PDB_KEY) is None and warnings == []
 
 
-def test_the_triage_dump_with_a_symbol_server(server, tmp_path):
+def test_the_triage_dump_with_a_symbol_server(corpus_server, tmp_path):
+    server = corpus_server
     cache = tmp_path / "cache"
     with kdshell.open(TRIAGE_19041, symbol_path=f"srv*{cache}*{server.url}", image_path="", offline=False) as s:
         s.progress = None
@@ -278,15 +289,15 @@ def test_the_default_cache_and_path(monkeypatch, tmp_path):
         assert store.offline_requested() is offline
 
 
-def test_offline_asks_no_server_but_reads_the_cache(server, tmp_path):
+def test_offline_asks_no_server_but_reads_the_cache(corpus_server, tmp_path):
     cache = tmp_path / "cache"
-    store, warnings, _, _ = make_store(f"srv*{cache}*{server.url}", offline=True)
+    store, warnings, _, _ = make_store(f"srv*{cache}*{corpus_server.url}", offline=True)
     assert store.find("amdppm.pdb", AMDPPM_PDB_KEY) is None
-    assert server.handler.hits == [] and warnings == []
-    online, *_ = make_store(f"srv*{cache}*{server.url}")
+    assert corpus_server.handler.hits == [] and warnings == []
+    online, *_ = make_store(f"srv*{cache}*{corpus_server.url}")
     assert online.find("amdppm.pdb", AMDPPM_PDB_KEY) is not None  # now in the cache
     assert store.find("amdppm.pdb", AMDPPM_PDB_KEY) == str(cache / "amdppm.pdb" / AMDPPM_PDB_KEY / "amdppm.pdb")
-    assert len(server.handler.hits) == 1
+    assert len(corpus_server.handler.hits) == 1
 
 
 def test_a_dns_lookup_that_hangs_is_cut_short(monkeypatch, tmp_path):
@@ -304,18 +315,18 @@ def test_a_dns_lookup_that_hangs_is_cut_short(monkeypatch, tmp_path):
                         "symbols.invalid within 0.3 s. It is not asked again in this session."]
 
 
-def test_the_command_line_downloads_by_default(server, monkeypatch, tmp_path, capsys):
+def test_the_command_line_downloads_by_default(corpus_server, monkeypatch, tmp_path, capsys):
     """No -y, no _NT_SYMBOL_PATH, not offline: the command line uses srv*<user cache>*<Microsoft's
     server> (here the test's server on 127.0.0.1 stands in for Microsoft's), and says so."""
     from kdshell import cli
     from kdshell.symbols import store
 
     monkeypatch.delenv("KDSHELL_OFFLINE")
-    monkeypatch.setattr(store, "MICROSOFT_SERVER", server.url)
+    monkeypatch.setattr(store, "MICROSOFT_SERVER", corpus_server.url)
     cache = tmp_path / "symbol-cache"
     assert cli.main(["-z", str(TRIAGE_19041), "-c", "ln 0xfffff8048b58334c; q"]) == 0
     out = capsys.readouterr().out
-    assert (f"\nSymbol search path is: srv*{cache}*{server.url} (the default; -y PATH or --offline to change)\n"
+    assert (f"\nSymbol search path is: srv*{cache}*{corpus_server.url} (the default; -y PATH or --offline to change)\n"
             in out)
     assert "amdppm!WriteIoMemRawEx+0x70" in out
     assert (cache / "amdppm.pdb" / AMDPPM_PDB_KEY / "amdppm.pdb").exists()
