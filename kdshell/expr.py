@@ -154,10 +154,20 @@ class ExprMemory(Protocol):
     def readable(self, address: int, size: int = 1) -> bool: ...
 
 
+class PseudoSource(Protocol):
+    """The kernel layer's answers to $proc, $thread, $prcb, $peb and $teb (KernelState.pseudo)."""
+
+    def pseudo(self, name: str) -> int | None: ...
+
+
 class ExprSession(Protocol):
-    """What an expression reads of the session (radix and kernel are optional: read with getattr)."""
+    """What an expression reads of the session."""
 
     pseudo_registers: dict[str, int]
+    radix: int
+
+    @property
+    def kernel(self) -> PseudoSource | None: ...  # None: a stand-in without kernel objects
 
     @property
     def is64(self) -> bool: ...
@@ -178,7 +188,7 @@ class Evaluator:
         self.session = session
         self.is64 = session.is64
         self.registers = Registers(session.registers, self.is64)
-        self.radix: int = getattr(session, "radix", 16)
+        self.radix = session.radix
         self.text = ""
         self.pos = 0
 
@@ -485,7 +495,7 @@ def pseudo_register(session: ExprSession, registers: Registers, name: str) -> in
     if n.startswith("$t") and n[2:].isdigit() and int(n[2:]) < _PSEUDO_COUNT:
         return session.pseudo_registers.get(n, 0)
     if n in KERNEL_PSEUDO:
-        kernel = getattr(session, "kernel", None)  # not in every session (a bare one has none)
+        kernel = session.kernel
         if kernel is not None:
             return kernel.pseudo(n)  # kdshell.kernel.state: the current process, thread, ...
     return session.pseudo_registers.get(n)

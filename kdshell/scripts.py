@@ -47,6 +47,7 @@ class ScriptHost(Protocol):
     """What a script reads of the session: its runner, output, prompt, failure count and options."""
 
     failures: int
+    script_depth: int  # scripts running inside one another ($$< in a script)
 
     @property
     def out(self) -> Output: ...
@@ -61,13 +62,13 @@ class ScriptHost(Protocol):
 
 
 def run_script(session: ScriptHost, path: str, *, block: bool, args: list[str] | None = None) -> None:
-    depth = getattr(session, "_script_depth", 0)
+    depth = session.script_depth
     if depth >= MAX_DEPTH:
         raise CommandError(f"Scripts nested more than {MAX_DEPTH} deep: stopped at '{path}'")
     lines = read_script(path)
     if args is not None:
         lines = [substitute(line, [path] + args) for line in lines]
-    setattr(session, "_script_depth", depth + 1)  # not part of ScriptHost: only scripts know it
+    session.script_depth = depth + 1
     try:
         if block:
             session.run(";".join(line for line in lines if line.strip()))
@@ -82,4 +83,4 @@ def run_script(session: ScriptHost, path: str, *, block: bool, args: list[str] |
                 session.out.error(f"Script '{path}' stopped at its first failing command (.scriptstop 1).")
                 break
     finally:
-        setattr(session, "_script_depth", depth)
+        session.script_depth = depth

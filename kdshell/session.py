@@ -67,6 +67,7 @@ class Session:
         self.context = self.parts.context
         self.pseudo_registers: dict[str, int] = {}  # $t0-$t19 and the values commands leave ($p, $exp)
         self.radix = 16  # `n`: the default number base of expressions
+        self.script_depth = 0  # scripts running inside one another (kdshell.scripts)
         # What an empty line repeats (`repeat_last`), and where d*/u continue when given no address.
         self.repeat: str | None = None
         self.continuation: dict[str, object] = {}

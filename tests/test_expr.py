@@ -32,6 +32,7 @@ class FakeSession:
     def __init__(self, is64=True, symbols=None):
         self.is64 = is64
         self.radix = 16
+        self.kernel = None
         self.registers = {"rax": 0x1122334455667788, "rbx": 0, "rcx": 0x10, "rsp": 0xFFFF850429892120,
                           "rip": 0xFFFFF8048B58334C, "efl": 0x246, "r8": 8} if is64 else \
             {"eax": 0x11223344, "esp": 0x8B3F1F00, "eip": 0x82A1C4D0, "edx": 2, "efl": 0x246}

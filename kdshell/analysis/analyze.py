@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, TypeVar
 
 from kdshell.analysis import bugcodes
-from kdshell.analysis.facts import (cpu_vendor, current_irql, current_process_name, exception_record,
+from kdshell.analysis.facts import (FactSource, cpu_vendor, current_irql, current_process_name, exception_record,
                                     irp_driver, os_facts, process_image_name)
 from kdshell.analysis.rules import (BAD_IP, C2_CORRUPTION_SUBTYPES, CRITICAL_PROCESS, DRIVER, FAST_FAIL_NAMES,
                                     HARDWARE, INCONCLUSIVE, MANUAL, MEMORY, OS, PASS, POOL, Rule,
@@ -60,31 +60,11 @@ X64_KERNEL_START = 0xFFFF_8000_0000_0000
 X86_KERNEL_START = 0x8000_0000
 
 
-class AnalysisTarget(Protocol):
-    """What !analyze reads of the session (the kernel state too, when it has one: getattr)."""
+class AnalysisTarget(FactSource, Protocol):
+    """What !analyze reads of the session: the facts' source, and the current processor it sets
+    to the crashing one while analysing (_crashing_scope)."""
 
-    processor: int  # the crashing one while analysing (_crashing_scope)
-
-    @property
-    def dump(self) -> DumpFile: ...
-
-    @property
-    def is64(self) -> bool: ...
-
-    @property
-    def memory(self) -> VirtualMemory | None: ...
-
-    @property
-    def context(self) -> ContextState: ...
-
-    @property
-    def symbols(self) -> Symbols: ...
-
-    @property
-    def kdbg(self) -> Kdbg | None: ...  # the OS facts (kdshell.analysis.facts) read these two
-
-    @property
-    def parts(self) -> OffsetsHolder: ...
+    processor: int
 
 
 # Where the faulting context came from (Analysis.fault.kind).
@@ -269,18 +249,13 @@ def analyze(session: AnalysisTarget, max_frames: int = MAX_FRAMES) -> Analysis:
 def _crashing_scope(session: AnalysisTarget) -> Iterator[None]:
     """Analyse the crash, not what the user has switched to: the crashing processor and its
     thread for the duration (the user's .thread/~Ns choice is put back afterwards)."""
-    state = session.context
-    kernel = getattr(session, "kernel", None)
-    saved = (session.processor, state.thread, getattr(kernel, "implicit_process", None))
-    session.processor, state.thread = state.default_processor, None
-    if kernel is not None:
-        kernel.implicit_process = None
+    state, kernel = session.context, session.kernel
+    saved = (session.processor, state.thread, kernel.implicit_process)
+    session.processor, state.thread, kernel.implicit_process = state.default_processor, None, None
     try:
         yield
     finally:
-        session.processor, state.thread = saved[:2]
-        if kernel is not None:
-            kernel.implicit_process = saved[2]
+        session.processor, state.thread, kernel.implicit_process = saved
 
 
 R = TypeVar("R")
@@ -593,7 +568,7 @@ def _culprit(session: AnalysisTarget, a: Analysis, index: int, sym: FrameSymbol,
 
 
 def _unloaded_at(session: AnalysisTarget, address: int) -> UnloadedModule | None:
-    for u in getattr(session.symbols.modules, "unloaded", []):
+    for u in session.symbols.modules.unloaded:
         if u.start <= address < u.end:
             return u
     return None

@@ -48,10 +48,14 @@ class MemorySource(Protocol):
 
 
 class FactSource(MemorySource, Protocol):
-    """What the other facts read of the session (its kernel state too, when it has one: getattr)."""
+    """What the facts, !analyze and its report read of the session (one declaration for the
+    analysis floor: kdshell.analysis.analyze and report extend it)."""
 
     @property
     def dump(self) -> DumpFile: ...
+
+    @property
+    def kernel(self) -> KernelState: ...
 
     @property
     def kdbg(self) -> Kdbg | None: ...
@@ -83,35 +87,22 @@ def exception_record(session: MemorySource, address: int) -> dict[str, Any]:
     return decode_exception(layout.parse(raw))
 
 
-def _kernel(session: FactSource) -> KernelState:
-    kernel = getattr(session, "kernel", None)
-    if kernel is None:
-        raise KdError("kdshell cannot read processes and processors in this version")
-    return kernel
-
-
 def current_process_name(session: FactSource) -> str | None:
     """PROCESS_NAME: the image name of the crashing thread's process."""
-    kernel = _kernel(session)
+    kernel = session.kernel
     process = kernel.current_process()
     return kernel.process_name(process) if process else None
 
 
 def current_irql(session: FactSource) -> int | None:
     """CURRENT_IRQL: the crashing processor's IRQL (KPRCB/KPCR, as the kernel layer reads it)."""
-    kernel = _kernel(session)
+    kernel = session.kernel
     return kernel.processor(session.context.default_processor).irql
 
 
 def process_image_name(session: FactSource, address: int) -> str | None:
     """EPROCESS.ImageFileName of the process at `address`."""
-    kernel = getattr(session, "kernel", None)
-    if kernel is not None:
-        return kernel.process_name(address)
-    offset = session.parts.offsets().offset("_EPROCESS", "ImageFileName")
-    if offset is None:
-        raise KdError("The offset of _EPROCESS.ImageFileName is not known for this build")
-    return _ascii(_memory(session).read(address + offset, 15))
+    return session.kernel.process_name(address)
 
 
 def cpu_vendor(session: FactSource) -> str | None:
@@ -120,7 +111,7 @@ def cpu_vendor(session: FactSource) -> str | None:
     offset = offsets.offset("_KPRCB", "VendorString")
     if offset is None:
         return None
-    prcb = _kernel(session).processor(session.context.default_processor).prcb
+    prcb = session.kernel.processor(session.context.default_processor).prcb
     try:
         return _ascii(_memory(session).read(prcb + offset, 13))
     except MemoryNotPresent:

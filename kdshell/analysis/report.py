@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from kdshell import __version__
 from kdshell.analysis import bugcodes
-from kdshell.analysis.analyze import Analysis, Culprit
+from kdshell.analysis.analyze import Analysis, AnalysisTarget, Culprit
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
 from kdshell.analysis.teach import explain
 from kdshell.disasm import Disassembler
@@ -30,23 +30,8 @@ if TYPE_CHECKING:
 
 
 
-class ReportSource(Protocol):
+class ReportSource(AnalysisTarget, Protocol):
     """What the -v form and .exr read of the session beyond the Analysis."""
-
-    @property
-    def dump(self) -> DumpFile: ...
-
-    @property
-    def is64(self) -> bool: ...
-
-    @property
-    def memory(self) -> VirtualMemory | None: ...
-
-    @property
-    def context(self) -> ContextState: ...
-
-    @property
-    def symbols(self) -> Symbols: ...
 
     def symbolize(self, address: int) -> tuple[str, int] | None: ...
 
