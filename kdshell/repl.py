@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Iterator, TextIO
 from kdshell.errors import Quit
 
 if TYPE_CHECKING:
-    from prompt_toolkit.completion import CompleteEvent, Completer, Completion
-    from prompt_toolkit.document import Document
+    from prompt_toolkit.completion import CompleteEvent, Completer
     from prompt_toolkit.history import History
 
     from kdshell.session import Session

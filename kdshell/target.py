@@ -1,8 +1,6 @@
 """Facts about the crashed machine as KD states them in its banner and in `vertarget`."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
-
 from kdshell.dumpfile.header import (
     MACHINE_AMD64,
     MACHINE_ARM64,
@@ -13,11 +11,8 @@ from kdshell.dumpfile.header import (
 )
 from kdshell.errors import MemoryNotPresent
 from kdshell.format import ptr0x, session_time, uptime
-from kdshell.kernel.layout import Memory
+from kdshell.view import SessionView
 
-if TYPE_CHECKING:
-    from kdshell.dumpfile.dump import DumpFile
-    from kdshell.kernel.kdbg import Kdbg
 
 # First build of each Windows -> the name WinDbg puts before "Kernel Version" (windbg.md §1) and
 # its NT version (!analyze's OS_VERSION). Every 10.0 kernel, Windows 11 included, is "Windows 10".
@@ -33,26 +28,6 @@ _WINDOWS = [
 ]
 
 _ARCH = {MACHINE_AMD64: "x64", MACHINE_I386: "x86 compatible", MACHINE_ARM64: "ARM 64-bit (AArch64)"}
-
-
-class LabSource(Protocol):
-    """What build_lab reads of the session."""
-
-    @property
-    def kdbg(self) -> Kdbg | None: ...
-
-    @property
-    def memory(self) -> Memory | None: ...
-
-
-class VersionSource(LabSource, Protocol):
-    """What version_lines reads of the session (vertarget, the banner)."""
-
-    @property
-    def dump(self) -> DumpFile: ...
-
-    @property
-    def kernel_base(self) -> int | None: ...
 
 
 def _windows(build: int) -> tuple[int, str, str] | None:
@@ -88,7 +63,7 @@ def product_line(header: DumpHeader) -> str | None:
     return f"Product: {product}, suite: {' '.join(suites)}"
 
 
-def build_lab(session: LabSource) -> str | None:
+def build_lab(session: SessionView) -> str | None:
     """NtBuildLab, the ASCII string the KDBG points to (not in most small dumps)."""
     kdbg, memory = session.kdbg, session.memory
     if kdbg is None or memory is None:
@@ -109,7 +84,7 @@ def build_lab(session: LabSource) -> str | None:
     return text.decode("ascii")
 
 
-def version_lines(session: VersionSource) -> list[str]:
+def version_lines(session: SessionView) -> list[str]:
     """The block `vertarget` prints and the banner repeats."""
     h = session.dump.header
     lines = [os_line(h)]

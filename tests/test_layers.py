@@ -19,7 +19,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("symbols", ("kdshell.symbols", "kdshell.disasm")),
     ("kernel", ("kdshell.kernel",)),
     ("stack", ("kdshell.stack",)),
-    ("analysis/export", ("kdshell.analysis", "kdshell.export", "kdshell.target", "kdshell.cppexpr")),
+    ("analysis/export", ("kdshell.view", "kdshell.analysis", "kdshell.export", "kdshell.target", "kdshell.cppexpr")),
     ("session", ("kdshell.session", "kdshell.parts", "kdshell.dispatch", "kdshell.explain", "kdshell.scripts")),
     ("commands", ("kdshell.commands",)),
     ("front", ("kdshell.repl", "kdshell.cli", "kdshell.tutorial", "kdshell.completion", "kdshell.lexer",

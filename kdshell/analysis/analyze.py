@@ -30,10 +30,10 @@ import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from kdshell.analysis import bugcodes
-from kdshell.analysis.facts import (FactSource, cpu_vendor, current_irql, current_process_name, exception_record,
+from kdshell.analysis.facts import (cpu_vendor, current_irql, current_process_name, exception_record,
                                     irp_driver, os_facts, process_image_name)
 from kdshell.analysis.rules import (BAD_IP, C2_CORRUPTION_SUBTYPES, CRITICAL_PROCESS, DRIVER, FAST_FAIL_NAMES,
                                     HARDWARE, INCONCLUSIVE, MANUAL, MEMORY, OS, PASS, POOL, Rule,
@@ -43,15 +43,10 @@ from kdshell.stack.context import trap_frames_holding
 from kdshell.stack.scan import MAX_CALL_LENGTH, call_length_before
 from kdshell.stack.walk import HOW_SCAN, Frame, StackWalk
 from kdshell.symbols.resolver import DATA
+from kdshell.view import SessionView
 
 if TYPE_CHECKING:
-    from kdshell.dumpfile.dump import DumpFile
-    from kdshell.kernel.kdbg import Kdbg
-    from kdshell.kernel.offsets import OffsetsHolder
-    from kdshell.memory.virtual import VirtualMemory
-    from kdshell.stack.context import ContextState
     from kdshell.symbols.modules import Module, UnloadedModule
-    from kdshell.symbols.resolver import Symbols
 
 MAX_FRAMES = 64              # STACK_TEXT's depth
 RELAXED_SCAN_BYTES = 0x2000  # how far the relaxed scan looks above the last frame
@@ -60,14 +55,6 @@ X64_KERNEL_START = 0xFFFF_8000_0000_0000
 X86_KERNEL_START = 0x8000_0000
 
 
-class AnalysisTarget(FactSource, Protocol):
-    """What !analyze reads of the session: the facts' source, and the current processor it sets
-    to the crashing one while analysing (_crashing_scope)."""
-
-    processor: int
-
-
-# Where the faulting context came from (Analysis.fault.kind).
 CONTEXT_RECORD, TRAP_FRAME, THREAD, PROCESSOR, DEFAULT = ("context record", "trap frame", "thread",
                                                            "processor", "default")
 
@@ -218,7 +205,7 @@ class Analysis:
 
 
 # -- the engine -------------------------------------------------------------------------------------
-def analyze(session: AnalysisTarget, max_frames: int = MAX_FRAMES) -> Analysis:
+def analyze(session: SessionView, max_frames: int = MAX_FRAMES) -> Analysis:
     """Analyse the session's dump (windbg.md §2). Parts that cannot be read become `errors`; a
     KdError escapes only when nothing about the crash can be said."""
     t0 = time.perf_counter()
@@ -246,7 +233,7 @@ def analyze(session: AnalysisTarget, max_frames: int = MAX_FRAMES) -> Analysis:
 
 
 @contextmanager
-def _crashing_scope(session: AnalysisTarget) -> Iterator[None]:
+def _crashing_scope(session: SessionView) -> Iterator[None]:
     """Analyse the crash, not what the user has switched to: the crashing processor and its
     thread for the duration (the user's .thread/~Ns choice is put back afterwards)."""
     state, kernel = session.context, session.kernel
@@ -269,7 +256,7 @@ def _quietly(a: Analysis, func: Callable[..., R], *args: Any) -> R | None:
         return None
 
 
-def _exception(session: AnalysisTarget, a: Analysis) -> None:
+def _exception(session: SessionView, a: Analysis) -> None:
     """The EXCEPTION_RECORD a parameter points to, or one made of the parameters (0x1E, 0x3B,
     0x8E give the code and the address); the memory address and the kind of access."""
     rule, p = a.rule, a.params
@@ -293,7 +280,7 @@ def _exception(session: AnalysisTarget, a: Analysis) -> None:
         a.access, a.fault_address = a.exception.access
 
 
-def _faulting_stack(session: AnalysisTarget, a: Analysis, max_frames: int) -> None:
+def _faulting_stack(session: SessionView, a: Analysis, max_frames: int) -> None:
     """Find the faulting context (step 1) and walk its stack (step 2)."""
     state = session.context
     rule, p = a.rule, a.params
@@ -332,7 +319,7 @@ def _faulting_stack(session: AnalysisTarget, a: Analysis, max_frames: int) -> No
         _find_trap_on_stack(session, a, fault_ip, max_frames)
 
 
-def _walk(session: AnalysisTarget, a: Analysis, max_frames: int, context: dict[str, int] | None = None,
+def _walk(session: SessionView, a: Analysis, max_frames: int, context: dict[str, int] | None = None,
           known: frozenset[str] | None = None) -> StackWalk:
     try:
         if context is None:
@@ -347,7 +334,7 @@ def _walk(session: AnalysisTarget, a: Analysis, max_frames: int, context: dict[s
     return walk
 
 
-def _find_trap_on_stack(session: AnalysisTarget, a: Analysis, fault_ip: int | None, max_frames: int) -> None:
+def _find_trap_on_stack(session: SessionView, a: Analysis, fault_ip: int | None, max_frames: int) -> None:
     """The crashing stack crossed a trap frame into the faulting instruction (0xA/0xD1/0x50,
     or any trap for 0x7F/0xBE): the faulting frame is the one after it. If the walk did not
     cross it, look for the KTRAP_FRAME on the stack by its Rip and walk from there."""
@@ -386,7 +373,7 @@ def _find_trap_on_stack(session: AnalysisTarget, a: Analysis, fault_ip: int | No
                    "the crashing thread's frames are judged instead.")
 
 
-def _relaxed_scan(session: AnalysisTarget, a: Analysis, walk: StackWalk, max_frames: int) -> None:
+def _relaxed_scan(session: SessionView, a: Analysis, walk: StackWalk, max_frames: int) -> None:
     """When the walk could not leave the faulting frame for want of unwind data and code bytes
     (a small dump without the faulting module's image), continue it from the stack alone: each slot holding an address inside a module is a
     return address when the bytes before it are a call, or when those bytes are not available.
@@ -429,7 +416,7 @@ def _relaxed_scan(session: AnalysisTarget, a: Analysis, walk: StackWalk, max_fra
                        "(no unwind data or code for its modules in this dump): those frames are guesses.")
 
 
-def _data_symbol(session: AnalysisTarget, module: Module, value: int) -> bool:
+def _data_symbol(session: SessionView, module: Module, value: int) -> bool:
     """`value` is exactly a data symbol's address (nt!PsLoadedModuleList from the KDBG names):
     a pointer to a variable, not a return address."""
     table = session.symbols.table(module)
@@ -447,7 +434,7 @@ def _home(read: Callable[[int, int], bytes], sp: int) -> tuple[int | None, ...]:
     return tuple(out)
 
 
-def symbolize(session: AnalysisTarget, frame: Frame) -> FrameSymbol:
+def symbolize(session: SessionView, frame: Frame) -> FrameSymbol:
     """The module and function of a frame, looked up at its lookup address (a return address
     minus one) with offsets from its real address, as `k` prints it."""
     symbols = session.symbols
@@ -463,7 +450,7 @@ def symbolize(session: AnalysisTarget, frame: Frame) -> FrameSymbol:
 
 
 # -- blame ------------------------------------------------------------------------------------------
-def _judge(session: AnalysisTarget, a: Analysis) -> None:
+def _judge(session: SessionView, a: Analysis) -> None:
     """Step 3: the verdict, the culprit, the pseudo-module of a verdict that blames no driver."""
     verdict = a.rule.verdict
     if a.base_code == 0xC2:
@@ -547,7 +534,7 @@ def _best(candidates: list[Candidate]) -> list[Candidate]:
     return ranked
 
 
-def _culprit(session: AnalysisTarget, a: Analysis, index: int, sym: FrameSymbol, kind: str | None) -> Culprit:
+def _culprit(session: SessionView, a: Analysis, index: int, sym: FrameSymbol, kind: str | None) -> Culprit:
     frame = a.stack[index]
     module = sym.module
     assert module is not None  # a candidate's frame is in a module
@@ -567,14 +554,14 @@ def _culprit(session: AnalysisTarget, a: Analysis, index: int, sym: FrameSymbol,
                    kind, frame.how == HOW_SCAN, version, module.timestamp, company)
 
 
-def _unloaded_at(session: AnalysisTarget, address: int) -> UnloadedModule | None:
+def _unloaded_at(session: SessionView, address: int) -> UnloadedModule | None:
     for u in session.symbols.modules.unloaded:
         if u.start <= address < u.end:
             return u
     return None
 
 
-def _broken_driver(session: AnalysisTarget) -> str | None:
+def _broken_driver(session: SessionView) -> str | None:
     tri = session.dump.triage
     if tri is not None and tri.broken_driver is not None:
         return tri.broken_driver.name.replace("/", "\\").rsplit("\\", 1)[-1]
@@ -585,7 +572,7 @@ def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def _ascii_at(session: AnalysisTarget, address: int) -> str | None:
+def _ascii_at(session: SessionView, address: int) -> str | None:
     if session.memory is None:  # the errors already say the dump's memory cannot be read
         return None
     raw = session.memory.read(address, 64)

@@ -7,21 +7,16 @@ cannot answer; analyze.py turns that into a note and goes on.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from kdshell.dumpfile.header import EXCEPTION_RECORD32, EXCEPTION_RECORD64, decode_exception
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.target import build_lab, nt_version, os_name
+from kdshell.view import SessionView
 
 if TYPE_CHECKING:
-    from kdshell.dumpfile.dump import DumpFile
-    from kdshell.kernel.kdbg import Kdbg
-    from kdshell.kernel.offsets import OffsetsHolder
-    from kdshell.kernel.state import KernelState
     from kdshell.memory.virtual import VirtualMemory
-    from kdshell.stack.context import ContextState
     from kdshell.symbols.pe import VersionInfo
-    from kdshell.symbols.resolver import Symbols
 
 # The I/O manager's structures for 0x9F P1=3 (the IRP a device stack holds). These offsets have
 # not moved since Windows Vista (x64 / x86); the kernel PDB's types are used when loaded.
@@ -37,47 +32,14 @@ IRP_FIELDS = {
 }
 
 
-class MemorySource(Protocol):
-    """What exception_record reads of the session."""
-
-    @property
-    def is64(self) -> bool: ...
-
-    @property
-    def memory(self) -> VirtualMemory | None: ...
-
-
-class FactSource(MemorySource, Protocol):
-    """What the facts, !analyze and its report read of the session (one declaration for the
-    analysis floor: kdshell.analysis.analyze and report extend it)."""
-
-    @property
-    def dump(self) -> DumpFile: ...
-
-    @property
-    def kernel(self) -> KernelState: ...
-
-    @property
-    def kdbg(self) -> Kdbg | None: ...
-
-    @property
-    def context(self) -> ContextState: ...
-
-    @property
-    def symbols(self) -> Symbols: ...
-
-    @property
-    def parts(self) -> OffsetsHolder: ...
-
-
-def _memory(session: MemorySource) -> VirtualMemory:
+def _memory(session: SessionView) -> VirtualMemory:
     memory = session.memory
     if memory is None:
         raise KdError("the dump's memory cannot be read")
     return memory
 
 
-def exception_record(session: MemorySource, address: int) -> dict[str, Any]:
+def exception_record(session: SessionView, address: int) -> dict[str, Any]:
     """The EXCEPTION_RECORD at `address` (decode_exception's dict)."""
     layout = EXCEPTION_RECORD64 if session.is64 else EXCEPTION_RECORD32
     try:
@@ -87,25 +49,25 @@ def exception_record(session: MemorySource, address: int) -> dict[str, Any]:
     return decode_exception(layout.parse(raw))
 
 
-def current_process_name(session: FactSource) -> str | None:
+def current_process_name(session: SessionView) -> str | None:
     """PROCESS_NAME: the image name of the crashing thread's process."""
     kernel = session.kernel
     process = kernel.current_process()
     return kernel.process_name(process) if process else None
 
 
-def current_irql(session: FactSource) -> int | None:
+def current_irql(session: SessionView) -> int | None:
     """CURRENT_IRQL: the crashing processor's IRQL (KPRCB/KPCR, as the kernel layer reads it)."""
     kernel = session.kernel
     return kernel.processor(session.context.default_processor).irql
 
 
-def process_image_name(session: FactSource, address: int) -> str | None:
+def process_image_name(session: SessionView, address: int) -> str | None:
     """EPROCESS.ImageFileName of the process at `address`."""
     return session.kernel.process_name(address)
 
 
-def cpu_vendor(session: FactSource) -> str | None:
+def cpu_vendor(session: SessionView) -> str | None:
     """KPRCB.VendorString of the crashing processor: GenuineIntel, AuthenticAMD, ..."""
     offsets = session.parts.offsets()
     offset = offsets.offset("_KPRCB", "VendorString")
@@ -118,7 +80,7 @@ def cpu_vendor(session: FactSource) -> str | None:
         return None
 
 
-def irp_driver(session: FactSource, irp: int) -> dict[str, Any]:
+def irp_driver(session: SessionView, irp: int) -> dict[str, Any]:
     """For 0x9F P1=3: the device object holding the IRP and its driver (name, start, module)."""
     is64 = session.is64
     size = 8 if is64 else 4
@@ -148,7 +110,7 @@ def irp_driver(session: FactSource, irp: int) -> dict[str, Any]:
             "image": module.image_name if module else None}
 
 
-def os_facts(session: FactSource) -> dict[str, str]:
+def os_facts(session: SessionView) -> dict[str, str]:
     """OS_VERSION, BUILDLAB_STR, OSPLATFORM_TYPE, OSNAME from the dump (the build lab string the
     KDBG points to; without it, nt's version resource when its image is at hand)."""
     h = session.dump.header
@@ -175,7 +137,7 @@ def os_facts(session: FactSource) -> dict[str, str]:
     return out
 
 
-def _kernel_version_info(session: FactSource) -> VersionInfo | None:
+def _kernel_version_info(session: SessionView) -> VersionInfo | None:
     """nt's version resource, when its image file was already found (no lookup, no download)."""
     try:
         kernel = session.symbols.modules.kernel

@@ -10,30 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from kdshell import __version__
 from kdshell.analysis import bugcodes
-from kdshell.analysis.analyze import Analysis, AnalysisTarget, Culprit
+from kdshell.analysis.analyze import Analysis, Culprit
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
 from kdshell.analysis.teach import explain
 from kdshell.disasm import Disassembler
 from kdshell.errors import KdError
 from kdshell.format import ptr
 from kdshell.stack.text import RESETTING, KOptions, call_site, context_lines, frame_lines, missing_page_lines
+from kdshell.view import SessionView
 
-if TYPE_CHECKING:
-    from kdshell.dumpfile.dump import DumpFile
-    from kdshell.memory.virtual import VirtualMemory
-    from kdshell.stack.context import ContextState
-    from kdshell.symbols.resolver import Symbols
-
-
-
-class ReportSource(AnalysisTarget, Protocol):
-    """What the -v form and .exr read of the session beyond the Analysis."""
-
-    def symbolize(self, address: int) -> tuple[str, int] | None: ...
 
 
 STARS = "*" * 79
@@ -89,7 +78,7 @@ def short_lines(a: Analysis) -> list[str]:
 
 
 # -- the -v form ---------------------------------------------------------------------------------------
-def verbose_lines(session: ReportSource, a: Analysis) -> list[str]:
+def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
     is64 = a.is64
     out = BANNER + [""] + title_lines(a.code, a.params, is64) + ["", "Debugging Details:", "------------------", ""]
 
@@ -185,7 +174,7 @@ def verbose_lines(session: ReportSource, a: Analysis) -> list[str]:
     return out
 
 
-def context_block(session: ReportSource, address: int, *, trap: bool) -> list[str]:
+def context_block(session: SessionView, address: int, *, trap: bool) -> list[str]:
     """What `.cxr ADDR` / `.trap ADDR` print, from the record itself (the user's context is not
     touched), then WinDbg's "Resetting default scope"."""
     state = session.context
@@ -197,7 +186,7 @@ def context_block(session: ReportSource, address: int, *, trap: bool) -> list[st
     return missing_page_lines(errors) + lines + [RESETTING]
 
 
-def followup_instruction(session: ReportSource, ip: int) -> str:
+def followup_instruction(session: SessionView, ip: int) -> str:
     memory = session.memory
     if memory is None:
         return f"{ptr(ip, session.is64)} ??              ???"
@@ -206,7 +195,7 @@ def followup_instruction(session: ReportSource, ip: int) -> str:
 
 
 # -- .exr ------------------------------------------------------------------------------------------------
-def exr_lines(session: ReportSource, address: int) -> list[str]:
+def exr_lines(session: SessionView, address: int) -> list[str]:
     """`.exr ADDR`: the EXCEPTION_RECORD, as WinDbg prints it."""
     from kdshell.analysis.facts import exception_record
 
@@ -272,7 +261,7 @@ def _culprit_json(c: Culprit | None) -> dict[str, Any] | None:
             "timestamp": _addr(c.timestamp), "company": c.company}
 
 
-def analysis_json(session: ReportSource, a: Analysis, have: Callable[[str], bool]) -> dict[str, Any]:
+def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]) -> dict[str, Any]:
     """The JSON form: the same facts as -v, for scripts and triage pipelines. Addresses and
     other 64-bit values are hex strings (JSON numbers lose precision past 2**53)."""
     entry = a.bugcheck
@@ -325,5 +314,5 @@ def analysis_json(session: ReportSource, a: Analysis, have: Callable[[str], bool
     }
 
 
-def json_text(session: ReportSource, a: Analysis, have: Callable[[str], bool]) -> str:
+def json_text(session: SessionView, a: Analysis, have: Callable[[str], bool]) -> str:
     return json.dumps(analysis_json(session, a, have), indent=2)

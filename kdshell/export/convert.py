@@ -30,7 +30,7 @@ import struct
 import time
 from array import array
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence, TextIO
 
 from kdshell.dumpfile.header import (
     DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_BITMAP_KERNEL, DUMP_TYPE_FULL, DUMP_TYPE_RDMP_COMPLETE, DUMP_TYPE_RDMP_KERNEL,
@@ -41,33 +41,15 @@ from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.kdbg import system_range_start
 from kdshell.kernel.offsets import KernelOffsets
 from kdshell.memory.paging import PageCache, PagingMode
+from kdshell.view import SessionView
 
 if TYPE_CHECKING:
     from kdshell.dumpfile.dump import DumpFile
-    from kdshell.kernel.kdbg import Kdbg
-    from kdshell.kernel.offsets import OffsetsHolder
-    from kdshell.memory.spaces import AddressSpaces
 
 PAGE_SHIFT = 12
 
 MemoryRead = Callable[[int, int], bytes]
 
-
-class DumpSession(Protocol):
-    """What writing a dump reads of the session (kdshell.export.minidump's SmallDumpSession adds
-    to it)."""
-
-    @property
-    def dump(self) -> DumpFile: ...
-
-    @property
-    def spaces(self) -> AddressSpaces: ...
-
-    @property
-    def kdbg(self) -> Kdbg | None: ...
-
-    @property
-    def parts(self) -> OffsetsHolder: ...
 
 COMPLETE, KERNEL, ACTIVE = "complete", "kernel", "active"
 # The DumpTypes each kind may be written as; the first is the default.
@@ -425,7 +407,7 @@ class ConvertResult:
     notes: list[str]
 
 
-def kernel_selection(session: DumpSession, user: bool) -> tuple[PageSelection, list[str]]:
+def kernel_selection(session: SessionView, user: bool) -> tuple[PageSelection, list[str]]:
     """The kernel (and with `user`, active user) pages of the session's dump."""
     d = session.dump
     h = d.header
@@ -443,7 +425,7 @@ def kernel_selection(session: DumpSession, user: bool) -> tuple[PageSelection, l
     return select_pages(pages, mode, dtbs, present, kernel_start=kernel_start, user=user), notes
 
 
-def _dtbs(session: DumpSession, read: MemoryRead, notes: list[str]) -> list[int]:
+def _dtbs(session: SessionView, read: MemoryRead, notes: list[str]) -> list[int]:
     """Every process's DTB: the processes engine when there is one, else PsActiveProcessHead with
     the EPROCESS offsets the kernel offsets know."""
     d = session.dump
@@ -471,7 +453,7 @@ def _dtbs(session: DumpSession, read: MemoryRead, notes: list[str]) -> list[int]
     return found
 
 
-def write_converted(session: DumpSession, path: str | os.PathLike[str], kind: str, *, dump_type: int | None = None,
+def write_converted(session: SessionView, path: str | os.PathLike[str], kind: str, *, dump_type: int | None = None,
                     overwrite: bool = False, comment: str | None = None,
                     progress: TextIO | None = None) -> ConvertResult:
     """Write the session's dump again as a complete, kernel or active dump (see the module note)."""

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from kdshell import bugcheck_roles
 from kdshell.dumpfile.context import CONTEXT_AMD64
@@ -58,20 +58,18 @@ from kdshell.dumpfile.header import (
 from kdshell.dumpfile.write import DumpHeaderFields
 from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
 from kdshell.errors import KdError, MemoryNotPresent
-from kdshell.export.convert import DumpSession
 from kdshell.kernel import kuser
 from kdshell.kernel.kdbg import SYSTEM_RANGE_START, Kdbg, system_range_start
 from kdshell.kernel.layout import Memory
 from kdshell.kernel.offsets import KernelOffsets
 from kdshell.stack.frames import KTRAP_FRAME_X64_19041, KTRAP_FRAME_X86_19041
+from kdshell.view import SessionView
 
 if TYPE_CHECKING:
     from kdshell.dumpfile.dump import DumpFile
     from kdshell.kernel.prcb import Processor
     from kdshell.kernel.threads import Thread
     from kdshell.memory.virtual import VirtualMemory
-    from kdshell.stack.context import ContextState
-    from kdshell.symbols.resolver import Symbols
 
 PAGE = 0x1000
 STACK_LIMIT = 0x4000  # Windows keeps at most 16 KiB of the kernel stack
@@ -109,28 +107,6 @@ MM_FROM_KDBG = {
 
 class SmallDumpError(KdError):
     """The small memory dump cannot be made from this dump (one line, the user's words)."""
-
-
-class SmallDumpSession(DumpSession, Protocol):
-    """What `source_from_session` reads of the session besides what every dump writer does."""
-
-    @property
-    def is64(self) -> bool: ...
-
-    @property
-    def symbols(self) -> Symbols: ...
-
-    @property
-    def context(self) -> ContextState: ...
-
-    @property
-    def kernel_base(self) -> int | None: ...
-
-    def resolve_symbol(self, name: str) -> int | None: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
 
 
 @dataclass
@@ -608,7 +584,7 @@ def source_blobs(dump: DumpFile) -> list[tuple[bytes, bytes]]:
     return [(b.tag, dump.read_file(b.data_offset, b.data_size)) for b in dump.blobs()]
 
 
-def _kernel_offsets(session: SmallDumpSession) -> KernelOffsets:
+def _kernel_offsets(session: SessionView) -> KernelOffsets:
     """KernelOffsets: the kernel PDB's types when they are loaded already, else the KDBG's
     Offset*/Size* fields first (no PDB download for a small dump), else everything the symbols
     layer offers."""
@@ -629,7 +605,7 @@ def _kernel_offsets(session: SmallDumpSession) -> KernelOffsets:
     return session.parts.offsets()
 
 
-def _driver_records(session: SmallDumpSession, memory: VirtualMemory) -> list[TriageDriverInfo]:
+def _driver_records(session: SessionView, memory: VirtualMemory) -> list[TriageDriverInfo]:
     from kdshell.symbols.pe import PeFormatError, PeImage
 
     is64 = session.is64
@@ -656,7 +632,7 @@ def _driver_records(session: SmallDumpSession, memory: VirtualMemory) -> list[Tr
     return out
 
 
-def _broken_driver(session: SmallDumpSession, memory: VirtualMemory) -> tuple[str | None, tuple[int, int] | None]:
+def _broken_driver(session: SessionView, memory: VirtualMemory) -> tuple[str | None, tuple[int, int] | None]:
     """KiBugCheckDriver: the UNICODE_STRING naming the driver the bug check blames (nt's
     symbols give its address); (image name, (address, bytes to keep))."""
     from kdshell.symbols.modules import read_unicode_string
@@ -680,7 +656,7 @@ def _broken_driver(session: SmallDumpSession, memory: VirtualMemory) -> tuple[st
     return name, (pointer, 2 * ps)
 
 
-def _frames(session: SmallDumpSession, is64: bool) -> list[tuple[int, int]]:
+def _frames(session: SessionView, is64: bool) -> list[tuple[int, int]]:
     """(address, size) of the register frames the faulting stack's walk found or was told about."""
     out: list[tuple[int, int]] = []
     size = KTRAP_FRAME_SIZE[is64]
@@ -700,7 +676,7 @@ def _frames(session: SmallDumpSession, is64: bool) -> list[tuple[int, int]]:
     return out
 
 
-def source_from_session(session: SmallDumpSession, comment: str | None = None) -> SmallDumpSource:
+def source_from_session(session: SessionView, comment: str | None = None) -> SmallDumpSource:
     """A SmallDumpSource of the session's complete or kernel dump."""
     from kdshell.memory.paging import SelfMap
 
@@ -738,7 +714,7 @@ def source_from_session(session: SmallDumpSession, comment: str | None = None) -
     )
 
 
-def write_small_dump(session: SmallDumpSession, path: str | os.PathLike[str], *, overwrite: bool = False,
+def write_small_dump(session: SessionView, path: str | os.PathLike[str], *, overwrite: bool = False,
                      comment: str | None = None) -> tuple[int, SmallDump]:
     """`.dump /m`: gather the small memory dump of the session's dump and write it atomically.
     Returns (file size, what was gathered)."""

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
 
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.expr import Registers
-from kdshell.memory.virtual import VirtualMemory
 from kdshell.symbols.overlay import ImageOverlay, UnwindModules
 from kdshell.symbols.modules import (
     Module,
