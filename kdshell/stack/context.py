@@ -120,6 +120,12 @@ def trap_frames_holding(read: MemoryRead, rip: int, start: int, size: int = FAUL
     return found
 
 
+def _empty(frame: RegisterFrame) -> bool:
+    """A CONTEXT record nobody wrote: no instruction or stack pointer."""
+    regs = frame.registers
+    return not (regs.get("rip") or regs.get("eip")) and not (regs.get("rsp") or regs.get("esp"))
+
+
 class ContextState:
     """The session's register context, its origin, the selected frame and the warm walker."""
 
@@ -279,17 +285,34 @@ class ContextState:
 
     def processor_frame(self, number: int) -> RegisterFrame:
         """Processor `number`'s context: the dump's context for the crashing processor, else its
-        KPRCB.ProcessorState.ContextFrame."""
+        saved context (saved_processor_frame)."""
         self.check_processor(number)
         if number == self.default_processor:
             return RegisterFrame("context", 0, dict(self.default), frozenset(self.default))
+        return self.saved_processor_frame(number)
+
+    def saved_processor_frame(self, number: int) -> RegisterFrame:
+        """What `~Ns` shows: the context processor `number` saved in its KPRCB,
+        ProcessorState.ContextFrame; when that is empty, the CONTEXT that KPRCB.Context points
+        to (Windows 10 saves the bug check's context there: on the 0x1000007E corpus dump the
+        header holds the exception's context, KPRCB.Context KeBugCheckEx's)."""
+        self.check_processor(number)
         prcb = self.prcb(number)
         offset = self._offset("_KPRCB", "ProcessorState.ContextFrame")
         try:
-            return processor_context(self.read, prcb, offset, self.machine)
+            frame = processor_context(self.read, prcb, offset, self.machine)
+            pointer = self.offsets().offset("_KPRCB", "Context")
+            if _empty(frame) and pointer:
+                size = 8 if self.is64 else 4
+                saved = _ptr(self.read, prcb + pointer, size)
+                if saved:
+                    frame = decode_context_record(self.read, saved, self.machine)
         except MemoryNotPresent as exc:
             raise KdError(f"Processor {number}'s context (KPRCB {self._p(prcb)}) is not in the dump "
                           f"({exc.why})") from None
+        if _empty(frame):
+            raise KdError(f"Processor {number} saved no context in its KPRCB ({self._p(prcb)})")
+        return frame
 
     def current_thread(self, number: int | None = None) -> int | None:
         """KPRCB.CurrentThread of processor `number` (default: the current one), or None."""
