@@ -126,3 +126,13 @@ def test_machine_data_names_from_the_kdbg(machines):
             inside = g["nt!KiBugCheckData"] + 0x10
             nt = s.symbols.module("nt")
             assert ln_name(s, inside) == ("nt!KiBugCheckData+0x10" if kind == "kernel" else f"nt+0x{inside - nt.base:x}")
+
+
+def test_a_function_and_a_data_name_at_one_address():
+    """The function names code; the data name is never the nearest symbol of the two (k, ln, u)."""
+    from kdshell.symbols.resolver import DATA, FUNCTION, Symbol, SymbolTable
+
+    table = SymbolTable("export symbols", None, [Symbol("KiCallUserMode", 0x100, DATA),
+                                                 Symbol("KeUserCall", 0x100, FUNCTION), Symbol("Later", 0x200)])
+    assert table.at(0x120).name == "KeUserCall" and table.at(0x100).name == "KeUserCall"
+    assert table.at(0x200).name == "Later" and table.at(0xFF) is None

@@ -85,9 +85,11 @@ class SymbolTable:
         return self._by_name.get(name.lower())
 
     def at(self, rva: int) -> Symbol | None:
-        """The nearest symbol at or before `rva`."""
+        """The nearest symbol at or before `rva` (of several at that address, the first: a function)."""
         i = bisect.bisect_right(self._rvas, rva) - 1
-        return self.entries[i] if i >= 0 else None
+        if i < 0:
+            return None
+        return self.entries[bisect.bisect_left(self._rvas, self._rvas[i])]
 
     def exact(self, rva: int) -> list[Symbol]:
         i = bisect.bisect_left(self._rvas, rva)
@@ -636,15 +638,29 @@ class Symbols:
         """`("amdppm!WriteIoMemRawEx", 0x70)`, or `("amdppm", 0x334c)` in a module without
         symbols (or without a true name for the address: see labels); None outside every
         module."""
+        found = self.label(address)
+        if found is None:
+            return None
+        module, s = found
+        rva = address - module.base
+        if s is not None:
+            return f"{module.name}!{s.name}", rva - s.rva
+        return module.name, rva
+
+    def label(self, address: int) -> tuple[Module, Symbol | None] | None:
+        """(module, the symbol that names `address`): the nearest at or before it that may
+        (labels; of several at that address, the first that may), None without one; None
+        outside every module. What symbolize, ln and a stack's call sites print."""
         module = self.module_at(address)
         if module is None:
             return None
         table = self.table(module)
         rva = address - module.base
-        s = table.at(rva) if table is not None else None
-        if s is not None and self.labels(module, s, rva):
-            return f"{module.name}!{s.name}", rva - s.rva
-        return module.name, rva
+        nearest = table.at(rva) if table is not None else None
+        if nearest is None or self.labels(module, nearest, rva):
+            return module, nearest
+        assert table is not None
+        return module, next((s for s in table.exact(nearest.rva) if self.labels(module, s, rva)), None)
 
     def labels(self, module: Module, symbol: Symbol, rva: int) -> bool:
         """May `symbol` (the nearest at or before module+rva) name that address? A code symbol
@@ -676,16 +692,14 @@ class Symbols:
         """For ln: (module, previous Symbol|None, next Symbol|None, exact [Symbol]); None
         outside every module. The previous and exact symbols are the ones that may name the
         address (labels): a data name before a code address is no previous symbol."""
-        module = self.module_at(address)
-        if module is None:
+        found = self.label(address)
+        if found is None:
             return None
+        module, before = found
         table = self.table(module)
-        rva = address - module.base
         if table is None:
             return module, None, None, []
-        before = table.at(rva)
-        if before is not None and not self.labels(module, before, rva):
-            before = None
+        rva = address - module.base
         return module, before, table.after(rva), [s for s in table.exact(rva) if self.labels(module, s, rva)]
 
     def function_bounds(self, address: int) -> tuple[int, int] | None:
