@@ -3,10 +3,11 @@
 WinDbg keeps one register context per session (windbg.md §9): the dump's crashing context until
 `.cxr ADDR` (a CONTEXT record), `.trap ADDR` (a KTRAP_FRAME), `.thread ADDR` (a thread: its
 saved switch frame, or its processor's context when it is running) or `~Ns` (processor N's
-KPRCB.ProcessorState.ContextFrame) replaces it; `.cxr`/`.trap` alone go back ("Resetting
-default scope"). On top of that, `.frame N` selects a frame of that context's stack, and `r`
-then shows the frame's registers (the ones the unwinder restored; volatile ones keep the
-values of the frame below, as dbgeng's unwound contexts do).
+KPRCB.ProcessorState.ContextFrame, or the CONTEXT KPRCB.Context points to when that is empty, as
+on Windows 10; for the crashing processor too: its context at KeBugCheckEx) replaces it;
+`.cxr`/`.trap` alone go back ("Resetting default scope"). On top of that, `.frame N` selects a
+frame of that context's stack, and `r` then shows the frame's registers (the ones the unwinder
+restored; volatile ones keep the values of the frame below, as dbgeng's unwound contexts do).
 
     state = session.context                 # a ContextState; session.registers is state.registers
     state.walk(20)                          # StackWalk of the current context (kdshell.stack.walk)
