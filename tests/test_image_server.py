@@ -17,11 +17,12 @@ import pytest
 
 import kdshell
 from kdshell.symbols.modules import Module, ModuleList, image_file_names
-from test_stack_commands import BIN, HEADER_N, SCAN_WARNING, check_rows, expected_rows, lines, parse_k
+from test_stack_commands import BIN, SCAN_WARNING, check_rows, expected_rows, lines, parse_k
 from test_store import _serve
 
-IMAGES = ("ntoskrnl.exe", "hal.dll", "mydrv.sys", "storfilt.sys", "kbdcrash.sys")
-X64_SCENARIOS = ("d1", "7e", "7e-plain", "3b", "e2", "50")
+IMAGES = [BIN / n for n in ("ntoskrnl.exe", "hal.dll", "mydrv.sys", "storfilt.sys", "kbdcrash.sys")] + \
+    [BIN / "x86" / n for n in ("ntoskrnl.exe", "hal.dll", "mydrv.sys")]
+SCENARIOS = ("d1", "7e", "7e-plain", "3b", "e2", "50", "d1-x86")
 
 
 def image_key(path) -> str:
@@ -40,16 +41,16 @@ def pdb_key(path) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """The five images and their PDBs in a symbol store."""
+    """The x64 and x86 images and their PDBs in a symbol store."""
     root = tmp_path_factory.mktemp("store")
-    for name in IMAGES:
-        place = root / name / image_key(BIN / name)
+    for image in IMAGES:
+        place = root / image.name / image_key(image)
         place.mkdir(parents=True)
-        shutil.copy(BIN / name, place / name)
-        pdb, key = pdb_key(BIN / name)
+        shutil.copy(image, place / image.name)
+        pdb, key = pdb_key(image)
         place = root / pdb / key
         place.mkdir(parents=True)
-        shutil.copy(BIN / pdb, place / pdb)
+        shutil.copy(image.parent / pdb, place / pdb)
     return root
 
 
@@ -63,10 +64,15 @@ def small_dump_rows(machines, name):
     whose return slot is in the saved stack."""
     truth = machines.truth(name)
     ctx, chain = truth["context"], truth["call_chain"]
-    first = next(i for i, f in enumerate(chain) if f["rip"] == ctx["rip"] and f["sp"] == ctx["rsp"])
+    ip, sp = ("rip", "rsp") if is64(machines, name) else ("eip", "esp")
+    first = next(i for i, f in enumerate(chain) if f["rip"] == ctx[ip] and f["sp"] == ctx[sp])
     small = truth["dumps"]["small"]["small"]
     end = small["top_of_stack"] + small["stack_size"]
-    return [w for w, f in zip(expected_rows(chain, True, first), chain[first:]) if f["sp"] - 8 < end]
+    return [w for w, f in zip(expected_rows(chain, is64(machines, name), first), chain[first:]) if f["sp"] - 8 < end]
+
+
+def is64(machines, name):
+    return machines.truth(name)["arch"] == "x64"
 
 
 def open_small(machines, name, symbol_path):
@@ -75,22 +81,23 @@ def open_small(machines, name, symbol_path):
     return s
 
 
-@pytest.mark.parametrize("name", X64_SCENARIOS)
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_the_kernel_image_from_the_server_unwinds_nt(machines, server, tmp_path, name):
     want = small_dump_rows(machines, name)
     assert any(w[2].startswith("nt!") for w in want[1:])  # frames of nt past the first: unwound through nt
-    key = image_key(BIN / "ntoskrnl.exe")
+    kernel = BIN / ("x86" if not is64(machines, name) else "") / "ntoskrnl.exe"
+    key = image_key(kernel)
     cache = tmp_path / "cache"
     with open_small(machines, name, f"srv*{cache}*{server.url}") as s:
         out = lines(s, "kn 100")
-        assert out[0] == HEADER_N and SCAN_WARNING not in out
-        check_rows(parse_k(out), want, True, f"{name}-small with the server")
+        assert SCAN_WARNING not in out
+        check_rows(parse_k(out), want, is64(machines, name), f"{name}-small with the server")
         assert s.symbols.module("nt").state["image_file"] == str(cache / "ntoskrnl.exe" / key / "ntoskrnl.exe")
     assert f"/ntoskrnl.exe/{key}/ntoskrnl.exe" in server.handler.hits
-    assert (cache / "ntoskrnl.exe" / key / "ntoskrnl.exe").read_bytes() == (BIN / "ntoskrnl.exe").read_bytes()
+    assert (cache / "ntoskrnl.exe" / key / "ntoskrnl.exe").read_bytes() == kernel.read_bytes()
 
 
-@pytest.mark.parametrize("name", X64_SCENARIOS)
+@pytest.mark.parametrize("name", SCENARIOS[:-1])
 def test_without_the_kernel_image_nt_cannot_be_unwound(machines, tmp_path, name):
     """The same dumps with every image and PDB but nt's on a local path: nt's frames are not the
     executed ones, or they are marked as guesses."""
