@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 SYNTAX = "!analyze [-v] [-json] [-teach] | !analyze -show BugCheckCode [P1 P2 P3 P4]"
 
 
-@command(".exr", family="analysis", needs=(needs_memory,), syntax=".exr Address",
-         summary="Show the EXCEPTION_RECORD at Address (0x7E/0x1000007E give it in P3, 0x139 in P3)",
+@command(".exr", family="analysis", needs=(needs_memory,), syntax=".exr Address | .exr -1",
+         summary="Show the EXCEPTION_RECORD at Address (0x7E/0x1000007E give it in P3, 0x139 in P3); "
+                 "-1: the dump's own exception record",
          example=".exr ffff8504`29891ee8")
 def exr(session: Session, inv: Invocation) -> None:
     if not inv.text.strip():
-        raise CommandError(".exr needs the address of an exception record (.exr Address)")
+        raise CommandError(".exr needs the address of an exception record (.exr Address, or .exr -1 for the dump's)")
     address = Evaluator(session).evaluate(inv.text)
     session.out.lines(exr_lines(session, address))
 

@@ -281,18 +281,24 @@ def frame_(session: Session, inv: Invocation) -> None:
 
 
 @command("~", family="stack", option_suffix=True, needs=(needs_memory,), syntax="~Ns",
-         summary="Switch to processor N: its context (KPRCB.ProcessorState.ContextFrame) and prompt",
-         example="~1s")
+         summary="Switch to processor N: the context it saved in its KPRCB (ProcessorState.ContextFrame, "
+                 "or the CONTEXT KPRCB.Context points to) and its prompt",
+         example="~1s",
+         details="On the crashing processor that is the context at KeBugCheckEx, which differs from the dump's\n"
+                 "default context when the header holds an exception's (0x1000007E); .cxr alone goes back to it.")
 def processor(session: Session, inv: Invocation) -> None:
     text = (inv.suffix + inv.text).strip()
     if not text.lower().endswith("s") or not text[:-1].strip():
         raise CommandError("~: kdshell knows ~Ns (switch to processor N)")
     number = Evaluator(session).evaluate(text[:-1].strip())
     state = session.context
-    frame = state.processor_frame(number)
+    try:
+        frame = state.saved_processor_frame(number)
+    except KdError as exc:
+        if number != state.default_processor:
+            raise
+        frame = state.processor_frame(number)  # no saved context: the dump's context stands for it
+        session.out.warn(f"{exc}; using the dump's context")
     session.processor = number
     state.thread = None
-    if number == state.default_processor:
-        state.reset()
-    else:
-        state.set(frame, f"processor {number}")
+    state.set(frame, f"processor {number}")

@@ -166,8 +166,10 @@ _STRING_ORDER = ["CompanyName", "ProductName", "InternalName", "OriginalFilename
 
 
 def _image_quietly(session: Session, module: Module) -> PeImage | None:
+    """The module's headers (the dump's, even when its export or debug directory is not there,
+    else the image file's), None when neither is readable."""
     try:
-        return session.symbols.image(module)
+        return session.symbols.headers(module)
     except KdError:
         return None
 

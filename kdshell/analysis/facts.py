@@ -40,7 +40,11 @@ def _memory(session: SessionView) -> VirtualMemory:
 
 
 def exception_record(session: SessionView, address: int) -> dict[str, Any]:
-    """The EXCEPTION_RECORD at `address` (decode_exception's dict)."""
+    """The EXCEPTION_RECORD at `address` (decode_exception's dict); at -1, the dump's own record
+    (the header's, or a small dump's copy), as WinDbg's `.exr -1` shows the last exception."""
+    last = (1 << (64 if session.is64 else 32)) - 1
+    if address & last == last:
+        return dict(session.dump.exception)
     layout = EXCEPTION_RECORD64 if session.is64 else EXCEPTION_RECORD32
     try:
         raw = _memory(session).read(address, layout.sizeof())

@@ -9,14 +9,19 @@ commands that exist are suggested.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from kdshell.analysis.rules import (BAD_IP, CRITICAL_PROCESS, DRIVER, HARDWARE, INCONCLUSIVE, MANUAL, MEMORY,
-                                    OS, PASS, POOL, status_text)
+                                    OS, PASS, POOL, frame_kind, status_text)
 
 if TYPE_CHECKING:
-    from kdshell.analysis.analyze import Analysis
+    from kdshell.analysis.analyze import Analysis, FrameSymbol
+
+# nt's bug-check path: the entry points a caller calls and the routines they run on the way to the
+# stop (KiBugCheckDispatch, KiBugCheckDebugBreak, ...).
+BUGCHECK_PATH = re.compile(r"KeBugCheck(Ex|2)?|KiBugCheck\w*", re.IGNORECASE)
 
 # What kind of mistake each family of bug checks is, in a few plain sentences.
 KIND_OF_MISTAKE = {
@@ -80,6 +85,47 @@ def family(a: Analysis) -> str:
     return FAMILIES.get(a.base_code, "other")
 
 
+def _in_bugcheck_path(symbol: FrameSymbol) -> bool:
+    return symbol.module_name == "nt" and symbol.function is not None and bool(BUGCHECK_PATH.fullmatch(symbol.function))
+
+
+def bugcheck_caller(a: Analysis) -> int | None:
+    """The index in a.stack of the driver that called the bug check itself, or None: the faulting
+    frame is in nt's bug-check path (by name, or, without nt's symbols, nt code entered with rcx =
+    the bug check code, the first argument of KeBugCheckEx), and the first frame past that path
+    is a driver's."""
+    if not a.is64 or a.start >= len(a.stack) or len(a.symbols) != len(a.stack):
+        return None
+    top, frame = a.symbols[a.start], a.stack[a.start]
+    entered = top.module_name == "nt" and top.function is None and a.start == 0 \
+        and frame.registers.get("rcx", -1) & 0xFFFFFFFF == a.code & 0xFFFFFFFF
+    if not (_in_bugcheck_path(top) or entered):
+        return None
+    for i in range(a.start + 1, len(a.stack)):
+        s = a.symbols[i]
+        if _in_bugcheck_path(s):
+            continue
+        if s.module is not None and frame_kind(s.module.name, s.function) is None:
+            return i
+        return None
+    return None
+
+
+def _called_bugcheck(a: Analysis, index: int) -> str:
+    caller, top = a.symbols[index], a.symbols[a.start]
+    assert caller.module is not None
+    image = caller.module.image_name
+    routine = f"nt!{top.function}" if top.function else top.symbol_name
+    text = (f"{image} called the bug check itself (from {caller.symbol_name}): the processor stopped in "
+            f"Windows' bug-check routine ({routine}), not on a faulting instruction.")
+    if a.verdict != MANUAL:
+        text += (f" A driver does that when it finds something wrong that it cannot go on with; the bug check "
+                 f"code and its parameters say what {image} found, so start with {image}.")
+    if a.stack[index].guess:
+        text += " (Its frame was found by scanning the stack, so this is a lead rather than a certainty.)"
+    return text
+
+
 def _who(a: Analysis) -> str:
     c = a.culprit
     if a.verdict == BAD_IP:
@@ -134,10 +180,11 @@ def explain(a: Analysis, have: Callable[[str], bool] = lambda name: True) -> Exp
     if a.base_code == 0x3B and a.process_name:
         e.what.append(f"It happened while the kernel was serving a system call made by {a.process_name}: "
                       "the program only asked; the kernel code that served it is what failed.")
-    who = _who(a)
+    caller = bugcheck_caller(a)
+    who = _called_bugcheck(a, caller) if caller is not None else _who(a)
     if who:
         e.what.append(who)
-    if a.verdict == MANUAL and a.detector is not None:
+    if a.verdict == MANUAL and a.detector is not None and caller is None:
         e.what.append(f"The request came through {a.detector.image} ({a.detector.symbol_name}).")
     if a.verdict in (POOL, MEMORY) and a.detector is not None:
         e.what.append(f"It was detected in {a.detector.symbol_name}; that code is the messenger, not the culprit.")
@@ -158,7 +205,10 @@ def explain(a: Analysis, have: Callable[[str], bool] = lambda name: True) -> Exp
         if have("lmvm"):
             e.next.append((f"lmvm {c.module}", "the driver's file version, date and path: is it current?"))
         if have("ub") and c.ip is not None:
-            e.next.append((f"ub {c.ip:#x}", "the instructions leading up to the fault"))
+            called = caller is not None and c.frame == caller
+            e.next.append((f"ub {c.ip:#x}", "the instructions leading up to its call of the bug check: where the "
+                                            "code and parameters come from" if called
+                           else "the instructions leading up to the fault"))
         if not c.function:
             e.next.append((".sympath srv*c:\\symbols*https://msdl.microsoft.com/download/symbols; .reload",
                            "get symbols so functions have names (or start kdshell with -y PATH)"))

@@ -3,10 +3,11 @@
 WinDbg keeps one register context per session (windbg.md §9): the dump's crashing context until
 `.cxr ADDR` (a CONTEXT record), `.trap ADDR` (a KTRAP_FRAME), `.thread ADDR` (a thread: its
 saved switch frame, or its processor's context when it is running) or `~Ns` (processor N's
-KPRCB.ProcessorState.ContextFrame) replaces it; `.cxr`/`.trap` alone go back ("Resetting
-default scope"). On top of that, `.frame N` selects a frame of that context's stack, and `r`
-then shows the frame's registers (the ones the unwinder restored; volatile ones keep the
-values of the frame below, as dbgeng's unwound contexts do).
+KPRCB.ProcessorState.ContextFrame, or the CONTEXT KPRCB.Context points to when that is empty, as
+on Windows 10; for the crashing processor too: its context at KeBugCheckEx) replaces it;
+`.cxr`/`.trap` alone go back ("Resetting default scope"). On top of that, `.frame N` selects a
+frame of that context's stack, and `r` then shows the frame's registers (the ones the unwinder
+restored; volatile ones keep the values of the frame below, as dbgeng's unwound contexts do).
 
     state = session.context                 # a ContextState; session.registers is state.registers
     state.walk(20)                          # StackWalk of the current context (kdshell.stack.walk)
@@ -118,6 +119,12 @@ def trap_frames_holding(read: MemoryRead, rip: int, start: int, size: int = FAUL
             i = data.find(needle, i + 1)
         addr = chunk_end
     return found
+
+
+def _empty(frame: RegisterFrame) -> bool:
+    """A CONTEXT record nobody wrote: no instruction or stack pointer."""
+    regs = frame.registers
+    return not (regs.get("rip") or regs.get("eip")) and not (regs.get("rsp") or regs.get("esp"))
 
 
 class ContextState:
@@ -279,17 +286,34 @@ class ContextState:
 
     def processor_frame(self, number: int) -> RegisterFrame:
         """Processor `number`'s context: the dump's context for the crashing processor, else its
-        KPRCB.ProcessorState.ContextFrame."""
+        saved context (saved_processor_frame)."""
         self.check_processor(number)
         if number == self.default_processor:
             return RegisterFrame("context", 0, dict(self.default), frozenset(self.default))
+        return self.saved_processor_frame(number)
+
+    def saved_processor_frame(self, number: int) -> RegisterFrame:
+        """What `~Ns` shows: the context processor `number` saved in its KPRCB,
+        ProcessorState.ContextFrame; when that is empty, the CONTEXT that KPRCB.Context points
+        to (Windows 10 saves the bug check's context there: on the 0x1000007E corpus dump the
+        header holds the exception's context, KPRCB.Context KeBugCheckEx's)."""
+        self.check_processor(number)
         prcb = self.prcb(number)
         offset = self._offset("_KPRCB", "ProcessorState.ContextFrame")
         try:
-            return processor_context(self.read, prcb, offset, self.machine)
+            frame = processor_context(self.read, prcb, offset, self.machine)
+            pointer = self.offsets().offset("_KPRCB", "Context")
+            if _empty(frame) and pointer:
+                size = 8 if self.is64 else 4
+                saved = _ptr(self.read, prcb + pointer, size)
+                if saved:
+                    frame = decode_context_record(self.read, saved, self.machine)
         except MemoryNotPresent as exc:
             raise KdError(f"Processor {number}'s context (KPRCB {self._p(prcb)}) is not in the dump "
                           f"({exc.why})") from None
+        if _empty(frame):
+            raise KdError(f"Processor {number} saved no context in its KPRCB ({self._p(prcb)})")
+        return frame
 
     def current_thread(self, number: int | None = None) -> int | None:
         """KPRCB.CurrentThread of processor `number` (default: the current one), or None."""

@@ -74,6 +74,24 @@ class Module:
         return self.base <= address < self.base + self.size
 
 
+def image_file_names(module: Module) -> list[str]:
+    """The names a module's image file may have in a symbol store, the listed one first. Every
+    x64 kernel (ntkrnlmp.exe as linked) is installed, loaded and stored as ntoskrnl.exe, the x86
+    PAE one as ntkrnlpa.exe; a module added by hand may be named just `nt` or `hal`."""
+    listed = module.image_name
+    low = listed.lower()
+    names = [listed] if "." in listed else []
+    if module.name == "nt" or low in KERNEL_IMAGES or low == "nt":
+        names += ["ntkrnlpa.exe"] if low in ("ntkrpamp.exe", "ntkrnlpa.exe") else []
+        names.append("ntoskrnl.exe")
+    elif module.name == "hal" or low in HAL_IMAGES or low == "hal":
+        names.append("hal.dll")
+    unique: dict[str, str] = {}
+    for name in names:
+        unique.setdefault(name.lower(), name)
+    return list(unique.values()) or [listed]
+
+
 @dataclass
 class UnloadedModule:
     name: str

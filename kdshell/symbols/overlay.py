@@ -20,7 +20,7 @@ class ImageSource(Protocol):
 
     def module_at(self, address: int) -> Module | None: ...
 
-    def image(self, module: Module) -> PeImage | None: ...
+    def headers(self, module: Module) -> PeImage | None: ...
 
     def file_image(self, module: Module) -> PeImage | None: ...
 
@@ -120,7 +120,8 @@ def _hole(error: MemoryNotPresent, address: int) -> MemoryNotPresent:
 
 
 class UnwindModules:
-    """Adapter for kdshell.stack.walk: modules with an image reader and their .pdata location."""
+    """Adapter for kdshell.stack.walk: modules with an image reader and their .pdata location.
+    A module's view is made again when its headers change (a path change found its image)."""
 
     def __init__(self, symbols: ImageSource) -> None:
         self.symbols = symbols
@@ -131,22 +132,31 @@ class UnwindModules:
         if module is None:
             return None
         view = self._views.get(module.base)
-        if view is None or view.module is not module:
+        if view is None or view.module is not module or view.headers is not self.symbols.headers(module):
             view = self._views[module.base] = _ModuleView(self.symbols, module)
         return view
 
 
 class _ModuleView:
+    """One module for the unwinder: `image(rva, size)` reads through the session's memory (the
+    dump, with the image file behind it: a small dump's missing .pdata comes from the file, which
+    the symbol path may download), `exception_directory` from the headers (in the dump or the
+    file's), `executable(rva)` from their section table."""
+
     def __init__(self, symbols: ImageSource, module: Module) -> None:
         self.module = module
         self.base, self.size, self.name = module.base, module.size, module.name
-        image = symbols.image(module)
+        self.headers = headers = symbols.headers(module)
         memory = symbols.memory()
         self.image = None
         self.exception_directory = None
-        if image is not None and memory is not None:
+        if headers is not None and memory is not None:
             base = module.base
             self.image = lambda rva, size: memory.read(base + rva, size)
-            rva, size = image.directory(3)
+            rva, size = headers.directory(3)
             if rva and size:
                 self.exception_directory = (rva, size)
+
+    def executable(self, rva: int) -> bool | None:
+        """Is `rva` in an executable section? None without a section table."""
+        return self.headers.executable(rva) if self.headers is not None else None

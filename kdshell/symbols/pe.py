@@ -286,6 +286,11 @@ class PeImage:
                 return s
         return None
 
+    def executable(self, rva: int) -> bool:
+        """Does `rva` lie in an executable section (code), not in the headers or data?"""
+        section = self.section_at(rva)
+        return section is not None and rva >= self.size_of_headers and section.executable
+
     def directory(self, index: int) -> tuple[int, int]:
         if index < len(self.directories):
             return self.directories[index]

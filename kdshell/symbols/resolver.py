@@ -28,6 +28,7 @@ from kdshell.symbols.modules import (
     Module,
     ModuleList,
     UnloadedModule,
+    image_file_names,
     modules_from_triage,
     read_unloaded_modules,
     walk_loaded_modules,
@@ -84,9 +85,11 @@ class SymbolTable:
         return self._by_name.get(name.lower())
 
     def at(self, rva: int) -> Symbol | None:
-        """The nearest symbol at or before `rva`."""
+        """The nearest symbol at or before `rva` (of several at that address, the first: a function)."""
         i = bisect.bisect_right(self._rvas, rva) - 1
-        return self.entries[i] if i >= 0 else None
+        if i < 0:
+            return None
+        return self.entries[bisect.bisect_left(self._rvas, self._rvas[i])]
 
     def exact(self, rva: int) -> list[Symbol]:
         i = bisect.bisect_left(self._rvas, rva)
@@ -354,18 +357,22 @@ class Symbols:
         return module
 
     def retry_failed(self) -> None:
-        """After a path change: modules whose image or symbols were not found are looked for again."""
+        """After a path change: modules whose image or symbols were not found are looked for again
+        (no table, the KDBG's names only, or exports where a PDB was missing)."""
         self.missing_noted.clear()
         if self._modules is None:
             return
         for m in self._modules:
             st = m.state
-            if st.get("table", DEFERRED) is None:
+            table = st.get("table", DEFERRED)
+            if table is None or (table is not DEFERRED and (table.kind == KDBG or st.get("wanted_pdb"))):
                 st.pop("table")
             if st.get("file_image", False) is None:
                 st.pop("file_image")
             if st.get("image", False) is None:
                 st.pop("image")
+            if st.get("headers", False) is None:
+                st.pop("headers")
 
     def types(self, module: Module) -> TypeSource | None:
         """The module's TypeSource: its PDB's types; for nt without a PDB, the built-in table."""
@@ -436,8 +443,19 @@ class Symbols:
                 module.timestamp = st["image"].timestamp
         return st["image"]
 
+    def headers(self, module: Module) -> PeImage | None:
+        """The module's PE headers (section table, directories): its image() when there is one,
+        else the headers alone when the dump has them but not the export or debug directories
+        that image() needs (a small dump keeps nt's first page, not its .edata)."""
+        st = module.state
+        if "headers" not in st:
+            st["headers"] = self.image(module) or self._memory_headers(module)
+        return st["headers"]
+
     def file_image(self, module: Module) -> PeImage | None:
-        """The module's image file, mapped at its base (None when no path has it)."""
+        """The module's image file, mapped at its base (None when no path has it). Looked for by
+        TimeDateStamp+SizeOfImage (the loader entry's or the small dump's driver list's, else the
+        headers in the dump) under each name the file may have in a store (image_file_names)."""
         st = module.state
         if "file_image" not in st:
             st["file_image"] = None
@@ -452,10 +470,15 @@ class Symbols:
             def same(path: str) -> bool:
                 return _image_matches(path, stamp, module.size)
 
-            path = self.image_store.find(module.image_name, key, verify=same)
-            st["wanted_image"] = None if path else (module.image_name, key)  # kdshell.symbols.missing
+            names = image_file_names(module)
+            path = None
+            for name in names:
+                path = self.image_store.find(name, key, verify=same)
+                if path is not None:
+                    break
+            st["wanted_image"] = None if path else (names[0], key)  # kdshell.symbols.missing
             if path is None:
-                self.log(f"DBGHELP: {module.image_name} ({key}) - image not found")
+                self.log(f"DBGHELP: {' / '.join(names)} ({key}) - image not found")
                 return None
             try:
                 st["file_image"] = PeImage.from_file(path, module.base)
@@ -465,14 +488,28 @@ class Symbols:
                 self.log(f"DBGHELP: {path} - {exc}")
         return st["file_image"]
 
-    def _memory_timestamp(self, module: Module) -> int | None:
+    def _memory_headers(self, module: Module) -> PeImage | None:
         memory = self.raw_memory()
         if memory is None:
             return None
         try:
-            return PeImage.from_memory(memory, module.base).timestamp
+            return PeImage.from_memory(memory, module.base)
         except (MemoryNotPresent, PeFormatError):
             return None
+
+    def _memory_timestamp(self, module: Module) -> int | None:
+        headers = self._memory_headers(module)
+        return headers.timestamp if headers is not None else None
+
+    def executable(self, address: int) -> bool | None:
+        """Does `address` lie in an executable section of its module (by the section table of
+        the headers in the dump or of the image file)? None when no section table is known or
+        the address is outside every module."""
+        module = self.module_at(address)
+        headers = self.headers(module) if module is not None else None
+        if module is None or headers is None:
+            return None
+        return headers.executable(address - module.base)
 
     # -- symbol tables -----------------------------------------------------------------------
     def status(self, module: Module) -> str:
@@ -599,17 +636,45 @@ class Symbols:
     # -- addresses -> names -------------------------------------------------------------------
     def symbolize(self, address: int) -> tuple[str, int] | None:
         """`("amdppm!WriteIoMemRawEx", 0x70)`, or `("amdppm", 0x334c)` in a module without
-        symbols; None outside every module."""
+        symbols (or without a true name for the address: see labels); None outside every
+        module."""
+        found = self.label(address)
+        if found is None:
+            return None
+        module, s = found
+        rva = address - module.base
+        if s is not None:
+            return f"{module.name}!{s.name}", rva - s.rva
+        return module.name, rva
+
+    def label(self, address: int) -> tuple[Module, Symbol | None] | None:
+        """(module, the symbol that names `address`): the nearest at or before it that may
+        (labels; of several at that address, the first that may), None without one; None
+        outside every module. What symbolize, ln and a stack's call sites print."""
         module = self.module_at(address)
         if module is None:
             return None
         table = self.table(module)
         rva = address - module.base
-        if table is not None:
-            s = table.at(rva)
-            if s is not None:
-                return f"{module.name}!{s.name}", rva - s.rva
-        return module.name, rva
+        nearest = table.at(rva) if table is not None else None
+        if nearest is None or self.labels(module, nearest, rva):
+            return module, nearest
+        assert table is not None
+        return module, next((s for s in table.exact(nearest.rva) if self.labels(module, s, rva)), None)
+
+    def labels(self, module: Module, symbol: Symbol, rva: int) -> bool:
+        """May `symbol` (the nearest at or before module+rva) name that address? A code symbol
+        (function, code public, export in an executable section) may. A data symbol (a data
+        public, a KDBG variable) never names code: only an address in a section that is not
+        executable, or, when no section table is known, the symbol's own bytes (its first
+        byte when its size is unknown). `k` prints `module+0xOFFSET` for the same addresses."""
+        if symbol.kind != DATA:
+            return True
+        code = self.executable(module.base + rva)
+        if code is not None:
+            return not code
+        offset = rva - symbol.rva
+        return offset < symbol.size if symbol.size else offset == 0
 
     def name_at(self, address: int) -> str | None:
         """`module!function+0x12` (or `module+0x1234`) for an address; None outside every module
@@ -625,15 +690,17 @@ class Symbols:
 
     def nearest(self, address: int) -> tuple[Module, Symbol | None, Symbol | None, list[Symbol]] | None:
         """For ln: (module, previous Symbol|None, next Symbol|None, exact [Symbol]); None
-        outside every module."""
-        module = self.module_at(address)
-        if module is None:
+        outside every module. The previous and exact symbols are the ones that may name the
+        address (labels): a data name before a code address is no previous symbol."""
+        found = self.label(address)
+        if found is None:
             return None
+        module, before = found
         table = self.table(module)
-        rva = address - module.base
         if table is None:
             return module, None, None, []
-        return module, table.at(rva), table.after(rva), table.exact(rva)
+        rva = address - module.base
+        return module, before, table.after(rva), [s for s in table.exact(rva) if self.labels(module, s, rva)]
 
     def function_bounds(self, address: int) -> tuple[int, int] | None:
         """(start, end) addresses of the function holding `address`: from the PDB's procedure
