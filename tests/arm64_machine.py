@@ -199,7 +199,7 @@ def build() -> Arm64Tables:
     pool[0x300 : 0x300 + 2 * len(short)] = short.encode("utf-16-le")
     pool[0x800:0x808] = struct.pack("<Q", (PFN["proto"] << 12) | KERNEL_RW)  # the prototype PTE
     t.map(POOL, PFN["pool"], KERNEL_RW, bytes(pool))
-    t.map(STACK, PFN["stack"], KERNEL_RW, struct.pack("<QQ", 0xAAAA, 0xBBBB) * 8)
+    t.map(STACK, PFN["stack"], KERNEL_RW, struct.pack("<QQ", 0xAAAA, 0xBBBB) * (PAGE // 16))
     t.map(USER_VA, PFN["user"], USER_RW, b"user page")
     t.block(BLOCK_VA, BLOCK_PA, KERNEL_RW)
     t.pages[PFN["block_page"]] = bytearray(b"in the 2 MiB block".ljust(PAGE, b"\0"))
