@@ -41,6 +41,7 @@ def _load_capstone() -> None:
 
         capstone, cx86 = cs, x86
 
+from kdshell.dumpfile.header import MACHINE_ARM64, MACHINE_I386
 from kdshell.format import ptr
 
 Symbolize = Callable[[int], "tuple[str, int] | None"]
@@ -146,10 +147,8 @@ class BaseDisassembler:
 
 def for_machine(machine: int, symbolize: Symbolize | None = None) -> BaseDisassembler:
     """The disassembler of a dump's machine (its header's MachineImageType)."""
-    from kdshell.dumpfile.header import MACHINE_ARM64, MACHINE_I386
-
     if machine == MACHINE_ARM64:
-        from kdshell.disasm_arm64 import Arm64Disassembler
+        from kdshell.disasm_arm64 import Arm64Disassembler  # it imports this module
 
         return Arm64Disassembler(symbolize)
     return Disassembler(machine != MACHINE_I386, symbolize)

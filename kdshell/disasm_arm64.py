@@ -120,8 +120,8 @@ class Arm64Disassembler(BaseDisassembler):
                 line = self.decode(memory, at, 1)[0]
                 lines[at] = line
                 insn = line.insn
-                if insn is None:
-                    complete = complete and line.data is not None
+                if insn is None:  # unreadable or undecodable: the block stops here
+                    complete = False
                     break
                 groups = insn.groups
                 if capstone.CS_GRP_RET in groups or insn.mnemonic in _STOPS:
@@ -187,9 +187,13 @@ class Arm64Disassembler(BaseDisassembler):
             if insn is None or insn.mnemonic != "adrp":
                 continue
             reg, _, page = insn.op_str.partition(", #")
-            for partner in lines[i + 1 : i + 1 + PAIR_REACH]:
+            for k, partner in enumerate(lines[i + 1 : i + 1 + PAIR_REACH], 1):
+                if partner.address != line.address + k * WORD:  # uf's blocks need not be adjacent
+                    break
                 found = _completes(partner, reg, int(page, 0) & self.mask)
                 if found is None:
+                    if partner.insn is None or reg in _written(partner.insn):
+                        break  # the register no longer holds the page
                     continue
                 address, text = found
                 sym = self.symbolize(address & self.mask)
@@ -217,6 +221,13 @@ def _completes(line: Line, reg: str, page: int) -> tuple[int, str] | None:
         disp = int(m.group(2), 0) if m.group(2) else 0
         return page + disp, ops[: m.start()] + f"[{reg}, \0]"
     return None
+
+
+def _written(insn: Any) -> set[str]:
+    try:
+        return {insn.reg_name(r) for r in insn.regs_access()[1]}
+    except capstone.CsError:  # an instruction capstone cannot say this of
+        return set()
 
 
 def _operands(text: str) -> str:

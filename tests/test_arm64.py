@@ -202,6 +202,11 @@ def test_disassembly_syntax_details():
         "00000000`00001014 d4200000 brk         #0",
         "00000000`00001018 ???????? ???",
     ]
+    # an adrp pairs with the add/load/store that uses its register, unless the register is written first
+    dis = for_machine(A.MACHINE_ARM64, symbols({"nt!Data": (0x2010, 0x10)}))
+    mem = Words(0x1000, (0xB0000008, 0xAA0003E8, 0x91004108, 0xB0000009, 0xF9000100, 0xF9400D29))
+    assert [line.operands for line in dis.decode(mem, 0x1000, 6)] == [
+        "x8,00000000`00002000", "x8,x0", "x8,x8,#0x10", "x9,nt!Data+0x8", "x0,[x8]", "x9,[x9,nt!Data+0x8]"]
     assert dis.is_call(dis.decode(Words(0, (0x94000001,)), 0, 1)[0])
     assert not dis.is_call(dis.decode(Words(0, (0x14000001,)), 0, 1)[0])
 
