@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import datetime
 import os
 
-from kdshell.dispatch import Invocation, command
+from kdshell.dispatch import Invocation, command, not_on_arm64
 from kdshell.dumpfile.dump import KIND_NAMES
 from kdshell.errors import CommandError
 
@@ -99,7 +99,7 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-@command(".dump", family="dump", syntax=SYNTAX,
+@command(".dump", family="dump", syntax=SYNTAX, needs=(not_on_arm64(".dump"),),
          summary="Write a small memory dump (/m), or a complete (/f), kernel (/k) or active (/ka) dump, "
                  "from the dump being read",
          example='.dump /m /c "shrunk for the vendor" C:\\dumps\\mini.dmp',

@@ -24,7 +24,7 @@ from kdshell.kernel.layout import Reader
 from kdshell.kernel.prcb import PCR_TIB_NAMES, irql_name, read_pcr_fields, read_prcb_counters
 from kdshell.kernel.processes import find_processes
 from kdshell.kernel.threads import wait_objects, wait_reason_name
-from kdshell.dispatch import needs_memory
+from kdshell.dispatch import needs_memory, not_on_arm64
 from kdshell.stack.text import KOptions, frame_lines
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ def show_process(session: Session, p: Process, flags: int) -> None:
             session.set_dtb(saved)
 
 
-@command("!process", family="kernel", needs=(needs_memory,),
+@command("!process", family="kernel", needs=(needs_memory, not_on_arm64("!process")),
          syntax="!process [Process [Flags]] | !process 0 Flags ImageName",
          summary="Show a process (EPROCESS address or process ID; 0: all, -1: the current one) and, "
                  "with Flags, its threads (2: wait states, 6: with stacks, 8: no stack arguments, "
@@ -228,7 +228,7 @@ def process_(session: Session, inv: Invocation) -> None:
     show_process(session, k.process(key), flags)
 
 
-@command(".process", family="kernel", needs=(needs_memory,), syntax=".process [/p] [/r] [Process]",
+@command(".process", family="kernel", needs=(needs_memory, not_on_arm64(".process")), syntax=".process [/p] [/r] [Process]",
          summary="Set the implicit process: its address space translates addresses (/p, /r: accepted; "
                  "kdshell loads no user-mode symbols yet); alone: show it",
          example=".process /p /r ffffc20a`00053040")
@@ -372,7 +372,7 @@ def stack_lines(session: Session, thread: int, args: bool = True) -> list[str]:
                        memory=session.memory, is64=session.is64)
 
 
-@command("!thread", family="kernel", needs=(needs_memory,), syntax="!thread [-p] [-t] [Address [Flags]]",
+@command("!thread", family="kernel", needs=(needs_memory, not_on_arm64("!thread")), syntax="!thread [-p] [-t] [Address [Flags]]",
          summary="Show a thread (ETHREAD address; -t: a thread ID; -1 or none: the current thread): "
                  "state, owning process, wait, stack limits, then its stack",
          example="!thread ffffc20a`00002040",
@@ -417,7 +417,7 @@ def _processor_arg(session: Session, inv: Invocation, name: str) -> int:
     return _value(session, words[0]) if words else session.processor
 
 
-@command("!irql", family="kernel", needs=(needs_memory,), syntax="!irql [Processor]",
+@command("!irql", family="kernel", needs=(needs_memory, not_on_arm64("!irql")), syntax="!irql [Processor]",
          summary="Show the IRQL a processor had when the machine stopped (before the bug check raised it)",
          example="!irql 1",
          details="From KPRCB.DebuggerSavedIRQL with the kernel's types, else (x64) CR8 as saved in "
@@ -435,7 +435,7 @@ def irql_(session: Session, inv: Invocation) -> None:
         session.out.line(f"Debugger saved IRQL for processor {number:#x} -- {text}")
 
 
-@command("!prcb", family="kernel", needs=(needs_memory,), syntax="!prcb [Processor]",
+@command("!prcb", family="kernel", needs=(needs_memory, not_on_arm64("!prcb")), syntax="!prcb [Processor]",
          summary="Show a processor's control block (KPRCB): current, next and idle threads", example="!prcb 1")
 def prcb_(session: Session, inv: Invocation) -> None:
     number = _processor_arg(session, inv, "!prcb")
@@ -462,7 +462,7 @@ def prcb_(session: Session, inv: Invocation) -> None:
     session.out.lines(lines)
 
 
-@command("!pcr", family="kernel", needs=(needs_memory,), syntax="!pcr [Processor]",
+@command("!pcr", family="kernel", needs=(needs_memory, not_on_arm64("!pcr")), syntax="!pcr [Processor]",
          summary="Show a processor's control region (KPCR)", example="!pcr 0",
          details="On x64 the NtTib lines are WinDbg's reading of the KPCR's first fields (GdtBase, "
                  "TssBase, UserRsp, Self, CurrentPrcb, LockArray, Used_Self), as WinDbg prints them.")
@@ -504,7 +504,7 @@ def pcr_(session: Session, inv: Invocation) -> None:
     session.out.lines(lines)
 
 
-@command("!running", family="kernel", needs=(needs_memory,), syntax="!running [-i] [-t]",
+@command("!running", family="kernel", needs=(needs_memory, not_on_arm64("!running")), syntax="!running [-i] [-t]",
          summary="Show the threads running on the processors (-i: idle processors too, -t: their stacks)",
          example="!running -it")
 def running_(session: Session, inv: Invocation) -> None:

@@ -14,11 +14,13 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
-from kdshell.disasm import Disassembler, symbol_text
+from kdshell import arm64_text
+from kdshell.disasm import for_machine, symbol_text
 from kdshell.dispatch import CommandFunc, Invocation, command, needs_memory, needs_physical
 from kdshell.progress import Progress
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator, ExprError, Registers, is_settable_pseudo, pseudo_register, signed
+from kdshell.dumpfile.header import MACHINE_ARM64
 from kdshell.format import ptr, session_time
 from kdshell.memory import pte as P
 from kdshell.memory import search as S
@@ -424,6 +426,9 @@ def vtop(session: Session, inv: Invocation) -> None:
     if w.physical is not None:
         what = "Large page mapped phys" if w.large else "Transition phys" if w.transition else "Mapped phys"
         out.line(f"{tag} {what} {w.physical:0{digits}x}")
+        if mode.pte_mode == "arm64" and not w.transition:  # who may read, write, execute it
+            entries = [s.entry for s in w.steps if s.entry is not None]
+            out.line(f"{tag} {P.arm64_access_text(entries[:-1], entries[-1])}")
         out.line(f"Virtual address {va_text} translates to physical address {w.physical:x}.")
         return
     err = w.error
@@ -455,7 +460,7 @@ def pte_(session: Session, inv: Invocation) -> None:
 
 def _pte_setup(session: Session) -> tuple[PagingMode, SelfMap, Paging | None]:
     """(mode, self-map, walker or None) for !pte on this dump."""
-    from kdshell.memory.paging import X64_4, X86, PAE
+    from kdshell.memory.paging import ARM64, X64_4, X86, PAE
 
     m = _page_tables(session)
     kdbg = session.kdbg
@@ -464,7 +469,10 @@ def _pte_setup(session: Session) -> tuple[PagingMode, SelfMap, Paging | None]:
         mode = m.paging.mode
         smap = SelfMap.find(mode, m.pages, m.dtb, pte_base if mode.is64 else None)
         return mode, smap, m.paging
-    mode = X64_4 if session.is64 else (PAE if session.dump.header.pae_enabled else X86)
+    if _arm64(session):
+        mode = ARM64
+    else:
+        mode = X64_4 if session.is64 else (PAE if session.dump.header.pae_enabled else X86)
     if not mode.is64:
         return mode, SelfMap(mode, 0xC0000000), None
     if not pte_base:
@@ -520,7 +528,10 @@ def r_(session: Session, inv: Invocation) -> None:
     text = inv.text.strip()
     out = session.out
     if not text:
-        lines, errors = context_lines(session.memory, session.registers, session.is64, session.symbolize)
+        if _arm64(session):
+            lines, errors = arm64_text.context_lines(session.memory, session.registers, session.symbolize)
+        else:
+            lines, errors = context_lines(session.memory, session.registers, session.is64, session.symbolize)
         session.report_missing(errors)
         out.lines(lines)
         return
@@ -543,6 +554,10 @@ def r_(session: Session, inv: Invocation) -> None:
         shown.append(_show_register(session, regs, bare, name))
     if shown:
         out.line(" ".join(shown))
+
+
+def _arm64(session: Session) -> bool:
+    return session.dump.header.machine == MACHINE_ARM64
 
 
 def _split_top(text: str) -> list[str]:
@@ -588,7 +603,8 @@ def u_(session: Session, inv: Invocation) -> None:
 
 
 @command("ub", family="memory", syntax="ub [Address [L Count]]", needs=(needs_memory,),
-         summary="Disassemble the instructions before an address", example="ub @rip")
+         summary="Disassemble the instructions before an address", example="ub @rip",
+         details="ARM64 instructions are 4 bytes: ub steps back exactly 4 bytes each.")
 def ub_(session: Session, inv: Invocation) -> None:
     _unassemble(session, inv.text, backward=True)
 
@@ -601,7 +617,7 @@ def _unassemble(session: Session, text: str, backward: bool) -> None:
     start = rng.start if rng is not None and rng.start is not None else state.get("next", regs.ip)
     memory = session.memory
     assert memory is not None  # u and ub need memory (their guard)
-    dis = Disassembler(session.is64, session.symbolize)
+    dis = for_machine(session.dump.header.machine, session.symbolize)
     if rng is not None and rng.end is not None:
         if rng.end - start > 0x100000:
             raise ExprError(f"Range error in '{text.strip()}'")
@@ -647,7 +663,7 @@ def uf_(session: Session, inv: Invocation) -> None:
         start, end = address, _next_symbol(session, address)
     memory = session.memory
     assert memory is not None  # uf needs memory (its guard)
-    dis = Disassembler(session.is64, session.symbolize)
+    dis = for_machine(session.dump.header.machine, session.symbolize)
     flow = dis.flow(memory, start, lambda a: start <= a < end, UF_LIMIT)
     if flow.lines[start].data is None:
         raise CommandError(f"No code found, aborting ({ptr(start, session.is64)} is not in the dump)")
@@ -658,7 +674,7 @@ def uf_(session: Session, inv: Invocation) -> None:
     if "c" in options:
         out.line(f"{dis.target_text(start)}")
         for line in lines:
-            if line.insn is not None and line.mnemonic == "call":
+            if dis.is_call(line):
                 out.line(f"  {dis.target_text(line.address)}:")
                 out.line(f"    call to {line.operands}")
         return

@@ -12,6 +12,10 @@ without their implicit register (`rep stos dword ptr [rdi]`).
 
 Symbols come from a hook, `symbolize(address) -> (name, displacement) | None`; the symbols
 layer provides it (Session.symbolize).
+
+One interface for every machine: `for_machine(machine, symbolize)` gives this module's x86/x64
+`Disassembler` or ARM64's (kdshell/disasm_arm64.py); both decode, step back (`ub`), follow a
+function's flow (`uf`), label and format lines the same way.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ def _load_capstone() -> None:
 
         capstone, cx86 = cs, x86
 
+from kdshell.dumpfile.header import MACHINE_ARM64, MACHINE_I386
 from kdshell.format import ptr
 
 Symbolize = Callable[[int], "tuple[str, int] | None"]
@@ -85,15 +90,78 @@ class Flow:
     complete: bool
 
 
-class Disassembler:
-    def __init__(self, is64: bool = True, symbolize: Symbolize | None = None):
+class BaseDisassembler:
+    """What every machine's disassembler shares: the symbol hook, labels and listings."""
+
+    def __init__(self, is64: bool, symbolize: Symbolize | None):
         self.is64 = is64
-        _load_capstone()
-        self.cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if is64 else capstone.CS_MODE_32)
-        self.cs.detail = True
         self.symbolize = symbolize or _nothing
         self.mask = 0xFFFF_FFFF_FFFF_FFFF if is64 else 0xFFFFFFFF
         self.errors: list[MemoryNotPresent] = []  # MemoryNotPresent met by the last decode/backward
+
+    def decode(self, memory: VirtualMemory, address: int, count: int | None = None,
+               end: int | None = None) -> list[Line]:
+        raise NotImplementedError
+
+    def backward(self, memory: VirtualMemory, address: int, count: int = 8) -> list[Line]:
+        raise NotImplementedError
+
+    def flow(self, memory: VirtualMemory, entry: int, inside: Callable[[int], bool], limit: int = 20000) -> Flow:
+        raise NotImplementedError
+
+    def format(self, line: Line) -> str:
+        raise NotImplementedError
+
+    def is_call(self, line: Line) -> bool:
+        """A call instruction (what `uf /c` lists)."""
+        raise NotImplementedError
+
+    def effective_address(self, line: Line, registers: dict[str, int]) -> tuple[str, int, int] | None:
+        return None
+
+    def target_text(self, address: int) -> str:
+        """`nt!KeBugCheckEx (fffff805`4d7f5b00)` or the bare address."""
+        address &= self.mask
+        sym = self.symbolize(address)
+        if sym is None:
+            return ptr(address, self.is64)
+        return f"{symbol_text(*sym)} ({ptr(address, self.is64)})"
+
+    def label(self, address: int, first: bool) -> str | None:
+        """`nt!KeBugCheckEx:` where a symbol starts (and on the first line, with its offset)."""
+        sym = self.symbolize(address & self.mask)
+        if sym is None or (not first and sym[1] != 0):
+            return None
+        return symbol_text(*sym) + ":"
+
+    def listing(self, lines: list[Line]) -> list[str]:
+        """Lines with symbol labels, as `u` prints them."""
+        out = []
+        for i, line in enumerate(lines):
+            label = self.label(line.address, i == 0)
+            if label:
+                out.append(label)
+            out.append(self.format(line))
+        return out
+
+
+def for_machine(machine: int, symbolize: Symbolize | None = None) -> BaseDisassembler:
+    """The disassembler of a dump's machine (its header's MachineImageType)."""
+    if machine == MACHINE_ARM64:
+        from kdshell.disasm_arm64 import Arm64Disassembler  # it imports this module
+
+        return Arm64Disassembler(symbolize)
+    return Disassembler(machine != MACHINE_I386, symbolize)
+
+
+class Disassembler(BaseDisassembler):
+    """x86 and x64, in WinDbg's MASM syntax."""
+
+    def __init__(self, is64: bool = True, symbolize: Symbolize | None = None):
+        super().__init__(is64, symbolize)
+        _load_capstone()
+        self.cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if is64 else capstone.CS_MODE_32)
+        self.cs.detail = True
 
     # -- decoding ---------------------------------------------------------------------------
     def decode(self, memory: VirtualMemory, address: int, count: int | None = None,
@@ -217,14 +285,6 @@ class Disassembler:
         return Flow(lines, leaders, complete)
 
     # -- MASM text -------------------------------------------------------------------------
-    def target_text(self, address: int) -> str:
-        """`nt!KeBugCheckEx (fffff805`4d7f5b00)` or the bare address."""
-        address &= self.mask
-        sym = self.symbolize(address)
-        if sym is None:
-            return ptr(address, self.is64)
-        return f"{symbol_text(*sym)} ({ptr(address, self.is64)})"
-
     def _masm(self, insn: Any) -> tuple[str, str]:
         mnemonic = insn.mnemonic
         if mnemonic == "movabs":
@@ -267,22 +327,8 @@ class Disassembler:
             return f"{head}{line.mnemonic:<7} {line.operands}"
         return head + line.mnemonic
 
-    def label(self, address: int, first: bool) -> str | None:
-        """`nt!KeBugCheckEx:` where a symbol starts (and on the first line, with its offset)."""
-        sym = self.symbolize(address & self.mask)
-        if sym is None or (not first and sym[1] != 0):
-            return None
-        return symbol_text(*sym) + ":"
-
-    def listing(self, lines: list[Line]) -> list[str]:
-        """Lines with symbol labels, as `u` prints them."""
-        out = []
-        for i, line in enumerate(lines):
-            label = self.label(line.address, i == 0)
-            if label:
-                out.append(label)
-            out.append(self.format(line))
-        return out
+    def is_call(self, line: Line) -> bool:
+        return line.insn is not None and line.mnemonic == "call"
 
     # -- the current instruction's memory operand (r) -----------------------------------------
     def effective_address(self, line: Line, registers: dict[str, int]) -> tuple[str, int, int] | None:

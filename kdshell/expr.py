@@ -69,6 +69,25 @@ for _r in ("si", "di", "bp", "sp"):
 _X86_SUB["ip"] = ("eip", 0, 16)
 _X86_SUB["eflags"] = ("efl", 0, 32)
 
+# ARM64: the CONTEXT's x0-x28, fp, lr, sp, pc, cpsr, fpcr, fpsr and v0-v31
+# (kdshell.dumpfile.context), and the names WinDbg also accepts or shows for them: x29/x30 (fp,
+# lr), w0-w30 (low halves), the disassembler's xip0/xip1/xpr (x16-x18, the Windows ABI's names),
+# wsp, psr (what `r` prints for cpsr), and q/d/s/h (the low 128/64/32/16 bits of v0-v31).
+_ARM64_SUB: dict[str, tuple[str, int, int]] = {"x29": ("fp", 0, 64), "x30": ("lr", 0, 64), "psr": ("cpsr", 0, 32),
+                                               "wsp": ("sp", 0, 32)}
+for _i in range(31):
+    _full = {29: "fp", 30: "lr"}.get(_i, f"x{_i}")
+    _ARM64_SUB[f"w{_i}"] = (_full, 0, 32)
+for _i, _alias in ((16, "ip0"), (17, "ip1"), (18, "pr")):
+    _ARM64_SUB["x" + _alias] = (f"x{_i}", 0, 64)
+    _ARM64_SUB["w" + _alias] = (f"x{_i}", 0, 32)
+for _i in range(32):
+    for _prefix, _width in (("q", 128), ("d", 64), ("s", 32), ("h", 16)):
+        _ARM64_SUB[f"{_prefix}{_i}"] = (f"v{_i}", 0, _width)
+# ARM64 registers narrower than 64 bits (the v registers are 128)
+_ARM64_WIDTH = {"cpsr": 32, "fpcr": 32, "fpsr": 32, "contextflags": 32, "wcr0": 32, "wcr1": 32,
+                **{f"bcr{_i}": 32 for _i in range(8)}}
+
 # EFLAGS bits WinDbg lets you name as registers (`r zf`).
 FLAG_BITS = {"cf": (0, 1), "pf": (2, 1), "af": (4, 1), "zf": (6, 1), "sf": (7, 1), "tf": (8, 1), "if": (9, 1),
              "df": (10, 1), "of": (11, 1), "iopl": (12, 2), "vif": (19, 1), "vip": (20, 1)}
@@ -83,11 +102,15 @@ class Registers:
     def __init__(self, values: dict[str, int], is64: bool):
         self.values = values
         self.is64 = is64
-        self.sub = _X64_SUB if is64 else _X86_SUB
+        # the register set says the architecture: only an ARM64 CONTEXT has a pc
+        self.arm64 = "pc" in values
+        self.sub = _ARM64_SUB if self.arm64 else _X64_SUB if is64 else _X86_SUB
 
     def _where(self, name: str) -> tuple[str, int, int] | None:
         n = name.lower()
         if n in self.values:
+            if self.arm64:
+                return n, 0, 128 if n[0] == "v" and n[1:].isdigit() else _ARM64_WIDTH.get(n, 64)
             return n, 0, 128 if n.startswith("xmm") else 64 if self.is64 else 32
         if n in self.sub and self.sub[n][0] in self.values:
             return self.sub[n]
@@ -115,12 +138,20 @@ class Registers:
         self.values[full] = (self.values[full] & ~mask) | ((value << low) & mask)
 
     @property
+    def ip_name(self) -> str:
+        return "pc" if self.arm64 else "rip" if self.is64 else "eip"
+
+    @property
+    def sp_name(self) -> str:
+        return "sp" if self.arm64 else "rsp" if self.is64 else "esp"
+
+    @property
     def ip(self) -> int:
-        return self.values.get("rip" if self.is64 else "eip", 0)
+        return self.values.get(self.ip_name, 0)
 
     @property
     def sp(self) -> int:
-        return self.values.get("rsp" if self.is64 else "esp", 0)
+        return self.values.get(self.sp_name, 0)
 
 
 # -- the evaluator ----------------------------------------------------------------------------
@@ -474,14 +505,16 @@ class Evaluator:
 
 
 def pseudo_register(session: ExprSession, registers: Registers, name: str) -> int | None:
-    """$ip, $csp, $retreg, $retreg64, $t0-$t19, $ptrsize, $pagesize and those commands set ($p,
-    $exp); None for one this session does not know."""
+    """$ip, $csp, $ra (ARM64: lr), $retreg, $retreg64, $t0-$t19, $ptrsize, $pagesize and those
+    commands set ($p, $exp); None for one this session does not know."""
     n = name.lower()
     is64 = registers.is64
     if n == "$ip":
         return registers.ip
     if n == "$csp":
         return registers.sp
+    if registers.arm64 and n in ("$ra", "$retreg", "$retreg64"):
+        return registers.values.get("lr" if n == "$ra" else "x0", 0)
     if n == "$retreg":
         return registers.values.get("rax" if is64 else "eax", 0)
     if n == "$retreg64":

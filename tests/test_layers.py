@@ -16,7 +16,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("pages", ("kdshell.memory.physical", "kdshell.memory.sparse")),
     ("dumpfile", ("kdshell.dumpfile",)),
     ("memory", ("kdshell.memory",)),
-    ("symbols", ("kdshell.symbols", "kdshell.disasm")),
+    ("symbols", ("kdshell.symbols", "kdshell.disasm", "kdshell.disasm_arm64", "kdshell.arm64_text")),
     ("kernel", ("kdshell.kernel",)),
     ("stack", ("kdshell.stack",)),
     ("analysis/export", ("kdshell.view", "kdshell.analysis", "kdshell.export", "kdshell.target", "kdshell.cppexpr")),

@@ -155,7 +155,9 @@ CONTEXT_BY_MACHINE = {
 
 
 def decode_context(machine: int, raw: bytes) -> dict[str, int]:
-    """Registers of a CONTEXT record by WinDbg's lower-case names (rax, rip, efl, cs, xmm0, ...)."""
+    """Registers of a CONTEXT record by WinDbg's lower-case names (rax, rip, efl, cs, xmm0, ...;
+    on ARM64 x0-x28, fp, lr, sp, pc, cpsr, fpcr, fpsr, v0-v31 and the debug registers bcr0-7,
+    bvr0-7, wcr0-1, wvr0-1)."""
     layout = CONTEXT_BY_MACHINE.get(machine)
     if layout is None or len(raw) < layout.sizeof():
         return {}
@@ -182,8 +184,14 @@ def decode_context(machine: int, raw: bytes) -> dict[str, int]:
         for dr in ("Dr0", "Dr1", "Dr2", "Dr3", "Dr6", "Dr7"):
             regs[dr.lower()] = c[dr]
         regs["contextflags"] = c.ContextFlags
-    else:  # ARM64
+    else:  # ARM64: x29 and x30 are WinDbg's fp and lr
         for i, x in enumerate(c.X):
             regs[f"x{i}"] = x
-        regs.update(fp=c.Fp, lr=c.Lr, sp=c.Sp, pc=c.Pc, cpsr=c.Cpsr, contextflags=c.ContextFlags)
+        regs.update(fp=c.Fp, lr=c.Lr, sp=c.Sp, pc=c.Pc, cpsr=c.Cpsr, fpcr=c.Fpcr, fpsr=c.Fpsr,
+                    contextflags=c.ContextFlags)
+        for i, v in enumerate(c.V):
+            regs[f"v{i}"] = int.from_bytes(v, "little")
+        for name, values in (("bcr", c.Bcr), ("bvr", c.Bvr), ("wcr", c.Wcr), ("wvr", c.Wvr)):
+            for i, value in enumerate(values):
+                regs[f"{name}{i}"] = value
     return regs

@@ -1,7 +1,16 @@
 """Address translation: a table per paging mode and one walk (x64-unwind.md §6-§7).
 
-Modes: x64 4-level and 5-level (LA57), x86 PAE and x86 non-PAE. A mode is data (entry width,
-the index bits of each level, which levels may map large pages); `Paging` walks any of them.
+Modes: x64 4-level and 5-level (LA57), x86 PAE, x86 non-PAE and ARM64. A mode is data (entry
+width, the index bits of each level, which levels may map large pages and which bit says so);
+`Paging` walks any of them.
+
+ARM64 as Windows sets it up (x64-unwind.md §6.7; MemProcFS' mm_arm64.c walks it the same way):
+4 KiB granule, 48-bit VA, four levels indexed by VA bits 47:39, 38:30, 29:21, 20:12, one table
+serving both halves (kernel addresses sign-extended, top-level entries 256-511), the dump
+header's DirectoryTableBase = TTBR (ASID in bits 63:48, masked off). A descriptor is valid when
+bit 0 is set; at levels 1 and 2 bit 1 clear means a block (1 GiB, 2 MiB: Windows' NotLargePage
+bit), set a table; output address bits 47:12. Not-valid entries are Windows' software formats
+(pte.py).
 
 Reads go through `Paging.translate(va)`: a per-address-space translation cache (virtual page ->
 physical page) in front of the walk, then a cache of last-level tables (as a CPU's paging-structure
@@ -63,11 +72,17 @@ class Level:
     vtop_name: str  # !vtop's name: PML4E PDPE PDE PTE
     shift: int  # lowest VA bit of this level's index
     bits: int  # index width
-    large_mask: int | None = None  # address bits of a large page mapped here (PS = 1), else None
+    large_mask: int | None = None  # address bits of a large page mapped here, else None
+    large_bit: int = 0x80  # the entry bit that says "large page" (x86: PS)...
+    large_value: int = 0x80  # ...when it has this value (ARM64: bit 1 clear = block)
 
     @property
     def span(self) -> int:
         return 1 << self.shift
+
+    def maps_large(self, entry: int) -> bool:
+        """A valid entry of this level maps a large page (not a next-level table)."""
+        return self.large_mask is not None and entry & self.large_bit == self.large_value
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,14 @@ X86 = PagingMode(
     (Level("PDE", "PDE", 22, 10, 0xFFC0_0000), Level("PTE", "PTE", 12, 10)),
     32, 0xFFFF_F000, 0xFFFF_F000, "X86VtoP", "x86",
 )
-MODES = {m.name: m for m in (X64_4, X64_5, PAE, X86)}
+_A48 = 0x0000_FFFF_FFFF_F000
+ARM64 = PagingMode(
+    "ARM64", 8,
+    (Level("PXE", "PXE", 39, 9), Level("PPE", "PPE", 30, 9, 0x0000_FFFF_C000_0000, 2, 0),
+     Level("PDE", "PDE", 21, 9, 0x0000_FFFF_FFE0_0000, 2, 0), Level("PTE", "PTE", 12, 9)),
+    48, _A48, _A48, "Arm64VtoP", "arm64",
+)
+MODES = {m.name: m for m in (X64_4, X64_5, PAE, X86, ARM64)}
 
 
 # -- physical pages, cached -------------------------------------------------------------------
@@ -211,10 +233,14 @@ class Paging:
         self._leaf_key_shift = leaf.shift + leaf.bits
         self._leaf_index_mask = (1 << leaf.bits) - 1
         self._unpack = _U64 if mode.entry_size == 8 else _U32
-        # (shift, index mask, large mask or 0, large offset mask, level) per level, for the hot loop
+        # (shift, index mask, large mask or 0, large offset mask, large bit, level) per level, for
+        # the hot loop: a valid entry maps a large page when lmask and (entry ^ flip) & lbit
         self._plan = tuple(
-            (lv.shift, (1 << lv.bits) - 1, lv.large_mask or 0, (1 << lv.shift) - 1, lv) for lv in mode.levels
+            (lv.shift, (1 << lv.bits) - 1, lv.large_mask or 0, (1 << lv.shift) - 1, lv.large_bit, lv)
+            for lv in mode.levels
         )
+        # (a mode's large-page levels share one test: x86 PS set, ARM64 bit 1 clear)
+        self._flip = next((lv.large_bit ^ lv.large_value for lv in mode.levels if lv.large_mask), 0)
 
     def flush(self, tables: bool = False) -> None:
         """Forget cached translations (and the cached last-level tables with `tables`)."""
@@ -264,7 +290,8 @@ class Paging:
         page_of = self.pages.page
         parent_span = 1 << self.mode.va_bits
         i = 0
-        for shift, imask, lmask, omask, level in self._plan:
+        flip = self._flip
+        for shift, imask, lmask, omask, lbit, level in self._plan:
             epa = table + ((va >> shift) & imask) * esize
             page = cached.get(epa >> PAGE_SHIFT)
             if page is None:
@@ -276,7 +303,7 @@ class Paging:
                                          pfn=pfn, span=parent_span) from None
             entry = unpack(page, epa & PAGE_MASK)[0]
             if entry & 1:
-                if lmask and entry & 0x80:
+                if lmask and (entry ^ flip) & lbit:
                     return (entry & lmask) | (va & omask)
                 table = entry & table_mask
                 parent_span = 1 << shift
@@ -333,7 +360,7 @@ class Paging:
         esize = self.mode.entry_size
         table = self.dtb
         last = len(self._plan) - 1
-        for i, (shift, imask, lmask, omask, level) in enumerate(self._plan):
+        for i, (shift, imask, lmask, omask, _, level) in enumerate(self._plan):
             epa = table + ((cva >> shift) & imask) * esize
             step = WalkStep(level, table, epa, None)
             w.steps.append(step)
@@ -347,7 +374,7 @@ class Paging:
             step.entry = entry
             step.state = P.decode(entry, self.fmt)
             if entry & 1:
-                if lmask and entry & 0x80:
+                if level.maps_large(entry):
                     w.large = True
                     w.physical = (entry & lmask) | (cva & omask)
                     return w
@@ -371,7 +398,7 @@ class Paging:
 class SelfMap:
     """Virtual addresses of a VA's paging entries through Windows' recursive self-map.
 
-    x64: one top-level entry points back at its own table; with index i, PTE_BASE =
+    x64 and ARM64: one top-level entry points back at its own table; with index i, PTE_BASE =
     sign-extend(i << (12 + 9 * (levels - 1))) and the PTE of VA is PTE_BASE + ((VA >> 9) & mask).
     Applying the same function to a PTE address gives the PDE address, and so on up (§6.3).
     32-bit: fixed at 0xC0000000 (PAE entries 8 bytes, non-PAE 4 bytes).

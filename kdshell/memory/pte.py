@@ -21,6 +21,20 @@ SwizzleBit (bit 4) clear. Example: transition PTE 0x00002000_1A2B3880 has Swizzl
 bit 45 is cleared before use and the PFN is 0x1A2B3, not 0x2000_0001A2B3. We clear the mask
 bits of every not-present entry whose SwizzleBit is clear (see test_paging.py::
 test_transition_pte_with_l1tf_bit and ::test_pagefile_pte_swizzled).
+
+ARM64 (Windows' _MMPTE_* of ARM64 builds, as ReactOS' sdk/include/ndk/arm64/mmtypes.h gives
+them "based on WoA symbols"; MemProcFS' mm_arm64.c reads the same bits):
+  hardware  Valid 0, NotLargePage 1 (table or page; clear = block), CacheType 2-3 (AttrIndx),
+            NonSecure 5, Owner 6 (AP[1]: EL0 may access), NotDirty 7 (AP[2]: read-only),
+            Shareability 8-9, Accessed 10 (AF), NonGlobal 11 (nG), PageFrameNumber 12-47,
+            Contiguous 52, PrivilegedNoExecute 53 (PXN), UserNoExecute 54 (UXN), Writable 55
+            (software: writes allowed, NotDirty cleared on the first), CopyOnWrite 56, and in
+            table entries PxnTable 59, UxnTable 60, ApTable 61-62, NsTable 63.
+  transition  Protection 1-5, Prototype 10 = 0, Transition 11 = 1, PageFrameNumber 12-51.
+  prototype   Protection 1-5, Prototype 10 = 1, ProtoAddress 16-63 (sign-extended from 47).
+  software    Protection 1-5, PageFileLow 6-9, Prototype 10, Transition 11, PageFileHigh 32-63
+              (0: demand zero; 0xFFFFFFFF: the VAD says).
+No L1TF mask on ARM64 (an x86 CPU issue). Pinned by tests/test_arm64.py.
 """
 from __future__ import annotations
 
@@ -67,7 +81,7 @@ class PteFormat:
     `invalid_mask` is InvalidPteMask (0 when the kernel does not use one).
     """
 
-    mode: str = "x64"  # "x64" (also 5-level), "pae" or "x86"
+    mode: str = "x64"  # "x64" (also 5-level), "pae", "x86" or "arm64"
     build: int = 19041
     invalid_mask: int = 0
 
@@ -78,7 +92,7 @@ class PteFormat:
         None means "not known": 1803+ kernels get the MemProcFS default (bit 45); 0 from the
         KDBG means the mitigation is off.
         """
-        if mode == "x86" or build < BUILD_1803:
+        if mode in ("x86", "arm64") or build < BUILD_1803:
             return cls(mode, build, 0)
         bit = DEFAULT_L1TF_BIT if l1tf_bit is None else l1tf_bit
         return cls(mode, build, (1 << bit) if bit else 0)
@@ -108,11 +122,15 @@ def decode(entry: int, fmt: PteFormat) -> PteState:
     if entry & 1:
         if fmt.mode == "x86":
             return PteState(VALID, entry, pfn=entry >> 12)
+        if fmt.mode == "arm64":
+            return PteState(VALID, entry, pfn=(entry >> 12) & 0xF_FFFF_FFFF)
         return PteState(VALID, entry, pfn=(entry >> 12) & 0xFF_FFFF_FFFF)
     if entry == 0:
         return PteState(ZERO, entry)
     if fmt.mode == "x86":
         return _decode_x86(entry)
+    if fmt.mode == "arm64":
+        return _decode_arm64(entry)
     raw = entry
     if fmt.invalid_mask and not entry & 0x10:
         entry &= ~fmt.invalid_mask
@@ -156,6 +174,26 @@ def _decode_x86(entry: int) -> PteState:
     if high == 0xFFFFF:
         return PteState(VAD, entry, protection=protection)
     return PteState(PAGEFILE, entry, protection=protection, pagefile=(entry >> 1) & 0xF, offset=high)
+
+
+def _decode_arm64(entry: int) -> PteState:
+    """ARM64's software PTEs (the module note)."""
+    protection = (entry >> 1) & 0x1F
+    if entry & 0xC00 == 0x800:
+        return PteState(TRANSITION, entry, pfn=(entry >> 12) & 0xFF_FFFF_FFFF, protection=protection)
+    if entry & 0x400:
+        address = entry >> 16
+        if address == 0xFFFF_FFFF_0000:
+            return PteState(VAD, entry, protection=protection)
+        if address & (1 << 47):
+            address |= 0xFFFF_0000_0000_0000
+        return PteState(PROTOTYPE, entry, protection=protection, proto_address=address)
+    high = entry >> 32
+    if high == 0:
+        return PteState(DEMAND_ZERO, entry, protection=protection)
+    if high == 0xFFFFFFFF:
+        return PteState(VAD, entry, protection=protection)
+    return PteState(PAGEFILE, entry, protection=protection, pagefile=(entry >> 6) & 0xF, offset=high)
 
 
 def describe(state: PteState) -> str:
@@ -205,6 +243,69 @@ def flags_text(entry: int, has_nx: bool = True) -> str:
     ))
 
 
+# ARM64's hardware bits (the module note)
+A64_OWNER, A64_NOT_DIRTY, A64_ACCESSED, A64_NON_GLOBAL = 0x40, 0x80, 0x400, 0x800
+A64_PXN, A64_UXN, A64_WRITABLE, A64_COPY_ON_WRITE = 1 << 53, 1 << 54, 1 << 55, 1 << 56
+A64_PXN_TABLE, A64_UXN_TABLE, A64_AP_TABLE_NO_EL0, A64_AP_TABLE_READ_ONLY = 1 << 59, 1 << 60, 1 << 61, 1 << 62
+
+
+def _kernel_half(va: int) -> bool:
+    return bool(va >> 47 & 1)
+
+
+def flags_text_arm64(entry: int, va: int, block: bool) -> str:
+    """x64's 11 columns from ARM64's bits: C CopyOnWrite, G nG clear, L a block, D NotDirty
+    clear, A AF, N and T always `-` (the cache type is a MAIR index, not two bits), U/K
+    AP[1], W/R the Writable bit or AP[2] clear, E the execute-never bit of the address's half
+    clear (PXN for kernel addresses, UXN for user ones), V valid."""
+    xn = A64_PXN if _kernel_half(va) else A64_UXN
+    return "".join((
+        "C" if entry & A64_COPY_ON_WRITE else "-",
+        "-" if entry & A64_NON_GLOBAL else "G",
+        "L" if block else "-",
+        "-" if entry & A64_NOT_DIRTY else "D",
+        "A" if entry & A64_ACCESSED else "-",
+        "--",
+        "U" if entry & A64_OWNER else "K",
+        "W" if entry & A64_WRITABLE or not entry & A64_NOT_DIRTY else "R",
+        "-" if entry & xn else "E",
+        "V" if entry & 1 else "-",
+    ))
+
+
+def arm64_access_text(tables: Sequence[int], leaf: int) -> str:
+    """Who may read, write and execute the page or block `leaf` maps, with the limits the table
+    entries above it set (APTable, PXNTable, UXNTable), as the MMU applies them:
+    `Access: EL1 read/write, EL0 none; execute: EL1 no (PXN), EL0 no (UXN)`.
+
+    AP[2:1] = 00 EL1 read/write, 01 both read/write, 10 EL1 read-only, 11 both read-only; a
+    page EL0 may write is never executable at EL1 (the architecture implies PXN). Windows' clean
+    writable pages are AP[2] = 1 with its Writable bit: the first write faults and dirties them.
+    """
+    above = 0
+    for t in tables:
+        above |= t
+    el0 = bool(leaf & A64_OWNER) and not above & A64_AP_TABLE_NO_EL0
+    read_only = bool(leaf & A64_NOT_DIRTY) or bool(above & A64_AP_TABLE_READ_ONLY)
+    if read_only and leaf & A64_WRITABLE and not above & A64_AP_TABLE_READ_ONLY:
+        rw = "read/write (clean: the first write faults)"
+    else:
+        rw = "read-only" if read_only else "read/write"
+
+    def execute(own: int, table: int, own_name: str) -> str:
+        if leaf & own:
+            return f"no ({own_name})"
+        if above & table:
+            return f"no ({own_name}Table)"
+        return "yes"
+
+    el1_x = execute(A64_PXN, A64_PXN_TABLE, "PXN")
+    if el0 and not read_only and el1_x == "yes":
+        el1_x = "no (EL0 may write it)"
+    el0_x = execute(A64_UXN, A64_UXN_TABLE, "UXN") if el0 else "no (no EL0 access)"
+    return f"Access: EL1 {rw}, EL0 {rw if el0 else 'none'}; execute: EL1 {el1_x}, EL0 {el0_x}"
+
+
 # -- !pte's report -----------------------------------------------------------------------------
 COLUMN = 27  # each "PXE at FFFFDAED76BB5F80    " column of !pte (windbg.md §11)
 
@@ -240,6 +341,8 @@ def report_lines(va: int, levels: Sequence[Level], addresses: list[int], entries
     contains_row: list[str] = []
     info_row: list[str] = []
     extra: list[str] = []
+    arm64 = fmt.mode == "arm64"
+    mapped: list[int] = []  # the valid entries walked, down to the page or large page
     for i, (lv, a, e) in enumerate(zip(levels, addresses, entries)):
         if e is None:
             info_row.append(f"Unable to get {lv.name} {a:0{va_digits}X}")
@@ -250,8 +353,11 @@ def report_lines(va: int, levels: Sequence[Level], addresses: list[int], entries
             info_row.append("not valid")
             extra = invalid_details(state)
             break
-        info_row.append(f"pfn {state.pfn:<10x}{flags_text(e, entry_size == 8)}")
-        if lv.large_mask and e & 0x80:
+        large = lv.maps_large(e)
+        flags = flags_text_arm64(e, va, large) if arm64 else flags_text(e, entry_size == 8)
+        info_row.append(f"pfn {state.pfn:<10x}{flags}")
+        mapped.append(e)
+        if large and lv.large_mask is not None:
             if i + 1 < len(levels):  # the self-map shows the large page's own bytes one level down
                 contains_row.append(f"contains {below_large(i, e)}")
             page = ((e & lv.large_mask) >> 12) + ((va >> 12) & ((1 << (lv.shift - 12)) - 1))
@@ -262,4 +368,6 @@ def report_lines(va: int, levels: Sequence[Level], addresses: list[int], entries
     for row in (at_row, contains_row, info_row):
         if row:
             lines.append("".join(cell.ljust(COLUMN) for cell in row[:-1]) + row[-1])
+    if arm64 and mapped and (len(mapped) == len(levels) or levels[len(mapped) - 1].maps_large(mapped[-1])):
+        lines.append(arm64_access_text(mapped[:-1], mapped[-1]))
     return lines + [indent + x for x in extra if x]

@@ -1,7 +1,7 @@
 """The dump's address spaces: one part of the session, built from the dump alone.
 
 A complete or kernel dump's virtual memory is its physical pages seen through page tables: the
-paging mode (x64 4/5-level, x86 PAE or not), the software-PTE format of the kernel, and one
+paging mode (x64 4/5-level, x86 PAE or not, ARM64), the software-PTE format of the kernel, and one
 translated space per DirectoryTableBase (the crashing context's first; `.process` switches).
 A small dump has one space: its saved ranges.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
+from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_ARM64, MACHINE_I386
 from kdshell.errors import KdError
 from kdshell.memory import paging as _paging
 from kdshell.memory.pte import PteFormat
@@ -49,6 +49,8 @@ class AddressSpaces:
             return _paging.X64_5 if levels == 5 else _paging.X64_4
         if h.machine == MACHINE_I386 and not d.is64:
             return _paging.PAE if h.pae_enabled else _paging.X86
+        if h.machine == MACHINE_ARM64 and d.is64:
+            return _paging.ARM64  # DirectoryTableBase is the TTBR
         return None
 
     def settle_pte_format(self, l1tf_bit: int | None) -> None:

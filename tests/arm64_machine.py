@@ -1,0 +1,245 @@
+"""A small ARM64 machine laid out by hand, for tests/test_arm64.py: real ARM64 translation
+tables (4 KiB granule, 48-bit VA, four levels, a self-map entry, a 2 MiB block), an `nt` image
+with an export table, code assembled for AArch64, a loaded-module list and a CONTEXT, written
+by kdshell's own writers as a complete, a kernel (bitmap) and a small memory dump.
+
+Every layout is literal here (offsets from formats.md §8.3 for the CONTEXT; the ARM64 descriptor
+bits from Windows' _MMPTE_HARDWARE of ARM64 builds, as ReactOS' ndk/arm64/mmtypes.h gives them;
+the KLDR_DATA_TABLE_ENTRY offsets of 64-bit Windows), not taken from kdshell's declarations, so
+a layout bug cannot hide in both the fixture and the reader.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from kdshell.dumpfile.write import DumpHeaderFields, make_exception, write_bitmap, write_full
+from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
+
+PAGE = 0x1000
+MACHINE_ARM64 = 0xAA64
+
+# -- descriptor bits ------------------------------------------------------------------------------
+VALID, TABLE = 1 << 0, 1 << 1  # bit 1: table (levels 0-2) or page (level 3); clear at 1-2: block
+OWNER = 1 << 6  # AP[1]: EL0 may access
+NOT_DIRTY = 1 << 7  # AP[2]: read-only (Windows: clean)
+INNER = 3 << 8  # SH: inner shareable
+AF = 1 << 10
+NG = 1 << 11
+PXN, UXN, WRITABLE = 1 << 53, 1 << 54, 1 << 55
+KERNEL_RW = VALID | TABLE | INNER | AF | PXN | UXN | WRITABLE  # kernel data: no one executes it
+KERNEL_RX = VALID | TABLE | INNER | AF | NOT_DIRTY | UXN  # kernel code: read-only, EL1 executes
+KERNEL_RO = VALID | TABLE | INNER | AF | NOT_DIRTY | PXN | UXN
+USER_RW = VALID | TABLE | INNER | AF | NG | OWNER | WRITABLE  # EL0 read/write (so EL1 may not execute)
+TABLE_ENTRY = VALID | TABLE
+
+# -- the address space ------------------------------------------------------------------------------
+TTBR = 0x0005_0000_0010_0001  # ASID 5 in bits 63:48, CnP in bit 0; the table is at PFN 0x100
+ROOT_PFN = 0x100
+SELF_INDEX = 0x1F6  # the self-map entry: PTE_BASE = FFFFFB00`00000000
+PTE_BASE = 0xFFFF_FB00_0000_0000
+NT_BASE = 0xFFFFF804_12200000  # 2 MiB aligned: its pages share one level-3 table
+NT_SIZE = 0x3000
+BLOCK_VA = 0xFFFFF804_12400000  # a 2 MiB block at physical 0x600000
+BLOCK_PA = 0x600000
+POOL = 0xFFFF9B00_00010000  # the loader entry and a prototype PTE
+PROTO_PTE = POOL + 0x800
+STACK = 0xFFFF8504_29890000
+USER_VA = 0x00007FF6_12340000
+TRANS_VA, PAGEFILE_VA, PROTO_VA, DEMAND_VA, ZERO_VA = (NT_BASE + 0x10000 + i * PAGE for i in range(5))
+PFN = {"nt_head": 0x200, "nt_text": 0x201, "nt_data": 0x202, "pool": 0x203, "stack": 0x204,
+       "transition": 0x205, "proto": 0x206, "user": 0x207, "block_page": (BLOCK_PA >> 12) + 3}
+
+# -- nt: exports and code -------------------------------------------------------------------------
+EXPORTS = {"KeBugCheckEx": 0x1000, "KeBugCheck2": 0x1040, "KiBugCheckData": 0x2010, "PsLoadedModuleList": 0x2100}
+# KeBugCheckEx (rva 0x1000) and KeBugCheck2 (0x1040), assembled with
+# `llvm-mc -triple=aarch64-windows -show-encoding` from:
+#   pacibsp / stp x29,x30,[sp,#-0x20]! / mov x29,sp / adrp x8,#4096 / add x8,x8,#0x10 /
+#   str x0,[x8] / adrp x9,#4096 / ldr x9,[x9,#0x18] / cbz x0,#8 / bl #28 / tbnz w1,#3,#16 /
+#   ldp x29,x30,[sp],#0x20 / autibsp / ret / b #8 / nop /
+#   stp x29,x30,[sp,#-0x10]! / mov x29,sp / ldr x0,#0xfd8 / brk #0xf000
+CODE_WORDS = (
+    0xD503237F, 0xA9BE7BFD, 0x910003FD, 0xB0000008, 0x91004108, 0xF9000100, 0xB0000009, 0xF9400D29,
+    0xB4000040, 0x94000007, 0x37180081, 0xA8C27BFD, 0xD50323FF, 0xD65F03C0, 0x14000002, 0xD503201F,
+    0xA9BF7BFD, 0x910003FD, 0x58007EC0, 0xD43E0000,
+)
+CODE = b"".join(struct.pack("<I", w) for w in CODE_WORDS)
+PC = NT_BASE + 0x1024  # the bl to KeBugCheck2
+SP = STACK + 0xF00
+
+
+def registers() -> dict[str, int]:
+    """The crashing context's values: x0 the bug check code, x1-x28 n * 0x0101010101010101."""
+    regs = {f"x{i}": i * 0x0101010101010101 for i in range(29)}
+    regs.update(x0=0x1C8, fp=SP + 0x20, lr=NT_BASE + 0x1074, sp=SP, pc=PC, cpsr=0x60000005,
+                fpcr=0x03000000, fpsr=0x00000010)
+    return regs
+
+
+V0 = 0x00112233_44556677_8899AABB_CCDDEEFF
+
+
+def context() -> bytes:
+    """A CONTEXT_ARM64 (0x390 bytes) at formats.md §8.3's literal offsets."""
+    r = registers()
+    c = bytearray(0x390)
+    struct.pack_into("<II", c, 0x0, 0x00400007, r["cpsr"])  # CONTEXT_ARM64 | CONTROL | INTEGER | FLOATING
+    for i in range(29):
+        struct.pack_into("<Q", c, 0x08 + 8 * i, r[f"x{i}"])
+    struct.pack_into("<QQQQ", c, 0xF0, r["fp"], r["lr"], r["sp"], r["pc"])
+    c[0x110:0x120] = V0.to_bytes(16, "little")
+    c[0x120:0x130] = (7).to_bytes(16, "little")  # v1
+    struct.pack_into("<II", c, 0x310, r["fpcr"], r["fpsr"])
+    return bytes(c)
+
+
+def pe_header(base: int, size: int, exports: dict[str, int]) -> bytes:
+    """The first page of a PE32+ ARM64 image: DOS header, NT headers, two sections and an export
+    directory (at rva 0x400) naming `exports`."""
+    p = bytearray(PAGE)
+    p[0:2] = b"MZ"
+    struct.pack_into("<I", p, 0x3C, 0x80)
+    p[0x80:0x84] = b"PE\0\0"
+    struct.pack_into("<HHIIIHH", p, 0x84, MACHINE_ARM64, 2, 0x5F3A1B2C, 0, 0, 0xF0, 0x22)
+    opt = 0x98
+    struct.pack_into("<HBBIIIII", p, opt, 0x20B, 14, 0, 0x1000, 0x1000, 0, 0x1000, 0x1000)
+    struct.pack_into("<QII", p, opt + 0x18, base, 0x1000, 0x200)  # ImageBase, alignments
+    struct.pack_into("<HHHHHHI", p, opt + 0x28, 10, 0, 10, 0, 10, 0, 0)  # versions
+    struct.pack_into("<IIIHH", p, opt + 0x38, size, 0x400, 0x1234, 1, 0x160)  # SizeOfImage ... Subsystem
+    struct.pack_into("<QQQQII", p, opt + 0x48, 0x80000, 0x1000, 0x100000, 0x1000, 0, 16)
+    names = sorted(exports)
+    export_dir, strings = 0x400, 0x500
+    struct.pack_into("<II", p, opt + 0x70, export_dir, 0x200)  # DataDirectory[0]: exports
+    sections = opt + 0xF0
+    for i, (name, rva, flags) in enumerate(((b".text", 0x1000, 0x60000020), (b".data", 0x2000, 0xC0000040))):
+        struct.pack_into("<8sIIIIIIHHI", p, sections + 40 * i, name, 0x1000, rva, 0x1000, rva, 0, 0, 0, 0, flags)
+    functions, name_rvas, ordinals = export_dir + 0x28, export_dir + 0x28 + 4 * len(names), \
+        export_dir + 0x28 + 8 * len(names)
+    dll = strings
+    p[dll : dll + 13] = b"ntoskrnl.exe\0"
+    at = dll + 16
+    struct.pack_into("<IIHHIIIIIII", p, export_dir, 0, 0, 0, 0, dll, 1, len(names), len(names),
+                     functions, name_rvas, ordinals)
+    for i, name in enumerate(names):
+        struct.pack_into("<I", p, functions + 4 * i, exports[name])
+        struct.pack_into("<I", p, name_rvas + 4 * i, at)
+        struct.pack_into("<H", p, ordinals + 2 * i, i)
+        p[at : at + len(name) + 1] = name.encode() + b"\0"
+        at += len(name) + 1
+    return bytes(p)
+
+
+class Arm64Tables:
+    """Translation tables built entry by entry; pages by PFN."""
+
+    def __init__(self) -> None:
+        self.pages: dict[int, bytearray] = {ROOT_PFN: bytearray(PAGE)}
+        self.next_table = 0x110
+
+    def entry(self, pfn: int, index: int) -> int:
+        return struct.unpack_from("<Q", self.pages[pfn], index * 8)[0]
+
+    def set(self, pfn: int, index: int, value: int) -> None:
+        struct.pack_into("<Q", self.pages[pfn], index * 8, value)
+
+    def _down(self, table: int, index: int) -> int:
+        e = self.entry(table, index)
+        if not e & VALID:
+            child = self.next_table
+            self.next_table += 1
+            self.pages[child] = bytearray(PAGE)
+            self.set(table, index, (child << 12) | TABLE_ENTRY)
+            return child
+        return (e >> 12) & 0xF_FFFF_FFFF
+
+    def leaf_table(self, va: int, levels: int = 3) -> int:
+        """The table `levels` steps below the root on the way to `va` (created as needed)."""
+        table = ROOT_PFN
+        for shift in (39, 30, 21)[:levels]:
+            table = self._down(table, (va >> shift) & 0x1FF)
+        return table
+
+    def map(self, va: int, pfn: int, flags: int = KERNEL_RW, content: bytes = b"") -> None:
+        self.set(self.leaf_table(va), (va >> 12) & 0x1FF, (pfn << 12) | flags)
+        page = self.pages.setdefault(pfn, bytearray(PAGE))
+        page[: len(content)] = content
+
+    def pte(self, va: int, raw: int) -> None:
+        """A level-3 entry written as is (the not-valid kinds)."""
+        self.set(self.leaf_table(va), (va >> 12) & 0x1FF, raw)
+
+    def block(self, va: int, pa: int, flags: int) -> None:
+        """A 2 MiB block: a level-2 entry with bit 1 clear."""
+        self.set(self.leaf_table(va, 2), (va >> 21) & 0x1FF, pa | (flags & ~TABLE))
+
+
+def _ustr(text: str, buffer: int) -> bytes:
+    n = len(text) * 2
+    return struct.pack("<HHIQ", n, n, 0, buffer)
+
+
+def build() -> Arm64Tables:
+    t = Arm64Tables()
+    t.set(ROOT_PFN, SELF_INDEX, (ROOT_PFN << 12) | TABLE_ENTRY | PXN | UXN)  # the self-map
+    t.map(NT_BASE, PFN["nt_head"], KERNEL_RO, pe_header(NT_BASE, NT_SIZE, EXPORTS))
+    t.map(NT_BASE + 0x1000, PFN["nt_text"], KERNEL_RX, CODE)
+    data = bytearray(PAGE)
+    data[0x10:0x20] = b"KiBugCheckData!!"
+    data[0x100:0x110] = struct.pack("<QQ", POOL, POOL)  # PsLoadedModuleList: one entry
+    t.map(NT_BASE + 0x2000, PFN["nt_data"], KERNEL_RW, bytes(data))
+    pool = bytearray(PAGE)  # the KLDR_DATA_TABLE_ENTRY of nt (64-bit offsets)
+    head = NT_BASE + EXPORTS["PsLoadedModuleList"]
+    full, short = "\\SystemRoot\\system32\\ntoskrnl.exe", "ntoskrnl.exe"
+    pool[0:16] = struct.pack("<QQ", head, head)
+    pool[0x30:0x44] = struct.pack("<QQI", NT_BASE, NT_BASE + 0x1000, NT_SIZE)
+    pool[0x48:0x68] = _ustr(full, POOL + 0x200) + _ustr(short, POOL + 0x300)
+    pool[0x78:0x7C] = struct.pack("<I", 0x1234)
+    pool[0x9C:0xA0] = struct.pack("<I", 0x5F3A1B2C)
+    pool[0x200 : 0x200 + 2 * len(full)] = full.encode("utf-16-le")
+    pool[0x300 : 0x300 + 2 * len(short)] = short.encode("utf-16-le")
+    pool[0x800:0x808] = struct.pack("<Q", (PFN["proto"] << 12) | KERNEL_RW)  # the prototype PTE
+    t.map(POOL, PFN["pool"], KERNEL_RW, bytes(pool))
+    t.map(STACK, PFN["stack"], KERNEL_RW, struct.pack("<QQ", 0xAAAA, 0xBBBB) * (PAGE // 16))
+    t.map(USER_VA, PFN["user"], USER_RW, b"user page")
+    t.block(BLOCK_VA, BLOCK_PA, KERNEL_RW)
+    t.pages[PFN["block_page"]] = bytearray(b"in the 2 MiB block".ljust(PAGE, b"\0"))
+    # not valid (Windows' ARM64 software PTEs): Protection in bits 1-5 (4 = ReadWrite)
+    t.pte(TRANS_VA, (PFN["transition"] << 12) | (1 << 11) | (4 << 1))  # Transition 11, Prototype 10 clear
+    t.pages[PFN["transition"]] = bytearray(b"standby page".ljust(PAGE, b"\0"))
+    t.pte(PAGEFILE_VA, (0x1234 << 32) | (2 << 6) | (4 << 1))  # PageFileHigh 0x1234, PageFileLow 2
+    t.pte(PROTO_VA, ((PROTO_PTE & 0xFFFF_FFFF_FFFF) << 16) | (1 << 10) | (1 << 1))  # ProtoAddress 16-63
+    t.pages[PFN["proto"]] = bytearray(b"shared through a prototype".ljust(PAGE, b"\0"))
+    t.pte(DEMAND_VA, 4 << 1)  # demand zero: PageFileHigh 0
+    t.pte(ZERO_VA, 0)
+    return t
+
+
+def fields(**overrides: object) -> DumpHeaderFields:
+    values: dict = dict(
+        is64=True, machine=MACHINE_ARM64, build=22000, directory_table_base=TTBR,
+        ps_loaded_module_list=NT_BASE + EXPORTS["PsLoadedModuleList"], number_processors=8,
+        bugcheck_code=0x1C8, bugcheck_parameters=(0, 0, 0, 0), context=context(),
+        exception=make_exception(0x80000003, PC), system_time=133_500_000_000_000_000,
+        system_uptime=36_000_000_000, comment="kdshell ARM64 test dump",
+    )
+    values.update(overrides)
+    return DumpHeaderFields(**values)
+
+
+def write(tmp_path: Path, kind: str = "full") -> Path:
+    """The machine as a complete ("full"), kernel ("bitmap") or small ("triage") dump."""
+    path = Path(tmp_path) / f"arm64-{kind}.dmp"
+    if kind == "triage":
+        parts = TriageParts(
+            stack=bytes(0x1000), top_of_stack=STACK + 0x1000,
+            drivers=[TriageDriverInfo("\\SystemRoot\\system32\\ntoskrnl.exe", NT_BASE, NT_SIZE, 0x5F3A1B2C, 0x1234)],
+            data_blocks=[(NT_BASE + 0x1000, CODE)],
+        )
+        write_triage(path, fields(), parts)
+        return path
+    pages = {pfn: bytes(data) for pfn, data in build().pages.items()}
+    if kind == "full":
+        write_full(path, fields(), pages)
+    else:
+        write_bitmap(path, fields(), pages, 6)
+    return path
