@@ -93,6 +93,9 @@ class Modules:
         m = self.module
         return m if m.base <= address < m.base + m.size else None
 
+    def function_start(self, address: int) -> bool:
+        return False
+
 
 def build():
     image, done = _code()
