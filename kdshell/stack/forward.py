@@ -26,6 +26,7 @@ MemoryRead = Callable[[int, int], bytes]
 
 MAX_INSTRUCTIONS = 256     # decoded per RIP, over every way tried
 MAX_WAYS = 16              # conditional jumps whose other way is kept for later
+MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 NONVOLATILE_GPR = ("rbx", "rbp", "rsi", "rdi", "r12", "r13", "r14", "r15")
 _STOP = frozenset(("int3", "int", "int1", "into", "ud0", "ud1", "ud2", "hlt", "iretq", "iretd", "iret",
                    "syscall", "sysret", "sysretq", "sysenter", "sysexit", "invalid"))
@@ -152,19 +153,19 @@ def _step(way: _Way, insn: Any, ways: list[_Way]) -> CodeReturn | bool | None:
     """Apply one instruction to `way`: a CodeReturn at the way out, True to go on, None when
     this way cannot be followed."""
     x = _x86
-    name = insn.mnemonic
+    name = insn.mnemonic.split()[-1]   # without rep/notrack/bnd
     ops = insn.operands
     next_pc = insn.address + insn.size
-    if name in ("ret", "retq") or (name.startswith("rep") and name.endswith("ret")):
+    if name in ("ret", "retq"):
         extra = ops[0].imm if ops and ops[0].type == x.X86_OP_IMM else 0
         return _out(way, extra)
     if name in _STOP:
         return None
-    if name.startswith("call"):
+    if x.X86_GRP_CALL in insn.groups:
         way.pc = next_pc
         return True
     if x.X86_GRP_JUMP in insn.groups:
-        target = ops[0].imm if ops and ops[0].type == x.X86_OP_IMM else None
+        target = ops[0].imm & MASK64 if ops and ops[0].type == x.X86_OP_IMM else None
         if name == "jmp":
             if target is not None:
                 way.pc = target

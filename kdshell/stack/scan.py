@@ -29,6 +29,7 @@ tests/test_stack_walk.py cross-checks it against capstone on every call of the f
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Container
 
@@ -210,12 +211,18 @@ def scan_for_return(read: MemoryRead, modules: ModuleMap, start: int, *, end: in
             data = read(addr, chunk_end - addr)
         except KdError:
             break
-        for i in range(0, len(data) - size + 1, size):
-            value = int.from_bytes(data[i : i + size], "little")
-            found = check.judge(value, addr + i, exclude)
+        n = len(data) // size
+        values = struct.unpack_from(f"<{n}{'Q' if size == 8 else 'I'}", data)
+        # x64: only the slots a call writes (8 mod 16)
+        first, stride = ((1 if addr & 0xF == 0 else 0), 2) if check.x64 else (0, 1)
+        for i in range(first, n, stride):
+            value = values[i]
+            if not value:
+                continue
+            found = check.judge(value, addr + i * size, exclude)
             if found is not None:
                 how, length, module = found
-                hit = ScanHit(addr + i, value, value - length, length, module, how)
+                hit = ScanHit(addr + i * size, value, value - length, length, module, how)
                 if how == SCAN or value & FUNCTION_ALIGNMENT:
                     return hit
                 fallback = fallback or hit

@@ -135,6 +135,18 @@ class StackWalk(list[Frame]):
     """The frames, innermost first, plus why the walk stopped (`stop`)."""
 
     stop: str = ""
+    _values: set[int] | None = None
+    _counted: int = 0
+
+    def register_values(self) -> set[int]:
+        """The values the registers held, in every frame so far: what no guess may take (a
+        pointer held in a register is data). Kept up to date as frames are added."""
+        if self._values is None:
+            self._values = set()
+        for f in self[self._counted:]:
+            self._values.update(f.registers[r] for r in GPR if r in f.known and r != "rsp" and r in f.registers)
+        self._counted = len(self)
+        return self._values
 
 
 @dataclass
@@ -193,8 +205,6 @@ class Walker:
         used_hints: set[int] = set()
         frames = StackWalk()
         seen: set[tuple[int, int]] = set()
-        # values no scanned frame may be: the registers of the walked context, the frames so far
-        excluded: set[int] = set()
         step = _Step(ctx, known_set, HOW_CONTEXT)
         guessed = False
         switches = 0
@@ -220,9 +230,8 @@ class Walker:
             frame = Frame(len(frames), rip, rsp, how, ctx, known_set, lookup, home=_home(read, rsp),
                           module=self.modules.module_at(lookup), guessed=guessed)
             frames.append(frame)
-            excluded.update(ctx[r] for r in GPR if r in known_set and r != "rsp" and r in ctx)
 
-            nxt = self._next(frame, ctx, known_set, hints, used_hints, scans, excluded)
+            nxt = self._next(frames, ctx, known_set, hints, used_hints, scans)
             if isinstance(nxt, str):
                 frames.stop = nxt
                 break
@@ -251,9 +260,10 @@ class Walker:
 
     # -- one step ---------------------------------------------------------------------------
 
-    def _next(self, frame: Frame, ctx: dict[str, int], known: frozenset[str], hints: list[int],
-              used_hints: set[int], scans: int, excluded: set[int]) -> _Step | str:
-        """The caller's context and how it was found, or a stop reason."""
+    def _next(self, frames: StackWalk, ctx: dict[str, int], known: frozenset[str], hints: list[int],
+              used_hints: set[int], scans: int) -> _Step | str:
+        """The caller's context of the last frame and how it was found, or a stop reason."""
+        frame = frames[-1]
         read, rip, rsp = self.read, frame.ip, frame.sp
         note = None
         # 1. unwind data
@@ -305,6 +315,7 @@ class Walker:
                 return found
         if not self.scan:
             return note or f"no unwind data for {rip:#x}"
+        excluded = frames.register_values()
         # 4. the leaf rule, where RIP was interrupted
         if frame.how in INTERRUPTED and module is not None:
             try:
