@@ -338,3 +338,19 @@ def test_leaf_rule_needs_a_return_address_at_rsp(mydrv):
     m.q(stack, ret, 0)
     walk = Walker(m.read, modules, decode=False).walk({"rip": 0xFFFFF80000500000, "rsp": stack}, 2)
     assert (walk[1].how, walk[1].ip) == ("scan", ret)
+
+
+def test_a_path_added_later_is_used_by_the_next_walk(machines):
+    """What the walker could not read is tried again on the next walk: after `.sympath` names
+    the images, the code of the frames it had to guess is there (their image files lend it), and
+    after `.reload` their unwind data too."""
+    with kdshell.open(machines.path("d1", "small"), symbol_path="", image_path="") as s:
+        before = s.context.walk(20)
+        s.run(f".sympath {BIN}")
+        after = s.context.walk(20)
+        s.run(".reload")
+        reloaded = s.context.walk(20)
+    truth = machines.truth("d1")["call_chain"]
+    assert sum(f.guess for f in before) > sum(f.guess for f in after) > sum(f.guess for f in reloaded) == 0
+    assert [f.how for f in after[4:12]] == ["epilog"] * 8
+    assert [(f.ip, f.sp) for f in reloaded] == [(t["rip"], t["sp"]) for t in truth]

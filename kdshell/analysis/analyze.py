@@ -95,7 +95,7 @@ class Culprit:
     offset: int                   # from the function, or from the module base
     module_offset: int
     kind: str | None = None       # blame.txt's kind of the module (None: a driver)
-    guessed: bool = False         # the frame was found by scanning the stack
+    guessed: bool = False         # the frame is a guess (a scan of the stack: kdshell.stack.walk)
     image_version: str | None = None
     timestamp: int | None = None
     company: str | None = None    # CompanyName of the image's version resource
@@ -220,7 +220,8 @@ def analyze(session: SessionView, max_frames: int = MAX_FRAMES) -> Analysis:
             _faulting_stack(session, a, max_frames)
             if a.guessed_stack:
                 a.notes.append("Part of the stack was found by scanning it for return addresses (no unwind data "
-                               "or code for those functions in this dump): the frames after the warning are guesses.")
+                               "or code for those functions in this dump): the frames after the warning are guesses "
+                               "(kv says how each frame was found).")
             a.symbols = [symbolize(session, f) for f in a.stack]
             a.process_name = _quietly(a, current_process_name, session)
             a.irql = _quietly(a, current_irql, session)
@@ -428,7 +429,8 @@ def _judge(session: SessionView, a: Analysis) -> None:
             a.culprit = _culprit(session, a, *best[0])
             a.verdict = DRIVER
             if a.culprit.guessed:
-                a.notes.append("The blamed frame was found by scanning the stack: treat it as a lead, not a verdict.")
+                a.notes.append("The blamed frame is a guess (found by scanning the stack, not by unwind data or "
+                               "code): treat it as a lead, not a verdict.")
         elif a.broken_driver:
             a.culprit = Culprit(None, None, _stem(a.broken_driver), a.broken_driver, None, 0, 0)
             a.verdict = DRIVER

@@ -144,6 +144,10 @@ class ReturnCheck:
         self.function_start = function_start
         self._code: dict[int, tuple[tuple[int, int], ...] | None] = {}
 
+    def forget_missing(self) -> None:
+        """Forget the modules whose headers were nowhere (an image file may have been found since)."""
+        self._code = {base: ranges for base, ranges in self._code.items() if ranges is not None}
+
     def code_ranges(self, module: Any) -> tuple[tuple[int, int], ...] | None:
         """The module's executable sections as (rva, end), None when its headers are nowhere."""
         if module.base not in self._code:

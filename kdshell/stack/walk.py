@@ -193,12 +193,15 @@ class Walker:
         self.max_scan_frames = max_scan_frames
         self.decode = decode
         self.check = ReturnCheck(memory_read, modules, function_start=self._function_start)
-        self._ways: dict[int, CodeReturn | None] = {}
+        self._ways: dict[int, CodeReturn] = {}
+        self._no_way: set[int] = set()   # per walk: an image file found since may have the code
 
     def walk(self, context: dict[str, int], max_frames: int = DEFAULT_MAX_FRAMES, *,
              known: Iterable[str] | None = None, stack_base: int | None = None, stack_limit: int | None = None,
              trap_frames: Iterable[int] = ()) -> StackWalk:
         read = self.read
+        self._no_way.clear()
+        self.check.forget_missing()
         ctx = dict(context)
         known_set = frozenset(known) if known is not None else frozenset(ctx)
         hints = sorted(set(trap_frames))
@@ -352,11 +355,15 @@ class Walker:
         (forward.py); None when it cannot be followed or its answer does not hold up (the slot
         is not where a call leaves a return address, the value there is not code)."""
         rip, rsp = frame.ip, frame.sp
-        if rip not in self._ways:
-            self._ways[rip] = follow_to_return(self.read, rip)
-        way = self._ways[rip]
+        way = self._ways.get(rip)
         if way is None:
-            return None
+            if rip in self._no_way:
+                return None
+            found = follow_to_return(self.read, rip)
+            if found is None:
+                self._no_way.add(rip)
+                return None
+            way = self._ways[rip] = found
 
         def at(place: Place) -> int | None:
             base, off = place
