@@ -354,3 +354,12 @@ def test_a_path_added_later_is_used_by_the_next_walk(machines):
     assert sum(f.guess for f in before) > sum(f.guess for f in after) > sum(f.guess for f in reloaded) == 0
     assert [f.how for f in after[4:12]] == ["epilog"] * 8
     assert [(f.ip, f.sp) for f in reloaded] == [(t["rip"], t["sp"]) for t in truth]
+
+
+def test_code_reader_restores_only_what_the_dump_holds():
+    """A register reloaded from a stack slot the way itself wrote (a spill, a push) does not get
+    the dump's stale value: it is unknown; one reloaded from the caller's frame is restored."""
+    way = follow("48895C2420 E800000000 488B5C2420 488B742430 4883C428 C3")   # spill rbx, call, reload
+    assert way.restores == (("rbx", None), ("rsi", (None, 0x30)))
+    way = follow("53 E800000000 5B 4883C428 C3")                             # push rbx ... pop rbx
+    assert way.restores == (("rbx", None),) and way.place == (None, 0x28)

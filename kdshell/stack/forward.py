@@ -82,9 +82,17 @@ class _Way:
     aliases: dict[str, Place] = field(default_factory=dict)   # registers holding an RSP-relative address
     writes: dict[str, Place | None] = field(default_factory=dict)
     moved: bool = False
+    stored: set[Place] = field(default_factory=set)   # stack places written on the way
 
     def fork(self, pc: int) -> _Way:
-        return _Way(pc, self.base, self.off, dict(self.aliases), dict(self.writes), self.moved)
+        return _Way(pc, self.base, self.off, dict(self.aliases), dict(self.writes), self.moved, set(self.stored))
+
+    def saved(self, place: Place | None) -> Place | None:
+        """`place` if what the dump holds there is what the way would load from it: not written
+        on the way, not below RSP at RIP (pushes and calls on the way write there)."""
+        if place is None or place in self.stored or (place[0] is None and place[1] < 0):
+            return None
+        return place
 
 
 def _fetch(read: MemoryRead, pc: int) -> bytes | None:
@@ -179,6 +187,7 @@ def _step(way: _Way, insn: Any, ways: list[_Way]) -> CodeReturn | bool | None:
     way.pc = next_pc
     if name in ("push", "pushfq", "pushf"):
         way.off -= 8
+        way.stored.add((way.base, way.off))
         way.moved = True
         return True
     if name in ("pop", "popfq", "popf"):
@@ -186,7 +195,7 @@ def _step(way: _Way, insn: Any, ways: list[_Way]) -> CodeReturn | bool | None:
         if reg == "rsp" or (ops and ops[0].type != x.X86_OP_REG):
             return None
         if reg is not None:
-            way.writes[reg] = (way.base, way.off)
+            way.writes[reg] = way.saved((way.base, way.off))
             way.aliases.pop(reg, None)
         way.off += 8
         way.moved = True
@@ -194,7 +203,7 @@ def _step(way: _Way, insn: Any, ways: list[_Way]) -> CodeReturn | bool | None:
     if name == "leave":   # mov rsp, rbp; pop rbp
         if not _set_rsp(way, way.aliases.get("rbp") or (("rbp", 0) if "rbp" not in way.writes else None)):
             return None
-        way.writes["rbp"] = (way.base, way.off)
+        way.writes["rbp"] = way.saved((way.base, way.off))
         way.aliases.pop("rbp", None)
         way.off += 8
         return True
@@ -221,6 +230,10 @@ def _step(way: _Way, insn: Any, ways: list[_Way]) -> CodeReturn | bool | None:
         assert reg is not None
         way.aliases.pop(reg, None)
         way.writes[reg] = None
+    if ops and ops[0].type == x.X86_OP_MEM and ops[0].access & _cs.CS_AC_WRITE:
+        place = _place(way, insn, ops[0].mem)
+        if place is not None:
+            way.stored.add(place)
     if dst is not None and src is not None:
         if name == "lea" and src.type == x.X86_OP_MEM and ops[0].size == 8:
             place = _place(way, insn, src.mem)
@@ -229,7 +242,7 @@ def _step(way: _Way, insn: Any, ways: list[_Way]) -> CodeReturn | bool | None:
         elif name == "mov" and ops[0].size == 8:
             s = _reg(insn, src.reg) if src.type == x.X86_OP_REG else None
             if src.type == x.X86_OP_MEM:
-                way.writes[dst] = _place(way, insn, src.mem)
+                way.writes[dst] = way.saved(_place(way, insn, src.mem))
             elif s == "rsp":
                 way.aliases[dst] = (way.base, way.off)
             elif s is not None and s in way.aliases:
