@@ -1,4 +1,4 @@
-"""Micro-benchmark: a 64-frame x64 stack walk, warm, beside a cold walk and a scan-only baseline.
+"""Micro-benchmark: a 64-frame x64 stack walk, warm, beside a cold walk, code-only and scan-only walks.
 
     python bench/stack_walk.py [--repeat 200]
 
@@ -9,8 +9,11 @@ under Unicorn until it is 64 calls deep, and walks that genuine stack:
 
   - kdshell warm   one Walker reused: function tables and UNWIND_INFO cached
   - kdshell cold   a new Walker per walk: headers, .pdata and UNWIND_INFO read and parsed again
-  - scan only      the same walker with the module's image hidden, so every frame is found by
-                   stack scanning (the simple baseline: what a "drivers on the stack" scanner does)
+  - code           the module's image hidden (no unwind data), its code readable: every frame is
+                   found by following the code from the return address to its epilog
+                   (kdshell.stack.forward); warm (the answer per address cached) and cold
+  - scan only      the same, the code not read either, so every frame is found by stack
+                   scanning (the simple baseline: what a "drivers on the stack" scanner does)
 
 Run by hand; nothing here is asserted (DESIGN.md: bench/ is not CI). Needs unicorn.
 """
@@ -93,6 +96,9 @@ class Modules:
         m = self.module
         return m if m.base <= address < m.base + m.size else None
 
+    def function_start(self, address: int) -> bool:
+        return False
+
 
 def build():
     image, done = _code()
@@ -100,7 +106,7 @@ def build():
     uc.mem_map(BASE, SIZE)
     uc.mem_write(BASE, bytes(image))
     uc.mem_map(STACK, STACK_SIZE)
-    rsp = STACK + STACK_SIZE - 0x100
+    rsp = STACK + STACK_SIZE - 0x108  # as a call leaves it: RSP = 8 mod 16 at a function's entry
     uc.mem_write(rsp, b"\0" * 8)  # return address 0 ends the walk
     uc.reg_write(X.UC_X86_REG_RSP, rsp)
     uc.reg_write(X.UC_X86_REG_RCX, DEPTH)
@@ -155,12 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     walk = walker.walk(regs, 1000)
     assert len(walk) == DEPTH and walk.stop == "null return address", (len(walk), walk.stop)
     assert all(f.how in ("context", "unwind") for f in walk)
-    scan_walker = Walker(read, hidden, max_scan_frames=1000)
+    code_walker = Walker(read, hidden, max_scan_frames=1000)
+    decoded = code_walker.walk(regs, 1000)
+    scan_walker = Walker(read, hidden, max_scan_frames=1000, decode=False)
     scanned = scan_walker.walk(regs, 1000)
     rows = [
         ("kdshell warm (unwind data)", timeit(lambda: walker.walk(regs, 1000), args.repeat), len(walk)),
         ("kdshell cold (new Walker)", timeit(lambda: Walker(read, visible).walk(regs, 1000), args.repeat), len(walk)),
-        ("scan only (image hidden)", timeit(lambda: scan_walker.walk(regs, 1000), args.repeat), len(scanned)),
+        ("code (image hidden), warm", timeit(lambda: code_walker.walk(regs, 1000), args.repeat), len(decoded)),
+        ("code (image hidden), cold", timeit(lambda: Walker(read, hidden, max_scan_frames=1000).walk(regs, 1000),
+                                             max(args.repeat // 10, 3)), len(decoded)),
+        ("scan only (code not read)", timeit(lambda: scan_walker.walk(regs, 1000), args.repeat), len(scanned)),
     ]
     print(f"Python {sys.version.split()[0]}, unicorn {unicorn.__version__}, {DEPTH}-frame genuine stack, "
           f"median of {args.repeat}")
@@ -168,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, t, n in rows:
         print(f"{name:32} {t * 1e3:9.3f} {t * 1e6 / max(n, 1):9.1f} {n:7d}")
     truth = [(f.ip, f.sp) for f in walk]
+    print(f"code frames matching the unwound ones: {sum((f.ip, f.sp) in truth for f in decoded)}/{len(decoded)}")
     print(f"scan-only frames matching the unwound ones: {sum((f.ip, f.sp) in truth for f in scanned)}/{len(scanned)}")
     return 0
 

@@ -104,11 +104,15 @@ def _start_context(session: Session, start: tuple[int, ...]) -> dict[str, int]:
 
 @command("k", family="stack", option_suffix=True, needs=(needs_memory,),
          syntax="k[b|v|p|P][c][n][f][L] [= BasePtr [StackPtr InstructionPtr]] [FrameCount]",
-         summary="Show the call stack of the current context (b/v: home slots, v: trap frames, "
-                 "p/P: parameters, c: names only, n: frame numbers, f: frame sizes)",
+         summary="Show the call stack of the current context (b/v: home slots, v: trap frames and how "
+                 "each frame was found, p/P: parameters, c: names only, n: frame numbers, f: frame sizes)",
          example="kn 30",
-         details="The default frame count is 0x14 (.kframes changes it). Frames found by scanning the "
-                 "stack, not by unwind data, follow a warning line and may be wrong.")
+         details="The default frame count is 0x14 (.kframes changes it). Each frame is found by the "
+                 "image's unwind data, a trap frame, the function's own code (its epilog, or a leaf's "
+                 "ret), the leaf rule ([RSP]) or a scan of the stack; guessed frames (the leaf rule, "
+                 "the scan, and what follows them) come after WinDbg's warning line and may be wrong. "
+                 "kv ends each row with how: [unwind], [trap], [leaf], [epilog], [scan], "
+                 "[scan-unverified] (no code in the dump to check the call), ', guess' on a guess.")
 def k_(session: Session, inv: Invocation) -> None:
     o = _k_options(session, inv)
     state = session.context

@@ -92,6 +92,9 @@ class _Modules:
         m = self.module
         return m if m.base <= address < m.base + m.size else None
 
+    def function_start(self, address: int) -> bool:
+        return False  # no symbols: the walker knows the .pdata begin addresses itself
+
 
 def _facts(img) -> None:
     img.machine_name, img.end, img.export_name, img.reproducible

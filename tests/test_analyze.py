@@ -277,20 +277,30 @@ def test_triage_dump_without_symbols():
 
 def test_mini_dump_fault_in_nt_blames_its_caller():
     """The fault is a NULL read (`bt dword ptr [rax],edx`, rax=0) in nt, whose image and unwind
-    data are not here; the return address on top of the stack is winhvr's. kdshell names
-    winhvr.sys, says its frame is a guess, and explains."""
+    data are not here; its code is (`bt; setb al; ret`: a leaf), so the return address on top of
+    the stack, winhvr's, is its caller for certain. kdshell names winhvr.sys; the frames above
+    it are scanned, after the warning, and `!analyze` shows the stack `k` shows."""
     with kdshell.open(MINI_17763, symbol_path="", image_path="") as s:
         a = analyze(s)
         assert a.exception.code == 0xC0000005 and a.exception.parameters == [0, 0]
         assert (a.access, a.fault_address) == ("read", 0)
         assert a.symbols[0].module_name == "nt" and a.stack[0].ip == a.params[1]
         assert (a.culprit.image, a.culprit.symbol_name, a.culprit.frame) == ("winhvr.sys", "winhvr+16755", 1)
-        assert a.culprit.guessed and a.guessed_stack
+        assert a.stack[1].how == "leaf" and not a.culprit.guessed and a.guessed_stack
         assert a.stack[1].sp == a.stack[0].sp + 8  # the leaf's return address, just above RSP
         assert a.bucket == "AV_winhvr!unknown_function"
         out = lines(s, "!analyze -v")
-        assert any(x.startswith("NOTE: The blamed frame was found by scanning") for x in out)
+        assert not any(x.startswith("NOTE: The blamed frame is a guess") for x in out)
+        assert any(x.startswith("NOTE: Part of the stack was found by scanning") for x in out)
         assert out.count("WARNING: Stack unwind information not available. Following frames may be wrong.") == 1
+        # one walk: STACK_TEXT is `.cxr P4; kb` (the dump's context is that record already)
+        stack_text = block(out, "STACK_TEXT")
+        assert stack_text[2] == "WARNING: Stack unwind information not available. Following frames may be wrong."
+        k = lines(s, "k")
+        assert len(k) - 2 >= 5 and k[2].endswith("     winhvr+0x16755")
+        assert [row[:40] + row.rsplit(" : ", 1)[-1] if " : " in row else row for row in stack_text] == k[1:]
+        s.run(f".cxr {a.params[3]:#x}")
+        assert lines(s, "kb 0x40")[1:] == stack_text
         teach = s.capture("!analyze -teach")
         assert "a read of address 0x0 (a NULL pointer" in teach.replace("\n", " ")
         assert "The faulting instruction is in nt+4a2d4, a part of Windows" in teach.replace("\n", " ")

@@ -45,34 +45,38 @@ def triage():
         yield s
 
 
-# What `k` prints on the triage dump after `.cxr` on P4. The amdppm names come from its PDB, the
-# Wdf01000 frames from its image in the store (no exports: `Wdf01000+0x...`), nt's image is not
-# available: its first frame is reached by Wdf01000's unwind data, the next two by scanning.
-# Every Child-SP/RetAddr pair is checked against the stack bytes and the unwind data by
-# test_k_agrees_with_the_stack_bytes_and_the_unwind_data below.
-TRIAGE_K = [
-    HEADER,
-    "ffff8504`29892120 fffff804`8b58313f     amdppm!WriteIoMemRawEx+0x70",
-    "ffff8504`29892150 fffff804`8b583234     amdppm!WriteGenAddrEx+0x6b",
-    "ffff8504`29892180 fffff804`8b5a0e8f     amdppm!WriteGenAddrMaybeHiddenEx+0x18",
-    "ffff8504`298921b0 fffff804`8b5a83f6     amdppm!InitAcpiCpc+0x317",
-    "ffff8504`29892210 fffff804`8b59f852     amdppm!ProcLibDeviceStart+0x886",
-    "ffff8504`29892340 fffff804`799cc027     amdppm!EvtDevicePrepareHardware+0xd2",
-    "ffff8504`29892380 fffff804`79966f81     Wdf01000+0x7c027",
-    "ffff8504`298923d0 fffff804`799cb227     Wdf01000+0x16f81",
-    "ffff8504`29892410 fffff804`799c9e21     Wdf01000+0x7b227",
-    "ffff8504`29892460 fffff804`799c99da     Wdf01000+0x79e21",
-    "ffff8504`298924a0 fffff804`799cb6b1     Wdf01000+0x799da",
-    "ffff8504`29892530 fffff804`799cb47a     Wdf01000+0x7b6b1",
-    "ffff8504`298925a0 fffff804`799d299e     Wdf01000+0x7b47a",
-    "ffff8504`29892630 fffff804`7995cc5f     Wdf01000+0x8299e",
-    "ffff8504`29892660 fffff804`7995a866     Wdf01000+0xcc5f",
-    "ffff8504`298926d0 fffff804`7bc52f55     Wdf01000+0xa866",
-    "ffff8504`29892730 fffff804`7bce0d7d     nt+0x252f55",
-    SCAN_WARNING,
-    "ffff8504`29892760 fffff804`7bd17e25     nt+0x2e0d7d",
-    "ffff8504`29892c10 00000000`00000000     nt+0x317e25",
-]
+# Windows' own stack of the triage dump after `.cxr` on P4, from a debugger with every image and
+# PDB (issue 17): 28 frames, their Child-SPs and return addresses (the last is 0).
+WINDOWS_SP = [0xFFFF850429892000 + off for off in (
+    0x120, 0x150, 0x180, 0x1B0, 0x210, 0x340, 0x380, 0x3D0, 0x410, 0x460, 0x4A0, 0x530, 0x5A0, 0x630,
+    0x660, 0x6D0, 0x730, 0x770, 0x7B0, 0x820, 0x8B0, 0x940, 0x990, 0xA60, 0xAB0, 0xB70, 0xC10, 0xC60)]
+WINDOWS_RET = [
+    0xFFFFF8048B58313F, 0xFFFFF8048B583234, 0xFFFFF8048B5A0E8F, 0xFFFFF8048B5A83F6, 0xFFFFF8048B59F852,
+    0xFFFFF804799CC027, 0xFFFFF80479966F81, 0xFFFFF804799CB227, 0xFFFFF804799C9E21, 0xFFFFF804799C99DA,
+    0xFFFFF804799CB6B1, 0xFFFFF804799CB47A, 0xFFFFF804799D299E, 0xFFFFF8047995CC5F, 0xFFFFF8047995A866,
+    0xFFFFF8047BC52F55, 0xFFFFF8047C1548A6, 0xFFFFF8047BCE0D1E, 0xFFFFF8047BD6AB7C, 0xFFFFF8047C123760,
+    0xFFFFF8047C12362F, 0xFFFFF8047C126BDD, 0xFFFFF8047C1BDF0C, 0xFFFFF8047BD6C2EC, 0xFFFFF8047BC25975,
+    0xFFFFF8047BD17E25, 0xFFFFF8047BDFD0D8, 0]
+NT_BASE = 0xFFFFF8047BA00000
+# The call sites: amdppm's names come from its PDB, the Wdf01000 frames from its image in the
+# store (no exports: `Wdf01000+0x...`), nt's image is not available (`nt+0x...`).
+TRIAGE_SITES = [
+    "amdppm!WriteIoMemRawEx+0x70", "amdppm!WriteGenAddrEx+0x6b", "amdppm!WriteGenAddrMaybeHiddenEx+0x18",
+    "amdppm!InitAcpiCpc+0x317", "amdppm!ProcLibDeviceStart+0x886", "amdppm!EvtDevicePrepareHardware+0xd2",
+] + [f"Wdf01000+{ip - WDF_BASE:#x}" for ip in WINDOWS_RET[5:15]] + [f"nt+{ip - NT_BASE:#x}" for ip in WINDOWS_RET[15:27]]
+
+
+def _row(n: int) -> str:
+    return f"{ptr(WINDOWS_SP[n])} {ptr(WINDOWS_RET[n])}     {TRIAGE_SITES[n]}"
+
+
+# What `k` (0n20 frames) prints: Windows' frames. Through Wdf01000's unwind data to
+# nt!IofCallDriver+0x55 (frame 0x10), whose code after the return address is its epilog, then
+# two frames found from their code the same way; frame 0x13 is found by scanning (a guess: after
+# the warning), and happens to be Windows' too.
+# test_k_agrees_with_the_stack_bytes_and_the_unwind_data checks the unwound part against the
+# stack bytes and the images' own unwind data.
+TRIAGE_K = [HEADER] + [_row(n) for n in range(19)] + [SCAN_WARNING, _row(19)]
 
 
 def test_cxr_on_the_context_record_then_k(triage):
@@ -158,8 +162,9 @@ def test_k_agrees_with_the_stack_bytes_and_the_unwind_data(triage):
         ip = ret
         checked += 1
     assert checked == 16  # 6 amdppm frames and 10 Wdf01000 frames
-    # the frames after them are nt's: the first reached by unwinding Wdf01000, then scanned ones
-    assert [f[3] for f in frames[16:]] == ["nt+0x252f55", "nt+0x2e0d7d", "nt+0x317e25"]
+    # the frames after them are nt's: the first reached by unwinding Wdf01000, the next two from
+    # their code, the last by scanning
+    assert [f[3] for f in frames[16:]] == ["nt+0x252f55", "nt+0x7548a6", "nt+0x2e0d1e", "nt+0x36ab7c"]
 
 
 def test_kn_kb_kv_kc_kf_and_counts(triage):
@@ -176,7 +181,10 @@ def test_kn_kb_kv_kc_kf_and_counts(triage):
         sp = int(plain.split()[0].replace("`", ""), 16)
         home = " ".join(ptr(v) for v in struct.unpack("<4Q", stack.read(sp + 8, 32)))
         assert line == f"{plain[:40]}: {home} : {plain[40:]}"
-    assert lines(triage, "kv") == kb  # no frame here pushed a machine frame
+    # kv: how each frame was found, after the row (no frame here pushed a machine frame)
+    hows = iter(["context"] + ["unwind"] * 16 + ["epilog"] * 2 + ["scan-unverified, guess"])
+    assert lines(triage, "kv") == [kb[0]] + [row if row == SCAN_WARNING else f"{row} [{next(hows)}]"
+                                             for row in kb[1:]]
     assert lines(triage, "kbn 2")[1].startswith("00 ffff8504`29892120 fffff804`8b58313f     : fffff804`8b5a2e2c ")
     # kc: module!function only
     assert lines(triage, "kc 7") == ["Call Site", "amdppm!WriteIoMemRawEx", "amdppm!WriteGenAddrEx",
@@ -196,8 +204,9 @@ def test_kn_kb_kv_kc_kf_and_counts(triage):
     # counts are hex, as WinDbg reads them; kL (no source lines) is k here
     assert lines(triage, "k 3") == TRIAGE_K[:4]
     assert lines(triage, "kL 0n3") == TRIAGE_K[:4]
-    assert lines(triage, "k 11") == TRIAGE_K[:18]     # 0x11 frames: the warning is not reached
-    assert lines(triage, "k 12") == TRIAGE_K[:20]     # the warning comes before the 0x12th frame
+    assert lines(triage, "k 11") == TRIAGE_K[:18]     # 0x11 frames
+    assert lines(triage, "k 13") == TRIAGE_K[:20]     # 0x13 frames: the warning is not reached
+    assert lines(triage, "k 14") == TRIAGE_K[:22]     # the warning comes before the 0x14th frame
     # kp/kP: amdppm's PDB is public (no types): the frames print as k prints them
     assert lines(triage, "kp 3") == TRIAGE_K[:4]
 
@@ -217,10 +226,11 @@ def test_kn_numbers_and_the_warning_line(triage):
     triage.run(f".cxr {CONTEXT_P4:x}")
     kn = lines(triage, "kn")
     assert kn[17:] == [
-        "10 ffff8504`29892730 fffff804`7bce0d7d     nt+0x252f55",
+        "10 ffff8504`29892730 fffff804`7c1548a6     nt+0x252f55",
+        "11 ffff8504`29892770 fffff804`7bce0d1e     nt+0x7548a6",
+        "12 ffff8504`298927b0 fffff804`7bd6ab7c     nt+0x2e0d1e",
         SCAN_WARNING,
-        "11 ffff8504`29892760 fffff804`7bd17e25     nt+0x2e0d7d",
-        "12 ffff8504`29892c10 00000000`00000000     nt+0x317e25",
+        "13 ffff8504`29892820 fffff804`7c123760     nt+0x36ab7c",
     ]
     assert kn.count(SCAN_WARNING) == 1
 
@@ -241,7 +251,7 @@ def test_frame_selects_registers_for_r(triage):
     assert out[3] == "rip=fffff8048b583234 rsp=ffff850429892180 rbp=fffff8048b58f598"
     assert lines(triage, ".frame 0")[0].startswith("00 ffff8504`29892120")
     assert lines(triage, "r")[2] == "rip=fffff8048b58334c rsp=ffff850429892120 rbp=fffff8048b58f598"
-    assert lines(triage, ".frame 13") == ["Frame 0x13 is not on the stack (it has 0x13 frames)"]
+    assert lines(triage, ".frame 0n100")[0].startswith("Frame 0x64 is not on the stack (it has 0x")
 
 
 def test_cxr_reset_and_errors(triage):
@@ -368,7 +378,7 @@ def test_kv_marks_the_trap_frame_and_trap_loads_it(machines):
     with open_machine(machines, "d1", "kernel") as s:
         kv = lines(s, "kv")
         row = next(x for x in kv if "nt!KiPageFault" in x)
-        assert row.endswith(f"nt!KiPageFault+0x14f (TrapFrame @ {ptr(tf)})")
+        assert row.endswith(f"nt!KiPageFault+0x14f (TrapFrame @ {ptr(tf)}) [unwind]")
         assert row.startswith(f"{ptr(handler['sp'])} {ptr(trap['rip'])}     : ")
         assert sum("TrapFrame @" in x for x in kv) == 1
         out = lines(s, f".trap {tf:x}")
@@ -385,9 +395,10 @@ def test_kv_marks_the_trap_frame_and_trap_loads_it(machines):
 
 
 def test_trap_frame_hint_crosses_the_fault_without_nt_image(machines, tmp_path):
-    """A small dump whose nt image is nowhere on the symbol path: nt's frames are scanned, and
-    the trap frame KiPageFault built (found on the stack by bug check 0xD1's P4, the faulting
-    RIP) leads the walk to the faulting driver frame at its exact Child-SP."""
+    """A small dump whose nt image is nowhere on the symbol path: nt's frames are guessed (the
+    leaf rule at KeBugCheckEx, then a scan), and the trap frame KiPageFault built (found on the
+    stack by bug check 0xD1's P4, the faulting RIP; KiPageFault's Child-SP is that trap frame)
+    leads the walk to the faulting driver frame at its exact Child-SP, no longer a guess."""
     for f in ("mydrv.sys", "mydrv.pdb"):
         (tmp_path / f).write_bytes((BIN / f).read_bytes())
     truth = machines.truth("d1")
@@ -396,8 +407,12 @@ def test_trap_frame_hint_crosses_the_fault_without_nt_image(machines, tmp_path):
     with open_machine(machines, "d1", "small", symbol_path=str(tmp_path)) as s:
         kv = lines(s, "kv")
         assert kv[2] == SCAN_WARNING
+        assert kv[3].endswith("[leaf, guess]")
         handler = next(x for x in kv if "TrapFrame @" in x)
-        assert handler.endswith(f"(TrapFrame @ {ptr(trap['machine_frame'] - KTRAP_RIP)})")
+        assert handler.endswith(f"(TrapFrame @ {ptr(trap['machine_frame'] - KTRAP_RIP)}) [scan, guess]")
+        after = kv[kv.index(handler) + 1:]
+        assert after[0].endswith("mydrv!MyDrvReadRegister+0xd [trap]")
+        assert all(x.endswith("[unwind]") for x in after[1:5])
         rows = parse_k(lines(s, "kn"))
         driver = [r for r in rows if r[3].startswith("mydrv!")]
         want = [f for f in chain if f["function"].startswith("mydrv!")]

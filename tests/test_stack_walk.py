@@ -104,17 +104,23 @@ class Module:
 
 
 class Modules:
-    """The walker's module protocol over the loaded images; `hide` drops an image (paged out)."""
+    """The walker's module protocol over the loaded images; `hide` drops an image (paged out).
+    Function starts: the golden publics in executable sections (the PDBs are still there)."""
 
     def __init__(self, images: list[Image], hide: tuple[str, ...] = ()):
         self.list = [Module(i.name, i.base, i.size, None if i.name in hide else mapped_image_reader(i.mapped))
                      for i in images]
+        self.starts = {i.base + rva for i in images for rva in i.publics.values()
+                       if any(s.Characteristics & 0x20000000 and s.contains_rva(rva) for s in i.pe.sections)}
 
     def module_at(self, address: int):
         for m in self.list:
             if m.base <= address < m.base + m.size:
                 return m
         return None
+
+    def function_start(self, address: int) -> bool:
+        return address in self.starts
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,6 +231,7 @@ class Run:
 
 STACK_TOP = 0xFFFFF88000010000
 STACK_SIZE = 0x8000
+ENTRY_RSP = STACK_TOP - 0x108
 KPCR = 0xFFFFF88000100000
 KEBUGCHECKEX_STOP = "KeBugCheckEx"
 
@@ -258,7 +265,7 @@ def compare(walk, truth, where: str) -> None:
         # every register the walker claims to know is the true one (at the call / the fault)
         for reg in f.known & (NONVOLATILE | VOLATILE):
             assert f.registers[reg] == t[2][reg], f"{where}: frame {i} {reg} {f.registers[reg]:#x} != {t[2][reg]:#x}"
-        if f.how in ("unwind", "leaf", "trap frame"):
+        if f.how in ("unwind", "leaf", "trap"):
             assert NONVOLATILE <= f.known, f"{where}: frame {i} lost {sorted(NONVOLATILE - f.known)}"
         if f.how in ("unwind", "leaf"):
             # volatile registers are lost across a call, unless the callee pushed one (clang's
@@ -285,7 +292,7 @@ def run_crash(images: list[Image], entry: int, args: tuple[int, ...], *, setup=N
         uc.reg_write(UC_REG[name], rng.getrandbits(64))
     for i in range(16):
         uc.reg_write(UC_REG[f"xmm{i}"], rng.getrandbits(128))
-    rsp = STACK_TOP - 0x100
+    rsp = ENTRY_RSP  # as a call leaves it (the ABI: RSP = 8 mod 16 at a function's first instruction)
     m.write(rsp, struct.pack("<Q", 0))   # the caller's return address: 0 ends every walk
     for reg, value in zip(("rcx", "rdx", "r8", "r9"), args):
         uc.reg_write(UC_REG[reg], value)
@@ -401,10 +408,10 @@ def test_walk_matches_the_emulator_at_every_instruction(path, request):
     images = x64_images()
     if path == "mydrv-irql":
         run = request.getfixturevalue("mydrv_run")
-        expect = {"context", "unwind", "leaf", "trap frame"}
+        expect = {"context", "unwind", "leaf", "trap"}
     elif path == "storfilt-validate":
         run = request.getfixturevalue("storfilt_run")
-        expect = {"context", "unwind", "leaf", "trap frame"}
+        expect = {"context", "unwind", "leaf", "trap"}
     elif path == "kbdcrash-dpc":
         # KbdCrashDpcRoutine -> KbdCrashProcessInput -> KbdCrashHandleScanCode ->
         # KbdCrashInitiateCrash (DbgPrint, then nt!KeBugCheck) -> KeBugCheckEx; -Os code
@@ -417,7 +424,7 @@ def test_walk_matches_the_emulator_at_every_instruction(path, request):
         # KiGeneralProtectionFault -> KiExceptionDispatch -> KiDispatchException -> KeBugCheckEx
         scenario = 2 if path == "mydrv-null" else 4
         run = run_crash(images, images[2].sym("MyDrvProcessWorkItem"), (scenario,), setup=storfilt_setup, seed=scenario)
-        expect = {"context", "unwind", "trap frame"}
+        expect = {"context", "unwind", "trap"}
     assert run.checked > 100
     assert expect <= run.kinds
     assert len(run.stop_truth) >= 5
@@ -429,7 +436,7 @@ def test_final_stack_of_the_irql_crash(mydrv_run):
     nt, mydrv = run.machine.images["ntoskrnl.exe"], run.machine.images["mydrv.sys"]
     walk = walk_stack(run.stop_regs, run.machine.read, run.modules, stack_base=STACK_TOP)
     compare(walk, run.stop_truth, "stop")
-    assert [f.how for f in walk] == ["context", "unwind", "unwind", "trap frame", "unwind", "unwind", "unwind"]
+    assert [f.how for f in walk] == ["context", "unwind", "unwind", "trap", "unwind", "unwind", "unwind"]
     assert walk[0].ip == nt.sym("KeBugCheckEx") and walk[0].lookup_address == walk[0].ip
     assert walk[1].lookup_address == walk[1].ip - 1  # a return address: symbolise the call
     # KiPageFault pushed the machine frame: its Child-SP is the KTRAP_FRAME (README) and the
@@ -444,7 +451,7 @@ def test_final_stack_of_the_irql_crash(mydrv_run):
         assert f.module.name == ("ntoskrnl.exe" if f.number < 3 else "mydrv.sys")
     for a, b in zip(walk, walk[1:]):
         assert a.frame_size == b.sp - a.sp and a.ret == b.ip
-    assert walk[-1].ret == 0 and walk[-1].frame_size == (STACK_TOP - 0x100 + 8) - walk[-1].sp  # above: the 0 slot
+    assert walk[-1].ret == 0 and walk[-1].frame_size == (ENTRY_RSP + 8) - walk[-1].sp  # above: the 0 slot
     # the faulting frame's volatile registers come from the trap frame
     fault = run.stop_truth[3][2]
     assert all(walk[3].registers[r] == fault[r] for r in ("rax", "rcx", "rdx", "r8", "r9", "r10", "r11"))
@@ -505,30 +512,42 @@ def test_context_record_decoding():
 # Fallbacks: scan, trap frame hints
 
 
-def test_scan_fallback_when_a_driver_image_is_hidden(mydrv_run):
+def test_code_then_scan_when_a_driver_image_is_hidden(mydrv_run):
     """mydrv's image (headers/.pdata) is not available: nt unwinds to the faulting frame, then
-    the frames in mydrv are found by scanning (return addresses right after calls), marked as
-    guesses - and here they are exactly the true ones."""
+    the frames in mydrv are found from their code (each function's way from the return address
+    to its `ret`: forward.py), with the registers the epilogs restore; with the code not read,
+    by scanning (return addresses right after calls), marked as guesses - and here both give
+    exactly the true frames."""
     run = mydrv_run
+    truth = [(t[0], t[1]) for t in run.stop_truth]
     modules = Modules(x64_images(), hide=("mydrv.sys",))
     walk = walk_stack(run.stop_regs, run.machine.read, modules, stack_base=STACK_TOP)
-    assert [(f.ip, f.sp) for f in walk] == [(t[0], t[1]) for t in run.stop_truth]
-    assert [f.how for f in walk] == ["context", "unwind", "unwind", "trap frame", "scan", "scan", "scan"]
-    assert all(f.guess == (f.how == "scan") for f in walk)
+    assert [(f.ip, f.sp) for f in walk] == truth
+    assert [f.how for f in walk] == ["context", "unwind", "unwind", "trap", "epilog", "epilog", "epilog"]
+    assert not any(f.guess for f in walk) and walk.stop == "null return address"
+    for f, t in zip(walk[4:], run.stop_truth[4:]):
+        assert "rbp" in f.known and f.registers["rbp"] == t[2]["rbp"]   # popped by the epilog
+        assert f.known <= NONVOLATILE | {"rip", "rsp"}
+    walk = walk_stack(run.stop_regs, run.machine.read, modules, stack_base=STACK_TOP, decode=False)
+    assert [(f.ip, f.sp) for f in walk] == truth
+    assert [f.how for f in walk] == ["context", "unwind", "unwind", "trap", "scan", "scan", "scan"]
+    assert [f.guess for f in walk] == [False] * 4 + [True] * 3
     for f in walk[4:]:
         assert f.known == {"rip", "rsp"}
         code = run.machine.read(f.ip - 8, 8)
         assert call_length_before(code) in (5, 6)
     assert walk.stop == "no return address found by scanning"
-    # scanning switched off: the walk stops where unwinding stopped
-    walk = walk_stack(run.stop_regs, run.machine.read, modules, scan=False)
-    assert len(walk) == 4 and "no unwind data" in walk.stop
+    # guessing switched off: the walk stops where unwinding stopped
+    walk = walk_stack(run.stop_regs, run.machine.read, modules, scan=False, decode=False)
+    assert len(walk) == 4 and walk.stop == "no unwind data for 0xfffff8000100111d"
 
 
 def test_trap_frame_hint_when_the_kernel_image_is_hidden(storfilt_run):
-    """nt's image is hidden: the handler frames are scanned, and a trap frame the caller knows
-    (KTHREAD.TrapFrame, a bug check parameter, .trap) continues the walk at the faulting frame,
-    after which storfilt unwinds exactly."""
+    """nt's image is hidden: KeBugCheckEx's caller is found by the leaf rule (the context's RIP
+    is at its first instruction, the return address at [RSP]), the handler frames by scanning and
+    from their code, and a trap frame the caller knows (KTHREAD.TrapFrame, a bug check
+    parameter, .trap) continues the walk at the faulting frame - KiPageFault's Child-SP is that
+    trap frame - after which storfilt unwinds exactly, no longer a guess."""
     run = storfilt_run
     truth = [(t[0], t[1]) for t in run.stop_truth]
     full = walk_stack(run.stop_regs, run.machine.read, run.modules)
@@ -536,12 +555,14 @@ def test_trap_frame_hint_when_the_kernel_image_is_hidden(storfilt_run):
     modules = Modules(x64_images(), hide=("ntoskrnl.exe",))
     walk = walk_stack(run.stop_regs, run.machine.read, modules, trap_frames=[tf])
     assert [(f.ip, f.sp) for f in walk] == truth
-    assert [f.how for f in walk] == ["context", "scan", "scan", "scan", "trap frame", "leaf", "unwind"]
-    assert walk[3].trap_frame == tf
+    assert [f.how for f in walk] == ["context", "leaf", "scan", "epilog", "trap", "leaf", "unwind"]
+    assert [f.guess for f in walk] == [False, True, True, True, False, False, False]
+    assert walk[3].trap_frame == tf == walk[3].sp
     assert walk.stop == "null return address"
     # without the hint the scan cannot see the interrupted frame, and guesses past it
     walk = walk_stack(run.stop_regs, run.machine.read, modules)
     assert (truth[4] not in [(f.ip, f.sp) for f in walk]) and walk[-1].ip == truth[-1][0]
+    assert all(f.guess for f in walk[1:])
 
 
 def test_call_decoder_agrees_with_capstone_on_every_call():
@@ -616,7 +637,8 @@ def test_max_frames_and_stack_base(mydrv_run):
 def test_corrupt_saved_frame_pointer_cannot_send_the_walk_backwards(mydrv_run):
     """MyDrvReadRegister's saved RBP (MyDrvProcessQueue's frame pointer) is overwritten with a
     lower address: unwinding MyDrvProcessQueue would move RSP down. The walker refuses, notes
-    it, scans forward, and recovers the true frames above."""
+    it, and recovers the true frames above: from MyDrvProcessQueue's code (its epilog frees a
+    fixed frame), or, with the code not read, by scanning forward."""
     run = mydrv_run
     good = walk_stack(run.stop_regs, run.machine.read, run.modules)
     slot = good[3].unwind.restored["rbp"]
@@ -624,15 +646,18 @@ def test_corrupt_saved_frame_pointer_cannot_send_the_walk_backwards(mydrv_run):
     try:
         run.machine.write(slot, struct.pack("<Q", good[2].sp))
         walk = walk_stack(run.stop_regs, run.machine.read, run.modules)
+        scanned = walk_stack(run.stop_regs, run.machine.read, run.modules, decode=False)
     finally:
         run.machine.write(slot, saved)
     truth = [(t[0], t[1]) for t in run.stop_truth]
-    assert [(f.ip, f.sp) for f in walk[:5]] == truth[:5]
+    assert [(f.ip, f.sp) for f in walk] == truth
     assert any("move RSP down" in n for n in walk[4].notes)
-    assert any("not known" in n for n in walk[5].notes)  # RBP is stale after a scanned frame
-    assert walk[5].how == "scan"
-    assert set((f.ip, f.sp) for f in walk) <= set(truth)
-    assert all(a.sp < b.sp for a, b in zip(walk, walk[1:]) if b.how != "trap frame")
+    assert walk[5].how == "epilog" and not walk[5].guess
+    assert [(f.ip, f.sp) for f in scanned[:5]] == truth[:5]
+    assert any("not known" in n for n in scanned[5].notes)  # RBP is stale after a scanned frame
+    assert scanned[5].how == "scan" and scanned[5].guess
+    assert set((f.ip, f.sp) for f in scanned) <= set(truth)
+    assert all(a.sp < b.sp for a, b in zip(scanned, scanned[1:]) if b.how != "trap")
 
 
 def _fake():
@@ -800,8 +825,8 @@ def test_x86_trap_frame_walk(x86_run):
     walk = walk_stack_x86(r, read, stack_base=X86_STACK_TOP)
     assert [(f.ip, f.sp) for f in walk] == [(t[0], t[1]) for t in truth]
     assert walk.stop == "null return address" and walk[-1].ret == 0
-    assert [f.how for f in walk] == ["context", "frame pointer", "trap frame", "frame pointer", "frame pointer",
-                                     "frame pointer"]
+    assert [f.how for f in walk] == ["context", "frame chain", "trap", "frame chain", "frame chain",
+                                     "frame chain"]
     tf = walk[1].frame_pointer
     assert walk[1].trap_frame == tf and nt.sym("_KiTrap0E") < walk[1].ip < nt.sym("_KiTrap0E") + 0x100
     trap = decode_ktrap_frame_x86(read, tf)
@@ -827,7 +852,7 @@ def test_x86_fpo_hook_at_a_function_entry(x86_run):
     fpo = {start: FpoData(start, 0x40, locals=0, params=5, prolog=3, regs=0, uses_bp=True)}
     walk = walk_stack_x86(r, read, lambda a: next((d for s, d in fpo.items() if s <= a < s + d.size), None))
     assert [(f.ip, f.sp) for f in walk] == [(t[0], t[1]) for t in truth]
-    assert walk[1].how == "fpo"
+    assert walk[1].how == "unwind"
 
 
 def test_x86_fpo_frame_without_ebp():
@@ -845,6 +870,6 @@ def test_x86_fpo_frame_without_ebp():
     fpo = FpoData(0x80500000, 0x100, locals=2, params=1, prolog=4, regs=1, uses_bp=False)
     walk = walk_stack_x86({"eip": 0x80500010, "esp": 0x1000, "ebp": 0x1014}, read,
                           lambda a: fpo if 0x80500000 <= a < 0x80500100 else None)
-    assert [(f.ip, f.sp, f.how) for f in walk] == [(0x80500010, 0x1000, "context"), (0x80401234, 0x1010, "fpo"),
-                                                   (0x80405678, 0x101C, "frame pointer")]
+    assert [(f.ip, f.sp, f.how) for f in walk] == [(0x80500010, 0x1000, "context"), (0x80401234, 0x1010, "unwind"),
+                                                   (0x80405678, 0x101C, "frame chain")]
     assert walk.stop == "null return address"

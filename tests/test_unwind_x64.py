@@ -208,6 +208,9 @@ class FakeImage:
     def module_at(self, address: int):
         return self if self.base <= address < self.base + self.size else None
 
+    def function_start(self, address: int) -> bool:
+        return False  # no symbols: the walker knows the .pdata begin addresses itself
+
     def va(self, rva: int) -> int:
         return self.base + rva
 

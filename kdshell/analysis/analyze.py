@@ -12,10 +12,10 @@ How it works (the steps of windbg.md §2):
 1. The bug check's rule (kdshell/analysis/rules.py) says where its parameters point: a CONTEXT
    record, an EXCEPTION_RECORD, a KTRAP_FRAME, the faulting instruction, a thread, a processor.
 2. The faulting stack is walked from that context with the session's warm walker
-   (ContextState.walk); when the rule names only the faulting instruction (0xA, 0xD1, 0x50, 0x1E),
-   the crashing stack is walked and the frame a trap frame led to at that instruction is the fault.
-   Without unwind data or code bytes for the faulting module (a small dump, no image files), the
-   walk is continued by a relaxed scan of the stack, its frames marked as guesses.
+   (ContextState.walk), the walk `.cxr X; k` shows: STACK_TEXT is its frames; its guessed frames
+   (no unwind data or code for their functions in a small dump: kdshell.stack.walk) stay marked.
+   When the rule names only the faulting instruction (0xA, 0xD1, 0x50, 0x1E), the crashing stack
+   is walked and the frame a trap frame led to at that instruction is the fault.
 3. Blame: from the faulting frame down, the first frame whose module is a driver (kdshell/data/
    blame.txt: not a messenger, not Windows itself, not a module that passes calls through); else
    a pass-through module; else Windows. The bug check may say otherwise: a bad instruction
@@ -40,8 +40,7 @@ from kdshell.analysis.rules import (BAD_IP, C2_CORRUPTION_SUBTYPES, CRITICAL_PRO
                                     access_kind, base_code, frame_kind, rule_for)
 from kdshell.errors import KdError
 from kdshell.stack.context import trap_frames_holding
-from kdshell.stack.scan import MAX_CALL_LENGTH, call_length_before
-from kdshell.stack.walk import HOW_SCAN, Frame, StackWalk
+from kdshell.stack.walk import Frame, StackWalk
 from kdshell.symbols.resolver import DATA
 from kdshell.view import SessionView
 
@@ -49,8 +48,6 @@ if TYPE_CHECKING:
     from kdshell.symbols.modules import Module, UnloadedModule
 
 MAX_FRAMES = 64              # STACK_TEXT's depth
-RELAXED_SCAN_BYTES = 0x2000  # how far the relaxed scan looks above the last frame
-MAX_RELAXED_FRAMES = 12
 X64_KERNEL_START = 0xFFFF_8000_0000_0000
 X86_KERNEL_START = 0x8000_0000
 
@@ -98,7 +95,7 @@ class Culprit:
     offset: int                   # from the function, or from the module base
     module_offset: int
     kind: str | None = None       # blame.txt's kind of the module (None: a driver)
-    guessed: bool = False         # the frame was found by scanning the stack
+    guessed: bool = False         # the frame is a guess (a scan of the stack: kdshell.stack.walk)
     image_version: str | None = None
     timestamp: int | None = None
     company: str | None = None    # CompanyName of the image's version resource
@@ -201,7 +198,7 @@ class Analysis:
 
     @property
     def guessed_stack(self) -> bool:
-        return any(f.how == HOW_SCAN for f in self.stack[self.start:])
+        return any(f.guess for f in self.stack[self.start:])
 
 
 # -- the engine -------------------------------------------------------------------------------------
@@ -221,6 +218,10 @@ def analyze(session: SessionView, max_frames: int = MAX_FRAMES) -> Analysis:
         else:
             _exception(session, a)
             _faulting_stack(session, a, max_frames)
+            if a.guessed_stack:
+                a.notes.append("Part of the stack was found by scanning it for return addresses (no unwind data "
+                               "or code for those functions in this dump): the frames after the warning are guesses "
+                               "(kv says how each frame was found).")
             a.symbols = [symbolize(session, f) for f in a.stack]
             a.process_name = _quietly(a, current_process_name, session)
             a.irql = _quietly(a, current_irql, session)
@@ -329,8 +330,6 @@ def _walk(session: SessionView, a: Analysis, max_frames: int, context: dict[str,
     except KdError as exc:
         a.errors.append(f"Unable to walk the stack: {exc}")
         return StackWalk()
-    if session.is64 and len(walk) == 1:
-        _relaxed_scan(session, a, walk, max_frames)
     return walk
 
 
@@ -371,67 +370,6 @@ def _find_trap_on_stack(session: SessionView, a: Analysis, fault_ip: int | None,
         return
     a.notes.append(f"The faulting instruction {fault_ip:#x} is not on the stack kdshell could walk: "
                    "the crashing thread's frames are judged instead.")
-
-
-def _relaxed_scan(session: SessionView, a: Analysis, walk: StackWalk, max_frames: int) -> None:
-    """When the walk could not leave the faulting frame for want of unwind data and code bytes
-    (a small dump without the faulting module's image), continue it from the stack alone: each slot holding an address inside a module is a
-    return address when the bytes before it are a call, or when those bytes are not available.
-    The frames are marked as found by scanning (guesses); the walk's own scan required the call."""
-    last = walk[-1]
-    if "scanning" not in walk.stop and "unwind" not in walk.stop:
-        return
-    read = session.context.read
-    modules = session.symbols
-    kernel = X64_KERNEL_START
-    if last.ip < kernel:
-        return
-    start = last.sp if last.number == 0 or last.how == HOW_SCAN else last.sp + 8
-    slot, end = start, start + RELAXED_SCAN_BYTES
-    added = 0
-    while slot < end and len(walk) < max_frames and added < MAX_RELAXED_FRAMES:
-        try:
-            value = int.from_bytes(read(slot, 8), "little")
-        except KdError:
-            break
-        module = modules.module_at(value) if value >= kernel else None
-        if module is not None and value & 0xFFF and not _data_symbol(session, module, value):
-            try:
-                code = read(value - MAX_CALL_LENGTH, MAX_CALL_LENGTH)
-            except KdError:
-                code = None
-            if code is None or call_length_before(code, True):
-                prev = walk[-1]
-                prev.ret = value
-                prev.frame_size = slot + 8 - prev.sp
-                regs = {"rip": value, "rsp": slot + 8}
-                walk.append(Frame(len(walk), value, slot + 8, HOW_SCAN, regs, frozenset(regs), value - 1,
-                                  home=_home(read, slot + 8), module=module))
-                added += 1
-        slot += 8
-    if added:
-        walk[-1].ret = None
-        walk.stop = "relaxed scan"
-        a.notes.append("The stack past the faulting function was found by scanning it for return addresses "
-                       "(no unwind data or code for its modules in this dump): those frames are guesses.")
-
-
-def _data_symbol(session: SessionView, module: Module, value: int) -> bool:
-    """`value` is exactly a data symbol's address (nt!PsLoadedModuleList from the KDBG names):
-    a pointer to a variable, not a return address."""
-    table = session.symbols.table(module)
-    sym = table.at(value - module.base) if table is not None else None
-    return sym is not None and sym.kind == DATA and sym.rva == value - module.base
-
-
-def _home(read: Callable[[int, int], bytes], sp: int) -> tuple[int | None, ...]:
-    out: list[int | None] = []
-    for i in range(1, 5):
-        try:
-            out.append(int.from_bytes(read(sp + 8 * i, 8), "little"))
-        except KdError:
-            out.append(None)
-    return tuple(out)
 
 
 def symbolize(session: SessionView, frame: Frame) -> FrameSymbol:
@@ -476,7 +414,7 @@ def _judge(session: SessionView, a: Analysis) -> None:
         unloaded = _unloaded_at(session, top.ip)
         if unloaded is not None:
             a.culprit = Culprit(a.start, top.ip, f"Unloaded_{unloaded.name}", unloaded.name, None,
-                                top.ip - unloaded.start, top.ip - unloaded.start, guessed=top.how == HOW_SCAN)
+                                top.ip - unloaded.start, top.ip - unloaded.start, guessed=top.guess)
             a.verdict = DRIVER
             a.notes.append(f"The faulting address is where {unloaded.name} was loaded before it was unloaded: "
                            "something called into a driver that was gone.")
@@ -491,7 +429,8 @@ def _judge(session: SessionView, a: Analysis) -> None:
             a.culprit = _culprit(session, a, *best[0])
             a.verdict = DRIVER
             if a.culprit.guessed:
-                a.notes.append("The blamed frame was found by scanning the stack: treat it as a lead, not a verdict.")
+                a.notes.append("The blamed frame is a guess (found by scanning the stack, not by unwind data or "
+                               "code): treat it as a lead, not a verdict.")
         elif a.broken_driver:
             a.culprit = Culprit(None, None, _stem(a.broken_driver), a.broken_driver, None, 0, 0)
             a.verdict = DRIVER
@@ -551,7 +490,7 @@ def _culprit(session: SessionView, a: Analysis, index: int, sym: FrameSymbol, ki
     except KdError:
         pass
     return Culprit(index, frame.ip, module.name, module.image_name, sym.function, sym.offset, sym.module_offset,
-                   kind, frame.how == HOW_SCAN, version, module.timestamp, company)
+                   kind, frame.guess, version, module.timestamp, company)
 
 
 def _unloaded_at(session: SessionView, address: int) -> UnloadedModule | None:

@@ -270,7 +270,7 @@ def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]
     for f, s in zip(a.stack, a.symbols):
         stack.append({"frame": f.number, "child_sp": _addr(f.sp), "return_address": _addr(f.ret), "ip": _addr(f.ip),
                       "call_site": call_site(session.symbols, f, session.is64), "module": s.module_name, "function": s.function,
-                      "how": f.how, "trap_frame": _addr(f.trap_frame)})
+                      "how": f.how, "guessed": f.guess, "trap_frame": _addr(f.trap_frame)})
     exc = a.exception
     blamed = a.culprit
     return {

@@ -8,7 +8,10 @@ Column layout (x64), exactly as WinDbg (windbg.md §3, §9; x64-unwind.md §4):
     `Child-SP          RetAddr               Call Site`                 k
     ` #   Memory  Child-SP ...`                                         kf (size on the caller's row)
     `... RetAddr               : Args to Child <71> : Call Site`        kb / kv (the four home slots)
-Frames found by scanning get WinDbg's warning line, once, before the first of them.
+Guessed frames (kdshell.stack.walk: the leaf rule without code, the scan, and what follows them)
+get WinDbg's warning line, once, before the first of them. kv ends each row with how the frame
+was found, `[unwind]`, `[scan-unverified]`... (`[scan, guess]` marks a guessed frame), after
+WinDbg's `(TrapFrame @ ...)`.
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ from kdshell.disasm import Disassembler, Symbolize
 from kdshell.errors import MemoryNotPresent
 from kdshell.expr import Registers
 from kdshell.format import ptr
-from kdshell.stack.walk import HOW_SCAN
 from kdshell.symbols.resolver import DATA
 
 if TYPE_CHECKING:
@@ -75,7 +77,7 @@ def frame_lines(frames: Iterable[Frame], o: KOptions, *, symbols: Symbols, memor
     warned = False
     prev: Frame | None = None
     for f in frames:
-        if f.how == HOW_SCAN and not warned:
+        if f.guess and not warned:
             lines.append(SCAN_WARNING)
             warned = True
         lines.append(_row(symbols, memory, f, prev, o, is64))
@@ -128,8 +130,10 @@ def _row(symbols: Symbols, memory: VirtualMemory | None, f: Frame, prev: Frame |
         if o.mode in ("b", "v"):
             s += " ".join(_slot(v, False) for v in f.home[:3]) + " "
     s += site
-    if o.mode == "v" and f.trap_frame is not None:
-        s += f" (TrapFrame @ {ptr(f.trap_frame, is64)})"
+    if o.mode == "v":
+        if f.trap_frame is not None:
+            s += f" (TrapFrame @ {ptr(f.trap_frame, is64)})"
+        s += f" [{f.how}, guess]" if f.guess else f" [{f.how}]"
     return s
 
 

@@ -14,7 +14,7 @@ Frame by frame, in this order:
                     saved registers; inside a BP function's prolog (before `mov ebp, esp`) it is
                     at ESP (or ESP+4 after `push ebp`).
   3. EBP chain    - RetAddr = [EBP+4], caller EBP = [EBP], caller ESP = EBP+8.
-Frames are marked "trap frame", "fpo" or "frame pointer". Progress is enforced as on x64 (ESP
+Frames are marked "trap", "unwind" (FPO data: x86's unwind data) or "frame chain" (EBP). Progress is enforced as on x64 (ESP
 strictly increasing; a repeated (EIP, ESP) stops the walk), and the walk ends at EIP 0, EBP 0,
 unreadable memory, the stack base and max_frames.
 
@@ -31,12 +31,11 @@ from typing import Callable
 
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.stack.frames import KTRAP_FRAME_X86_19041, X86_DBG_ARG_MARK, decode_ktrap_frame_x86
-from kdshell.stack.walk import DEFAULT_MAX_FRAMES, HOW_CONTEXT, HOW_TRAP, Frame, ModuleMap, StackWalk
+from kdshell.stack.walk import (DEFAULT_MAX_FRAMES, HOW_CONTEXT, HOW_FRAME_CHAIN, HOW_TRAP, HOW_UNWIND, Frame,
+                                ModuleMap, StackWalk)
 
 MemoryRead = Callable[[int, int], bytes]
 MASK32 = 0xFFFFFFFF
-HOW_FPO = "fpo"
-HOW_FRAME_POINTER = "frame pointer"
 FRAME_FPO, FRAME_TRAP, FRAME_TSS, FRAME_NONFPO = 0, 1, 2, 3   # FPO_DATA.cbFrame
 # One step: (caller context, its known registers, how) or why the walk stops.
 Step = tuple[dict[str, int], frozenset[str], str]
@@ -165,7 +164,7 @@ def _step(read: MemoryRead, ctx: dict[str, int], frame: Frame, fpo: Callable[[in
             slot = esp + 4
         caller["eip"] = _dword(read, slot)
         caller["esp"] = slot + 4
-        return caller, frozenset(("eip", "esp", "ebp")) & (frame.known | {"eip", "esp"}), HOW_FPO
+        return caller, frozenset(("eip", "esp", "ebp")) & (frame.known | {"eip", "esp"}), HOW_UNWIND
     # 3. the EBP chain
     if ebp == 0:
         return "EBP is 0"
@@ -175,4 +174,4 @@ def _step(read: MemoryRead, ctx: dict[str, int], frame: Frame, fpo: Callable[[in
     caller["ebp"] = _dword(read, ebp)
     caller["eip"] = _dword(read, ebp + 4)
     caller["esp"] = ebp + 8
-    return caller, frozenset(("eip", "esp", "ebp")), HOW_FRAME_POINTER
+    return caller, frozenset(("eip", "esp", "ebp")), HOW_FRAME_CHAIN

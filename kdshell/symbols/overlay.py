@@ -28,6 +28,8 @@ class ImageSource(Protocol):
 
     def memory(self) -> Any: ...
 
+    def table(self, module: Module, load: bool = True) -> Any: ...
+
 
 # -- the memory overlay -------------------------------------------------------------------------
 class ImageOverlay:
@@ -135,6 +137,17 @@ class UnwindModules:
         if view is None or view.module is not module or view.headers is not self.symbols.headers(module):
             view = self._views[module.base] = _ModuleView(self.symbols, module)
         return view
+
+    def function_start(self, address: int) -> bool:
+        """A code symbol (a PDB function or public, an export) begins exactly at `address`."""
+        from kdshell.symbols.resolver import DATA  # resolver imports this module
+
+        module = self.symbols.module_at(address)
+        table = self.symbols.table(module) if module is not None else None
+        if module is None or table is None:
+            return False
+        rva = address - module.base
+        return any(s.kind != DATA for s in table.exact(rva))
 
 
 class _ModuleView:
