@@ -342,8 +342,8 @@ def test_leaf_rule_needs_a_return_address_at_rsp(mydrv):
 
 def test_a_path_added_later_is_used_by_the_next_walk(machines):
     """What the walker could not read is tried again on the next walk: after `.sympath` names
-    the images, the code of the frames it had to guess is there (their image files lend it), and
-    after `.reload` their unwind data too."""
+    the images, their code and unwind data come from the image files (the module views are
+    rebuilt when a module's image appears), so nothing is guessed any more; `.reload` keeps it."""
     with kdshell.open(machines.path("d1", "small"), symbol_path="", image_path="") as s:
         before = s.context.walk(20)
         s.run(f".sympath {BIN}")
@@ -351,9 +351,8 @@ def test_a_path_added_later_is_used_by_the_next_walk(machines):
         s.run(".reload")
         reloaded = s.context.walk(20)
     truth = machines.truth("d1")["call_chain"]
-    assert sum(f.guess for f in before) > sum(f.guess for f in after) > sum(f.guess for f in reloaded) == 0
-    assert [f.how for f in after[4:12]] == ["epilog"] * 8
-    assert [(f.ip, f.sp) for f in reloaded] == [(t["rip"], t["sp"]) for t in truth]
+    assert sum(f.guess for f in before) > 0 and sum(f.guess for f in after) == sum(f.guess for f in reloaded) == 0
+    assert [(f.ip, f.sp) for f in after] == [(f.ip, f.sp) for f in reloaded] == [(t["rip"], t["sp"]) for t in truth]
 
 
 def test_code_reader_restores_only_what_the_dump_holds():
