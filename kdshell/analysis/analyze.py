@@ -375,13 +375,11 @@ def _find_trap_on_stack(session: SessionView, a: Analysis, fault_ip: int | None,
 def symbolize(session: SessionView, frame: Frame) -> FrameSymbol:
     """The module and function of a frame, looked up at its lookup address (a return address
     minus one) with offsets from its real address, as `k` prints it."""
-    symbols = session.symbols
-    module = symbols.module_at(frame.lookup_address)
-    if module is None:
+    found = session.symbols.label(frame.lookup_address)  # as call_site (kdshell.stack.text) names it
+    if found is None:
         return FrameSymbol()
+    module, sym = found
     rva = frame.ip - module.base
-    table = symbols.table(module)
-    sym = table.at(frame.lookup_address - module.base) if table is not None else None
     if sym is None or sym.kind == DATA:
         return FrameSymbol(module, None, rva, rva)
     return FrameSymbol(module, sym.name, rva - sym.rva, rva)

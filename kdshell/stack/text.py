@@ -44,11 +44,10 @@ def call_site(symbols: Symbols, frame: Frame, is64: bool, *, clean: bool = False
     address minus one: the call may be a function's last instruction); the offset printed is
     from the real address."""
     ip = frame.ip
-    module = symbols.module_at(frame.lookup_address)
-    if module is None:
+    found = symbols.label(frame.lookup_address)  # the one naming rule (ln, u, r, dps)
+    if found is None:
         return "0x" + ptr(ip, is64)
-    table = symbols.table(module)
-    sym = table.at(frame.lookup_address - module.base) if table is not None else None
+    module, sym = found
     if sym is None or sym.kind == DATA:  # a data name (KDBG variables of nt) is no call site
         return f"{module.name}+{ip - module.base:#x}"
     if clean:
