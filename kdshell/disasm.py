@@ -90,6 +90,10 @@ class Flow:
     complete: bool
 
 
+# How an instruction moves control (BaseDisassembler.branch).
+STOP, JUMP, BRANCH = "stop", "jump", "branch"
+
+
 class BaseDisassembler:
     """What every machine's disassembler shares: the symbol hook, labels and listings."""
 
@@ -107,7 +111,48 @@ class BaseDisassembler:
         raise NotImplementedError
 
     def flow(self, memory: VirtualMemory, entry: int, inside: Callable[[int], bool], limit: int = 20000) -> Flow:
+        """The instructions reachable from `entry` through jumps and fall-through (calls are
+        stepped over), staying where `inside(address)` holds: what `uf` shows. A block ends at a
+        return, an unconditional or indirect jump, a trap instruction or an unreadable byte."""
+        lines: dict[int, Line] = {}
+        leaders = {entry}
+        todo = [entry]
+        complete = True
+        while todo:
+            at = todo.pop()
+            while at not in lines:
+                if len(lines) >= limit:
+                    return Flow(lines, leaders, False)
+                line = self.decode(memory, at, 1)[0]
+                lines[at] = line
+                insn = line.insn
+                if insn is None:  # unreadable or undecodable: the block stops here
+                    complete = False
+                    break
+                kind, target = self.branch(insn)
+                if kind == STOP:
+                    break
+                if kind in (JUMP, BRANCH):
+                    if target is not None and inside(target):
+                        leaders.add(target)
+                        todo.append(target)
+                    if kind == JUMP:
+                        break
+                    leaders.add(line.end)
+                at = line.end
+                if not inside(at):
+                    break
+        self.flow_done(lines)
+        return Flow(lines, leaders, complete)
+
+    def branch(self, insn: Any) -> tuple[str | None, int | None]:
+        """How an instruction moves control, for `flow`: (STOP, None) for a return or trap,
+        (JUMP, target) for an unconditional jump, (BRANCH, target) for a conditional one (target
+        None when indirect), (None, None) for anything else (calls included)."""
         raise NotImplementedError
+
+    def flow_done(self, lines: dict[int, Line]) -> None:
+        """A machine's last pass over a flow's lines (ARM64 pairs adrp with what completes it)."""
 
     def format(self, line: Line) -> str:
         raise NotImplementedError
@@ -247,42 +292,15 @@ class Disassembler(BaseDisassembler):
         line = self._one(data[off:stop], at)
         return None if line.mnemonic == "???" else line
 
-    def flow(self, memory: VirtualMemory, entry: int, inside: Callable[[int], bool], limit: int = 20000) -> Flow:
-        """The instructions reachable from `entry` through jumps and fall-through (calls are
-        stepped over), staying where `inside(address)` holds: what `uf` shows. A block ends at
-        a return, an unconditional or indirect jump, an int 3, ud2 or an unreadable byte."""
-        lines: dict[int, Line] = {}
-        leaders = {entry}
-        todo = [entry]
-        complete = True
-        while todo:
-            at = todo.pop()
-            while at not in lines:
-                if len(lines) >= limit:
-                    return Flow(lines, leaders, False)
-                line = self.decode(memory, at, 1)[0]
-                lines[at] = line
-                insn = line.insn
-                if insn is None:  # unreadable: the block stops here
-                    complete = False
-                    break
-                groups = insn.groups
-                if capstone.CS_GRP_RET in groups or capstone.CS_GRP_IRET in groups or insn.mnemonic in _STOPS:
-                    break
-                if capstone.CS_GRP_JUMP in groups:
-                    op = insn.operands[0] if insn.operands else None
-                    if op is not None and op.type == cx86.X86_OP_IMM:
-                        target = op.imm & self.mask
-                        if inside(target):
-                            leaders.add(target)
-                            todo.append(target)
-                    if insn.mnemonic == "jmp":
-                        break
-                    leaders.add(line.end)
-                at = line.end
-                if not inside(at):
-                    break
-        return Flow(lines, leaders, complete)
+    def branch(self, insn: Any) -> tuple[str | None, int | None]:
+        groups = insn.groups
+        if capstone.CS_GRP_RET in groups or capstone.CS_GRP_IRET in groups or insn.mnemonic in _STOPS:
+            return STOP, None
+        if capstone.CS_GRP_JUMP not in groups:
+            return None, None
+        op = insn.operands[0] if insn.operands else None
+        target = op.imm & self.mask if op is not None and op.type == cx86.X86_OP_IMM else None
+        return (JUMP if insn.mnemonic == "jmp" else BRANCH), target
 
     # -- MASM text -------------------------------------------------------------------------
     def _masm(self, insn: Any) -> tuple[str, str]:

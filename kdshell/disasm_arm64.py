@@ -24,9 +24,9 @@ Instructions are 4 bytes, so `ub` steps back exactly 4 bytes each.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from kdshell.disasm import BaseDisassembler, Flow, Line, Symbolize, symbol_text
+from kdshell.disasm import BRANCH, JUMP, STOP, BaseDisassembler, Line, Symbolize, symbol_text
 from kdshell.format import ptr
 
 if TYPE_CHECKING:
@@ -103,43 +103,19 @@ class Arm64Disassembler(BaseDisassembler):
         bytes back."""
         return self.decode(memory, address - count * WORD, count)
 
-    # -- flow (uf) --------------------------------------------------------------------------
-    def flow(self, memory: VirtualMemory, entry: int, inside: Callable[[int], bool], limit: int = 20000) -> Flow:
-        """What `uf` shows: the instructions reachable from `entry` through branches (b, b.cond,
-        cbz/cbnz, tbz/tbnz) and fall-through, calls stepped over; a block ends at ret, b, br,
-        brk/udf/hlt or a word the dump lacks."""
-        lines: dict[int, Line] = {}
-        leaders = {entry}
-        todo = [entry]
-        complete = True
-        while todo:
-            at = todo.pop()
-            while at not in lines:
-                if len(lines) >= limit:
-                    return Flow(lines, leaders, False)
-                line = self.decode(memory, at, 1)[0]
-                lines[at] = line
-                insn = line.insn
-                if insn is None:  # unreadable or undecodable: the block stops here
-                    complete = False
-                    break
-                groups = insn.groups
-                if capstone.CS_GRP_RET in groups or insn.mnemonic in _STOPS:
-                    break
-                if capstone.CS_GRP_JUMP in groups and capstone.CS_GRP_CALL not in groups:  # bl is both
-                    target = self._target(insn)
-                    if target is not None and inside(target):
-                        leaders.add(target)
-                        todo.append(target)
-                    if insn.mnemonic in _UNCONDITIONAL:
-                        break
-                    leaders.add(line.end)
-                at = line.end
-                if not inside(at):
-                    break
-        ordered = [lines[a] for a in sorted(lines)]
-        self._pair(ordered)
-        return Flow(lines, leaders, complete)
+    # -- flow (uf): BaseDisassembler.flow over these answers ------------------------------------
+    def branch(self, insn: Any) -> tuple[str | None, int | None]:
+        """b, b.cond, cbz/cbnz, tbz/tbnz; bl is a call (capstone puts it in both groups); a block
+        also ends at ret, br and brk/udf/hlt."""
+        groups = insn.groups
+        if capstone.CS_GRP_RET in groups or insn.mnemonic in _STOPS:
+            return STOP, None
+        if capstone.CS_GRP_JUMP not in groups or capstone.CS_GRP_CALL in groups:
+            return None, None
+        return (JUMP if insn.mnemonic in _UNCONDITIONAL else BRANCH), self._target(insn)
+
+    def flow_done(self, lines: dict[int, Line]) -> None:
+        self._pair([lines[a] for a in sorted(lines)])
 
     def is_call(self, line: Line) -> bool:
         return line.insn is not None and line.insn.mnemonic in _CALLS
