@@ -258,8 +258,9 @@ class Walker:
                         frame.ret = nxt.regs[self.ip]
                         break
                     stack_base = stack_limit = None  # on another stack now
-            elif c_rsp < rsp or (c_rsp == rsp and not (self.arm64 is not None and nxt.how == HOW_LEAF)):
-                # _next guarantees this for unwind/scan; an ARM64 leaf returns to lr on its caller's sp
+            elif c_rsp < rsp or (c_rsp == rsp and not (self.arm64 is not None and how in INTERRUPTED)):
+                # _next guarantees this for unwind/scan; interrupted ARM64 code may not have
+                # moved sp yet (a leaf, before its prolog, at an epilog's ret): its caller shares it
                 frames.stop = f"RSP did not increase at {rip:#x}"
                 break
             scans = scans + 1 if nxt.how in (HOW_SCAN, HOW_UNVERIFIED) else 0
