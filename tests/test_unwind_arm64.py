@@ -160,6 +160,12 @@ def test_k_follows_the_frame_record_chain_without_pdata(dumps):
         leaf = k_with(s, pc=A.NT_BASE + 0x1204, lr=A.NT_BASE + 0x1028)
         assert leaf[1:4] == [f"{s_(0xF00)} {n_(0x1028)}     nt+0x1204", f"{s_(0xF00)} {n_(0x1118)}     nt+0x1028",
                              f"{s_(0xF10)} {n_(0x1154)}     nt+0x1118"]
+        # pc between PspSystemThreadStartup's stp x29,x30,[sp,#-0x10]! and its mov x29,sp: the
+        # record is at sp, the caller's sp 0x10 above (a guess: saves before the stp are unknown)
+        pushed = k_with(s, pc=A.NT_BASE + 0x1184, sp=A.STACK + 0xFA0, fp=0, lr=0)
+        assert pushed == [HEADER, f"{s_(0xFA0)} {n_(0x11C8)}     nt+0x1184",
+                          "WARNING: Stack unwind information not available. Following frames may be wrong.",
+                          f"{s_(0xFB0)} 00000000`00000000     nt+0x11c8"]
 
 
 def test_k_leaf_at_the_top(dumps):

@@ -361,10 +361,19 @@ class Arm64Unwinder:
                 note = f"unwind: {exc}"
             except KdError as exc:
                 return f"memory not present while unwinding {pc:#x} ({exc})"
-        if at_context and self._leaf(pc):
+        state, pushed = self._prolog_state(pc) if at_context else ("frame", 0)
+        if state == "leaf":
             lr = strip_pac(ctx.get("lr", 0))
             if lr and self.modules.module_at(lr) is not None:
                 return Arm64Step(dict(ctx, pc=lr), (known & NONVOLATILE) | {"pc"}, "leaf", note)
+        elif state == "pushed":   # the record is at sp, fp not set yet
+            try:
+                saved_fp, ret = self._q(sp), self._q(sp + 8)
+            except KdError:
+                return f"frame record at {sp:#x} is not in the dump"
+            caller = dict(ctx, pc=strip_pac(ret), fp=saved_fp, sp=sp + pushed)
+            return Arm64Step(caller, frozenset(("pc", "sp", "fp")), "frame chain", note, guess=True,
+                             restored={"fp": sp, "pc": sp + 8})
         fp = ctx.get("fp", 0) & MASK64
         why = "fp is 0: the frame-record chain ends" if not fp else \
             "fp is not known" if "fp" not in known else "fp is below sp" if fp < sp else "fp is not aligned" \
@@ -379,23 +388,26 @@ class Arm64Unwinder:
         return Arm64Step(caller, frozenset(("pc", "sp", "fp")), "frame chain", note,
                          restored={"fp": fp, "pc": fp + 8})
 
-    def _leaf(self, pc: int) -> bool:
-        """No frame record yet: reading back from pc, the function's start (a known function,
-        the previous function's ret) comes before a `mov x29, sp`/`add x29, sp, #n`. Code not
-        in the dump: assume a frame record (the common case)."""
+    def _prolog_state(self, pc: int) -> tuple[str, int]:
+        """Where the interrupted function stands, read back from pc without unwind data:
+        ("frame", 0) after its `mov x29, sp`/`add x29, sp, #n` (or when the code is not in the
+        dump: the common case), ("pushed", n) after its `stp x29, x30, [sp, #-n]!` but before
+        the mov, ("leaf", 0) when its start (a known function, the previous function's ret)
+        comes first."""
         for k in range(1, MAX_BACK + 1):
             at = pc - 4 * k
             try:
                 word = struct.unpack("<I", self.read(at, 4))[0]
             except KdError:
-                return False
+                return "frame", 0
             if word & _ADD_FP_MASK == _MOV_FP_SP:
-                return False
-            if word == _RET:
-                return True
-            if self.modules.function_start(at):
-                return True
-        return False
+                return "frame", 0
+            if word & _STP_PRE_MASK == _STP_FPLR_PRE:
+                imm7 = (word >> 15) & 0x7F
+                return "pushed", (0x80 - imm7) * 8   # a negative offset: -(n/8) in 7 bits
+            if word == _RET or self.modules.function_start(at):
+                return "leaf", 0
+        return "frame", 0
 
     def unwind(self, func: Function, base: int, ctx: dict[str, int], known: frozenset[str],
                at_context: bool) -> Arm64Step:
