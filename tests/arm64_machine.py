@@ -105,8 +105,8 @@ def text() -> bytes:
 # "ARM64 exception handling":
 PDATA_RVA = 0x2400
 PDATA = (
-    # KeBugCheckEx: Flag 1, FunctionLength 0x40/4, CR 2 (pacibsp, chained), FrameSize 0x20/16
-    (0x1000, 1 | (0x40 // 4) << 2 | 2 << 21 | 2 << 23),
+    # KeBugCheckEx: Flag 1, FunctionLength 0x38/4 (to its ret), CR 2 (pacibsp, chained), FrameSize 0x20/16
+    (0x1000, 1 | (0x38 // 4) << 2 | 2 << 21 | 2 << 23),
     (0x1100, 0x2500),   # PopPowerButtonWorkCallback: .xdata
     # ExpWorkerThread: Flag 1, FunctionLength 0x24/4, RegI 4, CR 3, FrameSize 0x30/16
     (0x1140, 1 | (0x24 // 4) << 2 | 4 << 16 | 3 << 21 | 3 << 23),

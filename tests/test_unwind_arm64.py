@@ -186,6 +186,14 @@ def test_k_inside_a_prolog_and_an_epilog(dumps):
         assert k_with(s, pc=A.NT_BASE + 0x1120, sp=A.STACK + 0xF40, fp=A.STACK + 0xF70,
                       lr=A.NT_BASE + 0x1154)[1:3] == [
             f"{s_(0xF40)} {n_(0x1154)}     nt!PopPowerButtonWorkCallback+0x20", BY_PDATA[1]]
+        # ExpWorkerThread's packed epilog after ldp x29,x30,[sp],#0x10 and ldp x21,x22,[sp,#0x10]:
+        # ldp x19,x20,[sp],#0x20 is left
+        assert k_with(s, pc=A.NT_BASE + 0x115C, sp=A.STACK + 0xF80, fp=A.STACK + 0xFA0,
+                      lr=A.NT_BASE + 0x118C)[1:3] == [f"{s_(0xF80)} {n_(0x118C)}     nt!ExpWorkerThread+0x1c",
+                                                      BY_PDATA[2]]
+        # KeBugCheckEx's, between ldp x29,x30,[sp],#0x20 and autibsp: only pac_sign_lr is left
+        assert k_with(s, pc=A.NT_BASE + 0x1030, sp=A.STACK + 0xF20, fp=A.STACK + 0xF50,
+                      lr=A.SIGNED_LR)[1:3] == [f"{s_(0xF20)} {n_(0x1118)}     nt!KeBugCheckEx+0x30", BY_PDATA[0]]
         # PspSystemThreadStartup's ret (E=1 epilog, sharing the prolog's codes): nothing left
         assert k_with(s, pc=A.NT_BASE + 0x1190, sp=A.STACK + 0xFB0, fp=0, lr=A.NT_BASE + 0x11C8) == [
             HEADER, f"{s_(0xFB0)} {n_(0x11C8)}     nt!PspSystemThreadStartup+0x10", BY_PDATA[3]]

@@ -417,12 +417,18 @@ class Arm64Unwinder:
         off = pc - base - func.begin
         if func.packed is not None:
             codes = packed_codes(func.packed)
-            if func.flag == 1 and at_context:   # Flag 2: a fragment, no prolog of its own
-                codes = _skip_prolog(codes, off)
+            if func.flag == 1:   # Flag 2: a fragment, no prolog or epilog of its own
+                # the canonical epilog ends the function: the prolog undone (no mov sp, fp), ret
+                mirror = [c for c in codes if c.op not in ("set_fp", "add_fp")]
+                start = func.length - 4 * (len(mirror) + 1)
+                if start <= off < func.length:
+                    codes = mirror[(off - start) // 4:]
+                elif at_context:
+                    codes = _skip_prolog(codes, off)
         else:
-            epilog = self._epilog(func, base, pc)
-            if epilog is not None:
-                codes = epilog
+            scope = self._epilog(func, base, pc)
+            if scope is not None:
+                codes = scope
             else:
                 codes = func.codes()
                 if at_context:
