@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from kdshell.errors import KdError
@@ -309,7 +309,6 @@ class Arm64Step:
     how: str
     note: str | None = None
     guess: bool = False
-    restored: dict[str, int] = field(default_factory=dict)
 
 
 NONVOLATILE = frozenset([f"x{i}" for i in range(19, 29)] + ["fp", "sp", "pc"] + [f"d{i}" for i in range(8, 16)])
@@ -372,8 +371,7 @@ class Arm64Unwinder:
             except KdError:
                 return f"frame record at {sp:#x} is not in the dump"
             caller = dict(ctx, pc=strip_pac(ret), fp=saved_fp, sp=sp + pushed)
-            return Arm64Step(caller, frozenset(("pc", "sp", "fp")), "frame chain", note, guess=True,
-                             restored={"fp": sp, "pc": sp + 8})
+            return Arm64Step(caller, frozenset(("pc", "sp", "fp")), "frame chain", note, guess=True)
         fp = ctx.get("fp", 0) & MASK64
         why = "fp is 0: the frame-record chain ends" if not fp else \
             "fp is not known" if "fp" not in known else "fp is below sp" if fp < sp else "fp is not aligned" \
@@ -385,8 +383,7 @@ class Arm64Unwinder:
         except KdError:
             return f"frame record at {fp:#x} is not in the dump"
         caller = dict(ctx, pc=strip_pac(ret), fp=saved_fp, sp=fp + 16)
-        return Arm64Step(caller, frozenset(("pc", "sp", "fp")), "frame chain", note,
-                         restored={"fp": fp, "pc": fp + 8})
+        return Arm64Step(caller, frozenset(("pc", "sp", "fp")), "frame chain", note)
 
     def _prolog_state(self, pc: int) -> tuple[str, int]:
         """Where the interrupted function stands, read back from pc without unwind data:
@@ -461,7 +458,7 @@ class Arm64Unwinder:
             raise UnwindError("lr was not saved and this is not the interrupted frame")
         regs["pc"], regs["sp"] = strip_pac(regs["lr"]), sp
         c_known |= {"pc", "sp"}
-        return Arm64Step(regs, frozenset(c_known), "unwind", restored=restored)
+        return Arm64Step(regs, frozenset(c_known), "unwind")
 
     def _epilog(self, func: Function, base: int, pc: int) -> list[Code] | None:
         """pc inside an epilog scope: the codes still to undo (the epilog's codes, less those of
