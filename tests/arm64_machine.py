@@ -51,7 +51,9 @@ PFN = {"nt_head": 0x200, "nt_text": 0x201, "nt_data": 0x202, "pool": 0x203, "sta
        "transition": 0x205, "proto": 0x206, "user": 0x207, "block_page": (BLOCK_PA >> 12) + 3}
 
 # -- nt: exports and code -------------------------------------------------------------------------
-EXPORTS = {"KeBugCheckEx": 0x1000, "KeBugCheck2": 0x1040, "KiBugCheckData": 0x2010, "PsLoadedModuleList": 0x2100}
+EXPORTS = {"KeBugCheckEx": 0x1000, "KeBugCheck2": 0x1040, "KiBugCheckData": 0x2010, "PsLoadedModuleList": 0x2100,
+           "PopPowerButtonWorkCallback": 0x1100, "ExpWorkerThread": 0x1140, "PspSystemThreadStartup": 0x1180,
+           "KiStartSystemThread": 0x11C0, "KeGetCurrentIrql": 0x1200}
 # KeBugCheckEx (rva 0x1000) and KeBugCheck2 (0x1040), assembled with
 # `llvm-mc -triple=aarch64-windows -show-encoding` from:
 #   pacibsp / stp x29,x30,[sp,#-0x20]! / mov x29,sp / adrp x8,#4096 / add x8,x8,#0x10 /
@@ -67,11 +69,85 @@ CODE = b"".join(struct.pack("<I", w) for w in CODE_WORDS)
 PC = NT_BASE + 0x1024  # the bl to KeBugCheck2
 SP = STACK + 0xF00
 
+# The callers of KeBugCheckEx, assembled with `llvm-mc -triple=aarch64-windows -filetype=obj`
+# (the .text words of the object file), one function per rva:
+FUNCTIONS = {
+    # PopPowerButtonWorkCallback, .xdata: stp x19,x20,[sp,#-0x30]! / stp x29,x30,[sp,#0x10] /
+    # add x29,sp,#0x10 / sub sp,sp,#0x20 / mov x0,#0x1c8 / bl KeBugCheckEx / add sp,sp,#0x20 /
+    # ldp x29,x30,[sp,#0x10] / ldp x19,x20,[sp],#0x30 / ret
+    0x1100: (0xA9BD53F3, 0xA9017BFD, 0x910043FD, 0xD10083FF, 0xD2803900, 0x97FFFFBB, 0x910083FF, 0xA9417BFD,
+             0xA8C353F3, 0xD65F03C0),
+    # ExpWorkerThread, packed (RegI 4, CR 3, FrameSize 0x30): stp x19,x20,[sp,#-0x20]! /
+    # stp x21,x22,[sp,#0x10] / stp x29,x30,[sp,#-0x10]! / mov x29,sp / blr x19 / ldp x29,x30,[sp],#0x10 /
+    # ldp x21,x22,[sp,#0x10] / ldp x19,x20,[sp],#0x20 / ret
+    0x1140: (0xA9BE53F3, 0xA9015BF5, 0xA9BF7BFD, 0x910003FD, 0xD63F0260, 0xA8C17BFD, 0xA9415BF5, 0xA8C253F3,
+             0xD65F03C0),
+    # PspSystemThreadStartup, .xdata with one epilog (E=1) sharing the prolog's codes:
+    # stp x29,x30,[sp,#-0x10]! / mov x29,sp / blr x20 / ldp x29,x30,[sp],#0x10 / ret
+    0x1180: (0xA9BF7BFD, 0x910003FD, 0xD63F0280, 0xA8C17BFD, 0xD65F03C0),
+    # KiStartSystemThread, no .pdata: mov x29,xzr / blr x21 / brk #0xf000
+    0x11C0: (0xAA1F03FD, 0xD63F02A0, 0xD43E0000),
+    # KeGetCurrentIrql, a leaf without .pdata: ldrb w0,[x18,#0x38] / ret
+    0x1200: (0x3940E240, 0xD65F03C0),
+}
+
+
+def text() -> bytes:
+    """nt's .text page: CODE at rva 0x1000, FUNCTIONS at theirs."""
+    page = bytearray(PAGE)
+    page[: len(CODE)] = CODE
+    for rva, words in FUNCTIONS.items():
+        page[rva - 0x1000 : rva - 0x1000 + 4 * len(words)] = b"".join(struct.pack("<I", w) for w in words)
+    return bytes(page)
+
+
+# .pdata (rva 0x2400, 8-byte RUNTIME_FUNCTIONs) and .xdata, by the field layouts of Microsoft's
+# "ARM64 exception handling":
+PDATA_RVA = 0x2400
+PDATA = (
+    # KeBugCheckEx: Flag 1, FunctionLength 0x38/4 (to its ret), CR 2 (pacibsp, chained), FrameSize 0x20/16
+    (0x1000, 1 | (0x38 // 4) << 2 | 2 << 21 | 2 << 23),
+    (0x1100, 0x2500),   # PopPowerButtonWorkCallback: .xdata
+    # ExpWorkerThread: Flag 1, FunctionLength 0x24/4, RegI 4, CR 3, FrameSize 0x30/16
+    (0x1140, 1 | (0x24 // 4) << 2 | 4 << 16 | 3 << 21 | 3 << 23),
+    (0x1180, 0x2540),   # PspSystemThreadStartup: .xdata
+)
+XDATA = {
+    # FunctionLength 0x28/4, E 0, EpilogCount 1, CodeWords 3; the epilog at +0x18 starts at code 6;
+    # codes: alloc_s 0x20, add_fp 0x10, save_fplr 0x10, save_r19r20_x 0x30, end |
+    # alloc_s 0x20, save_fplr 0x10, save_r19r20_x 0x30, end | nop nop
+    0x2500: struct.pack("<II", 0x28 // 4 | 1 << 22 | 3 << 27, 6 | 6 << 22)
+    + bytes((0x02, 0xE2, 0x02, 0x42, 0x26, 0xE4, 0x02, 0x42, 0x26, 0xE4, 0xE3, 0xE3)),
+    # FunctionLength 0x14/4, E 1 (EpilogCount = the epilog's first code: 1), CodeWords 1;
+    # codes: set_fp, save_fplr_x 0x10, end, nop
+    0x2540: struct.pack("<I", 0x14 // 4 | 1 << 21 | 1 << 22 | 1 << 27) + bytes((0xE1, 0x81, 0xE4, 0xE3)),
+}
+# PAC: KeBugCheckEx signed lr (pacibsp) before saving it; the signature is in bits 48-54, 56-63
+SIGNED_LR = 0x3A0B_0000_0000_0000 | (NT_BASE & 0x0000_FFFF_FFFF_FFFF) | (1 << 55) | 0x1118
+# The frame records and saved registers, by the prologs above (Child-SPs 0xF00, 0xF20, 0xF70,
+# 0xFA0, 0xFB0 by .pdata):
+STACK_WORDS = {
+    0xF00: STACK + 0xF50, 0xF08: SIGNED_LR,                          # KeBugCheckEx's record
+    0xF40: 0x1919, 0xF48: 0x2020,                                     # PopPower..: x19, x20
+    0xF50: STACK + 0xF70, 0xF58: NT_BASE + 0x1154,                   # PopPower..'s record
+    0xF70: STACK + 0xFA0, 0xF78: NT_BASE + 0x118C,                   # ExpWorkerThread's record
+    0xF80: NT_BASE + 0x1100, 0xF88: 0x2121, 0xF90: 0x2222, 0xF98: 0x2323,  # its x19-x22
+    0xFA0: 0, 0xFA8: NT_BASE + 0x11C8,                                # PspSystemThreadStartup's record
+}
+
+
+def stack_page() -> bytes:
+    page = bytearray(struct.pack("<QQ", 0xAAAA, 0xBBBB) * (PAGE // 16))
+    page[0xF00:] = bytes(PAGE - 0xF00)
+    for off, value in STACK_WORDS.items():
+        struct.pack_into("<Q", page, off, value)
+    return bytes(page)
+
 
 def registers() -> dict[str, int]:
     """The crashing context's values: x0 the bug check code, x1-x28 n * 0x0101010101010101."""
     regs = {f"x{i}": i * 0x0101010101010101 for i in range(29)}
-    regs.update(x0=0x1C8, fp=SP + 0x20, lr=NT_BASE + 0x1074, sp=SP, pc=PC, cpsr=0x60000005,
+    regs.update(x0=0x1C8, fp=SP, lr=NT_BASE + 0x1118, sp=SP, pc=PC, cpsr=0x60000005,
                 fpcr=0x03000000, fpsr=0x00000010)
     return regs
 
@@ -110,6 +186,7 @@ def pe_header(base: int, size: int, exports: dict[str, int]) -> bytes:
     names = sorted(exports)
     export_dir, strings = 0x400, 0x500
     struct.pack_into("<II", p, opt + 0x70, export_dir, 0x200)  # DataDirectory[0]: exports
+    struct.pack_into("<II", p, opt + 0x70 + 3 * 8, PDATA_RVA, 8 * len(PDATA))  # [3]: exceptions
     sections = opt + 0xF0
     for i, (name, rva, flags) in enumerate(((b".text", 0x1000, 0x60000020), (b".data", 0x2000, 0xC0000040))):
         struct.pack_into("<8sIIIIIIHHI", p, sections + 40 * i, name, 0x1000, rva, 0x1000, rva, 0, 0, 0, 0, flags)
@@ -182,10 +259,14 @@ def build() -> Arm64Tables:
     t = Arm64Tables()
     t.set(ROOT_PFN, SELF_INDEX, (ROOT_PFN << 12) | TABLE_ENTRY | PXN | UXN)  # the self-map
     t.map(NT_BASE, PFN["nt_head"], KERNEL_RO, pe_header(NT_BASE, NT_SIZE, EXPORTS))
-    t.map(NT_BASE + 0x1000, PFN["nt_text"], KERNEL_RX, CODE)
+    t.map(NT_BASE + 0x1000, PFN["nt_text"], KERNEL_RX, text())
     data = bytearray(PAGE)
     data[0x10:0x20] = b"KiBugCheckData!!"
     data[0x100:0x110] = struct.pack("<QQ", POOL, POOL)  # PsLoadedModuleList: one entry
+    for i, entry in enumerate(PDATA):
+        struct.pack_into("<II", data, PDATA_RVA - 0x2000 + 8 * i, *entry)
+    for rva, record in XDATA.items():
+        data[rva - 0x2000 : rva - 0x2000 + len(record)] = record
     t.map(NT_BASE + 0x2000, PFN["nt_data"], KERNEL_RW, bytes(data))
     pool = bytearray(PAGE)  # the KLDR_DATA_TABLE_ENTRY of nt (64-bit offsets)
     head = NT_BASE + EXPORTS["PsLoadedModuleList"]
@@ -199,7 +280,7 @@ def build() -> Arm64Tables:
     pool[0x300 : 0x300 + 2 * len(short)] = short.encode("utf-16-le")
     pool[0x800:0x808] = struct.pack("<Q", (PFN["proto"] << 12) | KERNEL_RW)  # the prototype PTE
     t.map(POOL, PFN["pool"], KERNEL_RW, bytes(pool))
-    t.map(STACK, PFN["stack"], KERNEL_RW, struct.pack("<QQ", 0xAAAA, 0xBBBB) * (PAGE // 16))
+    t.map(STACK, PFN["stack"], KERNEL_RW, stack_page())
     t.map(USER_VA, PFN["user"], USER_RW, b"user page")
     t.block(BLOCK_VA, BLOCK_PA, KERNEL_RW)
     t.pages[PFN["block_page"]] = bytearray(b"in the 2 MiB block".ljust(PAGE, b"\0"))
@@ -231,9 +312,9 @@ def write(tmp_path: Path, kind: str = "full") -> Path:
     path = Path(tmp_path) / f"arm64-{kind}.dmp"
     if kind == "triage":
         parts = TriageParts(
-            stack=bytes(0x1000), top_of_stack=STACK + 0x1000,
+            stack=stack_page(), top_of_stack=STACK,  # TopOfStack: the lowest address saved
             drivers=[TriageDriverInfo("\\SystemRoot\\system32\\ntoskrnl.exe", NT_BASE, NT_SIZE, 0x5F3A1B2C, 0x1234)],
-            data_blocks=[(NT_BASE + 0x1000, CODE)],
+            data_blocks=[(NT_BASE + 0x1000, text()[:0x208])],
         )
         write_triage(path, fields(), parts)
         return path

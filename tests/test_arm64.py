@@ -96,7 +96,7 @@ def test_r_on_the_arm64_dump(full):
 def test_r_shows_and_sets_single_registers(full):
     assert lines(full, "r x0") == ["x0=00000000000001c8"]
     assert lines(full, "r w1, x29, x30, pc, psr, xip0, v0, d0") == [
-        f"w1=01010101 x29={A.SP + 0x20:016x} x30={A.NT_BASE + 0x1074:016x} pc={A.PC:016x} psr=60000005 "
+        f"w1=01010101 x29={A.SP:016x} x30={A.NT_BASE + 0x1118:016x} pc={A.PC:016x} psr=60000005 "
         "xip0=1010101010101010 v0=00112233445566778899aabbccddeeff d0=8899aabbccddeeff"]
     full.capture("r w2=0xfffffffff; r x3=@x1+1")  # a w register keeps the x register's top half
     assert lines(full, "r x2, x3") == ["x2=02020202ffffffff x3=0101010101010102"]
@@ -110,12 +110,12 @@ def test_expressions_know_every_arm64_register(full):
 
     assert value("@$ip") == f"{A.PC:016x}"
     assert value("@$csp") == f"{A.SP:016x}"
-    assert value("@$ra") == f"{A.NT_BASE + 0x1074:016x}"
+    assert value("@$ra") == f"{A.NT_BASE + 0x1118:016x}"
     assert value("@$retreg") == f"{0x1C8:016x}"
-    assert value("@fp - @sp") == f"{0x20:016x}"
+    assert value("@fp - @sp + 0x20") == f"{0x20:016x}"  # mov x29, sp
     assert value("@w4 + @wip1") == f"{0x04040404 + 0x11111111:016x}"
     assert value("x5 + 1") == "0505050505050506"  # a bare register name, as WinDbg takes it
-    assert value("poi(@sp)") == f"{0xAAAA:016x}"
+    assert value("poi(@sp)") == f"{A.SP + 0x50:016x}"  # the frame record: the caller's fp
     assert value("@s0") == "00000000ccddeeff"
     regs = Registers(A.registers(), True)
     assert regs.arm64 and regs.ip == A.PC and regs.sp == A.SP

@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from kdshell import bugcheck_roles
-from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
+from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_ARM64, MACHINE_I386
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.state import KernelState, Selection
 from kdshell.stack.frames import (KTRAP_FRAME_X64_19041, RegisterFrame, decode_context_record,
@@ -353,8 +353,10 @@ class ContextState:
     @property
     def walker(self) -> Walker:
         if self._walker is None:
+            arm64 = self.machine == MACHINE_ARM64
             self._walker = Walker(lambda a, n: self.read(a, n), self.unwind_modules,
-                                  ktrap_offsets=self.ktrap_offsets())
+                                  ktrap_offsets=None if arm64 else self.ktrap_offsets(),
+                                  arch="arm64" if arm64 else "x64")
         return self._walker
 
     def trap_hints(self) -> tuple[int, ...]:
@@ -403,8 +405,10 @@ class ContextState:
         ctx = self.context if context is None else context
         if context is None:
             known = self.known
+        if self.machine == MACHINE_ARM64:   # no ARM64 trap frame hints yet
+            return self.walker.walk(ctx, max_frames, known=known)
         if self.machine not in (MACHINE_AMD64, MACHINE_I386):
-            raise KdError("kdshell walks x64 and x86 stacks only (this dump is for another processor)")
+            raise KdError("kdshell walks x64, ARM64 and x86 stacks only (this dump is for another processor)")
         if not self.is64:
             return walk_stack_x86(ctx, self.read, None, max_frames,
                                   modules=self.unwind_modules)
@@ -420,7 +424,9 @@ class ContextState:
             self._scope_reset()
         else:
             regs = dict(frame.registers)
-            if self.is64:
+            if self.machine == MACHINE_ARM64:
+                regs["pc"], regs["sp"] = frame.ip, frame.sp
+            elif self.is64:
                 regs["rip"], regs["rsp"] = frame.ip, frame.sp
             else:
                 regs["eip"], regs["esp"] = frame.ip, frame.sp

@@ -1,4 +1,4 @@
-"""The x64 stack walker: strategies in a fixed order, each frame says how it was found.
+"""The x64 (and ARM64) stack walker: strategies in a fixed order, each frame says how it was found.
 
     walk_stack(context, memory_read, modules, max_frames) -> StackWalk (a list of Frame)
 
@@ -22,6 +22,9 @@ For each frame the walker tries, in this order (DESIGN.md "Seams and habits"):
                      dump. The scan stops below the next known trap frame; if it finds nothing,
                      the walk continues from that trap frame ("trap", a guess: frames between
                      may have been skipped).
+On ARM64 the step is unwind_arm64.Arm64Unwinder's: .pdata/.xdata ("unwind"), the leaf rule at
+the context (pc <- lr: "leaf"), the frame-record chain ("frame chain"); the loop, its progress
+rules and the Frame it builds are this module's.
 A frame-pointer chain is not a strategy on x64: a function that uses a frame register says so in
 its unwind data (UWOP_SET_FPREG, step 1), and compiled x64 code keeps no [RBP] -> caller-RBP
 chain to follow without it (the x86 walker, x86.py, has one: "frame chain").
@@ -51,6 +54,7 @@ from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.stack.forward import CodeReturn, Place, follow_to_return
 from kdshell.stack.frames import (KTRAP_FRAME_X64_19041, decode_ktrap_frame, plausible_ktrap_frame)
 from kdshell.stack.scan import DEFAULT_SCAN_BYTES, SCAN, UNVERIFIED, ReturnCheck, scan_for_return
+from kdshell.stack.unwind_arm64 import Arm64Unwinder
 from kdshell.stack.unwind_x64 import (GPR, NONVOLATILE, VOLATILE, NoUnwindData, UnwindCache, UnwindError,
                                       UnwindStep, virtual_unwind)
 
@@ -183,7 +187,7 @@ class Walker:
 
     def __init__(self, memory_read: MemoryRead, modules: ModuleMap, *, ktrap_offsets: dict[str, int] | None = None,
                  scan: bool = True, scan_bytes: int = DEFAULT_SCAN_BYTES,
-                 max_scan_frames: int = MAX_SCAN_FRAMES, decode: bool = True) -> None:
+                 max_scan_frames: int = MAX_SCAN_FRAMES, decode: bool = True, arch: str = "x64") -> None:
         self.read = memory_read
         self.modules = modules
         self.cache = UnwindCache()
@@ -192,6 +196,9 @@ class Walker:
         self.scan_bytes = scan_bytes
         self.max_scan_frames = max_scan_frames
         self.decode = decode
+        # ARM64: its own unwinder (unwind_arm64.py) takes the place of steps 1-5
+        self.arm64 = Arm64Unwinder(memory_read, modules) if arch == "arm64" else None
+        self.ip, self.sp = ("pc", "sp") if self.arm64 is not None else ("rip", "rsp")
         self.check = ReturnCheck(memory_read, modules, function_start=self._function_start)
         self._ways: dict[int, CodeReturn] = {}
         self._no_way: set[int] = set()   # per walk: an image file found since may have the code
@@ -214,7 +221,7 @@ class Walker:
         scans = 0
         while True:
             ctx, known_set, how = step.regs, step.known, step.how
-            rip, rsp = ctx["rip"] & MASK64, ctx["rsp"] & MASK64
+            rip, rsp = ctx[self.ip] & MASK64, ctx[self.sp] & MASK64
             if rip == 0:
                 frames.stop = "null return address" if frames else "RIP is 0"
                 break
@@ -240,7 +247,7 @@ class Walker:
                 break
             if nxt.note:
                 frame.notes.append(nxt.note)
-            c_rsp = nxt.regs["rsp"] & MASK64
+            c_rsp = nxt.regs[self.sp] & MASK64
             switched = False
             if nxt.how == HOW_TRAP:
                 if c_rsp <= rsp or (stack_base is not None and not (stack_limit or 0) <= c_rsp < stack_base):
@@ -248,14 +255,16 @@ class Walker:
                     switches += 1
                     if switches > MAX_STACK_SWITCHES:
                         frames.stop = "too many stack switches"
-                        frame.ret = nxt.regs["rip"]
+                        frame.ret = nxt.regs[self.ip]
                         break
                     stack_base = stack_limit = None  # on another stack now
-            elif c_rsp <= rsp:  # _next guarantees this for unwind/scan; belt and braces
+            elif c_rsp < rsp or (c_rsp == rsp and not (self.arm64 is not None and how in INTERRUPTED)):
+                # _next guarantees this for unwind/scan; interrupted ARM64 code may not have
+                # moved sp yet (a leaf, before its prolog, at an epilog's ret): its caller shares it
                 frames.stop = f"RSP did not increase at {rip:#x}"
                 break
             scans = scans + 1 if nxt.how in (HOW_SCAN, HOW_UNVERIFIED) else 0
-            frame.ret = nxt.regs["rip"] & MASK64
+            frame.ret = nxt.regs[self.ip] & MASK64
             frame.frame_size = None if switched else c_rsp - rsp
             frame.unwind = nxt.unwind
             step = nxt
@@ -267,6 +276,11 @@ class Walker:
               used_hints: set[int], scans: int) -> _Step | str:
         """The caller's context of the last frame and how it was found, or a stop reason."""
         frame = frames[-1]
+        if self.arm64 is not None:
+            a64 = self.arm64.step(ctx, known, frame.how in INTERRUPTED)
+            if isinstance(a64, str):
+                return a64
+            return _Step(a64.regs, a64.known, a64.how, note=a64.note, guess=a64.guess)
         read, rip, rsp = self.read, frame.ip, frame.sp
         note = None
         # 1. unwind data
