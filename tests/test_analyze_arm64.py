@@ -137,3 +137,17 @@ def test_trap_on_arm64_says_it_is_not_decoded(dumps):
         assert s.capture(f".trap {A.CXR:#x}").splitlines() == [
             "ARM64 trap frames (KTRAP_FRAME) are not decoded yet: use .cxr with a CONTEXT record, or k"]
         assert s.capture("r pc").strip() == f"pc={A.PC:016x}"  # the context did not change
+
+
+@pytest.mark.parametrize("kind", ["full", "triage"])
+def test_the_tutorial_walks_an_arm64_dump(dumps, kind):
+    from test_tutorial import flat, typed, walk
+
+    with kdshell.open(dumps[kind, 0x7E]) as s:
+        text = walk(s)
+    assert typed(text) == [".bugcheck", "!analyze -v", "k", f".cxr {A.CXR:#x}", "u @pc L4", "lmvm nt",
+                           "dq @sp L8", ".cxr"]
+    assert "Skipped" not in text and "Not quite" not in text
+    assert "pc is the faulting instruction" in flat(text)
+    # dq @sp after .cxr: the context record's sp, the stack page's words there
+    assert f"{tick(A.CXR_SP)}  {tick(word(0xF20))} {tick(word(0xF28))}" in text.splitlines()
