@@ -178,7 +178,8 @@ def kframes(session: Session, inv: Invocation) -> None:
 
 # -- contexts -------------------------------------------------------------------------------------
 def _show_registers(session: Session, *, trap: bool = False) -> None:
-    lines, errors = context_lines(session.memory, session.registers, session.is64, session.symbolize, trap=trap)
+    lines, errors = context_lines(session.memory, session.registers, session.is64, session.symbolize, trap=trap,
+                                  machine=session.context.machine)
     session.report_missing(errors)
     session.out.lines(lines)
 

@@ -23,6 +23,7 @@ from kdshell.analysis.rules import MANUAL
 from kdshell.analysis.teach import explain
 from kdshell.bugcheck_roles import base_code
 from kdshell.dispatch import resolve
+from kdshell.dumpfile.header import MACHINE_ARM64
 from kdshell.errors import KdError
 from kdshell.symbols.resolver import DEFERRED, EXPORTS, NONE, PDB
 
@@ -54,7 +55,8 @@ class Walk:
         except KdError as exc:
             self.error = str(exc)
         self.switched = False           # the context step ran: the registers are the fault's
-        self.pc, self.sp = ("rip", "rsp") if session.is64 else ("eip", "esp")
+        self.arm64 = session.context.machine == MACHINE_ARM64
+        self.pc, self.sp = ("pc", "sp") if self.arm64 else ("rip", "rsp") if session.is64 else ("eip", "esp")
 
     @property
     def code(self) -> int:
@@ -213,7 +215,8 @@ def _context(w: Walk) -> Lesson | Skip:
                     f"({c.symbol_name}), frame {c.frame - a.start} of this context's stack (k shows it).")
         else:
             text = "These are the registers at the faulting instruction" + (f", in {top}." if top else ".")
-        text += (" The last line shows that instruction with the memory it refers to (???????? = not in the "
+        text += (" The last line shows that instruction." if w.arm64 else
+                 " The last line shows that instruction with the memory it refers to (???????? = not in the "
                  "dump, or not present).")
         if kind == TRAP_FRAME:
             text += " A trap frame keeps only some registers: the NOTE says which cannot be trusted."
@@ -293,7 +296,7 @@ def _memory(w: Walk) -> Lesson | Skip:
     topic = "stack memory"
     sp = w.session.registers.get(w.sp)
     if sp is None:
-        return Skip(topic, "kdshell reads the stack of x64 and x86 dumps only.")
+        return Skip(topic, "kdshell reads the stack of x64, ARM64 and x86 dumps only.")
     if not w.readable(sp):
         return Skip(topic, f"the stack memory at {sp:#x} is not in this dump.")
     unit = "q" if w.session.is64 else "d"

@@ -154,10 +154,31 @@ def registers() -> dict[str, int]:
 
 V0 = 0x00112233_44556677_8899AABB_CCDDEEFF
 
+# A 0x7E (SYSTEM_THREAD_EXCEPTION_NOT_HANDLED) variant: P3 an EXCEPTION_RECORD64, P4 a CONTEXT
+# record in pool, the access violation at the `mov x0,#0x1c8` of PopPowerButtonWorkCallback
+# after its prolog (sp is its Child-SP 0xF20, fp its frame record at 0xF50).
+EXR = POOL + 0x400
+CXR = POOL + 0xA00
+CXR_PC = NT_BASE + 0x1110
+CXR_SP = STACK + 0xF20
+FAULT_ADDRESS = 0x10
+PARAMS_7E = (0xC0000005, CXR_PC, EXR, CXR)
 
-def context() -> bytes:
+
+def cxr_registers() -> dict[str, int]:
+    regs = {f"x{i}": 0x7E00 + i for i in range(29)}
+    regs.update(fp=STACK + 0xF50, lr=NT_BASE + 0x1154, sp=CXR_SP, pc=CXR_PC, cpsr=0x80000005, fpcr=0, fpsr=0)
+    return regs
+
+
+def exception_record() -> bytes:
+    """An EXCEPTION_RECORD64 (0x98 bytes): code, flags, record, address, count, parameters at +0x20."""
+    return struct.pack("<IIQQII2Q", 0xC0000005, 0, 0, CXR_PC, 2, 0, 0, FAULT_ADDRESS).ljust(0x98, b"\0")
+
+
+def context(r: dict[str, int] | None = None) -> bytes:
     """A CONTEXT_ARM64 (0x390 bytes) at formats.md §8.3's literal offsets."""
-    r = registers()
+    r = r or registers()
     c = bytearray(0x390)
     struct.pack_into("<II", c, 0x0, 0x00400007, r["cpsr"])  # CONTEXT_ARM64 | CONTROL | INTEGER | FLOATING
     for i in range(29):
@@ -279,6 +300,8 @@ def build() -> Arm64Tables:
     pool[0x200 : 0x200 + 2 * len(full)] = full.encode("utf-16-le")
     pool[0x300 : 0x300 + 2 * len(short)] = short.encode("utf-16-le")
     pool[0x800:0x808] = struct.pack("<Q", (PFN["proto"] << 12) | KERNEL_RW)  # the prototype PTE
+    pool[EXR - POOL : EXR - POOL + 0x98] = exception_record()
+    pool[CXR - POOL : CXR - POOL + 0x390] = context(cxr_registers())
     t.map(POOL, PFN["pool"], KERNEL_RW, bytes(pool))
     t.map(STACK, PFN["stack"], KERNEL_RW, stack_page())
     t.map(USER_VA, PFN["user"], USER_RW, b"user page")
@@ -307,20 +330,25 @@ def fields(**overrides: object) -> DumpHeaderFields:
     return DumpHeaderFields(**values)
 
 
-def write(tmp_path: Path, kind: str = "full") -> Path:
-    """The machine as a complete ("full"), kernel ("bitmap") or small ("triage") dump."""
-    path = Path(tmp_path) / f"arm64-{kind}.dmp"
+def write(tmp_path: Path, kind: str = "full", code: int = 0x1C8) -> Path:
+    """The machine as a complete ("full"), kernel ("bitmap") or small ("triage") dump, of bug
+    check 0x1C8 or (code=0x7E) of the exception whose records are in pool."""
+    path = Path(tmp_path) / f"arm64-{kind}-{code:x}.dmp"
+    header = fields() if code == 0x1C8 else fields(bugcheck_code=code, bugcheck_parameters=PARAMS_7E)
     if kind == "triage":
+        pool = bytes(build().pages[PFN["pool"]])
         parts = TriageParts(
             stack=stack_page(), top_of_stack=STACK,  # TopOfStack: the lowest address saved
             drivers=[TriageDriverInfo("\\SystemRoot\\system32\\ntoskrnl.exe", NT_BASE, NT_SIZE, 0x5F3A1B2C, 0x1234)],
-            data_blocks=[(NT_BASE + 0x1000, text()[:0x208])],
+            data_blocks=[(NT_BASE + 0x1000, text()[:0x208])]
+            + ([(EXR, pool[EXR - POOL : EXR - POOL + 0x98]), (CXR, pool[CXR - POOL : CXR - POOL + 0x390])]
+               if code != 0x1C8 else []),
         )
-        write_triage(path, fields(), parts)
+        write_triage(path, header, parts)
         return path
     pages = {pfn: bytes(data) for pfn, data in build().pages.items()}
     if kind == "full":
-        write_full(path, fields(), pages)
+        write_full(path, header, pages)
     else:
-        write_bitmap(path, fields(), pages, 6)
+        write_bitmap(path, header, pages, 6)
     return path

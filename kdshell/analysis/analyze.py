@@ -38,6 +38,7 @@ from kdshell.analysis.facts import (cpu_vendor, current_irql, current_process_na
 from kdshell.analysis.rules import (BAD_IP, C2_CORRUPTION_SUBTYPES, CRITICAL_PROCESS, DRIVER, FAST_FAIL_NAMES,
                                     HARDWARE, INCONCLUSIVE, MANUAL, MEMORY, OS, PASS, POOL, Rule,
                                     access_kind, base_code, frame_kind, rule_for)
+from kdshell.dumpfile.header import MACHINE_AMD64
 from kdshell.errors import KdError
 from kdshell.stack.context import trap_frames_holding
 from kdshell.stack.walk import Frame, StackWalk
@@ -350,9 +351,9 @@ def _find_trap_on_stack(session: SessionView, a: Analysis, fault_ip: int | None,
         if f.ip == fault_ip:          # reached without a trap frame (the handler's own unwind data)
             a.start = i
             return
-    if not session.is64:
-        return
     state = session.context
+    if state.machine != MACHINE_AMD64:   # the search is by an x64 KTRAP_FRAME's Rip
+        return
     try:
         found = trap_frames_holding(state.read, fault_ip, state.default.get("rsp", 0), ktrap=state.ktrap_offsets())
     except KdError:

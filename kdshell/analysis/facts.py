@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kdshell.dumpfile.header import EXCEPTION_RECORD32, EXCEPTION_RECORD64, decode_exception
+from kdshell.dumpfile.header import (EXCEPTION_RECORD32, EXCEPTION_RECORD64, MACHINE_AMD64, MACHINE_ARM64,
+                                     decode_exception)
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.target import build_lab, nt_version, os_name
 from kdshell.view import SessionView
@@ -114,13 +115,16 @@ def irp_driver(session: SessionView, irp: int) -> dict[str, Any]:
             "image": module.image_name if module else None}
 
 
+_PLATFORM = {MACHINE_AMD64: "x64", MACHINE_ARM64: "arm64"}  # WinDbg's OSPLATFORM_TYPE
+
+
 def os_facts(session: SessionView) -> dict[str, str]:
     """OS_VERSION, BUILDLAB_STR, OSPLATFORM_TYPE, OSNAME from the dump (the build lab string the
     KDBG points to; without it, nt's version resource when its image is at hand)."""
     h = session.dump.header
     build = h.build
     nt = nt_version(build)
-    out = {"OSNAME": os_name(build), "OSPLATFORM_TYPE": "x64" if session.is64 else "x86"}
+    out = {"OSNAME": os_name(build), "OSPLATFORM_TYPE": _PLATFORM.get(session.context.machine, "x86")}
     lab = None
     try:
         lab = build_lab(session)

@@ -17,7 +17,7 @@ from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import Analysis, Culprit
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
 from kdshell.analysis.teach import explain
-from kdshell.disasm import Disassembler
+from kdshell.disasm import for_machine
 from kdshell.errors import KdError
 from kdshell.format import ptr
 from kdshell.stack.text import RESETTING, KOptions, call_site, context_lines, frame_lines, missing_page_lines
@@ -182,7 +182,8 @@ def context_block(session: SessionView, address: int, *, trap: bool) -> list[str
         frame = state.trap_frame(address) if trap else state.context_record(address)
     except KdError as exc:
         return [str(exc), RESETTING]
-    lines, errors = context_lines(session.memory, frame.registers, session.is64, session.symbolize, trap=trap)
+    lines, errors = context_lines(session.memory, frame.registers, session.is64, session.symbolize, trap=trap,
+                                  machine=state.machine)
     return missing_page_lines(errors) + lines + [RESETTING]
 
 
@@ -190,7 +191,7 @@ def followup_instruction(session: SessionView, ip: int) -> str:
     memory = session.memory
     if memory is None:
         return f"{ptr(ip, session.is64)} ??              ???"
-    dis = Disassembler(session.is64, session.symbolize)
+    dis = for_machine(session.context.machine, session.symbolize)
     return dis.format(dis.decode(memory, ip, 1)[0])
 
 

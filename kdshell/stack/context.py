@@ -124,7 +124,8 @@ def trap_frames_holding(read: MemoryRead, rip: int, start: int, size: int = FAUL
 def _empty(frame: RegisterFrame) -> bool:
     """A CONTEXT record nobody wrote: no instruction or stack pointer."""
     regs = frame.registers
-    return not (regs.get("rip") or regs.get("eip")) and not (regs.get("rsp") or regs.get("esp"))
+    return not (regs.get("rip") or regs.get("eip") or regs.get("pc")) and \
+        not (regs.get("rsp") or regs.get("esp") or regs.get("sp"))
 
 
 class ContextState:
@@ -233,6 +234,8 @@ class ContextState:
             raise KdError(f"Unable to read context at {self._p(address)}, Win32 error 0n30") from None
 
     def trap_frame(self, address: int) -> RegisterFrame:
+        if self.machine == MACHINE_ARM64:
+            raise KdError("ARM64 trap frames (KTRAP_FRAME) are not decoded yet: use .cxr with a CONTEXT record, or k")
         try:
             if self.is64:
                 return decode_ktrap_frame(self.read, address, self.ktrap_offsets())

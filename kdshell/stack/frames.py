@@ -1,4 +1,5 @@
-"""Kernel frames that hold registers: x64 KTRAP_FRAME and KEXCEPTION_FRAME, CONTEXT records.
+"""Kernel frames that hold registers: x64 KTRAP_FRAME and KEXCEPTION_FRAME, CONTEXT records
+(x64, x86, ARM64).
 
 Each decoder reads through a memory reader `read(address, size) -> bytes` and returns a
 `RegisterFrame`: the registers it gives (WinDbg's lower-case names, as
@@ -22,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kdshell.dumpfile.context import CONTEXT_AMD64, CONTEXT_X86, decode_context
+from kdshell.dumpfile.context import CONTEXT_BY_MACHINE, CONTEXT_X86, decode_context
 from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_I386
 
 MemoryRead = Callable[[int, int], bytes]
@@ -136,8 +137,9 @@ def decode_kexception_frame(read: MemoryRead, address: int,
 
 
 def decode_context_record(read: MemoryRead, address: int, machine: int = MACHINE_AMD64) -> RegisterFrame:
-    """A CONTEXT record at `address` (for .cxr), decoded by dumpfile/context.py's declaration."""
-    layout = CONTEXT_AMD64 if machine == MACHINE_AMD64 else CONTEXT_X86
+    """A CONTEXT record at `address` (for .cxr), decoded by dumpfile/context.py's declaration
+    of the machine's layout (x64, ARM64; any other machine's as x86)."""
+    layout = CONTEXT_BY_MACHINE.get(machine, CONTEXT_X86)
     regs = decode_context(machine, read(address, layout.sizeof()))
     return RegisterFrame("context", address, regs, frozenset(k for k in regs if k != "contextflags"))
 

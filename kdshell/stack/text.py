@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from kdshell import arm64_text
 from kdshell.disasm import Disassembler, Symbolize
+from kdshell.dumpfile.header import MACHINE_ARM64
 from kdshell.errors import MemoryNotPresent
 from kdshell.expr import Registers
 from kdshell.format import ptr
@@ -210,8 +212,11 @@ def instruction_lines(memory: VirtualMemory | None, regs: dict[str, int], is64: 
 
 
 def context_lines(memory: VirtualMemory | None, regs: dict[str, int], is64: bool, symbolize: Symbolize, *,
-                  trap: bool = False) -> tuple[list[str], list[MemoryNotPresent]]:
-    """What `.cxr ADDR` (trap=False) or `.trap ADDR` prints after switching to that context."""
+                  trap: bool = False, machine: int | None = None) -> tuple[list[str], list[MemoryNotPresent]]:
+    """What `.cxr ADDR` (trap=False) or `.trap ADDR` prints after switching to that context
+    (ARM64's block, as `r` prints it, when `machine` is ARM64)."""
+    if machine == MACHINE_ARM64:
+        return arm64_text.context_lines(memory, regs, symbolize)
     lines: list[str] = []
     if trap and is64:
         # an x64 trap frame's registers and flags; WinDbg shows no segment line for it
