@@ -401,9 +401,9 @@ def test_lm_options(complete):
                                                      "mydrv_fffff80001800000 (deferred)",
                                                      "fffff800`02000000 fffff800`02009000   afd        (no symbols)"]
     assert lines(complete, "lm m dam*")[-2:] == ["Unloaded modules:", "fffff800`03100000 fffff800`0311c000   dam.sys"]
-    assert lines(complete, "lm q") == ["lm: unknown option 'q' (lm [v][o][l][k][1m][sm] [m Pattern | a Address]). "
+    assert lines(complete, "lm q") == ["lm: unknown option 'q' (lm [v][o][l][k][u][e][sm][1m][t][n][f][i][p] [m Pattern | M Pattern | a Address]). "
                                        "Did you mean 'lm'?"]
-    assert lines(complete, "lmvq m nt") == ["lm: unknown option 'q' (lm [v][o][l][k][1m][sm] [m Pattern | a Address]). "
+    assert lines(complete, "lmvq m nt") == ["lm: unknown option 'q' (lm [v][o][l][k][u][e][sm][1m][t][n][f][i][p] [m Pattern | M Pattern | a Address]). "
                                             "Did you mean 'lmv m nt'?"]
     assert lines(complete, "lm m") == ["lm: 'm' needs a pattern, e.g. 'lm m nt'"]
     assert lines(complete, "lmv m") == ["lm: 'm' needs a pattern, e.g. 'lmv m nt'"]
