@@ -332,6 +332,10 @@ def test_complete_dump_without_symbols_uses_exports(complete_path):
             "(fffff800`000060f6)   nt!KeBugCheckEx+0x3   |  (fffff800`00008000)   nt!PsLoadedModuleList"]
         assert lines(s, "lm m nt")[1] == "fffff800`00000000 fffff800`0000e000   nt         (export symbols)       ntoskrnl.exe"
         assert lines(s, f"ln {MYDRV_BASE + 0x1234:x}") == ["(fffff800`01000000)   mydrv+0x1234"]
+        # only exports is a symbol problem (lm e, Microsoft Learn), as is none; l lists exports as loaded
+        nt = lines(s, "lm m nt")[1]
+        assert lines(s, "lme")[1:] == [nt, "fffff800`01000000 fffff800`01005000   mydrv      (no symbols)"]
+        assert lines(s, "lml")[1:] == [nt]
         # the kernel's exports and its KDBG names together
         assert lines(s, "x nt!PsLoaded*") == ["fffff800`00008000 nt!PsLoadedModuleList = <no type information>"]
 
