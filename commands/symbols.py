@@ -12,10 +12,11 @@ from kdshell.dispatch import Invocation, command
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
-from kdshell.symbols.modules import Module
+from kdshell.symbols.modules import Module, image_name_as_linked, in_user_space
 from kdshell.symbols.pe import DebugEntry, PeImage
 from kdshell.symbols.resolver import DEFERRED, EXPORTS, FUNCTION, KDBG, PDB, PdbSymbols, Symbol, SymbolTable
 from kdshell.symbols.store import MICROSOFT_SERVER, SymbolPath, default_cache
+from kdshell.symbols.types import wildcard
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -30,11 +31,17 @@ def _addr(session: Session, value: int) -> str:
 
 
 # -- lm ------------------------------------------------------------------------------------------
+LM_SYNTAX = "lm [v][o][l][k][u][e][sm][1m][t][n][f][i][p] [m Pattern | M Pattern | a Address]"
+# the columns that replace the symbol status, in the order they print (`lm t n`: name, then date)
+COLUMN_OPTIONS = ("n", "i", "f", "p", "t")
+
+
 def _lm_options(inv: Invocation) -> dict[str, Any]:
-    """lm's glued and separate options: v o l k u e f t sm 1m, `m Pattern`, `M Pattern`, `a Address`."""
+    """lm's glued and separate options (`lmtsmn`, `lm t n`, `lmvm nt`): the letters
+    v o l k u e c t n f i p D, sm, 1m, and `m Pattern`, `M Pattern`, `a Address`."""
     # the letters are True or False; m, M and a their text, or None
-    opts: dict[str, Any] = {"v": False, "o": False, "l": False, "k": False, "u": False, "e": False,
-                            "f": False, "t": False, "sm": False, "1m": False, "m": None, "M": None, "a": None}
+    opts: dict[str, Any] = {c: False for c in "volkuectnfipD"}
+    opts.update({"sm": False, "1m": False, "m": None, "M": None, "a": None})
     words = ([inv.suffix] if inv.suffix else []) + list(inv.args)
     i = 0
     while i < len(words):
@@ -59,13 +66,11 @@ def _lm_options(inv: Invocation) -> dict[str, Any]:
                     i += 1
                 opts[c] = rest
                 break
-            if c in "volkueftDcinp":
-                if c in opts:
-                    opts[c] = True
+            if c in opts:
+                opts[c] = True
                 continue
             fixed = f"{inv.name}{inv.suffix} {inv.text}".replace(c, "", 1).strip()
-            raise CommandError(f"lm: unknown option '{c}' (lm [v][o][l][k][1m][sm] [m Pattern | a Address]). "
-                               f"Did you mean '{fixed}'?")
+            raise CommandError(f"lm: unknown option '{c}' ({LM_SYNTAX}). Did you mean '{fixed}'?")
     return opts
 
 
@@ -92,15 +97,32 @@ def module_line(session: Session, module: Module) -> str:
     return line.rstrip()
 
 
-@command("lm", family="symbols", option_suffix=True,
-         syntax="lm[v][o][l][sm][1m] [m Pattern | M Pattern | a Address]",
-         summary="List the loaded (and unloaded) modules with their symbol status",
-         example="lmvm amdppm",
-         details="v: image details (version resource, timestamp); o: loaded only; l: only modules whose\n"
-                 "symbols are loaded; m: module name pattern (* ?); M: image path pattern;\n"
-                 "a: the module containing an address; sm: sort by name; 1m: names only.")
-def lm(session: Session, inv: Invocation) -> None:
-    o = _lm_options(inv)
+def _column_text(session: Session, module: Module, option: str) -> str:
+    """One of the columns `n i f p t` print instead of the symbol status."""
+    if option == "n":
+        return image_name_as_linked(module, session.is64).ljust(12)
+    if option == "i":  # the image file the debugger loaded: the listed name (lmv's "Loaded symbol image file")
+        return module.image_name
+    if option == "f":
+        return module.path
+    if option == "p":  # an image file that lent its bytes (lmv's "Mapped memory image file"), else nothing
+        return str(module.state.get("image_file") or "")
+    stamp = module.timestamp
+    if stamp is None:  # a loader entry without it: the image's own header
+        image = _image_quietly(session, module)
+        stamp = image.timestamp if image is not None else None
+    return _timestamp_text(stamp, None)
+
+
+def column_line(session: Session, module: Module, columns: list[str]) -> str:
+    """`lm t n`'s row: the name in 8 columns, then the chosen columns, one space apart."""
+    cells = [_column_text(session, module, c) for c in columns]
+    head = f"{_addr(session, module.base)} {_addr(session, module.end)}   {module.name.ljust(8)}"
+    return " ".join([head] + cells).rstrip()
+
+
+def _lm_modules(session: Session, o: dict[str, Any]) -> list[Module]:
+    """The loaded modules the options select, in lm's order."""
     syms = session.symbols
     modules = syms.modules.sorted
     if o["sm"]:
@@ -109,8 +131,6 @@ def lm(session: Session, inv: Invocation) -> None:
         wanted = {id(m) for m in syms.modules.match(o["m"])}
         modules = [m for m in modules if id(m) in wanted]
     if o["M"] is not None:
-        from kdshell.symbols.types import wildcard
-
         rx = wildcard(o["M"])
         modules = [m for m in modules if rx.fullmatch(m.path) or rx.fullmatch(m.image_name)]
     if o["a"] is not None:
@@ -118,28 +138,41 @@ def lm(session: Session, inv: Invocation) -> None:
         modules = [m for m in modules if m.contains(address)]
     if o["l"]:
         modules = [m for m in modules if syms.status(m) in (PDB, EXPORTS)]
-    if o["e"]:
-        modules = [m for m in modules if syms.status(m) not in (PDB, EXPORTS, DEFERRED)]
-    if o["u"]:
-        modules = []  # a kernel dump's module list has no user-mode modules
+    if o["e"]:  # a symbol problem: no symbols, or only exports (Microsoft Learn, lm)
+        modules = [m for m in modules if syms.status(m) not in (PDB, DEFERRED)]
+    if o["u"] != o["k"]:  # u: user-mode modules only, k: kernel-mode only; both: all
+        modules = [m for m in modules if in_user_space(m.base, session.is64) == o["u"]]
+    return modules
+
+
+@command("lm", family="symbols", option_suffix=True, syntax=LM_SYNTAX,
+         summary="List the loaded (and unloaded) modules with their symbol status, dates or paths",
+         example="lm t n",
+         details="v: image details (version resource, timestamp); o: loaded only; l: only modules whose\n"
+                 "symbols are loaded; e: only modules with a symbol problem (none, or exports only);\n"
+                 "k/u: kernel-/user-mode modules only; m: module name pattern (* ?); M: image path\n"
+                 "pattern; a: the module containing an address; sm: sort by name; 1m: names only.\n"
+                 "Instead of the symbol status: t the image timestamp, n the image name, f the full\n"
+                 "image path, i the loaded image file name, p the mapped image file (lmtsmn = dates by name).")
+def lm(session: Session, inv: Invocation) -> None:
+    o = _lm_options(inv)
+    syms = session.symbols
+    modules = _lm_modules(session, o)
     out = session.out
     for w in syms.modules.warnings:
         out.warn(f"WARNING: {w}")
     if o["1m"]:
         out.lines(m.name for m in modules)
         return
+    columns = [c for c in COLUMN_OPTIONS if o[c]]
     out.line(LM_HEADER)
     for m in modules:
-        out.line(module_line(session, m))
+        out.line(column_line(session, m, columns) if columns else module_line(session, m))
         if o["v"]:
             out.lines(verbose_lines(session, m))
-        elif o["t"]:
-            out.line(f"    {_timestamp_text(m.timestamp, None)}" if m.timestamp is not None else "    (no timestamp)")
     show_unloaded = not (o["o"] or o["l"] or o["e"] or o["u"] or o["a"] is not None or o["M"] is not None)
     unloaded = syms.modules.unloaded
     if o["m"] is not None:
-        from kdshell.symbols.types import wildcard
-
         rx = wildcard(o["m"])
         unloaded = [u for u in unloaded if rx.fullmatch(u.name.rsplit(".", 1)[0]) or rx.fullmatch(u.name)]
     if show_unloaded and unloaded:

@@ -57,7 +57,10 @@ handling it now. [IRP_MJ_...] is what was asked (read, write, device control...)
 parameters (for device control, the third is the IOCTL code).""",
     "lm": """\
 One line per loaded module: its start and end address, its name, and the state of its symbols
-(deferred = not loaded yet; pdb symbols = full names; export symbols = only exported names).""",
+(deferred = not loaded yet; pdb symbols = full names; export symbols = only exported names).
+With t, n or f the status gives way to the image's timestamp, file name or full path: `lm t n`
+lists driver dates (a date far in the future or past is a reproducible build's hash, not a
+date). Unloaded modules were loaded once and are gone: code running there is a stale pointer.""",
     "ln": """\
 The symbol just before the address (with the distance from it) and the next one after it.
 'module!function+0x70' means 0x70 bytes into that function.""",

@@ -332,6 +332,10 @@ def test_complete_dump_without_symbols_uses_exports(complete_path):
             "(fffff800`000060f6)   nt!KeBugCheckEx+0x3   |  (fffff800`00008000)   nt!PsLoadedModuleList"]
         assert lines(s, "lm m nt")[1] == "fffff800`00000000 fffff800`0000e000   nt         (export symbols)       ntoskrnl.exe"
         assert lines(s, f"ln {MYDRV_BASE + 0x1234:x}") == ["(fffff800`01000000)   mydrv+0x1234"]
+        # only exports is a symbol problem (lm e, Microsoft Learn), as is none; l lists exports as loaded
+        nt = lines(s, "lm m nt")[1]
+        assert lines(s, "lme")[1:] == [nt, "fffff800`01000000 fffff800`01005000   mydrv      (no symbols)"]
+        assert lines(s, "lml")[1:] == [nt]
         # the kernel's exports and its KDBG names together
         assert lines(s, "x nt!PsLoaded*") == ["fffff800`00008000 nt!PsLoadedModuleList = <no type information>"]
 
@@ -401,9 +405,9 @@ def test_lm_options(complete):
                                                      "mydrv_fffff80001800000 (deferred)",
                                                      "fffff800`02000000 fffff800`02009000   afd        (no symbols)"]
     assert lines(complete, "lm m dam*")[-2:] == ["Unloaded modules:", "fffff800`03100000 fffff800`0311c000   dam.sys"]
-    assert lines(complete, "lm q") == ["lm: unknown option 'q' (lm [v][o][l][k][1m][sm] [m Pattern | a Address]). "
+    assert lines(complete, "lm q") == ["lm: unknown option 'q' (lm [v][o][l][k][u][e][sm][1m][t][n][f][i][p] [m Pattern | M Pattern | a Address]). "
                                        "Did you mean 'lm'?"]
-    assert lines(complete, "lmvq m nt") == ["lm: unknown option 'q' (lm [v][o][l][k][1m][sm] [m Pattern | a Address]). "
+    assert lines(complete, "lmvq m nt") == ["lm: unknown option 'q' (lm [v][o][l][k][u][e][sm][1m][t][n][f][i][p] [m Pattern | M Pattern | a Address]). "
                                             "Did you mean 'lmv m nt'?"]
     assert lines(complete, "lm m") == ["lm: 'm' needs a pattern, e.g. 'lm m nt'"]
     assert lines(complete, "lmv m") == ["lm: 'm' needs a pattern, e.g. 'lmv m nt'"]

@@ -92,6 +92,20 @@ def image_file_names(module: Module) -> list[str]:
     return list(unique.values()) or [listed]
 
 
+def image_name_as_linked(module: Module, is64: bool) -> str:
+    """The image name `lm n` prints: the file name, except that the 64-bit kernel, loaded from
+    ntoskrnl.exe, is named as linked (ntkrnlmp.exe), as WinDbg names it (windbg.md: IMAGE_NAME)."""
+    listed = module.image_name
+    if is64 and module.name == "nt" and listed.lower() == "ntoskrnl.exe":
+        return "ntkrnlmp.exe"
+    return listed
+
+
+def in_user_space(address: int, is64: bool) -> bool:
+    """Below the kernel's half of the address space (lm's `u`; `k` is the rest)."""
+    return address < (0x8000_0000_0000_0000 if is64 else 0x8000_0000)
+
+
 @dataclass
 class UnloadedModule:
     name: str
