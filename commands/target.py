@@ -1,11 +1,13 @@
-"""What the dump is: vertarget, .bugcheck, .time, .dumpdebug, .enumtag."""
+"""What the dump is: vertarget, .bugcheck, .time, .dumpdebug, .enumtag, the !blackbox* black boxes."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 import construct
 
+from kdshell.analysis.facts import black_boxes
 from kdshell.dispatch import Invocation, command
+from kdshell.dumpfile.blackbox import BLACK_BOXES, black_box, bsd_lines
 from kdshell.dumpfile.header import TRIAGE_FIELD_NAMES
 from kdshell.errors import CommandError
 from kdshell.format import hex_ascii_lines, ptr
@@ -129,3 +131,33 @@ def enumtag(session: Session, inv: Invocation) -> None:
         out.line(f"{{{blob.tag_text.upper()}}} - {blob.data_size:#x} bytes")
         data = session.dump.read_file(blob.data_offset, min(blob.data_size, 0x40))
         out.lines("  " + line for line in hex_ascii_lines(data))
+
+
+def _blackbox(session: Session, inv: Invocation) -> None:
+    box = black_box(inv.name.lower())
+    if inv.args:
+        raise CommandError(f"{box.command} takes no arguments")
+    out = session.out
+    found = dict((b.command, blob) for b, blob in black_boxes(session))
+    blob = found.get(box.command)
+    if blob is None:
+        tag = "{" + box.tag.upper() + "}"
+        if not session.dump.blobs():
+            out.line(f"No {box.what} here: this dump has no secondary data (DumpBlob); Windows 10 and later "
+                     f"add it, tagged {tag}, to the complete, kernel and small memory dumps they write at a crash.")
+        else:
+            out.line(f"No {box.what} in this dump: its secondary data has no {tag} ({box.owner}) blob.")
+        return
+    data = session.dump.read_file(blob.data_offset, blob.data_size)
+    if box.command == "!blackboxbsd":
+        out.lines(bsd_lines(data))
+        return
+    out.line(f"{box.what}: {{{blob.tag_text.upper()}}} ({box.owner}) - {blob.data_size:#x} bytes; "
+             "no public layout, not decoded:")
+    out.lines(hex_ascii_lines(data))
+
+
+for _box in BLACK_BOXES:
+    command(_box.command, family="target", syntax=_box.command,
+            summary=f"Show the {_box.what} from the dump's secondary data",
+            details="Windows' own crash-time callbacks save these; '.enumtag' lists every blob.")(_blackbox)

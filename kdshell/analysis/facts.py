@@ -1,6 +1,6 @@
 """Facts !analyze reports besides the stack: the exception record, the current process and IRQL
 (from the kernel layer, kdshell.kernel.state), the CPU vendor, a critical process's name, the
-driver an IRP is stuck in, and the OS version strings.
+driver an IRP is stuck in, the OS version strings, and which black boxes the secondary data holds.
 
 Each function takes the session and raises KdError (one line, the user's words) when the dump
 cannot answer; analyze.py turns that into a note and goes on.
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kdshell.dumpfile.blackbox import BLACK_BOXES, BlackBox
+from kdshell.dumpfile.dump import DumpBlob
 from kdshell.dumpfile.header import (EXCEPTION_RECORD32, EXCEPTION_RECORD64, MACHINE_AMD64, MACHINE_ARM64,
                                      decode_exception)
 from kdshell.errors import KdError, MemoryNotPresent
@@ -65,6 +67,13 @@ def current_irql(session: SessionView) -> int | None:
     """CURRENT_IRQL: the crashing processor's IRQL (KPRCB/KPCR, as the kernel layer reads it)."""
     kernel = session.kernel
     return kernel.processor(session.context.default_processor).irql
+
+
+def black_boxes(session: SessionView) -> list[tuple[BlackBox, DumpBlob]]:
+    """The BLACKBOX* lines: each black box whose tag is in the dump's secondary data, in WinDbg's
+    order (BSD, NTFS, PnP, winlogon). An empty blob counts: the callback ran."""
+    by_tag = {blob.tag_text: blob for blob in session.dump.blobs()}
+    return [(box, by_tag[box.tag]) for box in BLACK_BOXES if box.tag in by_tag]
 
 
 def process_image_name(session: SessionView, address: int) -> str | None:

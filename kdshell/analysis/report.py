@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from kdshell import __version__
 from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import Analysis, Culprit
+from kdshell.analysis.facts import black_boxes
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
 from kdshell.analysis.teach import explain
 from kdshell.disasm import for_machine
@@ -117,6 +118,12 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
     if a.trap_frame is not None:
         out += [f"TRAP_FRAME:  {a.trap_frame:x} -- (.trap {a.trap_frame:#x})"]
         out += context_block(session, a.trap_frame, trap=True) + [""]
+    for box, _ in black_boxes(session):
+        # WinDbg prints the box's command after the count, and two blank lines, except winlogon's.
+        if box.field == "BLACKBOXWINLOGON":
+            field(box.field, "1", " ")
+        else:
+            out.extend([f"{box.field}: 1 ({box.command})", "", ""])
     if a.process_name:
         field("PROCESS_NAME", a.process_name)
     if a.irql is not None:
