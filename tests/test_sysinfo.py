@@ -1,0 +1,99 @@
+"""!cpuinfo and !sysinfo cpuinfo/cpuspeed/cpumicrocode (issue 19 part 1) on both corpus small
+dumps and a test machine's complete dump. Expected values are decoded here from the dump's own
+bytes: the small dump's KPRCB copy (TRIAGE_DUMP64.PrcbOffset, formats.md §6.1) at the public
+_KPRCB offsets (Vergilius Project, x64 1809 and 2004), and the fixture kernel's init.c values."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+import kdshell
+from conftest import CORPUS_SYMBOLS, MINI_17763, REPO, TRIAGE_19041
+from kdshell.commands.sysinfo import CPUINFO_HEADER
+
+BIN = REPO / "fixtures" / "images" / "bin"
+# _KPRCB (x64): CpuType +0x40, CpuStep +0x42 (stepping, model), MHz +0x44; VendorString, then
+# FeatureBits (+0x10) and UpdateSignature (+0x18)
+VENDOR_AT = {TRIAGE_19041: 0x8590, MINI_17763: 0x6290}
+
+
+def prcb_copy(path) -> bytes:
+    raw = path.read_bytes()
+    offset = struct.unpack_from("<I", raw, 0x2000 + 0x1C)[0]  # TRIAGE_DUMP64.PrcbOffset
+    return raw[offset:]
+
+
+def expected(path) -> dict:
+    prcb = prcb_copy(path)
+    v = VENDOR_AT[path]
+    return {"family": prcb[0x40], "stepping": prcb[0x42], "model": prcb[0x43],
+            "mhz": struct.unpack_from("<I", prcb, 0x44)[0], "vendor": prcb[v:v + 12].decode(),
+            "features": struct.unpack_from("<Q", prcb, v + 0x10)[0],
+            "signature": struct.unpack_from("<Q", prcb, v + 0x18)[0]}
+
+
+@pytest.fixture(params=[TRIAGE_19041, MINI_17763], ids=["19041", "17763"])
+def small(request):
+    with kdshell.open(request.param, symbol_path=str(CORPUS_SYMBOLS), image_path="") as s:
+        s.progress = None
+        yield request.param, s
+
+
+def test_the_19041_dump_is_amd_as_its_driver_says():
+    e = expected(TRIAGE_19041)
+    assert e["vendor"] == "AuthenticAMD"  # the crash is in amdppm.sys, AMD's processor driver
+    assert expected(MINI_17763)["vendor"] == "GenuineIntel"
+
+
+def test_cpuinfo_row_on_the_small_dumps(small):
+    path, s = small
+    e = expected(path)
+    out = s.capture("!cpuinfo").splitlines()
+    assert out[0] == CPUINFO_HEADER
+    n = s.kernel.crashing_processor
+    assert out[1] == (f"{n:2d}  {e['family']},{e['model']},{e['stepping']} {e['vendor']} {e['mhz']:4d} "
+                      f"{e['signature']:016x} {'':16}  {e['features']:08x}")
+    assert len(out) == 2  # every field known: no "absent" line
+
+
+def test_sysinfo_cpu_topics_on_the_small_dumps(small):
+    path, s = small
+    e = expected(path)
+    arch = "Intel64" if e["vendor"] == "GenuineIntel" else "AMD64"
+    info = s.capture("!sysinfo cpuinfo").splitlines()
+    assert info[0] == "[CPU Information]"
+    assert f"~MHz = REG_DWORD {e['mhz']}" in info
+    assert f"Identifier = REG_SZ {arch} Family {e['family']} Model {e['model']} Stepping {e['stepping']}" in info
+    assert f"VendorIdentifier = REG_SZ {e['vendor']}" in info
+    assert f"MSR8B = REG_QWORD {e['signature']:x}" in info
+    assert s.capture("!sysinfo cpuspeed").splitlines()[0] == f"CurrentSpeed: {e['mhz']}"
+    micro = s.capture("!sysinfo cpumicrocode").splitlines()
+    sig = e["signature"]
+    assert micro[:4] == [f"Cached Microcode Version: {sig >> 32:08x}:{sig & 0xFFFFFFFF:08x}",
+                         f"Processor Family: {e['family']:02x}", f"Processor Model: {e['model']:02x}",
+                         f"Processor Stepping: {e['stepping']:02x}"]
+
+
+def test_sysinfo_bad_and_missing_topics_say_so_in_one_line(small):
+    _, s = small
+    assert s.capture("!sysinfo").splitlines() == [
+        "!sysinfo: give one of cpuinfo, cpuspeed, cpumicrocode, machineid, smbios"]
+    smbios = s.capture("!sysinfo smbios").splitlines()
+    assert len(smbios) == 1 and "SMBIOS table is not in this dump" in smbios[0]
+    assert len(s.capture("!cpuinfo zz").splitlines()) == 1
+
+
+def test_cpuinfo_on_a_complete_dump_says_which_fields_the_kernel_lacks(machines):
+    # The fixture kernel (fixtures/images/src/nt/init.c) sets MHz = 3000 and CpuType = 6 on every
+    # processor; its KPRCB declares no VendorString, FeatureBits or UpdateSignature.
+    truth = machines.truth("d1")
+    with kdshell.open(machines.path("d1", "complete"), symbol_path=str(BIN), image_path="") as s:
+        s.progress = None
+        out = s.capture("!cpuinfo").splitlines()
+    assert out[0] == CPUINFO_HEADER
+    rows = out[1:-1]
+    assert [int(r.split()[0]) for r in rows] == [p["number"] for p in truth["processors"]]
+    for r in rows:
+        assert r.split()[1:3] == ["6,0,0", "3000"]
+    assert out[-1].startswith("KPRCB.VendorString, KPRCB.FeatureBits, KPRCB.UpdateSignature: not known")
