@@ -99,7 +99,7 @@ def _cpu_information(session: Session, p: Processor, info: CpuInfo) -> list[str]
     lines = ["[CPU Information]"]
     if info.mhz is not None:
         lines.append(f"~MHz = REG_DWORD {info.mhz}")
-    if info.family is not None:
+    if None not in (info.family, info.model, info.stepping):
         lines.append(f"Identifier = REG_SZ {identifier(info, session.is64)}")
     if info.update_signature is not None:
         raw = info.update_signature.to_bytes(8, "little")

@@ -97,3 +97,27 @@ def test_cpuinfo_on_a_complete_dump_says_which_fields_the_kernel_lacks(machines)
     for r in rows:
         assert r.split()[1:3] == ["6,0,0", "3000"]
     assert out[-1].startswith("KPRCB.VendorString, KPRCB.FeatureBits, KPRCB.UpdateSignature: not known")
+
+
+def test_analyze_v_prints_the_cpu_lines_after_file_in_cab(small):
+    path, s = small
+    e = expected(path)
+    out = s.capture("!analyze -v").splitlines()
+    at = out.index(next(x for x in out if x.startswith("FILE_IN_CAB:")))
+    cpu = [x for x in out[at + 1:] if x.startswith("CPU_")]
+    sig = e["signature"]
+    assert cpu == [f"CPU_COUNT: {s.dump.header.number_processors:x}", f"CPU_MHZ: {e['mhz']:x}",
+                   f"CPU_VENDOR:  {e['vendor']}", f"CPU_FAMILY: {e['family']:x}", f"CPU_MODEL: {e['model']:x}",
+                   f"CPU_STEPPING: {e['stepping']:x}",
+                   f"CPU_MICROCODE: {e['family']:x},{e['model']:x},{e['stepping']:x},0 (F,M,S,R)  "
+                   f"SIG: {sig >> 32:X}'{sig & 0xFFFFFFFF:08X} (cache)"]
+    assert out.index(cpu[-1]) < out.index(next(x for x in out if x.startswith("EXCEPTION_RECORD:")))
+
+
+def test_analyze_v_leaves_out_the_cpu_lines_the_kernel_lacks(machines):
+    with kdshell.open(machines.path("d1", "complete"), symbol_path=str(BIN), image_path="") as s:
+        s.progress = None
+        cpu = [x for x in s.capture("!analyze -v").splitlines() if x.startswith("CPU_")]
+    # MHz 3000 and family 6 from init.c; no VendorString or UpdateSignature in its KPRCB
+    assert cpu == [f"CPU_COUNT: {len(machines.truth('d1')['processors']):x}", "CPU_MHZ: bb8", "CPU_FAMILY: 6",
+                   "CPU_MODEL: 0", "CPU_STEPPING: 0"]

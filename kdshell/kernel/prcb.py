@@ -229,9 +229,9 @@ def read_cpu_info(memory: Memory, prcb: int, layout: StructLayout, is64: bool,
     vendor = None
     if (at := f("vendor_string")) is not None:
         try:
-            raw = memory.read(prcb + at, 13)
-            text = raw.split(b"\0", 1)[0].decode("ascii", "replace")
-            vendor = text if text.strip() else None
+            text = memory.read(prcb + at, 13).split(b"\0", 1)[0]
+            # printable ASCII only: anything else is not a CPUID vendor string
+            vendor = text.decode("ascii") if text and all(0x20 <= b < 0x7F for b in text) else None
         except MemoryNotPresent:
             vendor = None
     return CpuInfo(
