@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError
 from kdshell.kernel.prcb import CpuInfo, read_cpu_info
+from kdshell.kernel.smbios import locate_table, machine_id, parse_table, smbios_lines
 
 if TYPE_CHECKING:
     from kdshell.kernel.prcb import Processor
@@ -132,20 +133,40 @@ def _cpu_microcode(p: Processor, info: CpuInfo) -> list[str]:
     return lines
 
 
+def smbios_table(session: Session, topic: str) -> bytes:
+    k = session.kernel
+    physical = session.spaces.physical
+    try:
+        return locate_table(k.symbol, k.memory.read, physical.read if physical is not None else None)
+    except KdError as exc:
+        raise KdError(f"!sysinfo {topic}: {exc}") from None
+
+
+def firmware_lines(topic: str, raw: bytes) -> list[str]:
+    """machineid's `Name = value` lines or smbios' structures, from the table's bytes."""
+    structures = parse_table(raw)
+    if not structures:
+        raise KdError(f"!sysinfo {topic}: the {len(raw):#x} bytes at the SMBIOS table's address hold no structure")
+    if topic == "machineid":
+        return [f"Machine ID Information [From Smbios, Size={len(raw)}]"] + [f"{n} = {v}" for n, v in machine_id(structures)]
+    return smbios_lines(structures, None, len(raw))
+
+
 @command("!sysinfo", family="machine", needs=(needs_memory, not_on_arm64("!sysinfo")),
          syntax="!sysinfo {cpuinfo | cpuspeed | cpumicrocode | machineid | smbios}",
          summary="Show the machine's processor, firmware and board facts the dump holds",
          example="!sysinfo cpuinfo",
          details="cpuinfo, cpuspeed and cpumicrocode read the crashing processor's KPRCB; machineid and "
-                 "smbios need the SMBIOS table.")
+                 "smbios decode the SMBIOS table (types 0, 1, 2, 4, 17) where nt!WmipSMBiosTablePhysicalAddress "
+                 "points, when the kernel's symbols and the table's pages are in the dump.")
 def sysinfo_(session: Session, inv: Invocation) -> None:
     words = inv.text.split()
     topic = words[0].lower() if words else ""
     if topic not in SYSINFO_TOPICS:
         raise CommandError(f"!sysinfo: give one of {', '.join(SYSINFO_TOPICS)}")
     if topic in ("machineid", "smbios"):
-        raise KdError(f"!sysinfo {topic}: the SMBIOS table is not in this dump (kdshell finds no copy of it in "
-                      "the dump's data; WinDbg reads it from the firmware table the kernel keeps in memory)")
+        session.out.lines(firmware_lines(topic, smbios_table(session, topic)))
+        return
     cpus = _cpus(session, f"!sysinfo {topic}")
     number = session.kernel.crashing_processor
     p, info = next((c for c in cpus if c[0].number == number), cpus[0])
