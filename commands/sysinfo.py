@@ -148,8 +148,9 @@ def firmware_lines(topic: str, raw: bytes) -> list[str]:
     if not structures:
         raise KdError(f"!sysinfo {topic}: the {len(raw):#x} bytes at the SMBIOS table's address hold no structure")
     if topic == "machineid":
-        return [f"Machine ID Information [From Smbios, Size={len(raw)}]"] + [f"{n} = {v}" for n, v in machine_id(structures)]
-    return smbios_lines(structures, None, len(raw))
+        head = f"Machine ID Information [From Smbios, Size={len(raw)}]"
+        return [head] + [f"{n} = {v}" for n, v in machine_id(structures)]
+    return smbios_lines(structures, len(raw))
 
 
 @command("!sysinfo", family="machine", needs=(needs_memory, not_on_arm64("!sysinfo")),

@@ -3,7 +3,7 @@ SYSTEM_* / BIOS_* / BASEBOARD_* facts.
 
     structures = parse_table(raw)                        # every structure, up to type 127
     machine_id(structures) -> [(name, value), ...]       # !sysinfo machineid's lines
-    smbios_lines(structures, version, len(raw))          # !sysinfo smbios (types 0, 1, 2, 4, 17)
+    smbios_lines(structures, len(raw))                   # !sysinfo smbios (types 0, 1, 2, 4, 17)
     locate_table(symbol, read_physical)                  # where the kernel keeps it
 
 A structure: Type (byte), Length of the formatted area (byte), Handle (word), the formatted
@@ -215,10 +215,11 @@ def _n(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
-def smbios_lines(structures: list[Structure], version: str | None, size: int) -> list[str]:
+def smbios_lines(structures: list[Structure], size: int) -> list[str]:
     """!sysinfo smbios: the table's header, then types 0, 1, 2, 4 and 17 field by field (a field
-    the structure's version does not have is left out)."""
-    lines = [f"[SMBIOS Data Tables v{version}]" if version else "[SMBIOS Data Tables]",
+    the structure's version does not have is left out). The SMBIOS version is in the entry point
+    structure, which the kernel's variables do not point to: the header leaves it out."""
+    lines = ["[SMBIOS Data Tables]",
              f"[Table Length 0x{size:04X} ({size}) bytes]", ""]
     for s in structures:
         if s.type not in TYPE_NAMES:
