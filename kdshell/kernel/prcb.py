@@ -238,7 +238,16 @@ def read_cpu_info(memory: Memory, prcb: int, layout: StructLayout, is64: bool,
         r.maybe_uint(prcb, f("cpu_type"), 1), r.maybe_uint(prcb, f("cpu_id"), 1),
         step >> 8 if step is not None else None, step & 0xFF if step is not None else None,
         r.maybe_uint(prcb, f("mhz"), 4), vendor, r.maybe_uint(prcb, f("cpu_vendor"), 1),
-        r.maybe_uint(prcb, f("feature_bits"), 8 if is64 else 4), r.maybe_uint(prcb, f("update_signature"), 8))
+        r.maybe_uint(prcb, f("feature_bits"), _feature_width(f("feature_bits"), f("update_signature"), is64)),
+        r.maybe_uint(prcb, f("update_signature"), 8))
+
+
+def _feature_width(features: int | None, signature: int | None, is64: bool) -> int:
+    """FeatureBits is a ULONG64 on x64 Windows 10 and a ULONG before (and on x86); where
+    UpdateSignature follows it 4 bytes on, it is the ULONG."""
+    if features is not None and signature is not None and signature - features == 4:
+        return 4
+    return 8 if is64 else 4
 
 
 PCR_TIB_NAMES = ("ExceptionList", "StackBase", "StackLimit", "SubSystemTib", "Version", "UserPointer", "SelfTib")
