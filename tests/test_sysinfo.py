@@ -121,3 +121,39 @@ def test_analyze_v_leaves_out_the_cpu_lines_the_kernel_lacks(machines):
     # MHz 3000 and family 6 from init.c; no VendorString or UpdateSignature in its KPRCB
     assert cpu == [f"CPU_COUNT: {len(machines.truth('d1')['processors']):x}", "CPU_MHZ: bb8", "CPU_FAMILY: 6",
                    "CPU_MODEL: 0", "CPU_STEPPING: 0"]
+
+
+class _Offsets:
+    """A Windows 7 x64-style KPRCB tail: FeatureBits a ULONG right before UpdateSignature."""
+
+    table = {"CpuType": 0x40, "CpuStep": 0x42, "MHz": 0x44, "VendorString": 0x100, "FeatureBits": 0x110,
+             "UpdateSignature": 0x114}
+
+    def offset(self, type_name: str, path: str):
+        return self.table.get(path) if type_name == "_KPRCB" else None
+
+    def source(self, type_name: str, path: str):
+        return "test"
+
+
+class _Memory:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, address: int, size: int) -> bytes:
+        return self.data[address:address + size]
+
+
+def test_feature_bits_is_a_ulong_where_the_signature_follows_it():
+    from kdshell.kernel.prcb import prcb_layout, read_cpu_info
+
+    raw = bytearray(0x200)
+    raw[0x40], raw[0x42], raw[0x43] = 6, 7, 0x3A
+    struct.pack_into("<I", raw, 0x44, 3400)
+    raw[0x100:0x10D] = b"GenuineIntel\0"
+    struct.pack_into("<IQ", raw, 0x110, 0x20193FFF, 0x1900000000)
+    info = read_cpu_info(_Memory(bytes(raw)), 0, prcb_layout(_Offsets(), True), True, 0x200)
+    assert (info.family, info.model, info.stepping, info.mhz) == (6, 0x3A, 7, 3400)
+    assert info.features == 0x20193FFF and info.update_signature == 0x1900000000
+    # a table offset past the kernel's own KPRCB size is not read
+    assert read_cpu_info(_Memory(bytes(raw)), 0, prcb_layout(_Offsets(), True), True, 0x100).vendor is None
