@@ -51,6 +51,7 @@ FAMILIES = {
     "stack": "Call stacks and register contexts: k*, .cxr, .trap, .frame",
     "kernel": "Processes, threads, processors: !process, !thread, !pcr",
     "analysis": "Crash analysis: !analyze",
+    "machine": "Machine facts: !sysinfo, !cpuinfo",
     "dump": "Writing dumps: .dump",
     "session": "The session itself: .help, .echo, q, options",
 }

@@ -14,6 +14,7 @@ from kdshell.dumpfile.dump import DumpBlob
 from kdshell.dumpfile.header import (EXCEPTION_RECORD32, EXCEPTION_RECORD64, MACHINE_AMD64, MACHINE_ARM64,
                                      decode_exception)
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel.prcb import CpuInfo, read_cpu_info
 from kdshell.target import build_lab, nt_version, os_name
 from kdshell.view import SessionView
 
@@ -81,17 +82,38 @@ def process_image_name(session: SessionView, address: int) -> str | None:
     return session.kernel.process_name(address)
 
 
+def _cpu_info(session: SessionView, number: int) -> CpuInfo:
+    kernel = session.kernel
+    prcb = kernel.processor(number).prcb
+    return read_cpu_info(kernel.memory, prcb, kernel.prcb_layout, session.is64, kernel.offsets.size("_KPRCB"))
+
+
 def cpu_vendor(session: SessionView) -> str | None:
     """KPRCB.VendorString of the crashing processor: GenuineIntel, AuthenticAMD, ..."""
-    offsets = session.parts.offsets()
-    offset = offsets.offset("_KPRCB", "VendorString")
-    if offset is None:
-        return None
-    prcb = session.kernel.processor(session.context.default_processor).prcb
-    try:
-        return _ascii(_memory(session).read(prcb + offset, 13))
-    except MemoryNotPresent:
-        return None
+    return _cpu_info(session, session.context.default_processor).vendor
+
+
+def cpu_facts(session: SessionView) -> dict[str, str]:
+    """!analyze -v's CPU_* lines from the crashing processor's KPRCB, each only when the dump
+    has it; numbers in hex as WinDbg prints them (CPU_MHZ: c18 for 3096 MHz). CPU_MICROCODE is
+    `F,M,S,R (F,M,S,R)  SIG: HIGH'LOW (cache)`; the initial signature is a registry value a dump
+    does not hold, so only the KPRCB's cached one is given."""
+    if session.dump.header.machine == MACHINE_ARM64:
+        return {}
+    info = _cpu_info(session, session.kernel.crashing_processor)
+    out = {"CPU_COUNT": f"{session.kernel.processor_count():x}"}
+    if info.mhz is not None:
+        out["CPU_MHZ"] = f"{info.mhz:x}"
+    if info.vendor is not None:
+        out["CPU_VENDOR"] = f" {info.vendor}"  # WinDbg prints two blanks after this one
+    for name, value in (("CPU_FAMILY", info.family), ("CPU_MODEL", info.model), ("CPU_STEPPING", info.stepping)):
+        if value is not None:
+            out[name] = f"{value:x}"
+    if info.update_signature is not None and None not in (info.family, info.model, info.stepping):
+        sig = info.update_signature
+        out["CPU_MICROCODE"] = (f"{info.family:x},{info.model:x},{info.stepping:x},0 (F,M,S,R)  "
+                                f"SIG: {sig >> 32:X}'{sig & 0xFFFFFFFF:08X} (cache)")
+    return out
 
 
 def irp_driver(session: SessionView, irp: int) -> dict[str, Any]:
@@ -164,8 +186,3 @@ def _kernel_version_info(session: SessionView) -> VersionInfo | None:
         return None
 
 
-def _ascii(raw: bytes) -> str | None:
-    text = raw.split(b"\0", 1)[0]
-    if not text or not all(0x20 <= b < 0x7F for b in text):
-        return None
-    return text.decode("ascii")

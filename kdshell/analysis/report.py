@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from kdshell import __version__
 from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import Analysis, Culprit
-from kdshell.analysis.facts import black_boxes
+from kdshell.analysis.facts import black_boxes, cpu_facts
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
 from kdshell.analysis.teach import explain
 from kdshell.disasm import for_machine
@@ -99,6 +99,12 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
     attributes = session.dump.header.attributes
     if attributes:
         field("DUMP_FILE_ATTRIBUTES", f"{attributes:#x}", " ")
+    try:
+        cpu = cpu_facts(session)
+    except KdError:
+        cpu = {}
+    for name, value in cpu.items():
+        field(name, value, " ")
     if a.critical_process:
         field("CRITICAL_PROCESS", a.critical_process)
     if a.irp:

@@ -7,6 +7,7 @@ the small dump's KPRCB/ETHREAD/EPROCESS copies (what !pcr, !prcb, !irql and !run
     crashing_processor(processors, header_sp, thread_bounds)                # which one bug-checked
     locate_triage_copies(copies, memory, kdbg, layout, ...)                 # a small dump's copies
     read_prcb_counters(memory, prcb, layout, is64), read_pcr_fields(memory, pcr, layout, is64)  # !prcb, !pcr
+    read_cpu_info(memory, prcb, layout, is64)                               # !cpuinfo, !sysinfo
 
 KPRCB addresses come from nt!KiProcessorBlock (an array of KPRCB pointers; the KDBG gives its
 address). The KPCR holds its KPRCB: KPCR = KPRCB - KPCR.Prcb (0x180 on x64, 0x120 on x86).
@@ -43,6 +44,13 @@ PRCB_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "interrupt_time": (("_KPRCB", "InterruptTime"),),
     "kernel_time": (("_KPRCB", "KernelTime"),),
     "user_time": (("_KPRCB", "UserTime"),),
+    "cpu_type": (("_KPRCB", "CpuType"),),
+    "cpu_id": (("_KPRCB", "CpuID"),),
+    "cpu_step": (("_KPRCB", "CpuStep"),),
+    "cpu_vendor": (("_KPRCB", "CpuVendor"),),
+    "vendor_string": (("_KPRCB", "VendorString"),),
+    "feature_bits": (("_KPRCB", "FeatureBits"),),
+    "update_signature": (("_KPRCB", "UpdateSignature"),),
     "pcr_irql": (("_KPCR", "Irql"),),
     "pcr_idt": (("_KPCR", "IdtBase"), ("_KPCR", "IDT")),
     "pcr_gdt": (("_KPCR", "GdtBase"), ("_KPCR", "GDT")),
@@ -183,6 +191,63 @@ def read_prcb_counters(memory: Memory, prcb: int, layout: StructLayout, is64: bo
         r.maybe_ptr(prcb, f("group_set_member")),
         *(r.maybe_uint(prcb, f(n), 4) for n in ("interrupt_count", "dpc_time", "interrupt_time",
                                                 "kernel_time", "user_time")))
+
+
+@dataclass
+class CpuInfo:
+    """A processor's identity as the kernel recorded it in its KPRCB at boot (None: the field is
+    unknown for this kernel or not in the dump). CpuType is the CPUID family, CpuStep the model
+    (high byte) and stepping (low byte), UpdateSignature the microcode revision (MSR 0x8B) as
+    read at boot, FeatureBits the kernel's KF_* feature flags (not CPUID's)."""
+
+    family: int | None = None
+    cpuid: int | None = None  # KPRCB.CpuID: 1 when the processor has the CPUID instruction
+    model: int | None = None
+    stepping: int | None = None
+    mhz: int | None = None
+    vendor: str | None = None  # VendorString: GenuineIntel, AuthenticAMD, ...
+    vendor_code: int | None = None  # KPRCB.CpuVendor (the kernel's CPU_VENDORS number)
+    features: int | None = None
+    update_signature: int | None = None
+
+    @property
+    def known(self) -> bool:
+        return any(v is not None for v in (self.family, self.mhz, self.vendor, self.update_signature))
+
+
+def read_cpu_info(memory: Memory, prcb: int, layout: StructLayout, is64: bool,
+                  prcb_size: int | None = None) -> CpuInfo:
+    """`prcb_size`: the KPRCB's size when known; a field offset beyond it (the built-in table's,
+    for a kernel whose own types end earlier) is not this kernel's field."""
+    r = Reader(memory, is64)
+
+    def f(name: str) -> int | None:
+        at = layout.get(name)
+        return at if at is None or prcb_size is None or at < prcb_size else None
+
+    step = r.maybe_uint(prcb, f("cpu_step"), 2)
+    vendor = None
+    if (at := f("vendor_string")) is not None:
+        try:
+            text = memory.read(prcb + at, 13).split(b"\0", 1)[0]
+            # printable ASCII only: anything else is not a CPUID vendor string
+            vendor = text.decode("ascii") if text and all(0x20 <= b < 0x7F for b in text) else None
+        except MemoryNotPresent:
+            vendor = None
+    return CpuInfo(
+        r.maybe_uint(prcb, f("cpu_type"), 1), r.maybe_uint(prcb, f("cpu_id"), 1),
+        step >> 8 if step is not None else None, step & 0xFF if step is not None else None,
+        r.maybe_uint(prcb, f("mhz"), 4), vendor, r.maybe_uint(prcb, f("cpu_vendor"), 1),
+        r.maybe_uint(prcb, f("feature_bits"), _feature_width(f("feature_bits"), f("update_signature"), is64)),
+        r.maybe_uint(prcb, f("update_signature"), 8))
+
+
+def _feature_width(features: int | None, signature: int | None, is64: bool) -> int:
+    """FeatureBits is a ULONG64 on x64 Windows 10 and a ULONG before (and on x86); where
+    UpdateSignature follows it 4 bytes on, it is the ULONG."""
+    if features is not None and signature is not None and signature - features == 4:
+        return 4
+    return 8 if is64 else 4
 
 
 PCR_TIB_NAMES = ("ExceptionList", "StackBase", "StackLimit", "SubSystemTib", "Version", "UserPointer", "SelfTib")
