@@ -154,10 +154,8 @@ def _open_log(session: Session, path: str, append: bool) -> None:
     previous = session.out.close_log()
     if previous:
         session.out.line(f"Closing open log file {previous}")
-    try:
-        session.out.open_log(path, append=append)
-    except OSError as exc:
-        raise CommandError(f"Unable to open log file '{path}': {exc.strerror}") from None
+    session.out.open_log(path, append=append, protected=session.protected_files(),
+                         what=".logappend" if append else ".logopen")
     session.out.line(f"Opened log file '{path}'")
 
 
