@@ -124,7 +124,10 @@ def scriptstop(session: Session, inv: Invocation) -> None:
 
 
 @command(".logopen", family="session", syntax=".logopen [/t] File",
-         summary="Copy everything shown from now on into a log file (a new file; /t adds a timestamp)",
+         summary="Copy everything shown from now on into a log file (a new file, or an existing text log "
+                 "started afresh; /t adds a timestamp)",
+         details="Never the dump being read, a loaded image or PDB, a device, FIFO or directory, nor a\n"
+                 "binary file: those are refused with one line and left as they are.",
          example=".logopen crash1.log")
 def logopen(session: Session, inv: Invocation) -> None:
     import time
