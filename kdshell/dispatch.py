@@ -103,7 +103,6 @@ def split_commands(line: str) -> list[str]:
     parts: list[str] = []
     n = len(line)
     start = i = 0  # the current command starts at `start`; scanned up to `i`
-    quoted = False
     at_start = True  # nothing but whitespace yet in the current command
     while i < n:
         if at_start:
@@ -123,9 +122,12 @@ def split_commands(line: str) -> list[str]:
         if m is None:
             break
         i = m.end()
-        if m.group() == '"':
-            quoted = not quoted
-        elif not quoted:
+        if m.group() == '"':  # a ';' inside quotes is text: skip to the closing quote
+            close = line.find('"', i)
+            if close < 0:
+                break
+            i = close + 1
+        else:
             parts.append(line[start:m.start()])
             start, at_start = i, True
     parts.append(line[start:])
