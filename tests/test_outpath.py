@@ -111,3 +111,26 @@ def test_dump_command_refuses_special_files(dump, tmp_path):
         os.link(dump, hard)
         assert "is the dump being read" in s.capture(f".dump /o /f {hard}")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sha256(dump) == digest
+
+
+def test_loaded_pdb_and_image_are_protected(tmp_path):
+    """A PDB and an image file the session has loaded are refused as log and dump targets."""
+    import shutil
+
+    from test_modules import BIN, KernelMachine
+
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("ntkrnlmp.pdb", "ntoskrnl.exe"):
+        shutil.copy(BIN / name, store / name)
+    dump = KernelMachine().write(tmp_path)
+    digests = {p: sha256(p) for p in store.iterdir()}
+    with kdshell.open(dump, symbol_path=str(store), image_path=str(store)) as s:
+        s.progress = None
+        assert "nt!KiSwapThread" in s.capture("x nt!KiSwapThread")
+        s.symbols.file_image(s.symbols.modules.by_name("nt"))
+        assert set(s.protected_files()[1:]) == {str(store / "ntkrnlmp.pdb"), str(store / "ntoskrnl.exe")}
+        for target in store.iterdir():
+            for cmd in (".logopen", ".logappend", ".dump /o /m"):
+                assert "a file kdshell has open" in one_error_line(s.capture(f"{cmd} {target}"))
+    assert {p: sha256(p) for p in store.iterdir()} == digests
