@@ -14,6 +14,7 @@ import os
 from kdshell.dispatch import Invocation, command, not_on_arm64
 from kdshell.dumpfile.dump import KIND_NAMES
 from kdshell.errors import CommandError
+from kdshell.outpath import check_output
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -92,13 +93,6 @@ def unique_name(path: str, now: datetime.datetime | None = None, pid: int | None
     return f"{stem}_{stamp}{ext}"
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 @command(".dump", family="dump", syntax=SYNTAX, needs=(not_on_arm64(".dump"),),
          summary="Write a small memory dump (/m), or a complete (/f), kernel (/k) or active (/ka) dump, "
                  "from the dump being read",
@@ -122,8 +116,7 @@ def dump(session: Session, inv: Invocation) -> None:
     if o["unique"]:
         path = unique_name(path)
     d = session.dump
-    if _same_file(path, d.path):
-        raise CommandError(f".dump: {path} is the dump being read; it is never written: choose another name")
+    check_output(path, session.protected_files(), ".dump")
     if not o["overwrite"] and os.path.lexists(path):
         raise CommandError(f".dump: {path} already exists: add /o to overwrite it, or /u for a new name")
     kind = o["kind"]

@@ -124,7 +124,10 @@ def scriptstop(session: Session, inv: Invocation) -> None:
 
 
 @command(".logopen", family="session", syntax=".logopen [/t] File",
-         summary="Copy everything shown from now on into a log file (a new file; /t adds a timestamp)",
+         summary="Copy everything shown from now on into a log file (a new file, or an existing text log "
+                 "started afresh; /t adds a timestamp)",
+         details="Never the dump being read, a loaded image or PDB, a device, FIFO or directory, nor a\n"
+                 "binary file: those are refused with one line and left as they are.",
          example=".logopen crash1.log")
 def logopen(session: Session, inv: Invocation) -> None:
     import time
@@ -154,10 +157,8 @@ def _open_log(session: Session, path: str, append: bool) -> None:
     previous = session.out.close_log()
     if previous:
         session.out.line(f"Closing open log file {previous}")
-    try:
-        session.out.open_log(path, append=append)
-    except OSError as exc:
-        raise CommandError(f"Unable to open log file '{path}': {exc.strerror}") from None
+    session.out.open_log(path, append=append, protected=session.protected_files(),
+                         what=".logappend" if append else ".logopen")
     session.out.line(f"Opened log file '{path}'")
 
 

@@ -141,14 +141,12 @@ def _main(argv: list[str] | None) -> int:
     from kdshell.session import open_session
 
     out = Output(sys.stdout)
-    log = None
     if args.log:
-        try:
-            log = open(args.log, "w", encoding="utf-8")
-        except OSError as exc:
-            print(f"kdshell: cannot write the log file {args.log}: {exc.strerror}", file=sys.stderr)
+        try:  # before the dump is opened, and never onto it: checked before anything is truncated
+            out.open_log(args.log, protected=[dump_path], what="-logo")
+        except KdError as exc:
+            print(f"kdshell: {exc}", file=sys.stderr)
             return 2
-        out.log = log
     try:
         session = open_session(dump_path, out=out, **opening)
     except KdError as exc:
@@ -184,8 +182,7 @@ def _main(argv: list[str] | None) -> int:
         pass
     finally:
         session.close()
-        if log is not None:
-            log.close()
+        out.close_log()
     if failures is None:
         failures = session.failures
     return 0 if failures == 0 else 1

@@ -6,6 +6,7 @@ one, and its arguments are tokenized the WinDbg way (not argparse: it cannot say
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -87,37 +88,49 @@ def command(
 SCRIPT_PREFIXES = ("$$>a<", "$$><", "$$<", "$><", "$<")
 
 
+_NON_BLANK = re.compile(r"\S")
+_QUOTE_OR_SEMI = re.compile('[;"]')
+
+
 def split_commands(line: str) -> list[str]:
     """Split on ';' outside double quotes.
 
     `$$` starts a comment that runs to the next ';'; `*` at the start of a command comments out
     the rest of the line; `$<File` and `$><File` take the rest of the line as the file name.
     """
+    # Linear in the line's length (issue 24): the regular expressions skip ordinary text, and a
+    # command's first non-blank character is where `$<` and `*` are looked for.
     parts: list[str] = []
-    cur: list[str] = []
-    quoted = False
-    i = 0
-    while i < len(line):
-        if not quoted and not "".join(cur).strip():
-            rest = line[i:].lstrip()
-            if rest.startswith(("$<", "$><")):
-                parts.append(rest)
-                cur = []
+    n = len(line)
+    start = i = 0  # the current command starts at `start`; scanned up to `i`
+    at_start = True  # nothing but whitespace yet in the current command
+    while i < n:
+        if at_start:
+            first = _NON_BLANK.search(line, i)
+            if first is None:
                 break
-            if rest.startswith("*"):
-                cur = []
+            j = first.start()
+            if line.startswith(("$<", "$><"), j):
+                parts.append(line[j:])
+                start = n
                 break
-        ch = line[i]
-        if ch == '"':
-            quoted = not quoted
-        elif ch == ";" and not quoted:
-            parts.append("".join(cur))
-            cur = []
-            i += 1
-            continue
-        cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
+            if line[j] == "*":
+                start = n
+                break
+            at_start, i = False, j
+        m = _QUOTE_OR_SEMI.search(line, i)
+        if m is None:
+            break
+        i = m.end()
+        if m.group() == '"':  # a ';' inside quotes is text: skip to the closing quote
+            close = line.find('"', i)
+            if close < 0:
+                break
+            i = close + 1
+        else:
+            parts.append(line[start:m.start()])
+            start, at_start = i, True
+    parts.append(line[start:])
     out = []
     for p in parts:
         p = p.strip()

@@ -60,10 +60,16 @@ class Output:
             self.stream.write("\x1b[H\x1b[2J")
             self.stream.flush()
 
-    def open_log(self, path: str, append: bool = False) -> None:
-        """Copy everything shown from now on to `path` (.logopen / .logappend / -logo)."""
+    def open_log(self, path: str, append: bool = False, protected: Iterable[str] = (), what: str = ".logopen") -> None:
+        """Copy everything shown from now on to `path` (.logopen / .logappend / -logo). Never the dump
+        or another file in `protected`, nor a special or binary file (kdshell.outpath)."""
+        import os
+
+        from kdshell.outpath import open_log
+
+        fd = open_log(path, protected, append, what)
         self.close_log()
-        self.log = open(path, "a" if append else "w", encoding="utf-8")
+        self.log = os.fdopen(fd, "a", encoding="utf-8")
         self.log_path = path
 
     def close_log(self) -> str | None:

@@ -294,6 +294,10 @@ class Session:
                 raise
             return None
 
+    def protected_files(self) -> list[str]:
+        """Files kdshell must never write: the dump being read, the loaded images and PDBs."""
+        return [self.dump.path, *self.symbols.open_files()]
+
     def close(self) -> None:
         self.dump.close()
 

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from kdshell import dispatch
@@ -7,6 +9,31 @@ from kdshell.dispatch import load_commands as _load_commands
 
 def test_split_commands_respects_quotes_and_comments():
     assert dispatch.split_commands('a; b "c;d" ;; $$ x; e') == ["a", 'b "c;d"', "e"]
+
+
+def test_split_commands_comments_and_file_commands():
+    assert dispatch.split_commands("r;  * rest; not run") == ["r"]
+    assert dispatch.split_commands('k; $<my;file.txt') == ["k", "$<my;file.txt"]
+    assert dispatch.split_commands('  $><a b;c') == ["$><a b;c"]
+    assert dispatch.split_commands('.echo "*;$<"; x*y') == ['.echo "*;$<"', "x*y"]
+    assert dispatch.split_commands('.echo "open;') == ['.echo "open;']
+
+
+def test_split_commands_is_linear():
+    """Issue 24: joining the buffer at every character made a 1 MB line take hours. A complexity
+    check with a generous bound, not a benchmark."""
+    lines = [
+        ('.echo "a;b" ' + "x" * 1000 + "; ") * 10_000,  # 10 MB: 10,000 commands with quotes
+        "?" + " 1" * 5_000_000,  # one 10 MB command
+        " " * 10_000_000 + "r",  # 10 MB of blanks before a command
+        '.echo "' + "a;" * 5_000_000,  # an unclosed quote over 10 MB
+    ]
+    expected = [10_000, 1, 1, 1]
+    for line, count in zip(lines, expected):
+        start = time.perf_counter()
+        parts = dispatch.split_commands(line)
+        assert time.perf_counter() - start < 1.0
+        assert len(parts) == count
 
 
 def test_tokenize_keeps_quotes_and_parentheses():

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Lowest first. A module belongs to the first floor whose prefix matches its dotted name.
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("kdshell.errors", "kdshell.format", "kdshell.expr", "kdshell.output", "kdshell.progress",
+    ("base", ("kdshell.errors", "kdshell.outpath", "kdshell.format", "kdshell.expr", "kdshell.output", "kdshell.progress",
               "kdshell.bugcheck_roles")),
     # Page sources: a container's bytes indexed by PFN (runs, bitmaps) or by saved virtual range.
     ("pages", ("kdshell.memory.physical", "kdshell.memory.sparse")),

@@ -3,6 +3,7 @@
 and on a synthetic complete dump of the fixture kernel (real images and PDBs)."""
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -10,6 +11,7 @@ import kdshell
 from conftest import CORPUS_SYMBOLS, MINI_17763, TRIAGE_19041
 from kdshell.kernel.offsets import KernelOffsets, build_entry
 from kdshell.parts import builtin_types
+from kdshell.symbols.types import wildcard
 from test_modules import BIN, MYDRV_BASE, KernelMachine
 
 AMDPPM_PDB = str(CORPUS_SYMBOLS / "amdppm.pdb" / "1C19FDDB27BB3399D9B45973EFEAFCF31" / "amdppm.pdb")
@@ -461,3 +463,29 @@ def test_the_other_commands_on_the_complete_dump(complete):
     complete.run("!sym quiet")
     assert lines(complete, ".sympath")[0] == f"Symbol search path is: {BIN}"
     assert lines(complete, ".exepath+ /x")[0] == "Executable image search path is: /x"
+
+
+def test_x_pathological_wildcard_is_fast(complete):
+    """Issue 24: as a backtracking regular expression this pattern ran for minutes on nt."""
+    every = lines(complete, "x nt!*a*")  # loads nt's symbols first: only the matching is timed
+    start = time.perf_counter()
+    out = lines(complete, "x nt!*a*a*a*a*a*a*a*a*a*a*a*a*b")
+    assert time.perf_counter() - start < 1.0
+    assert set(out) <= set(every)
+    assert lines(complete, "x nt!ki*THREAD") == [n for n in every if n.split()[1].startswith("nt!Ki")
+                                                  and n.split()[1].endswith("Thread")]
+    # a name the old expression would take years over: 200 a's that do not end in b
+    wild = wildcard("*a*a*a*a*a*a*a*a*a*a*a*a*b")
+    start = time.perf_counter()
+    assert not wild.fullmatch("a" * 200 + "c") and wild.fullmatch("A" * 200 + "B")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_wildcard_semantics():
+    cases = [("Ki*Thread", "KiReadyThread", True), ("ki*thread", "KiReadyThread", True),
+             ("Ki?wapThread", "KiSwapThread", True), ("Ki?Thread", "KiSwapThread", False),
+             ("*", "", True), ("?", "", False), ("a*", "a", True), ("*a*b*", "xbxa", False),
+             ("a*b*a", "aba", True), ("a*ba", "aba", True), ("ab*ba", "aba", False),
+             ("*?x", "x", False), ("a.b", "aXb", False), ("a.b", "A.B", True)]
+    for pattern, name, expected in cases:
+        assert wildcard(pattern).fullmatch(name) == expected, (pattern, name)

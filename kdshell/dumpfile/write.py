@@ -27,8 +27,8 @@ stays bounded whatever the dump size.
 
 Files are written to a temporary file in the target directory and moved into place only when
 complete; on any error the temporary file is removed and a `DumpWriteError` (one line) raised.
-An existing file is never replaced unless `overwrite=True`. The result is mode 0600, like the
-dumps Windows writes (they hold all of memory).
+An existing file is never replaced unless `overwrite=True`, and never when it is a special file.
+A new file's mode comes from the umask; a replaced file's mode and owner are kept (kdshell.outpath).
 """
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ from kdshell.dumpfile.header import (
     Container, DumpHeader, Layout,
 )
 from kdshell.errors import DumpWriteError, KdError, MemoryNotPresent
+from kdshell.outpath import check_output, finish_mode
 
 FILL = b"PAGE"
 RDMP_MARKER = 0x40
@@ -574,6 +575,8 @@ def _output(path: str | os.PathLike[str], overwrite: bool) -> Iterator[tuple[Bin
     path = os.fspath(path)
     if not overwrite and os.path.lexists(path):
         raise DumpWriteError(f"{path} already exists (not overwritten)")
+    # A device, FIFO or directory is never replaced by a regular file (kdshell.outpath).
+    previous = check_output(path, (), "cannot write dump")
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
@@ -581,7 +584,10 @@ def _output(path: str | os.PathLike[str], overwrite: bool) -> Iterator[tuple[Bin
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             yield f, directory
             f.flush()
+            finish_mode(f.fileno(), previous)
             os.fsync(f.fileno())
+        if overwrite:
+            check_output(path, (), "cannot write dump")  # it may have changed while the pages were written
         _commit(tmp, path, overwrite)
         tmp = None
     except KdError:

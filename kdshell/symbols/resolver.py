@@ -591,6 +591,18 @@ class Symbols:
         self.log(f"DBGHELP: {module.name} - private/public symbols from {path}")
         return table
 
+    def open_files(self) -> list[str]:
+        """The image files and PDBs loaded so far (never written: kdshell.outpath)."""
+        files = []
+        for m in self._modules or ():
+            path = m.state.get("image_file")
+            if isinstance(path, str):
+                files.append(path)
+            table = m.state.get("table")
+            if isinstance(table, PdbSymbols):
+                files.append(table.path)
+        return files
+
     def loaded_tables(self) -> Iterator[tuple[Module, Table]]:
         for m in self.modules:
             t = m.state.get("table", DEFERRED)

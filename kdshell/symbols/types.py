@@ -377,10 +377,62 @@ class TypeLookup:
         return None if t is None else t.size
 
 
-def wildcard(pattern: str) -> re.Pattern[str]:
-    """WinDbg's `*` and `?` wildcards (the rest literal), case-insensitive, whole name."""
-    rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(rx, re.IGNORECASE | re.DOTALL)
+class _Piece:
+    """Text between two `*`s: literal but for `?` (any one character)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.size = len(text)
+        # Fixed length and no repetition: a search costs at most len(name) * size steps.
+        self.rx = re.compile("".join("." if c == "?" else re.escape(c) for c in text), re.DOTALL) \
+            if "?" in text else None
+
+    def at(self, name: str, i: int) -> bool:
+        if self.rx is None:
+            return name.startswith(self.text, i)
+        return self.rx.match(name, i) is not None
+
+    def find(self, name: str, start: int, end: int) -> int:
+        """The first place at or after `start` where the piece fits wholly before `end`; -1 if none."""
+        if self.rx is None:
+            return name.find(self.text, start, end)
+        m = self.rx.search(name, start, end)
+        return -1 if m is None else m.start()
+
+
+class Wildcard:
+    """WinDbg's `*` and `?` wildcards (the rest literal), case-insensitive, whole name.
+
+    Matched without backtracking (issue 24: `*a*a*a...*b` as a regular expression took minutes):
+    the first piece must start the name and the last end it; each piece between is taken at its
+    first place after the one before, which is enough since a `*` takes whatever lies between.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._pieces = [_Piece(p) for p in pattern.lower().split("*")]
+
+    def fullmatch(self, name: str) -> bool:
+        text = name.lower()
+        pieces = self._pieces
+        first, last = pieces[0], pieces[-1]
+        if len(pieces) == 1:
+            return len(text) == first.size and first.at(text, 0)
+        end = len(text) - last.size
+        if end < first.size or not first.at(text, 0) or not last.at(text, end):
+            return False
+        pos = first.size
+        for piece in pieces[1:-1]:
+            found = piece.find(text, pos, end)
+            if found < 0:
+                return False
+            pos = found + piece.size
+        return True
+
+
+def wildcard(pattern: str) -> Wildcard:
+    """A WinDbg wildcard pattern (`*`, `?`) to match whole names with `.fullmatch(name)`."""
+    return Wildcard(pattern)
 
 
 # Built-in base types by their dt names (and common C / Windows spellings), for StaticTypes.
