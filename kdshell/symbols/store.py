@@ -32,11 +32,18 @@ import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
+
+from kdshell.output import printable
+
+if TYPE_CHECKING:
+    import socket
 
 MICROSOFT_SERVER = "https://msdl.microsoft.com/download/symbols"
 DEFAULT_TIMEOUT = 10.0  # seconds per connect/read
 DEFAULT_DEADLINE = 300.0  # seconds for a whole download
+DEFAULT_SESSION_DEADLINE = 1800.0  # seconds of downloading in a whole session
+MAX_REDIRECTS = 5
 DEFAULT_MAX_SIZE = 1 << 30  # bytes: the largest file we accept from a server
 USER_AGENT = "Microsoft-Symbol-Server/10.0.0.0 (kdshell)"
 
@@ -166,6 +173,13 @@ class DownloadError(Exception):
     pass
 
 
+@dataclass
+class DownloadBudget:
+    """The seconds of downloading left in a session, shared by its stores (one per symbol path)."""
+    left: float = DEFAULT_SESSION_DEADLINE
+    warned: bool = False
+
+
 class SymbolStore:
     """Finds files by name and key along a symbol path; one instance per path and session."""
 
@@ -180,9 +194,12 @@ class SymbolStore:
         self.progress: TextIO | None = progress if progress is not None else sys.stderr
         self.timeout = timeout
         self.deadline = deadline
+        self.session_deadline = DEFAULT_SESSION_DEADLINE
         self.max_size = max_size
         self.dead_servers: set[str] = set()
+        self.budget = DownloadBudget()
         self.downloads = 0
+        self._swept: set[str] = set()  # caches cleaned of stale temporary files
 
     # -- public ------------------------------------------------------------------------------
     def find(self, name: str, key: str, verify: Callable[[str], bool] | None = None) -> str | None:
@@ -218,6 +235,7 @@ class SymbolStore:
         """NAME/KEY/NAME (or two-tier NA/NAME/KEY/NAME) in a local store, following file.ptr."""
         if not os.path.isdir(store):
             return None
+        self._sweep(store)
         roots = [store]
         if os.path.exists(os.path.join(store, "index2.txt")):
             roots.insert(0, os.path.join(store, name[:2].lower()))
@@ -310,8 +328,35 @@ class SymbolStore:
                 return found
         return None
 
+    def _sweep(self, cache: str) -> None:
+        """Once per cache: remove the temporary files a killed kdshell left in its NAME/KEY
+        folders, and the folders that are then empty. Only files older than a download's
+        deadline: a younger one may be another kdshell's download under way."""
+        if cache in self._swept:
+            return
+        self._swept.add(cache)
+        stale = time.time() - self.deadline
+        try:
+            names = [e.path for e in os.scandir(cache) if e.is_dir(follow_symlinks=False)][:20000]
+            for name_dir in names:
+                for key in os.scandir(name_dir):
+                    if not key.is_dir(follow_symlinks=False):
+                        continue
+                    for f in os.scandir(key.path):
+                        if f.name.endswith(".tmp") and f.is_file(follow_symlinks=False) and \
+                                f.stat(follow_symlinks=False).st_mtime < stale:
+                            os.unlink(f.path)
+                    _prune(key.path, cache)
+        except OSError:
+            pass
+
     def _download(self, server: str, cache: str, name: str, key: str, verify: Callable[[str], bool]) -> str | None:
         if server in self.dead_servers:
+            return None
+        if self.budget.left <= 0:
+            if not self.budget.warned:
+                self.budget.warned = True
+                self.warn(f"*** WARNING: no more downloads in this session: they took {self.session_deadline:g} s")
             return None
         base = server.rstrip("/")
         target = os.path.join(cache, name, key, name)
@@ -324,12 +369,19 @@ class SymbolStore:
         for spelling in dict.fromkeys([key, key.lower()]):
             url = f"{base}/{urllib.parse.quote(name)}/{spelling}/{urllib.parse.quote(name)}"
             self.log(f"SYMSRV:  GET {url}")
+            started = time.monotonic()
             try:
                 tmp = self._fetch(url, os.path.dirname(target), name)
             except DownloadError as exc:
                 _prune(os.path.dirname(target), cache)
                 self._server_failed(server, str(exc))
                 return None
+            except KeyboardInterrupt:  # Ctrl-C: this download stops; the command says so
+                _prune(os.path.dirname(target), cache)
+                self.log(f"SYMSRV:  {url} - interrupted")
+                raise
+            finally:
+                self.budget.left -= time.monotonic() - started
             if tmp is not None:
                 break
             self.log(f"SYMSRV:  {url} - not found")
@@ -356,16 +408,28 @@ class SymbolStore:
         self.warn(f"*** WARNING: symbol server {server} failed: {why}. It is not asked again in this session.")
 
     def _fetch(self, url: str, directory: str, name: str) -> str | None:
-        """Download into a temporary file beside the target: its path, or None for 404."""
+        """Download into a temporary file beside the target: its path, or None for 404. The file
+        has a wall-clock deadline (the smaller of the store's and what is left of the session's):
+        every wait on the server, the connection's included, is bounded by what remains of it."""
         import urllib.error  # here, not at start-up: urllib.request pulls in http and email (~12 ms)
         import urllib.request
 
+        limit = min(self.deadline, self.budget.left)
+        end = time.monotonic() + limit
+
+        def remaining() -> float:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise DownloadError(f"{name} took more than {limit:g} s")
+            return min(self.timeout, left)
+
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        start = time.monotonic()
         self._resolve(urllib.parse.urlsplit(url).hostname or "")
+        opener = urllib.request.build_opener()
         try:
-            response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - http(s) only
+            response = opener.open(request, timeout=remaining())
         except urllib.error.HTTPError as exc:
+            exc.close()
             if exc.code == 404:
                 return None
             raise DownloadError(f"HTTP {exc.code} {exc.reason}") from None
@@ -381,17 +445,21 @@ class SymbolStore:
                 os.makedirs(directory, exist_ok=True)
             except OSError as exc:
                 raise DownloadError(f"cannot create {directory}: {exc.strerror}") from None
+            sock = _socket_of(response)
             fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
             done = 0
             shown = 0.0
             try:
                 with os.fdopen(fd, "wb") as out:
                     while True:
-                        if time.monotonic() - start > self.deadline:
-                            raise DownloadError(f"{name} took more than {self.deadline:g} s")
+                        wait = remaining()
                         try:
-                            chunk = response.read(64 * 1024)
+                            if sock is not None:
+                                sock.settimeout(wait)
+                            chunk = response.read1(64 * 1024)  # what has arrived, not a full 64 KiB
                         except (OSError, ValueError) as exc:
+                            if end - time.monotonic() <= 0:
+                                raise DownloadError(f"{name} took more than {limit:g} s") from None
                             raise DownloadError(f"{exc}") from None
                         if not chunk:
                             break
@@ -441,10 +509,18 @@ class SymbolStore:
         of = f" of {total}" if total else ""
         end = "\n" if final else ""
         try:
-            self.progress.write(f"\rDownloading {name}: {done}{of} bytes{end}")
+            self.progress.write(f"\rDownloading {printable(name)}: {done}{of} bytes{end}")
             self.progress.flush()
         except (OSError, ValueError):
             pass
+
+
+def _socket_of(response: object) -> "socket.socket | None":
+    """The socket under an http.client response, to bound each read by the deadline (the
+    timeout given to urlopen holds for one recv only)."""
+    raw = getattr(getattr(response, "fp", None), "raw", None)
+    sock = getattr(raw, "_sock", None)
+    return sock if hasattr(sock, "settimeout") else None
 
 
 def _child(directory: str | None, name: str) -> str | None:
