@@ -6,7 +6,9 @@ the same host, never from https to http."""
 from __future__ import annotations
 
 import http.client
+import io
 import os
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +18,7 @@ import pytest
 import kdshell
 from kdshell.cli import main
 from kdshell.session import BANNER_STOPPED, STOPPED
-from kdshell.symbols.store import SymbolStore
+from kdshell.symbols.store import DownloadError, SymbolStore, _redirects
 
 NAME, KEY = "evil.pdb", "0123456789ABCDEF0123456789ABCDEF1"
 
@@ -33,6 +35,12 @@ class Hostile(BaseHTTPRequestHandler):
     def do_GET(self):
         type(self).hits.append(self.path)
         try:
+            if self.path.startswith("/moved/"):
+                self.send_response(200)
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                self.wfile.write(b"PDB")
+                return
             if self.mode == "redirect":
                 self.send_response(302)
                 self.send_header("Location", self.location)
@@ -171,3 +179,58 @@ def test_ctrl_c_in_the_culprit_analysis_alone_skips_only_that_line(machines, mon
         lines = s.banner()
     assert shown == [BANNER_STOPPED + "\n"]
     assert lines[-1].startswith("BugCheck D1, ") and not any("Probably caused by" in line for line in lines)
+
+
+# -- redirects (item 5) ---------------------------------------------------------------------------
+def test_a_redirect_on_the_same_host_is_followed(hostile, tmp_path):
+    hostile.handler.mode = "redirect"
+    hostile.handler.location = f"{hostile.url}/moved/{NAME}"
+    store, warnings = _store(tmp_path / "cache", hostile.url)
+    found = store.find(NAME, KEY)
+    assert found is not None and open(found, "rb").read() == b"PDB" and warnings == []
+
+
+def test_a_redirect_to_ftp_is_refused_without_connecting(hostile, tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    hostile.handler.mode = "redirect"
+    hostile.handler.location = f"ftp://127.0.0.1:{listener.getsockname()[1]}/{NAME}"
+    store, warnings = _store(tmp_path / "cache", hostile.url)
+    assert store.find(NAME, KEY) is None
+    assert len(warnings) == 1 and "a redirect not http or https was refused (ftp://127.0.0.1:" in warnings[0]
+    with pytest.raises(BlockingIOError):
+        listener.accept()  # nobody came
+    listener.close()
+    assert _leftovers(tmp_path / "cache") == []
+
+
+def test_a_redirect_to_another_host_is_refused(hostile, tmp_path):
+    hostile.handler.mode = "redirect"
+    hostile.handler.location = f"http://localhost:{hostile.server_address[1]}/moved/{NAME}"  # same server, other name
+    store, warnings = _store(tmp_path / "cache", hostile.url)
+    assert store.find(NAME, KEY) is None
+    assert "a redirect to another host was refused" in warnings[0]
+    assert not any(hit.startswith("/moved/") for hit in hostile.handler.hits)
+
+
+@pytest.mark.parametrize("to,refused", [
+    ("http://msdl.microsoft.com/download/symbols/x.pdb", "from https to http"),
+    ("https://evil.example/x.pdb", "to another host"),
+    ("https://msdl.microsoft.com.evil.example/x.pdb", "to another host"),
+    ("file:///etc/passwd", "not http or https"),
+    ("https://vsblobprodscussu5shard2.blob.core.windows.net/b-1/x.blob", None),  # Microsoft's own storage
+    ("https://msdl.microsoft.com/other/x.pdb", None),
+])
+def test_redirect_rules(to, refused):
+    import urllib.request
+
+    url = "https://msdl.microsoft.com/download/symbols/x.pdb/KEY/x.pdb"
+    handler = _redirects(url)
+    request = urllib.request.Request(url)
+    if refused is None:
+        assert handler.redirect_request(request, io.BytesIO(), 302, "Found", http.client.HTTPMessage(), to).full_url == to
+    else:
+        with pytest.raises(DownloadError, match=refused):
+            handler.redirect_request(request, io.BytesIO(), 302, "Found", http.client.HTTPMessage(), to)

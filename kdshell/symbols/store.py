@@ -32,18 +32,23 @@ import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, TextIO
+from typing import IO, TYPE_CHECKING, Callable, TextIO
 
 from kdshell.output import printable
 
 if TYPE_CHECKING:
     import socket
+    import urllib.request
+    from http.client import HTTPMessage
 
 MICROSOFT_SERVER = "https://msdl.microsoft.com/download/symbols"
 DEFAULT_TIMEOUT = 10.0  # seconds per connect/read
 DEFAULT_DEADLINE = 300.0  # seconds for a whole download
 DEFAULT_SESSION_DEADLINE = 1800.0  # seconds of downloading in a whole session
 MAX_REDIRECTS = 5
+# A server's redirects go to its own host, or to these (by name suffix): Microsoft's server sends
+# every file from its blob storage.
+REDIRECT_HOSTS = {"msdl.microsoft.com": (".blob.core.windows.net",)}
 DEFAULT_MAX_SIZE = 1 << 30  # bytes: the largest file we accept from a server
 USER_AGENT = "Microsoft-Symbol-Server/10.0.0.0 (kdshell)"
 
@@ -425,7 +430,7 @@ class SymbolStore:
 
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         self._resolve(urllib.parse.urlsplit(url).hostname or "")
-        opener = urllib.request.build_opener()
+        opener = urllib.request.build_opener(_redirects(url))
         try:
             response = opener.open(request, timeout=remaining())
         except urllib.error.HTTPError as exc:
@@ -513,6 +518,33 @@ class SymbolStore:
             self.progress.flush()
         except (OSError, ValueError):
             pass
+
+
+def _redirects(url: str) -> "urllib.request.HTTPRedirectHandler":
+    """A redirect handler for a download from `url`: http/https only, never from https to http,
+    and only to the server's own host or those REDIRECT_HOSTS lists for it."""
+    import urllib.request
+
+    origin = (urllib.parse.urlsplit(url).hostname or "").lower()
+    allowed = REDIRECT_HOSTS.get(origin, ())
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        max_redirections = MAX_REDIRECTS
+
+        def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                             headers: HTTPMessage, newurl: str) -> urllib.request.Request | None:
+            new, old = urllib.parse.urlsplit(newurl), urllib.parse.urlsplit(req.full_url)
+            host = (new.hostname or "").lower()
+            why = ("not http or https" if new.scheme not in ("http", "https")
+                   else "from https to http" if old.scheme == "https" and new.scheme == "http"
+                   else "to another host" if host != origin and not host.endswith(allowed)
+                   else None)
+            if why is not None:
+                fp.close()
+                raise DownloadError(f"a redirect {why} was refused ({newurl[:200]})")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return Redirects()
 
 
 def _socket_of(response: object) -> "socket.socket | None":
