@@ -47,6 +47,14 @@ class Hostile(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if self.mode == "headers":  # the status line, then a header that never ends
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                for _ in range(300):
+                    if self.stop.wait(0.2):
+                        return
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                return
             self.send_response(200)
             chunked = self.mode == "chunked"
             self.send_header("Transfer-Encoding", "chunked") if chunked else self.send_header("Content-Length", "1000000")
@@ -88,7 +96,7 @@ def _leftovers(cache) -> list[str]:
     return [os.path.join(d, n) for d, dirs, files in os.walk(cache) for n in dirs + files]
 
 
-@pytest.mark.parametrize("mode", ["drip", "chunked"])
+@pytest.mark.parametrize("mode", ["drip", "chunked", "headers"])
 def test_a_dripping_server_is_dropped_at_the_deadline(hostile, tmp_path, mode):
     hostile.handler.mode = mode
     cache = tmp_path / "cache"

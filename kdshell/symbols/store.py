@@ -37,6 +37,7 @@ from typing import IO, TYPE_CHECKING, Callable, TextIO
 from kdshell.output import printable
 
 if TYPE_CHECKING:
+    import http.client
     import socket
     import urllib.request
     from http.client import HTTPMessage
@@ -415,77 +416,85 @@ class SymbolStore:
     def _fetch(self, url: str, directory: str, name: str) -> str | None:
         """Download into a temporary file beside the target: its path, or None for 404. The file
         has a wall-clock deadline (the smaller of the store's and what is left of the session's):
-        every wait on the server, the connection's included, is bounded by what remains of it."""
+        at the deadline its connections are shut, whatever the server is in the middle of
+        sending (the socket timeout holds for one recv only: a server that drips never trips it)."""
+        import http.client
+        import threading
         import urllib.error  # here, not at start-up: urllib.request pulls in http and email (~12 ms)
         import urllib.request
 
         limit = min(self.deadline, self.budget.left)
-        end = time.monotonic() + limit
-
-        def remaining() -> float:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise DownloadError(f"{name} took more than {limit:g} s")
-            return min(self.timeout, left)
-
+        watch = _Watch()
+        timer = threading.Timer(limit, watch.expire)
+        timer.daemon = True
+        late = DownloadError(f"{name} took more than {limit:g} s")
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        self._resolve(urllib.parse.urlsplit(url).hostname or "")
-        opener = urllib.request.build_opener(_redirects(url))
+        self._resolve(urllib.parse.urlsplit(url).hostname or "", min(self.timeout, limit))
+        opener = urllib.request.build_opener(_redirects(url), *_watched_handlers(watch))
+        timer.start()
         try:
-            response = opener.open(request, timeout=remaining())
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 404:
-                return None
-            raise DownloadError(f"HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise DownloadError(f"{reason}") from None
-        with response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            if total is not None and total > self.max_size:
-                raise DownloadError(f"{name} is {total} bytes, more than the {self.max_size}-byte limit")
             try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as exc:
-                raise DownloadError(f"cannot create {directory}: {exc.strerror}") from None
-            sock = _socket_of(response)
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-            done = 0
-            shown = 0.0
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    while True:
-                        wait = remaining()
-                        try:
-                            if sock is not None:
-                                sock.settimeout(wait)
-                            chunk = response.read1(64 * 1024)  # what has arrived, not a full 64 KiB
-                        except (OSError, ValueError) as exc:
-                            if end - time.monotonic() <= 0:
-                                raise DownloadError(f"{name} took more than {limit:g} s") from None
-                            raise DownloadError(f"{exc}") from None
-                        if not chunk:
-                            break
-                        done += len(chunk)
-                        if done > self.max_size:
-                            raise DownloadError(f"{name} is more than the {self.max_size}-byte limit")
-                        out.write(chunk)
-                        now = time.monotonic()
-                        if now - shown > 0.5:
-                            shown = now
-                            self._show(name, done, total)
-                self._show(name, done, total, final=True)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-            if total is not None and done != total:
-                os.unlink(tmp)
-                raise DownloadError(f"{name}: the server sent {done} of {total} bytes")
-            return tmp
+                response = opener.open(request, timeout=min(self.timeout, limit))
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                if exc.code == 404:
+                    return None
+                raise DownloadError(f"HTTP {exc.code} {exc.reason}") from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+                if watch.expired:
+                    raise late from None
+                reason = getattr(exc, "reason", exc)
+                raise DownloadError(f"{reason}") from None
+            with response:
+                return self._receive(response, directory, name, watch, late)
+        finally:
+            timer.cancel()
 
-    def _resolve(self, host: str) -> None:
+    def _receive(self, response: http.client.HTTPResponse, directory: str, name: str, watch: "_Watch",
+                 late: DownloadError) -> str:
+        """The body of a download into a temporary file: reads of what has arrived (read1), so the
+        deadline and Ctrl-C are seen between any two packets."""
+        import http.client
+
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        if total is not None and total > self.max_size:
+            raise DownloadError(f"{name} is {total} bytes, more than the {self.max_size}-byte limit")
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(f"cannot create {directory}: {exc.strerror}") from None
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        done = 0
+        shown = 0.0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    try:
+                        chunk = response.read1(64 * 1024)
+                    except (http.client.HTTPException, OSError, ValueError) as exc:
+                        raise (late if watch.expired else DownloadError(f"{exc}")) from None
+                    if watch.expired:
+                        raise late
+                    if not chunk:
+                        break
+                    done += len(chunk)
+                    if done > self.max_size:
+                        raise DownloadError(f"{name} is more than the {self.max_size}-byte limit")
+                    out.write(chunk)
+                    now = time.monotonic()
+                    if now - shown > 0.5:
+                        shown = now
+                        self._show(name, done, total)
+            self._show(name, done, total, final=True)
+            if total is not None and done != total:
+                raise DownloadError(f"{name}: the server sent {done} of {total} bytes")
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def _resolve(self, host: str, wait: float) -> None:
         """Look the server's name up within the timeout: the socket timeout does not cover DNS, and
         a machine off the network with a DNS server configured can wait for it for a minute."""
         import socket
@@ -502,9 +511,9 @@ class SymbolStore:
 
         worker = threading.Thread(target=lookup, name="kdshell-dns", daemon=True)
         worker.start()
-        worker.join(self.timeout)
+        worker.join(wait)
         if not result:
-            raise DownloadError(f"no answer from DNS for {host} within {self.timeout:g} s")
+            raise DownloadError(f"no answer from DNS for {host} within {wait:g} s")
         if result[0] is not None:
             raise DownloadError(f"{result[0]}")
 
@@ -547,12 +556,62 @@ def _redirects(url: str) -> "urllib.request.HTTPRedirectHandler":
     return Redirects()
 
 
-def _socket_of(response: object) -> "socket.socket | None":
-    """The socket under an http.client response, to bound each read by the deadline (the
-    timeout given to urlopen holds for one recv only)."""
-    raw = getattr(getattr(response, "fp", None), "raw", None)
-    sock = getattr(raw, "_sock", None)
-    return sock if hasattr(sock, "settimeout") else None
+class _Watch:
+    """The sockets of one download, shut down when its deadline expires (from a timer thread)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self.lock = threading.Lock()
+
+    def add(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    import socket as sockets
+
+    try:
+        sock.shutdown(sockets.SHUT_RDWR)  # a recv blocked in another thread returns at once
+    except OSError:
+        pass
+
+
+def _watched_handlers(watch: _Watch) -> list[urllib.request.BaseHandler]:
+    """HTTP and HTTPS handlers whose connections report their sockets to `watch`."""
+    import http.client
+    import urllib.request
+
+    class Http(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.add(self.sock)
+
+    class Https(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.add(self.sock)
+
+    class HttpHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Http, req)
+
+    class HttpsHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Https, req, context=getattr(self, "_context", None))
+
+    return [HttpHandler(), HttpsHandler()]
 
 
 def _child(directory: str | None, name: str) -> str | None:
