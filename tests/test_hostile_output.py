@@ -76,3 +76,15 @@ def test_the_json_keeps_the_raw_name(evil_dump):
         start = text.index("{", text.index("!analyze -json") if "-c" in args else 0)
         data = json.loads(text[start:text.rindex("}") + 1])
         assert data["probably_caused_by"].startswith("Probably caused by : \x1b]52;\x07 (")
+
+
+def test_the_download_progress_line_shows_names_printable():
+    """The progress line goes to stderr, not through the sink; C1 controls (CSI, U+009B) pass the
+    store's file-name check (which refuses C0), so the line escapes them itself."""
+    from kdshell.symbols.store import SymbolStore, safe_file_name
+
+    name = "a\x9b2Jb\x7f.pdb"
+    assert safe_file_name(name) == name
+    progress = io.StringIO()
+    SymbolStore("", progress=progress)._show(name, 10, 20, final=True)
+    assert progress.getvalue() == "\rDownloading a\\x9b2Jb\\x7f.pdb: 10 of 20 bytes\n"
