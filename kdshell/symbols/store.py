@@ -19,8 +19,12 @@ file), a two-tier NA/NAME/KEY/NAME when the store has index2.txt.
 Names come from the dump (RSDS PDB names, module names): they are untrusted. `safe_file_name`
 keeps a bare file name or nothing (no '..', no separators, no drive letters, no device names),
 keys are hex digits, and every path written is checked to stay inside its cache directory.
-Downloads are bounded in size and time, never retried, and a server that fails once is warned
-about once and skipped for the rest of the session. Nothing downloaded is ever executed.
+Downloads are bounded in size and in wall-clock time (per file, and per session across every
+store), never retried, and a server that fails once is warned about once and skipped for the rest
+of the session. Redirects go to http/https only, never from https to http, and only to the
+server's own host (or the hosts REDIRECT_HOSTS names for it). Ctrl-C stops a download with
+nothing left in the cache; temporary files a killed kdshell left are removed when a cache is first
+used. Nothing downloaded is ever executed.
 """
 from __future__ import annotations
 
