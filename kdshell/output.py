@@ -5,11 +5,25 @@ are kept so a terminal front end can colour them; the text itself is the same ev
 """
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, TextIO
 
 NORMAL, WARNING, ERROR = "normal", "warning", "error"
+
+# What a terminal could act on: C0 controls but tab and newline (kdshell's own layout), DEL and
+# C1 (U+0080-U+009F, CSI and OSC among them). Names from a dump, an image or a PDB reach the sink
+# as they were read; here they become \xNN, so a crafted name cannot clear the screen, set the
+# title or write the clipboard (OSC 52). JSON text never holds these raw, so it passes unchanged.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character but tab and newline shown as \\xNN."""
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class Output:
@@ -25,6 +39,7 @@ class Output:
         self.stream.write(text)
 
     def write(self, text: str, kind: str = NORMAL) -> None:
+        text = printable(text)  # before colour (self.emit) and the log: colour's escapes are ours
         if self._captures:
             self._captures[-1].append(text)
         else:

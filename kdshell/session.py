@@ -24,6 +24,7 @@ from kdshell.symbols.store import environment_symbol_path, offline_requested
 from kdshell.target import version_lines
 
 STOPPED = "Command stopped (Ctrl-C)."
+BANNER_STOPPED = "Symbol loading stopped (Ctrl-C): no build lab or culprit line; vertarget and !analyze load them."
 
 
 @dataclass
@@ -266,13 +267,18 @@ class Session:
         path = self.symbol_path or "*** Invalid ***"
         yield f"Symbol search path is: {path} {symbol_note}".rstrip()
         yield f"Executable search path is: {self.image_path}"
-        yield from version_lines(self)
+        try:  # the build lab loads nt's symbols, which may mean a download
+            versions, stopped = version_lines(self), False
+        except KeyboardInterrupt:
+            self.out.interrupted(BANNER_STOPPED)
+            versions, stopped = version_lines(self, lab=False), True
+        yield from versions
         h = d.header
         yield "For analysis of this file, run !analyze -v"
         code = h.bugcheck_code
         params = ", ".join(f"{p:x}" for p in h.bugcheck_parameters)
         yield f"BugCheck {code:X}, {{{params}}}"
-        verdict = self._banner_verdict()
+        verdict = None if stopped else self._banner_verdict()
         if verdict:
             yield ""
             yield verdict
@@ -288,6 +294,9 @@ class Session:
 
             return probably_caused_by(analyze(self))
         except KdError:
+            return None
+        except KeyboardInterrupt:  # Ctrl-C while it loads (or downloads) symbols: on to the prompt
+            self.out.interrupted(BANNER_STOPPED)
             return None
         except Exception:  # a bug of ours must not keep the dump from opening
             if "PYTEST_CURRENT_TEST" in os.environ:

@@ -84,16 +84,17 @@ def build_lab(session: SessionView) -> str | None:
     return text.decode("ascii")
 
 
-def version_lines(session: SessionView) -> list[str]:
-    """The block `vertarget` prints and the banner repeats."""
+def version_lines(session: SessionView, lab: bool = True) -> list[str]:
+    """The block `vertarget` prints and the banner repeats; lab=False leaves out the build lab,
+    which needs nt's symbols (the banner after Ctrl-C stopped their download)."""
     h = session.dump.header
     lines = [os_line(h)]
     product = product_line(h)
     if product:
         lines.append(product)
-    lab = build_lab(session)
-    if lab:
-        lines.append(f"Edition build lab: {lab}")
+    text = build_lab(session) if lab else None
+    if text:
+        lines.append(f"Edition build lab: {text}")
     lines.append("Machine Name:")
     base = session.kernel_base
     mods = h.ps_loaded_module_list

@@ -34,7 +34,7 @@ from kdshell.symbols.modules import (
     walk_loaded_modules,
 )
 from kdshell.symbols.pe import CodeView, PeFormatError, PeImage
-from kdshell.symbols.store import SymbolStore
+from kdshell.symbols.store import DownloadBudget, SymbolStore
 from kdshell.symbols.types import TypeSource, wildcard
 
 if TYPE_CHECKING:
@@ -233,6 +233,7 @@ class Symbols:
         self._store: SymbolStore | None = None
         self._image_store: SymbolStore | None = None
         self._failed_servers: set[str] = set()
+        self._download_budget = DownloadBudget()
         self._overlay: ImageOverlay | None = None
         self.missing_noted: set[str] = set()  # modules whose missing symbols were pointed out (k, !analyze)
 
@@ -267,6 +268,7 @@ class Symbols:
     def _new_store(self, text: str) -> SymbolStore:
         store = SymbolStore(text, log=self.log, warn=self._warn, progress=self.progress, offline=self.offline)
         store.dead_servers = self._failed_servers  # one warning per server for the whole session
+        store.budget = self._download_budget  # the session's seconds of downloading, across paths
         return store
 
     @property

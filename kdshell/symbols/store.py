@@ -19,8 +19,12 @@ file), a two-tier NA/NAME/KEY/NAME when the store has index2.txt.
 Names come from the dump (RSDS PDB names, module names): they are untrusted. `safe_file_name`
 keeps a bare file name or nothing (no '..', no separators, no drive letters, no device names),
 keys are hex digits, and every path written is checked to stay inside its cache directory.
-Downloads are bounded in size and time, never retried, and a server that fails once is warned
-about once and skipped for the rest of the session. Nothing downloaded is ever executed.
+Downloads are bounded in size and in wall-clock time (per file, and per session across every
+store), never retried, and a server that fails once is warned about once and skipped for the rest
+of the session. Redirects go to http/https only, never from https to http, and only to the
+server's own host (or the hosts REDIRECT_HOSTS names for it). Ctrl-C stops a download with
+nothing left in the cache; temporary files a killed kdshell left are removed when a cache is first
+used. Nothing downloaded is ever executed.
 """
 from __future__ import annotations
 
@@ -32,11 +36,24 @@ import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import IO, TYPE_CHECKING, Callable, TextIO
+
+from kdshell.output import printable
+
+if TYPE_CHECKING:
+    import http.client
+    import socket
+    import urllib.request
+    from http.client import HTTPMessage
 
 MICROSOFT_SERVER = "https://msdl.microsoft.com/download/symbols"
 DEFAULT_TIMEOUT = 10.0  # seconds per connect/read
 DEFAULT_DEADLINE = 300.0  # seconds for a whole download
+DEFAULT_SESSION_DEADLINE = 1800.0  # seconds of downloading in a whole session
+MAX_REDIRECTS = 5
+# A server's redirects go to its own host, or to these (by name suffix): Microsoft's server sends
+# every file from its blob storage.
+REDIRECT_HOSTS = {"msdl.microsoft.com": (".blob.core.windows.net",)}
 DEFAULT_MAX_SIZE = 1 << 30  # bytes: the largest file we accept from a server
 USER_AGENT = "Microsoft-Symbol-Server/10.0.0.0 (kdshell)"
 
@@ -166,6 +183,13 @@ class DownloadError(Exception):
     pass
 
 
+@dataclass
+class DownloadBudget:
+    """The seconds of downloading left in a session, shared by its stores (one per symbol path)."""
+    left: float = DEFAULT_SESSION_DEADLINE
+    warned: bool = False
+
+
 class SymbolStore:
     """Finds files by name and key along a symbol path; one instance per path and session."""
 
@@ -180,9 +204,12 @@ class SymbolStore:
         self.progress: TextIO | None = progress if progress is not None else sys.stderr
         self.timeout = timeout
         self.deadline = deadline
+        self.session_deadline = DEFAULT_SESSION_DEADLINE
         self.max_size = max_size
         self.dead_servers: set[str] = set()
+        self.budget = DownloadBudget()
         self.downloads = 0
+        self._swept: set[str] = set()  # caches cleaned of stale temporary files
 
     # -- public ------------------------------------------------------------------------------
     def find(self, name: str, key: str, verify: Callable[[str], bool] | None = None) -> str | None:
@@ -218,6 +245,7 @@ class SymbolStore:
         """NAME/KEY/NAME (or two-tier NA/NAME/KEY/NAME) in a local store, following file.ptr."""
         if not os.path.isdir(store):
             return None
+        self._sweep(store)
         roots = [store]
         if os.path.exists(os.path.join(store, "index2.txt")):
             roots.insert(0, os.path.join(store, name[:2].lower()))
@@ -310,8 +338,35 @@ class SymbolStore:
                 return found
         return None
 
+    def _sweep(self, cache: str) -> None:
+        """Once per cache: remove the temporary files a killed kdshell left in its NAME/KEY
+        folders, and the folders that are then empty. Only files older than a download's
+        deadline: a younger one may be another kdshell's download under way."""
+        if cache in self._swept:
+            return
+        self._swept.add(cache)
+        stale = time.time() - self.deadline
+        try:
+            names = [e.path for e in os.scandir(cache) if e.is_dir(follow_symlinks=False)][:20000]
+            for name_dir in names:
+                for key in os.scandir(name_dir):
+                    if not key.is_dir(follow_symlinks=False):
+                        continue
+                    for f in os.scandir(key.path):
+                        if f.name.endswith(".tmp") and f.is_file(follow_symlinks=False) and \
+                                f.stat(follow_symlinks=False).st_mtime < stale:
+                            os.unlink(f.path)
+                    _prune(key.path, cache)
+        except OSError:
+            pass
+
     def _download(self, server: str, cache: str, name: str, key: str, verify: Callable[[str], bool]) -> str | None:
         if server in self.dead_servers:
+            return None
+        if self.budget.left <= 0:
+            if not self.budget.warned:
+                self.budget.warned = True
+                self.warn(f"*** WARNING: no more downloads in this session: they took {self.session_deadline:g} s")
             return None
         base = server.rstrip("/")
         target = os.path.join(cache, name, key, name)
@@ -324,12 +379,19 @@ class SymbolStore:
         for spelling in dict.fromkeys([key, key.lower()]):
             url = f"{base}/{urllib.parse.quote(name)}/{spelling}/{urllib.parse.quote(name)}"
             self.log(f"SYMSRV:  GET {url}")
+            started = time.monotonic()
             try:
                 tmp = self._fetch(url, os.path.dirname(target), name)
             except DownloadError as exc:
                 _prune(os.path.dirname(target), cache)
                 self._server_failed(server, str(exc))
                 return None
+            except KeyboardInterrupt:  # Ctrl-C: this download stops; the command says so
+                _prune(os.path.dirname(target), cache)
+                self.log(f"SYMSRV:  {url} - interrupted")
+                raise
+            finally:
+                self.budget.left -= time.monotonic() - started
             if tmp is not None:
                 break
             self.log(f"SYMSRV:  {url} - not found")
@@ -356,63 +418,87 @@ class SymbolStore:
         self.warn(f"*** WARNING: symbol server {server} failed: {why}. It is not asked again in this session.")
 
     def _fetch(self, url: str, directory: str, name: str) -> str | None:
-        """Download into a temporary file beside the target: its path, or None for 404."""
+        """Download into a temporary file beside the target: its path, or None for 404. The file
+        has a wall-clock deadline (the smaller of the store's and what is left of the session's):
+        at the deadline its connections are shut, whatever the server is in the middle of
+        sending (the socket timeout holds for one recv only: a server that drips never trips it)."""
+        import http.client
+        import threading
         import urllib.error  # here, not at start-up: urllib.request pulls in http and email (~12 ms)
         import urllib.request
 
+        limit = min(self.deadline, self.budget.left)
+        watch = _Watch()
+        timer = threading.Timer(limit, watch.expire)
+        timer.daemon = True
+        late = DownloadError(f"{name} took more than {limit:g} s")
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        start = time.monotonic()
-        self._resolve(urllib.parse.urlsplit(url).hostname or "")
+        self._resolve(urllib.parse.urlsplit(url).hostname or "", min(self.timeout, limit))
+        opener = urllib.request.build_opener(_redirects(url), *_watched_handlers(watch))
+        timer.start()
         try:
-            response = urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - http(s) only
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise DownloadError(f"HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise DownloadError(f"{reason}") from None
-        with response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            if total is not None and total > self.max_size:
-                raise DownloadError(f"{name} is {total} bytes, more than the {self.max_size}-byte limit")
             try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as exc:
-                raise DownloadError(f"cannot create {directory}: {exc.strerror}") from None
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-            done = 0
-            shown = 0.0
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    while True:
-                        if time.monotonic() - start > self.deadline:
-                            raise DownloadError(f"{name} took more than {self.deadline:g} s")
-                        try:
-                            chunk = response.read(64 * 1024)
-                        except (OSError, ValueError) as exc:
-                            raise DownloadError(f"{exc}") from None
-                        if not chunk:
-                            break
-                        done += len(chunk)
-                        if done > self.max_size:
-                            raise DownloadError(f"{name} is more than the {self.max_size}-byte limit")
-                        out.write(chunk)
-                        now = time.monotonic()
-                        if now - shown > 0.5:
-                            shown = now
-                            self._show(name, done, total)
-                self._show(name, done, total, final=True)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-            if total is not None and done != total:
-                os.unlink(tmp)
-                raise DownloadError(f"{name}: the server sent {done} of {total} bytes")
-            return tmp
+                response = opener.open(request, timeout=min(self.timeout, limit))
+            except urllib.error.HTTPError as exc:
+                exc.close()
+                if exc.code == 404:
+                    return None
+                raise DownloadError(f"HTTP {exc.code} {exc.reason}") from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+                if watch.expired:
+                    raise late from None
+                reason = getattr(exc, "reason", exc)
+                raise DownloadError(f"{reason}") from None
+            with response:
+                return self._receive(response, directory, name, watch, late)
+        finally:
+            timer.cancel()
 
-    def _resolve(self, host: str) -> None:
+    def _receive(self, response: http.client.HTTPResponse, directory: str, name: str, watch: "_Watch",
+                 late: DownloadError) -> str:
+        """The body of a download into a temporary file: reads of what has arrived (read1), so the
+        deadline and Ctrl-C are seen between any two packets."""
+        import http.client
+
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        if total is not None and total > self.max_size:
+            raise DownloadError(f"{name} is {total} bytes, more than the {self.max_size}-byte limit")
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(f"cannot create {directory}: {exc.strerror}") from None
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        done = 0
+        shown = 0.0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    try:
+                        chunk = response.read1(64 * 1024)
+                    except (http.client.HTTPException, OSError, ValueError) as exc:
+                        raise (late if watch.expired else DownloadError(f"{exc}")) from None
+                    if watch.expired:
+                        raise late
+                    if not chunk:
+                        break
+                    done += len(chunk)
+                    if done > self.max_size:
+                        raise DownloadError(f"{name} is more than the {self.max_size}-byte limit")
+                    out.write(chunk)
+                    now = time.monotonic()
+                    if now - shown > 0.5:
+                        shown = now
+                        self._show(name, done, total)
+            self._show(name, done, total, final=True)
+            if total is not None and done != total:
+                raise DownloadError(f"{name}: the server sent {done} of {total} bytes")
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def _resolve(self, host: str, wait: float) -> None:
         """Look the server's name up within the timeout: the socket timeout does not cover DNS, and
         a machine off the network with a DNS server configured can wait for it for a minute."""
         import socket
@@ -429,9 +515,9 @@ class SymbolStore:
 
         worker = threading.Thread(target=lookup, name="kdshell-dns", daemon=True)
         worker.start()
-        worker.join(self.timeout)
+        worker.join(wait)
         if not result:
-            raise DownloadError(f"no answer from DNS for {host} within {self.timeout:g} s")
+            raise DownloadError(f"no answer from DNS for {host} within {wait:g} s")
         if result[0] is not None:
             raise DownloadError(f"{result[0]}")
 
@@ -441,10 +527,95 @@ class SymbolStore:
         of = f" of {total}" if total else ""
         end = "\n" if final else ""
         try:
-            self.progress.write(f"\rDownloading {name}: {done}{of} bytes{end}")
+            self.progress.write(f"\rDownloading {printable(name)}: {done}{of} bytes{end}")
             self.progress.flush()
         except (OSError, ValueError):
             pass
+
+
+def _redirects(url: str) -> "urllib.request.HTTPRedirectHandler":
+    """A redirect handler for a download from `url`: http/https only, never from https to http,
+    and only to the server's own host or those REDIRECT_HOSTS lists for it."""
+    import urllib.request
+
+    origin = (urllib.parse.urlsplit(url).hostname or "").lower()
+    allowed = REDIRECT_HOSTS.get(origin, ())
+
+    class Redirects(urllib.request.HTTPRedirectHandler):
+        max_redirections = MAX_REDIRECTS
+
+        def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                             headers: HTTPMessage, newurl: str) -> urllib.request.Request | None:
+            new, old = urllib.parse.urlsplit(newurl), urllib.parse.urlsplit(req.full_url)
+            host = (new.hostname or "").lower()
+            why = ("not http or https" if new.scheme not in ("http", "https")
+                   else "from https to http" if old.scheme == "https" and new.scheme == "http"
+                   else "to another host" if host != origin and not host.endswith(allowed)
+                   else None)
+            if why is not None:
+                fp.close()
+                raise DownloadError(f"a redirect {why} was refused ({newurl[:200]})")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    return Redirects()
+
+
+class _Watch:
+    """The sockets of one download, shut down when its deadline expires (from a timer thread)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self.lock = threading.Lock()
+
+    def add(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    import socket as sockets
+
+    try:
+        sock.shutdown(sockets.SHUT_RDWR)  # a recv blocked in another thread returns at once
+    except OSError:
+        pass
+
+
+def _watched_handlers(watch: _Watch) -> list[urllib.request.BaseHandler]:
+    """HTTP and HTTPS handlers whose connections report their sockets to `watch`."""
+    import http.client
+    import urllib.request
+
+    class Http(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.add(self.sock)
+
+    class Https(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            watch.add(self.sock)
+
+    class HttpHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Http, req)
+
+    class HttpsHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+            return self.do_open(Https, req, context=getattr(self, "_context", None))
+
+    return [HttpHandler(), HttpsHandler()]
 
 
 def _child(directory: str | None, name: str) -> str | None:
