@@ -6,12 +6,13 @@ One input is text (UTF-8, invalid bytes replaced; at most 400 characters). Each 
    a session picked by the input's hash: the bundled sample (a small dump with its symbols) or
    a reduced kernel dump of the test machine d1 (paging, KDBG, processes);
 2. split and tokenized as a command line (split_commands, tokenize, resolve);
-3. given to a command that takes an expression -- `?`, `??` (C++), `uf`, `ln`, `.formats`,
-   `dt nt!_KTHREAD`, `r $t0 =`, `!pte`, `!vtop`, and `dq`/`db`/`u`/`ub`/`dps` at `@$t0` after
+3. given to a command that takes an expression (for `x`, a symbol pattern) -- `?`, `??`, `uf`,
+   `ln`, `x`, `.formats`, `dt nt!_KTHREAD`, `r $t0 =`, `!pte`, `!vtop`, and `dq`/`db`/`u`/`ub`/`dps` at `@$t0` after
    `r $t0 = text` -- through the dispatcher. `;` is removed from the text and `L?` (a huge
    length the user asks for on purpose) is cut, so the text stays one expression.
 An ExprError/CommandError/MemoryNotPresent (a KdError) is a clean answer; an internal error is
-a bug. Seeds: expressions in WinDbg's syntax, valid and not.
+a bug, and so is an input slower than TIMEOUT (engine.Hang). Seeds: expressions in WinDbg's
+syntax, valid and not, and wildcards that would backtrack in a regex.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ SEED_TEXTS = [
     "((((((((((((((((1))))))))))))))))", "(" * 200 + "1" + ")" * 200, "1 +", "poi(", "@", "@@", "0x", "0n",
     "ffffffff`ffffffff`ffffffff", "1`2`3", "' '", "\"abc\"", "nt!", "!KeBugCheckEx", "nt!KeBugCheckEx L10",
     "@rsp L10000000", "@rsp L?10000000", "-0x8000000000000000 / -1", "1 / -1", "0n18446744073709551616",
+    "nt!*a*a*a*a*a*a*a*a*a*a*a*a*b", "*!*?*?*?*?*?*?*?*?*?*?*?*?*?*z",
 ]
 
 _SESSIONS: dict[str, object] = {}
@@ -77,7 +79,7 @@ class InternalError(Exception):
 # second address in the text cannot turn into a range of a million lines the user asked for.
 COMMANDS = ("? {}", "ln {}", ".formats {}", "dt nt!_KTHREAD {}", "r $t0 = {}", "!pte {}", "!vtop 0 {}",
             "r $t0 = {}; dq @$t0 L4", "r $t0 = {}; db @$t0 L10", "r $t0 = {}; u @$t0 L2", "r $t0 = {}; ub @$t0 L2",
-            "r $t0 = {}; dps @$t0 L2", "?? {}", "uf {}")
+            "r $t0 = {}; dps @$t0 L2", "?? {}", "uf {}", "x {}")
 
 
 def one_input(data: bytes) -> None:
