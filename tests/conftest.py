@@ -132,6 +132,16 @@ def _utc(monkeypatch, tmp_path):
     time.tzset()
 
 
+@pytest.fixture
+def triage():
+    """A session on the corpus's x64 triage dump (TRIAGE_19041) with its symbols, no image files."""
+    import kdshell
+
+    with kdshell.open(TRIAGE_19041, symbol_path=str(CORPUS_SYMBOLS), image_path="") as s:
+        s.progress = None
+        yield s
+
+
 # -- the test machines (fixtures/machine): built once per session --------------------------------
 @pytest.fixture(scope="session")
 def machines(tmp_path_factory):

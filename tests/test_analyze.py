@@ -194,13 +194,6 @@ def test_banner_ends_with_the_verdict(machines):
 
 
 # -- the real dumps -----------------------------------------------------------------------------------
-@pytest.fixture
-def triage():
-    with kdshell.open(TRIAGE_19041, symbol_path=str(CORPUS_SYMBOLS), image_path="") as s:
-        s.progress = None
-        yield s
-
-
 SHORT = [
     "*" * 79,
     "*" + " " * 77 + "*",

@@ -15,18 +15,10 @@ import pytest
 
 import kdshell
 from kdshell.format import ptr
-from conftest import CORPUS_SYMBOLS, TRIAGE_19041
 from test_stack_commands import BIN, CONTEXT_P4, MACHINE_SYMBOLS, SCAN_WARNING, lines, parse_k
 
 NT_BASE = 0xFFFFF8047BA00000
 KEBUGCHECKEX = 0xFFFFF8047BDF5A80
-
-
-@pytest.fixture
-def triage():
-    with kdshell.open(TRIAGE_19041, symbol_path=str(CORPUS_SYMBOLS), image_path="") as s:
-        s.progress = None
-        yield s
 
 
 def test_nt_code_is_never_named_after_a_kdbg_variable(triage):

@@ -20,20 +20,12 @@ import pefile
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, TRIAGE_19041
 from kdshell.analysis.analyze import FrameSymbol, analyze
 from kdshell.analysis.teach import bugcheck_caller, explain
 from kdshell.stack.walk import StackWalk
 from test_stack_commands import BIN, MACHINE_SYMBOLS, check_rows, expected_rows, lines, parse_k
 
 NT_BASE = 0xFFFFF8047BA00000
-
-
-@pytest.fixture
-def triage():
-    with kdshell.open(TRIAGE_19041, symbol_path=str(CORPUS_SYMBOLS), image_path="") as s:
-        s.progress = None
-        yield s
 
 
 def registers(out):

@@ -80,12 +80,6 @@ def switch_frame_context(read: MemoryRead, kernel_stack: int, is64: bool,
     return RegisterFrame("switch frame", kernel_stack, regs, known)
 
 
-def processor_block(read: MemoryRead, ki_processor_block: int, number: int, is64: bool) -> int:
-    """KiProcessorBlock[number]: the processor's KPRCB address (0 when the slot is empty)."""
-    size = 8 if is64 else 4
-    return _ptr(read, ki_processor_block + number * size, size)
-
-
 def processor_context(read: MemoryRead, prcb: int, context_offset: int, machine: int) -> RegisterFrame:
     """Processor context saved at KPRCB + ProcessorState.ContextFrame (a CONTEXT record)."""
     return decode_context_record(read, prcb + context_offset, machine)
@@ -200,10 +194,6 @@ class ContextState:
         else:
             self.set(self.processor_frame(processor), f"processor {processor}")
         self.thread = thread
-
-    @property
-    def is_default(self) -> bool:
-        return self.origin == "default"
 
     # -- reading frames ------------------------------------------------------------------------
     @property

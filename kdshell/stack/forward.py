@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kdshell.errors import KdError
+from kdshell.stack.unwind_x64 import GPR, NONVOLATILE
 
 MemoryRead = Callable[[int, int], bytes]
 
 MAX_INSTRUCTIONS = 256     # decoded per RIP, over every way tried
 MAX_WAYS = 16              # conditional jumps whose other way is kept for later
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
-NONVOLATILE_GPR = ("rbx", "rbp", "rsi", "rdi", "r12", "r13", "r14", "r15")
+NONVOLATILE_GPR = tuple(r for r in GPR if r in NONVOLATILE)   # rbx rbp rsi rdi r12-r15
 _STOP = frozenset(("int3", "int", "int1", "into", "ud0", "ud1", "ud2", "hlt", "iretq", "iretd", "iret",
                    "syscall", "sysret", "sysretq", "sysenter", "sysexit", "invalid"))
 
