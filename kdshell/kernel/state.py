@@ -262,6 +262,10 @@ class KernelState:
         self._processors[number] = p
         return p
 
+    def cpu_info(self, prcb: int) -> P.CpuInfo:
+        """What the kernel wrote of the processor into the KPRCB at `prcb` (!cpuinfo, !sysinfo)."""
+        return P.read_cpu_info(self.memory, prcb, self.prcb_layout, self.is64, self.offsets.size("_KPRCB"))
+
     def processors(self) -> list[P.Processor]:
         if self.small:
             return [self.processor(self.crashing_processor)]
