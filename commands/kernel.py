@@ -257,7 +257,7 @@ def thread_header(session: Session, t: Thread) -> str:
 
 def _wait_lines(session: Session, t: Thread) -> list[str]:
     k = session.kernel
-    size = k.offsets.size("_KWAIT_BLOCK") if hasattr(k.offsets, "size") else None
+    size = k.offsets.size("_KWAIT_BLOCK")
     return [f"{_p(session, obj)}  {name}" for obj, name in wait_objects(k.memory, t, k.thread_layout, k.is64, size)]
 
 
