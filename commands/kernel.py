@@ -18,9 +18,7 @@ from kdshell.dispatch import Invocation, command
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
-from kdshell.kernel import kuser
 from kdshell.kernel import objects as OB
-from kdshell.kernel.layout import Reader
 from kdshell.kernel.prcb import PCR_TIB_NAMES, irql_name, read_pcr_fields, read_prcb_counters
 from kdshell.kernel.processes import find_processes
 from kdshell.kernel.threads import wait_objects, wait_reason_name
@@ -37,7 +35,6 @@ STATE_WORDS: dict[int | None, str] = {
     6: "TRANSITION", 7: "DEFERREDREADY", 8: "GATEWAIT", 9: "WAITINGFORPROCESSINSWAP"}
 WAIT_MODES: dict[int | None, str] = {0: "KernelMode", 1: "UserMode"}
 ALERTABLE: dict[int | None, str] = {0: "Non-Alertable", 1: "Alertable"}
-DEFAULT_TIME_INCREMENT = 156250  # 15.625 ms in 100 ns units, when the kernel's is not readable
 
 
 # -- small helpers ---------------------------------------------------------------------------------
@@ -74,27 +71,6 @@ def _duration(hundred_ns: int) -> str:
     m, rest = divmod(rest, 60_000)
     s, ms = divmod(rest, 1000)
     return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
-
-
-def _time_increment(session: Session) -> int:
-    k = session.kernel
-    at = k.kdbg_value("KeTimeIncrement") or k.symbol("KeMaximumIncrement")
-    if at:
-        try:
-            value = Reader(k.memory, k.is64).uint(at, 4)
-            if value:
-                return value
-        except MemoryNotPresent:
-            pass
-    return DEFAULT_TIME_INCREMENT
-
-
-def _tick_count(session: Session) -> int | None:
-    k = session.kernel
-    try:
-        return Reader(k.memory, k.is64).uint(kuser.ADDRESS[k.is64] + kuser.TICK_COUNT, 4)
-    except (MemoryNotPresent, KdError):
-        return None
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -281,7 +257,7 @@ def thread_header(session: Session, t: Thread) -> str:
 
 def _wait_lines(session: Session, t: Thread) -> list[str]:
     k = session.kernel
-    size = k.offsets.size("_KWAIT_BLOCK") if hasattr(k.offsets, "size") else None
+    size = k.offsets.size("_KWAIT_BLOCK")
     return [f"{_p(session, obj)}  {name}" for obj, name in wait_objects(k.memory, t, k.thread_layout, k.is64, size)]
 
 
@@ -313,10 +289,10 @@ def thread_lines(session: Session, t: Thread, stack: bool = True, args: bool = T
         irql = k.processor(where).irql if where is not None else None
         if irql is not None:
             lines.append(f"{'IRQL':<26}{irql} ({irql_name(irql, session.is64)})")
-    increment = _time_increment(session)
+    increment = k.time_increment()
     if t.wait_time is not None:
         text = f"{'Wait Start TickCount':<26}{t.wait_time:<15d}"
-        now = _tick_count(session)
+        now = k.tick_count()
         if now is not None and now >= t.wait_time:
             ticks = now - t.wait_time
             text += f"Ticks: {ticks}"

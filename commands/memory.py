@@ -14,7 +14,6 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
-from kdshell import arm64_text
 from kdshell.disasm import for_machine, symbol_text
 from kdshell.dispatch import CommandFunc, Invocation, command, needs_memory, needs_physical
 from kdshell.progress import Progress
@@ -528,10 +527,8 @@ def r_(session: Session, inv: Invocation) -> None:
     text = inv.text.strip()
     out = session.out
     if not text:
-        if _arm64(session):
-            lines, errors = arm64_text.context_lines(session.memory, session.registers, session.symbolize)
-        else:
-            lines, errors = context_lines(session.memory, session.registers, session.is64, session.symbolize)
+        lines, errors = context_lines(session.memory, session.registers, session.is64, session.symbolize,
+                                      machine=session.context.machine)
         session.report_missing(errors)
         out.lines(lines)
         return

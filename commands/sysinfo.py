@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING
 
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError
-from kdshell.kernel.prcb import CpuInfo, read_cpu_info
 from kdshell.kernel.smbios import locate_table, machine_id, parse_table, smbios_lines
 
 if TYPE_CHECKING:
-    from kdshell.kernel.prcb import Processor
+    from kdshell.kernel.prcb import CpuInfo, Processor
     from kdshell.session import Session
 
 CPUINFO_HEADER = "CP  F/M/S Manufacturer  MHz PRCB Signature    MSR 8B Signature Features"
@@ -39,7 +38,7 @@ def _cpus(session: Session, name: str) -> list[tuple[Processor, CpuInfo]]:
     k = session.kernel
     out = []
     for p in k.processors():
-        info = read_cpu_info(k.memory, p.prcb, k.prcb_layout, k.is64, k.offsets.size("_KPRCB"))
+        info = k.cpu_info(p.prcb)
         if info.known:
             out.append((p, info))
     if not out:

@@ -163,26 +163,20 @@ def decode_context(machine: int, raw: bytes) -> dict[str, int]:
         return {}
     c = layout.parse(bytes(raw[: layout.sizeof()]))
     regs: dict[str, int] = {}
-    if machine == MACHINE_AMD64:
-        for name in X64_GPR_NAMES + ("Rip",):
+    if machine in (MACHINE_AMD64, MACHINE_I386):
+        gprs = X64_GPR_NAMES + ("Rip",) if machine == MACHINE_AMD64 else (
+            "Eax", "Ebx", "Ecx", "Edx", "Esi", "Edi", "Eip", "Esp", "Ebp")
+        for name in gprs:
             regs[name.lower()] = c[name]
         regs["efl"] = c.EFlags
         for seg in ("Cs", "Ds", "Es", "Fs", "Gs", "Ss"):
             regs[seg.lower()] = c["Seg" + seg]
         for dr in ("Dr0", "Dr1", "Dr2", "Dr3", "Dr6", "Dr7"):
             regs[dr.lower()] = c[dr]
-        regs["mxcsr"] = c.MxCsr
-        for i, xmm in enumerate(c.FltSave.XmmRegisters):
-            regs[f"xmm{i}"] = int.from_bytes(xmm, "little")
-        regs["contextflags"] = c.ContextFlags
-    elif machine == MACHINE_I386:
-        for name in ("Eax", "Ebx", "Ecx", "Edx", "Esi", "Edi", "Eip", "Esp", "Ebp"):
-            regs[name.lower()] = c[name]
-        regs["efl"] = c.EFlags
-        for seg in ("Cs", "Ds", "Es", "Fs", "Gs", "Ss"):
-            regs[seg.lower()] = c["Seg" + seg]
-        for dr in ("Dr0", "Dr1", "Dr2", "Dr3", "Dr6", "Dr7"):
-            regs[dr.lower()] = c[dr]
+        if machine == MACHINE_AMD64:
+            regs["mxcsr"] = c.MxCsr
+            for i, xmm in enumerate(c.FltSave.XmmRegisters):
+                regs[f"xmm{i}"] = int.from_bytes(xmm, "little")
         regs["contextflags"] = c.ContextFlags
     else:  # ARM64: x29 and x30 are WinDbg's fp and lr
         for i, x in enumerate(c.X):

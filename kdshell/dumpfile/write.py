@@ -142,14 +142,11 @@ BlobTag = uuid.UUID | str | bytes
 # ---------------------------------------------------------------------------------------------
 # CONTEXT / EXCEPTION_RECORD helpers
 
-_AMD64_ALIASES = {
-    "efl": "EFlags", "eflags": "EFlags", "cs": "SegCs", "ds": "SegDs", "es": "SegEs", "fs": "SegFs",
-    "gs": "SegGs", "ss": "SegSs", "mxcsr": "MxCsr", "contextflags": "ContextFlags",
-}
 _X86_ALIASES = {
     "efl": "EFlags", "eflags": "EFlags", "cs": "SegCs", "ds": "SegDs", "es": "SegEs", "fs": "SegFs",
     "gs": "SegGs", "ss": "SegSs", "contextflags": "ContextFlags",
 }
+_AMD64_ALIASES = {**_X86_ALIASES, "mxcsr": "MxCsr"}
 
 
 def _zero(layout: Layout) -> Container:

@@ -186,11 +186,6 @@ class Kdbg:
             value &= 0xFFFFFFFF
         return value
 
-    @property
-    def paging_levels(self) -> int | None:
-        flags = self.get("Flags")
-        return (flags >> 2) & 0xF if flags is not None else None
-
     @classmethod
     def from_copy(cls, raw: bytes, address: int = 0, *, is64: bool = True) -> Kdbg:
         """A block from a copy of its bytes (a small dump's, or one being written): its own

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel import kuser
 from kdshell.kernel import prcb as P
 from kdshell.kernel import processes as PS
 from kdshell.kernel import threads as T
@@ -37,6 +38,7 @@ from kdshell.kernel.offsets import KernelOffsets
 # A structure copy is never larger (a Windows 11 KPRCB is under 64 KiB): a bigger extent is a
 # corrupt or hostile small dump, whose copy is cut here.
 MAX_COPY = 0x40000
+DEFAULT_TIME_INCREMENT = 156250  # 15.625 ms in 100 ns units, when the kernel's is not readable
 
 
 def _copy_size(extent: int, stated: int | None) -> int:
@@ -205,6 +207,25 @@ class KernelState:
         except KdError:
             return None
 
+    def time_increment(self) -> int:
+        """100 ns units per clock tick (KeTimeIncrement, else KeMaximumIncrement, else 15.625 ms)."""
+        at = self.kdbg_value("KeTimeIncrement") or self.symbol("KeMaximumIncrement")
+        if at:
+            try:
+                value = Reader(self.memory, self.is64).uint(at, 4)
+                if value:
+                    return value
+            except MemoryNotPresent:
+                pass
+        return DEFAULT_TIME_INCREMENT
+
+    def tick_count(self) -> int | None:
+        """KUSER_SHARED_DATA's tick count at the crash, None when its page is not in the dump."""
+        try:
+            return Reader(self.memory, self.is64).uint(kuser.ADDRESS[self.is64] + kuser.TICK_COUNT, 4)
+        except (MemoryNotPresent, KdError):
+            return None
+
     # -- processors --------------------------------------------------------------------------
     def processor_count(self) -> int:
         return int(self.dump.header.number_processors or 1)
@@ -261,6 +282,10 @@ class KernelState:
             p = P.read_processor(self.memory, number, prcb, self.prcb_layout, self.is64)
         self._processors[number] = p
         return p
+
+    def cpu_info(self, prcb: int) -> P.CpuInfo:
+        """What the kernel wrote of the processor into the KPRCB at `prcb` (!cpuinfo, !sysinfo)."""
+        return P.read_cpu_info(self.memory, prcb, self.prcb_layout, self.is64, self.offsets.size("_KPRCB"))
 
     def processors(self) -> list[P.Processor]:
         if self.small:

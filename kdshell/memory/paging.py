@@ -142,7 +142,6 @@ ARM64 = PagingMode(
      Level("PDE", "PDE", 21, 9, 0x0000_FFFF_FFE0_0000, 2, 0), Level("PTE", "PTE", 12, 9)),
     48, _A48, _A48, "Arm64VtoP", "arm64",
 )
-MODES = {m.name: m for m in (X64_4, X64_5, PAE, X86, ARM64)}
 
 
 # -- physical pages, cached -------------------------------------------------------------------

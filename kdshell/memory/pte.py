@@ -142,22 +142,32 @@ def decode(entry: int, fmt: PteFormat) -> PteState:
         if fmt.mode == "pae":
             address = entry >> 32
             return PteState(PROTOTYPE, raw, protection=protection, proto_address=address or None)
-        address = entry >> 16
-        if address == 0xFFFF_FFFF_0000:  # ProtoAddress all ones: "look in the VAD" (Proto: VAD)
-            return PteState(VAD, raw, protection=protection)
-        if address & (1 << 47):
-            address |= 0xFFFF_0000_0000_0000
-        return PteState(PROTOTYPE, raw, protection=protection, proto_address=address)
+        return _prototype48(raw, protection, entry >> 16)
     if fmt.build >= BUILD_1803:
         number = (entry >> 12) & 0xF
     else:
         number = (entry >> 1) & 0xF
-    high = entry >> 32
+    return _not_in_memory(raw, protection, entry >> 32, 0xFFFFFFFF, number)
+
+
+def _prototype48(raw: int, protection: int, address: int) -> PteState:
+    """x64's and ARM64's prototype PTE: a 48-bit ProtoAddress, all ones meaning "look in the VAD"
+    (Proto: VAD), else a kernel address to sign-extend."""
+    if address == 0xFFFF_FFFF_0000:
+        return PteState(VAD, raw, protection=protection)
+    if address & (1 << 47):
+        address |= 0xFFFF_0000_0000_0000
+    return PteState(PROTOTYPE, raw, protection=protection, proto_address=address)
+
+
+def _not_in_memory(raw: int, protection: int, high: int, all_ones: int, pagefile: int) -> PteState:
+    """The last choice of every machine: the page-file offset field (`high`) is 0 for demand-zero,
+    all ones for a page the VAD describes, else where the page is in page file `pagefile`."""
     if high == 0:
         return PteState(DEMAND_ZERO, raw, protection=protection)
-    if high == 0xFFFFFFFF:
+    if high == all_ones:
         return PteState(VAD, raw, protection=protection)
-    return PteState(PAGEFILE, raw, protection=protection, pagefile=number, offset=high)
+    return PteState(PAGEFILE, raw, protection=protection, pagefile=pagefile, offset=high)
 
 
 def _decode_x86(entry: int) -> PteState:
@@ -168,12 +178,7 @@ def _decode_x86(entry: int) -> PteState:
     if entry & 0x407 == 0x400:
         address = 0x80000000 | ((entry >> 1) & 0x7FFFFC00) | ((entry << 1) & 0x3FF)
         return PteState(PROTOTYPE, entry, protection=protection, proto_address=address)
-    high = entry >> 12
-    if high == 0:
-        return PteState(DEMAND_ZERO, entry, protection=protection)
-    if high == 0xFFFFF:
-        return PteState(VAD, entry, protection=protection)
-    return PteState(PAGEFILE, entry, protection=protection, pagefile=(entry >> 1) & 0xF, offset=high)
+    return _not_in_memory(entry, protection, entry >> 12, 0xFFFFF, (entry >> 1) & 0xF)
 
 
 def _decode_arm64(entry: int) -> PteState:
@@ -182,18 +187,8 @@ def _decode_arm64(entry: int) -> PteState:
     if entry & 0xC00 == 0x800:
         return PteState(TRANSITION, entry, pfn=(entry >> 12) & 0xFF_FFFF_FFFF, protection=protection)
     if entry & 0x400:
-        address = entry >> 16
-        if address == 0xFFFF_FFFF_0000:
-            return PteState(VAD, entry, protection=protection)
-        if address & (1 << 47):
-            address |= 0xFFFF_0000_0000_0000
-        return PteState(PROTOTYPE, entry, protection=protection, proto_address=address)
-    high = entry >> 32
-    if high == 0:
-        return PteState(DEMAND_ZERO, entry, protection=protection)
-    if high == 0xFFFFFFFF:
-        return PteState(VAD, entry, protection=protection)
-    return PteState(PAGEFILE, entry, protection=protection, pagefile=(entry >> 6) & 0xF, offset=high)
+        return _prototype48(entry, protection, entry >> 16)
+    return _not_in_memory(entry, protection, entry >> 32, 0xFFFFFFFF, (entry >> 6) & 0xF)
 
 
 def describe(state: PteState) -> str:
