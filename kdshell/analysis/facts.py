@@ -14,7 +14,7 @@ from kdshell.dumpfile.dump import DumpBlob
 from kdshell.dumpfile.header import (EXCEPTION_RECORD32, EXCEPTION_RECORD64, MACHINE_AMD64, MACHINE_ARM64,
                                      decode_exception)
 from kdshell.errors import KdError, MemoryNotPresent
-from kdshell.kernel.prcb import CpuInfo, read_cpu_info
+from kdshell.kernel.prcb import CpuInfo
 from kdshell.target import build_lab, nt_version, os_name
 from kdshell.view import SessionView
 
@@ -84,8 +84,7 @@ def process_image_name(session: SessionView, address: int) -> str | None:
 
 def _cpu_info(session: SessionView, number: int) -> CpuInfo:
     kernel = session.kernel
-    prcb = kernel.processor(number).prcb
-    return read_cpu_info(kernel.memory, prcb, kernel.prcb_layout, session.is64, kernel.offsets.size("_KPRCB"))
+    return kernel.cpu_info(kernel.processor(number).prcb)
 
 
 def cpu_vendor(session: SessionView) -> str | None:
