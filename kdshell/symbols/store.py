@@ -186,6 +186,7 @@ class DownloadError(Exception):
 @dataclass
 class DownloadBudget:
     """The seconds of downloading left in a session, shared by its stores (one per symbol path)."""
+    total: float = DEFAULT_SESSION_DEADLINE
     left: float = DEFAULT_SESSION_DEADLINE
     warned: bool = False
 
@@ -204,7 +205,6 @@ class SymbolStore:
         self.progress: TextIO | None = progress if progress is not None else sys.stderr
         self.timeout = timeout
         self.deadline = deadline
-        self.session_deadline = DEFAULT_SESSION_DEADLINE
         self.max_size = max_size
         self.dead_servers: set[str] = set()
         self.budget = DownloadBudget()
@@ -366,7 +366,7 @@ class SymbolStore:
         if self.budget.left <= 0:
             if not self.budget.warned:
                 self.budget.warned = True
-                self.warn(f"*** WARNING: no more downloads in this session: they took {self.session_deadline:g} s")
+                self.warn(f"*** WARNING: no more downloads in this session: they took {self.budget.total:g} s")
             return None
         base = server.rstrip("/")
         target = os.path.join(cache, name, key, name)
