@@ -161,6 +161,11 @@ class ModuleList:
             return self._sorted[i]
         return None
 
+    def next_start(self, address: int) -> int | None:
+        """The base of the first module above `address` (None when none is)."""
+        i = bisect.bisect_right(self._starts, address)
+        return self._starts[i] if i < len(self._starts) else None
+
     def by_name(self, name: str) -> Module | None:
         """By module name (`nt`, `amdppm`), or by image file name (`amdppm.sys`)."""
         m = self._by_name.get(name.lower())
