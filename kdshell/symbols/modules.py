@@ -17,11 +17,11 @@ buckets say `1394ohci!IoWorkers::...`, stacks say `afd!AfdPoll`); the expression
 from __future__ import annotations
 
 import bisect
-import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from kdshell.errors import MemoryNotPresent
+from kdshell.symbols.types import wildcard
 
 if TYPE_CHECKING:
     from kdshell.dumpfile.triage import TriageDump
@@ -178,8 +178,8 @@ class ModuleList:
 
     def match(self, pattern: str) -> list[Module]:
         """Modules whose name matches a WinDbg wildcard pattern (`*`, `?`), case-insensitively."""
-        p = pattern.lower()
-        return [m for m in self.modules if fnmatch.fnmatchcase(m.name.lower(), p)]
+        rx = wildcard(pattern)  # the one matcher x, lm M and the type commands use
+        return [m for m in self.modules if rx.fullmatch(m.name)]
 
     @property
     def sorted(self) -> list[Module]:
