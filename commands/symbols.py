@@ -107,11 +107,8 @@ def _column_text(session: Session, module: Module, option: str) -> str:
         return module.path
     if option == "p":  # an image file that lent its bytes (lmv's "Mapped memory image file"), else nothing
         return str(module.state.get("image_file") or "")
-    stamp = module.timestamp
-    if stamp is None:  # a loader entry without it: the image's own header
-        image = _image_quietly(session, module)
-        stamp = image.timestamp if image is not None else None
-    return _timestamp_text(stamp, None)
+    image = None if module.timestamp is not None else _image_quietly(session, module)
+    return _timestamp_text(_stamp(module, image), None)
 
 
 def column_line(session: Session, module: Module, columns: list[str]) -> str:
@@ -198,6 +195,13 @@ _STRING_ORDER = ["CompanyName", "ProductName", "InternalName", "OriginalFilename
                  "PrivateBuild", "SpecialBuild"]
 
 
+def _stamp(module: Module, image: PeImage | None) -> int | None:
+    """The module's TimeDateStamp: the loader entry's, else (an entry without it) the image header's."""
+    if module.timestamp is not None:
+        return module.timestamp
+    return image.timestamp if image is not None else None
+
+
 def _image_quietly(session: Session, module: Module) -> PeImage | None:
     """The module's headers (the dump's, even when its export or debug directory is not there,
     else the image file's), None when neither is readable."""
@@ -223,7 +227,7 @@ def verbose_lines(session: Session, module: Module) -> list[str]:
     repro = image is not None and image.reproducible
     if repro:
         lines.append("    Image was built with /Brepro flag.")
-    stamp = module.timestamp if module.timestamp is not None else (image.timestamp if image else None)
+    stamp = _stamp(module, image)
     lines.append(f"    Timestamp:        {_timestamp_text(stamp, image)}")
     checksum = module.checksum if module.checksum is not None else (image.checksum if image else None)
     if checksum is not None:
@@ -586,7 +590,7 @@ def lmi(session: Session, inv: Invocation) -> None:
     out.line(f"     Image Name: {module.image_name}")
     if image is not None:
         out.line(f"   Machine Type: {image.machine} ({image.machine_name})")
-    stamp = module.timestamp if module.timestamp is not None else (image.timestamp if image else None)
+    stamp = _stamp(module, image)
     if stamp is not None:
         out.line(f"     Time Stamp: {_timestamp_text(stamp, image)}")
     out.line(f"           Size: {module.size:x}")

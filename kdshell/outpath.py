@@ -1,4 +1,4 @@
-"""One policy for every file kdshell writes (logs, `.dump`, `.writemem`): which paths it may write.
+"""One policy for every file kdshell writes (logs and `.dump`): which paths it may write.
 
 Never the open dump or a file the session has open (a loaded image or PDB), compared by device and
 inode so symlinks and hard links are caught; never a special file (a device, FIFO, socket or

@@ -18,7 +18,7 @@ import pytest
 import kdshell
 from kdshell.cli import main
 from kdshell.session import BANNER_STOPPED, STOPPED
-from kdshell.symbols.store import DownloadError, SymbolStore, _redirects
+from kdshell.symbols.store import DownloadError, SymbolPath, SymbolStore, _redirects
 
 NAME, KEY = "evil.pdb", "0123456789ABCDEF0123456789ABCDEF1"
 
@@ -151,6 +151,19 @@ def test_stale_temporary_files_are_cleaned_when_the_cache_is_first_used(tmp_path
     store.find("z.pdb", KEY)
     assert sorted(os.path.relpath(p, cache) for p in _leftovers(cache)) == sorted(
         ["b.pdb", f"b.pdb/{KEY}", f"b.pdb/{KEY}/.b.pdb.x2.tmp", "c.pdb", f"c.pdb/{KEY}", f"c.pdb/{KEY}/c.pdb"])
+
+
+def test_a_store_the_user_names_is_not_swept(tmp_path):
+    """Only kdshell's caches are cleaned: an old .tmp in the user's own store stays."""
+    own = tmp_path / "own"
+    theirs = own / NAME / KEY / f".{NAME}.x1.tmp"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"")
+    os.utime(theirs, (time.time() - 3600, time.time() - 3600))
+    store, _ = _store(tmp_path / "cache", "http://127.0.0.1:9", offline=True)
+    store.path = SymbolPath.parse(f"{own};srv*{tmp_path / 'cache'}*{own}")
+    assert store.find("z.pdb", KEY) is None
+    assert theirs.exists()
 
 
 def test_ctrl_c_in_a_command_download_returns_to_the_prompt(hostile, tmp_path, monkeypatch, machines):

@@ -319,3 +319,13 @@ def test_module_list_of_every_machine_without_symbols(machines, name):
             mods = s.symbols.modules
             assert mods.warnings == [], (kind, mods.warnings)
             assert [(m.base, m.size, m.image_name) for m in mods] == want, kind
+
+
+def test_module_patterns_are_windbg_wildcards_matched_without_backtracking():
+    import time
+
+    ml = ModuleList([Module(0x1000, 0x100, "a" * 200 + ".sys"), Module(0x3000, 0x100, "x[1].sys")])
+    start = time.monotonic()
+    assert ml.match("*a" * 30 + "*b") == []  # x mod!sym takes the module part from the user
+    assert time.monotonic() - start < 0.5
+    assert [m.name for m in ml.match("X[1]")] == ["x[1]"]  # '[' is a character, not a class

@@ -17,11 +17,11 @@ buckets say `1394ohci!IoWorkers::...`, stacks say `afd!AfdPoll`); the expression
 from __future__ import annotations
 
 import bisect
-import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from kdshell.errors import MemoryNotPresent
+from kdshell.symbols.types import wildcard
 
 if TYPE_CHECKING:
     from kdshell.dumpfile.triage import TriageDump
@@ -161,6 +161,11 @@ class ModuleList:
             return self._sorted[i]
         return None
 
+    def next_start(self, address: int) -> int | None:
+        """The base of the first module above `address` (None when none is)."""
+        i = bisect.bisect_right(self._starts, address)
+        return self._starts[i] if i < len(self._starts) else None
+
     def by_name(self, name: str) -> Module | None:
         """By module name (`nt`, `amdppm`), or by image file name (`amdppm.sys`)."""
         m = self._by_name.get(name.lower())
@@ -173,8 +178,8 @@ class ModuleList:
 
     def match(self, pattern: str) -> list[Module]:
         """Modules whose name matches a WinDbg wildcard pattern (`*`, `?`), case-insensitively."""
-        p = pattern.lower()
-        return [m for m in self.modules if fnmatch.fnmatchcase(m.name.lower(), p)]
+        rx = wildcard(pattern)  # the one matcher x, lm M and the type commands use
+        return [m for m in self.modules if rx.fullmatch(m.name)]
 
     @property
     def sorted(self) -> list[Module]:

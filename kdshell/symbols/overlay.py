@@ -3,7 +3,6 @@ walker takes (kdshell.stack.walk): both read images through the symbols layer's 
 (kdshell.symbols.resolver.Symbols)."""
 from __future__ import annotations
 
-import bisect
 from typing import Any, Iterator, Protocol
 
 from kdshell.errors import MemoryNotPresent
@@ -83,7 +82,7 @@ class ImageOverlay:
             if module is None or symbols.file_image(module) is None:
                 # no image here: the hole runs to the next module (or the end of this module)
                 if module is None:
-                    nxt = _next_module_start(symbols.modules, cursor)
+                    nxt = symbols.modules.next_start(cursor)
                     stop = min(end, nxt) if nxt is not None and nxt > cursor else end
                 else:
                     stop = min(end, module.end)
@@ -104,11 +103,6 @@ class ImageOverlay:
     read_int = VirtualMemory.read_int
     readable = VirtualMemory.readable
     read_partial = VirtualMemory.read_partial
-
-
-def _next_module_start(modules: ModuleList, address: int) -> int | None:
-    i = bisect.bisect_right(modules._starts, address)
-    return modules._starts[i] if i < len(modules._starts) else None
 
 
 def _hole(error: MemoryNotPresent, address: int) -> MemoryNotPresent:

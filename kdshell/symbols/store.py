@@ -186,6 +186,7 @@ class DownloadError(Exception):
 @dataclass
 class DownloadBudget:
     """The seconds of downloading left in a session, shared by its stores (one per symbol path)."""
+    total: float = DEFAULT_SESSION_DEADLINE
     left: float = DEFAULT_SESSION_DEADLINE
     warned: bool = False
 
@@ -204,7 +205,6 @@ class SymbolStore:
         self.progress: TextIO | None = progress if progress is not None else sys.stderr
         self.timeout = timeout
         self.deadline = deadline
-        self.session_deadline = DEFAULT_SESSION_DEADLINE
         self.max_size = max_size
         self.dead_servers: set[str] = set()
         self.budget = DownloadBudget()
@@ -225,7 +225,7 @@ class SymbolStore:
         for el in self.path.elements:
             if el.kind == "cache":
                 cache_dir = el.path
-                found = self._from_store(el.path, fname, fkey, verify)
+                found = self._from_cache(el.path, fname, fkey, verify)
                 if found:
                     return found
             elif el.kind == "dir":
@@ -245,7 +245,6 @@ class SymbolStore:
         """NAME/KEY/NAME (or two-tier NA/NAME/KEY/NAME) in a local store, following file.ptr."""
         if not os.path.isdir(store):
             return None
-        self._sweep(store)
         roots = [store]
         if os.path.exists(os.path.join(store, "index2.txt")):
             roots.insert(0, os.path.join(store, name[:2].lower()))
@@ -322,7 +321,7 @@ class SymbolStore:
     # -- servers -----------------------------------------------------------------------------
     def _from_server(self, el: Element, name: str, key: str, verify: Callable[[str], bool]) -> str | None:
         if el.cache:
-            found = self._from_store(el.cache, name, key, verify)
+            found = self._from_cache(el.cache, name, key, verify)
             if found:
                 return found
         for store in el.stores:
@@ -337,6 +336,13 @@ class SymbolStore:
             if found:
                 return found
         return None
+
+    def _from_cache(self, cache: str, name: str, key: str, verify: Callable[[str], bool]) -> str | None:
+        """A cache kdshell downloads or copies into: a local store, swept first. Only caches:
+        a store the user names is theirs, and its files are not ours to remove."""
+        if os.path.isdir(cache):
+            self._sweep(cache)
+        return self._from_store(cache, name, key, verify)
 
     def _sweep(self, cache: str) -> None:
         """Once per cache: remove the temporary files a killed kdshell left in its NAME/KEY
@@ -366,7 +372,7 @@ class SymbolStore:
         if self.budget.left <= 0:
             if not self.budget.warned:
                 self.budget.warned = True
-                self.warn(f"*** WARNING: no more downloads in this session: they took {self.session_deadline:g} s")
+                self.warn(f"*** WARNING: no more downloads in this session: they took {self.budget.total:g} s")
             return None
         base = server.rstrip("/")
         target = os.path.join(cache, name, key, name)
