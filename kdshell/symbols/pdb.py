@@ -41,6 +41,7 @@ from construct import Bytes, Int16ul, Int32sl, Int32ul, Struct
 from kdshell.errors import SymbolFileError
 from kdshell.symbols import types as T
 from kdshell.symbols.codeview import CodeViewTypes, _cstr, _Records
+from kdshell.symbols.pe import pdb_key
 
 MSF7_MAGIC = b"Microsoft C/C++ MSF 7.00\r\n\x1aDS\x00\x00\x00"
 PDB2_MAGIC = b"Microsoft C/C++ program database 2.00\r\n"
@@ -394,10 +395,7 @@ class PdbFile(CodeViewTypes, T.TypeLookup):
 
     @property
     def key(self) -> str:
-        """The symbol store key: GUID as 32 hex digits followed by the age in hex."""
-        if self.guid is None:
-            return f"{self.signature:08X}{self.age:X}"
-        return f"{self.guid.hex.upper()}{self.age:X}"
+        return pdb_key(self.guid, self.signature, self.age)
 
     @property
     def pointer_size(self) -> int:

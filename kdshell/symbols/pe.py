@@ -108,10 +108,15 @@ class CodeView:
 
     @property
     def key(self) -> str:
-        """The symbol-store key: GUID (32 upper-case hex digits, Data1-3 as numbers) and age in hex."""
-        if self.guid is not None:
-            return self.guid.hex.upper() + f"{self.age:X}"
-        return f"{self.signature:08X}{self.age:X}"
+        return pdb_key(self.guid, self.signature, self.age)
+
+
+def pdb_key(guid: uuid.UUID | None, signature: int | None, age: int) -> str:
+    """A PDB's symbol-store key: GUID (32 upper-case hex digits, Data1-3 as numbers) and age in
+    hex; a PDB 2.0 (no GUID) has its 8-digit signature instead."""
+    if guid is not None:
+        return guid.hex.upper() + f"{age:X}"
+    return f"{signature or 0:08X}{age:X}"
 
 
 @dataclass
