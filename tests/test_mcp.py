@@ -168,11 +168,17 @@ def test_sample_session_over_stdio(machines: Any, capsys: pytest.CaptureFixture[
             assert (await call(client, "close_dump", session=sid))["closed"]
             assert "no session" in await refused(client, "run_command", session=sid, command="k")
 
+            # triage: each dump's --analyze-json record (kdshell.triage will supply them, issue 25)
+            records = (await call(client, "triage", paths=[SAMPLE_DUMP]))["records"]
+            assert [r["path"] for r in records] == [SAMPLE_DUMP]
+            same_record(records[0]["record"], expected)
+
     run(test)
 
 
 # -- safety: roots (and symlinks out of them), the one output folder, refused commands -------------
-def test_roots_outputs_and_refusals(tmp_path: Path, machines: Any) -> None:
+def test_roots_outputs_refusals_time_bound_and_cap(tmp_path: Path, machines: Any) -> None:
+    truth = machines.truth("d1")
     root, out, outside = tmp_path / "root", tmp_path / "out", tmp_path / "outside"
     for d in (root, out, outside):
         d.mkdir()
@@ -184,7 +190,8 @@ def test_roots_outputs_and_refusals(tmp_path: Path, machines: Any) -> None:
     (out / "escape").symlink_to(outside)
 
     async def test() -> None:
-        async with stdio_server("--root", str(root), "--root", SAMPLE_DIR, "--out", str(out)) as client:
+        async with stdio_server("--root", str(root), "--root", SAMPLE_DIR, "--out", str(out),
+                                "--timeout", "1", "--max-output", "2000") as client:
             listed = await call(client, "list_dumps", folder=str(root))
             assert [(Path(d["path"]).name, d["kind"]) for d in listed["dumps"]] == [  # no link out
                 ("crash.dmp", "small memory dump"), ("kernel.dmp", "kernel memory dump (bitmap)")]
@@ -198,7 +205,8 @@ def test_roots_outputs_and_refusals(tmp_path: Path, machines: Any) -> None:
                                                         symbol_path="srv*c:\\sym*https://example.invalid")
 
             sid = (await call(client, "open_dump", path=str(root / "kernel.dmp"), symbol_path=SAMPLE_SYMBOLS))["session"]
-            wrote = await call(client, "run_command", session=sid, command=".logopen k.log; k 3; .logclose; .dump /m m.dmp")
+            wrote = await call(client, "run_command", session=sid, command=".logopen k.log; k 3; .logclose; .dump /m m.dmp",
+                               timeout_s=LIMIT_S)
             assert wrote["ok"], wrote["text"]
             assert "nt!KeBugCheckEx" in (out / "k.log").read_text()
             written = (out / "m.dmp").read_bytes()
@@ -215,18 +223,10 @@ def test_roots_outputs_and_refusals(tmp_path: Path, machines: Any) -> None:
                 r = await call(client, "run_command", session=sid, command=command)
                 assert not r["ok"] and why in r["text"] and len(r["text"].splitlines()) == 1, command
 
-    run(test)
-
-
-# -- the time bound, the output cap, idle expiry -----------------------------------------------------
-def test_timeout_cap_and_idle_expiry(machines: Any) -> None:
-    truth = machines.truth("d1")
-
-    async def test() -> None:
-        async with stdio_server("--timeout", "1", "--max-output", "2000", "--idle", "600") as client:
-            sid = (await call(client, "open_dump", path=SAMPLE_DUMP))["session"]
+            # The time bound (--timeout 1) and the cap (--max-output 2000) on a runaway command.
+            small = (await call(client, "open_dump", path=SAMPLE_DUMP))["session"]
             started = time.monotonic()
-            runaway = await client.call_tool("run_command", {"session": sid,
+            runaway = await client.call_tool("run_command", {"session": small,
                                                              "command": "dq fffff800`00000000 L?1000000"})
             took = time.monotonic() - started
             data = runaway.structured_content
@@ -235,16 +235,33 @@ def test_timeout_cap_and_idle_expiry(machines: Any) -> None:
             assert "[stopped after the call's time bound of 1 s" in runaway.content[0].text
             assert "[output cut: 2000 of" in runaway.content[0].text
             # Stopped as Ctrl-C stops it at the prompt: the session lives on.
-            after = await call(client, "run_command", session=sid, command="r rip")
+            after = await call(client, "run_command", session=small, command="r rip")
             assert after["text"].strip() == f"rip={truth['context']['rip']:016x}"
-            longer = await call(client, "run_command", session=sid, command="dq fffff800`00000000 L2", timeout_s=5)
+            longer = await call(client, "run_command", session=small, command="dq fffff800`00000000 L2", timeout_s=5)
             assert not longer["timed_out"] and longer["text"].startswith("fffff800`00000000  ")
-        async with stdio_server("--idle", "0.5") as client:
-            sid = (await call(client, "open_dump", path=SAMPLE_DUMP))["session"]
-            await anyio.sleep(1.5)
-            assert "idle" in await refused(client, "run_command", session=sid, command="k")
 
     run(test)
+
+
+# -- idle expiry ---------------------------------------------------------------------------------------
+def test_idle_sessions_expire(tmp_path: Path) -> None:
+    from kdshell.errors import KdError
+    from kdshell.mcp.policy import Policy
+    from kdshell.mcp.sessions import Limits, Pool
+
+    pool = Pool(Policy.make([SAMPLE_DIR], str(tmp_path)), Limits(idle_s=0.3))
+    try:
+        sid, _ = pool.open(SAMPLE_DUMP, SAMPLE_SYMBOLS)
+        worker = pool.get(sid)
+        deadline = time.monotonic() + 10
+        while sid in pool.sessions:
+            assert time.monotonic() < deadline, "the idle session was not closed"
+            time.sleep(0.1)
+        with pytest.raises(KdError, match="closed after 0.3 s idle"):
+            pool.get(sid)
+        assert worker.proc.wait(timeout=5) == 0  # its process ended
+    finally:
+        pool.close_all()
 
 
 # -- streamable HTTP on a free loopback port, two sessions at once -----------------------------------
@@ -317,25 +334,13 @@ def test_corpus_dump_and_triage(capsys: pytest.CaptureFixture[str]) -> None:
             assert analysis["analysis"]["culprit"]["image"] == "amdppm.sys"  # the corpus README
             assert analysis["analysis"]["exception"]["code"] == "0xc0000005"
             records = (await call(client, "triage", paths=[str(TRIAGE_19041), str(MINI_17763),
-                                                           str(CORPUS_DUMPS / "nothing.dmp")]))["records"]
+                                                           str(CORPUS_DUMPS / "nothing.dmp")],
+                                  symbol_path=str(CORPUS_SYMBOLS)))["records"]
             assert [r["path"] for r in records] == [str(TRIAGE_19041), str(MINI_17763), str(CORPUS_DUMPS / "nothing.dmp")]
+            same_record(records[0]["record"], expected)
             assert [r["record"]["bugcheck"]["code"] for r in records[:2]] == ["0x1000007e", "0x1000007e"]
             assert records[1]["record"]["os"]["version"] is None or "17763" in json.dumps(records[1]["record"]["os"])
             assert "error" in records[2] and "\n" not in records[2]["error"]
-
-    run(test)
-
-
-def test_triage_records_of_the_sample(machines: Any) -> None:
-    truth = machines.truth("d1")
-
-    async def test() -> None:
-        async with stdio_server() as client:
-            records = (await call(client, "triage", paths=[SAMPLE_DUMP]))["records"]
-            record = records[0]["record"]
-            assert record["bugcheck"]["code"] == f"{truth['bugcheck']['code']:#x}"
-            assert record["culprit"]["image"] == truth["culprit"]
-            assert record["dump"]["kind"] == "small memory dump"
 
     run(test)
 

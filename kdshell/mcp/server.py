@@ -24,10 +24,14 @@ SAFETY = ("Reads only under the server's roots ({roots}), writes only under {out
           "downloads nothing and runs no shell command.")
 
 
-def _sample() -> tuple[str, str] | None:
+def symbols_for(path: str, symbol_path: str | None) -> str | None:
+    """The symbol path asked for; for the bundled sample, by default, its own symbol store."""
     from kdshell.cli import bundled_sample
 
-    return bundled_sample()
+    sample = bundled_sample()
+    if symbol_path is None and sample is not None and os.path.realpath(path) == os.path.realpath(sample[0]):
+        return sample[1]
+    return symbol_path
 
 
 def _result(data: dict[str, Any], text: str | None = None) -> CallToolResult:
@@ -72,13 +76,13 @@ def list_dump_files(policy: Policy, folder: str) -> list[dict[str, Any]]:
     return found
 
 
-def _triage_records(pool: Pool, paths: list[str], timeout_s: float) -> list[dict[str, Any]]:
+def _triage_records(pool: Pool, paths: list[str], symbol_path: str | None, timeout_s: float) -> list[dict[str, Any]]:
     """Each dump's `--analyze-json` record, or {"path", "error"}.
     TO BE REPLACED by kdshell.triage.run(paths, options) once `kdshell triage` lands (issue 25)."""
     records: list[dict[str, Any]] = []
     for path in paths:
         try:
-            worker, _ = pool.start(path, None)
+            worker, _ = pool.start(path, symbols_for(path, symbol_path))
         except KdError as exc:
             records.append({"path": path, "error": str(exc)})
             continue
@@ -160,11 +164,8 @@ def build_server(policy: Policy, limits: Limits) -> tuple[MCPServer, Pool]:
         "the roots (the bundled sample finds its own). Sessions close after "
         f"{limits.idle_s:g} s idle. " + safety))
     def open_dump(path: str, symbol_path: str | None = None) -> CallToolResult:
-        sample = _sample()
-        if symbol_path is None and sample is not None and os.path.realpath(path) == os.path.realpath(sample[0]):
-            symbol_path = sample[1]
         try:
-            sid, opened = pool.open(path, symbol_path)
+            sid, opened = pool.open(path, symbols_for(path, symbol_path))
         except KdError as exc:
             raise _fail(exc) from None
         data = {"session": sid, **opened["facts"], "banner": opened["banner"]}
@@ -208,13 +209,13 @@ def build_server(policy: Policy, limits: Limits) -> tuple[MCPServer, Pool]:
 
     @server.tool(annotations=read_only, description=(
         "Triage several dumps at once (paths under the server's roots): each dump's analysis record, or its "
-        "error. Each dump is bounded like one call. " + safety))
-    def triage(paths: list[str], timeout_s: float | None = None) -> CallToolResult:
+        "error. symbol_path: as for open_dump, for every dump. Each dump is bounded like one call. " + safety))
+    def triage(paths: list[str], symbol_path: str | None = None, timeout_s: float | None = None) -> CallToolResult:
         try:
             limit = pool.timeout(timeout_s)
         except KdError as exc:
             raise _fail(exc) from None
-        return _result({"records": _triage_records(pool, paths, limit)})
+        return _result({"records": _triage_records(pool, paths, symbol_path, limit)})
 
     @server.tool(description="Close a session opened by open_dump (its process ends).")
     def close_dump(session: str) -> CallToolResult:

@@ -36,7 +36,8 @@ class Limits:
 
 
 class Worker:
-    """One worker process and its reply queue (a reader thread: no select on pipes everywhere)."""
+    """One worker process and its reply queue (a reader thread: no select on pipes everywhere).
+    Its working folder is the output folder: relative names (.dump x.dmp) land there."""
 
     def __init__(self, cwd: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
@@ -126,6 +127,8 @@ class Pool:
         self.expired: set[str] = set()
         self.lock = threading.Lock()
         self._stop = threading.Event()
+        # One worker started ahead (it loads kdshell while nobody waits): open_dump takes it.
+        self._spare: Worker | None = Worker(policy.out_dir)
         self._reaper = threading.Thread(target=self._reap, daemon=True)
         self._reaper.start()
 
@@ -140,7 +143,7 @@ class Pool:
         """A new worker with the dump open (checked against the roots first): (worker, banner)."""
         real = self.policy.readable(path, "open_dump")
         symbols = self.policy.search_path(symbol_path or "", "symbol_path")
-        worker = Worker(self.policy.out_dir)  # relative names (.dump x.dmp) land in the output folder
+        worker = self._worker()
         try:
             result = worker.call({"op": "open", "path": real, "symbol_path": symbols, "roots": list(self.policy.roots),
                                   "out_dir": self.policy.out_dir, "max_output": self.limits.max_output}, START_S)
@@ -148,6 +151,16 @@ class Pool:
             worker.kill()
             raise
         return worker, result
+
+    def _worker(self) -> Worker:
+        """The spare worker (a new one if it died), and a new spare behind it."""
+        with self.lock:
+            worker, self._spare = self._spare, None
+            if not self._stop.is_set():
+                self._spare = Worker(self.policy.out_dir)
+        if worker is None or worker.proc.poll() is not None:
+            worker = Worker(self.policy.out_dir)
+        return worker
 
     def open(self, path: str, symbol_path: str | None) -> tuple[str, dict[str, Any]]:
         with self.lock:
@@ -195,5 +208,9 @@ class Pool:
 
     def close_all(self) -> None:
         self._stop.set()
+        with self.lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
         for sid in list(self.sessions):
             self.close(sid)

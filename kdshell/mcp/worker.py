@@ -189,6 +189,11 @@ def main() -> int:
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     os.environ["KDSHELL_OFFLINE"] = "1"
+    from kdshell import dispatch
+    from kdshell.mcp import results  # loaded now, while no request waits
+
+    dispatch.load_commands()
+    del results
     serve(sys.stdin, replies)
     return 0
 
