@@ -27,6 +27,7 @@ from mcp.client.stdio import StdioServerParameters  # noqa: E402
 
 from conftest import CORPUS_DUMPS, CORPUS_SYMBOLS, MINI_17763, TRIAGE_19041, corpus_dumps_if_present  # noqa: E402
 from kdshell.cli import bundled_sample  # noqa: E402
+from kdshell.mcp.sessions import GRACE_S  # noqa: E402
 
 SAMPLE = bundled_sample()
 assert SAMPLE is not None
@@ -113,7 +114,7 @@ def test_sample_session_over_stdio(machines: Any, capsys: pytest.CaptureFixture[
                 assert "Reads only under the server's roots" in (tools[name].description or ""), name
             assert "Each call is bounded" in (tools["run_command"].description or "")
 
-            listed = await call(client, "list_dumps", folder=SAMPLE_DIR)
+            listed = await call(client, "list_dumps")  # every root: here, the sample's folder
             assert [(Path(d["path"]).name, d["bugcheck"], d["kind"]) for d in listed["dumps"]] == [
                 (Path(SAMPLE_DUMP).name, f"{truth['bugcheck']['code']:#x}", "small memory dump")]
 
@@ -231,7 +232,7 @@ def test_roots_outputs_refusals_time_bound_and_cap(tmp_path: Path, machines: Any
             took = time.monotonic() - started
             data = runaway.structured_content
             assert data is not None and data["timed_out"] and data["cut"] and len(data["text"]) == 2000
-            assert took < 4, took
+            assert took < 1 + GRACE_S + 2, took  # the bound, the interrupt, a loaded machine
             assert "[stopped after the call's time bound of 1 s" in runaway.content[0].text
             assert "[output cut: 2000 of" in runaway.content[0].text
             # Stopped as Ctrl-C stops it at the prompt: the session lives on.

@@ -149,14 +149,14 @@ def build_server(policy: Policy, limits: Limits) -> tuple[MCPServer, Pool]:
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
     @server.tool(annotations=read_only, description=(
-        "List the crash dumps (.dmp) under a folder inside the server's roots, with size, kind, bug check "
-        "and time, read from each dump's header only. " + safety))
-    def list_dumps(folder: str) -> CallToolResult:
+        "List the crash dumps (.dmp) under a folder inside the server's roots (default: every root), with "
+        "size, kind, bug check and time, read from each dump's header only. " + safety))
+    def list_dumps(folder: str | None = None) -> CallToolResult:
         try:
-            dumps = list_dump_files(policy, folder)
+            dumps = [d for f in ([folder] if folder else policy.roots) for d in list_dump_files(policy, f)]
         except KdError as exc:
             raise _fail(exc) from None
-        return _result({"folder": folder, "dumps": dumps})
+        return _result({"folder": folder, "roots": list(policy.roots), "dumps": dumps[:MAX_LISTED]})
 
     @server.tool(description=(
         "Open a crash dump (a path under the server's roots) and get a session id, the banner text and its "

@@ -18,7 +18,7 @@ from typing import IO, Any
 from kdshell.errors import KdError
 from kdshell.mcp.policy import Policy
 
-GRACE_S = 3.0  # after the interrupt: how long a command gets to stop before its process is killed
+GRACE_S = 5.0  # after the interrupt: how long a command gets to stop before its process is killed
 START_S = 60.0  # opening a dump (imports, the banner's analysis)
 
 

@@ -177,7 +177,10 @@ def serve(requests: TextIO, replies: TextIO) -> None:
         else:
             if req.get("op") == "close":
                 break
-            reply = worker.handle(req)
+            try:
+                reply = worker.handle(req)
+            except KeyboardInterrupt:  # the interrupt came as the request was ending
+                reply = {"error": STOPPED_NOTE}
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
     if worker.session is not None:
