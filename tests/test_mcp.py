@@ -360,6 +360,11 @@ def test_policy_resolves_symlinks(tmp_path: Path) -> None:
         policy.readable(str(tmp_path / "root" / "in" / "a.dmp"), "x")
     with pytest.raises(KdError, match="outside the allowed roots"):
         policy.readable(str(tmp_path / "rootx"), "x")  # a sibling whose name starts with the root's
+    srv = tmp_path / "root" / "srvsyms"
+    assert policy.search_path(f"{srv}; {tmp_path / 'root'}", "x") == f"{srv};{tmp_path / 'root'}"
+    for server in ("https://msdl.example/symbols", f"cache*{tmp_path / 'root'}", f"srv*{srv}*https://x"):
+        with pytest.raises(KdError, match="downloads nothing"):
+            policy.search_path(server, "x")
 
 
 def test_outpath_confinement(tmp_path: Path) -> None:

@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             host, port = address
             print(f"kdshell mcp: serving http://{host}:{port}/mcp", file=sys.stderr)
+            if host not in ("127.0.0.1", "::1", "localhost"):
+                print(f"kdshell mcp: warning: {host} is not a loopback address: whoever reaches it can read "
+                      "the dumps under the roots", file=sys.stderr)
             server.run("streamable-http", host=host, port=port)
     except KeyboardInterrupt:
         pass

@@ -66,7 +66,7 @@ class Policy:
             element = element.strip()
             if not element:
                 continue
-            if "*" in element or element.lower().startswith(("srv", "symsrv", "http:", "https:")):
+            if "*" in element or "://" in element:  # srv*CACHE*URL, cache*DIR, a bare URL
                 raise PolicyError(f"{what}: '{element}' is a symbol server or cache; the MCP server downloads "
                                   "nothing: give symbol folders under its roots")
             out.append(self.readable(element, what))
