@@ -1,6 +1,7 @@
 """kdshell's commands as MCP tools, resources and a prompt, on the official Python SDK (the
-optional extra kdshell[mcp]; kdshell.mcp.command starts it). Safe by construction (kdshell.mcp.policy): reads only under `--root` folders, writes only
-under `--out`, downloads nothing, runs no shell; every call has a time bound and a cap on its text.
+optional extra kdshell[mcp]; kdshell.mcp.command starts it). Safe by construction
+(kdshell.mcp.policy): reads only under `--root` folders, writes only under `--out`, downloads
+nothing, runs no shell; every call has a time bound and a cap on its text.
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def _fail(exc: Exception) -> Exception:
 
 
 def header_facts(path: str) -> dict[str, Any]:
-    """A dump's size, kind, bug check and time, from its header alone."""
+    """A dump's size, kind, bug check and time, from its header (the container is opened as
+    kdshell opens it, no symbols are loaded and no memory is read)."""
     from kdshell.dumpfile.dump import open_dump
 
     size = os.path.getsize(path)
