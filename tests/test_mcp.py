@@ -313,7 +313,23 @@ def test_two_sessions_over_http() -> None:
                     tg.start_soon(k, a)
                     tg.start_soon(k, b)
                 assert got[a]["text"] == expected[SAMPLE_DUMP] and got[b]["text"] == expected[second[0]]
-                for sid in (a, b):
+
+                # At once, not one after the other: two calls that each last their whole 2 s bound
+                # end together (in turn they would need 4 s or more).
+                c = (await call(client, "open_dump", path=SAMPLE_DUMP))["session"]
+
+                async def runaway(sid: str) -> None:
+                    got[sid] = await call(client, "run_command", session=sid, timeout_s=2,
+                                          command="dq fffff800`00000000 L?1000000")
+
+                started = time.monotonic()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(runaway, a)
+                    tg.start_soon(runaway, c)
+                took = time.monotonic() - started
+                assert got[a]["timed_out"] and got[c]["timed_out"]
+                assert took < 4, took
+                for sid in (a, b, c):
                     assert (await call(client, "close_dump", session=sid))["closed"]
 
         run(test)
