@@ -1,0 +1,203 @@
+"""ARM64 kernel objects for tests/test_arm64_objects.py: the KPCR/KPRCB, the System process and
+one of its worker threads, and a KDBG, laid out at the offsets of ARM64 Windows, added to the
+hand-made ARM64 machine of tests/arm64_machine.py.
+
+Two shapes, as real ARM64 dumps have them:
+
+- a small memory dump like the one of issue 18 (Windows 11 build 22000, bug check 0x1C8, a
+  worker thread of the System process): no PDB, a KDBG copy whose Offset*/Size* fields give
+  what they give, the triage header's KPRCB, ETHREAD and EPROCESS copies (their addresses are
+  derived, not stored), no KPCR;
+- a complete dump of the same machine with the objects in memory (KiProcessorBlock, the
+  KPCR head with its CurrentIrql, PsActiveProcessHead), written as build 19569, the ARM64 build
+  whose kernel layouts are public.
+
+Every offset below is literal, typed from ntdiff/headers Win10_20H2_19569/ARM64 (_EPROCESS.h,
+_ETHREAD.h, _KPCR.h) and the KDBG's field offsets from formats.md §10 -- not from kdshell's
+table -- so a wrong entry there cannot hide in both. Build 22000's layout is not public; its
+dump carries the 19569 numbers in its KDBG (what a real KDBG would give for the fields it has).
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import arm64_machine as A
+from kdshell.dumpfile.write import write_full
+from kdshell.dumpfile.write_triage import TriageDriverInfo, TriageParts, write_triage
+
+PAGE = A.PAGE
+FILL = 0x5A  # bytes no field is read from: a wrong offset reads 0x5A5A...
+
+# -- addresses ---------------------------------------------------------------------------------
+PCR = 0xFFFFF804_0A8E0000  # processor 0's KPCR (page aligned)
+PRCB = PCR + 0x980  # KPCR.Prcb
+PROCESS = 0xFFFFB30C_2E4A7040  # the System process
+THREAD = 0xFFFFB30C_2E5C1080  # a worker thread of it (ExpWorkerThread)
+IDLE = 0xFFFFF804_0A9F2A40  # the idle thread
+KDBG = A.NT_BASE + 0x2A00  # KdDebuggerDataBlock (nt data after the .pdata and .xdata)
+KI_PROCESSOR_BLOCK = A.NT_BASE + 0x2E00
+PS_ACTIVE_PROCESS_HEAD = A.NT_BASE + 0x2E40
+TTBR0 = 0x0000_0000_001A_D000  # the System process's DirectoryTableBase
+STACK_LIMIT, STACK_BASE, KERNEL_STACK = A.STACK - 0x5000, A.STACK + PAGE, A.SP - 0x80
+TID = 0x10C
+WAIT_REASON = 15  # WrQueue, as a worker thread waits
+SAVED_IRQL = 0  # KPRCB.DebuggerSavedIRQL: a worker thread runs at PASSIVE_LEVEL
+CURRENT_IRQL = 15  # KPCR.CurrentIrql: KeBugCheckEx raised it to HIGH_LEVEL
+
+# -- ARM64 build 19569 offsets (ntdiff) --------------------------------------------------------
+PCR_SELF, PCR_CURRENT_IRQL, PCR_MAJOR, PCR_MINOR, PCR_PRCB = 0x18, 0x38, 0x3C, 0x3E, 0x980
+PRCB_CURRENT_THREAD, PRCB_NEXT_THREAD, PRCB_IDLE_THREAD, PRCB_NUMBER = 0x8, 0x10, 0x18, 0x24
+PRCB_CONTEXT_FRAME, PRCB_MHZ, PRCB_DEBUGGER_SAVED_IRQL, PRCB_SIZE = 0x360, 0x6F4, 0xF19, 0x8A80
+PRCB_DISPATCHER_READY_LIST_HEAD = 0xD00  # [32] LIST_ENTRY: empty lists point at themselves
+KT_INITIAL_STACK, KT_STACK_LIMIT, KT_STACK_BASE, KT_KERNEL_STACK = 0x28, 0x30, 0x38, 0x58
+KT_APC_PROCESS, KT_TEB, KT_STATE, KT_PROCESS, KT_WAIT_REASON = 0xB0, 0xE8, 0x17C, 0x240, 0x2A3
+KT_THREAD_LIST_ENTRY = 0x318
+ET_START_ADDRESS, ET_CID, ET_WIN32_START, ET_THREAD_LIST_ENTRY, ETHREAD_SIZE = 0x470, 0x498, 0x4F0, 0x508, 0x8B8
+EP_DTB, EP_KTHREAD_LIST, EP_PID, EP_LINKS, EP_PARENT, EP_PEB = 0x28, 0x38, 0x3F8, 0x400, 0x4F8, 0x508
+EP_IMAGE, EP_THREAD_LIST, EPROCESS_SIZE = 0x560, 0x598, 0xC00
+# KDDEBUGGER_DATA64 (formats.md §10)
+KDBG_FIELDS = {
+    "KernBase": (0x18, 8), "PsLoadedModuleList": (0x48, 8), "PsActiveProcessHead": (0x50, 8),
+    "KiProcessorBlock": (0x218, 8), "OffsetKThreadNextProcessor": (0x298, 2), "OffsetKThreadTeb": (0x29A, 2),
+    "OffsetKThreadKernelStack": (0x29C, 2), "OffsetKThreadInitialStack": (0x29E, 2),
+    "OffsetKThreadApcProcess": (0x2A0, 2), "OffsetKThreadState": (0x2A2, 2), "SizeEProcess": (0x2A8, 2),
+    "OffsetEprocessPeb": (0x2AA, 2), "OffsetEprocessParentCID": (0x2AC, 2),
+    "OffsetEprocessDirectoryTableBase": (0x2AE, 2), "SizePrcb": (0x2B0, 2), "OffsetPrcbCurrentThread": (0x2B4, 2),
+    "OffsetPrcbMhz": (0x2B6, 2), "OffsetPrcbProcStateContext": (0x2BC, 2), "OffsetPrcbNumber": (0x2BE, 2),
+    "SizeEThread": (0x2C0, 2), "SizePcr": (0x2E0, 2), "OffsetPcrSelfPcr": (0x2E2, 2),
+    "OffsetPcrContainedPrcb": (0x2E6, 2), "OffsetKThreadStackLimit": (0x340, 4),
+    "OffsetKThreadStackBase": (0x344, 4), "OffsetPrcbIdleThread": (0x350, 2), "OffsetKThreadWaitReason": (0x35C, 2),
+}
+KDBG_OFFSETS = {
+    "OffsetKThreadNextProcessor": 0x238, "OffsetKThreadTeb": KT_TEB, "OffsetKThreadKernelStack": KT_KERNEL_STACK,
+    "OffsetKThreadInitialStack": KT_INITIAL_STACK, "OffsetKThreadApcProcess": KT_APC_PROCESS,
+    "OffsetKThreadState": KT_STATE, "SizeEProcess": EPROCESS_SIZE, "OffsetEprocessPeb": EP_PEB,
+    "OffsetEprocessParentCID": EP_PARENT, "OffsetEprocessDirectoryTableBase": EP_DTB, "SizePrcb": PRCB_SIZE,
+    "OffsetPrcbCurrentThread": PRCB_CURRENT_THREAD, "OffsetPrcbMhz": PRCB_MHZ,
+    "OffsetPrcbProcStateContext": PRCB_CONTEXT_FRAME, "OffsetPrcbNumber": PRCB_NUMBER, "SizeEThread": ETHREAD_SIZE,
+    "SizePcr": 0x9400, "OffsetPcrSelfPcr": PCR_SELF, "OffsetPcrContainedPrcb": PCR_PRCB,
+    "OffsetKThreadStackLimit": KT_STACK_LIMIT, "OffsetKThreadStackBase": KT_STACK_BASE,
+    "OffsetPrcbIdleThread": PRCB_IDLE_THREAD, "OffsetKThreadWaitReason": KT_WAIT_REASON,
+}
+
+
+def _put(buf: bytearray, offset: int, value: int, size: int = 8) -> None:
+    buf[offset : offset + size] = value.to_bytes(size, "little")
+
+
+def prcb() -> bytes:
+    b = bytearray([FILL]) * PRCB_SIZE
+    _put(b, PRCB_CURRENT_THREAD, THREAD)
+    _put(b, PRCB_NEXT_THREAD, 0)
+    _put(b, PRCB_IDLE_THREAD, IDLE)
+    _put(b, PRCB_NUMBER, 0, 4)
+    _put(b, PRCB_MHZ, 2995, 4)
+    b[PRCB_DEBUGGER_SAVED_IRQL] = SAVED_IRQL
+    for i in range(32):
+        head = PRCB + PRCB_DISPATCHER_READY_LIST_HEAD + 16 * i
+        _put(b, PRCB_DISPATCHER_READY_LIST_HEAD + 16 * i, head)
+        _put(b, PRCB_DISPATCHER_READY_LIST_HEAD + 16 * i + 8, head)
+    return bytes(b)
+
+
+def thread() -> bytes:
+    b = bytearray([FILL]) * ETHREAD_SIZE
+    b[0:4] = bytes([6, 0, 0x1A, 0])  # DISPATCHER_HEADER: ThreadObject
+    for off, value in ((KT_INITIAL_STACK, STACK_BASE - 0x60), (KT_STACK_LIMIT, STACK_LIMIT),
+                       (KT_STACK_BASE, STACK_BASE), (KT_KERNEL_STACK, KERNEL_STACK),
+                       (KT_APC_PROCESS, PROCESS), (KT_TEB, 0), (KT_PROCESS, PROCESS),
+                       (ET_START_ADDRESS, A.NT_BASE + A.EXPORTS["ExpWorkerThread"]),
+                       (ET_WIN32_START, A.NT_BASE + A.EXPORTS["ExpWorkerThread"]),
+                       (ET_CID, 4), (ET_CID + 8, TID)):
+        _put(b, off, value)
+    b[KT_STATE] = 2  # Running
+    b[KT_WAIT_REASON] = WAIT_REASON
+    _put(b, KT_THREAD_LIST_ENTRY, PROCESS + EP_KTHREAD_LIST)
+    _put(b, KT_THREAD_LIST_ENTRY + 8, PROCESS + EP_KTHREAD_LIST)
+    _put(b, ET_THREAD_LIST_ENTRY, PROCESS + EP_THREAD_LIST)
+    _put(b, ET_THREAD_LIST_ENTRY + 8, PROCESS + EP_THREAD_LIST)
+    return bytes(b)
+
+
+def process() -> bytes:
+    b = bytearray([FILL]) * EPROCESS_SIZE
+    b[0:4] = bytes([3, 0, 0x3F, 0])  # DISPATCHER_HEADER: ProcessObject
+    for off, value in ((EP_DTB, TTBR0), (EP_PID, 4), (EP_PARENT, 0), (EP_PEB, 0),
+                       (EP_LINKS, PS_ACTIVE_PROCESS_HEAD), (EP_LINKS + 8, PS_ACTIVE_PROCESS_HEAD),
+                       (EP_KTHREAD_LIST, THREAD + KT_THREAD_LIST_ENTRY),
+                       (EP_KTHREAD_LIST + 8, THREAD + KT_THREAD_LIST_ENTRY),
+                       (EP_THREAD_LIST, THREAD + ET_THREAD_LIST_ENTRY),
+                       (EP_THREAD_LIST + 8, THREAD + ET_THREAD_LIST_ENTRY)):
+        _put(b, off, value)
+    b[EP_IMAGE : EP_IMAGE + 15] = b"System".ljust(15, b"\0")
+    return bytes(b)
+
+
+def kdbg(offsets: bool = True) -> bytes:
+    """A KDDEBUGGER_DATA64: the KDBG header, the kernel's variables, and (offsets=True) the
+    Offset*/Size* fields a real kernel fills in."""
+    b = bytearray(0x380)
+    b[0x10:0x18] = b"KDBG\x80\x03\x00\x00"  # OwnerTag, Size
+    values = {"KernBase": A.NT_BASE, "PsLoadedModuleList": A.NT_BASE + A.EXPORTS["PsLoadedModuleList"],
+              "PsActiveProcessHead": PS_ACTIVE_PROCESS_HEAD, "KiProcessorBlock": KI_PROCESSOR_BLOCK}
+    if offsets:
+        values.update(KDBG_OFFSETS)
+    for name, value in values.items():
+        at, size = KDBG_FIELDS[name]
+        _put(b, at, value, size)
+    return bytes(b)
+
+
+def pcr_head() -> bytes:
+    b = bytearray([FILL]) * PCR_PRCB
+    _put(b, 0, 0)  # NtTib head
+    _put(b, PCR_SELF, PCR)
+    b[PCR_CURRENT_IRQL] = CURRENT_IRQL
+    _put(b, PCR_MAJOR, 1, 2)
+    _put(b, PCR_MINOR, 1, 2)
+    return bytes(b)
+
+
+def write_small(tmp_path: Path, build: int = 22000, offsets: bool = True) -> Path:
+    """The small memory dump of issue 18's shape (see the module note)."""
+    path = Path(tmp_path) / f"arm64-objects-{build}-{'kdbg' if offsets else 'table'}.dmp"
+    header = A.fields(build=build, kd_debugger_data_block=KDBG)
+    parts = TriageParts(
+        stack=A.stack_page(), top_of_stack=A.STACK,
+        prcb=prcb(), thread=thread(), process=process(), kdbg=kdbg(offsets),
+        drivers=[TriageDriverInfo("\\SystemRoot\\system32\\ntoskrnl.exe", A.NT_BASE, A.NT_SIZE, 0x5F3A1B2C, 0x1234)],
+        data_blocks=[(A.NT_BASE + 0x1000, A.text()[:0x208])],
+    )
+    write_triage(path, header, parts)
+    return path
+
+
+def write_complete(tmp_path: Path, build: int = 19569) -> Path:
+    """A complete dump of the machine with the objects in memory."""
+    t = A.build()
+    nt_data = t.pages[A.PFN["nt_data"]]
+    k = kdbg(offsets=False)
+    nt_data[KDBG - A.NT_BASE - 0x2000 : KDBG - A.NT_BASE - 0x2000 + len(k)] = k
+    _put(nt_data, KI_PROCESSOR_BLOCK - A.NT_BASE - 0x2000, PRCB)
+    head = PS_ACTIVE_PROCESS_HEAD - A.NT_BASE - 0x2000
+    _put(nt_data, head, PROCESS + EP_LINKS)
+    _put(nt_data, head + 8, PROCESS + EP_LINKS)
+    objects = {PCR: pcr_head() + prcb(), PROCESS & ~0xFFF: None, THREAD & ~0xFFF: None}
+    pfn = 0x400
+    blob = objects[PCR]
+    for i in range(0, len(blob), PAGE):
+        t.map(PCR + i, pfn, A.KERNEL_RW, blob[i : i + PAGE])
+        pfn += 1
+    for address, content in ((PROCESS, process()), (THREAD, thread())):
+        page = address & ~0xFFF
+        data = bytearray(2 * PAGE)
+        data[address - page : address - page + len(content)] = content
+        for i in range(2):
+            t.map(page + i * PAGE, pfn, A.KERNEL_RW, bytes(data[i * PAGE : (i + 1) * PAGE]))
+            pfn += 1
+    path = Path(tmp_path) / f"arm64-objects-{build}-full.dmp"
+    header = A.fields(build=build, kd_debugger_data_block=KDBG, number_processors=1,
+                      ps_active_process_head=PS_ACTIVE_PROCESS_HEAD)
+    write_full(path, header, {n: bytes(p) for n, p in t.pages.items()})
+    return path

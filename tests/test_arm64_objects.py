@@ -1,0 +1,175 @@
+"""Kernel objects on ARM64 dumps (issue 18, part 5) and .dump from one (part 6): !process,
+.process, !thread, !irql, !prcb, !pcr, !running on the synthetic ARM64 machine of
+tests/arm64_objects.py, whose objects sit at ARM64 build 19569's offsets (typed there from the
+public ARM64 headers, not from kdshell's table); and every command of .help on ARM64 dumps:
+either an answer or one line, never a traceback.
+"""
+from __future__ import annotations
+
+import pytest
+
+import arm64_machine as A
+import arm64_objects as O
+import kdshell
+from kdshell.dispatch import REGISTRY
+from kdshell.kernel.offsets import KernelOffsets, build_entry
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory):
+    d = tmp_path_factory.mktemp("arm64obj")
+    return {"small22000": O.write_small(d), "small19569": O.write_small(d, 19569, offsets=False),
+            "full19569": O.write_complete(d), "full26100": O.write_complete(d, 26100), "dir": d}
+
+
+def lines(session, command):
+    return session.capture(command).splitlines()
+
+
+def hexq(value):
+    return f"{value:016x}"
+
+
+# -- the offsets ---------------------------------------------------------------------------------
+def test_arm64_never_takes_x64_offsets():
+    for build in (19569, 22000, 22621, 22631, 26100):
+        ko = KernelOffsets(build, True, arm64=True)
+        assert ko.offset("_EPROCESS", "ImageFileName") != 0x5A8, build  # x64's
+    x64 = KernelOffsets(22000, True)
+    assert x64.offset("_EPROCESS", "UniqueProcessId") == 0x440  # x64 unchanged
+
+
+def test_table_19569_matches_the_public_arm64_headers():
+    ko = KernelOffsets(19569, True, arm64=True)
+    expected = {("_EPROCESS", "UniqueProcessId"): O.EP_PID, ("_EPROCESS", "ActiveProcessLinks"): O.EP_LINKS,
+                ("_EPROCESS", "ImageFileName"): O.EP_IMAGE, ("_EPROCESS", "Peb"): O.EP_PEB,
+                ("_EPROCESS", "ThreadListHead"): O.EP_THREAD_LIST, ("_KPROCESS", "ThreadListHead"): O.EP_KTHREAD_LIST,
+                ("_KTHREAD", "ApcState.Process"): O.KT_APC_PROCESS, ("_KTHREAD", "State"): O.KT_STATE,
+                ("_KTHREAD", "WaitReason"): O.KT_WAIT_REASON, ("_ETHREAD", "Cid"): O.ET_CID,
+                ("_KPCR", "CurrentIrql"): O.PCR_CURRENT_IRQL, ("_KPCR", "Prcb"): O.PCR_PRCB,
+                ("_KPRCB", "CurrentThread"): O.PRCB_CURRENT_THREAD, ("_KPRCB", "Number"): O.PRCB_NUMBER,
+                ("_KPRCB", "DebuggerSavedIRQL"): O.PRCB_DEBUGGER_SAVED_IRQL}
+    assert {k: ko.offset(*k) for k in expected} == expected
+    assert ko.size("_EPROCESS") == O.EPROCESS_SIZE and ko.size("_ETHREAD") == O.ETHREAD_SIZE
+
+
+@pytest.mark.parametrize("build", [22000, 22621, 22631, 26100])
+def test_later_builds_say_what_is_missing(build):
+    entry = build_entry(build, True, arm64=True)
+    assert entry is not None and "19569" in entry.missing
+    assert entry.offset("_KPCR", "CurrentIrql") == O.PCR_CURRENT_IRQL
+    assert entry.offset("_EPROCESS", "UniqueProcessId") is None
+
+
+# -- a small dump of issue 18's shape: build 22000, KDBG copy, no PDB --------------------------
+def test_small_22000_process_from_the_copies_and_the_kdbg(dumps):
+    with kdshell.open(dumps["small22000"]) as s:
+        out = lines(s, "!process -1 0")
+        assert out[0] == f"PROCESS {hexq(O.PROCESS)}"
+        assert f"DirBase: {O.TTBR0:08x}" in out[2]
+        assert "ParentCid: 0000" in out[1] and "Cid: ????" in out[1]
+        assert out[4] == ("    The offsets of _EPROCESS.UniqueProcessId, _EPROCESS.ImageFileName are not known for "
+                          "ARM64 build 22000 (no kernel PDB, KDBG field or built-in entry): load the kernel's symbols")
+        assert lines(s, "!process 0 0")[1].startswith("Unable to get the list of processes")
+
+
+def test_small_22000_thread_and_irql(dumps):
+    with kdshell.open(dumps["small22000"]) as s:
+        out = lines(s, "!thread")
+        assert out[0].startswith(f"THREAD {hexq(O.THREAD)}  Cid ????.????  Teb: {hexq(0)}")
+        assert out[0].endswith("RUNNING on processor 0")
+        assert "_ETHREAD.Cid is not known" in out[1]
+        assert out[2].startswith(f"Owning Process            {hexq(O.PROCESS)}")
+        assert f"Stack Init {hexq(O.STACK_BASE - 0x60)} Current {hexq(O.KERNEL_STACK)}" in out
+        assert f"Base {hexq(O.STACK_BASE)} Limit {hexq(O.STACK_LIMIT)}" in out
+        irql = lines(s, "!irql")
+        assert len(irql) == 1 and "_KPRCB.DebuggerSavedIRQL is not known" in irql[0]
+        assert lines(s, "!prcb")[:2] == [f"PRCB for Processor 0 at {hexq(O.PRCB)}:",
+                                         f"Threads--  Current {hexq(O.THREAD)} Next {hexq(0)} Idle {hexq(O.IDLE)}"]
+        assert lines(s, ".process") == [f"Implicit process is now {O.PROCESS >> 32:08x}`{O.PROCESS & 0xFFFFFFFF:08x}"]
+
+
+def test_small_19569_from_the_table_shows_the_system_process(dumps):
+    with kdshell.open(dumps["small19569"]) as s:
+        out = lines(s, "!process -1 0")
+        assert out[:4] == [f"PROCESS {hexq(O.PROCESS)}",
+                           "    SessionId: ?  Cid: 0004    Peb: 00000000  ParentCid: 0000",
+                           f"    DirBase: {O.TTBR0:08x}  ObjectTable: {'5a' * 8}  HandleCount: <Data Not Accessible>",
+                           "    Image: System"]
+        assert lines(s, "!thread")[0].startswith(f"THREAD {hexq(O.THREAD)}  Cid 0004.{O.TID:04x}")
+        assert lines(s, "!irql") == [f"Debugger saved IRQL for processor 0x0 -- {O.SAVED_IRQL} (LOW_LEVEL)"]
+
+
+# -- a complete dump: the objects in memory ------------------------------------------------------
+def test_complete_19569_kpcr_and_processors(dumps):
+    with kdshell.open(dumps["full19569"]) as s:
+        assert lines(s, "!pcr") == [
+            f"KPCR for Processor 0 at {hexq(O.PCR)}:", "    Major 1 Minor 1",
+            f"{'SelfPcr':>25}: {hexq(O.PCR)}", f"{'Prcb':>25}: {hexq(O.PRCB)}",
+            f"{'CurrentIrql':>25}: {hexq(O.CURRENT_IRQL)}", "",
+            f"{'CurrentThread':>25}: {hexq(O.THREAD)}", f"{'NextThread':>25}: {hexq(0)}",
+            f"{'IdleThread':>25}: {hexq(O.IDLE)}"]
+        assert lines(s, "!prcb")[1] == f"Current IRQL -- {O.CURRENT_IRQL}"
+        assert lines(s, "!irql") == [f"Debugger saved IRQL for processor 0x0 -- {O.SAVED_IRQL} (LOW_LEVEL)"]
+        running = lines(s, "!running")
+        assert running[1] == "System Processors:  (0000000000000001)"
+        assert running[-1].split()[:3] == ["0", hexq(O.PRCB), hexq(O.THREAD)]
+        out = lines(s, "!process 0 0")
+        assert out[1] == f"PROCESS {hexq(O.PROCESS)}" and out[4] == "    Image: System"
+        threads = lines(s, f"!process {O.PROCESS:x} 2")
+        assert any(x.strip().startswith(f"THREAD {hexq(O.THREAD)}  Cid 0004.{O.TID:04x}") for x in threads)
+
+
+def test_complete_26100_irql_from_the_kpcr_head(dumps):
+    # No public KPRCB layout for 26100: the KDBG (no Offset fields here) and the table give the
+    # KPCR head only, so !pcr and !irql say which offset is missing.
+    with kdshell.open(dumps["full26100"]) as s:
+        for command in ("!pcr", "!irql", "!process -1 0", "!thread"):
+            out = lines(s, command)
+            assert len(out) <= 2 and out[0].startswith("Unable to get"), (command, out)
+        assert "_KPCR.Prcb is not known for ARM64 build 26100" in lines(s, "!pcr")[0]
+
+
+# -- .dump from an ARM64 dump ----------------------------------------------------------------------
+def _answers(session):
+    k = [x.split()[1:] for x in lines(session, "k")[1:] if x.startswith("ffff")]  # RetAddr, Call Site
+    return (lines(session, ".bugcheck"), lines(session, "r pc") + lines(session, "r lr") + lines(session, "r x5"),
+            k, lines(session, "lm")[:2])
+
+
+@pytest.mark.parametrize("option", ["/m", "/f", "/k"])
+def test_dump_from_arm64_reopens_with_the_same_answers(dumps, option):
+    out = dumps["dir"] / f"again-{option[1:]}.dmp"
+    with kdshell.open(dumps["full19569"]) as s:
+        before = _answers(s)
+        written = lines(s, f".dump {option} {out}")
+        assert written[-2] == "Dump successfully written", written
+    assert before[0][0] == "Bugcheck code 000001C8"
+    assert before[1] == [f"pc={A.PC:016x}", f"lr={A.NT_BASE + 0x1118:016x}", f"x5={5 * 0x0101010101010101:016x}"]
+    assert [f[-1] for f in before[2]] == ["nt!KeBugCheckEx+0x24", "nt!PopPowerButtonWorkCallback+0x18",
+                                          "nt!ExpWorkerThread+0x14", "nt!PspSystemThreadStartup+0xc",
+                                          "nt!KiStartSystemThread+0x8"]
+    with kdshell.open(out) as again:
+        assert again.dump.header.machine == A.MACHINE_ARM64
+        assert _answers(again) == before
+        if option == "/m":
+            assert lines(again, "!process -1 0")[3] == "    Image: System"
+
+
+# -- every command on ARM64 ------------------------------------------------------------------------
+def _sample(name):
+    return {".dump": f"{name} /m nowhere/x.dmp", "!process": "!process 0 0", "!sysinfo": "!sysinfo cpuinfo",
+            ".cxr": ".cxr", ".trap": ".trap", "!pte": f"!pte {A.NT_BASE:x}", "!vtop": f"!vtop 0 {A.NT_BASE:x}",
+            "dt": "dt nt!_KPCR", "u": f"u {A.PC:x} L2", "d": f"dq {A.NT_BASE:x} L2"}.get(name, name)
+
+
+@pytest.mark.parametrize("kind", ["small22000", "full19569"])
+def test_every_command_answers_or_says_why_on_arm64(dumps, kind):
+    with kdshell.open(dumps[kind]) as s:
+        names = sorted({c.name for c in REGISTRY.values()} - {"q", ".restart", ".tutorial", ".shell", ".logopen"})
+        assert len(names) > 80
+        for name in names:
+            text = s.capture(_sample(name))
+            assert "Traceback" not in text, name
+            for x64 in ("rip=", "rsp=", "cr8", "CR8", "efl="):
+                assert x64 not in text, (name, x64, text[:300])
