@@ -13,9 +13,12 @@ Two shapes, as real ARM64 dumps have them:
   whose kernel layouts are public.
 
 Every offset below is literal, typed from ntdiff/headers Win10_20H2_19569/ARM64 (_EPROCESS.h,
-_ETHREAD.h, _KPCR.h) and the KDBG's field offsets from formats.md §10 -- not from kdshell's
-table -- so a wrong entry there cannot hide in both. Build 22000's layout is not public; its
-dump carries the 19569 numbers in its KDBG (what a real KDBG would give for the fields it has).
+_ETHREAD.h, _KPCR.h), from the ksarm64.h of the preview SDKs on either side of build 22000
+(10.0.20262 and 10.0.22543: ETHREAD.Cid 0x4e8, ETHREAD 0x910 and EPROCESS 0xc80 bytes, the
+KTHREAD, KPROCESS, KPCR and KPRCB offsets unchanged from 19569) and the KDBG's field offsets
+from formats.md §10 -- not from kdshell's table -- so a wrong entry there cannot hide in both.
+No public source gives build 22000's EPROCESS UniqueProcessId or ImageFileName: its copy keeps
+them where 19569 has them, and kdshell must say it does not know them.
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ PS_ACTIVE_PROCESS_HEAD = A.NT_BASE + 0x2E40
 TTBR0 = 0x0000_0000_001A_D000  # the System process's DirectoryTableBase
 STACK_LIMIT, STACK_BASE, KERNEL_STACK = A.STACK - 0x5000, A.STACK + PAGE, A.SP - 0x80
 TID = 0x10C
+TRAP = (THREAD & ~0xFFF) + 0x1400  # a KTRAP_FRAME (its volatile registers, the faulting pc and sp)
+TRAP_X = [0x7100 + i for i in range(19)]  # x0-x18
+TRAP_SPSR, TRAP_ESR, TRAP_FAULT = 0x80000005, 0x96000004, 0x10
 WAIT_REASON = 15  # WrQueue, as a worker thread waits
 SAVED_IRQL = 0  # KPRCB.DebuggerSavedIRQL: a worker thread runs at PASSIVE_LEVEL
 CURRENT_IRQL = 15  # KPCR.CurrentIrql: KeBugCheckEx raised it to HIGH_LEVEL
@@ -56,6 +62,14 @@ KT_THREAD_LIST_ENTRY = 0x318
 ET_START_ADDRESS, ET_CID, ET_WIN32_START, ET_THREAD_LIST_ENTRY, ETHREAD_SIZE = 0x470, 0x498, 0x4F0, 0x508, 0x8B8
 EP_DTB, EP_KTHREAD_LIST, EP_PID, EP_LINKS, EP_PARENT, EP_PEB = 0x28, 0x38, 0x3F8, 0x400, 0x4F8, 0x508
 EP_IMAGE, EP_THREAD_LIST, EPROCESS_SIZE = 0x560, 0x598, 0xC00
+# build 22000 (ksarm64.h, SDKs 10.0.20262 and 10.0.22543): what moved
+ET_CID_22000, ETHREAD_SIZE_22000, EPROCESS_SIZE_22000 = 0x4E8, 0x910, 0xC80
+
+
+def layout(build: int) -> tuple[int, int, int]:
+    """(ETHREAD.Cid, ETHREAD size, EPROCESS size) of `build`."""
+    return (ET_CID, ETHREAD_SIZE, EPROCESS_SIZE) if build < 20000 else (ET_CID_22000, ETHREAD_SIZE_22000,
+                                                                         EPROCESS_SIZE_22000)
 # KDDEBUGGER_DATA64 (formats.md §10)
 KDBG_FIELDS = {
     "KernBase": (0x18, 8), "PsLoadedModuleList": (0x48, 8), "PsActiveProcessHead": (0x50, 8),
@@ -101,27 +115,30 @@ def prcb() -> bytes:
     return bytes(b)
 
 
-def thread() -> bytes:
-    b = bytearray([FILL]) * ETHREAD_SIZE
+def thread(build: int = 19569) -> bytes:
+    cid, size, _ = layout(build)
+    b = bytearray([FILL]) * size
     b[0:4] = bytes([6, 0, 0x1A, 0])  # DISPATCHER_HEADER: ThreadObject
     for off, value in ((KT_INITIAL_STACK, STACK_BASE - 0x60), (KT_STACK_LIMIT, STACK_LIMIT),
                        (KT_STACK_BASE, STACK_BASE), (KT_KERNEL_STACK, KERNEL_STACK),
                        (KT_APC_PROCESS, PROCESS), (KT_TEB, 0), (KT_PROCESS, PROCESS),
-                       (ET_START_ADDRESS, A.NT_BASE + A.EXPORTS["ExpWorkerThread"]),
-                       (ET_WIN32_START, A.NT_BASE + A.EXPORTS["ExpWorkerThread"]),
-                       (ET_CID, 4), (ET_CID + 8, TID)):
+                       (cid, 4), (cid + 8, TID)):
         _put(b, off, value)
     b[KT_STATE] = 2  # Running
     b[KT_WAIT_REASON] = WAIT_REASON
     _put(b, KT_THREAD_LIST_ENTRY, PROCESS + EP_KTHREAD_LIST)
     _put(b, KT_THREAD_LIST_ENTRY + 8, PROCESS + EP_KTHREAD_LIST)
-    _put(b, ET_THREAD_LIST_ENTRY, PROCESS + EP_THREAD_LIST)
-    _put(b, ET_THREAD_LIST_ENTRY + 8, PROCESS + EP_THREAD_LIST)
+    if build < 20000:
+        for off, value in ((ET_START_ADDRESS, A.NT_BASE + A.EXPORTS["ExpWorkerThread"]),
+                           (ET_WIN32_START, A.NT_BASE + A.EXPORTS["ExpWorkerThread"]),
+                           (ET_THREAD_LIST_ENTRY, PROCESS + EP_THREAD_LIST),
+                           (ET_THREAD_LIST_ENTRY + 8, PROCESS + EP_THREAD_LIST)):
+            _put(b, off, value)
     return bytes(b)
 
 
-def process() -> bytes:
-    b = bytearray([FILL]) * EPROCESS_SIZE
+def process(build: int = 19569) -> bytes:
+    b = bytearray([FILL]) * layout(build)[2]
     b[0:4] = bytes([3, 0, 0x3F, 0])  # DISPATCHER_HEADER: ProcessObject
     for off, value in ((EP_DTB, TTBR0), (EP_PID, 4), (EP_PARENT, 0), (EP_PEB, 0),
                        (EP_LINKS, PS_ACTIVE_PROCESS_HEAD), (EP_LINKS + 8, PS_ACTIVE_PROCESS_HEAD),
@@ -134,7 +151,7 @@ def process() -> bytes:
     return bytes(b)
 
 
-def kdbg(offsets: bool = True) -> bytes:
+def kdbg(offsets: bool = True, build: int = 19569) -> bytes:
     """A KDDEBUGGER_DATA64: the KDBG header, the kernel's variables, and (offsets=True) the
     Offset*/Size* fields a real kernel fills in."""
     b = bytearray(0x380)
@@ -142,10 +159,27 @@ def kdbg(offsets: bool = True) -> bytes:
     values = {"KernBase": A.NT_BASE, "PsLoadedModuleList": A.NT_BASE + A.EXPORTS["PsLoadedModuleList"],
               "PsActiveProcessHead": PS_ACTIVE_PROCESS_HEAD, "KiProcessorBlock": KI_PROCESSOR_BLOCK}
     if offsets:
-        values.update(KDBG_OFFSETS)
+        _, ethread_size, eprocess_size = layout(build)
+        values.update(KDBG_OFFSETS, SizeEThread=ethread_size, SizeEProcess=eprocess_size)
     for name, value in values.items():
         at, size = KDBG_FIELDS[name]
         _put(b, at, value, size)
+    return bytes(b)
+
+
+def trap_frame() -> bytes:
+    """A KTRAP_FRAME at ksarm64.h's Tr* offsets: the fault of the 0x7E variant of tests/arm64_machine.py."""
+    b = bytearray(0x150)
+    b[3] = 0  # PreviousMode: KernelMode
+    _put(b, 0x8, TRAP_FAULT)  # FaultAddress
+    _put(b, 0x90, TRAP_SPSR, 4)
+    _put(b, 0x94, TRAP_ESR, 4)
+    _put(b, 0x98, A.CXR_SP)
+    for i, value in enumerate(TRAP_X):
+        _put(b, 0xA0 + 8 * i, value)
+    _put(b, 0x138, A.NT_BASE + 0x1154)  # lr
+    _put(b, 0x140, A.STACK + 0xF50)  # fp
+    _put(b, 0x148, A.CXR_PC)
     return bytes(b)
 
 
@@ -165,7 +199,7 @@ def write_small(tmp_path: Path, build: int = 22000, offsets: bool = True) -> Pat
     header = A.fields(build=build, kd_debugger_data_block=KDBG)
     parts = TriageParts(
         stack=A.stack_page(), top_of_stack=A.STACK,
-        prcb=prcb(), thread=thread(), process=process(), kdbg=kdbg(offsets),
+        prcb=prcb(), thread=thread(build), process=process(build), kdbg=kdbg(offsets, build),
         drivers=[TriageDriverInfo("\\SystemRoot\\system32\\ntoskrnl.exe", A.NT_BASE, A.NT_SIZE, 0x5F3A1B2C, 0x1234)],
         data_blocks=[(A.NT_BASE + 0x1000, A.text()[:0x208])],
     )
@@ -193,6 +227,8 @@ def write_complete(tmp_path: Path, build: int = 19569) -> Path:
         page = address & ~0xFFF
         data = bytearray(2 * PAGE)
         data[address - page : address - page + len(content)] = content
+        if address == THREAD:
+            data[TRAP - page : TRAP - page + 0x150] = trap_frame()
         for i in range(2):
             t.map(page + i * PAGE, pfn, A.KERNEL_RW, bytes(data[i * PAGE : (i + 1) * PAGE]))
             pfn += 1

@@ -59,6 +59,20 @@ def test_later_builds_say_what_is_missing(build):
     assert entry is not None and "19569" in entry.missing
     assert entry.offset("_KPCR", "CurrentIrql") == O.PCR_CURRENT_IRQL
     assert entry.offset("_EPROCESS", "UniqueProcessId") is None
+    assert entry.offset("_EPROCESS", "ImageFileName") is None
+
+
+@pytest.mark.parametrize("build", [22000, 22621, 22631])
+def test_22000_and_22621_from_the_preview_sdks_ksarm64(build):
+    ko = KernelOffsets(build, True, arm64=True)
+    assert ko.offset("_ETHREAD", "Cid") == O.ET_CID_22000
+    assert (ko.offset("_KTHREAD", "ApcState.Process"), ko.offset("_KTHREAD", "State"),
+            ko.offset("_KTHREAD", "WaitReason"), ko.offset("_KTHREAD", "Teb")) == (
+        O.KT_APC_PROCESS, O.KT_STATE, O.KT_WAIT_REASON, O.KT_TEB)
+    assert ko.offset("_KPRCB", "DebuggerSavedIRQL") == O.PRCB_DEBUGGER_SAVED_IRQL
+    assert ko.offset("_KPCR", "Prcb") == O.PCR_PRCB
+    # the sizes the two SDKs around 22621 disagree on are left out
+    assert (ko.size("_ETHREAD") == O.ETHREAD_SIZE_22000) == (build == 22000)
 
 
 # -- a small dump of issue 18's shape: build 22000, KDBG copy, no PDB --------------------------
@@ -76,14 +90,12 @@ def test_small_22000_process_from_the_copies_and_the_kdbg(dumps):
 def test_small_22000_thread_and_irql(dumps):
     with kdshell.open(dumps["small22000"]) as s:
         out = lines(s, "!thread")
-        assert out[0].startswith(f"THREAD {hexq(O.THREAD)}  Cid ????.????  Teb: {hexq(0)}")
+        assert out[0].startswith(f"THREAD {hexq(O.THREAD)}  Cid 0004.{O.TID:04x}  Teb: {hexq(0)}")
         assert out[0].endswith("RUNNING on processor 0")
-        assert "_ETHREAD.Cid is not known" in out[1]
-        assert out[2].startswith(f"Owning Process            {hexq(O.PROCESS)}")
+        assert out[1].startswith(f"Owning Process            {hexq(O.PROCESS)}")
         assert f"Stack Init {hexq(O.STACK_BASE - 0x60)} Current {hexq(O.KERNEL_STACK)}" in out
         assert f"Base {hexq(O.STACK_BASE)} Limit {hexq(O.STACK_LIMIT)}" in out
-        irql = lines(s, "!irql")
-        assert len(irql) == 1 and "_KPRCB.DebuggerSavedIRQL is not known" in irql[0]
+        assert lines(s, "!irql") == [f"Debugger saved IRQL for processor 0x0 -- {O.SAVED_IRQL} (LOW_LEVEL)"]
         assert lines(s, "!prcb")[:2] == [f"PRCB for Processor 0 at {hexq(O.PRCB)}:",
                                          f"Threads--  Current {hexq(O.THREAD)} Next {hexq(0)} Idle {hexq(O.IDLE)}"]
         assert lines(s, ".process") == [f"Implicit process is now {O.PROCESS >> 32:08x}`{O.PROCESS & 0xFFFFFFFF:08x}"]
@@ -128,6 +140,22 @@ def test_complete_26100_irql_from_the_kpcr_head(dumps):
             out = lines(s, command)
             assert len(out) <= 2 and out[0].startswith("Unable to get"), (command, out)
         assert "_KPCR.Prcb is not known for ARM64 build 26100" in lines(s, "!pcr")[0]
+
+
+def test_trap_frame_on_arm64(dumps):
+    with kdshell.open(dumps["full19569"]) as s:
+        out = lines(s, f".trap {O.TRAP:x}")
+        assert out[:2] == ["NOTE: The trap frame does not contain all registers.",
+                           "Some register values may be zeroed or incorrect."]
+        assert out[2].split() == [f"x0={O.TRAP_X[0]:016x}", f"x1={O.TRAP_X[1]:016x}", f"x2={O.TRAP_X[2]:016x}",
+                                  f"x3={O.TRAP_X[3]:016x}"]
+        assert f"x18={O.TRAP_X[18]:016x}" in " ".join(out)
+        assert f"sp={A.CXR_SP:016x}" in " ".join(out) and f"lr={A.NT_BASE + 0x1154:016x}" in " ".join(out)
+        assert f"pc={A.CXR_PC:016x}" in " ".join(out) and f"psr={O.TRAP_SPSR:08x}" in " ".join(out)
+        frames = [x.split()[-1] for x in lines(s, "k")[1:]]
+        assert frames[:2] == ["nt!PopPowerButtonWorkCallback+0x10", "nt!ExpWorkerThread+0x14"]
+        assert lines(s, ".trap") == ["Resetting default scope"]
+        assert lines(s, "r pc") == [f"pc={A.PC:016x}"]
 
 
 # -- .dump from an ARM64 dump ----------------------------------------------------------------------

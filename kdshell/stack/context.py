@@ -44,7 +44,8 @@ from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_ARM64, MACHINE_I386
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.state import KernelState, Selection
 from kdshell.stack.frames import (KTRAP_FRAME_X64_19041, RegisterFrame, decode_context_record,
-                                  decode_ktrap_frame, decode_ktrap_frame_x86, plausible_ktrap_frame)
+                                  decode_ktrap_frame, decode_ktrap_frame_arm64, decode_ktrap_frame_x86,
+                                  plausible_ktrap_frame)
 from kdshell.stack.walk import Frame, StackWalk, Walker
 from kdshell.stack.x86 import walk_stack_x86
 
@@ -224,9 +225,9 @@ class ContextState:
             raise KdError(f"Unable to read context at {self._p(address)}, Win32 error 0n30") from None
 
     def trap_frame(self, address: int) -> RegisterFrame:
-        if self.machine == MACHINE_ARM64:
-            raise KdError("ARM64 trap frames (KTRAP_FRAME) are not decoded yet: use .cxr with a CONTEXT record, or k")
         try:
+            if self.machine == MACHINE_ARM64:
+                return decode_ktrap_frame_arm64(self.read, address)
             if self.is64:
                 return decode_ktrap_frame(self.read, address, self.ktrap_offsets())
             return decode_ktrap_frame_x86(self.read, address)
