@@ -409,7 +409,7 @@ def irql_(session: Session, inv: Invocation) -> None:
     if p.irql is None:
         why = ""
         if (missing := k.prcb_layout.missing_line(("saved_irql",))) is not None:
-            why = f" ({missing}; a small memory dump keeps no KPCR)" if p.pcr is None else f" ({missing})"
+            why = f" ({missing}; a small memory dump keeps no KPCR)" if k.small else f" ({missing})"
         raise KdError(f"Unable to get the IRQL of processor {number} from the dump{why}")
     text = f"{p.irql} ({irql_name(p.irql, session.is64)})"
     if p.irql_source in ("KPCR.Irql", "KPCR.CurrentIrql"):

@@ -62,14 +62,18 @@ KT_THREAD_LIST_ENTRY = 0x318
 ET_START_ADDRESS, ET_CID, ET_WIN32_START, ET_THREAD_LIST_ENTRY, ETHREAD_SIZE = 0x470, 0x498, 0x4F0, 0x508, 0x8B8
 EP_DTB, EP_KTHREAD_LIST, EP_PID, EP_LINKS, EP_PARENT, EP_PEB = 0x28, 0x38, 0x3F8, 0x400, 0x4F8, 0x508
 EP_IMAGE, EP_THREAD_LIST, EPROCESS_SIZE = 0x560, 0x598, 0xC00
-# build 22000 (ksarm64.h, SDKs 10.0.20262 and 10.0.22543): what moved
+# builds 22000 and 26100 (the SDKs' ksarm64.h: EtCid, *ObjectLength, PcDebuggerSavedIRQL - PcPrcb): what moved
 ET_CID_22000, ETHREAD_SIZE_22000, EPROCESS_SIZE_22000 = 0x4E8, 0x910, 0xC80
+ETHREAD_SIZE_26100, EPROCESS_SIZE_26100, PRCB_DEBUGGER_SAVED_IRQL_26100 = 0x778, 0x900, 0xF99
 
 
 def layout(build: int) -> tuple[int, int, int]:
     """(ETHREAD.Cid, ETHREAD size, EPROCESS size) of `build`."""
-    return (ET_CID, ETHREAD_SIZE, EPROCESS_SIZE) if build < 20000 else (ET_CID_22000, ETHREAD_SIZE_22000,
-                                                                         EPROCESS_SIZE_22000)
+    if build < 20000:
+        return ET_CID, ETHREAD_SIZE, EPROCESS_SIZE
+    if build < 26100:
+        return ET_CID_22000, ETHREAD_SIZE_22000, EPROCESS_SIZE_22000
+    return ET_CID_22000, ETHREAD_SIZE_26100, EPROCESS_SIZE_26100
 # KDDEBUGGER_DATA64 (formats.md §10)
 KDBG_FIELDS = {
     "KernBase": (0x18, 8), "PsLoadedModuleList": (0x48, 8), "PsActiveProcessHead": (0x50, 8),
@@ -100,14 +104,14 @@ def _put(buf: bytearray, offset: int, value: int, size: int = 8) -> None:
     buf[offset : offset + size] = value.to_bytes(size, "little")
 
 
-def prcb() -> bytes:
+def prcb(build: int = 19569) -> bytes:
     b = bytearray([FILL]) * PRCB_SIZE
     _put(b, PRCB_CURRENT_THREAD, THREAD)
     _put(b, PRCB_NEXT_THREAD, 0)
     _put(b, PRCB_IDLE_THREAD, IDLE)
     _put(b, PRCB_NUMBER, 0, 4)
     _put(b, PRCB_MHZ, 2995, 4)
-    b[PRCB_DEBUGGER_SAVED_IRQL] = SAVED_IRQL
+    b[PRCB_DEBUGGER_SAVED_IRQL_26100 if build >= 26100 else PRCB_DEBUGGER_SAVED_IRQL] = SAVED_IRQL
     for i in range(32):
         head = PRCB + PRCB_DISPATCHER_READY_LIST_HEAD + 16 * i
         _put(b, PRCB_DISPATCHER_READY_LIST_HEAD + 16 * i, head)
@@ -199,7 +203,7 @@ def write_small(tmp_path: Path, build: int = 22000, offsets: bool = True) -> Pat
     header = A.fields(build=build, kd_debugger_data_block=KDBG)
     parts = TriageParts(
         stack=A.stack_page(), top_of_stack=A.STACK,
-        prcb=prcb(), thread=thread(build), process=process(build), kdbg=kdbg(offsets, build),
+        prcb=prcb(build), thread=thread(build), process=process(build), kdbg=kdbg(offsets, build),
         drivers=[TriageDriverInfo("\\SystemRoot\\system32\\ntoskrnl.exe", A.NT_BASE, A.NT_SIZE, 0x5F3A1B2C, 0x1234)],
         data_blocks=[(A.NT_BASE + 0x1000, A.text()[:0x208])],
     )

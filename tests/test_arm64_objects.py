@@ -19,7 +19,8 @@ from kdshell.kernel.offsets import KernelOffsets, build_entry
 def dumps(tmp_path_factory):
     d = tmp_path_factory.mktemp("arm64obj")
     return {"small22000": O.write_small(d), "small19569": O.write_small(d, 19569, offsets=False),
-            "full19569": O.write_complete(d), "full26100": O.write_complete(d, 26100), "dir": d}
+            "small26100": O.write_small(d, 26100), "full19569": O.write_complete(d),
+            "full27000": O.write_complete(d, 27000), "dir": d}
 
 
 def lines(session, command):
@@ -62,17 +63,19 @@ def test_later_builds_say_what_is_missing(build):
     assert entry.offset("_EPROCESS", "ImageFileName") is None
 
 
-@pytest.mark.parametrize("build", [22000, 22621, 22631])
-def test_22000_and_22621_from_the_preview_sdks_ksarm64(build):
+@pytest.mark.parametrize("build, saved_irql, ethread", [(22000, O.PRCB_DEBUGGER_SAVED_IRQL, O.ETHREAD_SIZE_22000),
+                                                        (22621, O.PRCB_DEBUGGER_SAVED_IRQL, 0x920),
+                                                        (22631, O.PRCB_DEBUGGER_SAVED_IRQL, 0x920),
+                                                        (26100, O.PRCB_DEBUGGER_SAVED_IRQL_26100, None)])
+def test_22000_to_26100_from_the_sdks_ksarm64(build, saved_irql, ethread):
     ko = KernelOffsets(build, True, arm64=True)
     assert ko.offset("_ETHREAD", "Cid") == O.ET_CID_22000
     assert (ko.offset("_KTHREAD", "ApcState.Process"), ko.offset("_KTHREAD", "State"),
             ko.offset("_KTHREAD", "WaitReason"), ko.offset("_KTHREAD", "Teb")) == (
         O.KT_APC_PROCESS, O.KT_STATE, O.KT_WAIT_REASON, O.KT_TEB)
-    assert ko.offset("_KPRCB", "DebuggerSavedIRQL") == O.PRCB_DEBUGGER_SAVED_IRQL
+    assert ko.offset("_KPRCB", "DebuggerSavedIRQL") == saved_irql
     assert ko.offset("_KPCR", "Prcb") == O.PCR_PRCB
-    # the sizes the two SDKs around 22621 disagree on are left out
-    assert (ko.size("_ETHREAD") == O.ETHREAD_SIZE_22000) == (build == 22000)
+    assert ko.size("_ETHREAD") == ethread  # 26100's grew within the build: left out
 
 
 # -- a small dump of issue 18's shape: build 22000, KDBG copy, no PDB --------------------------
@@ -132,14 +135,22 @@ def test_complete_19569_kpcr_and_processors(dumps):
         assert any(x.strip().startswith(f"THREAD {hexq(O.THREAD)}  Cid 0004.{O.TID:04x}") for x in threads)
 
 
-def test_complete_26100_irql_from_the_kpcr_head(dumps):
-    # No public KPRCB layout for 26100: the KDBG (no Offset fields here) and the table give the
-    # KPCR head only, so !pcr and !irql say which offset is missing.
-    with kdshell.open(dumps["full26100"]) as s:
+def test_small_26100_at_its_own_offsets(dumps):
+    with kdshell.open(dumps["small26100"]) as s:
+        assert lines(s, "!thread")[0].startswith(f"THREAD {hexq(O.THREAD)}  Cid 0004.{O.TID:04x}")
+        assert lines(s, "!irql") == [f"Debugger saved IRQL for processor 0x0 -- {O.SAVED_IRQL} (LOW_LEVEL)"]
+        assert "_EPROCESS.UniqueProcessId, _EPROCESS.ImageFileName are not known for ARM64 build 26100" in \
+            s.capture("!process -1 0")
+
+
+def test_complete_dump_of_an_unknown_build_says_what_is_missing(dumps):
+    # build 27000: no table entry and no KDBG Offset fields -- each command names what it lacks
+    with kdshell.open(dumps["full27000"]) as s:
         for command in ("!pcr", "!irql", "!process -1 0", "!thread"):
             out = lines(s, command)
-            assert len(out) <= 2 and out[0].startswith("Unable to get"), (command, out)
-        assert "_KPCR.Prcb is not known for ARM64 build 26100" in lines(s, "!pcr")[0]
+            assert len(out) == 1 and out[0].startswith("Unable to get"), (command, out)
+        assert "_KPCR.Prcb is not known for ARM64 build 27000" in lines(s, "!pcr")[0]
+        assert "_KPRCB.DebuggerSavedIRQL is not known for ARM64 build 27000" in lines(s, "!irql")[0]
 
 
 def test_trap_frame_on_arm64(dumps):

@@ -59,9 +59,9 @@ KTRAP_FRAME_X86_19041: dict[str, int] = {
     "HardwareSegSs": 0x78,
     "size": 0x8C,
 }
-# _KTRAP_FRAME, ARM64 (ksarm64.h's Tr* offsets: the same in every Windows SDK from 10.0.19546 to
-# 10.0.25281 and later, T-RN-R/WindowsPreviewSDKs shared/ksarm64.h), 0x150 bytes. X holds x0-x18:
-# the volatile registers; x19-x28 are the callee's to keep (a KEXCEPTION_FRAME has them).
+# _KTRAP_FRAME, ARM64 (ksarm64.h's Tr* offsets, the same in every Windows SDK from 10.0.19546 to
+# 10.0.26100: kdshell/data/offsets.json's ksarm64 source), 0x150 bytes. X holds x0-x18, the
+# volatile registers; x19-x28 are the callee's to keep (a KEXCEPTION_FRAME has them).
 KTRAP_FRAME_ARM64: dict[str, int] = {
     "ExceptionActive": 0x0, "PreviousMode": 0x3, "FaultAddress": 0x8, "Spsr": 0x90, "Esr": 0x94,
     "Sp": 0x98, "X": 0xA0, "Lr": 0x138, "Fp": 0x140, "Pc": 0x148,
