@@ -47,6 +47,11 @@ TID = 0x10C
 TRAP = (THREAD & ~0xFFF) + 0x1400  # a KTRAP_FRAME (its volatile registers, the faulting pc and sp)
 TRAP_X = [0x7100 + i for i in range(19)]  # x0-x18
 TRAP_SPSR, TRAP_ESR, TRAP_FAULT = 0x80000005, 0x96000004, 0x10
+WAITER = (THREAD & ~0xFFF) + 0x1600  # a second System thread, waiting (complete dump only)
+WAITER_TID = 0x11C
+WAITER_SWITCH = (THREAD & ~0xFFF) + 0x1EC0  # its KernelStack: a KSWITCH_FRAME (ksarm64.h Sw*)
+WAITER_PC = A.NT_BASE + 0x118C  # SwReturn: where it resumes (PspSystemThreadStartup+0xc)
+WAITER_FP = WAITER_SWITCH + 0x40
 WAIT_REASON = 15  # WrQueue, as a worker thread waits
 SAVED_IRQL = 0  # KPRCB.DebuggerSavedIRQL: a worker thread runs at PASSIVE_LEVEL
 CURRENT_IRQL = 15  # KPCR.CurrentIrql: KeBugCheckEx raised it to HIGH_LEVEL
@@ -187,6 +192,22 @@ def trap_frame() -> bytes:
     return bytes(b)
 
 
+def waiter() -> bytes:
+    """The waiting thread (19569 offsets): the list links put it after THREAD."""
+    b = bytearray(thread())
+    _put(b, ET_CID + 8, WAITER_TID)
+    _put(b, KT_KERNEL_STACK, WAITER_SWITCH)
+    b[KT_STATE] = 5  # Waiting
+    for entry, head in ((KT_THREAD_LIST_ENTRY, EP_KTHREAD_LIST), (ET_THREAD_LIST_ENTRY, EP_THREAD_LIST)):
+        _put(b, entry, PROCESS + head)  # Flink: back to the head
+        _put(b, entry + 8, THREAD + entry)  # Blink: the running thread
+    return bytes(b)
+
+
+def switch_frame() -> bytes:
+    return struct.pack("<QQQQ", 0, 0, WAITER_FP, WAITER_PC)  # ApcBypass, pad, Fp, Return
+
+
 def pcr_head() -> bytes:
     b = bytearray([FILL]) * PCR_PRCB
     _put(b, 0, 0)  # NtTib head
@@ -233,6 +254,13 @@ def write_complete(tmp_path: Path, build: int = 19569) -> Path:
         data[address - page : address - page + len(content)] = content
         if address == THREAD:
             data[TRAP - page : TRAP - page + 0x150] = trap_frame()
+            for at, blob in ((WAITER, waiter()), (WAITER_SWITCH, switch_frame())):
+                data[at - page : at - page + len(blob)] = blob
+            for entry, head in ((KT_THREAD_LIST_ENTRY, EP_KTHREAD_LIST), (ET_THREAD_LIST_ENTRY, EP_THREAD_LIST)):
+                _put(data, THREAD - page + entry, WAITER + entry)  # THREAD -> WAITER -> head
+        if address == PROCESS:
+            for entry, head in ((KT_THREAD_LIST_ENTRY, EP_KTHREAD_LIST), (ET_THREAD_LIST_ENTRY, EP_THREAD_LIST)):
+                _put(data, PROCESS - page + head + 8, WAITER + entry)  # the head's Blink
         for i in range(2):
             t.map(page + i * PAGE, pfn, A.KERNEL_RW, bytes(data[i * PAGE : (i + 1) * PAGE]))
             pfn += 1
