@@ -68,7 +68,8 @@ def cpuinfo_row(number: int, info: CpuInfo) -> str:
     return f"{number:2d}  {fms} {info.vendor or '':<12} {mhz:>4} {sig:<16} {'':16}  {feat}".rstrip()
 
 
-@command("!cpuinfo", family="machine", needs=(needs_memory, not_on_arm64("!cpuinfo", CPUID_WHY)), syntax="!cpuinfo [Processor]",
+@command("!cpuinfo", family="machine", needs=(needs_memory, not_on_arm64("!cpuinfo", CPUID_WHY)),
+         syntax="!cpuinfo [Processor]",
          summary="Show each processor's family/model/stepping, vendor, MHz, microcode signature and features",
          example="!cpuinfo",
          details="From the KPRCB (a small dump keeps only the crashing processor's). The MSR 8B column is "

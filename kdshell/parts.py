@@ -100,6 +100,8 @@ class OffsetsSource:
             else:
                 entry = self._offsets.entry
                 table_text = entry.origin if entry is not None else "no built-in table for this build"
+                if entry is not None and entry.missing:
+                    table_text += f" ({entry.missing})"
                 self.symbols.log(f"DBGHELP: kernel structure offsets from the KDBG, then {table_text}")
         return self._offsets
 

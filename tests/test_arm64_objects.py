@@ -161,8 +161,8 @@ def test_waiting_thread_resumes_at_its_switch_frame(dumps):
     with kdshell.open(dumps["full19569"]) as s:
         out = [x.strip() for x in lines(s, "!process 0 2")]
         assert [x.split()[1] for x in out if x.startswith("THREAD")] == [hexq(O.THREAD), hexq(O.WAITER)]
-        assert any(x.startswith(f"THREAD {hexq(O.WAITER)}  Cid 0004.{O.WAITER_TID:04x}") and x.endswith("WAIT: (WrQueue)")
-                   for x in out)
+        waiter = f"THREAD {hexq(O.WAITER)}  Cid 0004.{O.WAITER_TID:04x}"
+        assert any(x.startswith(waiter) and x.endswith("WAIT: (WrQueue)") for x in out)
         assert lines(s, f".thread {O.WAITER:x}") == [f"Implicit thread is now {bt(O.WAITER)}"]
         assert lines(s, "k")[1].split() == [bt(O.WAITER_SWITCH + 0x20), bt(0), "nt!PspSystemThreadStartup+0xc"]
         assert lines(s, "r fp") == [f"fp={O.WAITER_FP:016x}"]

@@ -74,8 +74,8 @@ class StructLayout:
             return None
         build = getattr(self.offsets, "build", self.build)
         arch = "ARM64 " if self.arm64 or getattr(self.offsets, "arm64", False) else ""
-        what = "offset of" if len(gone) == 1 else "offsets of"
-        return (f"The {what} {', '.join(gone)} {'is' if len(gone) == 1 else 'are'} not known for {arch}build {build} (no kernel PDB, "
+        what, verb = ("offset of", "is") if len(gone) == 1 else ("offsets of", "are")
+        return (f"The {what} {', '.join(gone)} {verb} not known for {arch}build {build} (no kernel PDB, "
                 "KDBG field or built-in entry): load the kernel's symbols")
 
     def need(self, name: str) -> int:
