@@ -6,10 +6,13 @@ KDBG's Offset*/Size* fields, then a small built-in table keyed by build number).
     ko.source("_EPROCESS", "UniqueProcessId")      -> "built-in table (build 19041: ntdiff/headers ...)"
     builtin_types(19041, True)                     -> a StaticTypes for `dt` ("the fields it knows")
 
-The table is data: kdshell/data/offsets.json. Every build entry names where its numbers come
-from; `same_as` shares an entry between builds of one kernel line (19041..19045, 22621/22631).
-A build that is not in the table uses the nearest earlier build of the same line (the entry
-says which) and says so; a build older than every entry gets nothing from the table.
+The table is data: kdshell/data/offsets.json, one section per architecture (x64, x86, arm64:
+ARM64's KPROCESS, KTHREAD and KPCR are its own, so an ARM64 dump never takes x64's numbers;
+`KernelOffsets(..., arm64=True)`). Every build entry names where its numbers come from, and
+what no public source gave (`missing`); `same_as` shares an entry between builds of one kernel
+line (19041..19045, 22621/22631). A build that is not in the table uses the nearest earlier
+build of the same line (the entry says which) and says so; a build older than every entry gets
+nothing from the table.
 """
 from __future__ import annotations
 
