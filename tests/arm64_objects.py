@@ -70,6 +70,8 @@ EP_IMAGE, EP_THREAD_LIST, EPROCESS_SIZE = 0x560, 0x598, 0xC00
 # builds 22000 and 26100 (the SDKs' ksarm64.h: EtCid, *ObjectLength, PcDebuggerSavedIRQL - PcPrcb): what moved
 ET_CID_22000, ETHREAD_SIZE_22000, EPROCESS_SIZE_22000 = 0x4E8, 0x910, 0xC80
 ETHREAD_SIZE_26100, EPROCESS_SIZE_26100, PRCB_DEBUGGER_SAVED_IRQL_26100 = 0x778, 0x900, 0xF99
+# build 26100's EPROCESS (ntdiff/headers Win11_2409_24H2/ARM64 _EPROCESS.h): KPROCESS 0x1b8 bytes
+EP_26100 = {"pid": 0x1C0, "links": 0x1C8, "parent": 0x2C0, "peb": 0x2D0, "image": 0x328, "threads": 0x360}
 
 
 def layout(build: int) -> tuple[int, int, int]:
@@ -147,16 +149,20 @@ def thread(build: int = 19569) -> bytes:
 
 
 def process(build: int = 19569) -> bytes:
+    """The System process; 22000 keeps 19569's places for the fields no source gives (they must
+    not be read), 26100 has its own."""
     b = bytearray([FILL]) * layout(build)[2]
     b[0:4] = bytes([3, 0, 0x3F, 0])  # DISPATCHER_HEADER: ProcessObject
-    for off, value in ((EP_DTB, TTBR0), (EP_PID, 4), (EP_PARENT, 0), (EP_PEB, 0),
-                       (EP_LINKS, PS_ACTIVE_PROCESS_HEAD), (EP_LINKS + 8, PS_ACTIVE_PROCESS_HEAD),
+    at = (dict(pid=EP_PID, links=EP_LINKS, parent=EP_PARENT, peb=EP_PEB, image=EP_IMAGE, threads=EP_THREAD_LIST)
+          if build < 26100 else EP_26100)
+    for off, value in ((EP_DTB, TTBR0), (at["pid"], 4), (at["parent"], 0), (at["peb"], 0),
+                       (at["links"], PS_ACTIVE_PROCESS_HEAD), (at["links"] + 8, PS_ACTIVE_PROCESS_HEAD),
                        (EP_KTHREAD_LIST, THREAD + KT_THREAD_LIST_ENTRY),
                        (EP_KTHREAD_LIST + 8, THREAD + KT_THREAD_LIST_ENTRY),
-                       (EP_THREAD_LIST, THREAD + ET_THREAD_LIST_ENTRY),
-                       (EP_THREAD_LIST + 8, THREAD + ET_THREAD_LIST_ENTRY)):
+                       (at["threads"], THREAD + ET_THREAD_LIST_ENTRY),
+                       (at["threads"] + 8, THREAD + ET_THREAD_LIST_ENTRY)):
         _put(b, off, value)
-    b[EP_IMAGE : EP_IMAGE + 15] = b"System".ljust(15, b"\0")
+    b[at["image"] : at["image"] + 15] = b"System".ljust(15, b"\0")
     return bytes(b)
 
 
@@ -170,6 +176,9 @@ def kdbg(offsets: bool = True, build: int = 19569) -> bytes:
     if offsets:
         _, ethread_size, eprocess_size = layout(build)
         values.update(KDBG_OFFSETS, SizeEThread=ethread_size, SizeEProcess=eprocess_size)
+        if build >= 26100:
+            values.update(OffsetEprocessPeb=EP_26100["peb"], OffsetEprocessParentCID=EP_26100["parent"],
+                          OffsetPrcbProcStateContext=0x380)  # ksarm64.h 26100: PsContextFrame 0x340 + 0x40
     for name, value in values.items():
         at, size = KDBG_FIELDS[name]
         _put(b, at, value, size)

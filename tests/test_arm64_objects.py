@@ -54,13 +54,22 @@ def test_table_19569_matches_the_public_arm64_headers():
     assert ko.size("_EPROCESS") == O.EPROCESS_SIZE and ko.size("_ETHREAD") == O.ETHREAD_SIZE
 
 
-@pytest.mark.parametrize("build", [22000, 22621, 22631, 26100])
+@pytest.mark.parametrize("build", [22000, 22621, 22631])
 def test_later_builds_say_what_is_missing(build):
     entry = build_entry(build, True, arm64=True)
     assert entry is not None and "19569" in entry.missing
     assert entry.offset("_KPCR", "CurrentIrql") == O.PCR_CURRENT_IRQL
     assert entry.offset("_EPROCESS", "UniqueProcessId") is None
     assert entry.offset("_EPROCESS", "ImageFileName") is None
+
+
+def test_26100_eprocess_from_the_24h2_arm64_headers():
+    entry = build_entry(26100, True, arm64=True)
+    assert entry is not None and "ThreadListEntry" in entry.missing
+    assert {k: entry.offset("_EPROCESS", f) for k, f in (("pid", "UniqueProcessId"), ("links", "ActiveProcessLinks"),
+            ("parent", "InheritedFromUniqueProcessId"), ("peb", "Peb"), ("image", "ImageFileName"),
+            ("threads", "ThreadListHead"))} == O.EP_26100
+    assert entry.size("_EPROCESS") == O.EPROCESS_SIZE_26100
 
 
 @pytest.mark.parametrize("build, saved_irql, ethread", [(22000, O.PRCB_DEBUGGER_SAVED_IRQL, O.ETHREAD_SIZE_22000),
@@ -135,12 +144,13 @@ def test_complete_19569_kpcr_and_processors(dumps):
         assert any(x.strip().startswith(f"THREAD {hexq(O.THREAD)}  Cid 0004.{O.TID:04x}") for x in threads)
 
 
-def test_small_26100_at_its_own_offsets(dumps):
+def test_small_26100_shows_the_system_process(dumps):
     with kdshell.open(dumps["small26100"]) as s:
         assert lines(s, "!thread")[0].startswith(f"THREAD {hexq(O.THREAD)}  Cid 0004.{O.TID:04x}")
         assert lines(s, "!irql") == [f"Debugger saved IRQL for processor 0x0 -- {O.SAVED_IRQL} (LOW_LEVEL)"]
-        assert "_EPROCESS.UniqueProcessId, _EPROCESS.ImageFileName are not known for ARM64 build 26100" in \
-            s.capture("!process -1 0")
+        out = lines(s, "!process -1 0")
+        assert out[0] == f"PROCESS {hexq(O.PROCESS)}" and out[3] == "    Image: System"
+        assert "Cid: 0004" in out[1] and "ParentCid: 0000" in out[1] and f"DirBase: {O.TTBR0:08x}" in out[2]
 
 
 def test_complete_dump_of_an_unknown_build_says_what_is_missing(dumps):
