@@ -140,6 +140,9 @@ def test_complete_19569_kpcr_and_processors(dumps):
         assert running[-1].split()[:3] == ["0", hexq(O.PRCB), hexq(O.THREAD)]
         out = lines(s, "!process 0 0")
         assert out[1] == f"PROCESS {hexq(O.PROCESS)}" and out[4] == "    Image: System"
+        # .process /p switches to the process's DirectoryTableBase (here the header's TTBR)
+        assert lines(s, f".process /p {O.PROCESS:x}")[0] == f"Implicit process is now {bt(O.PROCESS)}"
+        assert lines(s, f"da {A.USER_VA:x}") == [f"{bt(A.USER_VA)}  \"user page\""]
         threads = lines(s, f"!process {O.PROCESS:x} 2")
         assert any(x.strip().startswith(f"THREAD {hexq(O.THREAD)}  Cid 0004.{O.TID:04x}") for x in threads)
 
