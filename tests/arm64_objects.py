@@ -148,12 +148,13 @@ def thread(build: int = 19569) -> bytes:
     return bytes(b)
 
 
-def process(build: int = 19569) -> bytes:
-    """The System process; 22000 keeps 19569's places for the fields no source gives (they must
-    not be read), 26100 has its own."""
+def process(build: int = 19569, moved: int = 0) -> bytes:
+    """The System process; 22000 keeps 19569's places for the fields no source gives (read only
+    once the dump confirms them), unless `moved` shifts them; 26100 has its own."""
     b = bytearray([FILL]) * layout(build)[2]
     b[0:4] = bytes([3, 0, 0x3F, 0])  # DISPATCHER_HEADER: ProcessObject
-    at = (dict(pid=EP_PID, links=EP_LINKS, parent=EP_PARENT, peb=EP_PEB, image=EP_IMAGE, threads=EP_THREAD_LIST)
+    at = (dict(pid=EP_PID + moved, links=EP_LINKS + moved, parent=EP_PARENT, peb=EP_PEB, image=EP_IMAGE + moved,
+               threads=EP_THREAD_LIST)
           if build < 26100 else EP_26100)
     for off, value in ((EP_DTB, TTBR0), (at["pid"], 4), (at["parent"], 0), (at["peb"], 0),
                        (at["links"], PS_ACTIVE_PROCESS_HEAD), (at["links"] + 8, PS_ACTIVE_PROCESS_HEAD),
@@ -227,13 +228,14 @@ def pcr_head() -> bytes:
     return bytes(b)
 
 
-def write_small(tmp_path: Path, build: int = 22000, offsets: bool = True) -> Path:
-    """The small memory dump of issue 18's shape (see the module note)."""
-    path = Path(tmp_path) / f"arm64-objects-{build}-{'kdbg' if offsets else 'table'}.dmp"
+def write_small(tmp_path: Path, build: int = 22000, offsets: bool = True, moved: int = 0) -> Path:
+    """The small memory dump of issue 18's shape (see the module note); `moved` shifts the
+    EPROCESS fields no public source gives for 22000 away from 19569's places."""
+    path = Path(tmp_path) / f"arm64-objects-{build}-{'kdbg' if offsets else 'table'}-{moved:x}.dmp"
     header = A.fields(build=build, kd_debugger_data_block=KDBG)
     parts = TriageParts(
         stack=A.stack_page(), top_of_stack=A.STACK,
-        prcb=prcb(build), thread=thread(build), process=process(build), kdbg=kdbg(offsets, build),
+        prcb=prcb(build), thread=thread(build), process=process(build, moved), kdbg=kdbg(offsets, build),
         drivers=[TriageDriverInfo("\\SystemRoot\\system32\\ntoskrnl.exe", A.NT_BASE, A.NT_SIZE, 0x5F3A1B2C, 0x1234)],
         data_blocks=[(A.NT_BASE + 0x1000, A.text()[:0x208])],
     )

@@ -19,7 +19,7 @@ from kdshell.kernel.offsets import KernelOffsets, build_entry
 def dumps(tmp_path_factory):
     d = tmp_path_factory.mktemp("arm64obj")
     return {"small22000": O.write_small(d), "small19569": O.write_small(d, 19569, offsets=False),
-            "small26100": O.write_small(d, 26100), "full19569": O.write_complete(d),
+            "small26100": O.write_small(d, 26100), "small22000moved": O.write_small(d, moved=0x40), "full19569": O.write_complete(d),
             "full27000": O.write_complete(d, 27000), "dir": d}
 
 
@@ -89,14 +89,27 @@ def test_22000_to_26100_from_the_sdks_ksarm64(build, saved_irql, ethread):
 
 # -- a small dump of issue 18's shape: build 22000, KDBG copy, no PDB --------------------------
 def test_small_22000_process_from_the_copies_and_the_kdbg(dumps):
+    """No public source gives 22000's EPROCESS UniqueProcessId/ImageFileName: the table's inferred
+    places (19569's) are used because this dump confirms them (the thread's Cid matches)."""
     with kdshell.open(dumps["small22000"]) as s:
         out = lines(s, "!process -1 0")
         assert out[0] == f"PROCESS {hexq(O.PROCESS)}"
         assert f"DirBase: {O.TTBR0:08x}" in out[2]
-        assert "ParentCid: 0000" in out[1] and "Cid: ????" in out[1]
+        assert "ParentCid: 0000" in out[1] and "Cid: 0004" in out[1]
+        assert out[3] == "    Image: System"
+        assert "confirmed on this dump" in s.kernel.offsets.source("_EPROCESS", "ImageFileName")
+        assert lines(s, "!process 0 0")[1].startswith("Unable to get the list of processes")
+
+
+def test_small_22000_inferred_places_unconfirmed_are_not_read(dumps):
+    """The same dump with the fields elsewhere: the inference fails its check and the command
+    names the fields it cannot know rather than print what sits at 19569's places."""
+    with kdshell.open(dumps["small22000moved"]) as s:
+        out = lines(s, "!process -1 0")
+        assert "Cid: ????" in out[1]
         assert out[4] == ("    The offsets of _EPROCESS.UniqueProcessId, _EPROCESS.ImageFileName are not known for "
                           "ARM64 build 22000 (no kernel PDB, KDBG field or built-in entry): load the kernel's symbols")
-        assert lines(s, "!process 0 0")[1].startswith("Unable to get the list of processes")
+        assert s.kernel.offsets.offset("_EPROCESS", "ImageFileName") is None
 
 
 def test_small_22000_thread_and_irql(dumps):

@@ -17,7 +17,7 @@ nothing from the table.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Protocol
 from importlib import resources
@@ -80,6 +80,10 @@ class BuildEntry:
     source: str
     types: dict  # type name -> {"size": int|None, "fields": {path: (offset, dt type)}}
     missing: str = ""  # what no public source gave for this build (the table says why)
+    # Fields inferred from a neighbouring build, used only once a dump confirms them
+    # (KernelOffsets.confirmed; kdshell.kernel.state.KernelState checks): same shape as `types`.
+    unconfirmed: dict = field(default_factory=dict)
+    unconfirmed_why: str = ""
 
     @property
     def exact(self) -> bool:
@@ -137,11 +141,17 @@ def build_entry(build: int, is64: bool, arm64: bool = False) -> BuildEntry | Non
     if chosen is None:
         return None
     raw = _resolve_entry(arch, str(chosen))
+    unconfirmed = raw.get("unconfirmed", {})
+    return BuildEntry(chosen, build, raw.get("release", ""), raw.get("source", ""), _types(raw.get("types", {})),
+                      raw.get("missing", ""), _types(unconfirmed.get("types", {})), unconfirmed.get("why", ""))
+
+
+def _types(raw: dict) -> dict:
     types = {}
-    for tname, t in raw.get("types", {}).items():
+    for tname, t in raw.items():
         fields = {path: (_num(spec[0]), spec[1] if len(spec) > 1 else "") for path, spec in t.get("fields", {}).items()}
         types[tname] = {"size": _num(t["size"]) if t.get("size") is not None else None, "fields": fields}
-    return BuildEntry(chosen, build, raw.get("release", ""), raw.get("source", ""), types, raw.get("missing", ""))
+    return types
 
 
 class TypeSource(Protocol):
@@ -201,6 +211,15 @@ class KernelOffsets:
         self.kdbg = kdbg
         self.types = types  # a TypeSource with find()
         self.entry = build_entry(build, is64, arm64)
+        # The entry's inferred fields count once a dump has confirmed them (KernelState does).
+        self.confirmed = False
+
+    def unconfirmed(self, type_name: str, path: str) -> int | None:
+        """An inferred offset the table holds for this build, confirmed or not."""
+        if self.entry is None or type_name not in self.entry.unconfirmed:
+            return None
+        found = self.entry.unconfirmed[type_name]["fields"].get(path)
+        return found[0] if found else None
 
     def _kdbg_value(self, name: str) -> int | None:
         return (self.kdbg.get(name) or None) if self.kdbg is not None else None
@@ -225,6 +244,9 @@ class KernelOffsets:
             value = self.entry.offset(type_name, path)
             if value is not None:
                 return value, self.entry.origin
+            value = self.unconfirmed(type_name, path) if self.confirmed else None
+            if value is not None:
+                return value, f"{self.entry.origin}; confirmed on this dump: {self.entry.unconfirmed_why}"
         return None
 
     def offset(self, type_name: str, path: str) -> int | None:

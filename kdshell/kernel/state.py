@@ -90,8 +90,8 @@ def crashing_processor_number(kernel: "KernelState") -> int:
             return copies.number if copies is not None and copies.number is not None else 0
         if (d.header.number_processors or 1) <= 1 or kernel.raw_memory() is None:
             return 0
-        light = KernelState(d, kernel.raw_memory, lambda: KernelOffsets(d.header.build, d.is64, kdbg=kernel.kdbg(),
-                                                                        arm64=is_arm64(d)),
+        offsets = KernelOffsets(d.header.build, d.is64, kdbg=kernel.kdbg(), arm64=is_arm64(d))
+        light = KernelState(d, kernel.raw_memory, lambda: offsets,
                             kernel.kdbg, kernel.resolve, Selection(), kernel.set_dtb, None)
         return light.find_crashing_processor()
     except KdError:
@@ -128,6 +128,7 @@ class KernelState:
         self.set_dtb = set_dtb             # .process switches the address space
         self.triage_copies = triage_copies
         self._offsets: KernelOffsets | None = None
+        self._confirming = False
         self._layouts: dict[str, Any] = {}
         self._processes: PS.ProcessWalk | None = None
         self._processors: dict[int, P.Processor] = {}
@@ -177,7 +178,48 @@ class KernelState:
         if current is not self._offsets:
             self.forget()
             self._offsets = current
+            if current.entry is not None and current.entry.unconfirmed and not self._confirming:
+                # Reading the processor may load symbols, which builds new offsets: check once.
+                self._confirming = True
+                try:
+                    current.confirmed = self._confirms_inferred(current)
+                finally:
+                    self._confirming = False
+                self._layouts.clear()
+                self._processors.clear()
         return current
+
+    def _confirms_inferred(self, offsets: KernelOffsets) -> bool:
+        """Whether this dump bears out the table's inferred EPROCESS fields (an ARM64 build no
+        public source describes fully, kdshell/data/offsets.json `unconfirmed`): the crashing
+        thread's process must hold the thread's Cid.UniqueProcess at UniqueProcessId, a kernel
+        list link at ActiveProcessLinks and a printable name at ImageFileName. Pinned by
+        tests/test_arm64_objects.py (a 22000 small dump, and one whose fields sit elsewhere)."""
+        pid_at = offsets.unconfirmed("_EPROCESS", "UniqueProcessId")
+        links_at = offsets.unconfirmed("_EPROCESS", "ActiveProcessLinks")
+        name_at = offsets.unconfirmed("_EPROCESS", "ImageFileName")
+        cid_at = offsets.offset("_ETHREAD", "Cid")
+        process_at = offsets.offset("_KTHREAD", "ApcState.Process")
+        if pid_at is None or links_at is None or name_at is None or cid_at is None or process_at is None:
+            return False
+        try:
+            # Any running thread will do; not the crashing processor, which is found with these offsets.
+            copies = self.triage_copies if self.small else None
+            number = copies.number if copies is not None and copies.number is not None else 0
+            thread = self.processor(number).current_thread
+            if not thread:
+                return False
+            r = self.reader
+            process = r.ptr(thread + process_at)
+            pid = r.ptr(thread + cid_at)
+            link = r.ptr(process + links_at)
+            name = r.read(process + name_at, 15).split(b"\0")[0]
+            own_pid = r.ptr(process + pid_at)
+        except KdError:  # MemoryNotPresent included: nothing to confirm with
+            return False
+        kernel_half = 1 << (63 if self.is64 else 31)
+        return (bool(process) and pid == own_pid and pid % 4 == 0 and bool(link & kernel_half)
+                and bool(name) and all(0x20 <= c < 0x7F for c in name))
 
     def _layout(self, name: str) -> StructLayout:
         if name not in self._layouts:
