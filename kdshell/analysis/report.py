@@ -21,6 +21,7 @@ from kdshell.analysis.teach import explain
 from kdshell.disasm import for_machine
 from kdshell.errors import KdError
 from kdshell.format import ptr
+from kdshell.kernel.whea import SEVERITIES, SOURCE_TYPES, mci_status_bits, name_of, section_summary
 from kdshell.stack.text import RESETTING, KOptions, call_site, context_lines, frame_lines, missing_page_lines
 from kdshell.view import SessionView
 
@@ -105,6 +106,8 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
         cpu = {}
     for name, value in cpu.items():
         field(name, value, " ")
+    for name, value in whea_fields(a):
+        field(name, value)
     if a.critical_process:
         field("CRITICAL_PROCESS", a.critical_process)
     if a.irp:
@@ -184,6 +187,42 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
     if a.notes or a.errors:
         out.append("")
     out += ["Followup:     MachineOwner", "---------", ""]
+    return out
+
+
+HARDWARE_WORDS = ("This is a hardware error report, not a driver bug: the {who} detected an error it could not "
+                  "correct and Windows stopped the machine to protect the data. No driver on the stack caused it; "
+                  "look at the hardware named here (firmware/BIOS and microcode updates, overclocking or "
+                  "undervolting, temperatures, power supply, and the part itself).")
+
+
+def whea_fields(a: Analysis) -> list[tuple[str, str]]:
+    """0x124's lines: the error source (P1), the record (P2) and what its sections say."""
+    if a.base_code != 0x124:
+        return []
+    p1, p2 = a.params[0], a.params[1]
+    out = [("WHEA_ERROR_SOURCE", f"{name_of(SOURCE_TYPES, p1)} (P1 = {p1:#x})"),
+           ("WHEA_ERROR_RECORD", f"{p2:x} -- (!errrec {p2:#x})")]
+    rec = a.whea
+    who = "processor" if p1 in (0, 1) else "platform"
+    if rec is not None:
+        out.append(("WHEA_ERROR_SEVERITY", name_of(SEVERITIES, rec.severity)))
+        for s in rec.sections:
+            if s.mca is not None:
+                m, e = s.mca, s.mca.error
+                out.append(("WHEA_ERROR_TYPE", f"{e.kind}: {e.mnemonic} ({e.words})"))
+                out.append(("WHEA_MCA_BANK", f"processor {m.processor}, bank {m.bank}: MCi_STATUS {m.status:x} "
+                                             f"({' '.join(mci_status_bits(m.status, m.vendor))}), MCi_ADDR "
+                                             f"{m.address:x}, MCi_MISC {m.misc:x}"))
+            elif s.generic is not None:
+                out.append(("WHEA_PROCESSOR_ERROR", section_summary(s)))
+            elif s.memory is not None:
+                who = "memory"
+                out.append(("WHEA_MEMORY_ERROR", section_summary(s)))
+            elif s.pcie is not None:
+                who = "PCI Express device"
+                out.append(("WHEA_PCIE_ERROR", section_summary(s)))
+    out.append(("HARDWARE_ERROR", HARDWARE_WORDS.format(who=who)))
     return out
 
 
@@ -275,6 +314,26 @@ def _culprit_json(c: Culprit | None) -> dict[str, Any] | None:
             "timestamp": _addr(c.timestamp), "company": c.company}
 
 
+def _whea_json(a: Analysis) -> dict[str, Any] | None:
+    """0x124's record (schema addition of kdshell 0.1: absent before, null for other bug checks)."""
+    if a.base_code != 0x124:
+        return None
+    rec = a.whea
+    out: dict[str, Any] = {"source_type": a.params[0], "source": name_of(SOURCE_TYPES, a.params[0]),
+                           "record": _addr(a.params[1]), "decoded": rec is not None}
+    if rec is None:
+        return out
+    out["severity"] = name_of(SEVERITIES, rec.severity)
+    out["sections"] = [s.name for s in rec.sections]
+    mca = rec.first("mca")
+    if mca is not None and mca.mca is not None:
+        m = mca.mca
+        out["mca"] = {"processor": m.processor, "bank": m.bank, "status": _addr(m.status), "address": _addr(m.address),
+                      "misc": _addr(m.misc), "error": m.error.mnemonic, "class": m.error.kind,
+                      "status_bits": mci_status_bits(m.status, m.vendor)}
+    return out
+
+
 def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]) -> dict[str, Any]:
     """The JSON form: the same facts as -v, for scripts and triage pipelines. Addresses and
     other 64-bit values are hex strings (JSON numbers lose precision past 2**53)."""
@@ -320,6 +379,7 @@ def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]
         "failure_bucket_id": a.bucket,
         "failure_id_hash": a.failure_hash,
         "critical_process": a.critical_process,
+        "whea": _whea_json(a),
         "irp": None if a.irp is None else {k: (_addr(v) if isinstance(v, int) else v) for k, v in a.irp.items()},
         "explanation": {"what_happened": e.what, "next_steps": [{"command": c, "why": w} for c, w in e.next]},
         "notes": a.notes,
