@@ -21,6 +21,7 @@ from kdshell.analysis.teach import explain
 from kdshell.disasm import for_machine
 from kdshell.errors import KdError
 from kdshell.format import ptr
+from kdshell.kernel.verifier import read_verifier, verifier_layout
 from kdshell.kernel.whea import SEVERITIES, SOURCE_TYPES, mci_status_bits, name_of, section_summary
 from kdshell.stack.text import RESETTING, KOptions, call_site, context_lines, frame_lines, missing_page_lines
 from kdshell.view import SessionView
@@ -108,6 +109,8 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
         field(name, value, " ")
     for name, value in whea_fields(a):
         field(name, value)
+    if a.base_code in VERIFIER_CODES:
+        field("VERIFIER_LEVEL", verifier_level(session))
     if a.critical_process:
         field("CRITICAL_PROCESS", a.critical_process)
     if a.irp:
@@ -194,6 +197,22 @@ HARDWARE_WORDS = ("This is a hardware error report, not a driver bug: the {who} 
                   "correct and Windows stopped the machine to protect the data. No driver on the stack caused it; "
                   "look at the hardware named here (firmware/BIOS and microcode updates, overclocking or "
                   "undervolting, temperatures, power supply, and the part itself).")
+
+
+VERIFIER_CODES = (0xC4, 0xC9)  # DRIVER_VERIFIER_DETECTED_VIOLATION, DRIVER_VERIFIER_IOMANAGER_VIOLATION
+
+
+def verifier_level(session: SessionView) -> str:
+    """The verify level (verifier.exe's /flags) in nt!MmVerifierData, with the command to see it."""
+    k = session.kernel
+    at = k.symbol("MmVerifierData")
+    if at is None:
+        return "unknown (nt!MmVerifierData needs the kernel's symbols)"
+    try:
+        level = read_verifier(k.memory, at, verifier_layout(k.offsets, k.build), k.is64).level
+    except KdError:
+        return "unknown (nt!MmVerifierData is not in the dump)"
+    return f"{level:#x} -- (!verifier)"
 
 
 def whea_fields(a: Analysis) -> list[tuple[str, str]]:

@@ -214,6 +214,8 @@ def explain(a: Analysis, have: Callable[[str], bool] = lambda name: True) -> Exp
                            "get symbols so functions have names (or start kdshell with -y PATH)"))
     if a.fault_address is not None and a.fault_address >= 0x10000 and have("!pte") and a.dump_kind != "small memory dump":
         e.next.append((f"!pte {a.fault_address:#x}", "whether the address was mapped, and how"))
+    if fam == "verifier" and have("!verifier"):
+        e.next.append(("!verifier", "Driver Verifier's flags (which checks were on) and the drivers it verified"))
     if fam == "hardware" and have("!errrec"):
         e.next.append((f"!errrec {a.params[1]:#x}", "the hardware error record"))
     if fam == "pool":
