@@ -14,12 +14,16 @@ Layouts (public WinDbg transcripts):
 - !sysinfo cpuinfo: `[CPU Information]` then `Name = REG_TYPE value` lines.
 - !sysinfo cpuspeed: `CPUID:`, `MaxSpeed:`, `CurrentSpeed:` lines.
 - !sysinfo cpumicrocode: `Cached Microcode Version: HIGH:LOW` and the family/model/stepping in hex.
+- !sysinfo gbl: the firmware's ACPI tables, one header per line (kdshell's columns: WinDbg reads
+  them from the live machine's firmware), from the ACPI table headers a Windows 10 small dump
+  keeps in its secondary data (kdshell.dumpfile.acpi).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
+from kdshell.dumpfile.acpi import ACPI_BLOB_TAG, acpi_headers
 from kdshell.errors import CommandError, KdError
 from kdshell.kernel.smbios import locate_table, machine_id, parse_table, smbios_lines
 
@@ -28,7 +32,8 @@ if TYPE_CHECKING:
     from kdshell.session import Session
 
 CPUINFO_HEADER = "CP  F/M/S Manufacturer  MHz PRCB Signature    MSR 8B Signature Features"
-SYSINFO_TOPICS = ("cpuinfo", "cpuspeed", "cpumicrocode", "machineid", "smbios")
+SYSINFO_TOPICS = ("cpuinfo", "cpuspeed", "cpumicrocode", "gbl", "machineid", "smbios")
+GBL_HEADER = "Signature Length   Rev Checksum OEM ID OEM Table ID OEM Rev  Creator Creator Rev"
 # The KPRCB fields each line needs, named as the kernel's types name them (for the "absent" line)
 FIELD_NAMES = {"family": "CpuType", "model": "CpuStep", "mhz": "MHz", "vendor": "VendorString",
                "features": "FeatureBits", "update_signature": "UpdateSignature"}
@@ -152,11 +157,28 @@ def firmware_lines(topic: str, raw: bytes) -> list[str]:
     return smbios_lines(structures, len(raw))
 
 
+def acpi_lines(session: Session) -> list[str]:
+    blob = next((b for b in session.dump.blobs() if b.tag_text == ACPI_BLOB_TAG), None)
+    where = "{" + ACPI_BLOB_TAG.upper() + "}"
+    if blob is None:
+        raise KdError(f"!sysinfo gbl: the dump holds no ACPI table headers (no secondary data tagged {where}; "
+                      "Windows 10 small dumps carry them)")
+    headers = acpi_headers(session.dump.read_file(blob.data_offset, blob.data_size))
+    if not headers:
+        raise KdError(f"!sysinfo gbl: the {blob.data_size:#x} bytes tagged {where} hold no ACPI table header")
+    lines = [f"[ACPI Tables] from the dump's secondary data {where}: {len(headers)} tables", GBL_HEADER]
+    for h in headers:
+        lines.append(f"{h.signature:<9} {h.length:08x} {h.revision:02x}  {h.checksum:02x}       {h.oem_id:<6} "
+                     f"{h.oem_table_id:<12} {h.oem_revision:08x} {h.creator_id:<7} {h.creator_revision:08x}")
+    return lines
+
+
 @command("!sysinfo", family="machine", needs=(needs_memory, not_on_arm64("!sysinfo")),
-         syntax="!sysinfo {cpuinfo | cpuspeed | cpumicrocode | machineid | smbios}",
+         syntax="!sysinfo {cpuinfo | cpuspeed | cpumicrocode | gbl | machineid | smbios}",
          summary="Show the machine's processor, firmware and board facts the dump holds",
          example="!sysinfo cpuinfo",
-         details="cpuinfo, cpuspeed and cpumicrocode read the crashing processor's KPRCB; machineid and "
+         details="cpuinfo, cpuspeed and cpumicrocode read the crashing processor's KPRCB; gbl lists the ACPI "
+                 "tables whose headers a small dump keeps in its secondary data; machineid and "
                  "smbios decode the SMBIOS table (types 0, 1, 2, 4, 17) where nt!WmipSMBiosTablePhysicalAddress "
                  "points, when the kernel's symbols and the table's pages are in the dump.")
 def sysinfo_(session: Session, inv: Invocation) -> None:
@@ -166,6 +188,9 @@ def sysinfo_(session: Session, inv: Invocation) -> None:
         raise CommandError(f"!sysinfo: give one of {', '.join(SYSINFO_TOPICS)}")
     if topic in ("machineid", "smbios"):
         session.out.lines(firmware_lines(topic, smbios_table(session, topic)))
+        return
+    if topic == "gbl":
+        session.out.lines(acpi_lines(session))
         return
     cpus = _cpus(session, f"!sysinfo {topic}")
     number = session.kernel.crashing_processor

@@ -78,7 +78,7 @@ def test_sysinfo_cpu_topics_on_the_small_dumps(small):
 def test_sysinfo_bad_and_missing_topics_say_so_in_one_line(small):
     _, s = small
     assert s.capture("!sysinfo").splitlines() == [
-        "!sysinfo: give one of cpuinfo, cpuspeed, cpumicrocode, machineid, smbios"]
+        "!sysinfo: give one of cpuinfo, cpuspeed, cpumicrocode, gbl, machineid, smbios"]
     smbios = s.capture("!sysinfo smbios").splitlines()
     assert len(smbios) == 1 and "SMBIOS table is not found" in smbios[0]
     assert len(s.capture("!cpuinfo zz").splitlines()) == 1
