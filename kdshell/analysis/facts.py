@@ -15,6 +15,7 @@ from kdshell.dumpfile.header import (EXCEPTION_RECORD32, EXCEPTION_RECORD64, MAC
                                      decode_exception)
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.prcb import CpuInfo
+from kdshell.kernel.smbios import locate_table, machine_id, parse_table
 from kdshell.target import build_lab, nt_version, os_name
 from kdshell.view import SessionView
 
@@ -113,6 +114,24 @@ def cpu_facts(session: SessionView) -> dict[str, str]:
         out["CPU_MICROCODE"] = (f"{info.family:x},{info.model:x},{info.stepping:x},0 (F,M,S,R)  "
                                 f"SIG: {sig >> 32:X}'{sig & 0xFFFFFFFF:08X} (cache)")
     return out
+
+
+# !analyze -v's firmware lines and the SMBIOS machine-ID names they come from (types 0, 1, 2)
+FIRMWARE_FIELDS = (("SYSTEM_MANUFACTURER", "SystemManufacturer"), ("SYSTEM_PRODUCT_NAME", "SystemProductName"),
+                   ("SYSTEM_SKU", "SystemSKU"), ("SYSTEM_VERSION", "SystemVersion"), ("BIOS_VENDOR", "BiosVendor"),
+                   ("BIOS_VERSION", "BiosVersion"), ("BIOS_DATE", "BiosReleaseDate"),
+                   ("BASEBOARD_MANUFACTURER", "BaseBoardManufacturer"), ("BASEBOARD_PRODUCT", "BaseBoardProduct"),
+                   ("BASEBOARD_VERSION", "BaseBoardVersion"))
+
+
+def firmware_facts(session: SessionView) -> dict[str, str]:
+    """SYSTEM_* / BIOS_* / BASEBOARD_* from the SMBIOS table, each only when the table has it
+    (KdError when the dump holds no table: no kernel symbols to find it, or its pages not saved)."""
+    k = session.kernel
+    physical = session.spaces.physical
+    raw = locate_table(k.symbol, k.memory.read, physical.read if physical is not None else None)
+    found = dict(machine_id(parse_table(raw)))
+    return {field: found[name] for field, name in FIRMWARE_FIELDS if found.get(name)}
 
 
 def irp_driver(session: SessionView, irp: int) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from kdshell import __version__
 from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import Analysis, Culprit
-from kdshell.analysis.facts import black_boxes, cpu_facts
+from kdshell.analysis.facts import black_boxes, cpu_facts, firmware_facts
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
 from kdshell.analysis.teach import explain
 from kdshell.disasm import for_machine
@@ -28,6 +28,8 @@ from kdshell.view import SessionView
 
 
 
+# --analyze-json's schema: 1 the first; 2 adds "schema", "machine" and "whea" (additions only)
+JSON_SCHEMA = 2
 STARS = "*" * 79
 EMPTY = "*" + " " * 77 + "*"
 BANNER = [STARS, EMPTY, "*" + " " * 24 + "Bugcheck Analysis" + " " * 36 + "*", EMPTY, STARS]
@@ -101,10 +103,9 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
     attributes = session.dump.header.attributes
     if attributes:
         field("DUMP_FILE_ATTRIBUTES", f"{attributes:#x}", " ")
-    try:
-        cpu = cpu_facts(session)
-    except KdError:
-        cpu = {}
+    for name, value in _or_none(firmware_facts, session).items():
+        field(name, value)
+    cpu = _or_none(cpu_facts, session)
     for name, value in cpu.items():
         field(name, value, " ")
     for name, value in whea_fields(a):
@@ -245,6 +246,26 @@ def whea_fields(a: Analysis) -> list[tuple[str, str]]:
     return out
 
 
+def _or_none(facts: Callable[[SessionView], dict[str, str]], session: SessionView) -> dict[str, str]:
+    """A facts function's answer, or nothing when the dump cannot give it."""
+    try:
+        return facts(session)
+    except KdError:
+        return {}
+
+
+def machine_json(session: SessionView) -> dict[str, Any]:
+    """The machine facts of -v (schema addition, version 2): firmware (SMBIOS), CPU (KPRCB) and
+    the black boxes in the secondary data; each empty when the dump lacks it."""
+    cpu: dict[str, Any] = {}
+    for key, value in _or_none(cpu_facts, session).items():
+        name = key.removeprefix("CPU_").lower()  # -v's hex numbers as JSON numbers
+        cpu[name] = int(value, 16) if name in ("count", "mhz", "family", "model", "stepping") else value.strip()
+    return {"firmware": {k.lower(): v for k, v in _or_none(firmware_facts, session).items()}, "cpu": cpu,
+            "black_boxes": [{"field": box.field, "command": box.command, "size": blob.data_size}
+                            for box, blob in black_boxes(session)]}
+
+
 def context_block(session: SessionView, address: int, *, trap: bool) -> list[str]:
     """What `.cxr ADDR` / `.trap ADDR` print, from the record itself (the user's context is not
     touched), then WinDbg's "Resetting default scope"."""
@@ -367,6 +388,7 @@ def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]
     blamed = a.culprit
     return {
         "kdshell": __version__,
+        "schema": JSON_SCHEMA,
         "dump": {"file": a.dump_path, "kind": a.dump_kind},
         "bugcheck": {"code": f"{a.code:#x}", "name": a.name, "title": a.title,
                      "description": entry.notes if entry else "",
@@ -398,6 +420,7 @@ def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]
         "failure_bucket_id": a.bucket,
         "failure_id_hash": a.failure_hash,
         "critical_process": a.critical_process,
+        "machine": machine_json(session),
         "whea": _whea_json(a),
         "irp": None if a.irp is None else {k: (_addr(v) if isinstance(v, int) else v) for k, v in a.irp.items()},
         "explanation": {"what_happened": e.what, "next_steps": [{"command": c, "why": w} for c, w in e.next]},
