@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.dumpfile.acpi import ACPI_BLOB_TAG, acpi_headers
+from kdshell.dumpfile.regvalues import CPU_REGISTRY_TAG, RegValue, parse_values
 from kdshell.errors import CommandError, KdError
 from kdshell.kernel.smbios import locate_table, machine_id, parse_table, smbios_lines
 
@@ -100,7 +101,26 @@ def identifier(info: CpuInfo, is64: bool) -> str:
     return f"{arch} Family {_n(info.family)} Model {_n(info.model)} Stepping {_n(info.stepping)}"
 
 
+def registry_values(session: Session) -> list[RegValue]:
+    """CentralProcessor\\0's values from the dump's secondary data (empty when it has none)."""
+    blob = next((b for b in session.dump.blobs() if b.tag_text == CPU_REGISTRY_TAG), None)
+    return parse_values(session.dump.read_file(blob.data_offset, blob.data_size)) if blob is not None else []
+
+
+def _registry_lines(values: list[RegValue], cpu: tuple[Processor, CpuInfo] | None) -> list[str]:
+    lines = ["[CPU Information]"] + [f"{v.name} = {v.type_name} {v.text}" for v in values]
+    where = "{" + CPU_REGISTRY_TAG.upper() + "}"
+    note = f"(the registry's CentralProcessor\\0 values from the dump's secondary data {where}"
+    if cpu is not None and cpu[1].update_signature is not None and "MSR8B" not in {v.name for v in values}:
+        lines.append(f"MSR8B = REG_QWORD {cpu[1].update_signature:x}")
+        note += f"; MSR8B from processor {cpu[0].number}'s KPRCB"
+    return lines + [note + ")"]
+
+
 def _cpu_information(session: Session, p: Processor, info: CpuInfo) -> list[str]:
+    values = registry_values(session)
+    if values:
+        return _registry_lines(values, (p, info))
     lines = ["[CPU Information]"]
     if info.mhz is not None:
         lines.append(f"~MHz = REG_DWORD {info.mhz}")
@@ -118,10 +138,15 @@ def _cpu_information(session: Session, p: Processor, info: CpuInfo) -> list[str]
     return lines
 
 
-def _cpu_speed(p: Processor, info: CpuInfo) -> list[str]:
-    return [f"CurrentSpeed: {_n(info.mhz)}",
-            f"(KPRCB.MHz of processor {p.number}; the CPUID brand string and MaxSpeed come from the SMBIOS "
-            "processor structure (type 4), which this dump does not hold)"]
+def _cpu_speed(p: Processor, info: CpuInfo, name: str | None) -> list[str]:
+    if name is None:
+        return [f"CurrentSpeed: {_n(info.mhz)}",
+                f"(KPRCB.MHz of processor {p.number}; the CPUID brand string and MaxSpeed come from the SMBIOS "
+                "processor structure (type 4), which this dump does not hold)"]
+    return [f'CPUID:        "{name}"', f"CurrentSpeed: {_n(info.mhz)}",
+            f"(CPUID: the registry's ProcessorNameString in the dump's secondary data; CurrentSpeed: KPRCB.MHz of "
+            f"processor {p.number}; MaxSpeed comes from the SMBIOS processor structure (type 4), which this dump "
+            "does not hold)"]
 
 
 def _cpu_microcode(p: Processor, info: CpuInfo) -> list[str]:
@@ -192,12 +217,19 @@ def sysinfo_(session: Session, inv: Invocation) -> None:
     if topic == "gbl":
         session.out.lines(acpi_lines(session))
         return
-    cpus = _cpus(session, f"!sysinfo {topic}")
+    try:
+        cpus = _cpus(session, f"!sysinfo {topic}")
+    except KdError:
+        if topic != "cpuinfo" or not registry_values(session):
+            raise
+        session.out.lines(_registry_lines(registry_values(session), None))  # no KPRCB: the registry alone
+        return
     number = session.kernel.crashing_processor
     p, info = next((c for c in cpus if c[0].number == number), cpus[0])
     if topic == "cpuinfo":
         session.out.lines(_cpu_information(session, p, info))
     elif topic == "cpuspeed":
-        session.out.lines(_cpu_speed(p, info))
+        name = next((v.text for v in registry_values(session) if v.name == "ProcessorNameString"), None)
+        session.out.lines(_cpu_speed(p, info, name))
     else:
         session.out.lines(_cpu_microcode(p, info))

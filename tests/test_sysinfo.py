@@ -67,7 +67,7 @@ def test_sysinfo_cpu_topics_on_the_small_dumps(small):
     assert f"Identifier = REG_SZ {arch} Family {e['family']} Model {e['model']} Stepping {e['stepping']}" in info
     assert f"VendorIdentifier = REG_SZ {e['vendor']}" in info
     assert f"MSR8B = REG_QWORD {e['signature']:x}" in info
-    assert s.capture("!sysinfo cpuspeed").splitlines()[0] == f"CurrentSpeed: {e['mhz']}"
+    assert f"CurrentSpeed: {e['mhz']}" in s.capture("!sysinfo cpuspeed").splitlines()
     micro = s.capture("!sysinfo cpumicrocode").splitlines()
     sig = e["signature"]
     assert micro[:4] == [f"Cached Microcode Version: {sig >> 32:08x}:{sig & 0xFFFFFFFF:08x}",
