@@ -82,6 +82,20 @@ def section_lines(s: Section) -> list[str]:
         if g.valid >> 12 & 1:
             out.append(_line("Instr. Ptr.", f"0x{g.ip:016x}"))
         out.append("")
+    elif s.xpf is not None:
+        x = s.xpf
+        if x.valid & 1:
+            out.append(_line("Local APIC Id", f"0x{x.apic_id:016x}"))
+        if x.valid & 2:
+            rows = [x.cpuid[i:i + 16] for i in range(0, 48, 16)]
+            for i, row in enumerate(rows):
+                text = " ".join(f"{b:02x}" for b in row[:8]) + " - " + " ".join(f"{b:02x}" for b in row[8:])
+                out.append(_line("CPU Id", text) if i == 0 else " " * 16 + text)
+        out.append("")
+        for i in range(x.info_count):
+            out.append(_line(f"Proc. Info {i}", f"@ {s.address + 0x40 + 64 * i:016x}").replace(": @", "@"))
+        if x.info_count:
+            out.append("")
     elif s.mca is not None:
         m = s.mca
         e = m.error

@@ -64,6 +64,10 @@ def test_errrec_decodes_the_machine_check_record(machine):
     assert value(out, "Error Type") == eg["error_type"] and value(out, "Operation") == eg["operation"]
     assert value(out, "CPU Version") == f"0x{g['cpu_version']:016x}"
     assert value(out, "Brand String") == g["brand"]
+    cpuid = encoder.xpf_processor()[0x10:0x20]  # CPUID leaf 1 as the encoder packed it
+    assert value(out, "CPU Id") == " ".join(f"{b:02x}" for b in cpuid[:8]) + " - " + " ".join(
+        f"{b:02x}" for b in cpuid[8:])
+    assert value(out, "Local APIC Id") == f"0x{w['mca']['apic_id']:016x}"
     m, em = w["mca"], w["expect_mca"]
     assert value(out, "Error") == f"{em['mnemonic']} (Proc {m['processor']} Bank {m['bank']})"
     assert value(out, "Status") == f"0x{m['status']:016x}"

@@ -225,6 +225,25 @@ class ProcessorGeneric:
 
 
 @dataclass(frozen=True)
+class XpfProcessor:
+    """The x86/x64 processor section's head: ValidBits u64 (bit 0 LocalAPICId, bit 1 CpuId, bits
+    2-7 the processor-info count, 8-13 the context-info count), LocalAPICId u64 +8, CpuId[48] +0x10
+    (CPUID leaf 1's EAX, EBX, ECX, EDX, then reserved), processor-info entries (64 bytes each) +0x40."""
+
+    valid: int
+    apic_id: int
+    cpuid: bytes
+
+    @property
+    def info_count(self) -> int:
+        return (self.valid >> 2) & 0x3F
+
+    @property
+    def context_count(self) -> int:
+        return (self.valid >> 8) & 0x3F
+
+
+@dataclass(frozen=True)
 class MemorySection:
     valid: int
     status: int
@@ -277,6 +296,7 @@ class Section:
     data: bytes
     generic: ProcessorGeneric | None = None
     mca: Mca | None = None
+    xpf: XpfProcessor | None = None
     memory: MemorySection | None = None
     pcie: PcieError | None = None
     problem: str | None = None  # why the section's body could not be decoded
@@ -359,7 +379,8 @@ def parse_record(raw: bytes, address: int) -> ErrorRecord:
 
 def _decode_body(s: Section) -> None:
     name, b = s.name, s.data
-    need = {"Processor Generic": 0xC0, "x86/x64 MCA": 0x48, "Memory": 0x49, "PCI Express": 0x34}.get(name)
+    need = {"Processor Generic": 0xC0, "x86/x64 MCA": 0x48, "Memory": 0x49, "PCI Express": 0x34,
+            "x86/x64 Processor Specific": 0x40}.get(name)
     if need is None:
         return
     if len(b) < need:
@@ -371,6 +392,9 @@ def _decode_body(s: Section) -> None:
         pid, target, requester, responder, ip = struct.unpack_from("<5Q", b, 0x98)
         s.generic = ProcessorGeneric(valid, ptype, isa, etype, op, flags, level, version, brand, pid, target,
                                      requester, responder, ip)
+    elif name == "x86/x64 Processor Specific":
+        valid, apic = struct.unpack_from("<QQ", b, 0)
+        s.xpf = XpfProcessor(valid, apic, b[0x10:0x40])
     elif name == "x86/x64 MCA":
         _, vendor, _, proc, gstatus, ip, bank, status, addr, misc, _, apic = struct.unpack_from("<IIQIQQIQQQII", b, 0)
         s.mca = Mca(vendor, proc, bank, gstatus, ip, status, addr, misc, apic)
