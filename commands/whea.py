@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kdshell.analysis.facts import error_record
 from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.kernel.whea import (CPU_VENDORS, DESCRIPTOR_FLAGS, MCG_STATUS_BITS, MEMORY_ERROR_TYPES, PCIE_PORT_TYPES,
                                  PROC_ERROR_TYPES, PROC_FLAGS, PROC_ISAS, PROC_OPERATIONS, PROC_TYPES, RECORD_FLAGS,
                                  SEVERITIES, SOURCE_TYPES, ErrorRecord, Section, guid_name, mci_status_bits,
-                                 name_of, read_record, section_summary)
+                                 name_of, section_summary)
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -142,13 +143,13 @@ def _address(session: Session, inv: Invocation) -> int:
 
 
 def load_record(session: Session, address: int, what: str) -> ErrorRecord:
-    memory = session.memory
-    if memory is None:
-        raise KdError(f"{what}: the dump's memory cannot be read")
     try:
-        return read_record(memory.read, address)
+        record, where = error_record(session, address)
     except KdError as exc:
         raise KdError(f"{what}: {exc}") from None
+    if where is not None:
+        session.out.line(f"(the record's memory is not in the dump: decoded from {where})")
+    return record
 
 
 @command("!errrec", family="machine", needs=(needs_memory,), syntax="!errrec Address",

@@ -213,3 +213,28 @@ def test_corpus_errrec_on_a_non_record_and_whea_without_0x124():
         assert len(out) == 1 and "not 0x124" in out[0] and "0x1000007e" in out[0]
         verbose = s.capture("!analyze -v")
         assert "WHEA_" not in verbose and "HARDWARE_ERROR" not in verbose
+
+
+def test_a_record_kept_only_in_secondary_data(tmp_path):
+    """A small dump whose P2 page was not saved, with the record in a DUMP_BLOB: decoded from the copy."""
+    from dumpfactory import write_kind
+
+    raw = encoder.records()["mce"]
+    status = encoder.MCA["status"]
+    p2 = 0xFFFFC20A_0BAD0010
+    tag = bytes(range(16))
+    path = write_kind(tmp_path, "triage", bugcheck_code=0x124,
+                      bugcheck_parameters=(0, p2, status >> 32, status & 0xFFFFFFFF),
+                      blobs=[(tag, b"WHEA" + bytes(12) + raw + bytes(8))], name="whea-blob.dmp")
+    with kdshell.open(path, symbol_path="", image_path="") as s:
+        s.progress = None
+        out = s.capture(f"!errrec {p2:x}").splitlines()
+        assert out[0].startswith("(the record's memory is not in the dump: decoded from the copy in the dump's "
+                                 "secondary data {")
+        assert out[2] == f"Common Platform Error Record @ {p2:016x}"
+        assert value(out, "Error") == f"{encoder.EXPECT_MCA['mnemonic']} (Proc 0 Bank {encoder.MCA['bank']})"
+        verbose = s.capture("!analyze -v").splitlines()
+        assert any(line.startswith(f"WHEA_ERROR_TYPE:  {encoder.EXPECT_MCA['kind']}") for line in verbose)
+        assert any(line.startswith("NOTE: The WHEA error record's memory is not in the dump") for line in verbose)
+        other = s.capture(f"!errrec {p2 + 0x1000:x}").splitlines()  # not P2: no copy is offered
+        assert len(other) == 1 and "not in the dump" in other[0]

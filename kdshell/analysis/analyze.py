@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from kdshell.analysis import bugcodes
-from kdshell.analysis.facts import (cpu_vendor, current_irql, current_process_name, exception_record,
-                                    irp_driver, os_facts, process_image_name)
+from kdshell.analysis.facts import (cpu_vendor, current_irql, current_process_name, error_record,
+                                    exception_record, irp_driver, os_facts, process_image_name)
 from kdshell.analysis.rules import (BAD_IP, C2_CORRUPTION_SUBTYPES, CRITICAL_PROCESS, DRIVER, FAST_FAIL_NAMES,
                                     HARDWARE, INCONCLUSIVE, MANUAL, MEMORY, OS, PASS, POOL, Rule,
                                     access_kind, base_code, frame_kind, rule_for)
 from kdshell.dumpfile.header import MACHINE_AMD64
 from kdshell.errors import KdError
-from kdshell.kernel.whea import ErrorRecord, read_record
+from kdshell.kernel.whea import ErrorRecord
 from kdshell.stack.context import trap_frames_holding
 from kdshell.stack.walk import Frame, StackWalk
 from kdshell.symbols.resolver import DATA
@@ -229,7 +229,7 @@ def analyze(session: SessionView, max_frames: int = MAX_FRAMES) -> Analysis:
             a.process_name = _quietly(a, current_process_name, session)
             a.irql = _quietly(a, current_irql, session)
             if a.base_code == 0x124:
-                a.whea = _quietly(a, _error_record, session, a.params[1])
+                a.whea = _quietly(a, _error_record, session, a)
         _judge(session, a)
         a.os = os_facts(session)
     a.bucket = bucket(a)
@@ -468,13 +468,14 @@ def _judge(session: SessionView, a: Analysis) -> None:
         a.irp = _quietly(a, irp_driver, session, a.params[a.rule.irp])
 
 
-def _error_record(session: SessionView, address: int) -> ErrorRecord:
-    memory = session.memory
-    assert memory is not None
+def _error_record(session: SessionView, a: Analysis) -> ErrorRecord:
     try:
-        return read_record(memory.read, address)
+        record, where = error_record(session, a.params[1])
     except KdError as exc:
         raise KdError(f"The WHEA error record (P2): {exc}") from None
+    if where is not None:
+        a.notes.append(f"The WHEA error record's memory is not in the dump; it was read from {where}.")
+    return record
 
 
 # WHEA_XPF_MCA_SECTION.CpuVendor -> the CPUID vendor string WinDbg names the pseudo-module by

@@ -13,9 +13,11 @@ from kdshell.dumpfile.blackbox import BLACK_BOXES, BlackBox
 from kdshell.dumpfile.dump import DumpBlob
 from kdshell.dumpfile.header import (EXCEPTION_RECORD32, EXCEPTION_RECORD64, MACHINE_AMD64, MACHINE_ARM64,
                                      decode_exception)
+from kdshell.bugcheck_roles import base_code
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.prcb import CpuInfo
 from kdshell.kernel.smbios import locate_table, machine_id, parse_table
+from kdshell.kernel.whea import ErrorRecord, RecordNotInDump, find_copy, read_record
 from kdshell.target import build_lab, nt_version, os_name
 from kdshell.view import SessionView
 
@@ -132,6 +134,23 @@ def firmware_facts(session: SessionView) -> dict[str, str]:
     raw = locate_table(k.symbol, k.memory.read, physical.read if physical is not None else None)
     found = dict(machine_id(parse_table(raw)))
     return {field: found[name] for field, name in FIRMWARE_FIELDS if found.get(name)}
+
+
+def error_record(session: SessionView, address: int) -> tuple[ErrorRecord, str | None]:
+    """The WHEA_ERROR_RECORD at `address`, and where it was found when not in memory: for bug check
+    0x124's own record (P2), a copy in the dump's secondary data (a blob holding a CPER record)."""
+    memory = _memory(session)
+    try:
+        return read_record(memory.read, address), None
+    except RecordNotInDump:
+        h = session.dump.header
+        if base_code(h.bugcheck_code) != 0x124 or int(h.bugcheck_parameters[1]) != address:
+            raise
+        for blob in session.dump.blobs():
+            copy = find_copy(session.dump.read_file(blob.data_offset, blob.data_size), address)
+            if copy is not None:
+                return copy, f"the copy in the dump's secondary data {{{blob.tag_text.upper()}}}"
+        raise
 
 
 def irp_driver(session: SessionView, irp: int) -> dict[str, Any]:

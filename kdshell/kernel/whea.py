@@ -413,12 +413,31 @@ def _decode_body(s: Section) -> None:
                            slot >> 3, serial, bridge)
 
 
+class RecordNotInDump(KdError):
+    """The record's bytes are not in the dump's memory (a copy may be in its secondary data)."""
+
+
+def find_copy(data: bytes, address: int) -> ErrorRecord | None:
+    """The first whole record in `data` (a secondary-data blob), decoded as if it lay at `address`."""
+    at = data.find(SIGNATURE)
+    while at >= 0:
+        if at + HEADER_SIZE <= len(data) and struct.unpack_from("<I", data, at + 6)[0] == 0xFFFFFFFF:
+            length = struct.unpack_from("<I", data, at + 0x14)[0]
+            if HEADER_SIZE <= length <= min(MAX_RECORD, len(data) - at):
+                try:
+                    return parse_record(data[at:at + length], address)
+                except KdError:
+                    pass
+        at = data.find(SIGNATURE, at + 1)
+    return None
+
+
 def read_record(read: Callable[[int, int], bytes], address: int) -> ErrorRecord:
     """The record at `address` in the dump's memory (its header, then its Length)."""
     try:
         head = read(address, HEADER_SIZE)
     except MemoryNotPresent as exc:
-        raise KdError(f"{address:#x}: the error record's memory is not in the dump ({exc.why})") from None
+        raise RecordNotInDump(f"{address:#x}: the error record's memory is not in the dump ({exc.why})") from None
     _check_signature(head, address)  # before Length is trusted
     length = struct.unpack_from("<I", head, 0x14)[0]
     if not HEADER_SIZE <= length <= MAX_RECORD:
@@ -426,5 +445,6 @@ def read_record(read: Callable[[int, int], bytes], address: int) -> ErrorRecord:
     try:
         raw = read(address, length)
     except MemoryNotPresent as exc:
-        raise KdError(f"{address:#x}: the error record's {length:#x} bytes are not all in the dump ({exc.why})") from None
+        raise RecordNotInDump(f"{address:#x}: the error record's {length:#x} bytes are not all in the dump "
+                              f"({exc.why})") from None
     return parse_record(raw, address)
