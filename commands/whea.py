@@ -17,7 +17,7 @@ from kdshell.analysis.facts import error_record
 from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
-from kdshell.kernel.whea import (CPU_VENDORS, DESCRIPTOR_FLAGS, MCG_STATUS_BITS, MEMORY_ERROR_TYPES, PCIE_PORT_TYPES,
+from kdshell.kernel.whea import (ARM_ERROR_FLAGS, ARM_ERROR_TYPES, CPU_VENDORS, DESCRIPTOR_FLAGS, MCG_STATUS_BITS, MEMORY_ERROR_TYPES, PCIE_PORT_TYPES,
                                  PROC_ERROR_TYPES, PROC_FLAGS, PROC_ISAS, PROC_OPERATIONS, PROC_TYPES, RECORD_FLAGS,
                                  SEVERITIES, SOURCE_TYPES, ErrorRecord, Section, guid_name, mci_status_bits,
                                  name_of, section_summary)
@@ -82,6 +82,25 @@ def section_lines(s: Section) -> list[str]:
             out.append(_line("Target Addr.", f"0x{g.target:016x}"))
         if g.valid >> 12 & 1:
             out.append(_line("Instr. Ptr.", f"0x{g.ip:016x}"))
+        out.append("")
+    elif s.arm is not None:
+        a = s.arm
+        if a.valid & 1:
+            out.append(_line("MPIDR", f"0x{a.mpidr:016x}"))
+        out.append(_line("MIDR", f"0x{a.midr:016x}"))
+        if a.valid & 2:
+            out.append(_line("Affinity Lvl", str(a.affinity_level)))
+        if a.valid & 4:
+            out.append(_line("Running State", f"0x{a.running_state:x}" + (f" (PSCI 0x{a.psci_state:x})"
+                                                                           if not a.running_state & 1 else "")))
+        for i, err in enumerate(a.errors):
+            out.append(_line(f"Error Info {i}", name_of(ARM_ERROR_TYPES, err.type)
+                             + (f" ({' '.join(n for b, n in enumerate(ARM_ERROR_FLAGS) if err.flags >> b & 1)})"
+                                if err.valid & 2 and err.flags else "")))
+            for bit, label, v in ((0, "Multiple", err.multiple), (2, "Error Info", err.info),
+                                  (3, "Virt. Addr", err.virtual), (4, "Phys. Addr", err.physical)):
+                if err.valid >> bit & 1:
+                    out.append(f"  {label:<12}: " + (str(v) if bit == 0 else f"0x{v:016x}"))
         out.append("")
     elif s.xpf is not None:
         x = s.xpf

@@ -238,3 +238,19 @@ def test_a_record_kept_only_in_secondary_data(tmp_path):
         assert any(line.startswith("NOTE: The WHEA error record's memory is not in the dump") for line in verbose)
         other = s.capture(f"!errrec {p2 + 0x1000:x}").splitlines()  # not P2: no copy is offered
         assert len(other) == 1 and "not in the dump" in other[0]
+
+
+def test_arm_processor_section():
+    """An ARM64 record (UEFI N.2.4.4) packed by the encoder: MPIDR, MIDR and each error's type and addresses."""
+    from kdshell.commands.whea import record_lines
+
+    rec = parse_record(encoder.records()["arm"], 0xFFFF_8000_0000_1000)
+    out = record_lines(rec)
+    a = encoder.ARM_ERR
+    assert value(out, "Section 0") == "ARM Processor Specific"
+    assert value(out, "MPIDR") == f"0x{a['mpidr']:016x}" and value(out, "MIDR") == f"0x{a['midr']:016x}"
+    assert value(out, "Error Info 0") == "TLB Error (First)" and value(out, "Error Info 1") == "Cache Error"
+    first = out.index("Error Info 0  : TLB Error (First)")
+    assert out[first + 1:first + 4] == [f"  Error Info  : 0x{a['errors'][0]['info']:016x}",
+                                        f"  Virt. Addr  : 0x{a['errors'][0]['va']:016x}",
+                                        f"  Phys. Addr  : 0x{a['errors'][0]['pa']:016x}"]

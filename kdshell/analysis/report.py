@@ -234,7 +234,7 @@ def whea_fields(a: Analysis) -> list[tuple[str, str]]:
                 out.append(("WHEA_MCA_BANK", f"processor {m.processor}, bank {m.bank}: MCi_STATUS {m.status:x} "
                                              f"({' '.join(mci_status_bits(m.status, m.vendor))}), MCi_ADDR "
                                              f"{m.address:x}, MCi_MISC {m.misc:x}"))
-            elif s.generic is not None:
+            elif s.generic is not None or s.arm is not None:
                 out.append(("WHEA_PROCESSOR_ERROR", section_summary(s)))
             elif s.memory is not None:
                 who = "memory"

@@ -21,6 +21,11 @@ packed, little-endian):
 - memory, 0x50: ValidBits, ErrorStatus, PhysicalAddress, PhysicalAddressMask (u64), Node, Card,
   Module, Bank, Device, Row, Column, BitPosition (u16 from +0x20), RequesterId, ResponderId,
   TargetId (u64 from +0x30), ErrorType u8 +0x48.
+- ARM processor, 0x28 + 0x20 per error: ValidationBits u32, ErrInfoNum u16 +4, ContextInfoNum u16
+  +6, SectionLength u32 +8, ErrorAffinityLevel +0xC, MPIDR_EL1 u64 +0x10, MIDR_EL1 +0x18,
+  RunningState u32 +0x20, PSCIState +0x24; each error: Version, Length, ValidationBits u16 +2,
+  Type +4 (cache, TLB, bus, micro-architectural), MultipleError u16 +5, Flags +7 (first, last,
+  propagated, overflow), ErrorInformation u64 +8, VirtualFaultAddress +0x10, PhysicalFaultAddress +0x18.
 - PCI Express, 0xD0: ValidBits, PortType u32 +8, Version +0xC, Command u16 +0x10, Status +0x12,
   DeviceId +0x18 (VendorId, DeviceId, ClassCode[3], Function, Device, Segment, PrimaryBus,
   SecondaryBus, Slot), DeviceSerialNumber +0x28, BridgeControlStatus +0x30, capability +0x34,
@@ -64,6 +69,10 @@ PROC_ERROR_TYPES = {0: "Unknown", 1: "Cache Error", 2: "TLB Error", 4: "Bus Erro
 PROC_OPERATIONS = {0: "Generic", 1: "Data Read", 2: "Data Write", 3: "Instruction Execution"}
 PROC_FLAGS = ("Restartable", "Precise IP", "Overflow", "Corrected")
 CPU_VENDORS = {0: "Other", 1: "Intel", 2: "AMD"}
+ARM_ERROR_TYPES = {0: "Cache Error", 1: "TLB Error", 2: "Bus Error", 3: "Micro-Architectural Error"}
+ARM_ERROR_FLAGS = ("First", "Last", "Propagated", "Overflow")
+ARM_INFO_SIZE = 0x20
+MAX_ARM_ERRORS = 255
 MEMORY_ERROR_TYPES = {0: "Unknown", 1: "No error", 2: "Single-bit ECC", 3: "Multi-bit ECC",
                       4: "Single-symbol ChipKill ECC", 5: "Multi-symbol ChipKill ECC", 6: "Master abort",
                       7: "Target abort", 8: "Parity Error", 9: "Watchdog timeout", 10: "Invalid address",
@@ -244,6 +253,28 @@ class XpfProcessor:
 
 
 @dataclass(frozen=True)
+class ArmError:
+    valid: int
+    type: int
+    multiple: int
+    flags: int
+    info: int
+    virtual: int
+    physical: int
+
+
+@dataclass(frozen=True)
+class ArmProcessor:
+    valid: int
+    affinity_level: int
+    mpidr: int
+    midr: int
+    running_state: int
+    psci_state: int
+    errors: tuple[ArmError, ...]
+
+
+@dataclass(frozen=True)
 class MemorySection:
     valid: int
     status: int
@@ -297,6 +328,7 @@ class Section:
     generic: ProcessorGeneric | None = None
     mca: Mca | None = None
     xpf: XpfProcessor | None = None
+    arm: ArmProcessor | None = None
     memory: MemorySection | None = None
     pcie: PcieError | None = None
     problem: str | None = None  # why the section's body could not be decoded
@@ -337,6 +369,8 @@ def section_summary(s: Section) -> str:
         return f"{s.mca.error.mnemonic} ({s.mca.error.kind}), processor {s.mca.processor} bank {s.mca.bank}"
     if s.generic is not None:
         return name_of(PROC_ERROR_TYPES, s.generic.error_type)
+    if s.arm is not None and s.arm.errors:
+        return ", ".join(name_of(ARM_ERROR_TYPES, e.type) for e in s.arm.errors) + f", MPIDR {s.arm.mpidr:#x}"
     if s.memory is not None:
         return f"{name_of(MEMORY_ERROR_TYPES, s.memory.error_type)} at physical address {s.memory.address:#x}"
     if s.pcie is not None:
@@ -380,7 +414,7 @@ def parse_record(raw: bytes, address: int) -> ErrorRecord:
 def _decode_body(s: Section) -> None:
     name, b = s.name, s.data
     need = {"Processor Generic": 0xC0, "x86/x64 MCA": 0x48, "Memory": 0x49, "PCI Express": 0x34,
-            "x86/x64 Processor Specific": 0x40}.get(name)
+            "x86/x64 Processor Specific": 0x40, "ARM Processor Specific": 0x28}.get(name)
     if need is None:
         return
     if len(b) < need:
@@ -392,6 +426,15 @@ def _decode_body(s: Section) -> None:
         pid, target, requester, responder, ip = struct.unpack_from("<5Q", b, 0x98)
         s.generic = ProcessorGeneric(valid, ptype, isa, etype, op, flags, level, version, brand, pid, target,
                                      requester, responder, ip)
+    elif name == "ARM Processor Specific":
+        valid, count, _, _, level = struct.unpack_from("<IHHIB", b, 0)
+        mpidr, midr, running, psci = struct.unpack_from("<QQII", b, 0x10)
+        errors = []
+        for i in range(min(count, MAX_ARM_ERRORS, (len(b) - 0x28) // ARM_INFO_SIZE)):
+            e = 0x28 + i * ARM_INFO_SIZE
+            evalid, etype, multiple, flags, info, va, pa = struct.unpack_from("<2xHBHBQQQ", b, e)
+            errors.append(ArmError(evalid, etype, multiple, flags, info, va, pa))
+        s.arm = ArmProcessor(valid, level, mpidr, midr, running, psci, tuple(errors))
     elif name == "x86/x64 Processor Specific":
         valid, apic = struct.unpack_from("<QQ", b, 0)
         s.xpf = XpfProcessor(valid, apic, b[0x10:0x40])
