@@ -151,3 +151,27 @@ def test_analyze_for_0xc4_points_at_verifier(tmp_path):
         assert "nt!MmVerifierData" in level  # this synthetic dump does not have it: the line says why
         teach = s.capture("!analyze -teach")
         assert "!verifier" in teach
+
+
+def test_verified_drivers_from_the_driver_buffer():
+    """nt!MmVerifyDriverBuffer -> the VerifyDrivers names (UTF-16, blank-separated), its length in bytes."""
+    from types import SimpleNamespace
+
+    from kdshell.commands.checks import verified_drivers
+
+    names = "mydrv.sys storfilt.sys\0".encode("utf-16-le")
+    base = 0xFFFFF800_00010000
+    layout = {0x100: struct.pack("<Q", base + 0x1000), 0x108: struct.pack("<I", len(names)), 0x1000: names}
+
+    class Memory:
+        def read(self, address: int, size: int) -> bytes:
+            chunk = layout.get(address - base)
+            if chunk is None or size > len(chunk):
+                raise MemoryNotPresent(address, "not in the fake")
+            return chunk[:size]
+
+    symbols = {"MmVerifyDriverBuffer": base + 0x100, "MmVerifyDriverBufferLength": base + 0x108}
+    session = SimpleNamespace(kernel=SimpleNamespace(symbol=symbols.get, memory=Memory(), is64=True))
+    assert verified_drivers(session) == ["mydrv.sys", "storfilt.sys"]
+    session.kernel.symbol = {}.get
+    assert verified_drivers(session) is None
