@@ -112,9 +112,14 @@ def section_lines(s: Section) -> list[str]:
                 text = " ".join(f"{b:02x}" for b in row[:8]) + " - " + " ".join(f"{b:02x}" for b in row[8:])
                 out.append(_line("CPU Id", text) if i == 0 else " " * 16 + text)
         out.append("")
-        for i in range(x.info_count):
-            out.append(_line(f"Proc. Info {i}", f"@ {s.address + 0x40 + 64 * i:016x}").replace(": @", "@"))
-        if x.info_count:
+        for i, info in enumerate(x.infos):
+            out.append(f"{f'Proc. Info {i}':<14}@ {s.address + 0x40 + 64 * i:016x}")
+            out.append(f"  Check Type  : {info.type_name}")
+            if info.valid & 1:
+                words = info.check_words()
+                out.append(f"  Check Info  : 0x{info.check_info:016x}" + (f" ({', '.join(words)})" if words else ""))
+            if info.valid >> 4 & 1:
+                out.append(f"  Instr. Ptr. : 0x{info.ip:016x}")
             out.append("")
     elif s.mca is not None:
         m = s.mca

@@ -68,6 +68,8 @@ def test_errrec_decodes_the_machine_check_record(machine):
     assert value(out, "CPU Id") == " ".join(f"{b:02x}" for b in cpuid[:8]) + " - " + " ".join(
         f"{b:02x}" for b in cpuid[8:])
     assert value(out, "Local APIC Id") == f"0x{w['mca']['apic_id']:016x}"
+    assert value(out, "Check Type") == "Cache Check"
+    assert value(out, "Check Info") == f"0x{encoder.CHECK_INFO:016x} ({encoder.EXPECT_CHECK})"
     m, em = w["mca"], w["expect_mca"]
     assert value(out, "Error") == f"{em['mnemonic']} (Proc {m['processor']} Bank {m['bank']})"
     assert value(out, "Status") == f"0x{m['status']:016x}"

@@ -69,6 +69,20 @@ PROC_ERROR_TYPES = {0: "Unknown", 1: "Cache Error", 2: "TLB Error", 4: "Bus Erro
 PROC_OPERATIONS = {0: "Generic", 1: "Data Read", 2: "Data Write", 3: "Instruction Execution"}
 PROC_FLAGS = ("Restartable", "Precise IP", "Overflow", "Corrected")
 CPU_VENDORS = {0: "Other", 1: "Intel", 2: "AMD"}
+# The x86/x64 processor error information entry (UEFI N.2.4.2.1, 64 bytes): ErrorType GUID,
+# ValidBits u64 +0x10 (CheckInfo, TargetId, RequesterId, ResponderId, InstructionPointer),
+# CheckInfo +0x18, TargetId +0x20, RequesterId +0x28, ResponderId +0x30, InstructionPointer +0x38.
+# CheckInfo (cache, TLB, bus): TransactionType bits 16-17, Operation 18-21, Level 22-24,
+# ContextCorrupt 25, Uncorrected 26, PreciseIP 27, RestartableIP 28, Overflow 29, each valid when
+# its bit in CheckInfo's low 16 bits is set (0 transaction type, 1 operation, 2 level, 3.. the flags).
+CHECK_TYPES = {"a55701f5-e3ef-43de-ac72-249b573fad2c": "Cache Check", "fc06b535-5e1f-4562-9f25-0a3b9adb63c3": "TLB Check",
+               "1cf3f8b3-c5b1-49a2-aa59-5eef92ffa63c": "Bus Check", "48ab7f57-dc34-4f6c-a7d3-b0b5b0a74314": "MS Check"}
+TRANSACTIONS = {0: "Instruction", 1: "Data Access", 2: "Generic"}
+OPERATIONS = {0: "Generic Error", 1: "Generic Read", 2: "Generic Write", 3: "Data Read", 4: "Data Write",
+              5: "Instruction Fetch", 6: "Prefetch", 7: "Eviction", 8: "Snoop"}
+CHECK_FLAGS = ((3, 25, "ContextCorrupt"), (4, 26, "Uncorrected"), (5, 27, "PreciseIP"), (6, 28, "RestartableIP"),
+               (7, 29, "Overflow"))
+PROC_INFO_SIZE = 0x40
 ARM_ERROR_TYPES = {0: "Cache Error", 1: "TLB Error", 2: "Bus Error", 3: "Micro-Architectural Error"}
 ARM_ERROR_FLAGS = ("First", "Last", "Propagated", "Overflow")
 ARM_INFO_SIZE = 0x20
@@ -234,6 +248,36 @@ class ProcessorGeneric:
 
 
 @dataclass(frozen=True)
+class ProcessorInfo:
+    """One x86/x64 processor error information entry."""
+
+    check_type: str  # GUID
+    valid: int
+    check_info: int
+    target: int
+    requester: int
+    responder: int
+    ip: int
+
+    @property
+    def type_name(self) -> str:
+        return CHECK_TYPES.get(self.check_type, "{" + self.check_type.upper() + "}")
+
+    def check_words(self) -> list[str]:
+        """CheckInfo's valid fields by name (cache, TLB and bus checks share these)."""
+        c = self.check_info
+        words = []
+        if c & 1:
+            words.append(name_of(TRANSACTIONS, (c >> 16) & 3))
+        if c & 2:
+            words.append(name_of(OPERATIONS, (c >> 18) & 0xF))
+        if c & 4:
+            words.append(f"Level {(c >> 22) & 7}")
+        words += [name for vbit, bit, name in CHECK_FLAGS if c >> vbit & 1 and c >> bit & 1]
+        return words
+
+
+@dataclass(frozen=True)
 class XpfProcessor:
     """The x86/x64 processor section's head: ValidBits u64 (bit 0 LocalAPICId, bit 1 CpuId, bits
     2-7 the processor-info count, 8-13 the context-info count), LocalAPICId u64 +8, CpuId[48] +0x10
@@ -242,6 +286,7 @@ class XpfProcessor:
     valid: int
     apic_id: int
     cpuid: bytes
+    infos: tuple[ProcessorInfo, ...] = ()
 
     @property
     def info_count(self) -> int:
@@ -437,7 +482,11 @@ def _decode_body(s: Section) -> None:
         s.arm = ArmProcessor(valid, level, mpidr, midr, running, psci, tuple(errors))
     elif name == "x86/x64 Processor Specific":
         valid, apic = struct.unpack_from("<QQ", b, 0)
-        s.xpf = XpfProcessor(valid, apic, b[0x10:0x40])
+        infos = []
+        for i in range(min((valid >> 2) & 0x3F, (len(b) - 0x40) // PROC_INFO_SIZE)):
+            e = 0x40 + i * PROC_INFO_SIZE
+            infos.append(ProcessorInfo(_guid(b, e), *struct.unpack_from("<6Q", b, e + 0x10)))
+        s.xpf = XpfProcessor(valid, apic, b[0x10:0x40], tuple(infos))
     elif name == "x86/x64 MCA":
         _, vendor, _, proc, gstatus, ip, bank, status, addr, misc, _, apic = struct.unpack_from("<IIQIQQIQQQII", b, 0)
         s.mca = Mca(vendor, proc, bank, gstatus, ip, status, addr, misc, apic)
