@@ -75,8 +75,6 @@ CPU_VENDORS = {0: "Other", 1: "Intel", 2: "AMD"}
 # CheckInfo (cache, TLB, bus): TransactionType bits 16-17, Operation 18-21, Level 22-24,
 # ContextCorrupt 25, Uncorrected 26, PreciseIP 27, RestartableIP 28, Overflow 29, each valid when
 # its bit in CheckInfo's low 16 bits is set (0 transaction type, 1 operation, 2 level, 3.. the flags).
-CHECK_TYPES = {"a55701f5-e3ef-43de-ac72-249b573fad2c": "Cache Check", "fc06b535-5e1f-4562-9f25-0a3b9adb63c3": "TLB Check",
-               "1cf3f8b3-c5b1-49a2-aa59-5eef92ffa63c": "Bus Check", "48ab7f57-dc34-4f6c-a7d3-b0b5b0a74314": "MS Check"}
 TRANSACTIONS = {0: "Instruction", 1: "Data Access", 2: "Generic"}
 OPERATIONS = {0: "Generic Error", 1: "Generic Read", 2: "Generic Write", 3: "Data Read", 4: "Data Write",
               5: "Instruction Fetch", 6: "Prefetch", 7: "Eviction", 8: "Snoop"}
@@ -261,7 +259,7 @@ class ProcessorInfo:
 
     @property
     def type_name(self) -> str:
-        return CHECK_TYPES.get(self.check_type, "{" + self.check_type.upper() + "}")
+        return guid_name("check", self.check_type)
 
     def check_words(self) -> list[str]:
         """CheckInfo's valid fields by name (cache, TLB and bus checks share these)."""
