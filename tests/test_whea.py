@@ -144,6 +144,9 @@ def test_analyze_names_the_source_bank_and_type_and_says_hardware(machine):
     assert "FAILURE_BUCKET_ID:  0x124_0_GenuineIntel_PROCESSOR_CACHE" in out
     assert "MODULE_NAME: GenuineIntel" in out
     assert "Probably caused by : GenuineIntel" in s.capture("!analyze")
+    teach = " ".join(s.capture("!analyze -teach").split())  # unwrapped
+    assert f"a {em['kind']} error ({em['mnemonic']}: " in teach and f"bank {m['bank']} of processor {m['processor']}" in teach
+    assert "  !whea" in s.capture("!analyze -teach")
 
 
 def test_analyze_show_points_at_a_command_that_exists(machine):
