@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 
 from kdshell.analysis.facts import error_record
 from kdshell.dispatch import Invocation, command, needs_memory
-from kdshell.errors import CommandError, KdError
+from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
+from kdshell.kernel.layout import OffsetUnknown, StructLayout
 from kdshell.kernel.whea import (ARM_ERROR_FLAGS, ARM_ERROR_TYPES, CPU_VENDORS, DESCRIPTOR_FLAGS, MCG_STATUS_BITS, MEMORY_ERROR_TYPES, PCIE_PORT_TYPES,
                                  PROC_ERROR_TYPES, PROC_FLAGS, PROC_ISAS, PROC_OPERATIONS, PROC_TYPES, RECORD_FLAGS,
-                                 SEVERITIES, SOURCE_TYPES, ErrorRecord, Section, guid_name, mci_status_bits,
-                                 name_of, section_summary)
+                                 SEVERITIES, SOURCE_FIELDS, SOURCE_TYPES, ErrorRecord, Section, guid_name, mci_status_bits,
+                                 error_sources, name_of, section_summary)
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -194,10 +195,13 @@ def errrec_(session: Session, inv: Invocation) -> None:
 def whea_(session: Session, inv: Invocation) -> None:
     h = session.dump.header
     code = h.bugcheck_code & ~0x10000000
+    sources, why = source_lines(session)
     if code != 0x124:
-        raise KdError(f"!whea: this dump's bug check is {h.bugcheck_code:#x}, not 0x124 (WHEA_UNCORRECTABLE_ERROR): "
-                      "it holds no WHEA error record to show (the kernel's error source table needs the "
-                      "kernel's private symbols)")
+        if not sources:
+            raise KdError(f"!whea: this dump's bug check is {h.bugcheck_code:#x}, not 0x124 (WHEA_UNCORRECTABLE_ERROR): "
+                          f"no WHEA error record to show, and {why}")
+        session.out.lines(sources)
+        return
     params = [int(p) for p in h.bugcheck_parameters]
     rec = load_record(session, params[1], "!whea")
     lines = [f"Error Source Type : {name_of(SOURCE_TYPES, params[0])} ({params[0]})",
@@ -207,5 +211,30 @@ def whea_(session: Session, inv: Invocation) -> None:
              f"Sections          : {len(rec.sections)}"]
     for s in rec.sections:
         lines.append(f"  {s.index}: {s.name}" + (f" - {section_summary(s)}" if section_summary(s) else ""))
-    session.out.lines(lines)
+    session.out.lines(lines + ([""] + sources if sources else []))
+
+
+def source_lines(session: Session) -> tuple[list[str], str]:
+    """The kernel's error sources (nt!WheapErrorSourceTable, through the kernel PDB's types), or no
+    lines and why not."""
+    k = session.kernel
+    table = k.symbol("WheapErrorSourceTable")
+    if table is None:
+        return [], "nt!WheapErrorSourceTable (the kernel's error sources) is not known (it needs the kernel's symbols)"
+    try:
+        count, sources, warning = error_sources(k.memory, table, StructLayout(k.offsets, SOURCE_FIELDS, k.build),
+                                                k.is64)
+    except OffsetUnknown:
+        return [], "the kernel's types do not describe its error source table (_WHEAP_ERROR_SOURCE_TABLE)"
+    except MemoryNotPresent:
+        return [], f"nt!WheapErrorSourceTable ({table:#x}) is not in the dump"
+    lines = [f"Error Source Table @ {table:016x}", f"{count} Error Sources", "",
+             "Id  Type                                    Errors   Total"]
+    for src in sources:
+        lines.append(f"{src.source_id:<3} {name_of(SOURCE_TYPES, src.type) + f' ({src.type})':<39} "
+                     f"{'?' if src.error_count is None else src.error_count:<8} "
+                     f"{'?' if src.total_errors is None else src.total_errors}")
+    if warning:
+        lines.append(warning)
+    return lines, ""
 

@@ -16,7 +16,7 @@ from conftest import CORPUS_SYMBOLS, REPO, TRIAGE_19041
 from fixtures.machine import whea as encoder
 from kdshell.cli import main
 from kdshell.dispatch import REGISTRY
-from kdshell.errors import KdError
+from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.whea import mca_error, parse_record
 
 BIN = REPO / "fixtures" / "images" / "bin"
@@ -259,3 +259,50 @@ def test_arm_processor_section():
     assert out[first + 1:first + 4] == [f"  Error Info  : 0x{a['errors'][0]['info']:016x}",
                                         f"  Virt. Addr  : 0x{a['errors'][0]['va']:016x}",
                                         f"  Phys. Addr  : 0x{a['errors'][0]['pa']:016x}"]
+
+
+def test_error_sources_through_the_kernel_types():
+    """nt!WheapErrorSourceTable walked with offsets as a kernel PDB gives them (here: a fake offsets
+    object with _WHEAP_ERROR_SOURCE_TABLE/_WHEAP_ERROR_SOURCE's fields), over packed memory."""
+    from kdshell.kernel.layout import OffsetUnknown, StructLayout
+    from kdshell.kernel.whea import SOURCE_FIELDS, error_sources
+
+    fields = {("_WHEAP_ERROR_SOURCE_TABLE", "Count"): 4, ("_WHEAP_ERROR_SOURCE_TABLE", "Items"): 8,
+              ("_WHEAP_ERROR_SOURCE", "ListEntry"): 0, ("_WHEAP_ERROR_SOURCE", "PlatformErrorSourceId"): 0x14,
+              ("_WHEAP_ERROR_SOURCE", "ErrorCount"): 0x18, ("_WHEAP_ERROR_SOURCE", "Type"): 0x28,
+              ("_WHEAP_ERROR_SOURCE", "TotalErrors"): 0x54}
+
+    class Offsets:
+        def __init__(self, known):
+            self.known = known
+
+        def offset(self, type_name, path):
+            return self.known.get((type_name, path))
+
+        def source(self, type_name, path):
+            return "pdb"
+
+    table, first, second = 0x1000, 0x2000, 0x3000
+    mem = bytearray(0x4000)
+    struct.pack_into("<I", mem, table + 4, 2)
+    struct.pack_into("<QQ", mem, table + 8, first, second)   # Items: Flink, Blink
+    struct.pack_into("<QQ", mem, first, second, table + 8)
+    struct.pack_into("<QQ", mem, second, table + 8, first)
+    for at, (sid, kind, errors, total) in ((first, (0, 0, 1, 1)), (second, (1, 1, 0, 7))):
+        struct.pack_into("<I", mem, at + 0x14, sid)
+        struct.pack_into("<I", mem, at + 0x18, errors)
+        struct.pack_into("<I", mem, at + 0x28, kind)
+        struct.pack_into("<I", mem, at + 0x54, total)
+
+    class Memory:
+        def read(self, address, size):
+            if address + size > len(mem):
+                raise MemoryNotPresent(address, "outside")
+            return bytes(mem[address:address + size])
+
+    count, sources, warning = error_sources(Memory(), table, StructLayout(Offsets(fields), SOURCE_FIELDS), True)
+    assert count == 2 and warning is None
+    assert [(s.address, s.source_id, s.type, s.error_count, s.total_errors) for s in sources] == [
+        (first, 0, 0, 1, 1), (second, 1, 1, 0, 7)]
+    with pytest.raises(OffsetUnknown):
+        error_sources(Memory(), table, StructLayout(Offsets({}), SOURCE_FIELDS), True)

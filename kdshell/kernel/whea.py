@@ -46,6 +46,7 @@ from importlib import resources
 from typing import Callable
 
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel.layout import Memory, Reader, StructLayout, walk_list
 
 HEADER_SIZE = 0x80
 DESCRIPTOR_SIZE = 0x48
@@ -538,3 +539,44 @@ def read_record(read: Callable[[int, int], bytes], address: int) -> ErrorRecord:
         raise RecordNotInDump(f"{address:#x}: the error record's {length:#x} bytes are not all in the dump "
                               f"({exc.why})") from None
     return parse_record(raw, address)
+
+
+# -- the kernel's error sources (nt!WheapErrorSourceTable) ----------------------------------------
+# Private types whose layout moves between builds: read only through the kernel PDB's types.
+SOURCE_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "count": (("_WHEAP_ERROR_SOURCE_TABLE", "Count"),),
+    "items": (("_WHEAP_ERROR_SOURCE_TABLE", "Items"),),
+    "link": (("_WHEAP_ERROR_SOURCE", "ListEntry"),),
+    "source_id": (("_WHEAP_ERROR_SOURCE", "PlatformErrorSourceId"),),
+    "type": (("_WHEAP_ERROR_SOURCE", "Type"),),
+    "error_count": (("_WHEAP_ERROR_SOURCE", "ErrorCount"),),
+    "total_errors": (("_WHEAP_ERROR_SOURCE", "TotalErrors"),),
+}
+
+
+@dataclass(frozen=True)
+class ErrorSource:
+    address: int
+    source_id: int
+    type: int
+    error_count: int | None
+    total_errors: int | None
+
+
+def error_sources(memory: Memory, table: int, layout: StructLayout, is64: bool) -> tuple[int, list[ErrorSource], str | None]:
+    """(Count, the sources on the Items list, a warning) of the table at nt!WheapErrorSourceTable.
+    OffsetUnknown when the kernel's types do not describe it; MemoryNotPresent when not in the dump."""
+    r = Reader(memory, is64)
+    count = r.uint(table + layout.need("count"), 4)
+    walk = walk_list(r, table + layout.need("items"), "WHEA error source")
+    link, sid, kind = layout.need("link"), layout.need("source_id"), layout.need("type")
+    out = []
+    for entry in walk.entries:
+        base = entry - link
+        try:
+            out.append(ErrorSource(base, r.uint(base + sid, 4), r.uint(base + kind, 4),
+                                   r.maybe_uint(base, layout.get("error_count"), 4),
+                                   r.maybe_uint(base, layout.get("total_errors"), 4)))
+        except MemoryNotPresent:
+            break
+    return count, out, walk.warning
