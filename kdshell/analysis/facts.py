@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kdshell.bugcheck_roles import base_code
 from kdshell.dumpfile.blackbox import BLACK_BOXES, BlackBox
 from kdshell.dumpfile.dump import DumpBlob
 from kdshell.dumpfile.header import (EXCEPTION_RECORD32, EXCEPTION_RECORD64, MACHINE_AMD64, MACHINE_ARM64,
                                      decode_exception)
-from kdshell.bugcheck_roles import base_code
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.prcb import CpuInfo
 from kdshell.kernel.smbios import locate_table, machine_id, parse_table

@@ -237,7 +237,7 @@ def whea_fields(a: Analysis) -> list[tuple[str, str]]:
             elif s.generic is not None or s.arm is not None:
                 out.append(("WHEA_PROCESSOR_ERROR", section_summary(s)))
             elif s.memory is not None:
-                who = "memory"
+                who = "memory controller"
                 out.append(("WHEA_MEMORY_ERROR", section_summary(s)))
             elif s.pcie is not None:
                 who = "PCI Express device"
