@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 CPUINFO_HEADER = "CP  F/M/S Manufacturer  MHz PRCB Signature    MSR 8B Signature Features"
 SYSINFO_TOPICS = ("cpuinfo", "cpuspeed", "cpumicrocode", "gbl", "machineid", "smbios")
 GBL_HEADER = "Signature Length   Rev Checksum OEM ID OEM Table ID OEM Rev  Creator Creator Rev"
+CPUID_WHY = "it shows the x86 CPUID family, model, stepping, vendor and microcode"
 # The KPRCB fields each line needs, named as the kernel's types name them (for the "absent" line)
 FIELD_NAMES = {"family": "CpuType", "model": "CpuStep", "mhz": "MHz", "vendor": "VendorString",
                "features": "FeatureBits", "update_signature": "UpdateSignature"}
@@ -73,7 +74,8 @@ def cpuinfo_row(number: int, info: CpuInfo) -> str:
     return f"{number:2d}  {fms} {info.vendor or '':<12} {mhz:>4} {sig:<16} {'':16}  {feat}".rstrip()
 
 
-@command("!cpuinfo", family="machine", needs=(needs_memory, not_on_arm64("!cpuinfo")), syntax="!cpuinfo [Processor]",
+@command("!cpuinfo", family="machine", needs=(needs_memory, not_on_arm64("!cpuinfo", CPUID_WHY)),
+         syntax="!cpuinfo [Processor]",
          summary="Show each processor's family/model/stepping, vendor, MHz, microcode signature and features",
          example="!cpuinfo",
          details="From the KPRCB (a small dump keeps only the crashing processor's). The MSR 8B column is "
@@ -198,7 +200,7 @@ def acpi_lines(session: Session) -> list[str]:
     return lines
 
 
-@command("!sysinfo", family="machine", needs=(needs_memory, not_on_arm64("!sysinfo")),
+@command("!sysinfo", family="machine", needs=(needs_memory,),
          syntax="!sysinfo {cpuinfo | cpuspeed | cpumicrocode | gbl | machineid | smbios}",
          summary="Show the machine's processor, firmware and board facts the dump holds",
          example="!sysinfo cpuinfo",
@@ -217,6 +219,9 @@ def sysinfo_(session: Session, inv: Invocation) -> None:
     if topic == "gbl":
         session.out.lines(acpi_lines(session))
         return
+    if session.kernel.arm64:
+        raise KdError(f"!sysinfo {topic} does not apply to ARM64 dumps ({CPUID_WHY}); gbl, machineid and "
+                      "smbios do")
     try:
         cpus = _cpus(session, f"!sysinfo {topic}")
     except KdError:
