@@ -306,3 +306,20 @@ def test_error_sources_through_the_kernel_types():
         (first, 0, 0, 1, 1), (second, 1, 1, 0, 7)]
     with pytest.raises(OffsetUnknown):
         error_sources(Memory(), table, StructLayout(Offsets({}), SOURCE_FIELDS), True)
+
+
+def test_a_pcie_error_source(tmp_path):
+    """0x124 with P1 = 4 (PCI Express): the source is named and the record's PCIe section summarised."""
+    from dumpfactory import write_kind
+
+    p2 = 0xFFFFC20A_0BAD0010
+    path = write_kind(tmp_path, "triage", bugcheck_code=0x124, bugcheck_parameters=(4, p2, 0, 0),
+                      blobs=[(bytes(range(16)), encoder.records()["pcie"])], name="whea-pcie.dmp")
+    with kdshell.open(path, symbol_path="", image_path="") as s:
+        s.progress = None
+        out = s.capture("!analyze -v").splitlines()
+    p = encoder.PCIE_ERR
+    assert "WHEA_ERROR_SOURCE:  PCI Express (P1 = 0x4)" in out
+    assert f"WHEA_PCIE_ERROR:  Root Port {p['vendor_id']:04x}:{p['device_id']:04x} bus {p['primary_bus']:x}" in out
+    words = next(line for line in out if line.startswith("HARDWARE_ERROR:"))
+    assert "the PCI Express device detected an error" in words
