@@ -51,8 +51,8 @@ FAMILIES = {
     "symbols": "Modules and symbols: lm, x, ln, dt, .sympath, .reload",
     "stack": "Call stacks and register contexts: k*, .cxr, .trap, .frame",
     "kernel": "Processes, threads, processors: !process, !thread, !pcr",
-    "analysis": "Crash analysis: !analyze",
-    "machine": "Machine facts: !sysinfo, !cpuinfo",
+    "analysis": "Crash analysis: !analyze, !error, !verifier",
+    "machine": "Machine facts and hardware errors: !sysinfo, !cpuinfo, !errrec, !whea",
     "dump": "Writing dumps: .dump",
     "session": "The session itself: .help, .echo, q, options",
 }
