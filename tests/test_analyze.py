@@ -363,7 +363,7 @@ def test_show_needs_no_dump_facts(triage):
     ("!analyze -bogus", "!analyze: unknown option '-bogus'"),
     ("!analyze -show", "!analyze -show needs a bug check code"),
     ("!analyze -show 1 2 3 4 5 6", "!analyze -show takes a code and at most four parameters"),
-    ("!analyze -hang", "!analyze -hang (hang analysis) is not supported"),
+    ("!analyze -hang", "!analyze -hang: a small memory dump keeps only the crashing thread"),
     (".exr", ".exr needs the address of an exception record"),
 ])
 def test_errors_are_one_line(triage, command, message):
