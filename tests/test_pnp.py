@@ -64,3 +64,27 @@ def test_corpus_dumps(path):
         assert "Traceback" not in text and "Internal error" not in text
         if s.kernel.small:
             assert len(text.splitlines()) == 1 and "small memory dump keeps no pool pages" in text
+
+
+def test_analyze_9f_follows_the_blocked_irp(machines, tmp_path):
+    """7e-plain relabelled as 0x9F P1=3 whose P4 is the IRP storfilt forwarded to \\Device\\MyDrv (the
+    ledger's second 'Irp ' block): !analyze names mydrv as the driver holding it and lists the IRP's
+    stack locations with the current one marked."""
+    import shutil
+    import struct
+
+    truth = machines.truth("7e-plain")
+    irp = [b["va"] for b in truth["pool"]["blocks"] if b["tag"] == "Irp " and not b["freed"]][1]
+    path = tmp_path / "9f.dmp"
+    shutil.copy(machines.path("7e-plain", "kernel"), path)
+    with open(path, "r+b") as f:
+        f.seek(0x38)
+        f.write(struct.pack("<I", 0x9F))
+        f.seek(0x40)
+        f.write(struct.pack("<4Q", 3, 0, 0, irp))
+    with kdshell.open(path, symbol_path=MACHINE_SYMBOLS, image_path="") as s:
+        out = s.capture("!analyze -v").splitlines()
+    assert f"IRP_ADDRESS:  {irp >> 32:08x}`{irp & 0xFFFFFFFF:08x}" in out
+    assert "IMAGE_NAME_OF_DRIVER:  mydrv.sys" in out
+    at = out.index("IRP_STACK:  1 locations, current 1 (>)")
+    assert out[at + 1].startswith("   >[IRP_MJ_DEVICE_CONTROL(e), ") and out[at + 1].endswith(" \\Driver\\mydrv")
