@@ -109,3 +109,63 @@ def peb_(session: Session, inv: Invocation) -> None:
         value = p[name]
         out.append(f"    {label + ':':<26}{'????????' if value is None else value}")
     session.out.lines(out)
+
+
+# -- !handle -------------------------------------------------------------------------------------
+@command("!handle", family="kernel", needs=(needs_memory, not_on_arm64("!handle")),
+         syntax="!handle [Handle [Flags [Process]]]",
+         summary="List a process's handles (default: the current process's, every handle)",
+         example="!handle 0 3",
+         details="Handle 0: every handle. Flags: 2 adds each object's type and counts (default 3). Process: an "
+                 "EPROCESS address (default: the current process).")
+def handle_(session: Session, inv: Invocation) -> None:
+    from kdshell.kernel import objects as OB
+    from kdshell.kernel.handles import walk_handles
+
+    k = session.kernel
+    ev = Evaluator(session)
+    try:
+        values = [ev.evaluate(w) for w in inv.args[:3]]
+    except KdError as e:
+        raise CommandError(f"!handle: {e}") from None
+    wanted = values[0] if values else 0
+    flags = values[1] if len(values) > 1 else 3
+    process_address = values[2] if len(values) > 2 else k.current_process()
+    if not process_address:
+        raise KdError("!handle: no current process")
+    process = k.process(process_address)
+    table = process.object_table
+    if not table:
+        raise KdError(f"!handle: process {_p(session, process_address)} has no handle table")
+    code = k.process_layout.get("handle_table_code")
+    entries = walk_handles(k.memory, table, code if code is not None else 8, k.is64, k.build)
+    if entries is None:
+        kind = "a small memory dump keeps none" if k.small else "its pages are not in the dump"
+        raise KdError(f"!handle: the handle table at {_p(session, table)} cannot be read ({kind}; a kernel or "
+                      "complete memory dump has it)")
+    shown = [e for e in entries if not wanted or e.handle == wanted]
+    out = [f"PROCESS {_p(session, process_address)}",
+           f"    Image: {process.name or '?'}", "",
+           f"Handle table at {_p(session, table)} with {len(entries)} entries in use", ""]
+    layout = OB.object_layout(k.offsets, k.is64, k.build)
+    body_offset = OB.header_address(0, layout, k.is64)  # negative: the header sits before the body
+    examples = {name: body for name, body in (("Process", k.current_process()), ("Thread", k.current_thread()))
+                if body}
+    for e in shown:
+        body = (e.header - body_offset) & (0xFFFFFFFFFFFFFFFF if k.is64 else 0xFFFFFFFF)
+        out.append(f"{e.handle:04x}: Object: {_p(session, body)}  GrantedAccess: {e.access:08x} Entry: {_p(session, e.entry)}")
+        if flags & 2:
+            try:
+                header = OB.read_object_header(k.memory, body, layout, k.is64)
+                kind = OB.object_type(k.memory, header, layout, k.is64, k.build, k.symbol("ObHeaderCookie"),
+                                      k.symbol("ObTypeIndexTable"), examples)
+                name = kind.name or (f"<type index {kind.index}>" if kind.index is not None else "<type unknown>")
+                out += [f"Object: {_p(session, body)}  Type: ({_p(session, kind.address)}) {name}",
+                        f"    ObjectHeader: {_p(session, header.address)} (new version)",
+                        f"        HandleCount: {header.handle_count}  PointerCount: {header.pointer_count}"]
+            except KdError:
+                out.append(f"Object: {_p(session, body)}  (its header is not in the dump)")
+        out.append("")
+    if wanted and not shown:
+        out.append(f"Handle {wanted:x} is not in the table")
+    session.out.lines(out)
