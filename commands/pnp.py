@@ -17,7 +17,7 @@ from kdshell.commands.io import io_objects
 from kdshell.commands.pool import SMALL, kernel_pool
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import KdError
-from kdshell.kernel.pool import PAGE, PoolBlock, PoolError, tag_value
+from kdshell.kernel.pool import PoolBlock, PoolError, tag_value
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -40,12 +40,14 @@ def irp_blocks(session: Session) -> tuple[list[int], list[str]]:
         found += [b.address for b in pool.big_pages() if want(b)]
     except PoolError as e:
         notes.append(str(e))
-    lo, hi = pool._variable("MmNonPagedPoolStart"), pool._variable("MmNonPagedPoolEnd")
-    if lo and hi and lo < hi:
+    span = pool.nonpaged_range()
+    if span is not None:
         w = 16 if is64 else 8
-        notes.append(f"Searching nonpaged pool ({lo:0{w}x} : {hi:0{w}x}) for tag {IRP_TAG:#x} (Irp )")
-        for page in range(lo & ~(PAGE - 1), hi, PAGE):
-            found += [b.address + pool.header.size for b in pool.walk_page(page).blocks if want(b)]
+        notes.append(f"Searching nonpaged pool ({span[0]:0{w}x} : {span[1]:0{w}x}) for tag {IRP_TAG:#x} (Irp )")
+        blocks, note = pool.scan_small(want)
+        found += [b.address + pool.header.size for b in blocks]
+        if note:
+            notes.append(note)
     else:
         notes.append("The kernel keeps no nonpaged pool range (nt!MmNonPagedPoolStart/End): only the large pool "
                      "table was searched")

@@ -232,18 +232,18 @@ def poolfind_lines(session: Session, tag: int) -> list[str]:
                 out.append(_found(b, _region(pool, b.address), is64))
     except PoolError as e:
         out.append(str(e))
-    lo, hi = pool._variable("MmNonPagedPoolStart"), pool._variable("MmNonPagedPoolEnd")
+    found = pool.nonpaged_range()
     out.append("")
-    if not (lo and hi and lo < hi):
+    if found is None:
         out.append("The kernel keeps no nonpaged pool range (nt!MmNonPagedPoolStart/End): only the large pool "
                    "table was searched")
         return out
+    lo, hi = found
     out += [f"Searching nonpaged pool ({_p(lo, is64)} : {_p(hi, is64)}) for tag {tag:#x} ({text})", ""]
-    for page in range(lo & ~(PAGE - 1), hi, PAGE):
-        walk = pool.walk_page(page)
-        for b in walk.blocks:
-            if b.tag & 0x7FFFFFFF == tag & 0x7FFFFFFF:
-                out.append(_found(b, "Nonpaged pool", is64, pool.header.size))
+    blocks, note = pool.scan_small(lambda b: b.tag & 0x7FFFFFFF == tag & 0x7FFFFFFF)
+    out += [_found(b, "Nonpaged pool", is64, pool.header.size) for b in blocks]
+    if note:
+        out.append(note)
     return out
 
 
@@ -270,7 +270,7 @@ def vm_(session: Session, inv: Invocation) -> None:
 def vm_lines(session: Session) -> list[str]:
     pool = kernel_pool(session)
     out = ["", "*** Virtual Memory Usage ***", ""]
-    physical = pool._variable("MmNumberOfPhysicalPages")
+    physical = pool.variable("MmNumberOfPhysicalPages")
     if physical is not None:
         out.append(_vm_row("Physical Memory:", physical))
     try:

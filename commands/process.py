@@ -126,8 +126,8 @@ def handle_(session: Session, inv: Invocation) -> None:
     ev = Evaluator(session)
     try:
         values = [ev.evaluate(w) for w in inv.args[:3]]
-    except KdError as e:
-        raise CommandError(f"!handle: {e}") from None
+    except KdError as exc:
+        raise CommandError(f"!handle: {exc}") from None
     wanted = values[0] if values else 0
     flags = values[1] if len(values) > 1 else 3
     process_address = values[2] if len(values) > 2 else k.current_process()
@@ -157,10 +157,10 @@ def handle_(session: Session, inv: Invocation) -> None:
         if flags & 2:
             try:
                 header = OB.read_object_header(k.memory, body, layout, k.is64)
-                kind = OB.object_type(k.memory, header, layout, k.is64, k.build, k.symbol("ObHeaderCookie"),
-                                      k.symbol("ObTypeIndexTable"), examples)
-                name = kind.name or (f"<type index {kind.index}>" if kind.index is not None else "<type unknown>")
-                out += [f"Object: {_p(session, body)}  Type: ({_p(session, kind.address)}) {name}",
+                otype = OB.object_type(k.memory, header, layout, k.is64, k.build, k.symbol("ObHeaderCookie"),
+                                       k.symbol("ObTypeIndexTable"), examples)
+                type_name = otype.name or (f"<type index {otype.index}>" if otype.index is not None else "<type unknown>")
+                out += [f"Object: {_p(session, body)}  Type: ({_p(session, otype.address)}) {type_name}",
                         f"    ObjectHeader: {_p(session, header.address)} (new version)",
                         f"        HandleCount: {header.handle_count}  PointerCount: {header.pointer_count}"]
             except KdError:

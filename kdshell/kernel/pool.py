@@ -46,6 +46,7 @@ PAGE = 0x1000
 BIG_FREE_BIT = 1
 MAX_TRACKER_ENTRIES = 0x10000  # a bigger tracker table is corrupt (Windows sizes it by RAM: a few K)
 MAX_BIG_ENTRIES = 0x100000
+MAX_SCAN_PAGES = 0x10000  # !poolfind/!irpfind walk at most 256 MiB of small-pool pages (a few seconds)
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ class KernelPool:
         return out
 
     # -- regions -----------------------------------------------------------------------------
-    def _variable(self, name: str) -> int | None:
+    def variable(self, name: str) -> int | None:
         where = self._where(name)
         if not where:
             return None
@@ -315,10 +316,30 @@ class KernelPool:
         them or when the kernel keeps none (Windows 10 places pool dynamically)."""
         for start, end, name in (("MmNonPagedPoolStart", "MmNonPagedPoolEnd", "Nonpaged pool"),
                                  ("MmPagedPoolStart", "MmPagedPoolEnd", "Paged pool")):
-            lo, hi = self._variable(start), self._variable(end)
+            lo, hi = self.variable(start), self.variable(end)
             if lo and hi and lo <= address < hi:
                 return name
         return None
+
+    def nonpaged_range(self) -> tuple[int, int] | None:
+        lo, hi = self.variable("MmNonPagedPoolStart"), self.variable("MmNonPagedPoolEnd")
+        return (lo, hi) if lo and hi and lo < hi else None
+
+    def scan_small(self, match: Callable[[PoolBlock], bool]) -> tuple[list[PoolBlock], str | None]:
+        """The small blocks of the nonpaged range that `match`, page by page (pages that do not
+        chain are skipped), and a note when the range is too large to walk whole."""
+        found = self.nonpaged_range()
+        if found is None:
+            return [], None
+        lo, hi = found
+        start = lo & ~(PAGE - 1)
+        end = min(hi, start + MAX_SCAN_PAGES * PAGE)
+        out = [b for page in range(start, end, PAGE) for b in self.walk_page(page).blocks if match(b)]
+        note = None
+        if end < hi:
+            note = (f"Searched the first {MAX_SCAN_PAGES * PAGE >> 20} MiB of the nonpaged range only "
+                    f"({start:x} : {end:x})")
+        return out, note
 
     def allocated_pages(self) -> int | None:
         """nt!MmAllocatedNonPagedPool (pages), None when unknown."""
