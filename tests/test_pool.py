@@ -235,3 +235,26 @@ def test_corpus_dumps_answer_in_one_line_or_work(path):
             assert "Traceback" not in text and "Internal error" not in text, (command, text)
             if s.kernel.small:
                 assert len(text.splitlines()) == 1 and "small memory dump" in text
+
+
+def test_analyze_names_the_block_of_a_bad_pool_header(machines, tmp_path):
+    """c2's dump relabelled as 0x19 subtype 0x20 (P2: the pool entry being scanned, P3: the next
+    one): !analyze names the block at P2 from its POOL_HEADER, its tag and owner."""
+    import shutil
+    import struct
+
+    truth = machines.truth("c2")
+    block = next(b for b in small_blocks(truth) if b["tag"] == "Devi")
+    path = tmp_path / "19.dmp"
+    shutil.copy(machines.path("c2", "kernel"), path)
+    with open(path, "r+b") as f:
+        f.seek(0x38)
+        f.write(struct.pack("<I", 0x19))
+        f.seek(0x40)
+        f.write(struct.pack("<4Q", 0x20, block["header"], block["header"] + block["block_size"], 0))
+    with kdshell.open(path, symbol_path=MACHINE_SYMBOLS, image_path="") as s:
+        out = s.capture("!analyze -v").splitlines()
+    assert f"POOL_ADDRESS:  {block['header']:x} Nonpaged pool" in out
+    assert (f"POOL_BLOCK:  {block['header']:x} size: {block['block_size']:x} (Allocated) tag Devi (device objects "
+            "made by IoCreateDevice, nt!io)") in out
+    assert not any(line.startswith("FREED_POOL_TAG") for line in out)
