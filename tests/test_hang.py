@@ -122,3 +122,66 @@ def test_corpus_dumps(path):
             assert "Traceback" not in text and "Internal error" not in text, (command, text)
             if s.kernel.small:
                 assert len(text.splitlines()) == 1 and "small memory dump" in text
+
+
+# -- the engine on hand-made memory: shared owners, a looping list ------------------------------------------
+class FakeMemory:
+    def __init__(self):
+        self.bytes = {}
+
+    def write(self, address, data):
+        for i, b in enumerate(data):
+            self.bytes[address + i] = b
+
+    def read(self, address, size):
+        from kdshell.errors import MemoryNotPresent
+
+        try:
+            return bytes(self.bytes[address + i] for i in range(size))
+        except KeyError:
+            raise MemoryNotPresent(address, "not in the fake") from None
+
+
+class NoTypes:
+    types = None
+
+    def offset(self, type_name, path):
+        return None
+
+    def source(self, type_name, path):
+        return None
+
+    def size(self, type_name):
+        return None
+
+
+def test_shared_owners_from_the_owner_table():
+    """An ERESOURCE laid out at Windows 10's x64 offsets (SystemResourcesList +0, OwnerTable +0x10,
+    ActiveCount +0x18, Flag +0x1A, OwnerEntry +0x30, ActiveEntries +0x40, ContentionCount +0x44):
+    one owner in OwnerEntry, two more in the OwnerTable (entry 0 holds TableSize), shared."""
+    import struct
+
+    from kdshell.kernel.layout import StructLayout
+    from kdshell.kernel.locks import Locks
+
+    m = FakeMemory()
+    head, res, table = 0x1000, 0x2000, 0x3000
+    m.write(head, struct.pack("<QQ", res, res))
+    m.write(res, struct.pack("<QQ", head, head))
+    m.write(res + 0x10, struct.pack("<QhH", table, 3, 0))  # OwnerTable, ActiveCount 3, Flag 0 (shared)
+    m.write(res + 0x1C, bytes(4))
+    m.write(res + 0x20, struct.pack("<QQ", 0, 0))
+    m.write(res + 0x30, struct.pack("<QI", 0xAAA0, 1 << 3) + bytes(4))  # OwnerEntry: thread, OwnerCount 1
+    m.write(res + 0x40, struct.pack("<IIII", 3, 7, 0, 0))
+    m.write(table, struct.pack("<QI", 0, 3) + bytes(4))  # TableSize 3
+    m.write(table + 0x10, struct.pack("<QI", 0xBBB0, 2 << 3) + bytes(4))
+    m.write(table + 0x20, struct.pack("<QI", 0xCCC0, 1 << 3) + bytes(4))
+    locks = Locks(m, NoTypes(), True, lambda name: head if name == "ExpSystemResourcesList" else None,
+                  lambda name: None, [], StructLayout(NoTypes(), {}))
+    (r,) = locks.resources().resources
+    assert (r.held, r.exclusive, r.contention) == (True, False, 7)
+    assert [(o.thread, o.count) for o in r.owners] == [(0xAAA0, 1), (0xBBB0, 2), (0xCCC0, 1)]
+    # a list that loops back on itself stops with a warning
+    m.write(res, struct.pack("<QQ", res, head))
+    walk = locks.resources()
+    assert len(walk.resources) == 1 and "loops" in walk.warning
