@@ -185,3 +185,30 @@ def test_shared_owners_from_the_owner_table():
     m.write(res, struct.pack("<QQ", res, head))
     walk = locks.resources()
     assert len(walk.resources) == 1 and "loops" in walk.warning
+
+
+def test_analyze_133_names_the_dpc_routine_and_processor(machines, tmp_path):
+    """e2 crashed inside kbdcrash's DPC on processor 0's idle thread; relabelled as 0x133 P1=0 (a
+    single DPC over its allotment) !analyze reads the run time and limit from the parameters and
+    names the routine nt!KiExecuteAllDpcs called in the executed call chain."""
+    import shutil
+    import struct
+
+    truth = machines.truth("e2")
+    chain = [f["function"].split("+")[0] for f in truth["call_chain"]]
+    routine = chain[chain.index("nt!KiExecuteAllDpcs") - 1]
+    assert routine.startswith("kbdcrash!")
+    path = tmp_path / "133.dmp"
+    shutil.copy(machines.path("e2", "kernel"), path)
+    with open(path, "r+b") as f:
+        f.seek(0x38)
+        f.write(struct.pack("<I", 0x133))
+        f.seek(0x40)
+        f.write(struct.pack("<4Q", 0, 0x501, 0x500, 0))
+    with kdshell.open(path, symbol_path=MACHINE_SYMBOLS, image_path="") as s:
+        out = s.capture("!analyze -v").splitlines()
+    at = out.index("DPC_TIMEOUT_TYPE:  SINGLE_DPC_TIMEOUT_EXCEEDED")
+    assert [line for line in out[at:at + 10] if line] == [
+        "DPC_TIMEOUT_TYPE:  SINGLE_DPC_TIMEOUT_EXCEEDED", "DPC_RUNTIME:  501", "DPC_TIME_LIMIT:  500",
+        f"DPC_PROCESSOR:  {truth['processors'][0]['number']}",  # the bug check ran on processor 0
+        f"DPC_ROUTINE:  {routine}"]

@@ -16,6 +16,7 @@ from kdshell import __version__
 from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import Analysis, Culprit
 from kdshell.analysis.facts import black_boxes, cpu_facts
+from kdshell.analysis.dpcfacts import dpc_fields
 from kdshell.analysis.irpfacts import irp_stack_lines
 from kdshell.analysis.poolfacts import pool_fields, region_suffix
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
@@ -118,7 +119,7 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
         out += irp_stack_lines(session, a.irp["irp"])
     if a.fault_address is not None and a.access in ("read", "write") and a.exception is None:
         field(f"{a.access.upper()}_ADDRESS", f"{a.fault_address:x}{region_suffix(session, a.fault_address)}")
-    for name, value in pool_fields(session, a.code, a.params):
+    for name, value in pool_fields(session, a.code, a.params) + dpc_fields(session, a.code, a.params, a.stack):
         field(name, value)
     if a.exception is not None and a.exception.address is not None:
         out += [f"EXCEPTION_RECORD:  {a.exception.address:x} -- (.exr {a.exception.address:#x})"]
