@@ -19,6 +19,7 @@ from kdshell.kernel.userviews import UserViews
 if TYPE_CHECKING:
     from kdshell.session import Session
 
+ARM64_WHY = "kdshell reads TEBs, PEBs and handle tables at their x64 and x86 layouts only"
 ABSENT = ("{what} at {address}: its page is not in the dump (user-mode pages are in complete and active memory "
           "dumps, not in kernel or small memory dumps)")
 TEB_ROWS = (("ExceptionList", "NtTib.ExceptionList"), ("StackBase", "NtTib.StackBase"),
@@ -48,7 +49,7 @@ def _address(session: Session, inv: Invocation) -> int | None:
         raise CommandError(f"{inv.name}: {inv.args[0]} is not an address ({e})") from None
 
 
-@command("!teb", family="kernel", needs=(needs_memory, not_on_arm64("!teb")), syntax="!teb [Address]",
+@command("!teb", family="kernel", needs=(needs_memory, not_on_arm64("!teb", ARM64_WHY)), syntax="!teb [Address]",
          summary="Show a thread environment block (default: the current thread's)",
          example="!teb",
          details="Read in the current process's address space; user pages are in complete and active dumps.")
@@ -77,7 +78,7 @@ def teb_(session: Session, inv: Invocation) -> None:
     session.out.lines(out)
 
 
-@command("!peb", family="kernel", needs=(needs_memory, not_on_arm64("!peb")), syntax="!peb [Address]",
+@command("!peb", family="kernel", needs=(needs_memory, not_on_arm64("!peb", ARM64_WHY)), syntax="!peb [Address]",
          summary="Show a process environment block (default: the current process's)",
          example="!peb",
          details="Read in the current process's address space; user pages are in complete and active dumps.")
@@ -112,7 +113,7 @@ def peb_(session: Session, inv: Invocation) -> None:
 
 
 # -- !handle -------------------------------------------------------------------------------------
-@command("!handle", family="kernel", needs=(needs_memory, not_on_arm64("!handle")),
+@command("!handle", family="kernel", needs=(needs_memory, not_on_arm64("!handle", ARM64_WHY)),
          syntax="!handle [Handle [Flags [Process]]]",
          summary="List a process's handles (default: the current process's, every handle)",
          example="!handle 0 3",
