@@ -58,3 +58,147 @@ def test_arm64_rebuild_gives_the_committed_bytes(tmp_path):
     assert arm64 and {n: built.get(n) for n in arm64} == arm64
     for golden in sorted((FIXTURES / "images" / "golden").glob("arm64-*")):
         assert (copy / "images" / "golden" / golden.name).read_text() == golden.read_text(), golden.name
+
+
+# -- the ARM64 machine run and kdshell's ARM64 unwinder against what executed -------------------------
+
+from kdshell.errors import KdError  # noqa: E402
+from kdshell.stack.unwind_arm64 import Arm64Step, Arm64Unwinder  # noqa: E402
+
+RUN_CHAINS = {  # the functions each scenario's chain must hold, innermost first (fixtures/images/README.md)
+    "d1": ["nt!KeBugCheckEx", "nt!KiBugCheckDispatch", "nt!KiSynchronousException", "mydrv!MyDrvReadRegister",
+           "mydrv!MyDrvProcessQueue", "mydrv!MyDrvDispatchLevelWork", "mydrv!MyDrvStartScenario", "mydrv!DriverEntry",
+           "nt!IopLoadDriverImage", "nt!IopInitializeBootDrivers", "nt!Phase1Initialization",
+           "nt!PspSystemThreadStartup", "nt!KiStartSystemThread"],
+    "7e": ["nt!KeBugCheckEx", "nt!PspUnhandledExceptionInSystemThread", "nt!RtlDispatchException",
+           "nt!KiDispatchException", "nt!KiExceptionDispatch", "nt!KiSynchronousException",
+           "mydrv!MyDrvReadRecordLength", "mydrv!MyDrvParseRecord", "mydrv!MyDrvProcessWorkItem",
+           "mydrv!MyDrvWorkerThread", "nt!PspSystemThreadStartup", "nt!KiStartSystemThread"],
+    "e2": ["nt!KeBugCheckEx", "nt!KeBugCheck", "kbdcrash!KbdCrashInitiateCrash", "kbdcrash!KbdCrashHandleScanCode",
+           "kbdcrash!KbdCrashProcessInput", "nt!KiExecuteAllDpcs", "nt!KiRetireDpcList", "nt!KiIdleLoop",
+           "nt!KiSystemStartup"],
+}
+
+
+class _Module:
+    def __init__(self, img):
+        self.base, self.size = img.base, img.size
+        self.image = lambda rva, n: bytes(img.mapped[rva:rva + n])
+
+
+class _Modules:
+    """kdshell's module protocol over the run's images (module_at, function_start)."""
+
+    def __init__(self, run):
+        self.mods = [_Module(img) for img in run.images.values()]
+
+    def module_at(self, address):
+        return next((m for m in self.mods if m.base <= address < m.base + m.size), None)
+
+    def function_start(self, address):
+        return False
+
+
+def _unwinder(run):
+    def read(address, size):
+        try:
+            return run.read(address, size)
+        except KeyError as exc:
+            raise KdError(str(exc)) from None
+    return Arm64Unwinder(read, _Modules(run))
+
+
+def _context(raw: bytes) -> dict[str, int]:
+    """An ARM64 CONTEXT decoded here by its documented offsets (x0 at 8, fp/lr/sp/pc at 0xF0)."""
+    regs = {f"x{i}": int.from_bytes(raw[8 + 8 * i:16 + 8 * i], "little") for i in range(29)}
+    for i, name in enumerate(("fp", "lr", "sp", "pc")):
+        regs[name] = int.from_bytes(raw[0xF0 + 8 * i:0xF8 + 8 * i], "little")
+    return regs
+
+
+@pytest.fixture(scope="module")
+def runs():
+    from fixtures.machine.arm64run import SCENARIOS_ARM64, Arm64Run
+
+    out = {}
+    for name, scenario in SCENARIOS_ARM64.items():
+        run = Arm64Run(scenario)
+        assert run.boot() == "HalHaltSystem wfi"
+        out[name] = run
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_run_crashes_with_the_scenario_bug_check_and_chain(runs, name):
+    from fixtures.machine.arm64run import SCENARIOS_ARM64
+
+    run = runs[name]
+    code, params = run.bugcheck
+    assert code == SCENARIOS_ARM64[name].expect_code
+    chain = run.chain()
+    assert [f["function"].split("+")[0] for f in chain] == RUN_CHAINS[name]
+    if name == "d1":  # DRIVER_IRQL_NOT_LESS_OR_EQUAL(address, IRQL 2, read, pc of the faulting load)
+        trap = next(f for f in chain if f["kind"] == "trap")
+        assert params == (0xFFFFF8A000BAD000, 2, 0, trap["pc"]) and run.exceptions[0]["far"] == params[0]
+    if name == "7e":  # C0000005 at the faulting pc
+        assert params[:2] == (0xC0000005, next(f for f in chain if f["kind"] == "trap")["pc"])
+
+
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_unwind_from_the_bug_check_context_recovers_every_executed_frame(runs, name):
+    """kdshell's ARM64 unwinder, stepped from the CONTEXT KeBugCheckEx saved in the KPRCB, gives
+    every executed frame's pc and sp, through the KTRAP_FRAME (MSFT_OP_TRAP_FRAME) of the fault."""
+    run = runs[name]
+    unwinder = _unwinder(run)
+    ctx = _context(run.bugcheck_context())
+    chain = run.chain()
+    assert (ctx["pc"], ctx["sp"]) == (chain[0]["pc"], chain[0]["sp"])
+    known, interrupted = frozenset(ctx), True
+    for want in chain[1:]:
+        step = unwinder.step(ctx, known, interrupted)
+        assert isinstance(step, Arm64Step), (want["function"], step)
+        assert (step.regs["pc"], step.regs["sp"]) == (want["pc"], want["sp"]), want["function"]
+        assert (step.how == "trap") == (want["kind"] == "trap")
+        ctx, known, interrupted = step.regs, step.known, step.how == "trap"
+
+
+def _excluded(run, pc: int) -> bool:
+    """Instructions where no unwinder can know the caller: the trap handler before its KTRAP_FRAME
+    is complete (the state is still in registers being stored), and KiSwapContext between the
+    switch of KPRCB.CurrentThread and of sp (the stack belongs to neither thread's record)."""
+    sym = run.sym
+    trap = sym["nt!KiSynchronousException"]
+    swap = sym["nt!KiSwapContext"]
+    return trap <= pc <= trap + 0x48 or swap + 0x30 <= pc <= swap + 0x68
+
+
+@pytest.mark.parametrize("name,module", [("d1", "mydrv"), ("7e", "mydrv"), ("e2", "kbdcrash"), ("d1", "nt"),
+                                         ("e2", "nt")])
+def test_arm64_unwind_at_every_executed_instruction(name, module):
+    """At every instruction the CPU executes in `module` (prologs, bodies, epilogs, leaves), kdshell's
+    unwind of the live registers gives the caller's pc and sp the shadow call stack recorded."""
+    from unicorn import UC_HOOK_CODE
+
+    from fixtures.machine.arm64run import SCENARIOS_ARM64, Arm64Run
+
+    run = Arm64Run(SCENARIOS_ARM64[name])
+    unwinder = _unwinder(run)
+    img = run.images[module]
+    text = next(s for s in img.sections if s.name == ".text")
+    checked, wrong = [0], []
+
+    def on_code(uc, pc, size, _data):
+        frames = run._frames()
+        if not frames or _excluded(run, pc):
+            return
+        ctx = run.registers()
+        step = unwinder.step(ctx, frozenset(ctx), True)
+        got = (step.regs["pc"], step.regs["sp"]) if isinstance(step, Arm64Step) else step
+        checked[0] += 1
+        if got != (frames[-1].pc, frames[-1].sp):
+            wrong.append((run.sym.describe(pc), got, frames[-1]))
+
+    run.uc.hook_add(UC_HOOK_CODE, on_code, begin=img.base + text.rva, end=img.base + text.rva + text.size - 1)
+    run.boot()
+    assert checked[0] > 100
+    assert not wrong, wrong[:5]
