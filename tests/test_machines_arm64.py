@@ -202,3 +202,112 @@ def test_arm64_unwind_at_every_executed_instruction(name, module):
     run.boot()
     assert checked[0] > 100
     assert not wrong, wrong[:5]
+
+
+# -- the ARM64 machine's dumps read by kdshell, checked against the run's truth -----------------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+
+import kdshell  # noqa: E402
+
+DUMP_KINDS = ("full", "bitmap", "small")
+
+
+@pytest.fixture(scope="module")
+def arm64_set(tmp_path_factory):
+    from fixtures.machine.arm64dump import build_arm64_set
+
+    index = build_arm64_set(tmp_path_factory.mktemp("arm64set"))
+    return {name: (entry, json.loads(Path(entry["truth"]).read_text())) for name, entry in index.items()}
+
+
+def _open(path):
+    return kdshell.open(path, symbol_path=str(ARM64), image_path="")
+
+
+def _hex(text: str) -> int:
+    return int(text.replace("`", ""), 16)
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_dump_bugcheck_registers_stack_and_modules(arm64_set, name, kind):
+    entry, truth = arm64_set[name]
+    chain = truth["call_chain"]
+    with _open(entry[kind]) as s:
+        out = s.capture(".bugcheck").splitlines()
+        assert out[0] == f"Bugcheck code {truth['bugcheck']['code']:08X}"
+        assert [_hex(w) for w in out[1].split()[1:]] == truth["bugcheck"]["parameters"]
+        # r: pc/sp of KeBugCheckEx's entry; lr/fp its caller's (the first call frame's return address)
+        for reg, want in (("pc", chain[0]["pc"]), ("sp", chain[0]["sp"]), ("lr", chain[1]["pc"]),
+                          ("fp", truth["context"]["fp"])):
+            assert _hex(s.capture(f"r {reg}").strip().split("=")[1]) == want, reg
+        # k: every frame's Child-SP and the next frame's pc (RetAddr) as executed
+        rows = [line for line in s.capture("k").splitlines()[1:] if line.strip()]
+        assert len(rows) == len(chain)
+        for i, row in enumerate(rows):
+            child_sp, ret, site = row.split()[:3]
+            assert _hex(child_sp) == chain[i]["sp"], row
+            assert site.split("+")[0] == chain[i]["function"].split("+")[0], row
+            assert _hex(ret) == (chain[i + 1]["pc"] if i + 1 < len(chain) else 0), row
+        # lm: the loaded modules the builder listed
+        lm = s.capture("lm").splitlines()[1:]
+        listed = {line.split()[2]: (_hex(line.split()[0]), _hex(line.split()[1])) for line in lm if line.strip()}
+        assert listed == {m["short"]: (m["base"], m["base"] + m["size"]) for m in truth["modules"]}
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_dump_u_and_analyze(arm64_set, name, kind):
+    entry, truth = arm64_set[name]
+    pc = truth["call_chain"][0]["pc"]
+    with _open(entry[kind]) as s:
+        u = s.capture("u @pc L1").splitlines()
+        assert u[0] == "nt!KeBugCheckEx:"
+        assert _hex(u[1].split()[0]) == pc
+        code = int.from_bytes(ARM64_IMAGE_BYTES("ntoskrnl.exe", pc, truth), "little")
+        assert int(u[1].split()[1], 16) == code
+        analysis = s.capture("!analyze -v")
+        assert re.search(r"OSPLATFORM_TYPE:\s+arm64", analysis)
+        culprit = truth["culprit"]
+        if culprit:
+            assert re.search(rf"IMAGE_NAME:\s+{re.escape(culprit)}", analysis)
+
+
+def ARM64_IMAGE_BYTES(file: str, va: int, truth: dict) -> bytes:
+    """4 bytes of the committed image at `va` (read from the file, not from the dump)."""
+    pe = pefile.PE(str(ARM64 / file), fast_load=True)
+    rva = va - pe.OPTIONAL_HEADER.ImageBase
+    return pe.get_data(rva, 4)
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_pte_of_driver_text_and_data(arm64_set, kind):
+    """!pte decodes the builder's descriptors: mydrv's .text executable at EL1 only (UXN), its
+    .data read/write and never executable (PXN|UXN), nt on a 2 MiB block."""
+    entry, truth = arm64_set["d1"]
+    pe = pefile.PE(str(ARM64 / "mydrv.sys"), fast_load=True)
+    base = pe.OPTIONAL_HEADER.ImageBase
+    sections = {s.Name.rstrip(b"\0").decode(): base + s.VirtualAddress for s in pe.sections}
+    entries = {t["va"]: t for t in truth["translations"]}
+    with _open(entry[kind]) as s:
+        text = s.capture(f"!pte {sections['.text']:x}")
+        data = s.capture(f"!pte {sections['.data']:x}")
+        nt = s.capture(f"!pte {truth['modules'][0]['base'] + 0x1000:x}")
+    for out, va in ((text, sections[".text"]), (data, sections[".data"])):
+        contains = out.splitlines()[2].split()
+        assert _hex(contains[-1]) == entries[va]["entry"]
+    assert entries[sections[".text"]]["entry"] >> 53 & 3 == 0b10  # UXN, not PXN
+    assert "execute: EL1 yes, EL0 no" in text
+    assert entries[sections[".data"]]["entry"] >> 53 & 3 == 0b11  # PXN and UXN
+    assert "EL1 read/write" in data and "execute: EL1 no (PXN)" in data
+    assert "LARGE PAGE" in nt and entries[truth["modules"][0]["base"]]["level"] == "PDE"
+
+
+def test_arm64_small_dump_is_an_arm64_triage_dump(arm64_set):
+    entry, truth = arm64_set["7e"]
+    with _open(entry["small"]) as s:
+        assert "arm64" in s.capture("!analyze -v")
+        rows = [line for line in s.capture("k").splitlines()[1:] if line.strip()]
+        assert _hex(rows[-1].split()[0]) == truth["call_chain"][-1]["sp"]
