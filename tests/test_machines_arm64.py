@@ -311,3 +311,18 @@ def test_arm64_small_dump_is_an_arm64_triage_dump(arm64_set):
         assert "arm64" in s.capture("!analyze -v")
         rows = [line for line in s.capture("k").splitlines()[1:] if line.strip()]
         assert _hex(rows[-1].split()[0]) == truth["call_chain"][-1]["sp"]
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_kdshell_translates_every_page_the_arm64_builder_mapped(arm64_set, kind):
+    """kdshell's one walk (ARM64 tables from the header's DirectoryTableBase) gives the physical
+    page the builder put behind every mapped VA: 4 KiB pages and the nt/hal 2 MiB blocks."""
+    from kdshell.dumpfile.dump import open_dump
+    from kdshell.session import Session
+
+    entry, truth = arm64_set["d1"]
+    with open_dump(entry[kind]) as d:
+        space = Session(d).spaces.space(truth["dtb"])
+        for x in truth["translations"]:
+            assert space.translate(x["va"] + 0x18) == x["pa"] + 0x18, hex(x["va"])
+    assert len(truth["translations"]) > 1000
