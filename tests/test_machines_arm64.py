@@ -326,3 +326,13 @@ def test_kdshell_translates_every_page_the_arm64_builder_mapped(arm64_set, kind)
         for x in truth["translations"]:
             assert space.translate(x["va"] + 0x18) == x["pa"] + 0x18, hex(x["va"])
     assert len(truth["translations"]) > 1000
+
+
+def test_arm64_set_is_deterministic(tmp_path, arm64_set):
+    """The same sources give the same dumps and truth, byte for byte."""
+    from fixtures.machine.arm64dump import build_arm64_set
+
+    again = build_arm64_set(tmp_path, ["d1"])
+    first, _ = arm64_set["d1"]
+    for kind, path in again["d1"].items():
+        assert hashlib.sha256(Path(path).read_bytes()).digest() == hashlib.sha256(Path(first[kind]).read_bytes()).digest(), kind
