@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BIN = FIXTURES / "images" / "bin"
 ARM64 = BIN / "arm64"
 IMAGES = {"ntoskrnl.exe": "ntkrnlmp.pdb", "hal.dll": "hal.pdb", "mydrv.sys": "mydrv.pdb",
-          "kbdcrash.sys": "kbdcrash.pdb"}
+          "kbdcrash.sys": "kbdcrash.pdb", "storfilt.sys": "storfilt.pdb"}
 
 
 def test_arm64_images_are_listed_in_the_sums_and_match():
@@ -74,6 +74,12 @@ RUN_CHAINS = {  # the functions each scenario's chain must hold, innermost first
            "nt!KiDispatchException", "nt!KiExceptionDispatch", "nt!KiSynchronousException",
            "mydrv!MyDrvReadRecordLength", "mydrv!MyDrvParseRecord", "mydrv!MyDrvProcessWorkItem",
            "mydrv!MyDrvWorkerThread", "nt!PspSystemThreadStartup", "nt!KiStartSystemThread"],
+    "7e-plain": ["nt!KeBugCheckEx", "nt!PspUnhandledExceptionInSystemThread", "nt!RtlDispatchException",
+                 "nt!KiDispatchException", "nt!KiExceptionDispatch", "nt!KiSynchronousException",
+                 "mydrv!MyDrvParseRecord", "mydrv!MyDrvHandleIoctl", "mydrv!MyDrvDispatchDeviceControl",
+                 "nt!IofCallDriver", "storfilt!StorFiltForwardToMyDrv", "storfilt!StorFiltDispatchDeviceControl",
+                 "nt!IofCallDriver", "storfilt!StorFiltSelfTestThread", "nt!PspSystemThreadStartup",
+                 "nt!KiStartSystemThread"],
     "e2": ["nt!KeBugCheckEx", "nt!KeBugCheck", "kbdcrash!KbdCrashInitiateCrash", "kbdcrash!KbdCrashHandleScanCode",
            "kbdcrash!KbdCrashProcessInput", "nt!KiExecuteAllDpcs", "nt!KiRetireDpcList", "nt!KiIdleLoop",
            "nt!KiSystemStartup"],
@@ -140,7 +146,7 @@ def test_arm64_run_crashes_with_the_scenario_bug_check_and_chain(runs, name):
     if name == "d1":  # DRIVER_IRQL_NOT_LESS_OR_EQUAL(address, IRQL 2, read, pc of the faulting load)
         trap = next(f for f in chain if f["kind"] == "trap")
         assert params == (0xFFFFF8A000BAD000, 2, 0, trap["pc"]) and run.exceptions[0]["far"] == params[0]
-    if name == "7e":  # C0000005 at the faulting pc
+    if name in ("7e", "7e-plain"):  # C0000005 at the faulting pc
         assert params[:2] == (0xC0000005, next(f for f in chain if f["kind"] == "trap")["pc"])
 
 
@@ -173,7 +179,7 @@ def _excluded(run, pc: int) -> bool:
 
 
 @pytest.mark.parametrize("name,module", [("d1", "mydrv"), ("7e", "mydrv"), ("e2", "kbdcrash"), ("d1", "nt"),
-                                         ("e2", "nt")])
+                                         ("e2", "nt"), ("7e-plain", "storfilt"), ("7e-plain", "mydrv")])
 def test_arm64_unwind_at_every_executed_instruction(name, module):
     """At every instruction the CPU executes in `module` (prologs, bodies, epilogs, leaves), kdshell's
     unwind of the live registers gives the caller's pc and sp the shadow call stack recorded."""
