@@ -172,10 +172,15 @@ def _excluded(run, pc: int) -> bool:
     """Instructions where no unwinder can know the caller: the trap handler before its KTRAP_FRAME
     is complete (the state is still in registers being stored), and KiSwapContext between the
     switch of KPRCB.CurrentThread and of sp (the stack belongs to neither thread's record)."""
-    sym = run.sym
-    trap = sym["nt!KiSynchronousException"]
-    swap = sym["nt!KiSwapContext"]
-    return trap <= pc <= trap + 0x48 or swap + 0x30 <= pc <= swap + 0x68
+    if not hasattr(run, "_windows"):
+        def find(function: str, text: str) -> int:  # the address of an instruction of `function`
+            start = run.sym[function]
+            return next(i.address for i in run.cs.disasm(run.read(start, 0x200), start)
+                        if f"{i.mnemonic} {i.op_str}" == text)
+        trap = run.sym["nt!KiSynchronousException"]
+        run._windows = ((trap, find("nt!KiSynchronousException", "stp w2, w3, [sp, #0x90]")),  # Spsr/Esr: the last
+                        (find("nt!KiSwapContext", "str x1, [x10, #8]") + 4, find("nt!KiSwapContext", "mov sp, x9")))
+    return any(lo <= pc <= hi for lo, hi in run._windows)
 
 
 @pytest.mark.parametrize("name,module", [("d1", "mydrv"), ("7e", "mydrv"), ("e2", "kbdcrash"), ("d1", "nt"),
