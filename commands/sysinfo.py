@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 CPUINFO_HEADER = "CP  F/M/S Manufacturer  MHz PRCB Signature    MSR 8B Signature Features"
 SYSINFO_TOPICS = ("cpuinfo", "cpuspeed", "cpumicrocode", "machineid", "smbios")
+CPUID_WHY = "it shows the x86 CPUID family, model, stepping, vendor and microcode"
 # The KPRCB fields each line needs, named as the kernel's types name them (for the "absent" line)
 FIELD_NAMES = {"family": "CpuType", "model": "CpuStep", "mhz": "MHz", "vendor": "VendorString",
                "features": "FeatureBits", "update_signature": "UpdateSignature"}
@@ -67,7 +68,8 @@ def cpuinfo_row(number: int, info: CpuInfo) -> str:
     return f"{number:2d}  {fms} {info.vendor or '':<12} {mhz:>4} {sig:<16} {'':16}  {feat}".rstrip()
 
 
-@command("!cpuinfo", family="machine", needs=(needs_memory, not_on_arm64("!cpuinfo")), syntax="!cpuinfo [Processor]",
+@command("!cpuinfo", family="machine", needs=(needs_memory, not_on_arm64("!cpuinfo", CPUID_WHY)),
+         syntax="!cpuinfo [Processor]",
          summary="Show each processor's family/model/stepping, vendor, MHz, microcode signature and features",
          example="!cpuinfo",
          details="From the KPRCB (a small dump keeps only the crashing processor's). The MSR 8B column is "
@@ -152,7 +154,7 @@ def firmware_lines(topic: str, raw: bytes) -> list[str]:
     return smbios_lines(structures, len(raw))
 
 
-@command("!sysinfo", family="machine", needs=(needs_memory, not_on_arm64("!sysinfo")),
+@command("!sysinfo", family="machine", needs=(needs_memory,),
          syntax="!sysinfo {cpuinfo | cpuspeed | cpumicrocode | machineid | smbios}",
          summary="Show the machine's processor, firmware and board facts the dump holds",
          example="!sysinfo cpuinfo",
@@ -167,6 +169,8 @@ def sysinfo_(session: Session, inv: Invocation) -> None:
     if topic in ("machineid", "smbios"):
         session.out.lines(firmware_lines(topic, smbios_table(session, topic)))
         return
+    if session.kernel.arm64:
+        raise KdError(f"!sysinfo {topic} does not apply to ARM64 dumps ({CPUID_WHY}); machineid and smbios do")
     cpus = _cpus(session, f"!sysinfo {topic}")
     number = session.kernel.crashing_processor
     p, info = next((c for c in cpus if c[0].number == number), cpus[0])

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.dumpfile.header import MACHINE_ARM64
 from kdshell.kernel import kuser
 from kdshell.kernel import prcb as P
 from kdshell.kernel import processes as PS
@@ -41,6 +42,10 @@ MAX_COPY = 0x40000
 DEFAULT_TIME_INCREMENT = 156250  # 15.625 ms in 100 ns units, when the kernel's is not readable
 
 
+def is_arm64(dump: Any) -> bool:
+    return bool(dump.header.machine == MACHINE_ARM64)
+
+
 def _copy_size(extent: int, stated: int | None) -> int:
     return min(extent, stated, MAX_COPY) if stated else min(extent, MAX_COPY)
 
@@ -53,8 +58,8 @@ def map_triage_copies(dump: Any, memory: Any, kdbg: Kdbg | None) -> P.TriageCopi
     if tri is None or tri.prcb is None:
         return None
     is64 = dump.is64
-    offsets = KernelOffsets(dump.header.build, is64, kdbg=kdbg)
-    prcb_layout = P.prcb_layout(offsets, is64)
+    offsets = KernelOffsets(dump.header.build, is64, kdbg=kdbg, arm64=is_arm64(dump))
+    prcb_layout = P.prcb_layout(offsets, is64, arm64=is_arm64(dump))
     thread_layout = T.thread_layout(offsets)
     prcb_off, prcb_extent = tri.prcb
     prcb_size = _copy_size(prcb_extent, offsets.size("_KPRCB"))
@@ -85,7 +90,8 @@ def crashing_processor_number(kernel: "KernelState") -> int:
             return copies.number if copies is not None and copies.number is not None else 0
         if (d.header.number_processors or 1) <= 1 or kernel.raw_memory() is None:
             return 0
-        light = KernelState(d, kernel.raw_memory, lambda: KernelOffsets(d.header.build, d.is64, kdbg=kernel.kdbg()),
+        light = KernelState(d, kernel.raw_memory, lambda: KernelOffsets(d.header.build, d.is64, kdbg=kernel.kdbg(),
+                                                                        arm64=is_arm64(d)),
                             kernel.kdbg, kernel.resolve, Selection(), kernel.set_dtb, None)
         return light.find_crashing_processor()
     except KdError:
@@ -141,6 +147,10 @@ class KernelState:
         return bool(self.dump.is64)
 
     @property
+    def arm64(self) -> bool:
+        return is_arm64(self.dump)
+
+    @property
     def build(self) -> int:
         return int(self.dump.header.build)
 
@@ -173,7 +183,7 @@ class KernelState:
         if name not in self._layouts:
             make = {"process": lambda o: PS.process_layout(o, self.build),
                     "thread": lambda o: T.thread_layout(o, self.build),
-                    "prcb": lambda o: P.prcb_layout(o, self.is64, self.build)}[name]
+                    "prcb": lambda o: P.prcb_layout(o, self.is64, self.build, self.arm64)}[name]
             self._layouts[name] = make(self.offsets)
         return self._layouts[name]
 
@@ -300,7 +310,7 @@ class KernelState:
 
     def find_crashing_processor(self) -> int:
         regs = self.dump.registers()
-        sp = regs.get("rsp" if self.is64 else "esp")
+        sp = regs.get("sp" if self.arm64 else "rsp" if self.is64 else "esp")
         if sp is None:
             return 0
         layout = self.thread_layout
@@ -315,7 +325,9 @@ class KernelState:
         def context_sp(p: P.Processor) -> int | None:
             if p.context_address is None:
                 return None
-            return Reader(memory, self.is64).maybe_ptr(p.context_address, 0x98 if self.is64 else 0xC4)
+            # CONTEXT.Sp (ARM64 +0x100), Rsp (x64 +0x98), Esp (x86 +0xC4)
+            at = 0x100 if self.arm64 else 0x98 if self.is64 else 0xC4
+            return Reader(memory, self.is64).maybe_ptr(p.context_address, at)
 
         found = P.crashing_processor(self.processors(), sp, bounds, context_sp)
         self._processors.clear()
