@@ -360,3 +360,21 @@ def test_arm64_machine_objects_are_real_enough_for_process_and_thread(arm64_set,
     threads = {t["ethread"]: t for t in system[0]["threads"]}
     assert truth["current_thread"] in threads and threads[truth["current_thread"]]["state"] == 2  # Running
     assert all(t["state"] in (1, 5) for e, t in threads.items() if e != truth["current_thread"])  # Ready, Waiting
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+@pytest.mark.parametrize("name", ("d1", "7e", "7e-plain"))
+def test_arm64_process_and_thread_commands_match_the_machine(arm64_set, name, kind):
+    """!process 0 0 lists the System process the kernel made, !thread shows the crashing thread
+    (KPRCB.CurrentThread) with its Cid, running on processor 0 - read through the ARM64 PDB types
+    the images carry (complete, kernel and small dumps alike)."""
+    entry, truth = arm64_set[name]
+    system = next(p for p in truth["processes"] if p["name"] == "System")
+    current = next(t for t in system["threads"] if t["ethread"] == truth["current_thread"])
+    with _open(entry[kind]) as s:
+        processes = s.capture("!process 0 0")
+        thread = s.capture("!thread").splitlines()[0]
+    assert f"PROCESS {system['eprocess']:x}" in processes and "Image: System" in processes
+    assert re.search(rf"Cid: {system['pid']:04x}\b", processes)
+    assert thread.startswith(f"THREAD {truth['current_thread']:x}  Cid {system['pid']:04x}.{current['tid']:04x}")
+    assert thread.endswith("RUNNING on processor 0")
