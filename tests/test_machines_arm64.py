@@ -378,3 +378,15 @@ def test_arm64_process_and_thread_commands_match_the_machine(arm64_set, name, ki
     assert re.search(rf"Cid: {system['pid']:04x}\b", processes)
     assert thread.startswith(f"THREAD {truth['current_thread']:x}  Cid {system['pid']:04x}.{current['tid']:04x}")
     assert thread.endswith("RUNNING on processor 0")
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_irql_is_the_one_the_bug_check_interrupted(arm64_set, name, kind):
+    """KeBugCheckEx saves the IRQL it interrupted in KPRCB.DebuggerSavedIRQL (ARM64 has no CR8):
+    DISPATCH_LEVEL for d1 (the bug check's own P2) and e2 (a DPC), PASSIVE_LEVEL in the threads."""
+    entry, truth = arm64_set[name]
+    want = {"d1": truth["bugcheck"]["parameters"][1], "e2": 2}.get(name, 0)
+    assert truth["irql"] == want
+    with _open(entry[kind]) as s:
+        assert s.capture("!irql").strip().startswith(f"Debugger saved IRQL for processor 0x0 -- {want} (")
