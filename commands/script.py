@@ -46,8 +46,8 @@ def else_(session: Session, inv: Invocation) -> None:
 @command(".for", family="session", syntax=".for (InitialCommand ; Condition ; IncrementCommands) { Commands }",
          summary="Loop as C's for does (several increment commands are separated by ';')",
          example=".for (r $t0 = 0; @$t0 < 3; r $t0 = @$t0 + 1) { .printf \"%d\\n\", @$t0 }",
-         details="No iteration limit, as in WinDbg: Ctrl-C stops a loop that never ends; with\n"
-                 "'.scriptstop 1' the first failing command inside ends it.")
+         details="No iteration limit, as in WinDbg: Ctrl-C stops a loop that never ends, and a\n"
+                 "failing command inside ends it (and the constructs around it; .catch ends just its block).")
 def for_(session: Session, inv: Invocation) -> None:
     _named(inv, lambda: flow.do_for(session, inv.text))
 

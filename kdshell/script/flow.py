@@ -5,8 +5,8 @@ A line runs command by command (`run_line`); a control token's blocks run throug
 which expands the block's aliases when it is entered (WinDbg's rule: a later `as` is seen only
 by inner blocks, hence `.block`). Loops have no iteration bound, as in WinDbg: Ctrl-C stops them
 (the KeyboardInterrupt is not swallowed by the commands inside a construct, it unwinds to the
-command typed at the prompt), and with `.scriptstop 1` the first failing command ends the
-whole construct.
+command typed at the prompt), and as in WinDbg a failing command inside ends the outermost
+construct (`.catch` ends only its block); `.scriptstop 1` then stops the script as well.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Leave(FlowSignal):
 
 
 class Abort(FlowSignal):
-    """A command inside a construct failed and the program stops (`.scriptstop 1`, `.catch`)."""
+    """A command inside a construct failed: the program stops (at the outermost construct or `.catch`)."""
 
 
 @dataclass
@@ -72,8 +72,8 @@ def run_commands(session: Session, commands: list[str]) -> bool:
         one = session.run_one(text)
         if flow.interrupted:
             return False
-        if not one and flow.depth and (session.options.script_stop or flow.catches):
-            raise Abort()
+        if not one and flow.depth:
+            raise Abort()  # as in WinDbg, an error ends the whole program (.catch ends just its block)
         ok = one and ok
     return ok
 
@@ -355,3 +355,18 @@ def _only_block(text: str, pos: int) -> tuple[str, int]:
     if text[end:].strip(" \t;"):
         raise CommandError(f"^ Syntax error in '{text.strip()}': unexpected '{text[end:].strip()}' after the block")
     return body, end
+
+
+def for_each(session: Session, blocks: list[str], before: Callable[[int], None] | None = None) -> None:
+    """The iteration extensions (!for_each_process, !list ...): each block a round of a loop
+    (`before(i)` runs first: !list sets @$extret)."""
+    with _Construct(session, loop=True):
+        for i, block in enumerate(blocks):
+            if before is not None:
+                before(i)
+            try:
+                run_block(session, block)
+            except Break:
+                break
+            except Continue:
+                continue
