@@ -119,3 +119,17 @@ def test_examples_on_a_corpus_dump():
         text = s.capture(f"$$>a<{EXAMPLES / 'old_drivers.txt'} 0xffffffff")
         assert len(text.splitlines()) == len(out)
         assert "Traceback" not in s.capture(f"$$><{EXAMPLES / 'threads.txt'}")
+
+
+def test_dt_l_walks_a_list(machine):
+    s, truth = machine
+    active = [p for p in truth["processes"] if p["active_list"]]
+    out = s.capture("r? $t4 = #FIELD_OFFSET(nt!_EPROCESS, ActiveProcessLinks); "
+                    "dt -l ActiveProcessLinks nt!_EPROCESS ImageFileName poi(nt!PsActiveProcessHead)-@$t4")
+    names = re.findall(r'ImageFileName\s+: \[15\]\s+"([^"]*)"', out)
+    assert names[:len(active)] == [p["name"] for p in active]
+    links = [int(a.replace("`", ""), 16) for a in re.findall(r"^ActiveProcessLinks at 0x(\S+)", out, re.M)]
+    offset = int(s.capture("? @$t4").split()[-1].replace("`", ""), 16)
+    assert links[:len(active)] == [p["address"] + offset for p in active]
+    assert "which list field" in s.capture("dt nt!_EPROCESS -l")
+    assert "is not a field" in s.capture("dt -l NoSuchField nt!_EPROCESS @$proc")
