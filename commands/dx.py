@@ -1,10 +1,11 @@
 """dx: a C++ expression over the PDB types shown in the data model's tree layout
-(`Expr : value [Type: T]`, then `[+0xOFF] Field : value [Type: T]` children), with -r N levels.
-The data model's objects (Debugger.Sessions, @$curprocess, LINQ methods) are not here yet.
+(`Expr : value [Type: T]`, then `[+0xOFF] Field : value [Type: T]` children), with -r N levels;
+or the data model's basic objects (kdshell.script.model): Debugger.Sessions, @$cursession,
+@$curprocess, @$curthread, @$curstack, with LINQ methods, -g showing a collection as a grid.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kdshell.cppexpr import CppEvaluator, Value, as_rvalue
 from kdshell.dispatch import Invocation, command
@@ -14,32 +15,38 @@ from kdshell.symbols import types as T
 if TYPE_CHECKING:
     from kdshell.session import Session
 
-SYNTAX = "dx [-r[N]] Expression"
+SYNTAX = "dx [-r[N]] [-g] Expression"
 MAX_CHILDREN = 2000
 
 
 @command("dx", family="memory", syntax=SYNTAX, summary="Show a C++ expression as the data model's tree (dx -r2 for two levels)",
          example="dx -r1 (nt!_EPROCESS*)@$proc",
          details="Types from the PDBs as ?? uses them; fields show as '[+0xOFF] Name : value [Type: T]'.\n"
-                 "Structures nested deeper than -r N show their type only. The data model's objects\n"
-                 "(Debugger.Sessions, @$curprocess, LINQ) are not supported.")
+                 "Structures nested deeper than -r N show their type only. The data model: Debugger.Sessions,\n"
+                 "@$cursession, @$curprocess, @$curthread, @$curstack.Frames, .Processes, .Threads, .Modules,\n"
+                 "and Where, Select, OrderBy(Descending), First, Count, Flatten, Take, Any, All with x => ...")
 def dx(session: Session, inv: Invocation) -> None:
     from kdshell.commands.cpp import Scope
 
     text = inv.text.strip()
     depth = 1
+    grid = False
     while text.startswith("-"):
         opt, _, text = text.partition(" ")
         if opt.startswith("-r") and (opt[2:].isdigit() or not opt[2:]):
             depth = int(opt[2:]) if opt[2:] else 1
+        elif opt == "-g":
+            grid = True
         else:
             raise CommandError(f"dx: option {opt} is not supported ({SYNTAX})")
         text = text.strip()
     if not text:
         raise CommandError(f"dx: which expression? ({SYNTAX})")
-    if "@$cur" in text or "Debugger." in text or "=>" in text:
-        raise CommandError("dx: the data model's objects (Debugger.*, @$cursession, LINQ) are not supported; "
-                           "use a C++ expression such as (nt!_EPROCESS*)@$proc")
+    if "@$cur" in text or text.startswith("Debugger"):
+        _model(session, text, depth, grid)
+        return
+    if grid:
+        raise CommandError("dx -g: a grid shows a collection (Debugger.Sessions, @$cursession.Processes ...)")
     ev = CppEvaluator(session, Scope(session))
     value = as_rvalue(ev, ev.evaluate(text))
     lines: list[str] = []
@@ -102,3 +109,91 @@ def _node(session: Session, ev: CppEvaluator, label: str, value: Value, depth: i
     for f, name in zip(fields, names):
         child = as_rvalue(ev, Value(f.type, address=address + f.offset))
         _node(session, ev, name, child, depth - 1, indent + "    ", lines, column)
+
+
+# -- the data model ---------------------------------------------------------------------------------
+def _model(session: Session, text: str, depth: int, grid: bool) -> None:
+    from kdshell.script import model
+
+    value = model.Evaluator(_roots(session)).evaluate(text)
+    if grid:
+        session.out.lines(_grid(text, value))
+        return
+    session.out.lines(model.tree(text, value, depth))
+
+
+def _roots(session: Session) -> dict[str, Any]:
+    from kdshell.script.model import Obj
+
+    kernel = session.kernel
+
+    def modules() -> list[Obj]:
+        return [Obj(m.path, {"Name": m.path, "BaseAddress": m.base, "Size": m.size,
+                             "TimeDateStamp": m.timestamp or 0}) for m in session.symbols.modules.modules]
+
+    def thread(t: Any) -> Obj:
+        return Obj("", {"Id": t.tid or 0, "KernelObject": t.address}, t.tid)
+
+    def process(p: Any) -> Obj:
+        return Obj(p.image, {"Name": p.image, "Id": p.pid or 0, "KernelObject": p.address,
+                             "Threads": lambda: [thread(t) for t in kernel.threads(p).threads],
+                             "Modules": modules}, p.pid)
+
+    def processes() -> list[Obj]:
+        return [process(p) for p in kernel.processes().processes]
+
+    def current_process() -> Obj:
+        address = kernel.current_process()
+        if not address:
+            raise KdError("dx: the dump does not say which process is current")
+        return process(kernel.process(address))
+
+    def current_thread() -> Obj:
+        address = kernel.current_thread()
+        if not address:
+            raise KdError("dx: the dump does not say which thread is current")
+        return thread(kernel.thread(address))
+
+    def stack() -> Obj:
+        def frames() -> list[Obj]:
+            out = []
+            for f in session.context.walk(session.context.kframes):
+                hit = session.symbolize(f.ip)
+                name = (f"{hit[0]}+0x{hit[1]:x}" if hit[1] else hit[0]) if hit else f"0x{f.ip:x}"
+                out.append(Obj(name, {"InstructionOffset": f.ip, "StackOffset": f.sp, "ReturnOffset": f.ret or 0}))
+            return out
+        return Obj("", {"Frames": frames})
+
+    def current_session() -> Obj:
+        return Obj(str(session.dump.path), {"Processes": processes, "Modules": modules})
+
+    return {"Debugger": lambda: Obj("", {"Sessions": lambda: [current_session()]}),
+            "@$cursession": current_session, "@$curprocess": current_process,
+            "@$curthread": current_thread, "@$curstack": stack}
+
+
+def _grid(label: str, value: Any) -> list[str]:
+    """dx -g: a collection as a table, one row per element, a column per scalar field."""
+    from kdshell.script.model import Obj, _display
+
+    if not isinstance(value, list):
+        raise CommandError("dx -g: a grid shows a collection")
+    columns: list[str] = []
+    for v in value:
+        if isinstance(v, Obj):
+            columns += [k for k, f in v.items() if not callable(f) and k not in columns]
+    rows = []
+    for i, v in enumerate(value):
+        key = f"[0x{v.key:x}]" if isinstance(v, Obj) and v.key is not None else f"[{i}]"
+        cells = [_display(v.get(c, "")) if isinstance(v, Obj) else _display(v) for c in columns] \
+            if columns else [_display(v)]
+        rows.append([key] + cells)
+    heads = [""] + (columns or ["Value"])
+    widths = [max(len(r[j]) for r in rows + [heads]) for j in range(len(heads))]
+    rule = "=" * (sum(widths) + 3 * len(widths) + 1)
+    lines = [rule, "= " + " = ".join(h.ljust(w) for h, w in zip(heads, widths)) + " =", rule]
+    for r in rows:
+        lines.append("= " + r[0].ljust(widths[0]) + " - " + " - ".join(c.ljust(w) for c, w in zip(r[1:], widths[1:]))
+                     + " =")
+    lines.append(rule)
+    return lines

@@ -32,8 +32,7 @@ def test_dx_process_fields_match_truth(machines):
 def test_dx_errors(machines):
     with kdshell.open(machines.path("d1", "complete"), symbol_path=str(BIN), image_path="", offline=True) as s:
         assert "which expression" in s.capture("dx")
-        assert "not supported" in s.capture("dx -g @$curprocess")
-        assert "not supported" in s.capture("dx Debugger.Sessions")
+        assert "not supported" in s.capture("dx -h @$curprocess")
         assert "Couldn't resolve" in s.capture("dx nosuchsymbol") or "error" in s.capture("dx nosuchsymbol").lower()
 
 
@@ -47,3 +46,39 @@ def test_dx_on_a_corpus_dump():
         current = [line for line in out if "] CurrentThread " in line]
         thread = int(s.capture("? @$thread").split()[-1].replace("`", ""), 16)
         assert current and current[0].split(":")[1].split()[0] == f"0x{thread:x}"
+
+
+def test_dx_data_model_against_truth(machines):
+    truth = machines.truth("d1")
+    active = [p for p in truth["processes"] if p["active_list"]]
+    with kdshell.open(machines.path("d1", "complete"), symbol_path=str(BIN), image_path="", offline=True) as s:
+        s.progress = None
+        out = s.capture("dx @$cursession.Processes").splitlines()
+        assert [line.split() for line in out[1:]] == [[f"[0x{p['pid']:x}]", ":", p["name"]] for p in active]
+        assert s.capture("dx Debugger.Sessions.First().Processes.Count()").split()[-1] == f"0x{len(active):x}"
+        smss = next(p for p in active if p["name"] == "smss.exe")
+        out = s.capture('dx @$cursession.Processes.Where(p => p.Name == "smss.exe").Select(p => p.Id)').splitlines()
+        assert out[1].split() == ["[0]", ":", f"0x{smss['pid']:x}"]
+        newest = max(active, key=lambda p: p["pid"])
+        assert s.capture("dx @$cursession.Processes.OrderByDescending(p => p.Id).First().Name").split()[-1] == newest["name"]
+        threads = sum(len(p["threads"]) for p in active)
+        assert s.capture("dx @$cursession.Processes.Select(p => p.Threads).Flatten().Count()").split()[-1] == f"0x{threads:x}"
+        cur = s.capture("dx @$curprocess").splitlines()
+        system = next(p for p in active if p["pid"] == 4)
+        assert cur[0] == "@$curprocess : System" and f"KernelObject     : 0x{system['address']:x}" in cur[3]
+        assert s.capture("dx @$curprocess.Modules.Take(2).Count()").split()[-1] == "0x2"
+        assert s.capture("dx @$curprocess.Modules.All(m => m.Size > 0)").split()[-1] == "true"
+        frames = s.capture("dx @$curstack.Frames.Take(2)").splitlines()
+        assert frames[1].split()[-1] == "nt!KeBugCheckEx"
+        grid = s.capture("dx -g @$cursession.Processes").splitlines()
+        assert grid[0].startswith("====") and "Name" in grid[1] and len(grid) == len(active) + 4
+        assert grid[3].split()[1:4] == ["[0x4]", "-", "System"]
+
+
+def test_dx_data_model_errors(machines):
+    with kdshell.open(machines.path("d1", "complete"), symbol_path=str(BIN), image_path="", offline=True) as s:
+        assert "Couldn't resolve error at ')'" in s.capture("dx @$cursession.Processes.Where(p => )")
+        assert "Couldn't resolve error at 'Nope'" in s.capture("dx @$curprocess.Nope")
+        assert "is not supported" in s.capture("dx @$cursession.Processes.Sum()")
+        assert "no element [0x99999]" in s.capture("dx @$cursession.Processes[0x99999]")
+        assert "a grid shows a collection" in s.capture("dx -g (nt!_EPROCESS*)@$proc")
