@@ -260,7 +260,9 @@ def _run_startup(session: Session, args: argparse.Namespace) -> None:
             session.failures += 1
             session.out.error(f"Cannot read the command file {args.command_file}: {exc.strerror}")
             return
-        for line in lines:
+        from kdshell.scripts import group_lines
+
+        for line in group_lines(lines):
             _echo_and_run(session, line)
     if args.commands:
         _echo_and_run(session, args.commands)
