@@ -284,6 +284,12 @@ class DumpFile:
             pos = end
         return blobs
 
+    def fileno(self) -> int:
+        """The opened file's descriptor (read with os.pread: no shared file position)."""
+        if self._file is None:
+            raise ValueError("the dump is closed")
+        return self._file.fileno()
+
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
         data = getattr(self, "data", None)

@@ -33,6 +33,7 @@ A new file's mode comes from the umask; a replaced file's mode and owner are kep
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import tempfile
 import uuid
@@ -445,35 +446,43 @@ def _page_source(pages: Pages, directory: str) -> Iterator[PageSource]:
 
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
+_COPY_CHUNK = 4 << 20  # bytes read from the source file at once (one buffer, reused)
 
 
-_SPAN_PAGES = 256  # pages asked for at once from a source with page_span() (1 MiB)
+class FileSource(Protocol):
+    """A page source whose pages lie in a file (an opened dump, convert.py's StoredPages): the
+    writers copy them by extents, file to file, instead of page by page."""
+
+    def present_runs(self) -> Iterable[tuple[int, int]]: ...
+
+    def page_count(self) -> int:
+        """How many pages present_runs() lists (without listing them)."""
+
+    def present_bitmap(self) -> bytes | None:
+        """The present PFNs as a bitmap (bit n = byte n//8, bit n%8) when the source has one."""
+
+    def fileno(self) -> int: ...
+
+    def file_extents(self, runs: Sequence[tuple[int, int]] | None) -> Iterator[tuple[int, int]]:
+        """(file offset, bytes) of the pages of `runs` (None: every present page), in order."""
 
 
-def _write_pages(f: BinaryIO, source: PageSource, runs: Iterable[tuple[int, int]]) -> None:
-    """Write the pages of `runs` in order. All-zero pages become holes: a machine with many
-    GiB of zeroed memory gives a sparse file (the bytes read back the same).
+def _file_source(source: PageSource) -> FileSource | None:
+    return cast(FileSource, source) if callable(getattr(source, "file_extents", None)) else None
 
-    A source may also offer `page_span(first, count)` (the bytes of `count` consecutive listed
-    pages): then pages are taken 1 MiB at a time and written in runs, which is what keeps a
-    `.dump /f` of an opened dump near disk speed (bench/dump_write.py)."""
-    span = getattr(source, "page_span", None)
+
+def _write_pages(f: BinaryIO, source: PageSource, runs: Sequence[tuple[int, int]] | None) -> None:
+    """Write the pages of `runs` (None: every page of a FileSource) in order. All-zero pages
+    become holes: a machine with many GiB of zeroed memory gives a sparse file (the bytes read
+    back the same)."""
+    fast = _file_source(source)
+    if fast is not None:
+        _copy_extents(f, fast.fileno(), fast.file_extents(runs))
+        return
+    assert runs is not None  # only a FileSource lists its pages itself
     page = source.page
     hole = False
     for first, count in runs:
-        if span is not None:
-            for start in range(first, first + count, _SPAN_PAGES):
-                n = min(_SPAN_PAGES, first + count - start)
-                try:
-                    data = span(start, n)
-                except (KeyError, MemoryNotPresent):
-                    raise DumpWriteError(f"pages {start:#x}-{start + n - 1:#x} are listed but their bytes are "
-                                         "not all available") from None
-                if len(data) != n * PAGE_SIZE:
-                    raise DumpWriteError(f"pages {start:#x}-{start + n - 1:#x} are {len(data)} bytes, "
-                                         f"expected {n * PAGE_SIZE}")
-                hole = _write_span(f, bytes(data), n)
-            continue
         for pfn in range(first, first + count):
             try:
                 data = page(pfn)
@@ -491,24 +500,89 @@ def _write_pages(f: BinaryIO, source: PageSource, runs: Iterable[tuple[int, int]
         f.truncate(f.tell())  # a trailing hole still counts in the file's length
 
 
-def _write_span(f: BinaryIO, data: bytes, n: int) -> bool:
-    """Write `n` pages: runs of zero pages as holes, the others in one write each. True when the
-    last page was a hole."""
-    view = memoryview(data)
-    zero = data.startswith  # startswith(ZERO, offset) compares in place, no copy
+def _next_data(fd: int, off: int, end: int) -> tuple[int, int] | None:
+    """The first [start, stop) of [off, end) the file system holds data for (holes are skipped
+    without reading them); None when only holes are left. All of it where SEEK_DATA is not
+    supported."""
+    try:
+        data = os.lseek(fd, off, os.SEEK_DATA)
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no data from `off` to the end of the file
+            return None
+        return off, end
+    return (data, min(hole, end)) if data < end else None
+
+
+_SMALL_HOLE = 64 << 10  # a hole this short between two data stretches is read with them
+
+
+def _stretches(fd: int, off: int, end: int) -> Iterator[tuple[int, int]]:
+    """The stretches of [off, end) to read: the file's data, holes skipped without reading them,
+    except holes of at most 64 KiB between data, read with it (reading a short hole costs less
+    than the system calls of another stretch)."""
+    seg = _next_data(fd, off, end)
+    while seg is not None:
+        start, stop = seg
+        seg = None
+        while stop < end:
+            nxt = _next_data(fd, stop, end)
+            if nxt is None:
+                break
+            if nxt[0] - stop > _SMALL_HOLE or stop - start >= _COPY_CHUNK:
+                seg = nxt
+                break
+            stop = nxt[1]
+        yield start, stop
+
+
+def _copy_extents(f: BinaryIO, fd: int, extents: Iterable[tuple[int, int]]) -> None:
+    """Copy file extents of `fd` to `f` at its position: the source's holes are skipped with
+    SEEK_DATA/SEEK_HOLE, its data read in 4 MiB pieces into one buffer and written with its
+    zero pages left as holes, and what was read is dropped from the page cache (a dump may be
+    far larger than memory)."""
+    f.flush()
+    out = f.fileno()
+    pos = f.tell()
+    buf = bytearray(_COPY_CHUNK)
+    view = memoryview(buf)
+    tail = pos  # the end of the last bytes written
+    drop = getattr(os, "posix_fadvise", None)
+    for off, size in extents:
+        for start, stop in _stretches(fd, off, off + size):
+            while start < stop:
+                n = min(_COPY_CHUNK, stop - start)
+                got = os.preadv(fd, [view[:n]], start)
+                if got != n:
+                    raise DumpWriteError(f"the source file ends at {start + got:#x}, inside its page data")
+                tail = max(tail, _write_nonzero(out, buf, n, pos + (start - off)))
+                if drop is not None:
+                    drop(fd, start, n, os.POSIX_FADV_DONTNEED)
+                start += n
+        pos += size
+    if tail < pos:  # a trailing hole still counts in the file's length
+        os.ftruncate(out, pos)
+    f.seek(pos)
+
+
+def _write_nonzero(out: int, buf: bytearray, n: int, at: int) -> int:
+    """Write the first `n` bytes of `buf` at `at`, leaving whole zero pages unwritten; the end
+    of the last bytes written (0: nothing written)."""
+    zero = buf.startswith  # compares in place (memcmp), no copy
+    view = memoryview(buf)
+    last = 0
     i = 0
-    is_zero = False
     while i < n:
-        is_zero = zero(_ZERO_PAGE, i * PAGE_SIZE)
-        j = i + 1
-        while j < n and zero(_ZERO_PAGE, j * PAGE_SIZE) == is_zero:
-            j += 1
-        if is_zero:
-            f.seek((j - i) * PAGE_SIZE, os.SEEK_CUR)
-        else:
-            f.write(view[i * PAGE_SIZE : j * PAGE_SIZE])
+        is_zero = zero(_ZERO_PAGE, i)
+        j = i + PAGE_SIZE
+        while j < n and zero(_ZERO_PAGE, j) == is_zero:
+            j += PAGE_SIZE
+        j = min(j, n)
+        if not is_zero:
+            os.pwrite(out, view[i:j], at + i)
+            last = at + j
         i = j
-    return is_zero
+    return last
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,7 +718,7 @@ def write_full(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: Pa
         total = sum(c for _, c in order)
         size = _header_size(fields) + total * PAGE_SIZE + blobs_size(blobs)
         f.write(build_header(fields, DUMP_TYPE_FULL, runs=order, required_dump_space=size))
-        _write_pages(f, source, order)
+        _write_pages(f, source, None if runs is None and _file_source(source) else order)
         write_blobs(f, blobs, fields.build)
     return size
 
@@ -653,18 +727,23 @@ def write_full(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: Pa
 # DumpType 5 / 6
 
 
+_ONES = memoryview(b"\xff" * _BITMAP_CHUNK)
+
+
 def _set_bits(buf: bytearray, lo: int, hi: int) -> None:
-    """Set bits [lo, hi) of buf (bit n = byte n//8, bit n%8, LSB first)."""
-    while lo < hi and lo % 8:
-        buf[lo >> 3] |= 1 << (lo & 7)
-        lo += 1
-    whole = (hi - lo) // 8
-    if whole > 0:
-        buf[lo >> 3 : (lo >> 3) + whole] = b"\xff" * whole
-        lo += whole * 8
-    while lo < hi:
-        buf[lo >> 3] |= 1 << (lo & 7)
-        lo += 1
+    """Set bits [lo, hi) of buf (bit n = byte n//8, bit n%8, LSB first): the edge bytes with
+    masks, the bytes between in one slice."""
+    a, b = lo >> 3, hi >> 3
+    if a == b:
+        buf[a] |= ((1 << (hi - lo)) - 1) << (lo & 7)
+        return
+    if lo & 7:
+        buf[a] |= (0xFF << (lo & 7)) & 0xFF
+        a += 1
+    if b > a:
+        buf[a:b] = _ONES[: b - a]
+    if hi & 7:
+        buf[b] |= (1 << (hi & 7)) - 1
 
 
 def _bitmap_chunks(runs: list[tuple[int, int]], nbytes: int) -> Iterator[bytes]:
@@ -701,25 +780,38 @@ def write_bitmap(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: 
     if kind not in (DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_BITMAP_KERNEL):
         raise DumpWriteError(f"a bitmap dump is DumpType 5 or 6, not {kind}")
     with _output(path, overwrite) as (f, directory), _page_source(pages, directory) as source:
-        runs = _check_runs(source.present_runs())
-        highest = runs[-1][0] + runs[-1][1] if runs else 0
+        fast = _file_source(source)
+        bitmap = fast.present_bitmap() if fast is not None else None
+        runs: list[tuple[int, int]] | None = None
+        if bitmap is not None:  # a bitmap source: its bitmap as it is, no run list
+            value = int.from_bytes(bitmap, "little")
+            highest, present = value.bit_length(), value.bit_count()
+            del value
+        else:
+            runs = _check_runs(source.present_runs())
+            highest = runs[-1][0] + runs[-1][1] if runs else 0
+            present = sum(c for _, c in runs)
         bits = _align(highest, 64) if bit_count is None else bit_count
         if bits < highest:
             raise DumpWriteError(f"bit_count {bits:#x} leaves out PFN {highest - 1:#x}")
         nbytes = (bits + 7) // 8
         base = _header_size(fields)
         first_page = _align(base + BITMAP_OFFSET + nbytes, PAGE_SIZE)
-        present = sum(c for _, c in runs)
         size = first_page + present * PAGE_SIZE + blobs_size(blobs)
         f.write(build_header(fields, kind, required_dump_space=size))
         f.write(BITMAP_DUMP_HEADER64.build(dict(
             Signature=BITMAP_SIGNATURE_FULL if kind == DUMP_TYPE_BITMAP_FULL else BITMAP_SIGNATURE_KERNEL,
             DumpOptions=dump_options, Reserved=bytes(20), FirstPage=first_page, TotalPresentPages=present,
             Pages=bits)))
-        for chunk in _bitmap_chunks(runs, nbytes):
-            f.write(chunk)
+        if bitmap is not None:
+            f.write(bitmap[:nbytes])  # nothing is set past `highest` <= bits
+            f.write(bytes(max(0, nbytes - len(bitmap))))
+        else:
+            assert runs is not None
+            for chunk in _bitmap_chunks(runs, nbytes):
+                f.write(chunk)
         f.write(bytes(first_page - (base + BITMAP_OFFSET + nbytes)))
-        _write_pages(f, source, runs)
+        _write_pages(f, source, None if fast is not None else runs)
         write_blobs(f, blobs, fields.build)
     return size
 
@@ -769,7 +861,7 @@ def write_rdmp(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: Pa
         for first, count in runs:
             f.write(RDMP_RANGE.build(dict(PageFrameNumber=first, NumberOfPages=count)))
         f.write(bytes(first_page - (list_start + RDMP_RANGE.sizeof() * len(runs))))  # terminator + padding
-        _write_pages(f, source, runs)
+        _write_pages(f, source, None if _file_source(source) else runs)
         write_blobs(f, blobs, fields.build)
     return size
 

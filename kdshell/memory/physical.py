@@ -11,6 +11,7 @@ Reads hand out memoryviews over the container's single mmap.
 from __future__ import annotations
 
 import bisect
+import re
 from array import array
 from typing import Iterator, Protocol
 
@@ -47,6 +48,11 @@ class PhysicalMemory:
 
     def present_runs(self) -> Iterator[tuple[int, int]]:
         """(first PFN, count) of every stored run of pages, in PFN order."""
+        raise NotImplementedError
+
+    def data_extents(self) -> Iterator[tuple[int, int]]:
+        """(file offset, bytes) of every stored page in PFN order, file-adjacent runs merged:
+        what a copy of all the pages reads (the file may end before them: a truncated dump)."""
         raise NotImplementedError
 
     present_pages: int = 0
@@ -114,6 +120,25 @@ class RunsPhysicalMemory(PhysicalMemory):
     def present_runs(self) -> Iterator[tuple[int, int]]:
         return zip(self._bases, self._counts)
 
+    def data_extents(self) -> Iterator[tuple[int, int]]:
+        start = end = -1
+        for off, count in zip(self._offsets, self._counts):
+            if off == end:
+                end += count * PAGE_SIZE
+                continue
+            if end > start:
+                yield start, end - start
+            start, end = off, off + count * PAGE_SIZE
+        if end > start:
+            yield start, end - start
+
+
+# The runs of set bits inside each byte value: (first bit, end bit) pairs.
+_BYTE_RUNS = tuple(
+    tuple((m.start(), m.end()) for m in re.finditer("1+", format(v, "08b")[::-1])) for v in range(256)
+)
+# A stretch of 0xff bytes, or one byte that is neither 0x00 nor 0xff: zero bytes are skipped in C.
+_SET_BYTES = re.compile(rb"\xff+|[^\x00\xff]")
 
 # Bits per rank block: the rank index holds one running count per block, and a lookup
 # popcounts at most one block's bytes (128 bytes here) to finish the job.
@@ -175,35 +200,45 @@ class BitmapPhysicalMemory(PhysicalMemory):
             if end > first:
                 yield first, end - first
 
+    def data_extents(self) -> Iterator[tuple[int, int]]:
+        if self.present_pages:
+            yield self._first, self.present_pages * PAGE_SIZE  # set PFNs are stored back to back
+
+    def bitmap_bytes(self) -> bytes:
+        """The bitmap, the bits at and past the bit count cleared."""
+        nbytes = (self._bits + 7) // 8
+        out = bytes(self._bitmap[:nbytes])
+        if self._bits % 8:
+            out = out[:-1] + bytes([out[-1] & ((1 << (self._bits % 8)) - 1)])
+        return out
+
     def _raw_runs(self) -> Iterator[tuple[int, int]]:
-        """(first, end) PFN pairs of set bits, not clipped to the bit count."""
+        """(first, end) PFN pairs of set bits, not clipped to the bit count. Whole bytes at a
+        time: zero bytes are skipped and 0xff stretches found by the regular expression engine,
+        a mixed byte's runs come from a table."""
         bm = self._bitmap
-        nbytes = len(bm)
-        run_start = None
-        pfn = 0
-        i = 0
-        # Walk 8 bytes at a time, skipping all-zero and all-one words quickly.
-        while i < nbytes:
-            word_bytes = bm[i : i + 8]
-            word = int.from_bytes(word_bytes, "little")
-            width = len(word_bytes) * 8
-            full = (1 << width) - 1
-            if word == 0:
-                if run_start is not None:
-                    yield run_start, pfn
-                    run_start = None
-            elif word == full:
-                if run_start is None:
-                    run_start = pfn
-            else:
-                for b in range(width):
-                    if (word >> b) & 1:
-                        if run_start is None:
-                            run_start = pfn + b
-                    elif run_start is not None:
-                        yield run_start, pfn + b
-                        run_start = None
-            pfn += width
-            i += 8
-        if run_start is not None:
-            yield run_start, pfn
+        table = _BYTE_RUNS
+        start = end = -1
+        for m in _SET_BYTES.finditer(bm):
+            s, e = m.span()
+            byte = bm[s]
+            if byte == 0xFF:
+                a, b = s << 3, e << 3
+                if a == end:
+                    end = b
+                else:
+                    if end > start:
+                        yield start, end
+                    start, end = a, b
+                continue
+            base = s << 3
+            for lo, hi in table[byte]:
+                a = base + lo
+                if a == end:
+                    end = base + hi
+                else:
+                    if end > start:
+                        yield start, end
+                    start, end = a, base + hi
+        if end > start:
+            yield start, end
