@@ -124,6 +124,8 @@ class DumpFile:
                 self._mm.madvise(mmap.MADV_RANDOM)
             self.data = memoryview(self._mm)
             self._open()
+            if self.physical is not None:
+                self.physical.fd = self._file.fileno()
         except BaseException:
             self.close()
             raise

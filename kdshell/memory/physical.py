@@ -11,6 +11,7 @@ Reads hand out memoryviews over the container's single mmap.
 from __future__ import annotations
 
 import bisect
+import os
 import re
 from array import array
 from typing import Iterator, Protocol
@@ -57,6 +58,32 @@ class PhysicalMemory:
 
     present_pages: int = 0
     highest_pfn: int = 0  # one past the highest PFN the dump describes
+    fd: int | None = None  # the file's descriptor when the opener gives it (read_into reads through it)
+
+    def stored_extent(self, pfn: int, count: int) -> tuple[int, int] | None:
+        """(file offset of `pfn`, how many of the `count` pages from it lie back to back in the
+        file from there, at least 1), or None when `pfn` is not stored (or past the file's end)."""
+        off = self.file_offset(pfn)
+        if off is None or off + PAGE_SIZE > self._file_size:
+            return None
+        n = count
+        if n > 1 and self.file_offset(pfn + n - 1) != off + ((n - 1) << PAGE_SHIFT):
+            lo, hi = 1, n  # the longest stored prefix: lo pages are back to back, hi are not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if self.file_offset(pfn + mid - 1) == off + ((mid - 1) << PAGE_SHIFT):
+                    lo = mid
+                else:
+                    hi = mid
+            n = lo
+        return off, min(n, (self._file_size - off) >> PAGE_SHIFT)
+
+    def read_into(self, buf: bytearray, offset: int, size: int) -> None:
+        """`size` bytes of the file at `offset` into `buf` (through the descriptor: the mapping's
+        pages are not faulted in, so a long scan does not grow the resident set)."""
+        if self.fd is not None and os.preadv(self.fd, [memoryview(buf)[:size]], offset) == size:
+            return
+        buf[:size] = self._data[offset : offset + size]
 
     # -- shared --------------------------------------------------------------------------
     def has(self, pfn: int) -> bool:
@@ -119,6 +146,20 @@ class RunsPhysicalMemory(PhysicalMemory):
 
     def present_runs(self) -> Iterator[tuple[int, int]]:
         return zip(self._bases, self._counts)
+
+    def stored_extent(self, pfn: int, count: int) -> tuple[int, int] | None:
+        i = bisect.bisect_right(self._bases, pfn) - 1
+        if i < 0 or pfn - self._bases[i] >= self._counts[i]:
+            return None
+        off = self._offsets[i] + ((pfn - self._bases[i]) << PAGE_SHIFT)
+        n = self._bases[i] + self._counts[i] - pfn
+        i += 1
+        while n < count and i < len(self._bases) and self._bases[i] == pfn + n \
+                and self._offsets[i] == off + (n << PAGE_SHIFT):
+            n += self._counts[i]
+            i += 1
+        n = min(n, count, (self._file_size - off) >> PAGE_SHIFT)
+        return (off, n) if n > 0 else None
 
     def data_extents(self) -> Iterator[tuple[int, int]]:
         start = end = -1
