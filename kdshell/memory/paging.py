@@ -377,8 +377,35 @@ class Paging:
     def runs(self, va: int, size: int) -> Iterator[tuple[int, int | PageNotPresent, int]]:
         """(va, physical address or the error, bytes) pieces covering [va, va + size), in order:
         a readable piece is physically contiguous (a large page at once, consecutive PFNs of a
-        last-level table merged), a not-readable one spans what the empty entry covers (a zero
-        PML4E 512 GiB, a zero PDE 2 MiB, a run of zero PTEs) with one error for all of it."""
+        last-level table merged), a not-readable one spans what the empty entries cover (a zero
+        PML4E 512 GiB, a zero PDE 2 MiB, a run of zero PTEs), consecutive ones merged, with one
+        error (the first's) for all of it."""
+        gap_va, gap_why, gap_n = 0, None, 0
+        for at, what, n in self._pieces(va, size):
+            if not isinstance(what, int):
+                if gap_n and gap_va + gap_n == at:
+                    gap_n += n
+                    continue
+                if gap_n:
+                    yield gap_va, self._gap_error(gap_va, gap_why, gap_n), gap_n
+                gap_va, gap_why, gap_n = at, what, n
+                continue
+            if gap_n:
+                yield gap_va, self._gap_error(gap_va, gap_why, gap_n), gap_n
+                gap_n = 0
+            yield at, what, n
+        if gap_n:
+            yield gap_va, self._gap_error(gap_va, gap_why, gap_n), gap_n
+
+    def _gap_error(self, va: int, exc: PageNotPresent | None, n: int) -> PageNotPresent:
+        if exc is not None:
+            return exc
+        level = self.mode.levels[-1]  # zero PTEs: the error made only now, once per gap
+        why = P.why_not_readable(P.decode(0, self.fmt), level.name, self.mode.hex_digits)
+        return PageNotPresent(va, why, level=level.name, entry=0, span=n)
+
+    def _pieces(self, va: int, size: int) -> Iterator[tuple[int, int | PageNotPresent | None, int]]:
+        """runs() before merging; None stands for zero last-level entries (no error made)."""
         end = va + size
         leaf_bits = self._leaf_key_shift
         index_mask = self._leaf_index_mask
@@ -437,10 +464,7 @@ class Paging:
                     if run_len:
                         yield run_va, run_pa, run_len
                         run_len = 0
-                    level = self.mode.levels[-1]
-                    yield va, PageNotPresent(va, P.why_not_readable(P.decode(0, self.fmt), level.name,
-                                                                    self.mode.hex_digits),
-                                             level=level.name, entry=0, span=n), n
+                    yield va, None, n
                     va += n
                     i = j
                     continue
