@@ -169,3 +169,22 @@ def test_truncated_corpus_dump_is_refused_in_one_line(tmp_path):
         text = s.capture(f".dump /f {out}")
     assert "not all available" in text and "Traceback" not in text
     assert not out.exists()
+
+
+def test_page_by_page_where_positioned_io_is_missing(tmp_path, monkeypatch):
+    """Without os.preadv/pwrite (Windows) the writers take the pages one by one: same dump."""
+    from kdshell.dumpfile import write as W
+
+    pages = _sparse_pages()
+    src = write_kind(tmp_path, "bitmap5", pages, name="src.dmp")
+    outs = []
+    for extent_copy in (True, False):
+        monkeypatch.setattr(W, "_EXTENT_COPY", extent_copy)
+        out = tmp_path / f"out-{extent_copy}.dmp"
+        with kdshell.open(src, image_path="", symbol_path="") as s:
+            s.progress = None
+            assert s.run(f".dump /f {out}"), s.capture("")
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    kp = kdmp_parser.KernelDumpParser(str(tmp_path / "out-False.dmp"))
+    assert all(bytes(kp.read_physical_page(p << 12)) == d for p, d in pages.items())

@@ -467,8 +467,14 @@ class FileSource(Protocol):
         """(file offset, bytes) of the pages of `runs` (None: every present page), in order."""
 
 
+# Copying by extents needs positioned reads and writes (not on Windows: page by page there).
+_EXTENT_COPY = hasattr(os, "preadv") and hasattr(os, "pwrite")
+
+
 def _file_source(source: PageSource) -> FileSource | None:
-    return cast(FileSource, source) if callable(getattr(source, "file_extents", None)) else None
+    if _EXTENT_COPY and callable(getattr(source, "file_extents", None)):
+        return cast(FileSource, source)
+    return None
 
 
 def _write_pages(f: BinaryIO, source: PageSource, runs: Sequence[tuple[int, int]] | None) -> None:
@@ -504,6 +510,8 @@ def _next_data(fd: int, off: int, end: int) -> tuple[int, int] | None:
     """The first [start, stop) of [off, end) the file system holds data for (holes are skipped
     without reading them); None when only holes are left. All of it where SEEK_DATA is not
     supported."""
+    if not hasattr(os, "SEEK_DATA"):
+        return off, end
     try:
         data = os.lseek(fd, off, os.SEEK_DATA)
         hole = os.lseek(fd, data, os.SEEK_HOLE)

@@ -11,6 +11,7 @@ Reads hand out memoryviews over the container's single mmap.
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 import re
 from array import array
@@ -20,6 +21,7 @@ from kdshell.errors import MemoryNotPresent
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+_PREADV = hasattr(os, "preadv")  # not on Windows: read_into copies from the mapping there
 
 
 def not_present_message(pfn: int) -> str:
@@ -81,7 +83,7 @@ class PhysicalMemory:
     def read_into(self, buf: bytearray, offset: int, size: int) -> None:
         """`size` bytes of the file at `offset` into `buf` (through the descriptor: the mapping's
         pages are not faulted in, so a long scan does not grow the resident set)."""
-        if self.fd is not None and os.preadv(self.fd, [memoryview(buf)[:size]], offset) == size:
+        if self.fd is not None and _PREADV and os.preadv(self.fd, [memoryview(buf)[:size]], offset) == size:
             return
         buf[:size] = self._data[offset : offset + size]
 
@@ -174,12 +176,17 @@ class RunsPhysicalMemory(PhysicalMemory):
             yield start, end - start
 
 
-# The runs of set bits inside each byte value: (first bit, end bit) pairs.
-_BYTE_RUNS = tuple(
-    tuple((m.start(), m.end()) for m in re.finditer("1+", format(v, "08b")[::-1])) for v in range(256)
-)
 # A stretch of 0xff bytes, or one byte that is neither 0x00 nor 0xff: zero bytes are skipped in C.
-_SET_BYTES = re.compile(rb"\xff+|[^\x00\xff]")
+_SET_BYTES = rb"\xff+|[^\x00\xff]"
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_runs() -> tuple[tuple[tuple[int, int], ...], ...]:
+    """The runs of set bits inside each byte value: (first bit, end bit) pairs (made on first use:
+    start-up does not pay for it)."""
+    return tuple(
+        tuple((m.start(), m.end()) for m in re.finditer("1+", format(v, "08b")[::-1])) for v in range(256)
+    )
 
 # Bits per rank block: the rank index holds one running count per block, and a lookup
 # popcounts at most one block's bytes (128 bytes here) to finish the job.
@@ -258,9 +265,9 @@ class BitmapPhysicalMemory(PhysicalMemory):
         time: zero bytes are skipped and 0xff stretches found by the regular expression engine,
         a mixed byte's runs come from a table."""
         bm = self._bitmap
-        table = _BYTE_RUNS
+        table = _byte_runs()
         start = end = -1
-        for m in _SET_BYTES.finditer(bm):
+        for m in re.finditer(_SET_BYTES, bm):
             s, e = m.span()
             byte = bm[s]
             if byte == 0xFF:
