@@ -106,3 +106,24 @@ def test_stretches_skip_empty_entries_at_their_granularity(tmp_path):
                 self.chunks = inner.chunks
 
         assert list(find(Paged(memory), start, 1 << 32, b"NEEDLE", 1)) == [va + 0x100 for va in scattered]
+
+
+def test_stretches_skip_pages_missing_from_the_dump_in_one_piece(tmp_path):
+    """A 2 MiB page whose frames the dump mostly lacks (a kernel dump leaves pages out): one
+    piece for the missing frames, the match in the last frame still found."""
+    import kdshell
+    from dumpfactory import write_kind
+    from test_paging import KERNEL, PS, Machine
+
+    m = Machine()
+    va, pa = 0xFFFFF80700000000, 0x80000000
+    m.map_large(va, pa, depth=2, flags=KERNEL | PS)
+    m.data(pa >> 12, b"HEAD" + bytes(PAGE - 4))
+    m.data((pa >> 12) + 511, bytes(PAGE - 6) + b"NEEDLE")
+    path = write_kind(tmp_path, "bitmap5", m.bytes_pages(), directory_table_base=m.dtb)
+    with kdshell.open(path, image_path="", symbol_path="") as s:
+        memory = s.spaces.space(m.dtb)
+        pieces = [(at - va, size, isinstance(piece, MemoryNotPresent))
+                  for at, piece, size in memory.stretches(va, 1 << 21)]
+        assert pieces == [(0, PAGE, False), (PAGE, (1 << 21) - 2 * PAGE, True), ((1 << 21) - PAGE, PAGE, False)]
+        assert list(find(memory, va, 1 << 21, b"NEEDLE", 1)) == [va + (1 << 21) - 6]

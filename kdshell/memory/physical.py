@@ -80,6 +80,10 @@ class PhysicalMemory:
             n = lo
         return off, min(n, (self._file_size - off) >> PAGE_SHIFT)
 
+    def missing_run(self, pfn: int, count: int) -> int:
+        """How many of the `count` PFNs from `pfn` (not stored) are not stored, at least 1."""
+        return 1
+
     def read_into(self, buf: bytearray, offset: int, size: int) -> None:
         """`size` bytes of the file at `offset` into `buf` (through the descriptor: the mapping's
         pages are not faulted in, so a long scan does not grow the resident set)."""
@@ -163,6 +167,11 @@ class RunsPhysicalMemory(PhysicalMemory):
         n = min(n, count, (self._file_size - off) >> PAGE_SHIFT)
         return (off, n) if n > 0 else None
 
+    def missing_run(self, pfn: int, count: int) -> int:
+        i = bisect.bisect_right(self._bases, pfn)
+        following = self._bases[i] if i < len(self._bases) else pfn + count
+        return max(1, min(count, following - pfn))
+
     def data_extents(self) -> Iterator[tuple[int, int]]:
         start = end = -1
         for off, count in zip(self._offsets, self._counts):
@@ -178,6 +187,7 @@ class RunsPhysicalMemory(PhysicalMemory):
 
 # A stretch of 0xff bytes, or one byte that is neither 0x00 nor 0xff: zero bytes are skipped in C.
 _SET_BYTES = rb"\xff+|[^\x00\xff]"
+_NONZERO = re.compile(rb"[^\x00]")
 
 
 @functools.lru_cache(maxsize=1)
@@ -251,6 +261,23 @@ class BitmapPhysicalMemory(PhysicalMemory):
     def data_extents(self) -> Iterator[tuple[int, int]]:
         if self.present_pages:
             yield self._first, self.present_pages * PAGE_SIZE  # set PFNs are stored back to back
+
+    def missing_run(self, pfn: int, count: int) -> int:
+        end = min(pfn + count, self._bits)
+        bm = self._bitmap
+        p = pfn + 1
+        while p < end and p & 7:
+            if bm[p >> 3] >> (p & 7) & 1:
+                return p - pfn
+            p += 1
+        if p < end:  # whole bytes: the next non-zero one found by the regular expression engine
+            m = _NONZERO.search(bm, p >> 3, (end + 7) >> 3)
+            if m is None:
+                return max(1, min(count, pfn + count - pfn))
+            byte = m.start()
+            value = bm[byte]
+            p = (byte << 3) + (value & -value).bit_length() - 1
+        return max(1, min(p, pfn + count) - pfn)
 
     def bitmap_bytes(self) -> bytes:
         """The bitmap, the bits at and past the bit count cleared."""

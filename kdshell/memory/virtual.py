@@ -142,8 +142,8 @@ class TranslatedMemory(VirtualMemory):
                 pfn, first = pa >> PAGE_SHIFT, pa & PAGE_MASK
                 pages = min((first + n + PAGE_MASK) >> PAGE_SHIFT, _STRETCH >> PAGE_SHIFT)
                 extent = phys.stored_extent(pfn, pages)
-                if extent is None:
-                    chunk = min(n, PAGE_SIZE - first)
+                if extent is None:  # not in the dump: this PFN and the ones after it that are not either
+                    chunk = min(n, (phys.missing_run(pfn, pages) << PAGE_SHIFT) - first)
                     try:
                         phys.page(pfn)
                         why = not_present_message(pfn)
