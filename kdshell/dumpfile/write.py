@@ -23,7 +23,9 @@ CONTEXT records from context.py).
 into another -- or a mapping {pfn: bytes}, or an iterable of (pfn, bytes) pairs in increasing
 PFN order (spooled once to a temporary file next to the target, since headers need the PFN
 list before the first page is written). Page data is streamed through a buffered file: memory
-stays bounded whatever the dump size.
+stays bounded whatever the dump size. A source whose pages lie in a file (`FileSource`: an opened
+dump, as `.dump` gives it) is copied by file extents instead: the source's holes skipped unread,
+4 MiB reads into one buffer, zero pages left as holes, and a bitmap source's bitmap copied as is.
 
 Files are written to a temporary file in the target directory and moved into place only when
 complete; on any error the temporary file is removed and a `DumpWriteError` (one line) raised.
