@@ -173,13 +173,13 @@ def test_truncated_corpus_dump_is_refused_in_one_line(tmp_path):
 
 def test_page_by_page_where_positioned_io_is_missing(tmp_path, monkeypatch):
     """Without os.preadv/pwrite (Windows) the writers take the pages one by one: same dump."""
-    from kdshell.dumpfile import write as W
+    from kdshell.dumpfile import extents as X
 
     pages = _sparse_pages()
     src = write_kind(tmp_path, "bitmap5", pages, name="src.dmp")
     outs = []
     for extent_copy in (True, False):
-        monkeypatch.setattr(W, "_EXTENT_COPY", extent_copy)
+        monkeypatch.setattr(X, "_EXTENT_COPY", extent_copy)
         out = tmp_path / f"out-{extent_copy}.dmp"
         with kdshell.open(src, image_path="", symbol_path="") as s:
             s.progress = None
