@@ -8,6 +8,7 @@ dispatcher's, handed in by the caller.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -275,9 +276,46 @@ def _culprit_json(c: Culprit | None) -> dict[str, Any] | None:
             "timestamp": _addr(c.timestamp), "company": c.company}
 
 
+# The record's schema: `--analyze-json`, `!analyze -json` and `kdshell triage --json` give the same
+# record. Raise it when a field changes meaning or goes away (adding a field keeps it).
+SCHEMA = "kdshell.analysis"
+SCHEMA_VERSION = 2
+
+
+def error_json(path: str, error: str) -> dict[str, Any]:
+    """The record of a dump that could not be opened or analysed: the schema, the file, the error."""
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kdshell": __version__,
+            "dump": {"file": path}, "error": error}
+
+
+def dump_facts(session: SessionView) -> dict[str, Any]:
+    """The header's facts a triage row shows: when it crashed (UTC), the uptime, the build, the
+    machine; the computer's name is not in a dump's header (WinDbg's `Machine Name:` is empty too)."""
+    h = session.dump.header
+    when = h.system_datetime
+    utc = None if when is None else when.astimezone(datetime.timezone.utc)
+    return {"crash_time": utc.strftime("%Y-%m-%dT%H:%M:%SZ") if utc is not None else None,
+            "uptime_s": None if h.system_uptime is None else h.system_uptime // 10_000_000,
+            "build": h.build, "machine": h.machine_name, "processors": h.number_processors, "computer": None}
+
+
+def processor_json(session: SessionView) -> dict[str, Any]:
+    """The crashing processor: its number and the CPU facts of `!analyze -v` (hex strings)."""
+    try:
+        cpu = cpu_facts(session)
+    except KdError:
+        cpu = {}
+    try:
+        number: int | None = session.context.default_processor
+    except KdError:
+        number = None
+    return {"number": number, **{k.removeprefix("CPU_").lower(): v.strip() for k, v in cpu.items()}}
+
+
 def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]) -> dict[str, Any]:
     """The JSON form: the same facts as -v, for scripts and triage pipelines. Addresses and
-    other 64-bit values are hex strings (JSON numbers lose precision past 2**53)."""
+    other 64-bit values are hex strings (JSON numbers lose precision past 2**53). Versioned by
+    "schema" and "schema_version" (SCHEMA, SCHEMA_VERSION)."""
     entry = a.bugcheck
     e = explain(a, have=have)
     stack = []
@@ -288,8 +326,11 @@ def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]
     exc = a.exception
     blamed = a.culprit
     return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
         "kdshell": __version__,
-        "dump": {"file": a.dump_path, "kind": a.dump_kind},
+        "dump": {"file": a.dump_path, "kind": a.dump_kind, **dump_facts(session)},
+        "processor": processor_json(session),
         "bugcheck": {"code": f"{a.code:#x}", "name": a.name, "title": a.title,
                      "description": entry.notes if entry else "",
                      "parameters": [{"value": f"{p:#x}", "meaning": (entry.parameters[i] if entry else "")}
