@@ -37,7 +37,7 @@ from kdshell.triage.files import TriageError, digest, expand
 from kdshell.triage.summary import COLUMNS, row, summarize
 from kdshell.triage.worker import Settings
 
-__all__ = ["Options", "run", "summarize", "row", "COLUMNS", "TriageError", "Settings"]
+__all__ = ["Options", "run", "summarize", "row", "expand", "COLUMNS", "TriageError", "Settings"]
 
 
 @dataclass

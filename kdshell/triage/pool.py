@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
-from kdshell.triage.worker import Settings, analyse, stopped
+from kdshell.triage.worker import TEST_HOOK, Settings, analyse, stopped
 
 Job = tuple[int, str, str | None, int | None]   # index, path, sha256, size
 Result = tuple[int, dict[str, Any]]
@@ -59,9 +59,14 @@ def _time_up(signum: int, frame: object) -> None:
     raise TimeoutError
 
 
-def _init_worker(started: Any, memory_mb: int | None) -> None:
+def _init_worker(started: Any, memory_mb: int | None, hook: str | None) -> None:
     global _started
     _started = started
+    # The forkserver's environment is the one it started with: pass the test hook on.
+    if hook:
+        os.environ[TEST_HOOK] = hook
+    else:
+        os.environ.pop(TEST_HOOK, None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if memory_mb:
         try:
@@ -86,46 +91,62 @@ def processes(jobs: Sequence[Job], settings: Settings, workers: int) -> Iterator
                                           else "spawn")
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload(["kdshell.triage.worker", "kdshell.analysis.report", "kdshell.session"])
+    fruitless = 0   # pools in a row that broke before finishing any task
     while left:
-        started = context.Queue()
-        running: dict[int, tuple[int, float]] = {}   # index -> (pid, start)
-        verdicts: dict[int, str] = {}                 # index -> why the parent stopped it
-        with ProcessPoolExecutor(max_workers=min(workers, len(left)), mp_context=context,
-                                 initializer=_init_worker, initargs=(started, settings.memory_mb)) as pool:
-            futures: dict[Future[Result], int] = {
-                pool.submit(_task, i, path, settings, sha, size): i for i, path, sha, size in left.values()}
-            broken = False
-            while futures:
-                done, _ = wait(futures, timeout=POLL, return_when=FIRST_COMPLETED)
-                _drain(started, running)
-                for future in done:
-                    index = futures.pop(future)
-                    try:
-                        _, record = future.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        continue
-                    running.pop(index, None)
-                    left.pop(index, None)
-                    yield index, record
-                if broken:
-                    break
+        before = len(left)
+        yield from _one_pool(context, left, broke, settings, workers)
+        fruitless = fruitless + 1 if len(left) == before else 0
+        if fruitless >= 3:
+            from kdshell.triage.files import TriageError
+
+            raise TriageError("the worker processes keep dying before they finish a file (try -j 1)")
+
+
+def _one_pool(context: Any, left: dict[int, Job], broke: dict[int, int], settings: Settings,
+              workers: int) -> Iterator[Result]:
+    """Runs the tasks left until they are done or the pool breaks (a worker killed)."""
+    started = context.Queue()
+    running: dict[int, tuple[int, float]] = {}   # index -> (pid, start)
+    verdicts: dict[int, str] = {}                 # index -> why the parent stopped it
+    broken = False
+    with ProcessPoolExecutor(max_workers=min(workers, len(left)), mp_context=context, initializer=_init_worker,
+                             initargs=(started, settings.memory_mb, os.environ.get(TEST_HOOK))) as pool:
+        futures: dict[Future[Result], int] = {}
+        try:
+            for i, path, sha, size in left.values():
+                futures[pool.submit(_task, i, path, settings, sha, size)] = i
+        except BrokenProcessPool:
+            broken = True
+        while futures and not broken:
+            done, _ = wait(futures, timeout=POLL, return_when=FIRST_COMPLETED)
+            _drain(started, running)
+            for future in done:
+                index = futures.pop(future)
+                try:
+                    _, record = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    continue
+                running.pop(index, None)
+                left.pop(index, None)
+                yield index, record
+            if not broken:
                 _watch(running, settings, verdicts)
-            if broken:
-                _drain(started, running)
-                for index, why in verdicts.items():
-                    job = left.pop(index)
-                    yield index, stopped(job[1], why, job[2], job[3])
-                for index in running:
-                    if index in left and index not in verdicts:
-                        broke[index] = broke.get(index, 0) + 1
-                        if broke[index] >= 2:
-                            job = left.pop(index)
-                            yield index, stopped(job[1], "its worker died (memory cap or a crash)", job[2], job[3])
-                for pid, _ in running.values():
-                    _kill(pid)
-                pool.shutdown(wait=True, cancel_futures=True)
-        started.close()
+        if broken:
+            _drain(started, running)
+            for index, why in verdicts.items():
+                job = left.pop(index)
+                yield index, stopped(job[1], why, job[2], job[3])
+            for index in running:
+                if index in left:
+                    broke[index] = broke.get(index, 0) + 1
+                    if broke[index] >= 2:
+                        job = left.pop(index)
+                        yield index, stopped(job[1], "its worker died (memory cap or a crash)", job[2], job[3])
+            for pid, _ in running.values():
+                _kill(pid)
+            pool.shutdown(wait=True, cancel_futures=True)
+    started.close()
 
 
 def _drain(started: Any, running: dict[int, tuple[int, float]]) -> None:

@@ -1,0 +1,209 @@
+"""`kdshell triage`: a folder of every test machine's small dump, a kernel dump, the corpus dumps
+(when present), a truncated file, a non-dump and an empty file, through the serial path, the
+process pool and a Dask LocalCluster; the cache; the per-file limits; the command line.
+
+Expected values come from the machines' truth JSON (bug check, culprit image, build, processors)
+and from the dump header decoded here (the crash time), never from kdshell's earlier output."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import corpus_dumps_if_present
+from kdshell import triage
+from kdshell.triage.cli import progress_text
+
+SCENARIOS = ("d1", "7e", "7e-plain", "3b", "e2", "50", "d1-x86")
+BAD = {"truncated.dmp": "file ends inside", "empty.dmp": "too small to be a dump",
+       "notes.dmp": "not a Windows kernel dump"}
+
+
+@pytest.fixture(scope="module")
+def folder(machines, tmp_path_factory):
+    """The mixed folder (a sub-folder too, for the recursion) and {file name: scenario}."""
+    root = tmp_path_factory.mktemp("crashes")
+    (root / "sub").mkdir()
+    names = {}
+    for name in SCENARIOS:
+        shutil.copy(machines.path(name, "small"), root / f"{name}-small.dmp")
+        names[f"{name}-small.dmp"] = name
+    shutil.copy(machines.path("d1", "kernel"), root / "sub" / "d1-kernel.dmp")
+    names["d1-kernel.dmp"] = "d1"
+    for dump in corpus_dumps_if_present():
+        shutil.copy(dump, root / "sub" / dump.name)
+    small = Path(machines.path("d1", "small")).read_bytes()
+    (root / "truncated.dmp").write_bytes(small[:8192])
+    (root / "empty.dmp").write_bytes(b"")
+    (root / "notes.dmp").write_bytes(b"not a dump, a text file someone left here\n" * 200)
+    (root / "readme.txt").write_text("a folder's other files are not dumps")
+    return root, names
+
+
+def _crash_time(path: Path) -> str:
+    """DUMP_HEADER64/32's SystemTime (a FILETIME at 0xFA8 / 0xFC0), decoded here."""
+    data = path.read_bytes()[:0x1000]
+    filetime = struct.unpack_from("<Q", data, 0xFA8 if data[4:8] == b"DU64" else 0xFC0)[0]
+    when = datetime.datetime(1601, 1, 1) + datetime.timedelta(microseconds=filetime // 10)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stable(records):
+    """The records less what differs from run to run (timings, whether the cache answered)."""
+    out = []
+    for r in records:
+        r = json.loads(json.dumps(r))
+        r.pop("analysis_ms", None)
+        t = r.get("triage", {})
+        t.pop("elapsed_ms", None)
+        t.pop("cached", None)
+        if "analyze_v" in t:  # less the value under "Key  : Analysis.Elapsed.mSec"
+            lines = t["analyze_v"].splitlines()
+            t["analyze_v"] = [x for i, x in enumerate(lines) if not (i and "Analysis.Elapsed.mSec" in lines[i - 1])]
+        out.append(r)
+    return out
+
+
+def _check_rows(records, root, names, machines):
+    by_name = {os.path.basename(r["dump"]["file"]): r for r in records}
+    expected = set(names) | set(BAD) | {d.name for d in corpus_dumps_if_present()}
+    assert set(by_name) == expected  # readme.txt is not a dump file; sub/ was searched
+    for file, scenario in names.items():
+        r = by_name[file]
+        truth = machines.truth(scenario)
+        assert "error" not in r, r.get("error")
+        assert r["schema"] == "kdshell.analysis" and r["schema_version"] == 2
+        assert int(r["bugcheck"]["code"], 16) == truth["bugcheck"]["code"]
+        mask = (1 << (64 if truth["arch"] == "x64" else 32)) - 1
+        assert [int(p["value"], 16) for p in r["bugcheck"]["parameters"]] == \
+            [p & mask for p in truth["bugcheck"]["parameters"]]
+        if truth["culprit"]:
+            assert r["image_name"] == truth["culprit"] == triage.row(r)["module"]
+        assert r["dump"]["build"] == truth["build"]
+        assert r["dump"]["processors"] == len(truth["processors"])
+        assert r["dump"]["crash_time"] == _crash_time(Path(r["triage"]["path"]))
+        assert r["triage"]["sha256"] and "FAILURE_BUCKET_ID:  " + r["failure_bucket_id"] in r["triage"]["analyze_v"]
+    for file, words in BAD.items():
+        r = by_name[file]
+        assert words in r["error"] and r["error"].count(file) == 1, r["error"]
+        assert triage.row(r)["error"] == r["error"]
+
+
+@pytest.fixture(scope="module")
+def serial(folder):
+    root, _ = folder
+    return triage.run([str(root)], triage.Options(jobs=1, cache=""))
+
+
+def test_serial_rows_and_errors(folder, serial, machines):
+    root, names = folder
+    _check_rows(serial, root, names, machines)
+    summary = triage.summarize(serial)
+    assert summary["failed"] == len(BAD) and summary["total"] == len(serial)
+    mydrv = next(g for g in summary["by_module"] if g["name"] == "mydrv.sys")
+    # d1, 7e, 7e-plain, 50, d1-x86 small dumps and d1's kernel dump: truth blames mydrv.sys.
+    assert mydrv["count"] == sum(1 for s in names.values() if machines.truth(s)["culprit"] == "mydrv.sys")
+    assert mydrv["first"] == mydrv["last"] == _crash_time(root / "d1-small.dmp")
+
+
+def test_process_pool_gives_the_same_records(folder, serial):
+    root, _ = folder
+    pooled = triage.run([str(root)], triage.Options(jobs=2, cache=""))
+    assert _stable(pooled) == _stable(serial)
+
+
+def test_dask_local_cluster_gives_the_same_records(folder, serial):
+    pytest.importorskip("distributed")
+    root, _ = folder
+    clustered = triage.run([str(root)], triage.Options(cluster="local:2", cache=""))
+    assert _stable(clustered) == _stable(serial)
+
+
+def test_the_cache_answers_a_rerun_and_sees_a_changed_file(machines, tmp_path):
+    root = tmp_path / "crashes"
+    root.mkdir()
+    for name in ("d1", "3b"):
+        shutil.copy(machines.path(name, "small"), root / f"{name}.dmp")
+    db = str(tmp_path / "cache.sqlite")
+    first = triage.run([str(root)], triage.Options(jobs=1, cache=db))
+    assert [r["triage"]["cached"] for r in first] == [False, False]
+    again = triage.run([str(root)], triage.Options(jobs=1, cache=db))
+    assert [r["triage"]["cached"] for r in again] == [True, True]
+    assert _stable(again) == _stable(first)
+    # d1.dmp now holds 7e's crash: its content changed, so it is analysed again.
+    shutil.copy(machines.path("7e", "small"), root / "d1.dmp")
+    third = triage.run([str(root)], triage.Options(jobs=1, cache=db))
+    assert [r["triage"]["cached"] for r in third] == [True, False]
+    assert int(third[1]["bugcheck"]["code"], 16) == machines.truth("7e")["bugcheck"]["code"]
+    assert third[1]["dump"]["file"] == str(root / "d1.dmp")
+
+
+def test_a_hanging_or_growing_file_is_stopped_and_the_batch_goes_on(machines, tmp_path, monkeypatch):
+    root = tmp_path / "crashes"
+    root.mkdir()
+    for name in ("d1", "3b", "50"):
+        shutil.copy(machines.path(name, "small"), root / f"{name}.dmp")
+    for hook, words in (("hang:3b.dmp", "stopped: over the time limit (1.5 s)"),
+                        ("grow:3b.dmp", "stopped: over the memory cap (400 MiB)")):
+        monkeypatch.setenv("KDSHELL_TRIAGE_TEST", hook)
+        records = triage.run([str(root)], triage.Options(jobs=2, cache="", time_limit=1.5, memory_mb=400))
+        assert [os.path.basename(r["dump"]["file"]) for r in records] == ["3b.dmp", "50.dmp", "d1.dmp"]
+        assert records[0]["error"] == words
+        assert int(records[1]["bugcheck"]["code"], 16) == machines.truth("50")["bugcheck"]["code"]
+        assert int(records[2]["bugcheck"]["code"], 16) == machines.truth("d1")["bugcheck"]["code"]
+
+
+def test_paths_globs_and_a_missing_path(folder):
+    root, _ = folder
+    files = triage.expand([str(root / "**" / "d1-*.dmp"), str(root / "d1-small.dmp")])
+    assert sorted(os.path.basename(f) for f in files) == ["d1-kernel.dmp", "d1-small.dmp", "d1-x86-small.dmp"]
+    with pytest.raises(triage.TriageError, match="no-such-folder: no such file or folder"):
+        triage.run([str(root / "no-such-folder")], triage.Options(cache=""))
+
+
+def test_the_command_line(folder, tmp_path):
+    root, names = folder
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    env.pop("KDSHELL_SYMBOL_CACHE", None)
+    p = subprocess.run([sys.executable, "-m", "kdshell", "triage", str(root), "--json", "-j", "1"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0 and p.stderr == ""  # no progress bar when piped
+    records = [json.loads(line) for line in p.stdout.splitlines()]
+    assert {os.path.basename(r["dump"]["file"]) for r in records} >= set(names) | set(BAD)
+    assert (tmp_path / "xdg" / "kdshell" / "triage.sqlite").is_file()  # the cache, beside the symbol cache
+    p = subprocess.run([sys.executable, "-m", "kdshell.triage", str(root / "d1-small.dmp"), str(root / "empty.dmp"),
+                        "--csv"], capture_output=True, text=True, timeout=120, env=env)
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("file,crash_time,computer,os_build,bugcheck,code,p1,p2,p3,p4,module,symbol")
+    assert ",DRIVER_IRQL_NOT_LESS_OR_EQUAL,0xd1," in lines[1] and ",mydrv.sys," in lines[1]
+    assert lines[2].startswith(str(root / "empty.dmp")) and "empty.dmp: file is too small to be a dump" in lines[2]
+    p = subprocess.run([sys.executable, "-m", "kdshell", "triage", str(root / "d1-small.dmp"), "--no-cache"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert "1 dumps, 1 analysed, 0 failed" in p.stdout and "By culprit module:" in p.stdout
+    table = p.stdout.splitlines()
+    assert table[0].split()[:3] == ["File", "Crash", "time"] and table[2].startswith("d1-small.dmp  ")
+    p = subprocess.run([sys.executable, "-m", "kdshell", "triage", str(root / "missing.dmp")],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2 and p.stderr == f"kdshell triage: {root / 'missing.dmp'}: no such file or folder\n"
+
+
+def test_two_dumps_after_z_point_to_triage(tmp_path):
+    a, b = tmp_path / "A.dmp", tmp_path / "B.dmp"
+    p = subprocess.run([sys.executable, "-m", "kdshell", "-z", str(a), str(b)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2
+    assert p.stderr == f"kdshell: one dump at a time ({b} not opened): for many dumps use kdshell triage {a} {b}\n"
+
+
+def test_the_progress_text():
+    assert progress_text(0, 300, 0, 0.0) == "triage [>                       ] 0/300  0.0/s  ETA --:--"
+    # 150 of 300 done, 100 of them analysed in 2 s (50 came from the cache): 50/s, 3 s left.
+    assert progress_text(150, 300, 100, 2.0) == "triage [============>           ] 150/300  50.0/s  ETA 0:03"
+    assert progress_text(300, 300, 300, 3.0).startswith("triage [========================] 300/300  100.0/s")
