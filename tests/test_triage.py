@@ -207,3 +207,115 @@ def test_the_progress_text():
     # 150 of 300 done, 100 of them analysed in 2 s (50 came from the cache): 50/s, 3 s left.
     assert progress_text(150, 300, 100, 2.0) == "triage [============>           ] 150/300  50.0/s  ETA 0:03"
     assert progress_text(300, 300, 300, 3.0).startswith("triage [========================] 300/300  100.0/s")
+
+
+# -- the HTML page in a real headless browser --------------------------------------------------------------
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,1000"]
+
+
+def _browser():
+    """(chromium, chromedriver) paths, or a skip saying what is missing (.ci/run installs both)."""
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if chrome is None or driver is None:
+        pytest.skip("no headless browser: apt-get install chromium chromium-driver (as .ci/run does)")
+    pytest.importorskip("selenium", reason="selenium is in the test extras: pip install -e '.[test]'")
+    return chrome, driver
+
+
+def _png_pixels(data: bytes):
+    """(width, height, rows of RGB tuples) of an 8-bit RGB/RGBA PNG (what Chromium writes), decoded here."""
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+            assert depth == 8 and colour in (2, 6)
+            bpp = 3 if colour == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    rows, prev = [], bytearray(stride)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append([tuple(line[x * bpp:x * bpp + 3]) for x in range(width)])
+        prev = line
+    return width, height, rows
+
+
+def test_the_html_page_sorts_expands_and_draws(serial, tmp_path):
+    chrome, driver_path = _browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from kdshell.triage.html import write_html
+
+    page = tmp_path / "triage.html"
+    write_html(str(page), serial)
+    html = page.read_text()
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html  # nothing to fetch
+    options = webdriver.ChromeOptions()
+    options.binary_location = chrome
+    for flag in CHROME_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        browser.get(page.as_uri())
+        rows = browser.find_elements(By.CSS_SELECTOR, "#body tr.row")
+        assert len(rows) == len(serial)
+        headings = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#head th")]
+        code_column = headings.index("Code")
+
+        def codes():
+            return [tr.find_elements(By.TAG_NAME, "td")[code_column].text
+                    for tr in browser.find_elements(By.CSS_SELECTOR, "#body tr.row")]
+
+        want = sorted((r["bugcheck"]["code"] for r in serial if "error" not in r), key=lambda c: int(c, 16))
+        browser.find_elements(By.CSS_SELECTOR, "#head th")[code_column].click()
+        assert [c for c in codes() if c] == want                       # numbers, not text: 0x3b before 0xd1
+        browser.find_elements(By.CSS_SELECTOR, "#head th")[code_column].click()
+        assert [c for c in codes() if c] == want[::-1]
+        # A row opens onto its !analyze -v text, and closes again.
+        first = browser.find_element(By.CSS_SELECTOR, "#body tr.row")
+        index = int(first.get_attribute("data-index"))
+        first.click()
+        detail = browser.find_element(By.CSS_SELECTOR, "#body tr.detail pre")
+        record = serial[index]
+        assert ("FAILURE_BUCKET_ID:  " + record["failure_bucket_id"]) in detail.text if "error" not in record \
+            else record["error"] in detail.text
+        first.click()
+        assert not browser.find_elements(By.CSS_SELECTOR, "#body tr.detail")
+        # The charts: each has drawn bars in the palette's colours, not a blank box.
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#modules rect.bar")) == \
+            len(triage.summarize(serial)["by_module"])
+        for chart in ("timeline", "modules"):
+            width, height, pixels = _png_pixels(browser.find_element(By.ID, chart).screenshot_as_png)
+            inked = sum(1 for line in pixels for p in line if max(p) - min(p) > 60)  # coloured, not grey or white
+            assert inked > width * height // 50, f"{chart}: {inked} coloured pixels of {width}x{height}"
+            blue = sum(1 for line in pixels for p in line if abs(p[0] - 0x3B) < 12 and abs(p[1] - 0x6F) < 12
+                       and abs(p[2] - 0xD8) < 12)
+            assert blue > 100, f"{chart}: the first bucket's/module's colour is missing"
+    finally:
+        browser.quit()
