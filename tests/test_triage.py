@@ -319,3 +319,26 @@ def test_the_html_page_sorts_expands_and_draws(serial, tmp_path):
             assert blue > 100, f"{chart}: the first bucket's/module's colour is missing"
     finally:
         browser.quit()
+
+
+def test_workers_share_the_symbol_cache_one_download_per_file(monkeypatch, tmp_path):
+    """Three copies of the corpus triage dump in two worker processes, symbols from a server on
+    127.0.0.1: each file the server has is downloaded once, and every row is symbolized."""
+    from conftest import CORPUS_SYMBOLS, TRIAGE_19041
+    from test_store import AMDPPM_PDB_KEY, _serve
+
+    served = _serve(CORPUS_SYMBOLS)
+    server = next(served)
+    try:
+        monkeypatch.delenv("KDSHELL_OFFLINE")
+        for i in range(3):
+            shutil.copy(TRIAGE_19041, tmp_path / f"crash{i}.dmp")
+        cache = tmp_path / "symbols"
+        records = triage.run([str(tmp_path)], triage.Options(jobs=2, cache="", offline=False,
+                                                             symbol_path=f"srv*{cache}*{server.url}"))
+        assert [r["symbol_name"] for r in records] == ["amdppm!WriteIoMemRawEx+70"] * 3
+        hits = server.handler.hits
+        assert hits.count(f"/amdppm.pdb/{AMDPPM_PDB_KEY}/amdppm.pdb") == 1
+        assert (cache / "amdppm.pdb" / AMDPPM_PDB_KEY / "amdppm.pdb").is_file()
+    finally:
+        next(served, None)

@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Sequence
 
-from kdshell.triage.worker import TEST_HOOK, Settings, analyse, stopped
+from kdshell.triage.worker import Settings, analyse, stopped
 
 Job = tuple[int, str, str | None, int | None]   # index, path, sha256, size
 Result = tuple[int, dict[str, Any]]
@@ -59,14 +59,21 @@ def _time_up(signum: int, frame: object) -> None:
     raise TimeoutError
 
 
-def _init_worker(started: Any, memory_mb: int | None, hook: str | None) -> None:
+def _environment() -> dict[str, str]:
+    """The variables kdshell reads (symbol paths, offline, caches, the zone, the test hook)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("KDSHELL_", "_NT_")) or k in ("XDG_CACHE_HOME", "TZ")}
+
+
+def _init_worker(started: Any, memory_mb: int | None, env: dict[str, str]) -> None:
     global _started
     _started = started
-    # The forkserver's environment is the one it started with: pass the test hook on.
-    if hook:
-        os.environ[TEST_HOOK] = hook
-    else:
-        os.environ.pop(TEST_HOOK, None)
+    # A forkserver's children get the environment it started with, maybe by an earlier run:
+    # they take this run's.
+    for name in [k for k in os.environ if k.startswith(("KDSHELL_", "_NT_")) or k in ("XDG_CACHE_HOME", "TZ")]:
+        del os.environ[name]
+    os.environ.update(env)
+    if hasattr(time, "tzset"):
+        time.tzset()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if memory_mb:
         try:
@@ -110,7 +117,7 @@ def _one_pool(context: Any, left: dict[int, Job], broke: dict[int, int], setting
     verdicts: dict[int, str] = {}                 # index -> why the parent stopped it
     broken = False
     with ProcessPoolExecutor(max_workers=min(workers, len(left)), mp_context=context, initializer=_init_worker,
-                             initargs=(started, settings.memory_mb, os.environ.get(TEST_HOOK))) as pool:
+                             initargs=(started, settings.memory_mb, _environment())) as pool:
         futures: dict[Future[Result], int] = {}
         try:
             for i, path, sha, size in left.values():
