@@ -13,7 +13,8 @@
     grows past the memory cap gives its record with "error" and never stops the run.
     Returns one record per file, in the order of `paths`. A record is `--analyze-json`'s
     (kdshell.analysis.report: "schema" "kdshell.analysis", "schema_version") plus "triage":
-    {"path", "sha256", "size", "analyze_v" (the `!analyze -v` text), "elapsed_ms", "cached"};
+    {"path", "sha256", "size", "analyze_v" (the `!analyze -v` text), "elapsed_ms", "cpu_ms" (the
+    worker's wall and CPU time for it), "cached"};
     a failed one is {"schema", "schema_version", "kdshell", "dump": {"file"}, "error", "triage"}.
     progress(done, total) is called as files finish.
 

@@ -215,17 +215,19 @@ def cluster(jobs: Sequence[Job], settings: Settings, address: str,
     else:
         client = Client(address)
     try:
-        futures = [client.submit(analyse, path, settings, sha, size, key=f"kdshell-triage-{i}-{sha or path}",
-                                 pure=False) for i, path, sha, size in jobs]
+        keys = [f"kdshell-triage-{i}-{sha or ''}" for i, _, sha, _ in jobs]
+        futures = client.map(analyse, [j[1] for j in jobs], [settings] * len(jobs), [j[2] for j in jobs],
+                             [j[3] for j in jobs], key=keys, pure=False)
         order = {f.key: job for f, job in zip(futures, jobs)}
-        for future in as_completed(futures):
+        # Results come back in batches as they finish (one round trip per batch, not per dump).
+        for future, result in as_completed(futures, with_results=True, raise_errors=False):
             i, path, sha, size = order[future.key]
-            try:
-                record = future.result()
-            except Exception as exc:  # the worker died or the task was lost: the row says so
-                record = stopped(path, f"the cluster lost the task ({type(exc).__name__}: {exc})", sha, size)
-            yield i, record
+            if future.status == "error" or not isinstance(result, dict):
+                # the worker died or the task was lost: the row says so
+                exc = future.exception() if future.status == "error" else result
+                result = stopped(path, f"the cluster lost the task ({type(exc).__name__}: {exc})", sha, size)
+            yield i, result
     finally:
-        client.close()
+        client.close(timeout=20)  # bounded: a busy machine must not keep the run from ending
         if local is not None:
-            local.close()
+            local.close(timeout=20)

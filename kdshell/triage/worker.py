@@ -32,7 +32,7 @@ class Settings:
 
 def analyse(path: str, settings: Settings, sha256: str | None = None, size: int | None = None) -> dict[str, Any]:
     """The record of one file. `sha256`/`size` are the caller's when it hashed the file already."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         if sha256 is None or size is None:
             sha256, size = digest(path)
@@ -58,7 +58,8 @@ def analyse(path: str, settings: Settings, sha256: str | None = None, size: int 
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
     record["triage"] = {"path": path, "sha256": sha256, "size": size, **record.get("triage", {}),
-                        "elapsed_ms": round((time.perf_counter() - start) * 1000, 1), "cached": False}
+                        "elapsed_ms": round((time.perf_counter() - start) * 1000, 1),
+                        "cpu_ms": round((time.process_time() - cpu) * 1000, 1), "cached": False}
     return record
 
 
