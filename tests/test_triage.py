@@ -360,3 +360,37 @@ def test_urls_through_fsspec(machines, tmp_path):
         [machines.truth(n)["bugcheck"]["code"] for n in ("3b", "d1")]
     assert records[1]["triage"]["sha256"] == hashlib.sha256((tmp_path / "d1.dmp").read_bytes()).hexdigest()
     assert not list(Path(tempfile.gettempdir()).glob("kdshell-triage-*"))  # the copies are gone
+
+
+def test_a_cache_that_is_not_a_database_is_one_line(machines, tmp_path):
+    bad = tmp_path / "cache.sqlite"
+    bad.write_bytes(b"not a database" * 100)
+    with pytest.raises(triage.TriageError, match=f"cannot use the cache {bad}: file is not a database"):
+        triage.run([str(machines.path("d1", "small"))], triage.Options(cache=str(bad)))
+
+
+def test_the_progress_bar_shows_on_a_terminal(machines, tmp_path):
+    import pty
+
+    for name in ("d1", "3b"):
+        shutil.copy(machines.path(name, "small"), tmp_path / f"{name}.dmp")
+    leader, follower = pty.openpty()
+    try:
+        p = subprocess.run([sys.executable, "-m", "kdshell", "triage", str(tmp_path), "-j", "1", "--no-cache"],
+                           stdout=subprocess.PIPE, stderr=follower, text=True, timeout=120)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert p.returncode == 0 and "2 dumps, 2 analysed, 0 failed" in p.stdout
+    text = shown.decode()
+    assert "triage [========================] 2/2  " in text and "/s  ETA 0:00" in text
+    assert text.endswith("\r" + " " * 72 + "\r")  # and it is wiped before the table

@@ -19,7 +19,8 @@
     progress(done, total) is called as files finish.
 
 `Options` (all optional):
-    jobs: worker processes (None: every core; 1: in this process); cluster: a Dask scheduler
+    jobs: worker processes (None: every core; 1, or a single file to analyse: in this process,
+    the time limit by SIGALRM in the main thread, no memory cap); cluster: a Dask scheduler
     ("tcp://host:8786") or "local:N" (a LocalCluster); symbol_path: as the REPL's default
     (_NT_SYMBOL_PATH, else Microsoft's server with the per-user cache, shared by every dump);
     image_path; offline; time_limit (s) and memory_mb per file; cache: the SQLite file (None: the

@@ -31,13 +31,18 @@ def settings_key(settings: Settings) -> str:
 
 class Cache:
     def __init__(self, path: str) -> None:
+        from kdshell.triage.files import TriageError
+
         self.path = path
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=30)
-        self.db.execute("CREATE TABLE IF NOT EXISTS records (sha256 TEXT, settings TEXT, record TEXT, "
-                        "PRIMARY KEY (sha256, settings))")
-        self.db.commit()
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=30)
+            self.db.execute("CREATE TABLE IF NOT EXISTS records (sha256 TEXT, settings TEXT, record TEXT, "
+                            "PRIMARY KEY (sha256, settings))")
+            self.db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise TriageError(f"cannot use the cache {path}: {getattr(exc, 'strerror', None) or exc} "
+                              "(--cache FILE for another, --no-cache for none)") from None
 
     def get(self, sha256: str, settings: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT record FROM records WHERE sha256 = ? AND settings = ?",

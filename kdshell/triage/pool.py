@@ -16,7 +16,7 @@ import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from kdshell.triage.worker import Settings, analyse, stopped
 
@@ -195,8 +195,7 @@ def _kill(pid: int) -> None:
         pass
 
 
-def cluster(jobs: Sequence[Job], settings: Settings, address: str,
-            log: Callable[[str], None] | None = None) -> Iterator[Result]:
+def cluster(jobs: Sequence[Job], settings: Settings, address: str) -> Iterator[Result]:
     """On Dask: `local:N` starts a LocalCluster of N worker processes (for tests and trials),
     anything else is a scheduler's address (tcp://host:8786). Each task is one dump; the workers
     read the paths themselves (a shared file system, or URLs through fsspec). The time limit and
