@@ -394,3 +394,15 @@ def test_the_progress_bar_shows_on_a_terminal(machines, tmp_path):
     text = shown.decode()
     assert "triage [========================] 2/2  " in text and "/s  ETA 0:00" in text
     assert text.endswith("\r" + " " * 72 + "\r")  # and it is wiped before the table
+
+
+def test_a_cluster_that_cannot_be_had_is_one_line(machines):
+    pytest.importorskip("distributed")
+    dump = str(machines.path("d1", "small"))
+    with pytest.raises(triage.TriageError, match="local:N needs a number of workers"):
+        triage.run([dump], triage.Options(cluster="local:many", cache=""))
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+            pytest.raises(triage.TriageError, match="cannot reach the Dask scheduler"):
+        triage.run([dump], triage.Options(cluster="tcp://127.0.0.1:1", cache=""))

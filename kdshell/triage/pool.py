@@ -200,19 +200,24 @@ def cluster(jobs: Sequence[Job], settings: Settings, address: str) -> Iterator[R
     anything else is a scheduler's address (tcp://host:8786). Each task is one dump; the workers
     read the paths themselves (a shared file system, or URLs through fsspec). The time limit and
     memory cap are the cluster's own (Dask workers' memory_limit), not enforced per task."""
+    from kdshell.triage.files import TriageError
+
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
-        from kdshell.triage.files import TriageError
-
         raise TriageError("--cluster needs Dask's distributed: pip install 'kdshell[cluster]'") from None
     local = None
     if address.startswith("local:"):
-        count = int(address.split(":", 1)[1] or 2)
-        local = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None)
+        count = address.split(":", 1)[1]
+        if not count.isdigit() or int(count) < 1:
+            raise TriageError(f"--cluster {address}: local:N needs a number of workers, e.g. local:4")
+        local = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(local)
     else:
-        client = Client(address)
+        try:
+            client = Client(address)  # waits distributed.comm.timeouts.connect (30 s by default)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise TriageError(f"--cluster {address}: cannot reach the Dask scheduler: {exc}") from None
     try:
         keys = [f"kdshell-triage-{i}-{sha or ''}" for i, _, sha, _ in jobs]
         futures = client.map(analyse, [j[1] for j in jobs], [settings] * len(jobs), [j[2] for j in jobs],
@@ -223,8 +228,8 @@ def cluster(jobs: Sequence[Job], settings: Settings, address: str) -> Iterator[R
             i, path, sha, size = order[future.key]
             if future.status == "error" or not isinstance(result, dict):
                 # the worker died or the task was lost: the row says so
-                exc = future.exception() if future.status == "error" else result
-                result = stopped(path, f"the cluster lost the task ({type(exc).__name__}: {exc})", sha, size)
+                lost = future.exception() if future.status == "error" else result
+                result = stopped(path, f"the cluster lost the task ({type(lost).__name__}: {lost})", sha, size)
             yield i, result
     finally:
         client.close(timeout=20)  # bounded: a busy machine must not keep the run from ending
