@@ -311,6 +311,11 @@ def test_the_html_page_sorts_expands_and_draws(serial, tmp_path):
             else record["error"] in detail.text
         first.click()
         assert not browser.find_elements(By.CSS_SELECTOR, "#body tr.detail")
+        # The summary: each bucket with its count, as summarize() groups the records.
+        buckets = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+                   for tr in browser.find_elements(By.CSS_SELECTOR, "#by-bucket tr")][1:]
+        assert [(int(b[0]), b[1]) for b in buckets] == [(g["count"], g["name"])
+                                                         for g in triage.summarize(serial)["by_bucket"]]
         # The charts: each has drawn bars in the palette's colours, not a blank box.
         assert len(browser.find_elements(By.CSS_SELECTOR, "#modules rect.bar")) == \
             len(triage.summarize(serial)["by_module"])
