@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import datetime
 import os
 
-from kdshell.dispatch import Invocation, command, not_on_arm64
+from kdshell.dispatch import Invocation, command
 from kdshell.dumpfile.dump import KIND_NAMES
 from kdshell.errors import CommandError
 from kdshell.outpath import check_output
@@ -93,7 +93,7 @@ def unique_name(path: str, now: datetime.datetime | None = None, pid: int | None
     return f"{stem}_{stamp}{ext}"
 
 
-@command(".dump", family="dump", syntax=SYNTAX, needs=(not_on_arm64(".dump"),),
+@command(".dump", family="dump", syntax=SYNTAX, needs=(),
          summary="Write a small memory dump (/m), or a complete (/f), kernel (/k) or active (/ka) dump, "
                  "from the dump being read",
          example='.dump /m /c "shrunk for the vendor" C:\\dumps\\mini.dmp',

@@ -22,7 +22,7 @@ from kdshell.kernel import objects as OB
 from kdshell.kernel.prcb import PCR_TIB_NAMES, irql_name, read_pcr_fields, read_prcb_counters
 from kdshell.kernel.processes import find_processes
 from kdshell.kernel.threads import wait_objects, wait_reason_name
-from kdshell.dispatch import needs_memory, not_on_arm64
+from kdshell.dispatch import needs_memory
 from kdshell.stack.text import KOptions, frame_lines
 
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ def process_lines(session: Session, p: Process, flags: int) -> list[str]:
              f"    SessionId: {sid}  Cid: {cid}    Peb: {peb}  ParentCid: {parent}",
              f"    DirBase: {dtb}  ObjectTable: {table}  HandleCount: {handles}",
              f"    Image: {p.image}"]
+    if (missing := k.process_layout.missing_line(("pid", "name"))) is not None:
+        lines.append(f"    {missing}")
     if flags & 1:
         if p.device_map is not None:
             lines.append(f"    DeviceMap {_p(session, p.device_map)}")
@@ -141,7 +143,7 @@ def show_process(session: Session, p: Process, flags: int) -> None:
             session.set_dtb(saved)
 
 
-@command("!process", family="kernel", needs=(needs_memory, not_on_arm64("!process")),
+@command("!process", family="kernel", needs=(needs_memory,),
          syntax="!process [Process [Flags]] | !process 0 Flags ImageName",
          summary="Show a process (EPROCESS address or process ID; 0: all, -1: the current one) and, "
                  "with Flags, its threads (2: wait states, 6: with stacks, 8: no stack arguments, "
@@ -204,7 +206,7 @@ def process_(session: Session, inv: Invocation) -> None:
     show_process(session, k.process(key), flags)
 
 
-@command(".process", family="kernel", needs=(needs_memory, not_on_arm64(".process")), syntax=".process [/p] [/r] [Process]",
+@command(".process", family="kernel", needs=(needs_memory,), syntax=".process [/p] [/r] [Process]",
          summary="Set the implicit process: its address space translates addresses (/p, /r: accepted; "
                  "kdshell loads no user-mode symbols yet); alone: show it",
          example=".process /p /r ffffc20a`00053040")
@@ -265,6 +267,8 @@ def thread_lines(session: Session, t: Thread, stack: bool = True, args: bool = T
     """A thread as !thread shows it (header, wait objects, details, stack)."""
     k = session.kernel
     lines = [thread_header(session, t)]
+    if (missing := k.thread_layout.missing_line(("cid",))) is not None:
+        lines.append(f"    {missing}")
     lines += ["    " + x for x in _wait_lines(session, t)]
     owner = t.owning_process
     owner_p = None
@@ -348,7 +352,7 @@ def stack_lines(session: Session, thread: int, args: bool = True) -> list[str]:
                        memory=session.memory, is64=session.is64)
 
 
-@command("!thread", family="kernel", needs=(needs_memory, not_on_arm64("!thread")), syntax="!thread [-p] [-t] [Address [Flags]]",
+@command("!thread", family="kernel", needs=(needs_memory,), syntax="!thread [-p] [-t] [Address [Flags]]",
          summary="Show a thread (ETHREAD address; -t: a thread ID; -1 or none: the current thread): "
                  "state, owning process, wait, stack limits, then its stack",
          example="!thread ffffc20a`00002040",
@@ -393,25 +397,29 @@ def _processor_arg(session: Session, inv: Invocation, name: str) -> int:
     return _value(session, words[0]) if words else session.processor
 
 
-@command("!irql", family="kernel", needs=(needs_memory, not_on_arm64("!irql")), syntax="!irql [Processor]",
+@command("!irql", family="kernel", needs=(needs_memory,), syntax="!irql [Processor]",
          summary="Show the IRQL a processor had when the machine stopped (before the bug check raised it)",
          example="!irql 1",
          details="From KPRCB.DebuggerSavedIRQL with the kernel's types, else (x64) CR8 as saved in "
-                 "KPRCB.ProcessorState; else KPCR.Irql, the current IRQL.")
+                 "KPRCB.ProcessorState; else KPCR.Irql (ARM64: KPCR.CurrentIrql), the current IRQL.")
 def irql_(session: Session, inv: Invocation) -> None:
     number = _processor_arg(session, inv, "!irql")
-    p = session.kernel.processor(number)
+    k = session.kernel
+    p = k.processor(number)
     if p.irql is None:
-        raise KdError(f"Unable to get the IRQL of processor {number} from the dump")
+        why = ""
+        if (missing := k.prcb_layout.missing_line(("saved_irql",))) is not None:
+            why = f" ({missing}; a small memory dump keeps no KPCR)" if k.small else f" ({missing})"
+        raise KdError(f"Unable to get the IRQL of processor {number} from the dump{why}")
     text = f"{p.irql} ({irql_name(p.irql, session.is64)})"
-    if p.irql_source == "KPCR.Irql":
-        session.out.line(f"Current IRQL for processor {number:#x} -- {text} (KPCR.Irql: the IRQL saved "
+    if p.irql_source in ("KPCR.Irql", "KPCR.CurrentIrql"):
+        session.out.line(f"Current IRQL for processor {number:#x} -- {text} ({p.irql_source}: the IRQL saved "
                          "before the bug check is not known without the kernel's types)")
     else:
         session.out.line(f"Debugger saved IRQL for processor {number:#x} -- {text}")
 
 
-@command("!prcb", family="kernel", needs=(needs_memory, not_on_arm64("!prcb")), syntax="!prcb [Processor]",
+@command("!prcb", family="kernel", needs=(needs_memory,), syntax="!prcb [Processor]",
          summary="Show a processor's control block (KPRCB): current, next and idle threads", example="!prcb 1")
 def prcb_(session: Session, inv: Invocation) -> None:
     number = _processor_arg(session, inv, "!prcb")
@@ -438,7 +446,7 @@ def prcb_(session: Session, inv: Invocation) -> None:
     session.out.lines(lines)
 
 
-@command("!pcr", family="kernel", needs=(needs_memory, not_on_arm64("!pcr")), syntax="!pcr [Processor]",
+@command("!pcr", family="kernel", needs=(needs_memory,), syntax="!pcr [Processor]",
          summary="Show a processor's control region (KPCR)", example="!pcr 0",
          details="On x64 the NtTib lines are WinDbg's reading of the KPCR's first fields (GdtBase, "
                  "TssBase, UserRsp, Self, CurrentPrcb, LockArray, Used_Self), as WinDbg prints them.")
@@ -447,8 +455,9 @@ def pcr_(session: Session, inv: Invocation) -> None:
     k = session.kernel
     p = k.processor(number)
     if p.pcr is None:
-        raise KdError(f"Unable to get the KPCR of processor {number} from the dump: a small memory dump "
-                      "keeps only the KPRCB copy")
+        why = ("a small memory dump keeps only the KPRCB copy" if k.small else
+               k.prcb_layout.missing_line(("pcr_prcb",)) or "the KPCR is not known")
+        raise KdError(f"Unable to get the KPCR of processor {number} from the dump: {why}")
     try:
         pcr = read_pcr_fields(k.memory, p.pcr, k.prcb_layout, k.is64)
     except MemoryNotPresent as exc:
@@ -462,6 +471,13 @@ def pcr_(session: Session, inv: Invocation) -> None:
     lines = [f"KPCR for Processor {number} at {_p(session, p.pcr)}:"]
     if pcr.major is not None and pcr.minor is not None:
         lines.append(f"    Major {pcr.major} Minor {pcr.minor}")
+    if k.arm64:  # no NT_TIB, IDT, GDT, TSS or interrupt controller fields in ARM64's KPCR
+        lines += [row("SelfPcr", v(pcr.self_pcr)), row("Prcb", _p(session, p.prcb)),
+                  row("CurrentIrql", _p(session, p.current_irql or 0)), "",
+                  row("CurrentThread", _p(session, p.current_thread)),
+                  row("NextThread", _p(session, p.next_thread)), row("IdleThread", _p(session, p.idle_thread))]
+        session.out.lines(lines)
+        return
     lines += [row(f"NtTib.{n}", _p(session, value)) for n, value in zip(PCR_TIB_NAMES, pcr.tib)]
     lines.append("")
     lines.append(row("SelfPcr", v(pcr.self_pcr)))
@@ -480,7 +496,7 @@ def pcr_(session: Session, inv: Invocation) -> None:
     session.out.lines(lines)
 
 
-@command("!running", family="kernel", needs=(needs_memory, not_on_arm64("!running")), syntax="!running [-i] [-t]",
+@command("!running", family="kernel", needs=(needs_memory,), syntax="!running [-i] [-t]",
          summary="Show the threads running on the processors (-i: idle processors too, -t: their stacks)",
          example="!running -it")
 def running_(session: Session, inv: Invocation) -> None:

@@ -14,12 +14,17 @@ Layouts (public WinDbg transcripts):
 - !sysinfo cpuinfo: `[CPU Information]` then `Name = REG_TYPE value` lines.
 - !sysinfo cpuspeed: `CPUID:`, `MaxSpeed:`, `CurrentSpeed:` lines.
 - !sysinfo cpumicrocode: `Cached Microcode Version: HIGH:LOW` and the family/model/stepping in hex.
+- !sysinfo gbl: the firmware's ACPI tables, one header per line (kdshell's columns: WinDbg reads
+  them from the live machine's firmware), from the ACPI table headers a Windows 10 small dump
+  keeps in its secondary data (kdshell.dumpfile.acpi).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
+from kdshell.dumpfile.acpi import ACPI_BLOB_TAG, acpi_headers
+from kdshell.dumpfile.regvalues import CPU_REGISTRY_TAG, RegValue, parse_values
 from kdshell.errors import CommandError, KdError
 from kdshell.kernel.smbios import locate_table, machine_id, parse_table, smbios_lines
 
@@ -28,7 +33,9 @@ if TYPE_CHECKING:
     from kdshell.session import Session
 
 CPUINFO_HEADER = "CP  F/M/S Manufacturer  MHz PRCB Signature    MSR 8B Signature Features"
-SYSINFO_TOPICS = ("cpuinfo", "cpuspeed", "cpumicrocode", "machineid", "smbios")
+SYSINFO_TOPICS = ("cpuinfo", "cpuspeed", "cpumicrocode", "gbl", "machineid", "smbios")
+GBL_HEADER = "Signature Length   Rev Checksum OEM ID OEM Table ID OEM Rev  Creator Creator Rev"
+CPUID_WHY = "it shows the x86 CPUID family, model, stepping, vendor and microcode"
 # The KPRCB fields each line needs, named as the kernel's types name them (for the "absent" line)
 FIELD_NAMES = {"family": "CpuType", "model": "CpuStep", "mhz": "MHz", "vendor": "VendorString",
                "features": "FeatureBits", "update_signature": "UpdateSignature"}
@@ -67,7 +74,8 @@ def cpuinfo_row(number: int, info: CpuInfo) -> str:
     return f"{number:2d}  {fms} {info.vendor or '':<12} {mhz:>4} {sig:<16} {'':16}  {feat}".rstrip()
 
 
-@command("!cpuinfo", family="machine", needs=(needs_memory, not_on_arm64("!cpuinfo")), syntax="!cpuinfo [Processor]",
+@command("!cpuinfo", family="machine", needs=(needs_memory, not_on_arm64("!cpuinfo", CPUID_WHY)),
+         syntax="!cpuinfo [Processor]",
          summary="Show each processor's family/model/stepping, vendor, MHz, microcode signature and features",
          example="!cpuinfo",
          details="From the KPRCB (a small dump keeps only the crashing processor's). The MSR 8B column is "
@@ -95,7 +103,26 @@ def identifier(info: CpuInfo, is64: bool) -> str:
     return f"{arch} Family {_n(info.family)} Model {_n(info.model)} Stepping {_n(info.stepping)}"
 
 
+def registry_values(session: Session) -> list[RegValue]:
+    """CentralProcessor\\0's values from the dump's secondary data (empty when it has none)."""
+    blob = next((b for b in session.dump.blobs() if b.tag_text == CPU_REGISTRY_TAG), None)
+    return parse_values(session.dump.read_file(blob.data_offset, blob.data_size)) if blob is not None else []
+
+
+def _registry_lines(values: list[RegValue], cpu: tuple[Processor, CpuInfo] | None) -> list[str]:
+    lines = ["[CPU Information]"] + [f"{v.name} = {v.type_name} {v.text}" for v in values]
+    where = "{" + CPU_REGISTRY_TAG.upper() + "}"
+    note = f"(the registry's CentralProcessor\\0 values from the dump's secondary data {where}"
+    if cpu is not None and cpu[1].update_signature is not None and "MSR8B" not in {v.name for v in values}:
+        lines.append(f"MSR8B = REG_QWORD {cpu[1].update_signature:x}")
+        note += f"; MSR8B from processor {cpu[0].number}'s KPRCB"
+    return lines + [note + ")"]
+
+
 def _cpu_information(session: Session, p: Processor, info: CpuInfo) -> list[str]:
+    values = registry_values(session)
+    if values:
+        return _registry_lines(values, (p, info))
     lines = ["[CPU Information]"]
     if info.mhz is not None:
         lines.append(f"~MHz = REG_DWORD {info.mhz}")
@@ -113,10 +140,15 @@ def _cpu_information(session: Session, p: Processor, info: CpuInfo) -> list[str]
     return lines
 
 
-def _cpu_speed(p: Processor, info: CpuInfo) -> list[str]:
-    return [f"CurrentSpeed: {_n(info.mhz)}",
-            f"(KPRCB.MHz of processor {p.number}; the CPUID brand string and MaxSpeed come from the SMBIOS "
-            "processor structure (type 4), which this dump does not hold)"]
+def _cpu_speed(p: Processor, info: CpuInfo, name: str | None) -> list[str]:
+    if name is None:
+        return [f"CurrentSpeed: {_n(info.mhz)}",
+                f"(KPRCB.MHz of processor {p.number}; the CPUID brand string and MaxSpeed come from the SMBIOS "
+                "processor structure (type 4), which this dump does not hold)"]
+    return [f'CPUID:        "{name}"', f"CurrentSpeed: {_n(info.mhz)}",
+            f"(CPUID: the registry's ProcessorNameString in the dump's secondary data; CurrentSpeed: KPRCB.MHz of "
+            f"processor {p.number}; MaxSpeed comes from the SMBIOS processor structure (type 4), which this dump "
+            "does not hold)"]
 
 
 def _cpu_microcode(p: Processor, info: CpuInfo) -> list[str]:
@@ -152,11 +184,28 @@ def firmware_lines(topic: str, raw: bytes) -> list[str]:
     return smbios_lines(structures, len(raw))
 
 
-@command("!sysinfo", family="machine", needs=(needs_memory, not_on_arm64("!sysinfo")),
-         syntax="!sysinfo {cpuinfo | cpuspeed | cpumicrocode | machineid | smbios}",
+def acpi_lines(session: Session) -> list[str]:
+    blob = next((b for b in session.dump.blobs() if b.tag_text == ACPI_BLOB_TAG), None)
+    where = "{" + ACPI_BLOB_TAG.upper() + "}"
+    if blob is None:
+        raise KdError(f"!sysinfo gbl: the dump holds no ACPI table headers (no secondary data tagged {where}; "
+                      "Windows 10 small dumps carry them)")
+    headers = acpi_headers(session.dump.read_file(blob.data_offset, blob.data_size))
+    if not headers:
+        raise KdError(f"!sysinfo gbl: the {blob.data_size:#x} bytes tagged {where} hold no ACPI table header")
+    lines = [f"[ACPI Tables] from the dump's secondary data {where}: {len(headers)} tables", GBL_HEADER]
+    for h in headers:
+        lines.append(f"{h.signature:<9} {h.length:08x} {h.revision:02x}  {h.checksum:02x}       {h.oem_id:<6} "
+                     f"{h.oem_table_id:<12} {h.oem_revision:08x} {h.creator_id:<7} {h.creator_revision:08x}")
+    return lines
+
+
+@command("!sysinfo", family="machine", needs=(needs_memory,),
+         syntax="!sysinfo {cpuinfo | cpuspeed | cpumicrocode | gbl | machineid | smbios}",
          summary="Show the machine's processor, firmware and board facts the dump holds",
          example="!sysinfo cpuinfo",
-         details="cpuinfo, cpuspeed and cpumicrocode read the crashing processor's KPRCB; machineid and "
+         details="cpuinfo, cpuspeed and cpumicrocode read the crashing processor's KPRCB; gbl lists the ACPI "
+                 "tables whose headers a small dump keeps in its secondary data; machineid and "
                  "smbios decode the SMBIOS table (types 0, 1, 2, 4, 17) where nt!WmipSMBiosTablePhysicalAddress "
                  "points, when the kernel's symbols and the table's pages are in the dump.")
 def sysinfo_(session: Session, inv: Invocation) -> None:
@@ -167,12 +216,25 @@ def sysinfo_(session: Session, inv: Invocation) -> None:
     if topic in ("machineid", "smbios"):
         session.out.lines(firmware_lines(topic, smbios_table(session, topic)))
         return
-    cpus = _cpus(session, f"!sysinfo {topic}")
+    if topic == "gbl":
+        session.out.lines(acpi_lines(session))
+        return
+    if session.kernel.arm64:
+        raise KdError(f"!sysinfo {topic} does not apply to ARM64 dumps ({CPUID_WHY}); gbl, machineid and "
+                      "smbios do")
+    try:
+        cpus = _cpus(session, f"!sysinfo {topic}")
+    except KdError:
+        if topic != "cpuinfo" or not registry_values(session):
+            raise
+        session.out.lines(_registry_lines(registry_values(session), None))  # no KPRCB: the registry alone
+        return
     number = session.kernel.crashing_processor
     p, info = next((c for c in cpus if c[0].number == number), cpus[0])
     if topic == "cpuinfo":
         session.out.lines(_cpu_information(session, p, info))
     elif topic == "cpuspeed":
-        session.out.lines(_cpu_speed(p, info))
+        name = next((v.text for v in registry_values(session) if v.name == "ProcessorNameString"), None)
+        session.out.lines(_cpu_speed(p, info, name))
     else:
         session.out.lines(_cpu_microcode(p, info))

@@ -89,6 +89,11 @@ def choose_symbol_path(args: argparse.Namespace) -> tuple[str, str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["mcp"]:  # `kdshell mcp ...`: the MCP server (kdshell.mcp), its own options
+        from kdshell.mcp.command import main as mcp_main
+
+        return mcp_main(words[1:])
     try:
         return _main(argv)
     except KeyboardInterrupt:

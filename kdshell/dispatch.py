@@ -51,8 +51,8 @@ FAMILIES = {
     "symbols": "Modules and symbols: lm, x, ln, dt, .sympath, .reload",
     "stack": "Call stacks and register contexts: k*, .cxr, .trap, .frame",
     "kernel": "Processes, threads, processors: !process, !thread, !pcr",
-    "analysis": "Crash analysis: !analyze",
-    "machine": "Machine facts: !sysinfo, !cpuinfo",
+    "analysis": "Crash analysis: !analyze, !error, !verifier",
+    "machine": "Machine facts and hardware errors: !sysinfo, !cpuinfo, !errrec, !whea",
     "dump": "Writing dumps: .dump",
     "session": "The session itself: .help, .echo, q, options",
 }
@@ -292,14 +292,14 @@ def needs_physical(session: Any) -> None:
         raise KdError("Physical memory is not available in this dump (a small memory dump keeps none)")
 
 
-def not_on_arm64(name: str) -> Callable[[Any], None]:
-    """For a command that reads x64 kernel structures or contexts and does not know ARM64's yet
-    (issue 18): one line instead of x64 nonsense."""
+def not_on_arm64(name: str, why: str) -> Callable[[Any], None]:
+    """For a command whose facts ARM64 does not have (x86 CPUID, say): one line saying so
+    instead of x64 nonsense."""
     from kdshell.dumpfile.header import MACHINE_ARM64
 
     def guard(session: Any) -> None:
         if session.dump.header.machine == MACHINE_ARM64:
-            raise KdError(f"{name} does not support ARM64 dumps yet")
+            raise KdError(f"{name} does not apply to ARM64 dumps ({why})")
 
     return guard
 

@@ -5,6 +5,7 @@ inode so symlinks and hard links are caught; never a special file (a device, FIF
 directory: replacing or truncating one destroys something that is not ours). A log goes to a new
 file, an empty one or an existing text log; kdshell never truncates or appends to a binary file.
 Written files get their mode from the umask, and a file replaced with /o keeps its mode and owner.
+A server (kdshell.mcp) may confine every write to one output folder (`confine_writes`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from kdshell.errors import KdError
 
 _LOG_SNIFF = 4096  # the bytes read to tell a text log from a binary file
+_confined: str | None = None  # the one folder writes may go to (`confine_writes`), None: anywhere
 
 
 class OutputPathError(KdError):
@@ -56,8 +58,27 @@ def check_stat(path: str, st: os.stat_result, protected: Iterable[str], what: st
             raise OutputPathError(f"{what}: {path} is {which}; it is never written: choose another name")
 
 
+def confine_writes(folder: str | None) -> None:
+    """From now on, refuse every write outside `folder` (symlinks resolved); None lifts it."""
+    global _confined
+    _confined = os.path.realpath(folder) if folder is not None else None
+
+
+def check_confined(path: str, what: str) -> None:
+    """Refuse `path` when writes are confined and it resolves (through every symlink, the last
+    one too) outside the output folder."""
+    if _confined is None:
+        return
+    real = os.path.realpath(path)
+    if os.path.commonpath([_confined, real]) != _confined or real == _confined:
+        raise OutputPathError(f"{what}: {path} is outside the output folder {_confined}; "
+                              "this server writes only there")
+
+
 def check_output(path: str, protected: Iterable[str], what: str) -> os.stat_result | None:
-    """Refuse `path` if it is special or protected; its stat when it exists, else None."""
+    """Refuse `path` if it is special, protected or outside the output folder; its stat when it
+    exists, else None."""
+    check_confined(path, what)
     try:
         st = os.stat(path)
     except FileNotFoundError:

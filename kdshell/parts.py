@@ -25,7 +25,7 @@ from kdshell.errors import KdError
 from kdshell.kernel.kdbg import Kdbg, KdbgSource
 from kdshell.kernel.offsets import KernelOffsets, builtin_definitions, kdbg_symbols, loader_entry_layout
 from kdshell.kernel.prcb import TriageCopies
-from kdshell.kernel.state import KernelState, Selection, map_triage_copies
+from kdshell.kernel.state import KernelState, Selection, is_arm64, map_triage_copies
 from kdshell.memory.spaces import AddressSpaces
 from kdshell.stack.context import ContextState
 from kdshell.symbols.resolver import Symbols
@@ -34,10 +34,10 @@ from kdshell.symbols.types import StaticTypes
 L1TF_FIRST_BUILD = 18362  # KDBG.L1tfHighPhysicalBitIndex exists from 19H1 on
 
 
-def builtin_types(build: int, is64: bool) -> StaticTypes | None:
+def builtin_types(build: int, is64: bool, arm64: bool = False) -> StaticTypes | None:
     """The built-in offsets table's structures as a TypeSource for `dt` (the fields it knows),
     for nt without a PDB."""
-    found = builtin_definitions(build, is64)
+    found = builtin_definitions(build, is64, arm64)
     if found is None:
         return None
     defs, entry = found
@@ -71,7 +71,7 @@ class KernelFactsForSymbols:
         return loader_entry_layout(self.dump.header.build, self.dump.is64)
 
     def fallback_types(self) -> StaticTypes | None:
-        return builtin_types(self.dump.header.build, self.dump.is64)
+        return builtin_types(self.dump.header.build, self.dump.is64, is_arm64(self.dump))
 
     def kernel_names(self, base: int, end: int) -> list[tuple[str, int]]:
         return kdbg_symbols(self.kdbg.plain, self.dump.header.kd_debugger_data_block, base, end)
@@ -92,13 +92,16 @@ class OffsetsSource:
         key = self.symbols.generation()
         if self._offsets is None or key != self._key:
             types = self.symbols.kernel_pdb_types()
-            self._offsets = KernelOffsets(self.dump.header.build, self.dump.is64, kdbg=self.kdbg(), types=types)
+            self._offsets = KernelOffsets(self.dump.header.build, self.dump.is64, kdbg=self.kdbg(), types=types,
+                                          arm64=is_arm64(self.dump))
             self._key = key
             if types is not None:
                 self.symbols.log("DBGHELP: kernel structure offsets from the PDB")
             else:
                 entry = self._offsets.entry
                 table_text = entry.origin if entry is not None else "no built-in table for this build"
+                if entry is not None and entry.missing:
+                    table_text += f" ({entry.missing})"
                 self.symbols.log(f"DBGHELP: kernel structure offsets from the KDBG, then {table_text}")
         return self._offsets
 

@@ -103,7 +103,11 @@ def test_analysis_matches_the_truth(machines, name, kind):
         if a.stack_command == "kb":  # the crashing stack itself: from KeBugCheckEx on
             assert (a.stack[0].sp, call_site(s.symbols, a.stack[0], s.is64)) == (chain[0]["sp"], chain[0]["function"])
         # the culprit: module and function of the faulting frame (0xE2: nobody)
-        if truth["culprit"] is None:
+        if truth["bugcheck"]["code"] == 0x124:  # a machine check: the hardware, named by the record's vendor
+            assert a.culprit is None and a.verdict == "hardware" and a.pseudo_module == "GenuineIntel"
+            assert truth["whea"]["mca"]["vendor"] == 1 and truth["whea"]["generic"]["error_type"] == 1  # Intel, cache
+            assert a.bucket == "0x124_0_GenuineIntel_PROCESSOR_CACHE"
+        elif truth["culprit"] is None:
             assert a.culprit is None and a.verdict == "manual"
             assert a.bucket == "MANUALLY_INITIATED_CRASH"
             assert a.detector is not None and a.detector.image == "kbdcrash.sys"  # who asked for it
@@ -143,6 +147,8 @@ def test_verbose_stack_text_is_what_the_stack_command_shows(machines, name):
             assert f["IMAGE_NAME"] == truth["culprit"]
             assert f["MODULE_NAME"] == truth["culprit"].rsplit(".", 1)[0]
             assert lines(s, "!analyze")[10] == f"Probably caused by : {f['IMAGE_NAME']} ( {f['SYMBOL_NAME']} )"
+        elif truth["bugcheck"]["code"] == 0x124:
+            assert f["IMAGE_NAME"] == f["MODULE_NAME"] == "GenuineIntel" and "BUGCHECKING_DRIVER" not in f
         else:
             assert "IMAGE_NAME" not in f and "MODULE_NAME" not in f
             assert f["BUGCHECKING_DRIVER"] == "kbdcrash.sys"

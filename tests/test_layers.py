@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("session", ("kdshell.session", "kdshell.parts", "kdshell.dispatch", "kdshell.explain", "kdshell.scripts")),
     ("commands", ("kdshell.commands",)),
     ("front", ("kdshell.repl", "kdshell.cli", "kdshell.tutorial", "kdshell.completion", "kdshell.lexer",
-               "kdshell.__main__", "kdshell.triage", "kdshell")),
+               "kdshell.__main__", "kdshell.mcp", "kdshell.triage", "kdshell")),
 ]
 # Siblings that must not see each other (issue 16): the kernel layer reads symbols only through
 # the interface it defines (kdshell.kernel.interfaces), never kdshell.symbols itself.

@@ -67,7 +67,7 @@ def test_sysinfo_cpu_topics_on_the_small_dumps(small):
     assert f"Identifier = REG_SZ {arch} Family {e['family']} Model {e['model']} Stepping {e['stepping']}" in info
     assert f"VendorIdentifier = REG_SZ {e['vendor']}" in info
     assert f"MSR8B = REG_QWORD {e['signature']:x}" in info
-    assert s.capture("!sysinfo cpuspeed").splitlines()[0] == f"CurrentSpeed: {e['mhz']}"
+    assert f"CurrentSpeed: {e['mhz']}" in s.capture("!sysinfo cpuspeed").splitlines()
     micro = s.capture("!sysinfo cpumicrocode").splitlines()
     sig = e["signature"]
     assert micro[:4] == [f"Cached Microcode Version: {sig >> 32:08x}:{sig & 0xFFFFFFFF:08x}",
@@ -78,7 +78,7 @@ def test_sysinfo_cpu_topics_on_the_small_dumps(small):
 def test_sysinfo_bad_and_missing_topics_say_so_in_one_line(small):
     _, s = small
     assert s.capture("!sysinfo").splitlines() == [
-        "!sysinfo: give one of cpuinfo, cpuspeed, cpumicrocode, machineid, smbios"]
+        "!sysinfo: give one of cpuinfo, cpuspeed, cpumicrocode, gbl, machineid, smbios"]
     smbios = s.capture("!sysinfo smbios").splitlines()
     assert len(smbios) == 1 and "SMBIOS table is not found" in smbios[0]
     assert len(s.capture("!cpuinfo zz").splitlines()) == 1

@@ -82,7 +82,10 @@ def _check_rows(records, root, names, machines):
         r = by_name[file]
         truth = machines.truth(scenario)
         assert "error" not in r, r.get("error")
-        assert r["schema"] == "kdshell.analysis" and r["schema_version"] == 2
+        assert r["schema"] == 3
+        # the crashing processor: the one whose context is the bug check's
+        assert [r["processor"]["number"]] == [p["number"] for p in truth["processors"]
+                                              if p["context"] == truth["bugcheck_context"]]
         assert int(r["bugcheck"]["code"], 16) == truth["bugcheck"]["code"]
         mask = (1 << (64 if truth["arch"] == "x64" else 32)) - 1
         assert [int(p["value"], 16) for p in r["bugcheck"]["parameters"]] == \

@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from kdshell.analysis import bugcodes
-from kdshell.analysis.facts import (cpu_vendor, current_irql, current_process_name, exception_record,
-                                    irp_driver, os_facts, process_image_name)
+from kdshell.analysis.facts import (cpu_vendor, current_irql, current_process_name, error_record,
+                                    exception_record, irp_driver, os_facts, process_image_name)
 from kdshell.analysis.rules import (BAD_IP, C2_CORRUPTION_SUBTYPES, CRITICAL_PROCESS, DRIVER, FAST_FAIL_NAMES,
                                     HARDWARE, INCONCLUSIVE, MANUAL, MEMORY, OS, PASS, POOL, Rule,
                                     access_kind, base_code, frame_kind, rule_for)
 from kdshell.dumpfile.header import MACHINE_AMD64
 from kdshell.errors import KdError
+from kdshell.kernel.whea import ErrorRecord
 from kdshell.stack.context import trap_frames_holding
 from kdshell.stack.walk import Frame, StackWalk
 from kdshell.symbols.resolver import DATA
@@ -168,6 +169,7 @@ class Analysis:
     irql: int | None = None
     critical_process: str | None = None
     irp: dict[str, Any] | None = None  # facts.irp_driver's answer
+    whea: ErrorRecord | None = None  # 0x124: the hardware error record P2 points to
     broken_driver: str | None = None
     os: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)    # caveats worth a reader's attention
@@ -226,6 +228,8 @@ def analyze(session: SessionView, max_frames: int = MAX_FRAMES) -> Analysis:
             a.symbols = [symbolize(session, f) for f in a.stack]
             a.process_name = _quietly(a, current_process_name, session)
             a.irql = _quietly(a, current_irql, session)
+            if a.base_code == 0x124:
+                a.whea = _quietly(a, _error_record, session, a)
         _judge(session, a)
         a.os = os_facts(session)
     a.bucket = bucket(a)
@@ -452,7 +456,7 @@ def _judge(session: SessionView, a: Analysis) -> None:
     elif verdict == MEMORY:
         a.pseudo_module = "memory_corruption"
     elif verdict == HARDWARE:
-        a.pseudo_module = _quietly(a, cpu_vendor, session) or "hardware"
+        a.pseudo_module = _quietly(a, cpu_vendor, session) or _record_vendor(a) or "hardware"
     elif verdict == CRITICAL_PROCESS:
         process = a.params[a.rule.process] if a.rule.process is not None else 0
         name = _quietly(a, process_image_name, session, process) if process else None
@@ -462,6 +466,27 @@ def _judge(session: SessionView, a: Analysis) -> None:
         a.pseudo_module = name or "critical_process"
     if a.rule.irp is not None and a.params[a.rule.irp]:
         a.irp = _quietly(a, irp_driver, session, a.params[a.rule.irp])
+
+
+def _error_record(session: SessionView, a: Analysis) -> ErrorRecord:
+    try:
+        record, where = error_record(session, a.params[1])
+    except KdError as exc:
+        raise KdError(f"The WHEA error record (P2): {exc}") from None
+    if where is not None:
+        a.notes.append(f"The WHEA error record's memory is not in the dump; it was read from {where}.")
+    return record
+
+
+# WHEA_XPF_MCA_SECTION.CpuVendor -> the CPUID vendor string WinDbg names the pseudo-module by
+RECORD_VENDORS = {1: "GenuineIntel", 2: "AuthenticAMD"}
+# The processor generic section's ErrorType -> the bucket's PROCESSOR_ suffix (WinDbg's names)
+PROCESSOR_BUCKETS = {1: "CACHE", 2: "TLB", 4: "BUS_PRV", 8: "MAE"}
+
+
+def _record_vendor(a: Analysis) -> str | None:
+    section = a.whea.first("mca") if a.whea is not None else None
+    return RECORD_VENDORS.get(section.mca.vendor) if section is not None and section.mca is not None else None
 
 
 def _best(candidates: list[Candidate]) -> list[Candidate]:
@@ -542,6 +567,11 @@ def bucket(a: Analysis) -> str:
     if a.verdict in (POOL, MEMORY):
         where = ("_" + a.detector.bucket_target) if a.detector else ""
         return prefix + ("POOL_CORRUPTION" if a.verdict == POOL else "MEMORY_CORRUPTION") + where
+    if a.verdict == HARDWARE and a.whea is not None:
+        generic = a.whea.first("generic")
+        if generic is not None and generic.generic is not None:
+            kind = PROCESSOR_BUCKETS.get(generic.generic.error_type)
+            return prefix + f"{a.pseudo_module}_PROCESSOR" + (f"_{kind}" if kind else "")
     if a.verdict in (HARDWARE, CRITICAL_PROCESS):
         return prefix + (a.pseudo_module or a.verdict)
     return prefix + "ANALYSIS_INCONCLUSIVE"

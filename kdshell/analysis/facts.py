@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kdshell.bugcheck_roles import base_code
 from kdshell.dumpfile.blackbox import BLACK_BOXES, BlackBox
 from kdshell.dumpfile.dump import DumpBlob
 from kdshell.dumpfile.header import (EXCEPTION_RECORD32, EXCEPTION_RECORD64, MACHINE_AMD64, MACHINE_ARM64,
                                      decode_exception)
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.prcb import CpuInfo
+from kdshell.kernel.smbios import locate_table, machine_id, parse_table
+from kdshell.kernel.whea import ErrorRecord, RecordNotInDump, find_copy, read_record
 from kdshell.target import build_lab, nt_version, os_name
 from kdshell.view import SessionView
 
@@ -113,6 +116,41 @@ def cpu_facts(session: SessionView) -> dict[str, str]:
         out["CPU_MICROCODE"] = (f"{info.family:x},{info.model:x},{info.stepping:x},0 (F,M,S,R)  "
                                 f"SIG: {sig >> 32:X}'{sig & 0xFFFFFFFF:08X} (cache)")
     return out
+
+
+# !analyze -v's firmware lines and the SMBIOS machine-ID names they come from (types 0, 1, 2)
+FIRMWARE_FIELDS = (("SYSTEM_MANUFACTURER", "SystemManufacturer"), ("SYSTEM_PRODUCT_NAME", "SystemProductName"),
+                   ("SYSTEM_SKU", "SystemSKU"), ("SYSTEM_VERSION", "SystemVersion"), ("BIOS_VENDOR", "BiosVendor"),
+                   ("BIOS_VERSION", "BiosVersion"), ("BIOS_DATE", "BiosReleaseDate"),
+                   ("BASEBOARD_MANUFACTURER", "BaseBoardManufacturer"), ("BASEBOARD_PRODUCT", "BaseBoardProduct"),
+                   ("BASEBOARD_VERSION", "BaseBoardVersion"))
+
+
+def firmware_facts(session: SessionView) -> dict[str, str]:
+    """SYSTEM_* / BIOS_* / BASEBOARD_* from the SMBIOS table, each only when the table has it
+    (KdError when the dump holds no table: no kernel symbols to find it, or its pages not saved)."""
+    k = session.kernel
+    physical = session.spaces.physical
+    raw = locate_table(k.symbol, k.memory.read, physical.read if physical is not None else None)
+    found = dict(machine_id(parse_table(raw)))
+    return {field: found[name] for field, name in FIRMWARE_FIELDS if found.get(name)}
+
+
+def error_record(session: SessionView, address: int) -> tuple[ErrorRecord, str | None]:
+    """The WHEA_ERROR_RECORD at `address`, and where it was found when not in memory: for bug check
+    0x124's own record (P2), a copy in the dump's secondary data (a blob holding a CPER record)."""
+    memory = _memory(session)
+    try:
+        return read_record(memory.read, address), None
+    except RecordNotInDump:
+        h = session.dump.header
+        if base_code(h.bugcheck_code) != 0x124 or int(h.bugcheck_parameters[1]) != address:
+            raise
+        for blob in session.dump.blobs():
+            copy = find_copy(session.dump.read_file(blob.data_offset, blob.data_size), address)
+            if copy is not None:
+                return copy, f"the copy in the dump's secondary data {{{blob.tag_text.upper()}}}"
+        raise
 
 
 def irp_driver(session: SessionView, irp: int) -> dict[str, Any]:

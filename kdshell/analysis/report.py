@@ -16,17 +16,24 @@ from typing import Any, Callable, Sequence
 from kdshell import __version__
 from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import Analysis, Culprit
-from kdshell.analysis.facts import black_boxes, cpu_facts
+from kdshell.analysis.facts import black_boxes, cpu_facts, firmware_facts
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
 from kdshell.analysis.teach import explain
 from kdshell.disasm import for_machine
 from kdshell.errors import KdError
 from kdshell.format import ptr
+from kdshell.kernel.verifier import read_verifier, verifier_layout
+from kdshell.kernel.whea import SEVERITIES, SOURCE_TYPES, mci_status_bits, name_of, section_summary
 from kdshell.stack.text import RESETTING, KOptions, call_site, context_lines, frame_lines, missing_page_lines
 from kdshell.view import SessionView
 
 
 
+# --analyze-json's schema (also `!analyze -json` and `kdshell triage --json`): 1 the first; 2 adds
+# "schema", "machine" and "whea"; 3 adds the dump's crash_time, uptime_s, build, machine,
+# processors and computer, "processor" (the crashing one's number), and error_json's record for a
+# dump that cannot be analysed (additions only)
+JSON_SCHEMA = 3
 STARS = "*" * 79
 EMPTY = "*" + " " * 77 + "*"
 BANNER = [STARS, EMPTY, "*" + " " * 24 + "Bugcheck Analysis" + " " * 36 + "*", EMPTY, STARS]
@@ -100,12 +107,15 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
     attributes = session.dump.header.attributes
     if attributes:
         field("DUMP_FILE_ATTRIBUTES", f"{attributes:#x}", " ")
-    try:
-        cpu = cpu_facts(session)
-    except KdError:
-        cpu = {}
+    for name, value in _or_none(firmware_facts, session).items():
+        field(name, value)
+    cpu = _or_none(cpu_facts, session)
     for name, value in cpu.items():
         field(name, value, " ")
+    for name, value in whea_fields(a):
+        field(name, value)
+    if a.base_code in VERIFIER_CODES:
+        field("VERIFIER_LEVEL", verifier_level(session))
     if a.critical_process:
         field("CRITICAL_PROCESS", a.critical_process)
     if a.irp:
@@ -186,6 +196,78 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
         out.append("")
     out += ["Followup:     MachineOwner", "---------", ""]
     return out
+
+
+HARDWARE_WORDS = ("This is a hardware error report, not a driver bug: the {who} detected an error it could not "
+                  "correct and Windows stopped the machine to protect the data. No driver on the stack caused it; "
+                  "look at the hardware named here (firmware/BIOS and microcode updates, overclocking or "
+                  "undervolting, temperatures, power supply, and the part itself).")
+
+
+VERIFIER_CODES = (0xC4, 0xC9)  # DRIVER_VERIFIER_DETECTED_VIOLATION, DRIVER_VERIFIER_IOMANAGER_VIOLATION
+
+
+def verifier_level(session: SessionView) -> str:
+    """The verify level (verifier.exe's /flags) in nt!MmVerifierData, with the command to see it."""
+    k = session.kernel
+    at = k.symbol("MmVerifierData")
+    if at is None:
+        return "unknown (nt!MmVerifierData needs the kernel's symbols)"
+    try:
+        level = read_verifier(k.memory, at, verifier_layout(k.offsets, k.build), k.is64).level
+    except KdError:
+        return "unknown (nt!MmVerifierData is not in the dump)"
+    return f"{level:#x} -- (!verifier)"
+
+
+def whea_fields(a: Analysis) -> list[tuple[str, str]]:
+    """0x124's lines: the error source (P1), the record (P2) and what its sections say."""
+    if a.base_code != 0x124:
+        return []
+    p1, p2 = a.params[0], a.params[1]
+    out = [("WHEA_ERROR_SOURCE", f"{name_of(SOURCE_TYPES, p1)} (P1 = {p1:#x})"),
+           ("WHEA_ERROR_RECORD", f"{p2:x} -- (!errrec {p2:#x})")]
+    rec = a.whea
+    who = "processor" if p1 in (0, 1) else "platform"
+    if rec is not None:
+        out.append(("WHEA_ERROR_SEVERITY", name_of(SEVERITIES, rec.severity)))
+        for s in rec.sections:
+            if s.mca is not None:
+                m, e = s.mca, s.mca.error
+                out.append(("WHEA_ERROR_TYPE", f"{e.kind}: {e.mnemonic} ({e.words})"))
+                out.append(("WHEA_MCA_BANK", f"processor {m.processor}, bank {m.bank}: MCi_STATUS {m.status:x} "
+                                             f"({' '.join(mci_status_bits(m.status, m.vendor))}), MCi_ADDR "
+                                             f"{m.address:x}, MCi_MISC {m.misc:x}"))
+            elif s.generic is not None or s.arm is not None:
+                out.append(("WHEA_PROCESSOR_ERROR", section_summary(s)))
+            elif s.memory is not None:
+                who = "memory controller"
+                out.append(("WHEA_MEMORY_ERROR", section_summary(s)))
+            elif s.pcie is not None:
+                who = "PCI Express device"
+                out.append(("WHEA_PCIE_ERROR", section_summary(s)))
+    out.append(("HARDWARE_ERROR", HARDWARE_WORDS.format(who=who)))
+    return out
+
+
+def _or_none(facts: Callable[[SessionView], dict[str, str]], session: SessionView) -> dict[str, str]:
+    """A facts function's answer, or nothing when the dump cannot give it."""
+    try:
+        return facts(session)
+    except KdError:
+        return {}
+
+
+def machine_json(session: SessionView) -> dict[str, Any]:
+    """The machine facts of -v (schema addition, version 2): firmware (SMBIOS), CPU (KPRCB) and
+    the black boxes in the secondary data; each empty when the dump lacks it."""
+    cpu: dict[str, Any] = {}
+    for key, value in _or_none(cpu_facts, session).items():
+        name = key.removeprefix("CPU_").lower()  # -v's hex numbers as JSON numbers
+        cpu[name] = int(value, 16) if name in ("count", "mhz", "family", "model", "stepping") else value.strip()
+    return {"firmware": {k.lower(): v for k, v in _or_none(firmware_facts, session).items()}, "cpu": cpu,
+            "black_boxes": [{"field": box.field, "command": box.command, "size": blob.data_size}
+                            for box, blob in black_boxes(session)]}
 
 
 def context_block(session: SessionView, address: int, *, trap: bool) -> list[str]:
@@ -276,16 +358,29 @@ def _culprit_json(c: Culprit | None) -> dict[str, Any] | None:
             "timestamp": _addr(c.timestamp), "company": c.company}
 
 
-# The record's schema: `--analyze-json`, `!analyze -json` and `kdshell triage --json` give the same
-# record. Raise it when a field changes meaning or goes away (adding a field keeps it).
-SCHEMA = "kdshell.analysis"
-SCHEMA_VERSION = 2
+def _whea_json(a: Analysis) -> dict[str, Any] | None:
+    """0x124's record (schema addition of kdshell 0.1: absent before, null for other bug checks)."""
+    if a.base_code != 0x124:
+        return None
+    rec = a.whea
+    out: dict[str, Any] = {"source_type": a.params[0], "source": name_of(SOURCE_TYPES, a.params[0]),
+                           "record": _addr(a.params[1]), "decoded": rec is not None}
+    if rec is None:
+        return out
+    out["severity"] = name_of(SEVERITIES, rec.severity)
+    out["sections"] = [s.name for s in rec.sections]
+    mca = rec.first("mca")
+    if mca is not None and mca.mca is not None:
+        m = mca.mca
+        out["mca"] = {"processor": m.processor, "bank": m.bank, "status": _addr(m.status), "address": _addr(m.address),
+                      "misc": _addr(m.misc), "error": m.error.mnemonic, "class": m.error.kind,
+                      "status_bits": mci_status_bits(m.status, m.vendor)}
+    return out
 
 
 def error_json(path: str, error: str) -> dict[str, Any]:
     """The record of a dump that could not be opened or analysed: the schema, the file, the error."""
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "kdshell": __version__,
-            "dump": {"file": path}, "error": error}
+    return {"schema": JSON_SCHEMA, "kdshell": __version__, "dump": {"file": path}, "error": error}
 
 
 def dump_facts(session: SessionView) -> dict[str, Any]:
@@ -300,22 +395,18 @@ def dump_facts(session: SessionView) -> dict[str, Any]:
 
 
 def processor_json(session: SessionView) -> dict[str, Any]:
-    """The crashing processor: its number and the CPU facts of `!analyze -v` (hex strings)."""
-    try:
-        cpu = cpu_facts(session)
-    except KdError:
-        cpu = {}
+    """The crashing processor's number (its CPU facts are "machine"'s "cpu")."""
     try:
         number: int | None = session.context.default_processor
     except KdError:
         number = None
-    return {"number": number, **{k.removeprefix("CPU_").lower(): v.strip() for k, v in cpu.items()}}
+    return {"number": number}
 
 
 def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]) -> dict[str, Any]:
     """The JSON form: the same facts as -v, for scripts and triage pipelines. Addresses and
     other 64-bit values are hex strings (JSON numbers lose precision past 2**53). Versioned by
-    "schema" and "schema_version" (SCHEMA, SCHEMA_VERSION)."""
+    "schema" (JSON_SCHEMA)."""
     entry = a.bugcheck
     e = explain(a, have=have)
     stack = []
@@ -326,9 +417,8 @@ def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]
     exc = a.exception
     blamed = a.culprit
     return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
         "kdshell": __version__,
+        "schema": JSON_SCHEMA,
         "dump": {"file": a.dump_path, "kind": a.dump_kind, **dump_facts(session)},
         "processor": processor_json(session),
         "bugcheck": {"code": f"{a.code:#x}", "name": a.name, "title": a.title,
@@ -361,6 +451,8 @@ def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]
         "failure_bucket_id": a.bucket,
         "failure_id_hash": a.failure_hash,
         "critical_process": a.critical_process,
+        "machine": machine_json(session),
+        "whea": _whea_json(a),
         "irp": None if a.irp is None else {k: (_addr(v) if isinstance(v, int) else v) for k, v in a.irp.items()},
         "explanation": {"what_happened": e.what, "next_steps": [{"command": c, "why": w} for c, w in e.next]},
         "notes": a.notes,

@@ -188,6 +188,13 @@ def explain(a: Analysis, have: Callable[[str], bool] = lambda name: True) -> Exp
         e.what.append(f"The request came through {a.detector.image} ({a.detector.symbol_name}).")
     if a.verdict in (POOL, MEMORY) and a.detector is not None:
         e.what.append(f"It was detected in {a.detector.symbol_name}; that code is the messenger, not the culprit.")
+    mca = a.whea.first("mca") if a.whea is not None else None
+    if mca is not None and mca.mca is not None:
+        m = mca.mca
+        e.what.append(f"The error record says which part failed: a {m.error.kind} error ({m.error.mnemonic}: "
+                      f"{m.error.words}) reported by bank {m.bank} of processor {m.processor}. The same part failing "
+                      "again points at that processor (or its cooling and power); different parts each time point "
+                      "at the platform (firmware, power supply, overclocking).")
 
     # what to run next
     if a.stack_command and a.stack_command != "kb":
@@ -214,8 +221,12 @@ def explain(a: Analysis, have: Callable[[str], bool] = lambda name: True) -> Exp
                            "get symbols so functions have names (or start kdshell with -y PATH)"))
     if a.fault_address is not None and a.fault_address >= 0x10000 and have("!pte") and a.dump_kind != "small memory dump":
         e.next.append((f"!pte {a.fault_address:#x}", "whether the address was mapped, and how"))
+    if fam == "verifier" and have("!verifier"):
+        e.next.append(("!verifier", "Driver Verifier's flags (which checks were on) and the drivers it verified"))
     if fam == "hardware" and have("!errrec"):
         e.next.append((f"!errrec {a.params[1]:#x}", "the hardware error record"))
+        if a.base_code == 0x124 and have("!whea"):
+            e.next.append(("!whea", "the error source and a one-line summary of each section of the record"))
     if fam == "pool":
         e.next.append(("verifier /standard /driver NAME.sys (on the machine)",
                        "turn on special pool for a suspect driver, so the next crash catches the writer"))

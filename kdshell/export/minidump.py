@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from kdshell import bugcheck_roles
 from kdshell.dumpfile.context import CONTEXT_AMD64
 from kdshell.dumpfile.header import (
-    DUMP_MM_STORAGE32, DUMP_MM_STORAGE64, EXCEPTION_RECORD64, FILL32, MAX_RUNS32, MAX_RUNS64, DumpHeader,
+    DUMP_MM_STORAGE32, DUMP_MM_STORAGE64, EXCEPTION_RECORD64, FILL32, MACHINE_ARM64, MAX_RUNS32, MAX_RUNS64, DumpHeader,
     PHYSICAL_MEMORY_DESCRIPTOR32, PHYSICAL_MEMORY_DESCRIPTOR64, PHYSICAL_MEMORY_RUN32, PHYSICAL_MEMORY_RUN64,
     TRIAGE_DUMP_BROKEN_DRIVER, TRIAGE_DUMP_CONTEXT, TRIAGE_DUMP_DATA_BLOCKS, TRIAGE_DUMP_DATAPAGE,
     TRIAGE_DUMP_DEBUGGER_DATA, TRIAGE_DUMP_DRIVER_LIST, TRIAGE_DUMP_EXCEPTION, TRIAGE_DUMP_MMINFO,
@@ -357,7 +357,8 @@ def gather(src: SmallDumpSource) -> SmallDump:
     is64 = f.is64
     ps = 8 if is64 else 4
     mask = (1 << (8 * ps)) - 1
-    sp_name, ip_name = ("rsp", "rip") if is64 else ("esp", "eip")
+    arm64 = f.machine == MACHINE_ARM64
+    sp_name, ip_name = ("sp", "pc") if arm64 else ("rsp", "rip") if is64 else ("esp", "eip")
     o = src.objects
     notes = list(o.notes)
     code, params = f.bugcheck_code, [p & mask for p in f.bugcheck_parameters]
@@ -479,7 +480,8 @@ def crashing_processor(memory: Memory, offsets: KernelOffsets, kdbg: bytes | Non
     from kdshell.kernel import threads as T
     from kdshell.stack.frames import decode_context_record
 
-    sp_name = "rsp" if is64 else "esp"
+    arm64 = machine == MACHINE_ARM64
+    sp_name = "sp" if arm64 else "rsp" if is64 else "esp"
     sp = registers.get(sp_name, 0)
     out = KernelObjects()
     block = _kdbg_field(kdbg, "KiProcessorBlock")
@@ -488,7 +490,7 @@ def crashing_processor(memory: Memory, offsets: KernelOffsets, kdbg: bytes | Non
         return out
     if not is64:
         block &= 0xFFFFFFFF
-    prcb_layout = P.prcb_layout(offsets, is64, build)
+    prcb_layout = P.prcb_layout(offsets, is64, build, arm64)
     thread_layout = T.thread_layout(offsets, build)
     found = P.read_processors(memory, block, max(1, processors), prcb_layout, is64)
     cpus = [p for p in found.processors if p.readable]
@@ -596,7 +598,7 @@ def _kernel_offsets(session: SessionView) -> KernelOffsets:
     h = session.dump.header
     if kernel is not None and syms.status(kernel) == PDB:
         return session.parts.offsets()
-    ko = KernelOffsets(h.build, h.is64, kdbg=session.kdbg)
+    ko = KernelOffsets(h.build, h.is64, kdbg=session.kdbg, arm64=h.machine == MACHINE_ARM64)
     needed = [("_KPRCB", "CurrentThread"), ("_KPRCB", "ProcessorState.ContextFrame"),
               ("_KTHREAD", "ApcState.Process"), ("_KTHREAD", "StackBase"), ("_KTHREAD", "TrapFrame")]
     if all(ko.offset(*n) is not None for n in needed) and all(

@@ -45,6 +45,7 @@ class StructLayout:
     offsets: FieldOffsets
     spec: dict[str, tuple[tuple[str, str], ...]]
     build: int | None = None
+    arm64: bool = False  # ARM64's structures (no CR8; the KPCR keeps the IRQL)
     found: dict[str, int] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     where: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -61,6 +62,21 @@ class StructLayout:
 
     def get(self, name: str) -> int | None:
         return self.found.get(name)
+
+    def missing(self, names: tuple[str, ...]) -> list[str]:
+        """"_TYPE.Field" of each of `names` whose offset no source knows."""
+        return [".".join(self.spec[n][0]) for n in names if n not in self.found]
+
+    def missing_line(self, names: tuple[str, ...]) -> str | None:
+        """One line naming the offsets that are not known (None: all are)."""
+        gone = self.missing(names)
+        if not gone:
+            return None
+        build = getattr(self.offsets, "build", self.build)
+        arch = "ARM64 " if self.arm64 or getattr(self.offsets, "arm64", False) else ""
+        what, verb = ("offset of", "is") if len(gone) == 1 else ("offsets of", "are")
+        return (f"The {what} {', '.join(gone)} {verb} not known for {arch}build {build} (no kernel PDB, "
+                "KDBG field or built-in entry): load the kernel's symbols")
 
     def need(self, name: str) -> int:
         value = self.found.get(name)

@@ -6,15 +6,18 @@ KDBG's Offset*/Size* fields, then a small built-in table keyed by build number).
     ko.source("_EPROCESS", "UniqueProcessId")      -> "built-in table (build 19041: ntdiff/headers ...)"
     builtin_types(19041, True)                     -> a StaticTypes for `dt` ("the fields it knows")
 
-The table is data: kdshell/data/offsets.json. Every build entry names where its numbers come
-from; `same_as` shares an entry between builds of one kernel line (19041..19045, 22621/22631).
-A build that is not in the table uses the nearest earlier build of the same line (the entry
-says which) and says so; a build older than every entry gets nothing from the table.
+The table is data: kdshell/data/offsets.json, one section per architecture (x64, x86, arm64:
+ARM64's KPROCESS, KTHREAD and KPCR are its own, so an ARM64 dump never takes x64's numbers;
+`KernelOffsets(..., arm64=True)`). Every build entry names where its numbers come from, and
+what no public source gave (`missing`); `same_as` shares an entry between builds of one kernel
+line (19041..19045, 22621/22631). A build that is not in the table uses the nearest earlier
+build of the same line (the entry says which) and says so; a build older than every entry gets
+nothing from the table.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Protocol
 from importlib import resources
@@ -76,6 +79,11 @@ class BuildEntry:
     release: str
     source: str
     types: dict  # type name -> {"size": int|None, "fields": {path: (offset, dt type)}}
+    missing: str = ""  # what no public source gave for this build (the table says why)
+    # Fields inferred from a neighbouring build, used only once a dump confirms them
+    # (KernelOffsets.confirmed; kdshell.kernel.state.KernelState checks): same shape as `types`.
+    unconfirmed: dict = field(default_factory=dict)
+    unconfirmed_why: str = ""
 
     @property
     def exact(self) -> bool:
@@ -111,10 +119,15 @@ def _resolve_entry(arch: str, key: str, depth: int = 0) -> dict:
     return raw
 
 
-def build_entry(build: int, is64: bool) -> BuildEntry | None:
+def table_arch(is64: bool, arm64: bool = False) -> str:
+    """The table's section: ARM64's structures are its own, never x64's."""
+    return "arm64" if arm64 else "x64" if is64 else "x86"
+
+
+def build_entry(build: int, is64: bool, arm64: bool = False) -> BuildEntry | None:
     """The table's entry for `build` (exact, else the nearest earlier build of the same kernel
     line, which the entry marks with `covers_up_to`); None when the table has nothing."""
-    arch = "x64" if is64 else "x86"
+    arch = table_arch(is64, arm64)
     known = sorted(int(k) for k in _entries(arch) if k.isdigit())
     chosen = None
     for b in known:
@@ -128,11 +141,17 @@ def build_entry(build: int, is64: bool) -> BuildEntry | None:
     if chosen is None:
         return None
     raw = _resolve_entry(arch, str(chosen))
+    unconfirmed = raw.get("unconfirmed", {})
+    return BuildEntry(chosen, build, raw.get("release", ""), raw.get("source", ""), _types(raw.get("types", {})),
+                      raw.get("missing", ""), _types(unconfirmed.get("types", {})), unconfirmed.get("why", ""))
+
+
+def _types(raw: dict) -> dict:
     types = {}
-    for tname, t in raw.get("types", {}).items():
+    for tname, t in raw.items():
         fields = {path: (_num(spec[0]), spec[1] if len(spec) > 1 else "") for path, spec in t.get("fields", {}).items()}
         types[tname] = {"size": _num(t["size"]) if t.get("size") is not None else None, "fields": fields}
-    return BuildEntry(chosen, build, raw.get("release", ""), raw.get("source", ""), types)
+    return types
 
 
 class TypeSource(Protocol):
@@ -142,10 +161,10 @@ class TypeSource(Protocol):
     def find(self, name: str) -> Any: ...
 
 
-def builtin_definitions(build: int, is64: bool) -> tuple[dict[str, dict], BuildEntry] | None:
+def builtin_definitions(build: int, is64: bool, arm64: bool = False) -> tuple[dict[str, dict], BuildEntry] | None:
     """The table's structures as plain definitions in dt's spelling (the form
     kdshell.symbols.types.StaticTypes takes; only the fields the table knows), and the entry."""
-    entry = build_entry(build, is64)
+    entry = build_entry(build, is64, arm64)
     if entry is None:
         return None
     defs: dict[str, dict] = {}
@@ -184,12 +203,23 @@ class KernelOffsets:
     """Structure offsets from the best source the dump offers: the kernel PDB's types, the
     KDBG's Offset*/Size* fields, the built-in table."""
 
-    def __init__(self, build: int, is64: bool, kdbg: Kdbg | None = None, types: TypeSource | None = None):
+    def __init__(self, build: int, is64: bool, kdbg: Kdbg | None = None, types: TypeSource | None = None,
+                 arm64: bool = False):
         self.build = build
         self.is64 = is64
+        self.arm64 = arm64
         self.kdbg = kdbg
         self.types = types  # a TypeSource with find()
-        self.entry = build_entry(build, is64)
+        self.entry = build_entry(build, is64, arm64)
+        # The entry's inferred fields count once a dump has confirmed them (KernelState does).
+        self.confirmed = False
+
+    def unconfirmed(self, type_name: str, path: str) -> int | None:
+        """An inferred offset the table holds for this build, confirmed or not."""
+        if self.entry is None or type_name not in self.entry.unconfirmed:
+            return None
+        found = self.entry.unconfirmed[type_name]["fields"].get(path)
+        return found[0] if found else None
 
     def _kdbg_value(self, name: str) -> int | None:
         return (self.kdbg.get(name) or None) if self.kdbg is not None else None
@@ -214,6 +244,9 @@ class KernelOffsets:
             value = self.entry.offset(type_name, path)
             if value is not None:
                 return value, self.entry.origin
+            value = self.unconfirmed(type_name, path) if self.confirmed else None
+            if value is not None:
+                return value, f"{self.entry.origin}; confirmed on this dump: {self.entry.unconfirmed_why}"
         return None
 
     def offset(self, type_name: str, path: str) -> int | None:

@@ -14,7 +14,8 @@ address). The KPCR holds its KPRCB: KPCR = KPRCB - KPCR.Prcb (0x180 on x64, 0x12
 
 IRQL. WinDbg's !irql shows the IRQL saved when the machine stopped, not the one KeBugCheckEx
 raised to: KPRCB.DebuggerSavedIRQL when the kernel's types have it, else (x64) CR8 as saved in
-the processor's KPRCB.ProcessorState.SpecialRegisters (CR8 is the x64 IRQL), else KPCR.Irql.
+the processor's KPRCB.ProcessorState.SpecialRegisters (CR8 is the x64 IRQL), else KPCR.Irql
+(ARM64: KPCR.CurrentIrql; ARM64 has no CR8, the kernel keeps the IRQL in the KPCR).
 `Processor.irql_source` says which was used.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ PRCB_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "vendor_string": (("_KPRCB", "VendorString"),),
     "feature_bits": (("_KPRCB", "FeatureBits"),),
     "update_signature": (("_KPRCB", "UpdateSignature"),),
-    "pcr_irql": (("_KPCR", "Irql"),),
+    "pcr_irql": (("_KPCR", "Irql"), ("_KPCR", "CurrentIrql")),
     "pcr_idt": (("_KPCR", "IdtBase"), ("_KPCR", "IDT")),
     "pcr_gdt": (("_KPCR", "GdtBase"), ("_KPCR", "GDT")),
     "pcr_tss": (("_KPCR", "TssBase"), ("_KPCR", "TSS")),
@@ -74,6 +75,10 @@ PCR_FIELDS = {
 # Where the KPRCB sits in the KPCR when no source says (x64: KPCR.Prcb at 0x180 on every x64
 # Windows; x86: KPCR.PrcbData at 0x120) -- windbg.md §10, the KDBG's OffsetPcrContainedPrcb.
 PCR_PRCB_DEFAULT = {True: 0x180, False: 0x120}
+# ARM64's KPCR head, the part drivers compile against (kdshell/data/offsets.json, ntdiff_arm64_hal):
+# CurrentIrql at +0x38 in every ARM64 build. Where its KPRCB sits moved with the KPCR's size, so
+# ARM64 has no default for that (the KDBG's OffsetPcrContainedPrcb or the PDB says).
+ARM64_PCR_CURRENT_IRQL = 0x38
 # KSPECIAL_REGISTERS.Cr8 on x64 (Cr0..Cr4, KernelDr0-7, Gdtr, Idtr, Tr, Ldtr, MxCsr, DebugControl,
 # four LBR/exception RIPs, then Cr8): stable since the first x64 Windows.
 CR8_IN_SPECIAL_REGISTERS = 0xA0
@@ -89,8 +94,9 @@ IRQL_NAMES = {
 }
 
 
-def prcb_layout(offsets: FieldOffsets, is64: bool = True, build: int | None = None) -> StructLayout:
-    return StructLayout(offsets, {**PRCB_FIELDS, **PCR_FIELDS[is64]}, build)
+def prcb_layout(offsets: FieldOffsets, is64: bool = True, build: int | None = None,
+                arm64: bool = False) -> StructLayout:
+    return StructLayout(offsets, {**PRCB_FIELDS, **PCR_FIELDS[is64]}, build, arm64)
 
 
 def irql_name(value: int, is64: bool) -> str:
@@ -120,9 +126,11 @@ class Processor:
         return bool(self.current_thread) and self.current_thread == self.idle_thread
 
 
-def pcr_prcb_offset(layout: StructLayout, is64: bool) -> int:
+def pcr_prcb_offset(layout: StructLayout, is64: bool) -> int | None:
     found = layout.get("pcr_prcb")
-    return found if found is not None else PCR_PRCB_DEFAULT[is64]
+    if found is not None or layout.arm64:
+        return found
+    return PCR_PRCB_DEFAULT[is64]
 
 
 def processor_block_entry(memory: Memory, ki_processor_block: int, number: int, is64: bool) -> int:
@@ -131,7 +139,7 @@ def processor_block_entry(memory: Memory, ki_processor_block: int, number: int, 
 
 
 def cr8_offset(layout: StructLayout, is64: bool) -> int | None:
-    if not is64:
+    if not is64 or layout.arm64:
         return None
     found = layout.get("cr8")
     if found is not None:
@@ -155,9 +163,11 @@ def read_processor(memory: Memory, number: int, prcb: int, layout: StructLayout,
     p.readable = p.current_thread is not None or r.maybe_ptr(prcb, 0) is not None
     if (context := f("context")) is not None:
         p.context_address = prcb + context
-    p.pcr = prcb - pcr_prcb_offset(layout, is64) if read_pcr else None
+    in_pcr = pcr_prcb_offset(layout, is64)
+    p.pcr = prcb - in_pcr if read_pcr and in_pcr is not None else None
     if p.pcr is not None:
-        irql_at = f("pcr_irql") if f("pcr_irql") is not None else (0x50 if is64 else 0x24)
+        default = ARM64_PCR_CURRENT_IRQL if layout.arm64 else 0x50 if is64 else 0x24
+        irql_at = f("pcr_irql") if f("pcr_irql") is not None else default
         p.current_irql = r.maybe_uint(p.pcr, irql_at, 1)
     saved = r.maybe_uint(prcb, f("saved_irql"), 1)
     if saved is not None:
@@ -165,7 +175,7 @@ def read_processor(memory: Memory, number: int, prcb: int, layout: StructLayout,
     elif (cr8 := r.maybe_uint(prcb, cr8_offset(layout, is64), 1)) is not None:
         p.irql, p.irql_source = cr8 & 0xF, "CR8 saved in KPRCB.ProcessorState"
     elif p.current_irql is not None:
-        p.irql, p.irql_source = p.current_irql, "KPCR.Irql"
+        p.irql, p.irql_source = p.current_irql, "KPCR.CurrentIrql" if layout.arm64 else "KPCR.Irql"
     return p
 
 
@@ -393,8 +403,8 @@ def locate_triage_copies(prcb_copy: bytes, thread_copy: bytes | None, memory: Me
         except MemoryNotPresent:
             pass
     if out.prcb is None:
-        align = (0xFFF, pcr_prcb_offset(layout, is64) & 0xFFF)
-        found = self_address(prcb_copy, is64, align)
+        in_pcr = pcr_prcb_offset(layout, is64)
+        found = self_address(prcb_copy, is64, (0xFFF, in_pcr & 0xFFF) if in_pcr is not None else None)
         if found is not None:
             out.prcb, out.how["prcb"] = found, "the KPRCB copy's own list heads"
         else:

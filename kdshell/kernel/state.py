@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.dumpfile.header import MACHINE_ARM64
 from kdshell.kernel import kuser
 from kdshell.kernel import prcb as P
 from kdshell.kernel import processes as PS
@@ -41,6 +42,10 @@ MAX_COPY = 0x40000
 DEFAULT_TIME_INCREMENT = 156250  # 15.625 ms in 100 ns units, when the kernel's is not readable
 
 
+def is_arm64(dump: Any) -> bool:
+    return bool(dump.header.machine == MACHINE_ARM64)
+
+
 def _copy_size(extent: int, stated: int | None) -> int:
     return min(extent, stated, MAX_COPY) if stated else min(extent, MAX_COPY)
 
@@ -53,8 +58,8 @@ def map_triage_copies(dump: Any, memory: Any, kdbg: Kdbg | None) -> P.TriageCopi
     if tri is None or tri.prcb is None:
         return None
     is64 = dump.is64
-    offsets = KernelOffsets(dump.header.build, is64, kdbg=kdbg)
-    prcb_layout = P.prcb_layout(offsets, is64)
+    offsets = KernelOffsets(dump.header.build, is64, kdbg=kdbg, arm64=is_arm64(dump))
+    prcb_layout = P.prcb_layout(offsets, is64, arm64=is_arm64(dump))
     thread_layout = T.thread_layout(offsets)
     prcb_off, prcb_extent = tri.prcb
     prcb_size = _copy_size(prcb_extent, offsets.size("_KPRCB"))
@@ -85,7 +90,8 @@ def crashing_processor_number(kernel: "KernelState") -> int:
             return copies.number if copies is not None and copies.number is not None else 0
         if (d.header.number_processors or 1) <= 1 or kernel.raw_memory() is None:
             return 0
-        light = KernelState(d, kernel.raw_memory, lambda: KernelOffsets(d.header.build, d.is64, kdbg=kernel.kdbg()),
+        offsets = KernelOffsets(d.header.build, d.is64, kdbg=kernel.kdbg(), arm64=is_arm64(d))
+        light = KernelState(d, kernel.raw_memory, lambda: offsets,
                             kernel.kdbg, kernel.resolve, Selection(), kernel.set_dtb, None)
         return light.find_crashing_processor()
     except KdError:
@@ -122,6 +128,7 @@ class KernelState:
         self.set_dtb = set_dtb             # .process switches the address space
         self.triage_copies = triage_copies
         self._offsets: KernelOffsets | None = None
+        self._confirming = False
         self._layouts: dict[str, Any] = {}
         self._processes: PS.ProcessWalk | None = None
         self._processors: dict[int, P.Processor] = {}
@@ -139,6 +146,10 @@ class KernelState:
     @property
     def is64(self) -> bool:
         return bool(self.dump.is64)
+
+    @property
+    def arm64(self) -> bool:
+        return is_arm64(self.dump)
 
     @property
     def build(self) -> int:
@@ -167,13 +178,54 @@ class KernelState:
         if current is not self._offsets:
             self.forget()
             self._offsets = current
+            if current.entry is not None and current.entry.unconfirmed and not self._confirming:
+                # Reading the processor may load symbols, which builds new offsets: check once.
+                self._confirming = True
+                try:
+                    current.confirmed = self._confirms_inferred(current)
+                finally:
+                    self._confirming = False
+                self._layouts.clear()
+                self._processors.clear()
         return current
+
+    def _confirms_inferred(self, offsets: KernelOffsets) -> bool:
+        """Whether this dump bears out the table's inferred EPROCESS fields (an ARM64 build no
+        public source describes fully, kdshell/data/offsets.json `unconfirmed`): the crashing
+        thread's process must hold the thread's Cid.UniqueProcess at UniqueProcessId, a kernel
+        list link at ActiveProcessLinks and a printable name at ImageFileName. Pinned by
+        tests/test_arm64_objects.py (a 22000 small dump, and one whose fields sit elsewhere)."""
+        pid_at = offsets.unconfirmed("_EPROCESS", "UniqueProcessId")
+        links_at = offsets.unconfirmed("_EPROCESS", "ActiveProcessLinks")
+        name_at = offsets.unconfirmed("_EPROCESS", "ImageFileName")
+        cid_at = offsets.offset("_ETHREAD", "Cid")
+        process_at = offsets.offset("_KTHREAD", "ApcState.Process")
+        if pid_at is None or links_at is None or name_at is None or cid_at is None or process_at is None:
+            return False
+        try:
+            # Any running thread will do; not the crashing processor, which is found with these offsets.
+            copies = self.triage_copies if self.small else None
+            number = copies.number if copies is not None and copies.number is not None else 0
+            thread = self.processor(number).current_thread
+            if not thread:
+                return False
+            r = self.reader
+            process = r.ptr(thread + process_at)
+            pid = r.ptr(thread + cid_at)
+            link = r.ptr(process + links_at)
+            name = r.read(process + name_at, 15).split(b"\0")[0]
+            own_pid = r.ptr(process + pid_at)
+        except KdError:  # MemoryNotPresent included: nothing to confirm with
+            return False
+        kernel_half = 1 << (63 if self.is64 else 31)
+        return (bool(process) and pid == own_pid and pid % 4 == 0 and bool(link & kernel_half)
+                and bool(name) and all(0x20 <= c < 0x7F for c in name))
 
     def _layout(self, name: str) -> StructLayout:
         if name not in self._layouts:
             make = {"process": lambda o: PS.process_layout(o, self.build),
                     "thread": lambda o: T.thread_layout(o, self.build),
-                    "prcb": lambda o: P.prcb_layout(o, self.is64, self.build)}[name]
+                    "prcb": lambda o: P.prcb_layout(o, self.is64, self.build, self.arm64)}[name]
             self._layouts[name] = make(self.offsets)
         return self._layouts[name]
 
@@ -300,7 +352,7 @@ class KernelState:
 
     def find_crashing_processor(self) -> int:
         regs = self.dump.registers()
-        sp = regs.get("rsp" if self.is64 else "esp")
+        sp = regs.get("sp" if self.arm64 else "rsp" if self.is64 else "esp")
         if sp is None:
             return 0
         layout = self.thread_layout
@@ -315,7 +367,9 @@ class KernelState:
         def context_sp(p: P.Processor) -> int | None:
             if p.context_address is None:
                 return None
-            return Reader(memory, self.is64).maybe_ptr(p.context_address, 0x98 if self.is64 else 0xC4)
+            # CONTEXT.Sp (ARM64 +0x100), Rsp (x64 +0x98), Esp (x86 +0xC4)
+            at = 0x100 if self.arm64 else 0x98 if self.is64 else 0xC4
+            return Reader(memory, self.is64).maybe_ptr(p.context_address, at)
 
         found = P.crashing_processor(self.processors(), sp, bounds, context_sp)
         self._processors.clear()

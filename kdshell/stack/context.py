@@ -44,7 +44,8 @@ from kdshell.dumpfile.header import MACHINE_AMD64, MACHINE_ARM64, MACHINE_I386
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.state import KernelState, Selection
 from kdshell.stack.frames import (KTRAP_FRAME_X64_19041, RegisterFrame, decode_context_record,
-                                  decode_ktrap_frame, decode_ktrap_frame_x86, plausible_ktrap_frame)
+                                  decode_ktrap_frame, decode_ktrap_frame_arm64, decode_ktrap_frame_x86,
+                                  plausible_ktrap_frame)
 from kdshell.stack.walk import Frame, StackWalk, Walker
 from kdshell.stack.x86 import walk_stack_x86
 
@@ -60,10 +61,21 @@ def _ptr(read: MemoryRead, address: int, size: int) -> int:
     return int.from_bytes(read(address, size), "little")
 
 
+# ARM64's KSWITCH_FRAME (ksarm64.h: SwApcBypass +0, SwFp +0x10, SwReturn +0x18, 0x20 bytes)
+ARM64_SWITCH_FP, ARM64_SWITCH_RETURN, ARM64_SWITCH_LENGTH = 0x10, 0x18, 0x20
+
+
 def switch_frame_context(read: MemoryRead, kernel_stack: int, is64: bool,
-                         segments: dict[str, int] | None = None) -> RegisterFrame:
+                         segments: dict[str, int] | None = None, machine: int | None = None) -> RegisterFrame:
     """The context a waiting thread resumes in, from its switch frame at KTHREAD.KernelStack
-    (see the module note). Only RIP/RSP/RBP (EIP/ESP/EBP) are known; the rest read 0."""
+    (see the module note). Only RIP/RSP/RBP (EIP/ESP/EBP; ARM64: pc, sp, fp) are known; the rest
+    read 0."""
+    if machine == MACHINE_ARM64:
+        regs = {f"x{i}": 0 for i in range(29)}
+        pc = _ptr(read, kernel_stack + ARM64_SWITCH_RETURN, 8)
+        regs.update(fp=_ptr(read, kernel_stack + ARM64_SWITCH_FP, 8), lr=pc, pc=pc,
+                    sp=kernel_stack + ARM64_SWITCH_LENGTH, cpsr=0)
+        return RegisterFrame("switch frame", kernel_stack, regs, frozenset(("pc", "sp", "fp")))
     if is64:
         regs = {name: 0 for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11",
                                      "r12", "r13", "r14", "r15")}
@@ -224,9 +236,9 @@ class ContextState:
             raise KdError(f"Unable to read context at {self._p(address)}, Win32 error 0n30") from None
 
     def trap_frame(self, address: int) -> RegisterFrame:
-        if self.machine == MACHINE_ARM64:
-            raise KdError("ARM64 trap frames (KTRAP_FRAME) are not decoded yet: use .cxr with a CONTEXT record, or k")
         try:
+            if self.machine == MACHINE_ARM64:
+                return decode_ktrap_frame_arm64(self.read, address)
             if self.is64:
                 return decode_ktrap_frame(self.read, address, self.ktrap_offsets())
             return decode_ktrap_frame_x86(self.read, address)
@@ -336,7 +348,7 @@ class ContextState:
             raise KdError(f"Thread {self._p(thread)} has no saved kernel stack (KernelStack is 0)")
         segments = {k: self.default[k] for k in ("ds", "es", "fs", "gs") if k in self.default}
         try:
-            frame = switch_frame_context(self.read, kernel_stack, self.is64, segments)
+            frame = switch_frame_context(self.read, kernel_stack, self.is64, segments, self.machine)
         except MemoryNotPresent:
             raise KdError(f"The switch frame of thread {self._p(thread)} at {self._p(kernel_stack)} "
                           "is not in the dump") from None

@@ -1,5 +1,5 @@
-"""Kernel frames that hold registers: x64 KTRAP_FRAME and KEXCEPTION_FRAME, CONTEXT records
-(x64, x86, ARM64).
+"""Kernel frames that hold registers: x64 KTRAP_FRAME and KEXCEPTION_FRAME, the ARM64
+KTRAP_FRAME, CONTEXT records (x64, x86, ARM64).
 
 Each decoder reads through a memory reader `read(address, size) -> bytes` and returns a
 `RegisterFrame`: the registers it gives (WinDbg's lower-case names, as
@@ -59,6 +59,15 @@ KTRAP_FRAME_X86_19041: dict[str, int] = {
     "HardwareSegSs": 0x78,
     "size": 0x8C,
 }
+# _KTRAP_FRAME, ARM64 (ksarm64.h's Tr* offsets, the same in every Windows SDK from 10.0.19546 to
+# 10.0.26100: kdshell/data/offsets.json's ksarm64 source), 0x150 bytes. X holds x0-x18, the
+# volatile registers; x19-x28 are the callee's to keep (a KEXCEPTION_FRAME has them).
+KTRAP_FRAME_ARM64: dict[str, int] = {
+    "ExceptionActive": 0x0, "PreviousMode": 0x3, "FaultAddress": 0x8, "Spsr": 0x90, "Esr": 0x94,
+    "Sp": 0x98, "X": 0xA0, "Lr": 0x138, "Fp": 0x140, "Pc": 0x148,
+    "size": 0x150,
+}
+ARM64_TRAP_X = 19  # x0..x18
 X86_DBG_ARG_MARK = 0xBADB0D00  # KTRAP_FRAME.DbgArgMark of a frame built by the trap handlers
 
 X64_ALL = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
@@ -105,6 +114,22 @@ def decode_ktrap_frame(read: MemoryRead, address: int, offsets: dict[str, int] |
     extra = {name: _u(data, o[name], 8 if name in ("ErrorCode", "FaultAddress", "TrapFrame") else 1)
              for name in ("ErrorCode", "FaultAddress", "TrapFrame", "PreviousMode", "PreviousIrql",
                           "ExceptionActive")}
+    return RegisterFrame("trap frame", address, regs, known, extra)
+
+
+def decode_ktrap_frame_arm64(read: MemoryRead, address: int) -> RegisterFrame:
+    """An ARM64 _KTRAP_FRAME at `address`: x0-x18, fp, lr, sp, pc and the saved PSTATE (Spsr,
+    shown as cpsr); x19-x28 are not in it (see KTRAP_FRAME_ARM64)."""
+    o = KTRAP_FRAME_ARM64
+    data = read(address, o["size"])
+    regs = {f"x{i}": 0 for i in range(29)}
+    for i in range(ARM64_TRAP_X):
+        regs[f"x{i}"] = _u(data, o["X"] + 8 * i, 8)
+    regs.update(fp=_u(data, o["Fp"], 8), lr=_u(data, o["Lr"], 8), sp=_u(data, o["Sp"], 8),
+                pc=_u(data, o["Pc"], 8), cpsr=_u(data, o["Spsr"], 4))
+    known = frozenset([f"x{i}" for i in range(ARM64_TRAP_X)] + ["fp", "lr", "sp", "pc", "cpsr"])
+    extra = {"FaultAddress": _u(data, o["FaultAddress"], 8), "Esr": _u(data, o["Esr"], 4),
+             "PreviousMode": _u(data, o["PreviousMode"], 1), "ExceptionActive": _u(data, o["ExceptionActive"], 1)}
     return RegisterFrame("trap frame", address, regs, known, extra)
 
 

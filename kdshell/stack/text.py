@@ -216,7 +216,9 @@ def context_lines(memory: VirtualMemory | None, regs: dict[str, int], is64: bool
     """What `.cxr ADDR` (trap=False) or `.trap ADDR` prints after switching to that context
     (ARM64's block, as `r` prints it, when `machine` is ARM64)."""
     if machine == MACHINE_ARM64:
-        return arm64_text.context_lines(memory, regs, symbolize)
+        shown_a64, errors_a64 = arm64_text.context_lines(memory, regs, symbolize)
+        # an ARM64 trap frame keeps x0-x18, fp, lr, sp, pc and PSTATE only
+        return (list(TRAP_NOTE) if trap else []) + shown_a64, errors_a64
     lines: list[str] = []
     if trap and is64:
         # an x64 trap frame's registers and flags; WinDbg shows no segment line for it

@@ -12,10 +12,10 @@
     path names nothing; a file that is not a dump, is truncated, cannot be analysed, hangs or
     grows past the memory cap gives its record with "error" and never stops the run.
     Returns one record per file, in the order of `paths`. A record is `--analyze-json`'s
-    (kdshell.analysis.report: "schema" "kdshell.analysis", "schema_version") plus "triage":
+    (kdshell.analysis.report, its version in "schema": JSON_SCHEMA) plus "triage":
     {"path", "sha256", "size", "analyze_v" (the `!analyze -v` text), "elapsed_ms", "cpu_ms" (the
     worker's wall and CPU time for it), "cached"};
-    a failed one is {"schema", "schema_version", "kdshell", "dump": {"file"}, "error", "triage"}.
+    a failed one is {"schema", "kdshell", "dump": {"file"}, "error", "triage"}.
     progress(done, total) is called as files finish.
 
 `Options` (all optional):

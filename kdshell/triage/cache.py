@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any
 
 from kdshell import __version__
-from kdshell.analysis.report import SCHEMA_VERSION
+from kdshell.analysis.report import JSON_SCHEMA
 from kdshell.triage.worker import Settings
 
 
@@ -25,7 +25,7 @@ def default_path() -> str:
 def settings_key(settings: Settings) -> str:
     """The part of the key that is not the file: the tool's and schema's versions and the paths
     symbols and images come from (another symbol path can give another culprit)."""
-    text = json.dumps([__version__, SCHEMA_VERSION, settings.symbol_path, settings.image_path])
+    text = json.dumps([__version__, JSON_SCHEMA, settings.symbol_path, settings.image_path])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

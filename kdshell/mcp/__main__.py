@@ -1,0 +1,3 @@
+from kdshell.mcp.command import main
+
+raise SystemExit(main())
