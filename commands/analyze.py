@@ -18,7 +18,7 @@ from kdshell.expr import Evaluator
 if TYPE_CHECKING:
     from kdshell.session import Session
 
-SYNTAX = "!analyze [-v] [-json] [-teach] | !analyze -show BugCheckCode [P1 P2 P3 P4]"
+SYNTAX = "!analyze [-v] [-hang] [-json] [-teach] | !analyze -show BugCheckCode [P1 P2 P3 P4]"
 
 
 @command(".exr", family="analysis", needs=(needs_memory,), syntax=".exr Address | .exr -1",
@@ -39,6 +39,7 @@ class _Options:
     json: bool = False
     teach: bool = False
     show: list[int] | None = None  # -show: the code and its parameters
+    hang: bool = False  # -hang: the waiting chains after the analysis (kdshell.commands.hang)
 
 
 def _parse(session: Session, inv: Invocation) -> _Options:
@@ -65,8 +66,7 @@ def _parse(session: Session, inv: Invocation) -> _Options:
         elif low == "-f":
             pass  # "force": every dump kdshell opens has a bug check to analyse
         elif low == "-hang":
-            raise CommandError("!analyze -hang (hang analysis) is not supported by kdshell; "
-                               "use !analyze -v on the bug check")
+            opts.hang = True
         else:
             raise CommandError(f"!analyze: unknown option '{word}' ({SYNTAX})")
         i += 1
@@ -86,11 +86,17 @@ def analyze_(session: Session, inv: Invocation) -> None:
         code, params = opts.show[0], opts.show[1:]
         out.lines(title_lines(code, params, session.is64))
         return
+    hang: list[str] = []
+    if opts.hang:
+        from kdshell.commands.hang import hang_lines
+
+        hang = hang_lines(session)  # first: a small dump says in one line what it lacks
     a = analyze(session)
     if opts.json:
         out.line(json_text(session, a, has_command))
         return
     out.lines(verbose_lines(session, a) if opts.verbose else short_lines(a))
+    out.lines(hang)
     note_missing_symbols(session, [f.lookup_address for f in a.stack])
     if opts.teach or session.options.explain:
         out.lines(teach_lines(a, has_command))

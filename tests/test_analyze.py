@@ -31,7 +31,8 @@ from kdshell.analysis.report import title_lines
 from kdshell.stack.text import call_site
 from test_stack_commands import MACHINE_SYMBOLS, open_machine
 
-MACHINE_DUMPS = [(name, kind) for name, kinds in PLAN.items() for kind in kinds]
+# c2 (pool double free: blamed on the caller of ExFreePoolWithTag, no trap) is checked in test_pool.py
+MACHINE_DUMPS = [(name, kind) for name, kinds in PLAN.items() for kind in kinds if name != "c2"]
 EXR_P3 = 0xFFFF850429891EE8   # the triage dump's P3: the EXCEPTION_RECORD
 CXR_P4 = 0xFFFF850429891720   # and P4: the CONTEXT record
 HASH = re.compile(r"^\{[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\}$")
@@ -143,9 +144,10 @@ def test_verbose_stack_text_is_what_the_stack_command_shows(machines, name):
         assert lines(s, "r") == before
         assert f["FAILURE_BUCKET_ID"] == analyze(s).bucket
         truth = machines.truth(name)
-        if truth["culprit"]:
-            assert f["IMAGE_NAME"] == truth["culprit"]
-            assert f["MODULE_NAME"] == truth["culprit"].rsplit(".", 1)[0]
+        culprit = truth["culprit"] or {"c2": "mydrv.sys"}.get(name)  # c2: nt raises it for the caller
+        if culprit:
+            assert f["IMAGE_NAME"] == culprit
+            assert f["MODULE_NAME"] == culprit.rsplit(".", 1)[0]
             assert lines(s, "!analyze")[10] == f"Probably caused by : {f['IMAGE_NAME']} ( {f['SYMBOL_NAME']} )"
         elif truth["bugcheck"]["code"] == 0x124:
             assert f["IMAGE_NAME"] == f["MODULE_NAME"] == "GenuineIntel" and "BUGCHECKING_DRIVER" not in f
@@ -367,7 +369,7 @@ def test_show_needs_no_dump_facts(triage):
     ("!analyze -bogus", "!analyze: unknown option '-bogus'"),
     ("!analyze -show", "!analyze -show needs a bug check code"),
     ("!analyze -show 1 2 3 4 5 6", "!analyze -show takes a code and at most four parameters"),
-    ("!analyze -hang", "!analyze -hang (hang analysis) is not supported"),
+    ("!analyze -hang", "!analyze -hang: a small memory dump keeps only the crashing thread"),
     (".exr", ".exr needs the address of an exception record"),
 ])
 def test_errors_are_one_line(triage, command, message):

@@ -407,6 +407,9 @@ def _judge(session: SessionView, a: Analysis) -> None:
         candidates.append((i, s, frame_kind(s.module.name, s.function)))
     best = _best(candidates)
     a.broken_driver = _broken_driver(session)
+    # 0x9F P1=3: the blocked IRP and the driver holding it, whatever the verdict
+    if a.rule.irp is not None and a.params[a.rule.irp]:
+        a.irp = _quietly(a, irp_driver, session, a.params[a.rule.irp])
     top = a.fault_frame
     if a.stack and not len(session.symbols.modules):
         a.errors.append("The loaded-module list is not in the dump: no frame can be attributed to a module")
@@ -464,8 +467,6 @@ def _judge(session: SessionView, a: Analysis) -> None:
             name = _quietly(a, _ascii_at, session, a.params[2])
         a.critical_process = name
         a.pseudo_module = name or "critical_process"
-    if a.rule.irp is not None and a.params[a.rule.irp]:
-        a.irp = _quietly(a, irp_driver, session, a.params[a.rule.irp])
 
 
 def _error_record(session: SessionView, a: Analysis) -> ErrorRecord:

@@ -17,6 +17,9 @@ from kdshell import __version__
 from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import Analysis, Culprit
 from kdshell.analysis.facts import black_boxes, cpu_facts, firmware_facts
+from kdshell.analysis.dpcfacts import dpc_fields
+from kdshell.analysis.irpfacts import irp_stack_lines
+from kdshell.analysis.poolfacts import pool_fields, region_suffix
 from kdshell.analysis.rules import BAD_IP, CRITICAL_PROCESS, HARDWARE, MANUAL, MEMORY, POOL, status_text
 from kdshell.analysis.teach import explain
 from kdshell.disasm import for_machine
@@ -124,8 +127,11 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
         field("DRIVER_OBJECT", ptr(a.irp["driver_object"], is64))
         if a.irp.get("image"):
             field("IMAGE_NAME_OF_DRIVER", a.irp["image"])
+        out += irp_stack_lines(session, a.irp["irp"])
     if a.fault_address is not None and a.access in ("read", "write") and a.exception is None:
-        field(f"{a.access.upper()}_ADDRESS", f"{a.fault_address:x}")
+        field(f"{a.access.upper()}_ADDRESS", f"{a.fault_address:x}{region_suffix(session, a.fault_address)}")
+    for name, value in pool_fields(session, a.code, a.params) + dpc_fields(session, a.code, a.params, a.stack):
+        field(name, value)
     if a.exception is not None and a.exception.address is not None:
         out += [f"EXCEPTION_RECORD:  {a.exception.address:x} -- (.exr {a.exception.address:#x})"]
         out += exr_lines(session, a.exception.address) + [""]
@@ -153,7 +159,7 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
         for i, param in enumerate(exc.parameters[:2]):
             field(f"EXCEPTION_PARAMETER{i + 1}", _hex(param, is64))
         if a.fault_address is not None and a.access in ("read", "write"):
-            field(f"{a.access.upper()}_ADDRESS", f"{a.fault_address:x}")
+            field(f"{a.access.upper()}_ADDRESS", f"{a.fault_address:x}{region_suffix(session, a.fault_address)}")
     if a.access == "execute" and a.fault_address is not None:
         field("FAILED_INSTRUCTION_ADDRESS", f"{a.fault_address:x}")
     if a.verdict == MANUAL and a.detector is not None:

@@ -194,7 +194,8 @@ def write_triage(path: str | os.PathLike[str], fields: DumpHeaderFields, parts: 
             th.DataBlocksOffset = list_offset
             th.DataBlocksCount = len(parts.data_blocks)
             flags |= TRIAGE_DUMP_DATA_BLOCKS
-        th.ValidOffset = body.add(TRIAGE_DUMP_VALID)
+        # right after the last block, unpadded (the blocks' sizes need not be multiples of 8)
+        th.ValidOffset = body.add(TRIAGE_DUMP_VALID, align=1)
         th.SizeOfDump = body.offset
         if th.SizeOfDump >= 1 << 32:
             raise DumpWriteError("a small memory dump cannot exceed 4 GiB (its offsets are 32-bit)")

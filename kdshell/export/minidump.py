@@ -93,6 +93,8 @@ KDBG_VARIABLES: dict[str, int | str] = {
     "PsLoadedModuleList": 2, "PsActiveProcessHead": 2, "KiBugCheckData": 5, "MmPfnDatabase": 1,
     "MmHighestUserAddress": 1, "MmSystemRangeStart": 1, "MmUserProbeAddress": 1, "KeTimeIncrement": -4,
     "CmNtCSDVersion": -4, "KiProcessorBlock": "processors", "NtBuildLab": "string",
+    # the pool ranges: !analyze names the pool region of a READ/WRITE_ADDRESS from them
+    "MmNonPagedPoolStart": 1, "MmNonPagedPoolEnd": 1, "MmPagedPoolStart": 1, "MmPagedPoolEnd": 1,
 }
 # DUMP_MM_STORAGE field <- the KDBG field holding the variable's address, and the width read.
 MM_FROM_KDBG = {

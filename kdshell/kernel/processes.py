@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kdshell.errors import KdError, MemoryNotPresent
+from kdshell.kernel.handles import walk_handles
 from kdshell.kernel.layout import FieldOffsets, Memory, Reader, StructLayout, walk_list
 
 # short name: (type, field path) alternatives, the first a source knows wins
@@ -44,7 +45,6 @@ PROCESS_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 PROCESS_OBJECT = 3  # DISPATCHER_HEADER.Type of a process (KOBJECTS ProcessObject)
-MAX_HANDLE_PAGES = 4096  # of a handle table: 1M handles on x64
 
 
 def process_layout(offsets: FieldOffsets, build: int | None = None) -> StructLayout:
@@ -154,58 +154,13 @@ def find_processes(processes: list[Process], key: int | str, system_range_start:
 
 
 def handle_count(memory: Memory, table: int, layout: StructLayout, is64: bool, build: int) -> int | None:
-    """How many handles a process's handle table holds (Windows 8+ table layout: TableCode's low
-    two bits give the levels; 16-byte x64 / 8-byte x86 entries; the first entry of each page is
-    not a handle). None when the table cannot be read.
-
-    Windows quirk: x64 entries since Windows 8 store the object header address in
-    ObjectPointerBits (bits 20-63 of the first qword; a free entry keeps its free-list link in
-    the second qword), so an entry is in use when those bits are nonzero. On x86 the first dword
-    is the header address with attribute bits 0-2. Pinned by
-    tests/test_kernel_objects.py::test_processes_match_the_ground_truth (every process's handles)."""
-    r = Reader(memory, is64)
+    """How many handles a process's handle table holds (kdshell.kernel.handles walks it); None when
+    the table cannot be read."""
     code_offset = layout.get("handle_table_code")
     if code_offset is None:
         code_offset = 8 if build >= 9200 else 0
-    entry_size = 16 if is64 else 8
-    per_page = 0x1000 // entry_size
-    try:
-        code = r.ptr(table + code_offset)
-    except MemoryNotPresent:
-        return None
-    levels = code & 3
-    if levels > 2:
-        return None
-    pages: list[int] = []
-    frontier = [code & ~3 & r.mask]
-    for _ in range(levels):
-        nxt = []
-        for page in frontier:
-            try:
-                raw = r.read(page, 0x1000)
-            except MemoryNotPresent:
-                return None
-            for i in range(0, 0x1000, r.psize):
-                value = int.from_bytes(raw[i : i + r.psize], "little")
-                if value:
-                    nxt.append(value)
-                if len(nxt) > MAX_HANDLE_PAGES:
-                    return None
-        frontier = nxt
-    pages = frontier[:MAX_HANDLE_PAGES]
-    count = 0
-    for page in pages:
-        try:
-            raw = r.read(page, 0x1000)
-        except MemoryNotPresent:
-            return None
-        for i in range(1, per_page):
-            low = int.from_bytes(raw[i * entry_size : i * entry_size + r.psize], "little")
-            if is64 and build >= 9200:
-                count += (low >> 20) != 0
-            else:
-                count += (low & ~7) != 0
-    return count
+    entries = walk_handles(memory, table, code_offset, is64, build)
+    return None if entries is None else len(entries)
 
 
 def no_process_list(reason: str) -> KdError:
