@@ -24,7 +24,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                  "kdshell.script")),
     ("commands", ("kdshell.commands",)),
     ("front", ("kdshell.repl", "kdshell.cli", "kdshell.tutorial", "kdshell.completion", "kdshell.lexer",
-               "kdshell.__main__", "kdshell.mcp", "kdshell")),
+               "kdshell.__main__", "kdshell.mcp", "kdshell.triage", "kdshell")),
 ]
 # Siblings that must not see each other (issue 16): the kernel layer reads symbols only through
 # the interface it defines (kdshell.kernel.interfaces), never kdshell.symbols itself.
