@@ -169,7 +169,7 @@ def test_sample_session_over_stdio(machines: Any, capsys: pytest.CaptureFixture[
             assert (await call(client, "close_dump", session=sid))["closed"]
             assert "no session" in await refused(client, "run_command", session=sid, command="k")
 
-            # triage: each dump's --analyze-json record (kdshell.triage will supply them, issue 25)
+            # triage: each dump's --analyze-json record, from kdshell.triage
             records = (await call(client, "triage", paths=[SAMPLE_DUMP]))["records"]
             assert [r["path"] for r in records] == [SAMPLE_DUMP]
             same_record(records[0]["record"], expected)

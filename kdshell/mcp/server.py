@@ -79,22 +79,39 @@ def list_dump_files(policy: Policy, folder: str) -> list[dict[str, Any]]:
 
 
 def _triage_records(pool: Pool, paths: list[str], symbol_path: str | None, timeout_s: float) -> list[dict[str, Any]]:
-    """Each dump's `--analyze-json` record, or {"path", "error"}.
-    TO BE REPLACED by kdshell.triage.run(paths, options) once `kdshell triage` lands (issue 25)."""
-    records: list[dict[str, Any]] = []
-    for path in paths:
+    """{"path", "record"} (the `--analyze-json` record) or {"path", "error"} per dump, from
+    kdshell.triage: files and folders under the roots, each dump in a worker process bounded by
+    the call's time limit, no cache (the server writes only under its output folder)."""
+    from kdshell import triage
+
+    slots: list[list[dict[str, Any]]] = [[] for _ in paths]  # the records of each path given, in order
+    groups: dict[str, list[tuple[int, str]]] = {}  # the paths of one symbol path, analysed together
+    for i, path in enumerate(paths):
         try:
-            worker, _ = pool.start(path, symbols_for(path, symbol_path))
+            real = pool.policy.readable(path, "triage")
+            symbols = pool.policy.search_path(symbols_for(real, symbol_path) or "", "symbol_path")
+            if not os.path.exists(real):
+                raise KdError(f"triage: {path}: no such file or folder")
         except KdError as exc:
-            records.append({"path": path, "error": str(exc)})
+            slots[i].append({"path": path, "error": str(exc)})
             continue
+        groups.setdefault(symbols, []).append((i, real))
+    for symbols, group in groups.items():
+        options = triage.Options(jobs=2, symbol_path=symbols, offline=True, time_limit=timeout_s, cache="")
         try:
-            records.append({"path": path, **worker.call({"op": "analyze"}, timeout_s)})
+            found = triage.run([real for _, real in group], options)
         except KdError as exc:
-            records.append({"path": path, "error": str(exc)})
-        finally:
-            worker.close()
-    return records
+            for i, real in group:
+                slots[i].append({"path": real, "error": str(exc)})
+            continue
+        for record in found:
+            path = record["triage"]["path"]
+            i = next((i for i, real in group if path == real or path.startswith(real + os.sep)), group[0][0])
+            if "error" in record:
+                slots[i].append({"path": path, "error": record["error"]})
+            else:
+                slots[i].append({"path": path, "record": {k: v for k, v in record.items() if k != "triage"}})
+    return [record for slot in slots for record in slot]
 
 
 def help_index() -> str:

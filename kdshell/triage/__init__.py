@@ -105,7 +105,7 @@ def run(paths: Iterable[str], options: Options | None = None,
         workers = options.jobs or os.cpu_count() or 1
         if options.cluster:
             results = pool.cluster(jobs, settings, options.cluster)
-        elif workers <= 1 or len(jobs) <= 1:
+        elif workers <= 1 or (len(jobs) <= 1 and pool.can_alarm()):  # else the time limit needs a process
             results = pool.serial(jobs, settings)
         else:
             results = pool.processes(jobs, settings, workers)

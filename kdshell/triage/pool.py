@@ -36,12 +36,16 @@ def serial(jobs: Sequence[Job], settings: Settings) -> Iterator[Result]:
         yield index, record
 
 
+def can_alarm() -> bool:
+    """Whether a time limit can stop work in this process (SIGALRM, delivered to the main thread)."""
+    import threading
+
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
 class _alarm:
     def __init__(self, seconds: float | None) -> None:
-        import threading
-
-        self.on = bool(seconds) and hasattr(signal, "setitimer") and \
-            threading.current_thread() is threading.main_thread()
+        self.on = bool(seconds) and can_alarm()
         self.seconds = seconds or 0.0
 
     def __enter__(self) -> None:
