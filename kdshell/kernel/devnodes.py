@@ -192,7 +192,7 @@ class DevNodes:
                 out.warnings.append(str(e))
                 continue
             out.nodes.append((depth, node))
-            children = []
+            children: list[int] = []
             child = node.child
             while child and child not in children and len(children) < MAX_NODES:
                 children.append(child)
