@@ -184,3 +184,41 @@ def test_corpus_dumps(path):
                 assert "small memory dump keeps no" in text
         if not s.kernel.small:  # the truncated 19045 kernel dump: no nt PDB, no IopRootDeviceNode symbol
             assert "nt!IopRootDeviceNode is not in the kernel's symbols" in s.capture("!devnode 0 1")
+
+
+class _Bytes:
+    """Memory made of a few byte ranges (MemoryNotPresent elsewhere)."""
+
+    def __init__(self, ranges):
+        self.ranges = ranges
+
+    def read(self, address, size):
+        from kdshell.errors import MemoryNotPresent
+
+        for base, data in self.ranges.items():
+            if base <= address and address + size <= base + len(data):
+                return bytes(data[address - base:address - base + size])
+        raise MemoryNotPresent(f"{address:x} not present")
+
+
+def test_hostile_trees_give_bounded_answers(m3b):
+    """A device node whose child's sibling is the node itself, and a VAD that is its own left child:
+    the walks stop with a warning (offsets from the machine kernel's PDB)."""
+    import struct
+
+    from kdshell.kernel.devnodes import DevNodes
+
+    s, _ = m3b
+    off = s.kernel.offsets
+    a, b = 0xFFFF_9000_0000_0000, 0xFFFF_9000_0000_1000
+    na, nb = bytearray(0x400), bytearray(0x400)
+    struct.pack_into("<Q", na, off.offset("_DEVICE_NODE", "Child"), b)
+    struct.pack_into("<Q", nb, off.offset("_DEVICE_NODE", "Sibling"), b)  # b is its own sibling
+    struct.pack_into("<Q", nb, off.offset("_DEVICE_NODE", "Child"), a)  # and a's parent is its child
+    tree = DevNodes(_Bytes({a: na, b: nb}), off, True).tree(a)
+    assert [n.address for _, n in tree.nodes] == [a, b]
+    assert any("met twice" in w for w in tree.warnings)
+    vad = bytearray(0x40)
+    struct.pack_into("<Q", vad, off.offset("_MMVAD_SHORT", "VadNode.Left"), a)
+    walk = VadTree(_Bytes({a: vad}), off, True).walk(a)
+    assert walk.vads == [] and any("met twice" in w for w in walk.warnings)
