@@ -197,18 +197,20 @@ def vad_lines(session: Session, walk: VadWalk) -> list[str]:
     w = 16 if session.is64 else 8
     out = [VAD_HEADER]
     for v in walk.vads:
-        kind = "Private" if v.private else "Mapped "
-        exe = " Exe " if v.vad_type == 2 else "     "
-        commit = f"{v.commit:6d}" if v.commit is not None else "     ?"
-        out.append(f"{v.address:0{w}x} {v.level:2d} {v.start_vpn:>13x} {v.end_vpn:>15x} {commit} "
-                   f"{kind}{exe}{protection_name(v.protection)}".rstrip())
+        kind = "Private" if v.private else "Mapped"
+        exe = "Exe" if v.vad_type == 2 else ""
+        commit = f"{v.commit:16d}" if v.commit is not None else f"{'?':>16}"
+        out.append(f"{v.address:0{w}x} {v.level:2d} {v.start_vpn:>15x} {v.end_vpn:>15x}{commit} "
+                   f"{kind:<7} {exe:<4} {protection_name(v.protection)}".rstrip())
     out.append("")
     if walk.vads:
         levels = [v.level for v in walk.vads]
         out.append(f"Total VADs: {len(walk.vads)}, average level: {sum(levels) // len(levels)}, "
                    f"maximum depth: {max(levels)}")
         private = sum(v.commit or 0 for v in walk.vads if v.private)
+        shared = sum(v.commit or 0 for v in walk.vads if not v.private)
         out.append(f"Total private commit: {private:#x} pages ({private * 4} KB)")
+        out.append(f"Total shared commit:  {shared:#x} pages ({shared * 4} KB)")
     else:
         out.append("Total VADs: 0")
     return out

@@ -18,8 +18,8 @@ STATES = {0x301: "DeviceNodeUninitialized", 0x302: "DeviceNodeInitialized", 0x30
           0x308: "DeviceNodeStarted"}
 PROTECTIONS = {1: "READONLY", 4: "READWRITE", 7: "EXECUTE_WRITECOPY"}
 DEVNODE = re.compile(r"^( *)DevNode 0x([0-9a-f]+) for PDO 0x([0-9a-f]+)$")
-VAD = re.compile(r"^([0-9a-f]{16}) +(\d+) +([0-9a-f]+) +([0-9a-f]+) +(\d+) (Private|Mapped ) (Exe |    )"
-                 r" ?([A-Z_ ]+)$")
+VAD = re.compile(r"^([0-9a-f]{16}) +(\d+) +([0-9a-f]+) +([0-9a-f]+) +(\d+) (Private|Mapped ) (Exe |    ) "
+                 r"([A-Z_ ]+)$")
 
 
 def open_machine(machines, name, kind="kernel"):
