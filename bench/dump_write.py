@@ -10,7 +10,7 @@ Files (built once, cached in --dir):
   index the size of a big machine's). The /m timing is the issue's "under 1 s" check.
 - `large64g-bitmap5-N.dmp`: fixtures/machine/large.py's 64 GiB machine as a complete bitmap dump
   (DumpType 5) with N present pages, almost all zero (the writers turn them into holes): /f over
-  it measures the per-page cost of the page loop.
+  it measures the cost of the copy by extents (holes skipped, never read).
 - `dense-G.dmp`: a complete bitmap dump (DumpType 5) with G GiB of non-zero pages spread over a
   64 GiB map: /f over it is compared with the disk's own speed (the same number of bytes of the
   source copied with 1 MiB reads and writes, then fsync), and /k with the page-table walk (no

@@ -28,7 +28,12 @@ from tests.fetch_corpus import corpus_dir  # noqa: E402
 
 
 def default_pdbs() -> list[Path]:
+    """The corpus's PDBs ($KDSHELL_CORPUS, as the tests read it) and the fixtures'; says on
+    stderr when the corpus has none instead of leaving its rows out silently."""
     corpus = sorted((corpus_dir() / "symbols").glob("*.pdb/*/*.pdb"))
+    if not corpus:
+        print(f"no corpus PDBs under {corpus_dir() / 'symbols'}: set KDSHELL_CORPUS (the tests' setting) "
+              "to the corpus directory to get their rows", file=sys.stderr)
     fixtures = sorted((REPO / "fixtures" / "images" / "bin").glob("*.pdb"))
     return corpus + fixtures
 

@@ -106,10 +106,14 @@ class KdmpReader:
         return self.dump.read_physical_page(pfn << 12)
 
     def translator(self):
-        import functools
+        """A one-argument translator for checks; timed loops call translate_virtual(va, dtb)
+        themselves, as kdmp-parser's documentation shows (a wrapper would add its own cost)."""
+        tv, dtb = self.dump.translate_virtual, self.dtb
 
-        tv = self.dump.translate_virtual
-        return functools.partial(tv, directory_table_base=self.dtb) if self.dtb else tv
+        def translate(va: int):
+            return tv(va, dtb)
+
+        return translate
 
     def translate(self, va: int):
         return self.dump.translate_virtual(va, self.dtb)

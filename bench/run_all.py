@@ -135,8 +135,13 @@ def child_workload(reader: str, meta: str, reads: int, translations: int, cold: 
     if wrong:
         raise AssertionError(f"{reader}: {len(wrong)} of {len(check)} translations wrong, e.g. {wrong[0]:#x}")
     t = time.perf_counter()
-    for va in vas:
-        tr(va)
+    if reader == "kdmp-parser":  # called as its documentation shows: translate_virtual(va, dtb)
+        tv, dtb = r.dump.translate_virtual, r.dtb
+        for va in vas:
+            tv(va, dtb)
+    else:
+        for va in vas:
+            tr(va)
     out["translate_us"] = (time.perf_counter() - t) / max(1, len(vas)) * 1e6
     out["translations"] = len(vas)
     if cold and hasattr(r, "flush"):
@@ -273,14 +278,16 @@ def run_child(name: str, timeout: float = 600, **kwargs) -> dict:
 # The table
 
 class Table:
-    def __init__(self):
+    def __init__(self, machine: str = "", runs: dict[str, str] | None = None):
         self.rows: list[dict] = []
         self.notes: list[str] = []
+        self.machine = machine  # on every row: where it was measured
+        self.runs = runs or {}  # section -> how many runs each number is made of
 
     def add(self, section: str, what: str, data: str, unit: str, values: dict, *, higher_better: bool = False,
-            note: str = "") -> None:
+            note: str = "", runs: str | None = None) -> None:
         self.rows.append(dict(section=section, what=what, data=data, unit=unit, values=values,
-                              higher=higher_better, note=note))
+                              higher=higher_better, note=note, runs=runs or self.runs.get(section, "1")))
         self.print_row(self.rows[-1])
 
     # -- formatting --------------------------------------------------------------------------
@@ -317,11 +324,11 @@ class Table:
             if col != "kdshell" and (r := self.ratio(row, col)):
                 c += f" ({r})"
             out.append(c)
-        out.append(row["note"])
+        out += [row["runs"], self.machine, row["note"]]
         return out
 
-    HEADER = ["benchmark", "data"] + list(COLUMNS) + ["note"]
-    WIDTHS = [36, 34, 14, 20, 22, 18, 0]
+    HEADER = ["benchmark", "data"] + list(COLUMNS) + ["runs", "machine", "note"]
+    WIDTHS = [36, 34, 14, 20, 22, 18, 12, 14, 0]
 
     def print_row(self, row: dict) -> None:
         cells = self.cells(row)
@@ -336,6 +343,15 @@ class Table:
         for row in self.rows:
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in self.cells(row)) + " |")
         return "\n".join(lines)
+
+
+def short_machine() -> str:
+    """The host in a few words, for every row: CPU count and whether others share it."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return f"{os.cpu_count()}-core {platform.machine()}, load {load:.1f}"
 
 
 def value(result: dict, key: str):
@@ -504,7 +520,10 @@ def section_pdb(t: Table, args) -> None:
     import pdb_index
 
     vol = installed("volatility3")
-    for path in pdb_index.default_pdbs():
+    pdbs = pdb_index.default_pdbs()
+    if not any("fixtures" not in str(p) for p in pdbs):
+        t.notes.append(f"No corpus PDB rows: none under {CORPUS_DUMPS.parent / 'symbols'} (set KDSHELL_CORPUS).")
+    for path in pdbs:
         if "fixtures" in str(path) and path.name != "ntkrnlmp.pdb":
             continue  # the corpus PDBs and one fixture PDB
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
@@ -753,7 +772,10 @@ def main(argv=None) -> int:
         print("volatility3 is not installed: its column is skipped. To get it: pip install volatility3 "
               "(a peer for comparison, not a kdshell dependency)")
     print("ratios: peer / kdshell for times and memory, kdshell / peer for MB/s (above 1: kdshell is better)\n")
-    t = Table()
+    t = Table(short_machine(), {
+        "open": "best of ≤5", "reads": f"best of {args.runs}", "memory": "1 per reader",
+        "pdb": "best of 3", "commands": f"best of {args.repeat}", "start": f"best of {args.repeat}",
+    })
     t.print_header()
     if "open" in sections:
         section_open(t, args, machines)

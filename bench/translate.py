@@ -74,6 +74,11 @@ def measure(reader: str, path: str, seq: list[int], dtb: int | None = None, *, c
         for va in seq:
             flush(tables)
             tr(va)
+    elif reader == "kdmp-parser":  # as its documentation shows: translate_virtual(va, dtb), no wrapper
+        tv, dtb0 = r.dump.translate_virtual, r.dtb
+        t = time.perf_counter()
+        for va in seq:
+            tv(va, dtb0)
     else:
         t = time.perf_counter()
         for va in seq:

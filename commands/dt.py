@@ -17,11 +17,13 @@ if TYPE_CHECKING:
     from kdshell.session import Session
 
 
-@command("dt", family="symbols", syntax="dt [-r[N]] [-b] [-a[N]] [-i] [-o] [-y] [Module!]Type [Field...] [Address]",
+@command("dt", family="symbols", syntax="dt [-r[N]] [-b] [-a[N]] [-i] [-o] [-y] [-l ListField] [Module!]Type [Field...] [Address]",
          summary="Show a structure's layout, or its values at an address",
          example="dt nt!_EPROCESS ffff920f`cfadb380 UniqueProcessId ImageFileName",
          details="Module!*Pattern* lists types. Without the kernel's PDB, nt's structures come from\n"
-                 "kdshell's built-in table of offsets (only the fields it knows).")
+                 "kdshell's built-in table of offsets (only the fields it knows).\n"
+                 "-l ListField: Address is the first structure of a list linked through ListField\n"
+                 "(a LIST_ENTRY); each structure is shown in turn until the list comes back.")
 def dt(session: Session, inv: Invocation) -> None:
     run_dt(session, inv)
 
@@ -33,7 +35,15 @@ _DT_FLAGS = "rbaioyv"
 def _dt_parse(inv: Invocation) -> tuple[Any, ...]:
     opts = typeformat.DtOptions()
     words: list[str] = []
-    for a in inv.args:
+    args = list(inv.args)
+    list_field = None
+    if "-l" in args:
+        i = args.index("-l")
+        if i + 1 >= len(args):
+            raise CommandError("dt -l: which list field? (dt -l ListField Type Address)")
+        list_field = args[i + 1]
+        del args[i:i + 2]
+    for a in args:
         if a.startswith("-") and len(a) > 1 and a[1] in _DT_FLAGS and (not words or a[2:] in ("", *"0123456789")):
             c, rest = a[1], a[2:]
             if c == "r":
@@ -54,7 +64,7 @@ def _dt_parse(inv: Invocation) -> tuple[Any, ...]:
         words.append(a)
     if not words:
         raise CommandError("Usage: dt [Module!]Type [Field...] [Address]")
-    return opts, words
+    return opts, words, list_field
 
 
 def _dt_list(session: Session, module_name: str | None, pattern: str) -> None:
@@ -69,7 +79,7 @@ def _dt_list(session: Session, module_name: str | None, pattern: str) -> None:
 
 
 def run_dt(session: Session, inv: Invocation) -> None:
-    opts, words = _dt_parse(inv)
+    opts, words, list_field = _dt_parse(inv)
     spec = words[0]
     module_name, _, tname = spec.rpartition("!")
     module_name = module_name or None
@@ -115,6 +125,42 @@ def run_dt(session: Session, inv: Invocation) -> None:
             return None
         return f"{hit[0]}+0x{hit[1]:x}" if hit[1] else hit[0]
 
+    if list_field is not None:
+        if address is None or read is None:
+            raise CommandError("dt -l: the address of the list's first structure is needed")
+        _dt_list_walk(session, t, address, list_field, opts, fields, symbolize)
+        return
     lines = typeformat.render(t, address, read, pointer_size=8 if session.is64 else 4, options=opts,
                               fields=fields or None, symbolize=symbolize)
     session.out.lines(lines)
+
+
+MAX_LIST = 100_000  # elements: a list longer than this is corrupt (it loops without coming back)
+
+
+def _dt_list_walk(session: Session, t: Any, address: int, list_field: str, opts: Any, fields: list[str],
+                  symbolize: Any) -> None:
+    """dt -l: each structure of the list through `list_field` (a LIST_ENTRY: its Flink points
+    at the next structure's field), from `address` until the list comes back or ends."""
+    found = t.find_field(list_field)
+    if found is None:
+        raise CommandError(f"dt -l: {list_field} is not a field of the type")
+    offset = found[0]
+    memory = session.memory
+    assert memory is not None
+    size = 8 if session.is64 else 4
+    from kdshell.format import ptr0x
+
+    seen: set[int] = set()
+    current = address
+    while current and current not in seen and len(seen) < MAX_LIST:
+        seen.add(current)
+        session.out.line(f"{list_field} at {ptr0x(current + offset, session.is64)}")
+        session.out.line("-" * 45)
+        session.out.lines(typeformat.render(t, current, memory.read, pointer_size=size, options=opts,
+                                            fields=fields or None, symbolize=symbolize))
+        session.out.line("")
+        flink = int.from_bytes(memory.read(current + offset, size), "little")
+        current = flink - offset if flink else 0
+        if current == address:
+            break

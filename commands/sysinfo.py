@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
-from kdshell.dumpfile.acpi import ACPI_BLOB_TAG, acpi_headers
+from kdshell.dumpfile.acpi import ACPI_BLOB_TAG, MAX_BLOB, acpi_headers
 from kdshell.dumpfile.regvalues import CPU_REGISTRY_TAG, RegValue, parse_values
 from kdshell.errors import CommandError, KdError
 from kdshell.kernel.smbios import locate_table, machine_id, parse_table, smbios_lines
@@ -190,7 +190,7 @@ def acpi_lines(session: Session) -> list[str]:
     if blob is None:
         raise KdError(f"!sysinfo gbl: the dump holds no ACPI table headers (no secondary data tagged {where}; "
                       "Windows 10 small dumps carry them)")
-    headers = acpi_headers(session.dump.read_file(blob.data_offset, blob.data_size))
+    headers = acpi_headers(session.dump.read_file(blob.data_offset, min(blob.data_size, MAX_BLOB)))
     if not headers:
         raise KdError(f"!sysinfo gbl: the {blob.data_size:#x} bytes tagged {where} hold no ACPI table header")
     lines = [f"[ACPI Tables] from the dump's secondary data {where}: {len(headers)} tables", GBL_HEADER]

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kdshell",
         description="A WinDbg/KD-style debugger for Windows kernel crash dumps.",
-        epilog='Example: kdshell -z MEMORY.DMP -c "!analyze -v; q"',
+        epilog='Example: kdshell -z MEMORY.DMP -c "!analyze -v; q". Many dumps at once: kdshell triage FOLDER',
     )
     p.add_argument("-z", dest="dump", metavar="DUMP",
                    help="the crash dump to open (.dmp); without one, kdshell opens its bundled sample")
@@ -120,8 +120,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["triage"]:
+        from kdshell.triage.cli import main as triage_main
+
+        return triage_main(argv[1:])
     args = build_parser().parse_args(argv)
-    dump_path = args.dump or (args.rest[0] if args.rest else None)
+    dumps = ([args.dump] if args.dump else []) + list(args.rest)
+    if len(dumps) > 1:
+        print(f"kdshell: one dump at a time ({' '.join(dumps[1:])} not opened): for many dumps use "
+              f"kdshell triage {' '.join(dumps)}", file=sys.stderr)
+        return 2
+    dump_path = dumps[0] if dumps else None
     note = None
     if dump_path is None:
         sample = bundled_sample()
@@ -207,11 +217,13 @@ def _analyze_json(dump_path: str, args: argparse.Namespace, opening: dict[str, A
     from kdshell.output import Output
     from kdshell.session import open_session
 
+    from kdshell.analysis.report import error_json
+
     quiet = Output(open(os.devnull, "w", encoding="utf-8"))
     try:
         session = open_session(dump_path, out=quiet, **opening)
     except KdError as exc:
-        print(json.dumps({"error": _naming(dump_path, exc)}))
+        print(json.dumps(error_json(dump_path, _naming(dump_path, exc))))
         return 1
     session.progress = None
     try:
@@ -222,12 +234,12 @@ def _analyze_json(dump_path: str, args: argparse.Namespace, opening: dict[str, A
         print(json_text(session, analyze(session), has_command))
         return 0
     except KdError as exc:
-        print(json.dumps({"error": str(exc)}))
+        print(json.dumps(error_json(dump_path, str(exc))))
         return 1
     except Exception as exc:  # a bug of ours: still one JSON line, never a traceback
         if args.verbose:
             raise
-        print(json.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}))
+        print(json.dumps(error_json(dump_path, f"internal error: {type(exc).__name__}: {exc}")))
         return 1
     finally:
         session.close()
@@ -260,7 +272,9 @@ def _run_startup(session: Session, args: argparse.Namespace) -> None:
             session.failures += 1
             session.out.error(f"Cannot read the command file {args.command_file}: {exc.strerror}")
             return
-        for line in lines:
+        from kdshell.scripts import group_lines
+
+        for line in group_lines(lines):
             _echo_and_run(session, line)
     if args.commands:
         _echo_and_run(session, args.commands)

@@ -404,6 +404,9 @@ class CppEvaluator:
         return Value(self.size_t, value=normalize(value, self.size_t), at=tok.pos)
 
     def pseudo(self, name: str, at: int) -> Value:
+        typed = getattr(self.session, "typed_pseudo", {}).get(name.lower())  # `r? $t0 = ...`
+        if typed is not None:
+            return Value(typed.type, address=typed.address, value=typed.value, at=at)
         registers = Registers(self.session.registers, self.session.is64)
         value = pseudo_register(self.session, registers, name)
         if value is None:

@@ -89,14 +89,15 @@ SCRIPT_PREFIXES = ("$$>a<", "$$><", "$$<", "$><", "$<")
 
 
 _NON_BLANK = re.compile(r"\S")
-_QUOTE_OR_SEMI = re.compile('[;"]')
+_QUOTE_OR_SEMI = re.compile('[;"{}()]')
 
 
 def split_commands(line: str) -> list[str]:
-    """Split on ';' outside double quotes.
+    """Split on ';' outside double quotes and `{ }` blocks (a control token's blocks stay whole).
 
     `$$` starts a comment that runs to the next ';'; `*` at the start of a command comments out
-    the rest of the line; `$<File` and `$><File` take the rest of the line as the file name.
+    the rest of the line; `$<File` and `$><File` take the rest of the line as the file name,
+    `as Name Text` and `j Condition Cmd1 ; Cmd2` the rest of the line as their text.
     """
     # Linear in the line's length (issue 24): the regular expressions skip ordinary text, and a
     # command's first non-blank character is where `$<` and `*` are looked for.
@@ -104,13 +105,15 @@ def split_commands(line: str) -> list[str]:
     n = len(line)
     start = i = 0  # the current command starts at `start`; scanned up to `i`
     at_start = True  # nothing but whitespace yet in the current command
+    depth = 0  # inside `{ }` (or the parentheses of `.for (Init; Condition; Increment)`)
+    in_for = False
     while i < n:
         if at_start:
             first = _NON_BLANK.search(line, i)
             if first is None:
                 break
             j = first.start()
-            if line.startswith(("$<", "$><"), j):
+            if line.startswith(("$<", "$><", "as ", "as\t", "j ", "j\t", "j("), j):
                 parts.append(line[j:])
                 start = n
                 break
@@ -118,6 +121,7 @@ def split_commands(line: str) -> list[str]:
                 start = n
                 break
             at_start, i = False, j
+            in_for = line.startswith(".for", j) and not line.startswith(".foreach", j)
         m = _QUOTE_OR_SEMI.search(line, i)
         if m is None:
             break
@@ -127,7 +131,14 @@ def split_commands(line: str) -> list[str]:
             if close < 0:
                 break
             i = close + 1
-        else:
+        elif m.group() in "()":
+            if in_for:
+                depth = depth + 1 if m.group() == "(" else max(0, depth - 1)
+        elif m.group() == "{":
+            depth += 1
+        elif m.group() == "}":
+            depth = max(0, depth - 1)
+        elif depth == 0:
             parts.append(line[start:m.start()])
             start, at_start = i, True
     parts.append(line[start:])

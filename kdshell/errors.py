@@ -52,3 +52,8 @@ class SymbolFileError(KdError):
 
 class Quit(Exception):
     """Raised by `q`: the front end stops reading commands."""
+
+
+class FlowSignal(Exception):
+    """Not an error: `.break`, `.continue`, `.leave` and an aborted command program unwinding
+    to the construct that ends them (kdshell.script.flow)."""

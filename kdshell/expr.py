@@ -531,6 +531,11 @@ def pseudo_register(session: ExprSession, registers: Registers, name: str) -> in
         kernel = session.kernel
         if kernel is not None:
             return kernel.pseudo(n)  # kdshell.kernel.state: the current process, thread, ...
+    automatic = getattr(session, "automatic_pseudo", None)  # the session's: $bug_code, $ra, ...
+    if automatic is not None and n not in session.pseudo_registers:
+        value = automatic(n)
+        if value is not None:
+            return int(value)
     return session.pseudo_registers.get(n)
 
 

@@ -30,6 +30,31 @@ def read_script(path: str) -> list[str]:
     return data.decode("utf-8", "replace").splitlines()
 
 
+def group_lines(lines: list[str]) -> list[str]:
+    """Script lines with a block that spans lines (`.if (x) {` ... `}`) joined by ';' into one."""
+    from kdshell.script.text import brace_balance
+
+    out: list[str] = []
+    pending: list[str] = []
+    depth = 0
+    for line in lines:
+        if not line.strip() and not pending:
+            continue
+        if line.strip().startswith("{") and (pending or out):  # `.for (...)` then `{` on the next line
+            if not pending:
+                pending = [out.pop()]
+            pending[-1] += " " + line.strip()
+        else:
+            pending.append(line.strip() if pending else line)
+        depth += brace_balance(line)
+        if depth <= 0:
+            out.append(";".join(p for p in pending if p))
+            pending, depth = [], 0
+    if pending:
+        out.append(";".join(p for p in pending if p))  # unbalanced: the command says so
+    return out
+
+
 def substitute(line: str, args: list[str]) -> str:
     """Replace ${$argN} and $argN by the script's arguments (missing ones stay as written)."""
     def one(match: re.Match[str]) -> str:
@@ -71,11 +96,9 @@ def run_script(session: ScriptHost, path: str, *, block: bool, args: list[str] |
     session.script_depth = depth + 1
     try:
         if block:
-            session.run(";".join(line for line in lines if line.strip()))
+            session.run(";".join(group_lines(lines)))
             return
-        for line in lines:
-            if not line.strip():
-                continue
+        for line in group_lines(lines):
             session.out.line(f"{session.prompt}{line}")
             before = session.failures
             session.run(line)

@@ -14,11 +14,12 @@ from typing import Any, Iterator, Sequence
 
 from kdshell import dispatch
 from kdshell.dumpfile.dump import DumpFile, open_dump
-from kdshell.errors import KdError, MemoryNotPresent, Quit
+from kdshell.errors import FlowSignal, KdError, MemoryNotPresent, Quit
 from kdshell.kernel.kdbg import Kdbg
 from kdshell.memory.virtual import PhysicalView, VirtualMemory
 from kdshell.output import Output
 from kdshell.parts import assemble
+from kdshell.script import flow
 from kdshell.stack.text import missing_page_lines
 from kdshell.symbols.store import environment_symbol_path, offline_requested
 from kdshell.target import version_lines
@@ -69,6 +70,9 @@ class Session:
         self.pseudo_registers: dict[str, int] = {}  # $t0-$t19 and the values commands leave ($p, $exp)
         self.radix = 16  # `n`: the default number base of expressions
         self.script_depth = 0  # scripts running inside one another (kdshell.scripts)
+        self.aliases: dict[str, str] = {}  # `as`/`aS` (kdshell.script.text expands them)
+        self.typed_pseudo: dict[str, Any] = {}  # `r? $t0 = ...`: C++ values (kdshell.cppexpr.Value)
+        self.flow = flow.FlowState()  # the control tokens running (kdshell.script.flow)
         # What an empty line repeats (`repeat_last`), and where d*/u continue when given no address.
         self.repeat: str | None = None
         self.continuation: dict[str, object] = {}
@@ -185,10 +189,7 @@ class Session:
         Raises Quit for `q`. Errors print one line; under pytest unexpected ones re-raise so no
         test passes on a hidden error.
         """
-        ok = True
-        for text in dispatch.split_commands(line):
-            ok = self.run_one(text) and ok
-        return ok
+        return flow.run_line(self, line)
 
     def run_one(self, text: str) -> bool:
         try:
@@ -208,7 +209,7 @@ class Session:
                     self.out.line("")
                     self.out.lines("  [explain] " + line for line in note.splitlines())
             return True
-        except Quit:
+        except (Quit, FlowSignal):
             raise
         except KdError as exc:
             self.failures += 1
@@ -218,6 +219,9 @@ class Session:
         except BrokenPipeError:
             raise  # the output is gone: the front end stops
         except KeyboardInterrupt:
+            if self.flow.depth or self.script_depth:
+                raise  # the loop or script around this command stops too: the typed command reports it
+            self.flow.interrupted = True  # and the rest of its line does not run
             self.failures += 1
             self.out.interrupted(STOPPED)
             return False
@@ -233,6 +237,12 @@ class Session:
             else:
                 self.out.error("(kdshell bug: '.verbose 1' then run it again to see the traceback)")
             return False
+
+    def automatic_pseudo(self, name: str) -> int | None:
+        """The automatic pseudo-registers kdshell.expr leaves to the session ($bug_code, $ra, ...)."""
+        from kdshell.script.pseudo import automatic
+
+        return automatic(self, name)
 
     def report_missing(self, errors: Sequence[MemoryNotPresent]) -> None:
         """WinDbg's line for each page the dump left out that a command met (unless

@@ -38,7 +38,7 @@ def test_firmware_json_from_the_smbios_table(machines, monkeypatch, capsys):
     monkeypatch.setattr(facts, "locate_table", lambda symbol, virtual, physical: raw)
     assert main(["-z", str(machines.path("d1", "kernel")), "-y", str(BIN), "--offline", "--analyze-json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["schema"] == 2
+    assert data["schema"] == 3
     assert data["machine"]["firmware"] == {k.lower(): v for k, v in FIRMWARE.items()}
     assert data["machine"]["cpu"]["mhz"] == 3000 and data["machine"]["cpu"]["family"] == 6  # fixture init.c
 

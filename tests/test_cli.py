@@ -1,4 +1,5 @@
 """The kdshell command: banner, -c, a pipe on standard input, exit status, bad files."""
+import json
 import subprocess
 import sys
 
@@ -102,7 +103,9 @@ def test_a_missing_file_is_named_once(tmp_path):
     p = run("-z", str(missing))
     assert p.returncode == 2 and p.stderr == f"kdshell: cannot open {missing}: No such file or directory\n"
     p = run("--analyze-json", "-z", str(missing))
-    assert p.stdout.count(str(missing)) == 1
+    record = json.loads(p.stdout)  # the record names the file in "dump", its error once
+    assert record["error"].count(str(missing)) == 1 and record["dump"] == {"file": str(missing)}
+    assert record["schema"] == 3
     bad = tmp_path / "bad.dmp"
     bad.write_bytes(b"hello world" * 100)
     p = run("-z", str(bad))

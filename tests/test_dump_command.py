@@ -596,16 +596,20 @@ def test_unwritable_and_missing_directories(machines, tmp_path):
 
 
 class _FullDisk:
-    """A file object that fails like a full disk after `room` bytes."""
+    """A file object that fails like a full disk after `room` bytes (its writes, and the page
+    copies written with os.pwrite on its descriptor)."""
 
     def __init__(self, f, room: int):
         self.f, self.room = f, room
 
     def write(self, data):
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
+        self.take(len(data))
         return self.f.write(data)
+
+    def take(self, n):
+        if n > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
 
     def __getattr__(self, name):
         return getattr(self.f, name)
@@ -621,10 +625,20 @@ class _FullDisk:
 def test_a_full_disk_leaves_no_file(machines, tmp_path, monkeypatch, option, room):
     real = os.fdopen
 
+    real_pwrite = os.pwrite
+    disks = {}
+
     def fdopen(fd, *args, **kwargs):
-        return _FullDisk(real(fd, *args, **{**kwargs, "buffering": 0}), room)
+        disks[fd] = _FullDisk(real(fd, *args, **{**kwargs, "buffering": 0}), room)
+        return disks[fd]
+
+    def pwrite(fd, data, offset):
+        if fd in disks:
+            disks[fd].take(len(data))
+        return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(W.os, "fdopen", fdopen)
+    monkeypatch.setattr(W.os, "pwrite", pwrite)
     out = tmp_path / "full.dmp"
     with open_session(machines.path("d1", "complete")) as s:
         s.progress = io.StringIO()
@@ -655,22 +669,22 @@ def test_a_file_size_limit_leaves_no_file(machines, tmp_path):
 
 def test_ctrl_c_stops_a_write_and_leaves_no_file(machines, tmp_path, monkeypatch):
     taken = []
-    real_span = C.ProgressPages.page_span
+    real_advance = C.ProgressPages.advance
 
-    def page_span(self, first, count):
-        taken.append(first)
-        if len(taken) == 10:  # Ctrl-C arrives in the middle of the page data
+    def advance(self, pages):
+        taken.append(pages)
+        if len(taken) == 2:  # Ctrl-C arrives in the middle of the page data (16 MiB pieces)
             raise KeyboardInterrupt
-        return real_span(self, first, count)
+        return real_advance(self, pages)
 
-    monkeypatch.setattr(C.ProgressPages, "page_span", page_span)
+    monkeypatch.setattr(C.ProgressPages, "advance", advance)
     out = tmp_path / "stopped.dmp"
     with open_session(machines.path("d1", "complete")) as s:
         s.progress = io.StringIO()
         text = s.capture(f".dump /f {out}")
         assert "Command stopped (Ctrl-C)." in text and "^C" not in text and s.failures == 1
         assert s.progress.getvalue().endswith("\n")  # the progress line is ended
-    assert len(taken) == 10 and list(tmp_path.iterdir()) == []
+    assert len(taken) == 2 and list(tmp_path.iterdir()) == []
 
 
 def test_progress_goes_to_the_progress_stream_only(machines, tmp_path):

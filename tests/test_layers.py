@@ -20,10 +20,11 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("kernel", ("kdshell.kernel",)),
     ("stack", ("kdshell.stack",)),
     ("analysis/export", ("kdshell.view", "kdshell.analysis", "kdshell.export", "kdshell.target", "kdshell.cppexpr")),
-    ("session", ("kdshell.session", "kdshell.parts", "kdshell.dispatch", "kdshell.explain", "kdshell.scripts")),
+    ("session", ("kdshell.session", "kdshell.parts", "kdshell.dispatch", "kdshell.explain", "kdshell.scripts",
+                 "kdshell.script")),
     ("commands", ("kdshell.commands",)),
     ("front", ("kdshell.repl", "kdshell.cli", "kdshell.tutorial", "kdshell.completion", "kdshell.lexer",
-               "kdshell.__main__", "kdshell.mcp", "kdshell")),
+               "kdshell.__main__", "kdshell.mcp", "kdshell.triage", "kdshell")),
 ]
 # Siblings that must not see each other (issue 16): the kernel layer reads symbols only through
 # the interface it defines (kdshell.kernel.interfaces), never kdshell.symbols itself.

@@ -500,3 +500,30 @@ def test_random_tables_agree_with_kdmp_parser(tmp_path_factory):
                 assert ours == theirs.translate_virtual(va), hex(va)
 
     check()
+
+
+def test_caches_stay_bounded_and_right_under_eviction():
+    """A working set far larger than both caches: every translation is the uncached walk's
+    (Paging.walk reads the tables afresh), and neither cache grows past its limit; eviction is
+    gradual (a full cache keeps most of its entries)."""
+    import random
+
+    m = Machine()
+    rng = random.Random(23)
+    vas = sorted({K + rng.randrange(0, 1 << 30) // PAGE * PAGE for _ in range(3000)})
+    for i, va in enumerate(vas):
+        m.map(va, 0x10000 + i)
+    p, _ = paging_of(m)
+    p.TLB_LIMIT, p.TABLES_LIMIT = 256, 16
+    sizes = []
+    for _ in range(4):
+        for va in rng.sample(vas, len(vas)):
+            off = rng.randrange(0, PAGE)
+            assert p.translate(va + off) == p.walk(va + off).physical, hex(va)
+            sizes.append((len(p._tlb), len(p._leaf_tables)))
+    assert max(t for t, _ in sizes) <= 256 and max(n for _, n in sizes) <= 16
+    assert min(n for _, n in sizes[100:]) >= 16 - 16 // 8  # trimmed by an eighth, never cleared
+    p.flush()
+    unmapped = K + (1 << 30) + 5 * PAGE  # a zero PTE next to a kept table, and a missing table
+    with pytest.raises(PageNotPresent):
+        p.translate(unmapped)

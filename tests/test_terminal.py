@@ -209,11 +209,12 @@ def test_tab_completes_a_symbol_in_the_terminal(term):
 
 
 def test_ctrl_c_stops_a_long_command(term, machines):
-    """A search over the whole 64-bit address space of a complete dump takes seconds: Ctrl-C
-    stops it and the prompt comes back."""
+    """Listing every string of the whole 64-bit address space of a complete dump takes seconds
+    (a needle search over it no longer does: empty entries are skipped at once): Ctrl-C stops it
+    and the prompt comes back."""
     t = term("-z", str(machines.path("d1", "complete")))
     t.wait_for("0: kd>")
-    t.keys('s -a 0 L?ffffffffffffffff "no-such-needle"', "Enter")
+    t.keys("s -sa 0 L?ffffffffffffffff", "Enter")
     time.sleep(0.4)
     t.keys("C-c")
     screen = t.wait_for("Command stopped (Ctrl-C).")

@@ -8,6 +8,7 @@ dispatcher's, handed in by the caller.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -31,8 +32,11 @@ from kdshell.view import SessionView
 
 
 
-# --analyze-json's schema: 1 the first; 2 adds "schema", "machine" and "whea" (additions only)
-JSON_SCHEMA = 2
+# --analyze-json's schema (also `!analyze -json` and `kdshell triage --json`): 1 the first; 2 adds
+# "schema", "machine" and "whea"; 3 adds the dump's crash_time, uptime_s, build, machine,
+# processors and computer, "processor" (the crashing one's number), and error_json's record for a
+# dump that cannot be analysed (additions only)
+JSON_SCHEMA = 3
 STARS = "*" * 79
 EMPTY = "*" + " " * 77 + "*"
 BANNER = [STARS, EMPTY, "*" + " " * 24 + "Bugcheck Analysis" + " " * 36 + "*", EMPTY, STARS]
@@ -380,9 +384,35 @@ def _whea_json(a: Analysis) -> dict[str, Any] | None:
     return out
 
 
+def error_json(path: str, error: str) -> dict[str, Any]:
+    """The record of a dump that could not be opened or analysed: the schema, the file, the error."""
+    return {"schema": JSON_SCHEMA, "kdshell": __version__, "dump": {"file": path}, "error": error}
+
+
+def dump_facts(session: SessionView) -> dict[str, Any]:
+    """The header's facts a triage row shows: when it crashed (UTC), the uptime, the build, the
+    machine; the computer's name is not in a dump's header (WinDbg's `Machine Name:` is empty too)."""
+    h = session.dump.header
+    when = h.system_datetime
+    utc = None if when is None else when.astimezone(datetime.timezone.utc)
+    return {"crash_time": utc.strftime("%Y-%m-%dT%H:%M:%SZ") if utc is not None else None,
+            "uptime_s": None if h.system_uptime is None else h.system_uptime // 10_000_000,
+            "build": h.build, "machine": h.machine_name, "processors": h.number_processors, "computer": None}
+
+
+def processor_json(session: SessionView) -> dict[str, Any]:
+    """The crashing processor's number (its CPU facts are "machine"'s "cpu")."""
+    try:
+        number: int | None = session.context.default_processor
+    except KdError:
+        number = None
+    return {"number": number}
+
+
 def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]) -> dict[str, Any]:
     """The JSON form: the same facts as -v, for scripts and triage pipelines. Addresses and
-    other 64-bit values are hex strings (JSON numbers lose precision past 2**53)."""
+    other 64-bit values are hex strings (JSON numbers lose precision past 2**53). Versioned by
+    "schema" (JSON_SCHEMA)."""
     entry = a.bugcheck
     e = explain(a, have=have)
     stack = []
@@ -395,7 +425,8 @@ def analysis_json(session: SessionView, a: Analysis, have: Callable[[str], bool]
     return {
         "kdshell": __version__,
         "schema": JSON_SCHEMA,
-        "dump": {"file": a.dump_path, "kind": a.dump_kind},
+        "dump": {"file": a.dump_path, "kind": a.dump_kind, **dump_facts(session)},
+        "processor": processor_json(session),
         "bugcheck": {"code": f"{a.code:#x}", "name": a.name, "title": a.title,
                      "description": entry.notes if entry else "",
                      "parameters": [{"value": f"{p:#x}", "meaning": (entry.parameters[i] if entry else "")}

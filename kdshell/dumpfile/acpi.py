@@ -19,6 +19,9 @@ ACPI_BLOB_TAG = "e83b40d2-b0a0-4842-abea-71c9e3463dd1"
 HEADER_SIZE = 36
 MAX_TABLE = 0x100000
 KEPT = 0x44  # bytes of each table the kernel saves (observed; see above)
+# A blob holds tens of tables of at most KEPT bytes (a few KiB); a bigger one is damage, and the
+# byte-by-byte search for the next header costs about a second per MiB: only this much is searched.
+MAX_BLOB = 0x40000
 AML_TABLES = ("DSDT", "SSDT")
 _SIG_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
 _TEXT = frozenset(range(0x20, 0x7F)) | {0}
@@ -57,7 +60,8 @@ def _header_at(data: bytes, at: int) -> AcpiHeader | None:
 
 
 def acpi_headers(data: bytes) -> list[AcpiHeader]:
-    """Every table header in the blob, in order."""
+    """Every table header in the blob's first MAX_BLOB bytes, in order."""
+    data = data[:MAX_BLOB]
     out: list[AcpiHeader] = []
     at = 0
     while at + HEADER_SIZE <= len(data):

@@ -124,6 +124,8 @@ class DumpFile:
                 self._mm.madvise(mmap.MADV_RANDOM)
             self.data = memoryview(self._mm)
             self._open()
+            if self.physical is not None:
+                self.physical.fd = self._file.fileno()
         except BaseException:
             self.close()
             raise
@@ -283,6 +285,12 @@ class DumpFile:
             blobs.append(DumpBlob(bytes(h.Tag), data_off, h.DataSize, pos))
             pos = end
         return blobs
+
+    def fileno(self) -> int:
+        """The opened file's descriptor (read with os.pread: no shared file position)."""
+        if self._file is None:
+            raise ValueError("the dump is closed")
+        return self._file.fileno()
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:

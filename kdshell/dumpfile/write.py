@@ -23,7 +23,9 @@ CONTEXT records from context.py).
 into another -- or a mapping {pfn: bytes}, or an iterable of (pfn, bytes) pairs in increasing
 PFN order (spooled once to a temporary file next to the target, since headers need the PFN
 list before the first page is written). Page data is streamed through a buffered file: memory
-stays bounded whatever the dump size.
+stays bounded whatever the dump size. A source whose pages lie in a file (`FileSource`: an opened
+dump, as `.dump` gives it) is copied by file extents instead: the source's holes skipped unread,
+4 MiB reads into one buffer, zero pages left as holes, and a bitmap source's bitmap copied as is.
 
 Files are written to a temporary file in the target directory and moved into place only when
 complete; on any error the temporary file is removed and a `DumpWriteError` (one line) raised.
@@ -53,6 +55,7 @@ from kdshell.dumpfile.header import (
     PHYSICAL_MEMORY_RUN32, PHYSICAL_MEMORY_RUN64, RDMP_RANGE, RDMP_RANGES_OFFSET, VALID_DUMP_32, VALID_DUMP_64,
     Container, DumpHeader, Layout,
 )
+from kdshell.dumpfile.extents import copy_extents, file_source
 from kdshell.errors import DumpWriteError, KdError, MemoryNotPresent
 from kdshell.outpath import check_output, finish_mode
 
@@ -445,35 +448,18 @@ def _page_source(pages: Pages, directory: str) -> Iterator[PageSource]:
 
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
-
-
-_SPAN_PAGES = 256  # pages asked for at once from a source with page_span() (1 MiB)
-
-
-def _write_pages(f: BinaryIO, source: PageSource, runs: Iterable[tuple[int, int]]) -> None:
-    """Write the pages of `runs` in order. All-zero pages become holes: a machine with many
-    GiB of zeroed memory gives a sparse file (the bytes read back the same).
-
-    A source may also offer `page_span(first, count)` (the bytes of `count` consecutive listed
-    pages): then pages are taken 1 MiB at a time and written in runs, which is what keeps a
-    `.dump /f` of an opened dump near disk speed (bench/dump_write.py)."""
-    span = getattr(source, "page_span", None)
+def _write_pages(f: BinaryIO, source: PageSource, runs: Sequence[tuple[int, int]] | None) -> None:
+    """Write the pages of `runs` (None: every page of a FileSource) in order. All-zero pages
+    become holes: a machine with many GiB of zeroed memory gives a sparse file (the bytes read
+    back the same)."""
+    fast = file_source(source)
+    if fast is not None:
+        copy_extents(f, fast.fileno(), fast.file_extents(runs))
+        return
+    assert runs is not None  # only a FileSource lists its pages itself
     page = source.page
     hole = False
     for first, count in runs:
-        if span is not None:
-            for start in range(first, first + count, _SPAN_PAGES):
-                n = min(_SPAN_PAGES, first + count - start)
-                try:
-                    data = span(start, n)
-                except (KeyError, MemoryNotPresent):
-                    raise DumpWriteError(f"pages {start:#x}-{start + n - 1:#x} are listed but their bytes are "
-                                         "not all available") from None
-                if len(data) != n * PAGE_SIZE:
-                    raise DumpWriteError(f"pages {start:#x}-{start + n - 1:#x} are {len(data)} bytes, "
-                                         f"expected {n * PAGE_SIZE}")
-                hole = _write_span(f, bytes(data), n)
-            continue
         for pfn in range(first, first + count):
             try:
                 data = page(pfn)
@@ -489,26 +475,6 @@ def _write_pages(f: BinaryIO, source: PageSource, runs: Iterable[tuple[int, int]
                 hole = False
     if hole:
         f.truncate(f.tell())  # a trailing hole still counts in the file's length
-
-
-def _write_span(f: BinaryIO, data: bytes, n: int) -> bool:
-    """Write `n` pages: runs of zero pages as holes, the others in one write each. True when the
-    last page was a hole."""
-    view = memoryview(data)
-    zero = data.startswith  # startswith(ZERO, offset) compares in place, no copy
-    i = 0
-    is_zero = False
-    while i < n:
-        is_zero = zero(_ZERO_PAGE, i * PAGE_SIZE)
-        j = i + 1
-        while j < n and zero(_ZERO_PAGE, j * PAGE_SIZE) == is_zero:
-            j += 1
-        if is_zero:
-            f.seek((j - i) * PAGE_SIZE, os.SEEK_CUR)
-        else:
-            f.write(view[i * PAGE_SIZE : j * PAGE_SIZE])
-        i = j
-    return is_zero
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,7 +610,7 @@ def write_full(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: Pa
         total = sum(c for _, c in order)
         size = _header_size(fields) + total * PAGE_SIZE + blobs_size(blobs)
         f.write(build_header(fields, DUMP_TYPE_FULL, runs=order, required_dump_space=size))
-        _write_pages(f, source, order)
+        _write_pages(f, source, None if runs is None and file_source(source) else order)
         write_blobs(f, blobs, fields.build)
     return size
 
@@ -653,18 +619,23 @@ def write_full(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: Pa
 # DumpType 5 / 6
 
 
+_ONES = memoryview(b"\xff" * _BITMAP_CHUNK)
+
+
 def _set_bits(buf: bytearray, lo: int, hi: int) -> None:
-    """Set bits [lo, hi) of buf (bit n = byte n//8, bit n%8, LSB first)."""
-    while lo < hi and lo % 8:
-        buf[lo >> 3] |= 1 << (lo & 7)
-        lo += 1
-    whole = (hi - lo) // 8
-    if whole > 0:
-        buf[lo >> 3 : (lo >> 3) + whole] = b"\xff" * whole
-        lo += whole * 8
-    while lo < hi:
-        buf[lo >> 3] |= 1 << (lo & 7)
-        lo += 1
+    """Set bits [lo, hi) of buf (bit n = byte n//8, bit n%8, LSB first): the edge bytes with
+    masks, the bytes between in one slice."""
+    a, b = lo >> 3, hi >> 3
+    if a == b:
+        buf[a] |= ((1 << (hi - lo)) - 1) << (lo & 7)
+        return
+    if lo & 7:
+        buf[a] |= (0xFF << (lo & 7)) & 0xFF
+        a += 1
+    if b > a:
+        buf[a:b] = _ONES[: b - a]
+    if hi & 7:
+        buf[b] |= (1 << (hi & 7)) - 1
 
 
 def _bitmap_chunks(runs: list[tuple[int, int]], nbytes: int) -> Iterator[bytes]:
@@ -701,25 +672,38 @@ def write_bitmap(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: 
     if kind not in (DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_BITMAP_KERNEL):
         raise DumpWriteError(f"a bitmap dump is DumpType 5 or 6, not {kind}")
     with _output(path, overwrite) as (f, directory), _page_source(pages, directory) as source:
-        runs = _check_runs(source.present_runs())
-        highest = runs[-1][0] + runs[-1][1] if runs else 0
+        fast = file_source(source)
+        bitmap = fast.present_bitmap() if fast is not None else None
+        runs: list[tuple[int, int]] | None = None
+        if bitmap is not None:  # a bitmap source: its bitmap as it is, no run list
+            value = int.from_bytes(bitmap, "little")
+            highest, present = value.bit_length(), value.bit_count()
+            del value
+        else:
+            runs = _check_runs(source.present_runs())
+            highest = runs[-1][0] + runs[-1][1] if runs else 0
+            present = sum(c for _, c in runs)
         bits = _align(highest, 64) if bit_count is None else bit_count
         if bits < highest:
             raise DumpWriteError(f"bit_count {bits:#x} leaves out PFN {highest - 1:#x}")
         nbytes = (bits + 7) // 8
         base = _header_size(fields)
         first_page = _align(base + BITMAP_OFFSET + nbytes, PAGE_SIZE)
-        present = sum(c for _, c in runs)
         size = first_page + present * PAGE_SIZE + blobs_size(blobs)
         f.write(build_header(fields, kind, required_dump_space=size))
         f.write(BITMAP_DUMP_HEADER64.build(dict(
             Signature=BITMAP_SIGNATURE_FULL if kind == DUMP_TYPE_BITMAP_FULL else BITMAP_SIGNATURE_KERNEL,
             DumpOptions=dump_options, Reserved=bytes(20), FirstPage=first_page, TotalPresentPages=present,
             Pages=bits)))
-        for chunk in _bitmap_chunks(runs, nbytes):
-            f.write(chunk)
+        if bitmap is not None:
+            f.write(bitmap[:nbytes])  # nothing is set past `highest` <= bits
+            f.write(bytes(max(0, nbytes - len(bitmap))))
+        else:
+            assert runs is not None
+            for chunk in _bitmap_chunks(runs, nbytes):
+                f.write(chunk)
         f.write(bytes(first_page - (base + BITMAP_OFFSET + nbytes)))
-        _write_pages(f, source, runs)
+        _write_pages(f, source, None if fast is not None else runs)
         write_blobs(f, blobs, fields.build)
     return size
 
@@ -769,7 +753,7 @@ def write_rdmp(path: str | os.PathLike[str], fields: DumpHeaderFields, pages: Pa
         for first, count in runs:
             f.write(RDMP_RANGE.build(dict(PageFrameNumber=first, NumberOfPages=count)))
         f.write(bytes(first_page - (list_start + RDMP_RANGE.sizeof() * len(runs))))  # terminator + padding
-        _write_pages(f, source, runs)
+        _write_pages(f, source, None if file_source(source) else runs)
         write_blobs(f, blobs, fields.build)
     return size
 

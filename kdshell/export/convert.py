@@ -30,17 +30,18 @@ import struct
 import time
 from array import array
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TextIO
 
 from kdshell.dumpfile.header import (
     DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_BITMAP_KERNEL, DUMP_TYPE_FULL, DUMP_TYPE_RDMP_COMPLETE, DUMP_TYPE_RDMP_KERNEL,
     DUMP_TYPE_RDMP_KERNEL_USER,
 )
-from kdshell.dumpfile.write import DumpWriteError, PageSource, write_bitmap, write_full, write_rdmp
+from kdshell.dumpfile.write import DumpWriteError, write_bitmap, write_full, write_rdmp
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.kdbg import system_range_start
 from kdshell.kernel.offsets import KernelOffsets
 from kdshell.memory.paging import PageCache, PagingMode
+from kdshell.memory.physical import BitmapPhysicalMemory
 from kdshell.view import SessionView
 
 if TYPE_CHECKING:
@@ -254,10 +255,14 @@ def process_dtbs(read: MemoryRead, head: int, links_offset: int, dtb_offset: int
 # Page sources
 
 
-class SubsetPages:
-    """A source's pages restricted to some runs (a PageSource for the writers)."""
+_PROGRESS_STEP = 16 << 20  # bytes copied between two progress reports (and Ctrl-C checks)
 
-    def __init__(self, source: PageSource, runs: Sequence[tuple[int, int]]) -> None:
+
+class SubsetPages:
+    """A source's pages restricted to some runs (a PageSource for the writers); each run lies
+    inside one stored run of the source (intersect_runs makes them so)."""
+
+    def __init__(self, source: StoredPages, runs: Sequence[tuple[int, int]]) -> None:
         self.source = source
         self.runs = list(runs)
 
@@ -267,69 +272,83 @@ class SubsetPages:
     def page(self, pfn: int) -> bytes | memoryview:
         return self.source.page(pfn)
 
-    def page_span(self, first: int, count: int) -> bytes | memoryview:
-        return _span(self.source, first, count)
+    def page_count(self) -> int:
+        return sum(c for _, c in self.runs)
 
+    def present_bitmap(self) -> bytes | None:
+        return None
 
-def _span(source: PageSource, first: int, count: int) -> bytes | memoryview:
-    """The pages [first, first + count): the source's own page_span() when it has one."""
-    span = getattr(source, "page_span", None)
-    if span is not None:
-        return span(first, count)
-    return b"".join(bytes(source.page(p)) for p in range(first, first + count))
+    def fileno(self) -> int:
+        return self.source.fileno()
+
+    def file_extents(self, runs: Sequence[tuple[int, int]] | None) -> Iterator[tuple[int, int]]:
+        return self.source.file_extents(self.runs if runs is None else runs)
 
 
 class StoredPages:
-    """An opened dump's pages, for streaming them in PFN order.
+    """An opened dump's pages, for copying them in PFN order.
 
-    Each stored run of the source (a run of a run-list dump, a run of set bits of a bitmap) is
-    one contiguous span of the file, so a page's offset is its run's first offset plus 4 KiB
-    steps: one file_offset() per run instead of a bitmap rank per page (the page loop's biggest
-    cost after the write itself, bench/dump_write.py). Pages past the end of a truncated file
-    are not available, as PhysicalMemory.page says."""
+    The writers take them as file extents (write.py's `FileSource`): where the pages of some runs
+    lie in the dump file, file-adjacent runs merged, so a complete dump of a bitmap dump is one
+    extent whatever its number of runs, and the bitmap itself is handed over as bytes (no run
+    list is made). Pages past the end of a truncated file are not available, as
+    PhysicalMemory.page says."""
 
     def __init__(self, dump: DumpFile) -> None:
         if dump.physical is None:
             raise DumpWriteError("this dump has no physical memory (a small memory dump keeps only saved ranges)")
         self.physical = dump.physical
-        self.data = dump.data
+        self.dump = dump
         self.size = dump.size
-        self._runs = [(int(a), int(b)) for a, b in self.physical.present_runs()]
-        self._starts = [a for a, _ in self._runs]
-        self._first = self._end = -1
-        self._offset = 0
+        self._runs: list[tuple[int, int]] | None = None
 
     def present_runs(self) -> list[tuple[int, int]]:
+        if self._runs is None:
+            self._runs = [(int(a), int(b)) for a, b in self.physical.present_runs()]
         return self._runs
 
     def page(self, pfn: int) -> bytes | memoryview:
-        if not self._first <= pfn < self._end:
-            i = bisect.bisect_right(self._starts, pfn) - 1
-            if i < 0 or pfn >= self._runs[i][0] + self._runs[i][1]:
-                return self.physical.page(pfn)  # not stored: its error
-            first, count = self._runs[i]
-            offset = self.physical.file_offset(first)
-            if offset is None:  # a listed run always has one
-                return self.physical.page(pfn)
-            self._first, self._end, self._offset = first, first + count, offset
-        off = self._offset + ((pfn - self._first) << PAGE_SHIFT)
-        if off + 0x1000 > self.size:
-            return self.physical.page(pfn)  # past the end of a truncated file: its error
-        return self.data[off : off + 0x1000]
+        return self.physical.page(pfn)
 
-    def page_span(self, first: int, count: int) -> bytes | memoryview:
-        """`count` listed pages from `first`: one slice of the file per stored run they cross."""
-        pieces = []
-        pfn, end = first, first + count
-        while pfn < end:
-            self.page(pfn)  # positions on pfn's stored run (or raises for a page not stored)
-            n = min(end, self._end) - pfn
-            off = self._offset + ((pfn - self._first) << PAGE_SHIFT)
-            if off + (n << PAGE_SHIFT) > self.size:  # a truncated file: the first page past its end
-                self.physical.page(pfn + max(0, (self.size - off) >> PAGE_SHIFT))
-            pieces.append(self.data[off : off + (n << PAGE_SHIFT)])
-            pfn += n
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    def page_count(self) -> int:
+        return self.physical.present_pages
+
+    def present_bitmap(self) -> bytes | None:
+        return self.physical.bitmap_bytes() if isinstance(self.physical, BitmapPhysicalMemory) else None
+
+    def fileno(self) -> int:
+        return self.dump.fileno()
+
+    def file_extents(self, runs: Sequence[tuple[int, int]] | None) -> Iterator[tuple[int, int]]:
+        """(file offset, bytes) of the pages of `runs` (None: every stored page) in order."""
+        if runs is None:
+            extents: Iterable[tuple[int, int]] = self.physical.data_extents()
+        else:
+            extents = self._run_extents(runs)
+        for off, size in extents:
+            if off + size > self.size:
+                first = max(0, self.size - off) >> PAGE_SHIFT
+                raise DumpWriteError(f"{(size >> PAGE_SHIFT) - first:#x} listed pages lie past the end of the "
+                                     f"truncated file ({self.size:#x} bytes): their bytes are not all available")
+            yield off, size
+
+    def _run_extents(self, runs: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+        offset_of = self.physical.file_offset
+        start = end = -1
+        for first, count in runs:
+            off = offset_of(first)
+            last = offset_of(first + count - 1) if count > 1 else off
+            if off is None or last != off + ((count - 1) << PAGE_SHIFT):
+                self.physical.page(first if off is None else first + count - 1)  # its error
+                raise DumpWriteError(f"pages {first:#x}-{first + count - 1:#x} are not one stored run")
+            if off == end:
+                end += count << PAGE_SHIFT
+                continue
+            if end > start:
+                yield start, end - start
+            start, end = off, off + (count << PAGE_SHIFT)
+        if end > start:
+            yield start, end - start
 
 
 class ProgressPages:
@@ -338,35 +357,43 @@ class ProgressPages:
     The line is rewritten in place (`\\r`) at most every 0.2 s: `Writing FILE: 37% (123 of 330 MiB)`.
     `finish()` ends it with a newline, `abort()` too (after Ctrl-C or an error)."""
 
-    def __init__(self, source: PageSource, label: str, stream: TextIO | None = None, interval: float = 0.2) -> None:
+    def __init__(self, source: StoredPages | SubsetPages, label: str, stream: TextIO | None = None,
+                 interval: float = 0.2) -> None:
         self.source = source
         self.label = label
         self.stream = stream
         self.interval = interval
-        self.runs = [(int(a), int(b)) for a, b in source.present_runs()]
-        self.total = sum(c for _, c in self.runs)
+        self.total = source.page_count()
         self.done = 0
-        self._next = 0
         self._shown = False
         self._last = 0.0
-        self._step = max(1, min(4096, self.total // 200 or 1))
 
     def present_runs(self) -> list[tuple[int, int]]:
-        return self.runs
+        return self.source.present_runs()
 
     def page(self, pfn: int) -> bytes | memoryview:
-        self.done += 1
-        if self.done >= self._next:
-            self._next = self.done + self._step
-            self._report(False)
         return self.source.page(pfn)
 
-    def page_span(self, first: int, count: int) -> bytes | memoryview:
-        self.done += count
-        if self.done >= self._next:
-            self._next = self.done + self._step
-            self._report(False)
-        return _span(self.source, first, count)
+    def page_count(self) -> int:
+        return self.total
+
+    def present_bitmap(self) -> bytes | None:
+        return self.source.present_bitmap()
+
+    def fileno(self) -> int:
+        return self.source.fileno()
+
+    def file_extents(self, runs: Sequence[tuple[int, int]] | None) -> Iterator[tuple[int, int]]:
+        """The source's extents in pieces of at most 16 MiB, each counted before it is copied."""
+        for off, size in self.source.file_extents(runs):
+            for start in range(off, off + size, _PROGRESS_STEP):
+                n = min(_PROGRESS_STEP, off + size - start)
+                self.advance(n >> PAGE_SHIFT)
+                yield start, n
+
+    def advance(self, pages: int) -> None:
+        self.done += pages
+        self._report(False)
 
     def _report(self, final: bool) -> None:
         if self.stream is None:
@@ -471,7 +498,7 @@ def write_converted(session: SessionView, path: str | os.PathLike[str], kind: st
     notes: list[str] = []
     selection = None
     stored = StoredPages(d)
-    source: PageSource
+    source: StoredPages | SubsetPages
     if kind == COMPLETE:
         source = stored
         if d.dump_type not in (DUMP_TYPE_FULL, DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_RDMP_COMPLETE):
@@ -490,8 +517,7 @@ def write_converted(session: SessionView, path: str | os.PathLike[str], kind: st
         if dump_type == DUMP_TYPE_FULL:
             size = write_full(path, fields, counted, blobs=blobs, overwrite=overwrite)
         elif dump_type in (DUMP_TYPE_BITMAP_FULL, DUMP_TYPE_BITMAP_KERNEL):
-            highest = counted.runs[-1][0] + counted.runs[-1][1] if counted.runs else 0
-            bits = max(highest, getattr(d.physical, "highest_pfn", 0) or 0)
+            bits = d.physical.highest_pfn  # the source's runs (and so the selection's) lie below it
             size = write_bitmap(path, fields, counted, dump_type, bit_count=-(-bits // 64) * 64, blobs=blobs,
                                 overwrite=overwrite)
         else:

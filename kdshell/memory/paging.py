@@ -13,9 +13,12 @@ bit), set a table; output address bits 47:12. Not-valid entries are Windows' sof
 (pte.py).
 
 Reads go through `Paging.translate(va)`: a per-address-space translation cache (virtual page ->
-physical page) in front of the walk, then a cache of last-level tables (as a CPU's paging-structure
-cache: the first touch of a page next to one already read costs one entry, not a whole walk),
-table pages from a shared `PageCache` that also remembers
+physical page) in front of the walk, then a cache of last-level tables kept as entry arrays (as
+a CPU's paging-structure cache: a page whose table is kept costs one index, not a whole walk).
+Both are bounded and evict gradually (the oldest eighth when full), and a full translation cache
+takes no more entries from the tables (they answer nearly as fast): a working set larger than
+the cache has no cliff. `Paging.runs(va, size)` gives physically contiguous pieces and what an
+empty entry covers at once, for scans. Table pages come from a shared `PageCache` that also remembers
 which PFNs the dump does not have (so a walk over a kernel-only dump fails at once instead of
 searching the bitmap again). Invalid entries are decoded by pte.py: transition pages are read
 from their PFN, prototype PTEs are followed once, everything else raises `PageNotPresent`
@@ -24,13 +27,17 @@ naming the level and the entry. `Paging.walk(va)` records every step for `!vtop`
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Iterator
 
 from kdshell.errors import MemoryNotPresent
 from kdshell.memory import pte as P
 from kdshell.memory.physical import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory, not_present_message
 
 PAGE_MASK = PAGE_SIZE - 1
+_NATIVE_LE = sys.byteorder == "little"  # last-level tables are read as native-order arrays
 _U64 = struct.Struct("<Q").unpack_from
 _U32 = struct.Struct("<I").unpack_from
 
@@ -190,6 +197,15 @@ class PageCache:
     read = PhysicalMemory.read
 
 
+def _trim(cache: dict, limit: int) -> None:
+    """Make room in a full cache by forgetting its oldest eighth (insertion order): eviction is
+    gradual, so a working set a little over the limit keeps most of its entries (clearing the
+    whole cache made every lookup after it a miss: a cliff)."""
+    if len(cache) >= limit:
+        for key in list(islice(cache, max(1, limit >> 3))):
+            del cache[key]
+
+
 # -- the walk ---------------------------------------------------------------------------------
 @dataclass
 class WalkStep:
@@ -216,7 +232,7 @@ class Paging:
     """One address space: a DTB walked in one mode."""
 
     TLB_LIMIT = 1 << 16
-    TABLES_LIMIT = 1 << 14
+    TABLES_LIMIT = 1 << 12  # last-level tables kept as views of their pages (16 MiB at most)
 
     def __init__(self, pages: PageCache, dtb: int, mode: PagingMode = X64_4,
                  fmt: P.PteFormat | None = None) -> None:
@@ -225,9 +241,11 @@ class Paging:
         self.dtb = dtb & mode.dtb_mask
         self.fmt = fmt or P.PteFormat(mode.pte_mode)
         self._tlb: dict[int, int] = {}
-        # last-level table by (va >> leaf.shift + leaf.bits): what a valid, not large, entry of
-        # the level above points at; a dump never changes, so nothing here goes stale
-        self._leaf_tables: dict[int, int] = {}
+        # last-level tables by (va >> leaf.shift + leaf.bits), as entry arrays (memoryviews of
+        # their pages): what a valid, not large, entry of the level above points at; a dump never
+        # changes, so nothing here goes stale, and a translation next to a page already read is
+        # one index, not a walk
+        self._leaf_tables: dict[int, memoryview] = {}
         leaf = mode.levels[-1]
         self._leaf_key_shift = leaf.shift + leaf.bits
         self._leaf_index_mask = (1 << leaf.bits) - 1
@@ -251,32 +269,27 @@ class Paging:
     def translate(self, va: int) -> int:
         """Physical address of `va`, or PageNotPresent naming the level that stopped the walk."""
         vpn = va >> PAGE_SHIFT
-        pa_page = self._tlb.get(vpn)
+        tlb = self._tlb
+        pa_page = tlb.get(vpn)
         if pa_page is not None:
             return pa_page | (va & PAGE_MASK)
-        table = self._leaf_tables.get(va >> self._leaf_key_shift)
-        if table is not None:
-            page = self.pages.cached.get(table >> PAGE_SHIFT)
-            if page is not None:  # one entry to read; anything but a valid one takes the full walk
-                entry = self._unpack(page, (table & PAGE_MASK)
-                                     + (vpn & self._leaf_index_mask) * self.mode.entry_size)[0]
-                if entry & 1:
-                    pa_page = entry & self.mode.table_mask
-                    tlb = self._tlb
-                    if len(tlb) >= self.TLB_LIMIT:
-                        tlb.clear()
+        leaf = self._leaf_tables.get(va >> self._leaf_key_shift)
+        if leaf is not None:  # one entry to read; anything but a valid one takes the full walk
+            entry = leaf[vpn & self._leaf_index_mask]
+            if entry & 1:
+                pa_page = entry & self.mode.table_mask
+                if len(tlb) < self.TLB_LIMIT:  # a full cache is left as it is: the table answers as fast
                     tlb[vpn] = pa_page
-                    return pa_page | (va & PAGE_MASK)
+                return pa_page | (va & PAGE_MASK)
         cva = self.mode.canonical(va)
         if cva is None:
             bits = self.mode.va_bits
             raise PageNotPresent(va, f"{va:#x} is not a canonical {bits}-bit address",
                                  span=_hole_span(va, bits))
         pa = self._walk(cva, follow_prototype=True)
-        tlb = self._tlb
         if len(tlb) >= self.TLB_LIMIT:
-            tlb.clear()
-        tlb[va >> PAGE_SHIFT] = pa & ~PAGE_MASK
+            _trim(tlb, self.TLB_LIMIT)
+        tlb[vpn] = pa & ~PAGE_MASK
         return pa
 
     def _walk(self, va: int, follow_prototype: bool) -> int:
@@ -306,11 +319,8 @@ class Paging:
                     return (entry & lmask) | (va & omask)
                 table = entry & table_mask
                 parent_span = 1 << shift
-                if i == last - 1:
-                    leaves = self._leaf_tables
-                    if len(leaves) >= self.TABLES_LIMIT:
-                        leaves.clear()
-                    leaves[va >> self._leaf_key_shift] = table
+                if i == last - 1 and not table & PAGE_MASK and _NATIVE_LE:
+                    self._keep_leaf(va, table)
                 i += 1
                 continue
             state = P.decode(entry, self.fmt)
@@ -326,6 +336,21 @@ class Paging:
             raise PageNotPresent(va, P.why_not_readable(state, level.name, self.mode.hex_digits),
                                  level=level.name, entry=entry, state=state, span=1 << shift)
         return table | (va & PAGE_MASK)
+
+    def _keep_leaf(self, va: int, table: int) -> None:
+        """Keep the last-level table at `table` for `va`'s 2 MiB (4 MiB non-PAE) of addresses."""
+        leaves = self._leaf_tables
+        key = va >> self._leaf_key_shift
+        if key in leaves:
+            return
+        try:
+            page = self.pages.page(table >> PAGE_SHIFT)
+        except MemoryNotPresent:
+            return  # the walk says so in a moment
+        if len(leaves) >= self.TABLES_LIMIT:
+            _trim(leaves, self.TABLES_LIMIT)
+        view = memoryview(page)
+        leaves[key] = view.cast("Q") if self.mode.entry_size == 8 else view.cast("I")
 
     def _via_prototype(self, va: int, state: P.PteState, level: Level) -> int:
         """Follow a prototype PTE once: valid or transition gives the page, anything else stops."""
@@ -347,6 +372,118 @@ class Paging:
             return (proto.pfn << PAGE_SHIFT) | (va & PAGE_MASK)  # type: ignore[operator]  # resident: a PFN
         why = P.why_not_readable(proto, f"prototype PTE at {where:x}", digits)
         raise PageNotPresent(va, why, level=level.name, entry=state.raw, state=state)
+
+    # -- runs of pages, for scans (`s`) -----------------------------------------------------
+    def runs(self, va: int, size: int) -> Iterator[tuple[int, int | PageNotPresent, int]]:
+        """(va, physical address or the error, bytes) pieces covering [va, va + size), in order:
+        a readable piece is physically contiguous (a large page at once, consecutive PFNs of a
+        last-level table merged), a not-readable one spans what the empty entries cover (a zero
+        PML4E 512 GiB, a zero PDE 2 MiB, a run of zero PTEs), consecutive ones merged, with one
+        error (the first's) for all of it."""
+        gap_va, gap_why, gap_n = 0, None, 0
+        for at, what, n in self._pieces(va, size):
+            if not isinstance(what, int):
+                if gap_n and gap_va + gap_n == at:
+                    gap_n += n
+                    continue
+                if gap_n:
+                    yield gap_va, self._gap_error(gap_va, gap_why, gap_n), gap_n
+                gap_va, gap_why, gap_n = at, what, n
+                continue
+            if gap_n:
+                yield gap_va, self._gap_error(gap_va, gap_why, gap_n), gap_n
+                gap_n = 0
+            yield at, what, n
+        if gap_n:
+            yield gap_va, self._gap_error(gap_va, gap_why, gap_n), gap_n
+
+    def _gap_error(self, va: int, exc: PageNotPresent | None, n: int) -> PageNotPresent:
+        if exc is not None:
+            return exc
+        level = self.mode.levels[-1]  # zero PTEs: the error made only now, once per gap
+        why = P.why_not_readable(P.decode(0, self.fmt), level.name, self.mode.hex_digits)
+        return PageNotPresent(va, why, level=level.name, entry=0, span=n)
+
+    def _pieces(self, va: int, size: int) -> Iterator[tuple[int, int | PageNotPresent | None, int]]:
+        """runs() before merging; None stands for zero last-level entries (no error made)."""
+        end = va + size
+        leaf_bits = self._leaf_key_shift
+        index_mask = self._leaf_index_mask
+        table_mask = self.mode.table_mask
+        run_va, run_pa, run_len = va, -1, 0
+        while va < end:
+            leaf = self._leaf_tables.get(va >> leaf_bits)
+            if leaf is None:
+                try:
+                    pa = self.translate(va)
+                except PageNotPresent as exc:
+                    if va >> leaf_bits in self._leaf_tables:
+                        continue  # the walk kept the table: its entries say the rest at once
+                    span = max(exc.span, PAGE_SIZE)
+                    n = min(end - va, span - (va & (span - 1)))
+                    if run_len:
+                        yield run_va, run_pa, run_len
+                        run_len = 0
+                    yield va, exc, n
+                    va += n
+                    continue
+                leaf = self._leaf_tables.get(va >> leaf_bits)
+                if leaf is None:  # a large page (or a transition table): as far as it maps
+                    n = min(end, self._mapping_end(va)) - va
+                    if run_len and run_pa + run_len == pa:
+                        run_len += n
+                    else:
+                        if run_len:
+                            yield run_va, run_pa, run_len
+                        run_va, run_pa, run_len = va, pa, n
+                    va += n
+                    continue
+            i = (va >> PAGE_SHIFT) & index_mask
+            stop = min(index_mask + 1, i + ((end - va + PAGE_MASK) >> PAGE_SHIFT))
+            while i < stop:
+                entry = leaf[i]
+                n = min(end - va, PAGE_SIZE - (va & PAGE_MASK))
+                if entry & 1:
+                    pa = (entry & table_mask) | (va & PAGE_MASK)
+                elif entry:  # transition, prototype, paged out: the walk says what it is
+                    try:
+                        pa = self.translate(va)
+                    except PageNotPresent as exc:
+                        if run_len:
+                            yield run_va, run_pa, run_len
+                            run_len = 0
+                        yield va, exc, n
+                        va += n
+                        i += 1
+                        continue
+                else:  # zero entries: one error for the whole run of them
+                    j = i + 1
+                    while j < stop and not leaf[j]:
+                        j += 1
+                    n = min(end - va, ((j - i) << PAGE_SHIFT) - (va & PAGE_MASK))
+                    if run_len:
+                        yield run_va, run_pa, run_len
+                        run_len = 0
+                    yield va, None, n
+                    va += n
+                    i = j
+                    continue
+                if run_len and run_pa + run_len == pa:
+                    run_len += n
+                else:
+                    if run_len:
+                        yield run_va, run_pa, run_len
+                    run_va, run_pa, run_len = va, pa, n
+                va += n
+                i += 1
+        if run_len:
+            yield run_va, run_pa, run_len
+
+    def _mapping_end(self, va: int) -> int:
+        """Where the large page (or the page) that maps `va` ends."""
+        w = self.walk(va)
+        span = 1 << (w.steps[-1].level.shift if w.large and w.steps else PAGE_SHIFT)
+        return (va & ~(span - 1)) + span
 
     # -- every step, for !vtop and !pte ------------------------------------------------------
     def walk(self, va: int) -> Walk:

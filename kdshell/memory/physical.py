@@ -11,6 +11,9 @@ Reads hand out memoryviews over the container's single mmap.
 from __future__ import annotations
 
 import bisect
+import functools
+import os
+import re
 from array import array
 from typing import Iterator, Protocol
 
@@ -18,6 +21,7 @@ from kdshell.errors import MemoryNotPresent
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+_PREADV = hasattr(os, "preadv")  # not on Windows: read_into copies from the mapping there
 
 
 def not_present_message(pfn: int) -> str:
@@ -49,8 +53,43 @@ class PhysicalMemory:
         """(first PFN, count) of every stored run of pages, in PFN order."""
         raise NotImplementedError
 
+    def data_extents(self) -> Iterator[tuple[int, int]]:
+        """(file offset, bytes) of every stored page in PFN order, file-adjacent runs merged:
+        what a copy of all the pages reads (the file may end before them: a truncated dump)."""
+        raise NotImplementedError
+
     present_pages: int = 0
     highest_pfn: int = 0  # one past the highest PFN the dump describes
+    fd: int | None = None  # the file's descriptor when the opener gives it (read_into reads through it)
+
+    def stored_extent(self, pfn: int, count: int) -> tuple[int, int] | None:
+        """(file offset of `pfn`, how many of the `count` pages from it lie back to back in the
+        file from there, at least 1), or None when `pfn` is not stored (or past the file's end)."""
+        off = self.file_offset(pfn)
+        if off is None or off + PAGE_SIZE > self._file_size:
+            return None
+        n = count
+        if n > 1 and self.file_offset(pfn + n - 1) != off + ((n - 1) << PAGE_SHIFT):
+            lo, hi = 1, n  # the longest stored prefix: lo pages are back to back, hi are not
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if self.file_offset(pfn + mid - 1) == off + ((mid - 1) << PAGE_SHIFT):
+                    lo = mid
+                else:
+                    hi = mid
+            n = lo
+        return off, min(n, (self._file_size - off) >> PAGE_SHIFT)
+
+    def missing_run(self, pfn: int, count: int) -> int:
+        """How many of the `count` PFNs from `pfn` (not stored) are not stored, at least 1."""
+        return 1
+
+    def read_into(self, buf: bytearray, offset: int, size: int) -> None:
+        """`size` bytes of the file at `offset` into `buf` (through the descriptor: the mapping's
+        pages are not faulted in, so a long scan does not grow the resident set)."""
+        if self.fd is not None and _PREADV and os.preadv(self.fd, [memoryview(buf)[:size]], offset) == size:
+            return
+        buf[:size] = self._data[offset : offset + size]
 
     # -- shared --------------------------------------------------------------------------
     def has(self, pfn: int) -> bool:
@@ -114,6 +153,50 @@ class RunsPhysicalMemory(PhysicalMemory):
     def present_runs(self) -> Iterator[tuple[int, int]]:
         return zip(self._bases, self._counts)
 
+    def stored_extent(self, pfn: int, count: int) -> tuple[int, int] | None:
+        i = bisect.bisect_right(self._bases, pfn) - 1
+        if i < 0 or pfn - self._bases[i] >= self._counts[i]:
+            return None
+        off = self._offsets[i] + ((pfn - self._bases[i]) << PAGE_SHIFT)
+        n = self._bases[i] + self._counts[i] - pfn
+        i += 1
+        while n < count and i < len(self._bases) and self._bases[i] == pfn + n \
+                and self._offsets[i] == off + (n << PAGE_SHIFT):
+            n += self._counts[i]
+            i += 1
+        n = min(n, count, (self._file_size - off) >> PAGE_SHIFT)
+        return (off, n) if n > 0 else None
+
+    def missing_run(self, pfn: int, count: int) -> int:
+        i = bisect.bisect_right(self._bases, pfn)
+        following = self._bases[i] if i < len(self._bases) else pfn + count
+        return max(1, min(count, following - pfn))
+
+    def data_extents(self) -> Iterator[tuple[int, int]]:
+        start = end = -1
+        for off, count in zip(self._offsets, self._counts):
+            if off == end:
+                end += count * PAGE_SIZE
+                continue
+            if end > start:
+                yield start, end - start
+            start, end = off, off + count * PAGE_SIZE
+        if end > start:
+            yield start, end - start
+
+
+# A stretch of 0xff bytes, or one byte that is neither 0x00 nor 0xff: zero bytes are skipped in C.
+_SET_BYTES = rb"\xff+|[^\x00\xff]"
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_runs() -> tuple[tuple[tuple[int, int], ...], ...]:
+    """The runs of set bits inside each byte value: (first bit, end bit) pairs (made on first use:
+    start-up does not pay for it)."""
+    return tuple(
+        tuple((m.start(), m.end()) for m in re.finditer("1+", format(v, "08b")[::-1])) for v in range(256)
+    )
 
 # Bits per rank block: the rank index holds one running count per block, and a lookup
 # popcounts at most one block's bytes (128 bytes here) to finish the job.
@@ -175,35 +258,62 @@ class BitmapPhysicalMemory(PhysicalMemory):
             if end > first:
                 yield first, end - first
 
-    def _raw_runs(self) -> Iterator[tuple[int, int]]:
-        """(first, end) PFN pairs of set bits, not clipped to the bit count."""
+    def data_extents(self) -> Iterator[tuple[int, int]]:
+        if self.present_pages:
+            yield self._first, self.present_pages * PAGE_SIZE  # set PFNs are stored back to back
+
+    def missing_run(self, pfn: int, count: int) -> int:
+        end = min(pfn + count, self._bits)
         bm = self._bitmap
-        nbytes = len(bm)
-        run_start = None
-        pfn = 0
-        i = 0
-        # Walk 8 bytes at a time, skipping all-zero and all-one words quickly.
-        while i < nbytes:
-            word_bytes = bm[i : i + 8]
-            word = int.from_bytes(word_bytes, "little")
-            width = len(word_bytes) * 8
-            full = (1 << width) - 1
-            if word == 0:
-                if run_start is not None:
-                    yield run_start, pfn
-                    run_start = None
-            elif word == full:
-                if run_start is None:
-                    run_start = pfn
-            else:
-                for b in range(width):
-                    if (word >> b) & 1:
-                        if run_start is None:
-                            run_start = pfn + b
-                    elif run_start is not None:
-                        yield run_start, pfn + b
-                        run_start = None
-            pfn += width
-            i += 8
-        if run_start is not None:
-            yield run_start, pfn
+        p = pfn + 1
+        while p < end and p & 7:
+            if bm[p >> 3] >> (p & 7) & 1:
+                return p - pfn
+            p += 1
+        if p < end:  # whole bytes: the next non-zero one found by the regular expression engine
+            m = _NONZERO.search(bm, p >> 3, (end + 7) >> 3)
+            if m is None:
+                return max(1, min(count, pfn + count - pfn))
+            byte = m.start()
+            value = bm[byte]
+            p = (byte << 3) + (value & -value).bit_length() - 1
+        return max(1, min(p, pfn + count) - pfn)
+
+    def bitmap_bytes(self) -> bytes:
+        """The bitmap, the bits at and past the bit count cleared."""
+        nbytes = (self._bits + 7) // 8
+        out = bytes(self._bitmap[:nbytes])
+        if self._bits % 8:
+            out = out[:-1] + bytes([out[-1] & ((1 << (self._bits % 8)) - 1)])
+        return out
+
+    def _raw_runs(self) -> Iterator[tuple[int, int]]:
+        """(first, end) PFN pairs of set bits, not clipped to the bit count. Whole bytes at a
+        time: zero bytes are skipped and 0xff stretches found by the regular expression engine,
+        a mixed byte's runs come from a table."""
+        bm = self._bitmap
+        table = _byte_runs()
+        start = end = -1
+        for m in re.finditer(_SET_BYTES, bm):
+            s, e = m.span()
+            byte = bm[s]
+            if byte == 0xFF:
+                a, b = s << 3, e << 3
+                if a == end:
+                    end = b
+                else:
+                    if end > start:
+                        yield start, end
+                    start, end = a, b
+                continue
+            base = s << 3
+            for lo, hi in table[byte]:
+                a = base + lo
+                if a == end:
+                    end = base + hi
+                else:
+                    if end > start:
+                        yield start, end
+                    start, end = a, base + hi
+        if end > start:
+            yield start, end

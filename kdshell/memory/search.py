@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, Protocol
 
 from kdshell.errors import MemoryNotPresent
-from kdshell.memory.virtual import Chunk
+from kdshell.memory.virtual import Chunk, Stretch
 
 MIN_STRING = 3  # characters of the shortest string listed (WinDbg's default for -sa/-su)
 
@@ -26,29 +26,45 @@ class Chunked(Protocol):
 def find(memory: Chunked, start: int, length: int, pattern: bytes, align: int,
          progress: Callable[[int], None] | None = None) -> Iterator[int]:
     """Addresses of `pattern` in [start, start+length) that lie `align` apart from `start`.
-    `progress` is told how many bytes have been looked at."""
+    `progress` is told how many bytes have been looked at. A memory with `stretches()`
+    (TranslatedMemory) is searched a file-contiguous stretch at a time; a match across the join
+    of two adjacent pieces is found from the tail of the first and the head of the second."""
+    end = start + length
+    keep = len(pattern) - 1
     tail = b""
     tail_at = start
-    end = start + length
-    for at, piece, size in memory.chunks(start, length):
+    pieces: Callable[[int, int], Iterator[Stretch]] = getattr(memory, "stretches", None) or memory.chunks
+    for at, piece, size in pieces(start, length):
         if progress is not None:
             progress((at - start) & ((1 << 64) - 1))
         if isinstance(piece, MemoryNotPresent):
             tail = b""
             continue
-        if tail and tail_at + len(tail) != at:
-            tail = b""
-        buf = tail + bytes(piece)
-        base = at - len(tail)
-        i = buf.find(pattern)
+        if not hasattr(piece, "find"):
+            piece = bytes(piece)
+        joins = tail and tail_at + len(tail) == at
+        if joins:  # matches that start in the previous piece
+            joined = tail + bytes(piece[: min(size, keep)])
+            i = joined.find(pattern)
+            while i != -1 and i < len(tail):
+                hit = tail_at + i
+                if hit + len(pattern) <= end and (hit - start) % align == 0:
+                    yield hit
+                i = joined.find(pattern, i + 1)
+        # (a reused buffer stays as it is while a hit is shown: the next piece is read only
+        # when this generator is resumed past this one)
+        i = piece.find(pattern, 0, size)
         while i != -1:
-            hit = base + i
+            hit = at + i
             if hit + len(pattern) <= end and (hit - start) % align == 0:
                 yield hit
-            i = buf.find(pattern, i + 1)
-        keep = len(pattern) - 1
-        tail = buf[-keep:] if keep else b""
-        tail_at = base + len(buf) - len(tail)
+            i = piece.find(pattern, i + 1, size)
+        if keep:
+            if size >= keep:
+                tail = bytes(piece[size - keep : size])
+            else:
+                tail = ((tail if joins else b"") + bytes(piece[:size]))[-keep:]
+            tail_at = at + size - len(tail)
 
 
 def _characters(memory: Chunked, start: int, length: int, unit: int) -> Iterator[tuple[int | None, int | None]]:

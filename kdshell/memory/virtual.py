@@ -22,6 +22,8 @@ from kdshell.memory.sparse import SparseMemory
 
 PAGE_MASK = PAGE_SIZE - 1
 Chunk = tuple[int, "bytes | MemoryNotPresent", int]
+# stretches(): a readable piece may be a reused buffer holding more than `size` bytes
+Stretch = tuple[int, "bytes | bytearray | MemoryNotPresent", int]
 
 
 class VirtualMemory:
@@ -123,6 +125,42 @@ class TranslatedMemory(VirtualMemory):
                 yield address, exc, chunk
             address = (address + chunk) & self.address_mask
             size -= chunk
+
+
+    def stretches(self, address: int, size: int) -> Iterator[Stretch]:
+        """Like chunks(), in pieces as long as the memory is contiguous in the dump file (a large
+        page at once, pages adjacent in the file together, up to 8 MiB), and one error for what
+        an empty paging entry covers. A readable piece is a buffer reused for the next piece:
+        only its first `size` bytes count, and only until the next piece is asked for."""
+        phys = self.physical
+        buf = bytearray(_STRETCH)
+        for va, pa, n in self.paging.runs(address, size):
+            if isinstance(pa, MemoryNotPresent):
+                yield va, pa, n
+                continue
+            while n > 0:
+                pfn, first = pa >> PAGE_SHIFT, pa & PAGE_MASK
+                pages = min((first + n + PAGE_MASK) >> PAGE_SHIFT, _STRETCH >> PAGE_SHIFT)
+                extent = phys.stored_extent(pfn, pages)
+                if extent is None:  # not in the dump: this PFN and the ones after it that are not either
+                    chunk = min(n, (phys.missing_run(pfn, pages) << PAGE_SHIFT) - first)
+                    try:
+                        phys.page(pfn)
+                        why = not_present_message(pfn)
+                    except MemoryNotPresent as exc:
+                        why = exc.why
+                    yield va, PageNotPresent(va, why, pfn=pfn), chunk
+                else:
+                    off, count = extent
+                    chunk = min(n, (count << PAGE_SHIFT) - first)
+                    phys.read_into(buf, off + first, chunk)
+                    yield va, buf, chunk
+                va += chunk
+                pa += chunk
+                n -= chunk
+
+
+_STRETCH = 8 << 20  # bytes read at once by TranslatedMemory.stretches (one buffer)
 
 
 class SavedRangesMemory(VirtualMemory):

@@ -17,6 +17,10 @@ Without unwind data (no image in the dump) ARM64 code keeps a frame-record chain
 points at the pair {caller's fp, return address} the prolog stored with `stp x29, x30`, just
 below the caller's sp in a chained frame: caller pc = [fp+8], fp = [fp], sp = fp+16.
 
+Custom stacks: MSFT_OP_TRAP_FRAME (0xE8) restores x0-x17, sp, lr, fp, pc and cpsr from the
+KTRAP_FRAME at sp, MSFT_OP_CONTEXT (0xEA) every integer register from a CONTEXT at sp; pc is then
+the interrupted one, not a return address, so the caller's frame is "trap" (interrupted).
+
 The leaf rule: a function that has not stored a frame record yet (a leaf, or pc before its
 `mov x29, sp`) still has its return address in lr, and fp is its caller's.
 """
@@ -27,6 +31,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kdshell.dumpfile.context import CONTEXT_ARM64, decode_context
+from kdshell.dumpfile.header import MACHINE_ARM64
 from kdshell.errors import KdError
 from kdshell.stack.unwind_x64 import NoUnwindData, UnwindError, exception_directory
 
@@ -44,6 +50,12 @@ _MOV_FP_SP = 0x910003FD       # add x29, sp, #0 (mov x29, sp); `& _ADD_FP_MASK` 
 _ADD_FP_MASK = 0xFFC003FF
 _STP_FPLR_PRE = 0xA9807BFD    # stp x29, x30, [sp, #-N]!; `& _STP_PRE_MASK`
 _STP_PRE_MASK = 0xFFC07FFF
+
+
+# Windows' ARM64 KTRAP_FRAME (0x150 bytes): what MSFT_OP_TRAP_FRAME restores, by offset
+KTRAP_FRAME_ARM64 = {"spsr": 0x90, "sp": 0x98, "x0": 0xA0, "lr": 0x138, "fp": 0x140, "pc": 0x148}
+KTRAP_FRAME_ARM64_SIZE = 0x150
+CONTEXT_ARM64_SIZE = CONTEXT_ARM64.sizeof()
 
 
 @dataclass(frozen=True)
@@ -432,6 +444,7 @@ class Arm64Unwinder:
                     codes = _skip_prolog(codes, off)
         regs, restored = dict(ctx), dict[str, int]()
         sp = ctx["sp"] & MASK64
+        custom = False
         c_known = set(known & NONVOLATILE)
         for c in codes:
             if c.op in ("end", "end_c"):
@@ -452,13 +465,37 @@ class Arm64Unwinder:
                     c_known.add(name)
                 if x:
                     sp += c.offset
-            elif c.op in ("trap_frame", "machine_frame", "context", "ec_context"):
+            elif c.op in ("trap_frame", "context"):
+                # the interrupted state is saved at sp: its pc is where it stopped, not a return
+                # address, so the rest of the walk treats the caller as interrupted ("trap")
+                regs.update(self._custom(c.op, sp))
+                sp = regs["sp"]
+                c_known |= set(regs) - {"cpsr"}
+                custom = True
+            elif c.op in ("machine_frame", "ec_context"):
                 raise UnwindError(f"custom stack ({c.op}) is not supported yet")
+        if custom:
+            return Arm64Step(regs, frozenset(c_known), "trap")
         if "lr" not in restored and not at_context:
             raise UnwindError("lr was not saved and this is not the interrupted frame")
         regs["pc"], regs["sp"] = strip_pac(regs["lr"]), sp
         c_known |= {"pc", "sp"}
         return Arm64Step(regs, frozenset(c_known), "unwind")
+
+    def _custom(self, op: str, at: int) -> dict[str, int]:
+        """The registers a trap frame (MSFT_OP_TRAP_FRAME: x0-x17, sp, lr, fp, pc and the
+        status register of the KTRAP_FRAME at `at`) or a CONTEXT (MSFT_OP_CONTEXT: every
+        integer register) restores."""
+        if op == "context":
+            raw = self.read(at, CONTEXT_ARM64_SIZE)
+            ctx = decode_context(MACHINE_ARM64, raw)
+            return {k: v for k, v in ctx.items() if k[0] == "x" or k in ("fp", "lr", "sp", "pc", "cpsr")}
+        raw = self.read(at, KTRAP_FRAME_ARM64_SIZE)
+        regs = {f"x{i}": _U64.unpack_from(raw, KTRAP_FRAME_ARM64["x0"] + 8 * i)[0] for i in range(18)}
+        for name in ("sp", "lr", "fp", "pc"):
+            regs[name] = _U64.unpack_from(raw, KTRAP_FRAME_ARM64[name])[0]
+        regs["cpsr"] = struct.unpack_from("<I", raw, KTRAP_FRAME_ARM64["spsr"])[0]
+        return regs
 
     def _epilog(self, func: Function, base: int, pc: int) -> list[Code] | None:
         """pc inside an epilog scope: the codes still to undo (the epilog's codes, less those of

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Protocol
 
 from kdshell.errors import MemoryNotPresent
-from kdshell.memory.virtual import Chunk, VirtualMemory
+from kdshell.memory.virtual import Chunk, Stretch, VirtualMemory
 from kdshell.symbols.modules import Module, ModuleList
 from kdshell.symbols.pe import PeImage
 
@@ -67,6 +67,18 @@ class ImageOverlay:
 
     def chunks(self, address: int, size: int) -> Iterator[Chunk]:
         for at, piece, length in self._inner.chunks(address, size):
+            if not isinstance(piece, MemoryNotPresent):
+                yield at, piece, length
+                continue
+            yield from self._fill(at, length, piece)
+
+    def stretches(self, address: int, size: int) -> Iterator[Stretch]:
+        """The inner memory's stretches (its chunks when it has none), holes filled as chunks() does."""
+        inner = getattr(self._inner, "stretches", None)
+        if inner is None:
+            yield from self.chunks(address, size)
+            return
+        for at, piece, length in inner(address, size):
             if not isinstance(piece, MemoryNotPresent):
                 yield at, piece, length
                 continue

@@ -28,6 +28,7 @@ used. Nothing downloaded is ever executed.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -36,7 +37,7 @@ import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Callable, TextIO
+from typing import IO, TYPE_CHECKING, Callable, Iterator, TextIO
 
 from kdshell.output import printable
 
@@ -379,6 +380,15 @@ class SymbolStore:
         if not inside(cache, target):
             self.log(f"SYMSRV:  refusing to write outside the cache: {target}")
             return None
+        with _download_lock(cache, name, key):
+            # Another process (a triage worker) may have fetched it while this one waited.
+            found = self._from_store(cache, name, key, verify)
+            if found:
+                return found
+            return self._download_locked(base, server, cache, name, key, target, verify)
+
+    def _download_locked(self, base: str, server: str, cache: str, name: str, key: str, target: str,
+                         verify: Callable[[str], bool]) -> str | None:
         # Keys are case-insensitive, but a plain file server is not: after a 404 for the key as
         # symsrv spells it, ask once more in lower case (the SSQP spelling).
         tmp = None
@@ -537,6 +547,32 @@ class SymbolStore:
             self.progress.flush()
         except (OSError, ValueError):
             pass
+
+
+@contextlib.contextmanager
+def _download_lock(cache: str, name: str, key: str) -> Iterator[None]:
+    """One download of a file at a time across processes sharing the cache (kdshell triage's
+    workers): an exclusive lock on cache/.NAME.KEY.lock, removed when done (a process still
+    waiting on it then finds the file in the cache); where locks do not exist, none."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = os.path.join(cache, f".{name}.{key}.lock")
+    try:
+        os.makedirs(cache, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def _redirects(url: str) -> "urllib.request.HTTPRedirectHandler":

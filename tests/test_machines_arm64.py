@@ -1,0 +1,392 @@
+"""The ARM64 test images (fixtures/images/bin/arm64): the fixture kernel, HAL and drivers built
+with clang for aarch64-pc-windows-msvc and lld-link /machine:arm64, with real .pdata/.xdata and
+PDBs; and kdshell's ARM64 unwinder stepped through their code under Unicorn's ARM64 CPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pefile
+import pytest
+
+from tests.test_fixture_images import sums
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+BIN = FIXTURES / "images" / "bin"
+ARM64 = BIN / "arm64"
+IMAGES = {"ntoskrnl.exe": "ntkrnlmp.pdb", "hal.dll": "hal.pdb", "mydrv.sys": "mydrv.pdb",
+          "kbdcrash.sys": "kbdcrash.pdb", "storfilt.sys": "storfilt.pdb"}
+
+
+def test_arm64_images_are_listed_in_the_sums_and_match():
+    recorded = sums(BIN / "SHA256SUMS")
+    names = {f"arm64/{n}" for pair in IMAGES.items() for n in pair}
+    assert names <= set(recorded)
+    for name in names:
+        assert hashlib.sha256((BIN / name).read_bytes()).hexdigest() == recorded[name], name
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_arm64_images_are_arm64_pe_with_exception_data_and_a_pdb(image):
+    pe = pefile.PE(str(ARM64 / image), fast_load=False)
+    assert pe.FILE_HEADER.Machine == 0xAA64
+    cv = [d for d in pe.DIRECTORY_ENTRY_DEBUG if d.struct.Type == 2][0].entry
+    assert cv.CvSignature == b"RSDS"
+    assert cv.PdbFileName.rstrip(b"\0").decode() == IMAGES[image]
+    exc = pe.OPTIONAL_HEADER.DATA_DIRECTORY[3]  # IMAGE_DIRECTORY_ENTRY_EXCEPTION: 8-byte ARM64 entries
+    assert exc.VirtualAddress and exc.Size and exc.Size % 8 == 0
+
+
+@pytest.mark.toolchain
+def test_arm64_rebuild_gives_the_committed_bytes(tmp_path):
+    tools = ("clang", "lld-link", "llvm-dlltool", "llvm-nm", "llvm-pdbutil", "llvm-readobj", "patch")
+    if not all(shutil.which(t) for t in tools):
+        pytest.skip("clang/lld toolchain not installed (apt-get install clang lld llvm patch)")
+    if "version 14." not in subprocess.run(["clang", "--version"], capture_output=True, text=True).stdout:
+        pytest.skip("the committed images were built with clang 14")
+    copy = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES / "images" / "src", copy / "images" / "src")
+    shutil.copy(FIXTURES / "build.sh", copy / "build.sh")
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "KDFIX_SKIP_X86": "1"}
+    subprocess.run(["bash", str(copy / "build.sh")], check=True, capture_output=True, timeout=600, env=env)
+    built = sums(copy / "images" / "bin" / "SHA256SUMS")
+    recorded = sums(BIN / "SHA256SUMS")
+    arm64 = {n: d for n, d in recorded.items() if n.startswith("arm64/")}
+    assert arm64 and {n: built.get(n) for n in arm64} == arm64
+    for golden in sorted((FIXTURES / "images" / "golden").glob("arm64-*")):
+        assert (copy / "images" / "golden" / golden.name).read_text() == golden.read_text(), golden.name
+
+
+# -- the ARM64 machine run and kdshell's ARM64 unwinder against what executed -------------------------
+
+from kdshell.errors import KdError  # noqa: E402
+from kdshell.stack.unwind_arm64 import Arm64Step, Arm64Unwinder  # noqa: E402
+
+RUN_CHAINS = {  # the functions each scenario's chain must hold, innermost first (fixtures/images/README.md)
+    "d1": ["nt!KeBugCheckEx", "nt!KiBugCheckDispatch", "nt!KiSynchronousException", "mydrv!MyDrvReadRegister",
+           "mydrv!MyDrvProcessQueue", "mydrv!MyDrvDispatchLevelWork", "mydrv!MyDrvStartScenario", "mydrv!DriverEntry",
+           "nt!IopLoadDriverImage", "nt!IopInitializeBootDrivers", "nt!Phase1Initialization",
+           "nt!PspSystemThreadStartup", "nt!KiStartSystemThread"],
+    "7e": ["nt!KeBugCheckEx", "nt!PspUnhandledExceptionInSystemThread", "nt!RtlDispatchException",
+           "nt!KiDispatchException", "nt!KiExceptionDispatch", "nt!KiSynchronousException",
+           "mydrv!MyDrvReadRecordLength", "mydrv!MyDrvParseRecord", "mydrv!MyDrvProcessWorkItem",
+           "mydrv!MyDrvWorkerThread", "nt!PspSystemThreadStartup", "nt!KiStartSystemThread"],
+    "7e-plain": ["nt!KeBugCheckEx", "nt!PspUnhandledExceptionInSystemThread", "nt!RtlDispatchException",
+                 "nt!KiDispatchException", "nt!KiExceptionDispatch", "nt!KiSynchronousException",
+                 "mydrv!MyDrvParseRecord", "mydrv!MyDrvHandleIoctl", "mydrv!MyDrvDispatchDeviceControl",
+                 "nt!IofCallDriver", "storfilt!StorFiltForwardToMyDrv", "storfilt!StorFiltDispatchDeviceControl",
+                 "nt!IofCallDriver", "storfilt!StorFiltSelfTestThread", "nt!PspSystemThreadStartup",
+                 "nt!KiStartSystemThread"],
+    "e2": ["nt!KeBugCheckEx", "nt!KeBugCheck", "kbdcrash!KbdCrashInitiateCrash", "kbdcrash!KbdCrashHandleScanCode",
+           "kbdcrash!KbdCrashProcessInput", "nt!KiExecuteAllDpcs", "nt!KiRetireDpcList", "nt!KiIdleLoop",
+           "nt!KiSystemStartup"],
+}
+
+
+class _Module:
+    def __init__(self, img):
+        self.base, self.size = img.base, img.size
+        self.image = lambda rva, n: bytes(img.mapped[rva:rva + n])
+
+
+class _Modules:
+    """kdshell's module protocol over the run's images (module_at, function_start)."""
+
+    def __init__(self, run):
+        self.mods = [_Module(img) for img in run.images.values()]
+
+    def module_at(self, address):
+        return next((m for m in self.mods if m.base <= address < m.base + m.size), None)
+
+    def function_start(self, address):
+        return False
+
+
+def _unwinder(run):
+    def read(address, size):
+        try:
+            return run.read(address, size)
+        except KeyError as exc:
+            raise KdError(str(exc)) from None
+    return Arm64Unwinder(read, _Modules(run))
+
+
+def _context(raw: bytes) -> dict[str, int]:
+    """An ARM64 CONTEXT decoded here by its documented offsets (x0 at 8, fp/lr/sp/pc at 0xF0)."""
+    regs = {f"x{i}": int.from_bytes(raw[8 + 8 * i:16 + 8 * i], "little") for i in range(29)}
+    for i, name in enumerate(("fp", "lr", "sp", "pc")):
+        regs[name] = int.from_bytes(raw[0xF0 + 8 * i:0xF8 + 8 * i], "little")
+    return regs
+
+
+@pytest.fixture(scope="module")
+def runs():
+    from fixtures.machine.arm64run import SCENARIOS_ARM64, Arm64Run
+
+    out = {}
+    for name, scenario in SCENARIOS_ARM64.items():
+        run = Arm64Run(scenario)
+        assert run.boot() == "HalHaltSystem wfi"
+        out[name] = run
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_run_crashes_with_the_scenario_bug_check_and_chain(runs, name):
+    from fixtures.machine.arm64run import SCENARIOS_ARM64
+
+    run = runs[name]
+    code, params = run.bugcheck
+    assert code == SCENARIOS_ARM64[name].expect_code
+    chain = run.chain()
+    assert [f["function"].split("+")[0] for f in chain] == RUN_CHAINS[name]
+    if name == "d1":  # DRIVER_IRQL_NOT_LESS_OR_EQUAL(address, IRQL 2, read, pc of the faulting load)
+        trap = next(f for f in chain if f["kind"] == "trap")
+        assert params == (0xFFFFF8A000BAD000, 2, 0, trap["pc"]) and run.exceptions[0]["far"] == params[0]
+    if name in ("7e", "7e-plain"):  # C0000005 at the faulting pc
+        assert params[:2] == (0xC0000005, next(f for f in chain if f["kind"] == "trap")["pc"])
+
+
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_unwind_from_the_bug_check_context_recovers_every_executed_frame(runs, name):
+    """kdshell's ARM64 unwinder, stepped from the CONTEXT KeBugCheckEx saved in the KPRCB, gives
+    every executed frame's pc and sp, through the KTRAP_FRAME (MSFT_OP_TRAP_FRAME) of the fault."""
+    run = runs[name]
+    unwinder = _unwinder(run)
+    ctx = _context(run.bugcheck_context())
+    chain = run.chain()
+    assert (ctx["pc"], ctx["sp"]) == (chain[0]["pc"], chain[0]["sp"])
+    known, interrupted = frozenset(ctx), True
+    for want in chain[1:]:
+        step = unwinder.step(ctx, known, interrupted)
+        assert isinstance(step, Arm64Step), (want["function"], step)
+        assert (step.regs["pc"], step.regs["sp"]) == (want["pc"], want["sp"]), want["function"]
+        assert (step.how == "trap") == (want["kind"] == "trap")
+        ctx, known, interrupted = step.regs, step.known, step.how == "trap"
+
+
+def _excluded(run, pc: int) -> bool:
+    """Instructions where no unwinder can know the caller: the trap handler before its KTRAP_FRAME
+    is complete (the state is still in registers being stored), and KiSwapContext between the
+    switch of KPRCB.CurrentThread and of sp (the stack belongs to neither thread's record)."""
+    if not hasattr(run, "_windows"):
+        def find(function: str, text: str) -> int:  # the address of an instruction of `function`
+            start = run.sym[function]
+            return next(i.address for i in run.cs.disasm(run.read(start, 0x200), start)
+                        if f"{i.mnemonic} {i.op_str}" == text)
+        trap = run.sym["nt!KiSynchronousException"]
+        run._windows = ((trap, find("nt!KiSynchronousException", "stp w2, w3, [sp, #0x90]")),  # Spsr/Esr: the last
+                        (find("nt!KiSwapContext", "str x1, [x10, #8]") + 4, find("nt!KiSwapContext", "mov sp, x9")))
+    return any(lo <= pc <= hi for lo, hi in run._windows)
+
+
+@pytest.mark.parametrize("name,module", [("d1", "mydrv"), ("7e", "mydrv"), ("e2", "kbdcrash"), ("d1", "nt"),
+                                         ("e2", "nt"), ("7e-plain", "storfilt"), ("7e-plain", "mydrv")])
+def test_arm64_unwind_at_every_executed_instruction(name, module):
+    """At every instruction the CPU executes in `module` (prologs, bodies, epilogs, leaves), kdshell's
+    unwind of the live registers gives the caller's pc and sp the shadow call stack recorded."""
+    from unicorn import UC_HOOK_CODE
+
+    from fixtures.machine.arm64run import SCENARIOS_ARM64, Arm64Run
+
+    run = Arm64Run(SCENARIOS_ARM64[name])
+    unwinder = _unwinder(run)
+    img = run.images[module]
+    text = next(s for s in img.sections if s.name == ".text")
+    checked, wrong = [0], []
+
+    def on_code(uc, pc, size, _data):
+        frames = run._frames()
+        if not frames or _excluded(run, pc):
+            return
+        ctx = run.registers()
+        step = unwinder.step(ctx, frozenset(ctx), True)
+        got = (step.regs["pc"], step.regs["sp"]) if isinstance(step, Arm64Step) else step
+        checked[0] += 1
+        if got != (frames[-1].pc, frames[-1].sp):
+            wrong.append((run.sym.describe(pc), got, frames[-1]))
+
+    run.uc.hook_add(UC_HOOK_CODE, on_code, begin=img.base + text.rva, end=img.base + text.rva + text.size - 1)
+    run.boot()
+    assert checked[0] > 100
+    assert not wrong, wrong[:5]
+
+
+# -- the ARM64 machine's dumps read by kdshell, checked against the run's truth -----------------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+
+import kdshell  # noqa: E402
+
+DUMP_KINDS = ("full", "bitmap", "small")
+
+
+@pytest.fixture(scope="module")
+def arm64_set(tmp_path_factory):
+    from fixtures.machine.arm64dump import build_arm64_set
+
+    index = build_arm64_set(tmp_path_factory.mktemp("arm64set"))
+    return {name: (entry, json.loads(Path(entry["truth"]).read_text())) for name, entry in index.items()}
+
+
+def _open(path):
+    return kdshell.open(path, symbol_path=str(ARM64), image_path="")
+
+
+def _hex(text: str) -> int:
+    return int(text.replace("`", ""), 16)
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_dump_bugcheck_registers_stack_and_modules(arm64_set, name, kind):
+    entry, truth = arm64_set[name]
+    chain = truth["call_chain"]
+    with _open(entry[kind]) as s:
+        out = s.capture(".bugcheck").splitlines()
+        assert out[0] == f"Bugcheck code {truth['bugcheck']['code']:08X}"
+        assert [_hex(w) for w in out[1].split()[1:]] == truth["bugcheck"]["parameters"]
+        # r: pc/sp of KeBugCheckEx's entry; lr/fp its caller's (the first call frame's return address)
+        for reg, want in (("pc", chain[0]["pc"]), ("sp", chain[0]["sp"]), ("lr", chain[1]["pc"]),
+                          ("fp", truth["context"]["fp"])):
+            assert _hex(s.capture(f"r {reg}").strip().split("=")[1]) == want, reg
+        # k: every frame's Child-SP and the next frame's pc (RetAddr) as executed
+        rows = [line for line in s.capture("k").splitlines()[1:] if line.strip()]
+        assert len(rows) == len(chain)
+        for i, row in enumerate(rows):
+            child_sp, ret, site = row.split()[:3]
+            assert _hex(child_sp) == chain[i]["sp"], row
+            assert site.split("+")[0] == chain[i]["function"].split("+")[0], row
+            assert _hex(ret) == (chain[i + 1]["pc"] if i + 1 < len(chain) else 0), row
+        # lm: the loaded modules the builder listed
+        lm = s.capture("lm").splitlines()[1:]
+        listed = {line.split()[2]: (_hex(line.split()[0]), _hex(line.split()[1])) for line in lm if line.strip()}
+        assert listed == {m["short"]: (m["base"], m["base"] + m["size"]) for m in truth["modules"]}
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_dump_u_and_analyze(arm64_set, name, kind):
+    entry, truth = arm64_set[name]
+    pc = truth["call_chain"][0]["pc"]
+    with _open(entry[kind]) as s:
+        u = s.capture("u @pc L1").splitlines()
+        assert u[0] == "nt!KeBugCheckEx:"
+        assert _hex(u[1].split()[0]) == pc
+        code = int.from_bytes(ARM64_IMAGE_BYTES("ntoskrnl.exe", pc, truth), "little")
+        assert int(u[1].split()[1], 16) == code
+        analysis = s.capture("!analyze -v")
+        assert re.search(r"OSPLATFORM_TYPE:\s+arm64", analysis)
+        culprit = truth["culprit"]
+        if culprit:
+            assert re.search(rf"IMAGE_NAME:\s+{re.escape(culprit)}", analysis)
+
+
+def ARM64_IMAGE_BYTES(file: str, va: int, truth: dict) -> bytes:
+    """4 bytes of the committed image at `va` (read from the file, not from the dump)."""
+    pe = pefile.PE(str(ARM64 / file), fast_load=True)
+    rva = va - pe.OPTIONAL_HEADER.ImageBase
+    return pe.get_data(rva, 4)
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_pte_of_driver_text_and_data(arm64_set, kind):
+    """!pte decodes the builder's descriptors: mydrv's .text executable at EL1 only (UXN), its
+    .data read/write and never executable (PXN|UXN), nt on a 2 MiB block."""
+    entry, truth = arm64_set["d1"]
+    pe = pefile.PE(str(ARM64 / "mydrv.sys"), fast_load=True)
+    base = pe.OPTIONAL_HEADER.ImageBase
+    sections = {s.Name.rstrip(b"\0").decode(): base + s.VirtualAddress for s in pe.sections}
+    entries = {t["va"]: t for t in truth["translations"]}
+    with _open(entry[kind]) as s:
+        text = s.capture(f"!pte {sections['.text']:x}")
+        data = s.capture(f"!pte {sections['.data']:x}")
+        nt = s.capture(f"!pte {truth['modules'][0]['base'] + 0x1000:x}")
+    for out, va in ((text, sections[".text"]), (data, sections[".data"])):
+        contains = out.splitlines()[2].split()
+        assert _hex(contains[-1]) == entries[va]["entry"]
+    assert entries[sections[".text"]]["entry"] >> 53 & 3 == 0b10  # UXN, not PXN
+    assert "execute: EL1 yes, EL0 no" in text
+    assert entries[sections[".data"]]["entry"] >> 53 & 3 == 0b11  # PXN and UXN
+    assert "EL1 read/write" in data and "execute: EL1 no (PXN)" in data
+    assert "LARGE PAGE" in nt and entries[truth["modules"][0]["base"]]["level"] == "PDE"
+
+
+def test_arm64_small_dump_is_an_arm64_triage_dump(arm64_set):
+    entry, truth = arm64_set["7e"]
+    with _open(entry["small"]) as s:
+        assert "arm64" in s.capture("!analyze -v")
+        rows = [line for line in s.capture("k").splitlines()[1:] if line.strip()]
+        assert _hex(rows[-1].split()[0]) == truth["call_chain"][-1]["sp"]
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_kdshell_translates_every_page_the_arm64_builder_mapped(arm64_set, kind):
+    """kdshell's one walk (ARM64 tables from the header's DirectoryTableBase) gives the physical
+    page the builder put behind every mapped VA: 4 KiB pages and the nt/hal 2 MiB blocks."""
+    from kdshell.dumpfile.dump import open_dump
+    from kdshell.session import Session
+
+    entry, truth = arm64_set["d1"]
+    with open_dump(entry[kind]) as d:
+        space = Session(d).spaces.space(truth["dtb"])
+        for x in truth["translations"]:
+            assert space.translate(x["va"] + 0x18) == x["pa"] + 0x18, hex(x["va"])
+    assert len(truth["translations"]) > 1000
+
+
+def test_arm64_set_is_deterministic(tmp_path, arm64_set):
+    """The same sources give the same dumps and truth, byte for byte."""
+    from fixtures.machine.arm64dump import build_arm64_set
+
+    again = build_arm64_set(tmp_path, ["d1"])
+    first, _ = arm64_set["d1"]
+    for kind, path in again["d1"].items():
+        assert hashlib.sha256(Path(path).read_bytes()).digest() == hashlib.sha256(Path(first[kind]).read_bytes()).digest(), kind
+
+
+@pytest.mark.parametrize("name", ("d1", "7e"))
+def test_arm64_machine_objects_are_real_enough_for_process_and_thread(arm64_set, name):
+    """The kernel made them: the System process (pid 4) on PsActiveProcessHead with its threads,
+    the crashing thread (KPRCB.CurrentThread) among them, Running; the others Ready or Waiting. These are
+    the facts !process/!thread on ARM64 must show."""
+    _, truth = arm64_set[name]
+    system = [p for p in truth["processes"] if p["name"] == "System"]
+    assert len(system) == 1 and system[0]["pid"] == 4
+    threads = {t["ethread"]: t for t in system[0]["threads"]}
+    assert truth["current_thread"] in threads and threads[truth["current_thread"]]["state"] == 2  # Running
+    assert all(t["state"] in (1, 5) for e, t in threads.items() if e != truth["current_thread"])  # Ready, Waiting
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+@pytest.mark.parametrize("name", ("d1", "7e", "7e-plain"))
+def test_arm64_process_and_thread_commands_match_the_machine(arm64_set, name, kind):
+    """!process 0 0 lists the System process the kernel made, !thread shows the crashing thread
+    (KPRCB.CurrentThread) with its Cid, running on processor 0 - read through the ARM64 PDB types
+    the images carry (complete, kernel and small dumps alike)."""
+    entry, truth = arm64_set[name]
+    system = next(p for p in truth["processes"] if p["name"] == "System")
+    current = next(t for t in system["threads"] if t["ethread"] == truth["current_thread"])
+    with _open(entry[kind]) as s:
+        processes = s.capture("!process 0 0")
+        thread = s.capture("!thread").splitlines()[0]
+    assert f"PROCESS {system['eprocess']:x}" in processes and "Image: System" in processes
+    assert re.search(rf"Cid: {system['pid']:04x}\b", processes)
+    assert thread.startswith(f"THREAD {truth['current_thread']:x}  Cid {system['pid']:04x}.{current['tid']:04x}")
+    assert thread.endswith("RUNNING on processor 0")
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+@pytest.mark.parametrize("name", sorted(RUN_CHAINS))
+def test_arm64_irql_is_the_one_the_bug_check_interrupted(arm64_set, name, kind):
+    """KeBugCheckEx saves the IRQL it interrupted in KPRCB.DebuggerSavedIRQL (ARM64 has no CR8):
+    DISPATCH_LEVEL for d1 (the bug check's own P2) and e2 (a DPC), PASSIVE_LEVEL in the threads."""
+    entry, truth = arm64_set[name]
+    want = {"d1": truth["bugcheck"]["parameters"][1], "e2": 2}.get(name, 0)
+    assert truth["irql"] == want
+    with _open(entry[kind]) as s:
+        assert s.capture("!irql").strip().startswith(f"Debugger saved IRQL for processor 0x0 -- {want} (")
