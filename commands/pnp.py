@@ -134,13 +134,15 @@ def devnode_lines(node: DevNode, indent: str) -> list[str]:
 
 @command("!devnode", family="kernel", needs=(needs_memory, not_on_arm64("!devnode", "kdshell reads device nodes at "
                                                                         "their x64 and x86 layouts only")),
-         syntax="!devnode [Address [Flags]]",
-         summary="Show a PnP device node; 0 is nt!IopRootDeviceNode, Flags 1 adds every child (the device tree)",
+         syntax="!devnode [Address [Flags [Service]]]",
+         summary="Show a PnP device node; 0 is nt!IopRootDeviceNode, Flags 1 adds every child (the device tree), "
+                 "Service keeps the nodes of that service",
          example="!devnode 0 1",
          details="Each node: its PDO, InstancePath, ServiceName, State and Previous State (DEVICE_NODE).")
 def devnode_(session: Session, inv: Invocation) -> None:
     nodes = _devnodes(session, "!devnode")
     words = inv.args
+    service = words[2].lower() if len(words) > 2 else None
     try:
         values = [Evaluator(session).evaluate(w) for w in words[:2]]
     except KdError as e:
@@ -159,12 +161,13 @@ def devnode_(session: Session, inv: Invocation) -> None:
         if not address:
             raise KdError("!devnode: nt!IopRootDeviceNode is NULL: the PnP manager has not made the tree")
         out.line(f"Dumping IopRootDeviceNode (= {address:#x})")
-    if not flags & 1:
+    if not flags & 1 and service is None:
         out.lines(devnode_lines(nodes.node(address), ""))
         return
     tree = nodes.tree(address)
     for depth, node in tree.nodes:
-        out.lines(devnode_lines(node, "  " * depth))
+        if service is None or (node.service_name or "").lower() == service:
+            out.lines(devnode_lines(node, "  " * depth))
     for w in tree.warnings:
         out.warn(w)
 

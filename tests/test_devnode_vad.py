@@ -85,6 +85,13 @@ def test_devnode_address_shows_that_node_and_flag_1_its_subtree(m3b):
     assert [(b[0], b[1]) for b in sub] == [(0, storfilt["address"])] + [(1, c) for c in storfilt["children"]]
 
 
+def test_devnode_service_filter(m3b):
+    s, truth = m3b
+    want = [(n["level"], n["address"]) for n in truth["pnp"]["nodes"] if n["service"] == "storfilt"]
+    got = _blocks(s.capture("!devnode 0 1 StorFilt").splitlines()[1:])
+    assert [(b[0], b[1]) for b in got] == want and len(want) == 2
+
+
 def test_podev_reads_the_power_flags_of_each_pdo(m3b):
     s, truth = m3b
     for n in truth["pnp"]["nodes"]:
