@@ -19,6 +19,7 @@ from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
 from kdshell.kernel import objects as OB
+from kdshell.kernel.devnodes import VadTree
 from kdshell.kernel.prcb import PCR_TIB_NAMES, irql_name, read_pcr_fields, read_prcb_counters
 from kdshell.kernel.processes import find_processes
 from kdshell.kernel.threads import wait_objects, wait_reason_name
@@ -74,6 +75,18 @@ def _duration(hundred_ns: int) -> str:
 
 
 # -- processes -----------------------------------------------------------------------------------
+def _vad_summary(session: Session, p: Process) -> list[str]:
+    """WinDbg's `VadRoot ADDR Vads N` line (the count from a walk of the tree); none without the field."""
+    k = session.kernel
+    if not p.vad_root or k.small:
+        return []
+    try:
+        walk = VadTree(k.memory, k.offsets, k.is64).walk(p.vad_root)
+    except KdError:
+        return [f"    VadRoot {_p(session, p.vad_root)} Vads ?"]
+    return [f"    VadRoot {_p(session, p.vad_root)} Vads {len(walk.vads)}"]
+
+
 def process_lines(session: Session, p: Process, flags: int) -> list[str]:
     """A PROCESS block (without its threads)."""
     k = session.kernel
@@ -95,6 +108,7 @@ def process_lines(session: Session, p: Process, flags: int) -> list[str]:
     if (missing := k.process_layout.missing_line(("pid", "name"))) is not None:
         lines.append(f"    {missing}")
     if flags & 1:
+        lines += _vad_summary(session, p)
         if p.device_map is not None:
             lines.append(f"    DeviceMap {_p(session, p.device_map)}")
         if p.token is not None:

@@ -1,4 +1,4 @@
-"""Processes in detail: !teb and !peb (user-mode views in the process's address space).
+"""Processes in detail: !teb and !peb (user-mode views in the process's address space), !vad.
 
 Thin: kdshell.kernel.userviews reads the fields; the layout is WinDbg's (public transcripts):
 `TEB at ADDR` then `    Name:` padded to column 26 and the value (pointers in full width,
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
+from kdshell.kernel.devnodes import VadTree, VadWalk, protection_name
 from kdshell.kernel.userviews import UserViews
 
 if TYPE_CHECKING:
@@ -170,3 +171,72 @@ def handle_(session: Session, inv: Invocation) -> None:
     if wanted and not shown:
         out.append(f"Handle {wanted:x} is not in the table")
     session.out.lines(out)
+
+
+# -- !vad: the VAD tree ------------------------------------------------------------------------------
+# Layout (WinDbg's, public transcripts): a `VAD  Level  Start  End  Commit` header, one line per VAD in
+# address order (the VPNs, the commit in pages, Private or Mapped, `Exe` for an image, the protection),
+# then the totals.
+VAD_HEADER = "VAD             Level         Start             End              Commit"
+
+
+def vad_walk(session: Session, root: int) -> VadWalk:
+    k = session.kernel
+    return VadTree(k.memory, k.offsets, k.is64).walk(root)
+
+
+def vad_root(session: Session, process: int) -> int:
+    p = session.kernel.process(process)
+    if p.vad_root is None:
+        line = session.kernel.process_layout.missing_line(("vad_root",))
+        raise KdError(f"!vad: {line or 'EPROCESS.VadRoot of ' + format(process, 'x') + ' is not in the dump'}")
+    return p.vad_root
+
+
+def vad_lines(session: Session, walk: VadWalk) -> list[str]:
+    w = 16 if session.is64 else 8
+    out = [VAD_HEADER]
+    for v in walk.vads:
+        kind = "Private" if v.private else "Mapped"
+        exe = "Exe" if v.vad_type == 2 else ""
+        commit = f"{v.commit:16d}" if v.commit is not None else f"{'?':>16}"
+        out.append(f"{v.address:0{w}x} {v.level:2d} {v.start_vpn:>15x} {v.end_vpn:>15x}{commit} "
+                   f"{kind:<7} {exe:<4} {protection_name(v.protection)}".rstrip())
+    out.append("")
+    if walk.vads:
+        levels = [v.level for v in walk.vads]
+        out.append(f"Total VADs: {len(walk.vads)}, average level: {sum(levels) // len(levels)}, "
+                   f"maximum depth: {max(levels)}")
+        private = sum(v.commit or 0 for v in walk.vads if v.private)
+        shared = sum(v.commit or 0 for v in walk.vads if not v.private)
+        out.append(f"Total private commit: {private:#x} pages ({private * 4} KB)")
+        out.append(f"Total shared commit:  {shared:#x} pages ({shared * 4} KB)")
+    else:
+        out.append("Total VADs: 0")
+    return out
+
+
+@command("!vad", family="kernel", needs=(needs_memory, not_on_arm64("!vad", "kdshell reads VADs at their x64 "
+                                                                    "layout only")),
+         syntax="!vad [VadNode]",
+         summary="Show the VAD tree: every virtual address descriptor of the current (or implicit) process, or "
+                 "of the subtree at VadNode",
+         example="!vad",
+         details="MMVAD_SHORT: StartingVpn/EndingVpn (with their high bytes), commit, Private/Mapped, Exe for "
+                 "an image, the protection. `.process ADDR` first for another process.")
+def vad_(session: Session, inv: Invocation) -> None:
+    k = session.kernel
+    if k.small:
+        raise KdError("!vad: a small memory dump keeps no VADs; a kernel, active or complete memory dump has them")
+    address = _address(session, inv)
+    if address is None:
+        current = k.current_process()
+        if not current:
+            raise KdError("!vad: the dump gives no current process: give a VAD address")
+        address = vad_root(session, current)
+        if not address:
+            raise KdError(f"!vad: process {current:x} has no VADs (EPROCESS.VadRoot is empty)")
+    walk = vad_walk(session, address)
+    for warning in walk.warnings:
+        session.out.warn(warning)
+    session.out.lines(vad_lines(session, walk))

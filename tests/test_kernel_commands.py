@@ -152,7 +152,9 @@ def test_process_without_arguments_is_the_current_one(machines):
         assert [int(x.split()[1], 16) for x in heads] == system_threads
         assert heads[0].endswith("RUNNING on processor 0")
         smss = lines(s, "!process 0 1 smss.exe")
-        assert smss[7].startswith("    ElapsedTime                       01:2")  # created at boot, 1:23:20 uptime
+        vads = next(v for v in truth["vads"] if v["name"] == "smss.exe")
+        assert smss[5] == f"    VadRoot {vads['root']:016x} Vads {len(vads['vads'])}"
+        assert smss[8].startswith("    ElapsedTime                       01:2")  # created at boot, 1:23:20 uptime
         assert lines(s, "!process -1 0") == process_block(system, system["handle_count"])
 
 

@@ -254,6 +254,7 @@ def test_dt_from_the_builtin_table(triage):
         "   +0x570 ObjectTable      : Ptr64 _HANDLE_TABLE",
         "   +0x5a8 ImageFileName    : [15] UChar",
         "   +0x5e0 ThreadListHead   : _LIST_ENTRY",
+        "   +0x7d8 VadRoot          : _RTL_AVL_TREE",
     ]
     assert lines(triage, "dt nt!*THREAD*") == ["          nt!_ETHREAD", "          nt!_KTHREAD"]
     assert lines(triage, "dt nt!_NOSUCH") == ["Symbol nt!_NOSUCH not found."]
