@@ -133,3 +133,18 @@ def test_dt_l_walks_a_list(machine):
     assert links[:len(active)] == [p["address"] + offset for p in active]
     assert "which list field" in s.capture("dt nt!_EPROCESS -l")
     assert "is not a field" in s.capture("dt -l NoSuchField nt!_EPROCESS @$proc")
+
+
+def test_pool_tag_example_lists_the_tags_blocks(machine):
+    """examples/pool_tag.txt: the blocks of one tag are the machine's live blocks of that tag (the
+    pool ledger of the truth: every allocation and free the CPU made)."""
+    s, truth = machine
+    live = [b for b in truth["pool"]["blocks"] if not b["freed"] and b["kind"] == "small"]
+    tag = max({b["tag"] for b in live}, key=lambda t: sum(b["tag"] == t for b in live))
+    out = s.capture(f"$$>a<{EXAMPLES / 'pool_tag.txt'} {tag}")
+    assert out.splitlines()[0] == f"Pool tag {tag}:"
+    found = [int(line.split()[0], 16) for line in out.splitlines() if re.match(r"[0-9a-f]{16} : tag ", line)]
+    assert sorted(found) == sorted(b["header"] for b in live if b["tag"] == tag)
+    counts = truth["pool"]["tracker"][tag]
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == [tag])
+    assert int(row[1]) == counts["nonpaged_allocs"] - counts["nonpaged_frees"]
