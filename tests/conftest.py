@@ -143,6 +143,26 @@ def triage():
 
 
 # -- the test machines (fixtures/machine): built once per session --------------------------------
+MACHINE_BIN = REPO / "fixtures" / "images" / "bin"
+MACHINE_SYMBOLS = f"{MACHINE_BIN};{MACHINE_BIN / 'x86'}"  # the test machines' PDBs and images
+
+
+def open_machine(machines, name, kind="kernel", symbol_path=MACHINE_SYMBOLS):
+    """A test machine's dump with the machines' own symbols, no image path, no progress bar."""
+    import kdshell
+
+    s = kdshell.open(machines.path(name, kind), symbol_path=symbol_path, image_path="")
+    s.progress = None
+    return s
+
+
+def run_lines(session, text):
+    """A command's output lines; the command must succeed."""
+    with session.out.capture() as buf:
+        assert session.run(text), text
+    return "".join(buf).splitlines()
+
+
 @pytest.fixture(scope="session")
 def machines(tmp_path_factory):
     """Every test machine's dumps and ground truth (fixtures/README.md), built once per session

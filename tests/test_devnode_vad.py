@@ -6,7 +6,7 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present
+from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine
 from kdshell.kernel.devnodes import VadTree
 from kdshell.kernel.layout import StructLayout
 from kdshell.kernel.offsets import KernelOffsets
@@ -21,11 +21,6 @@ DEVNODE = re.compile(r"^( *)DevNode 0x([0-9a-f]+) for PDO 0x([0-9a-f]+)$")
 VAD = re.compile(r"^([0-9a-f]{16}) +(\d+) +([0-9a-f]+) +([0-9a-f]+) +(\d+) (Private|Mapped ) (Exe |    ) "
                  r"([A-Z_ ]+)$")
 
-
-def open_machine(machines, name, kind="kernel"):
-    s = kdshell.open(machines.path(name, kind), symbol_path=MACHINE_SYMBOLS, image_path="")
-    s.progress = None
-    return s
 
 
 @pytest.fixture(scope="module")

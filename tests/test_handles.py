@@ -5,17 +5,12 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present
+from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine
 from kdshell.kernel.handles import decode_entry
 
 BIN = REPO / "fixtures" / "images" / "bin"
 MACHINE_SYMBOLS = f"{BIN};{BIN / 'x86'}"
 
-
-def open_machine(machines, name, kind):
-    s = kdshell.open(machines.path(name, kind), symbol_path=MACHINE_SYMBOLS, image_path="")
-    s.progress = None
-    return s
 
 
 @pytest.mark.parametrize("name,kind", [("3b", "kernel"), ("d1-x86", "complete")])

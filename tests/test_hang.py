@@ -7,7 +7,7 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present
+from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine, run_lines as lines
 from fixtures.machine.pdbtext import golden_publics
 
 BIN = REPO / "fixtures" / "images" / "bin"
@@ -16,16 +16,6 @@ WAIT_FRAMES = ("KiSwapContext", "KiSwapThread", "KiCommitThreadWait", "KeWaitFor
                "ExAcquireResourceExclusiveLite", "KeDelayExecutionThread", "KiIdleLoop")
 
 
-def open_machine(machines, name, kind="kernel"):
-    s = kdshell.open(machines.path(name, kind), symbol_path=MACHINE_SYMBOLS, image_path="")
-    s.progress = None
-    return s
-
-
-def lines(session, text):
-    with session.out.capture() as buf:
-        assert session.run(text), text
-    return "".join(buf).splitlines()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, TRIAGE_19041
+from conftest import CORPUS_SYMBOLS, REPO, TRIAGE_19041, open_machine, run_lines as lines
 from kdshell.errors import MemoryNotPresent
 from kdshell.kernel.io import IO_TYPE_DEVICE, IO_TYPE_DRIVER, IO_TYPE_IRP, MAX_STACK_LOCATIONS, IoObjects
 
@@ -14,16 +14,6 @@ BIN = REPO / "fixtures" / "images" / "bin"
 MACHINE_SYMBOLS = f"{BIN};{BIN / 'x86'}"
 
 
-def open_machine(machines, name, kind="kernel"):
-    s = kdshell.open(machines.path(name, kind), symbol_path=MACHINE_SYMBOLS, image_path="")
-    s.progress = None
-    return s
-
-
-def lines(session, text):
-    with session.out.capture() as buf:
-        assert session.run(text), text
-    return "".join(buf).splitlines()
 
 
 def _evaluate(session, expression):

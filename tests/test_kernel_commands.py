@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 import kdshell
-from conftest import MINI_17763, REPO, TRIAGE_19041
+from conftest import MINI_17763, REPO, TRIAGE_19041, open_machine
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
 
@@ -25,11 +25,6 @@ K_HEADER = "Child-SP          RetAddr               Call Site"
 def lines(session, command):
     return session.capture(command).splitlines()
 
-
-def open_machine(machines, name, kind, symbol_path=MACHINE_SYMBOLS):
-    s = kdshell.open(machines.path(name, kind), symbol_path=symbol_path, image_path="")
-    s.progress = None
-    return s
 
 
 def p64(value: int) -> str:

@@ -17,7 +17,7 @@ import struct
 import pytest
 
 import kdshell
-from conftest import MINI_17763, REPO, TRIAGE_19041
+from conftest import MINI_17763, REPO, TRIAGE_19041, open_machine
 from fixtures.machine.catalog import PLAN
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel import kdbg as K
@@ -371,11 +371,6 @@ def test_locate_triage_copies_from_ki_processor_block_or_the_copy_itself():
 
 
 # -- the test machines -------------------------------------------------------------------------
-def open_machine(machines, name, kind, symbol_path=MACHINE_SYMBOLS):
-    s = kdshell.open(machines.path(name, kind), symbol_path=symbol_path, image_path="")
-    s.progress = None
-    return s
-
 
 def crashing_processor(truth) -> int:
     """The processor whose current thread's stack holds the dump context's stack pointer."""

@@ -6,18 +6,13 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present
+from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine
 
 BIN = REPO / "fixtures" / "images" / "bin"
 MACHINE_SYMBOLS = f"{BIN};{BIN / 'x86'}"
 ROW = re.compile(r"^([0-9a-f]{16}) \[([0-9a-f]{16})\] irpStack: \(([ 0-9a-f?]{2}),([ 0-9a-f?]{2})\)  "
                  r"([0-9a-f]{16}) \[ ([^\]]*)\](?: 0x([0-9a-f]{16}))?$")
 
-
-def open_machine(machines, name, kind="kernel"):
-    s = kdshell.open(machines.path(name, kind), symbol_path=MACHINE_SYMBOLS, image_path="")
-    s.progress = None
-    return s
 
 
 def rows(session):

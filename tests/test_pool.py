@@ -8,7 +8,7 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present
+from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine, run_lines as lines
 from fixtures.machine.pdbtext import golden_types
 from kdshell.kernel.pool import HEADER32, HEADER64, TRACKER64, tag_owner, tag_text, tag_value
 
@@ -18,16 +18,6 @@ POOL_LINE = re.compile(r"^([ *])([0-9a-f]{16}) size: ([ 0-9a-f]{4}) previous siz
                        r"\((Allocated|Free)\)\s+([ *])(.{4})$")
 
 
-def open_machine(machines, name, kind="kernel"):
-    s = kdshell.open(machines.path(name, kind), symbol_path=MACHINE_SYMBOLS, image_path="")
-    s.progress = None
-    return s
-
-
-def lines(session, text):
-    with session.out.capture() as buf:
-        assert session.run(text), text
-    return "".join(buf).splitlines()
 
 
 @pytest.fixture(scope="module")

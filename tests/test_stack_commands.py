@@ -17,7 +17,7 @@ import pefile
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, TRIAGE_19041
+from conftest import CORPUS_SYMBOLS, REPO, TRIAGE_19041, open_machine
 from fixtures.machine.catalog import PLAN
 from kdshell.format import ptr
 
@@ -289,11 +289,6 @@ def test_k_equals_form_kframes_and_kd(triage):
 
 
 # -- the test machines ---------------------------------------------------------------------------
-def open_machine(machines, name, kind, symbol_path=MACHINE_SYMBOLS):
-    s = kdshell.open(machines.path(name, kind), symbol_path=symbol_path, image_path="")
-    s.progress = None
-    return s
-
 
 def _site(function: str, is64: bool) -> str:
     """The truth's function text as k prints it (a user address is printed bare)."""
