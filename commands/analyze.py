@@ -42,7 +42,7 @@ class _Options:
     hang: bool = False  # -hang: the waiting chains after the analysis (kdshell.commands.hang)
 
 
-def _parse(session: Session, inv: Invocation) -> _Options:
+def analyze_options(session: Session, inv: Invocation) -> _Options:
     opts = _Options()
     args = list(inv.args)
     i = 0
@@ -80,7 +80,7 @@ def _parse(session: Session, inv: Invocation) -> _Options:
                  "-teach: a plain-language 'what happened / what next' section (on by default after\n"
                  "'.explain on'). -show CODE [P1..P4]: what a bug check code and its parameters mean.")
 def analyze_(session: Session, inv: Invocation) -> None:
-    opts = _parse(session, inv)
+    opts = analyze_options(session, inv)
     out = session.out
     if opts.show is not None:
         code, params = opts.show[0], opts.show[1:]

@@ -29,7 +29,7 @@ MISSING_SHOWN = 3  # modules without symbols named after a stack; the rest are c
 
 
 # -- k ------------------------------------------------------------------------------------------
-def _k_options(session: Session, inv: Invocation) -> KOptions:
+def k_options(session: Session, inv: Invocation) -> KOptions:
     o = KOptions()
     suffix, rest = inv.suffix, inv.text.strip()
     if "=" in suffix:  # `k=rbp rsp rip`: the dispatcher glued the '=' to the name
@@ -83,7 +83,7 @@ def _words(text: str) -> list[str]:
     return tokenize(text)
 
 
-def _start_context(session: Session, start: tuple[int, ...]) -> dict[str, int]:
+def start_context(session: Session, start: tuple[int, ...]) -> dict[str, int]:
     """`k = BP SP IP`: the current context with those three registers replaced. With one value
     (`k = BP`), x64 frames do not chain through RBP, so it is taken as the stack pointer too
     (the instruction pointer stays)."""
@@ -114,11 +114,11 @@ def _start_context(session: Session, start: tuple[int, ...]) -> dict[str, int]:
                  "kv ends each row with how: [unwind], [trap], [leaf], [epilog], [scan], "
                  "[scan-unverified] (no code in the dump to check the call), ', guess' on a guess.")
 def k_(session: Session, inv: Invocation) -> None:
-    o = _k_options(session, inv)
+    o = k_options(session, inv)
     state = session.context
     count = o.count or state.kframes
     if o.start:
-        frames = state.walk(count, _start_context(session, o.start), known=None)
+        frames = state.walk(count, start_context(session, o.start), known=None)
     else:
         frames = state.walk(count)
     session.out.lines(_colour_split(session, _frames(session, frames, o)))

@@ -36,7 +36,7 @@ LM_SYNTAX = "lm [v][o][l][k][u][e][sm][1m][t][n][f][i][p] [m Pattern | M Pattern
 COLUMN_OPTIONS = ("n", "i", "f", "p", "t")
 
 
-def _lm_options(inv: Invocation) -> dict[str, Any]:
+def lm_options(inv: Invocation) -> dict[str, Any]:
     """lm's glued and separate options (`lmtsmn`, `lm t n`, `lmvm nt`): the letters
     v o l k u e c t n f i p D, sm, 1m, and `m Pattern`, `M Pattern`, `a Address`."""
     # the letters are True or False; m, M and a their text, or None
@@ -118,7 +118,7 @@ def column_line(session: Session, module: Module, columns: list[str]) -> str:
     return " ".join([head] + cells).rstrip()
 
 
-def _lm_modules(session: Session, o: dict[str, Any]) -> list[Module]:
+def lm_modules(session: Session, o: dict[str, Any]) -> list[Module]:
     """The loaded modules the options select, in lm's order."""
     syms = session.symbols
     modules = syms.modules.sorted
@@ -152,9 +152,9 @@ def _lm_modules(session: Session, o: dict[str, Any]) -> list[Module]:
                  "Instead of the symbol status: t the image timestamp, n the image name, f the full\n"
                  "image path, i the loaded image file name, p the mapped image file (lmtsmn = dates by name).")
 def lm(session: Session, inv: Invocation) -> None:
-    o = _lm_options(inv)
+    o = lm_options(inv)
     syms = session.symbols
-    modules = _lm_modules(session, o)
+    modules = lm_modules(session, o)
     out = session.out
     for w in syms.modules.warnings:
         out.warn(f"WARNING: {w}")

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import analyze
 from kdshell.analysis.report import analysis_json, probably_caused_by, teach_lines
-from kdshell.commands.analyze import _parse as _analyze_options
-from kdshell.commands.stack import _k_options, _start_context
-from kdshell.commands.symbols import _lm_modules, _lm_options, status_text
+from kdshell.commands.analyze import analyze_options
+from kdshell.commands.stack import k_options, start_context
+from kdshell.commands.symbols import lm_modules, lm_options, status_text
 from kdshell.dispatch import Command, Invocation, has_command
 from kdshell.errors import KdError
 from kdshell.stack.text import call_site
@@ -32,10 +32,10 @@ def analysis_record(session: Session) -> dict[str, Any]:
 
 def frames(session: Session, inv: Invocation) -> list[dict[str, Any]]:
     """The frames `k` (with these options) prints."""
-    o = _k_options(session, inv)
+    o = k_options(session, inv)
     state = session.context
     count = o.count or state.kframes
-    walked = state.walk(count, _start_context(session, o.start), known=None) if o.start else state.walk(count)
+    walked = state.walk(count, start_context(session, o.start), known=None) if o.start else state.walk(count)
     return [{"frame": f.number, "child_sp": _hex(f.sp), "return_address": _hex(f.ret), "ip": _hex(f.ip),
              "call_site": call_site(session.symbols, f, session.is64, clean=o.clean),
              "how": f.how, "guessed": f.guess, "trap_frame": _hex(f.trap_frame)} for f in walked]
@@ -44,7 +44,7 @@ def frames(session: Session, inv: Invocation) -> list[dict[str, Any]]:
 def modules(session: Session, inv: Invocation) -> list[dict[str, Any]]:
     """The loaded modules `lm` (with these options) lists."""
     out = []
-    for m in _lm_modules(session, _lm_options(inv)):
+    for m in lm_modules(session, lm_options(inv)):
         status, path = status_text(session, m)
         out.append({"start": _hex(m.base), "end": _hex(m.end), "name": m.name, "image_name": m.image_name,
                     "path": m.path, "symbols": status.strip("()"), "symbol_file": path or None,
@@ -58,7 +58,7 @@ def structured(session: Session, cmd: Command, inv: Invocation) -> dict[str, Any
         return {"frames": frames(session, inv)}
     if cmd.name == "lm":
         return {"modules": modules(session, inv)}
-    if cmd.name == "!analyze" and _analyze_options(session, inv).show is None:
+    if cmd.name == "!analyze" and analyze_options(session, inv).show is None:
         return {"analysis": analysis_record(session)["record"]}
     return None
 
