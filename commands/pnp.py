@@ -85,12 +85,7 @@ def irpfind_lines(session: Session) -> list[str]:
         if 1 <= irp.current <= len(irp.locations):
             sl = irp.locations[irp.current - 1]
             stack = f"({sl.major:2x},{sl.minor:2x})"
-            driver = ""
-            if sl.device:
-                try:
-                    driver = io.device(sl.device).driver_name or ""
-                except KdError:
-                    driver = "?"
+            driver = io.driver_name_of(sl.device)
             device_text = f"{sl.device:0{w}x} [ {driver}]"
         process = ""
         if irp.thread:

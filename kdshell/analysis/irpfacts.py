@@ -24,12 +24,7 @@ def irp_stack_lines(session: SessionView, irp_address: int) -> list[str]:
         if not sl.readable:
             out.append(f"   {mark}[location {i} not in the dump]")
             continue
-        driver = ""
-        if sl.device:
-            try:
-                driver = io.device(sl.device).driver_name or ""
-            except KdError:
-                driver = "?"
+        driver = io.driver_name_of(sl.device)
         out.append(f"   {mark}[{major_name(sl.major)}({sl.major:x}), {minor_name(sl.major, sl.minor)}({sl.minor:x})] "
                    f"{sl.device:0{w}x} {driver}".rstrip())
     if irp.warning:

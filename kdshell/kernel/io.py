@@ -383,6 +383,15 @@ class IoObjects:
         return None
 
     # -- devices ------------------------------------------------------------------------------
+    def driver_name_of(self, device: int) -> str:
+        """The name of the driver that owns `device` ("" for none, "?" when not readable)."""
+        if not device:
+            return ""
+        try:
+            return self.device(device).driver_name or ""
+        except KdError:
+            return "?"
+
     def device(self, address: int) -> Device:
         self._check_type(address, "dev_type", IO_TYPE_DEVICE, "device object")
         r, f = self.r, self.layout.get
