@@ -4,12 +4,13 @@ Thin: kdshell.kernel.queues walks the KPRCB's lists. Layouts from public transcr
 - !ready: per processor `Processor N: Ready Threads at priority P` and under it
   `    THREAD addr  Cid pid.tid  Teb: addr Win32Thread: addr READY on processor N`, or
   `Processor N: No threads in READY state`; the shared ready queue first where the types have it.
-- !dpcs: `CPU Type      KDPC       Function`, then ` N: Normal  : 0xKDPC 0xroutine nt!Routine`
+- !dpcs [Processor]: `CPU Type      KDPC       Function`, then ` N: Normal  : 0xKDPC 0xroutine nt!Routine`
   (`Threaded` for KPRCB.DpcData[1]).
-- !timer: `Dump system timers`, `List Timer             Interrupt Low/High  Fire Time  DPC/thread`, a
-  `PROCESSOR N (nt!_KTIMER_TABLE addr)` line per processor, then one row per KTIMER: its bucket,
-  address, DueTime low/high, `P` when periodic, and its DPC's routine; `Total Timers: N, Maximum List: M`.
-  kdshell prints the due time as the 100 ns interrupt time WinDbg converts (no wall-clock date).
+- !timer: `Dump system timers`, `Interrupt time: low high`, the column line, a
+  `PROCESSOR N (nt!_KTIMER_TABLE addr)` line per processor, then one row per KTIMER: its bucket (blank
+  for the next ones in the same bucket), address, `P` when periodic, DueTime low/high and its DPC's
+  routine; `Total Timers: N, Maximum List: M`. WinDbg's Fire Time column (the due time as a date) is
+  left out: kdshell prints the 100 ns interrupt time only.
 A small memory dump keeps only the crashing processor's KPRCB copy, and the lists point outside it.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
+from kdshell.kernel import kuser
 from kdshell.kernel.prcb import Processor
 from kdshell.kernel.queues import Queues
 
@@ -50,6 +52,16 @@ def _sym(session: Session, value: int | None) -> str:
     if not value:
         return ""
     return session.symbols.name_at(value) or ""
+
+
+def _interrupt_time(session: Session) -> str:
+    """KUSER_SHARED_DATA.InterruptTime, low and high halves, as the timers' due times are kept."""
+    k = session.kernel
+    try:
+        data = k.memory.read(kuser.ADDRESS[k.is64] + kuser.INTERRUPT_TIME, 8)
+    except KdError:
+        return "???????? ????????"
+    return f"{int.from_bytes(data[:4], 'little'):08x} {int.from_bytes(data[4:], 'little'):08x}"
 
 
 def _no_args(name: str, inv: Invocation) -> None:
@@ -105,16 +117,29 @@ def _ready_lines(session: Session, title: str, threads: list[tuple[int, int]], n
     return out
 
 
-@command("!dpcs", family="kernel", needs=(needs_memory, not_on_arm64("!dpcs", ARM64_WHY)), syntax="!dpcs",
-         summary="Show the DPCs queued on each processor and their routines",
+@command("!dpcs", family="kernel", needs=(needs_memory, not_on_arm64("!dpcs", ARM64_WHY)), syntax="!dpcs [Processor]",
+         summary="Show the DPCs queued on each processor (or one) and their routines",
          example="!dpcs",
          details="From each KPRCB's DpcData[0] (normal) and DpcData[1] (threaded) lists.")
 def dpcs_(session: Session, inv: Invocation) -> None:
-    _no_args("!dpcs", inv)
+    if len(inv.args) > 1:
+        raise CommandError("!dpcs: too many arguments (!dpcs [Processor])")
+    only = None
+    if inv.args:
+        try:
+            only = Evaluator(session).evaluate(inv.args[0])
+        except KdError:
+            raise CommandError(f"!dpcs: '{inv.args[0]}' is not a processor number (!dpcs [Processor])") from None
+        try:
+            session.kernel.check_processor(only)
+        except KdError as e:
+            raise CommandError(f"!dpcs: {e}") from None
     q, processors = _engine(session, "!dpcs", "dpcs", "DPC lists")
     out = ["CPU Type      KDPC       Function"]
     rows = 0
     for p in processors:
+        if only is not None and p.number != only:
+            continue
         queue = q.dpcs(p.prcb)
         for d in queue.dpcs:
             kind = "Threaded:" if d.threaded else "Normal  :"
@@ -135,18 +160,21 @@ def dpcs_(session: Session, inv: Invocation) -> None:
 def timer_(session: Session, inv: Invocation) -> None:
     _no_args("!timer", inv)
     q, processors = _engine(session, "!timer", "timers", "timer lists")
-    out = ["Dump system timers", "", "List Timer             Interrupt Low/High  Fire Time              DPC/thread"]
+    out = ["Dump system timers", "", f"Interrupt time: {_interrupt_time(session)}", "",
+           "List Timer    Interrupt Low/High     DPC/thread"]
     total = longest = 0
     for p in processors:
         queue = q.timers(p.prcb)
         out.append(f"PROCESSOR {p.number} (nt!_KTIMER_TABLE {_p(session, queue.table)})")
+        last = -1
         for t in queue.timers:
-            due = "????????" + " " + "????????" if t.due is None else f"{t.due & 0xFFFFFFFF:08x} {t.due >> 32:08x}"
-            periodic = "P" if t.period else " "
+            due = "???????? ????????" if t.due is None else f"{t.due & 0xFFFFFFFF:08x} {t.due >> 32:08x}"
             what = ""
             if t.dpc:
-                what = f"{_sym(session, t.routine) or _p(session, t.routine)} (DPC @ {_p(session, t.dpc)})"
-            out.append(f"{t.bucket:3d} {_p(session, t.address)}    {due} {periodic} {what}".rstrip())
+                what = f"{_sym(session, t.routine) or '+' + _p(session, t.routine)} (DPC @ {_p(session, t.dpc)})"
+            bucket = "   " if t.bucket == last else f"{t.bucket:3d}"
+            last = t.bucket
+            out.append(f"{bucket} {_p(session, t.address)} {'P' if t.period else ' '} {due}  {what}".rstrip())
         out += queue.warnings
         total += len(queue.timers)
         longest = max(longest, queue.longest)

@@ -164,17 +164,20 @@ def test_dpcs_lists_the_queued_kdpcs_with_their_routines(laid):
     want = [f" 0: Threaded: 0x{dpcs[2][2]:016x} 0x{routines[1]:016x} nt!IofCompleteRequest"]
     want += [f"{last:2d}: Normal  : 0x{d:016x} 0x{r:016x} {names[r]}" for _, _, d, r in dpcs[:2]]
     assert out[1:] == want
+    assert run(s, "!dpcs 0")[1] == out[:2]
+    assert run(s, f"!dpcs {last}")[1] == [out[0]] + out[2:]
 
 
 def test_timer_lists_each_processors_timers(laid):
     s, truth, threads, dpcs, routines, (t1, t2), prcbs = laid
     ok, out = run(s, "!timer")
-    assert ok and out[:3] == ["Dump system timers", "",
-                              "List Timer             Interrupt Low/High  Fire Time              DPC/thread"]
+    kuser = s.kernel.memory.read(0xFFFFF78000000008, 8)
+    assert ok and out[:5] == ["Dump system timers", "", f"Interrupt time: {kuser[:4][::-1].hex()} {kuser[4:][::-1].hex()}",
+                              "", "List Timer    Interrupt Low/High     DPC/thread"]
     at = out.index(f"PROCESSOR 0 (nt!_KTIMER_TABLE {prcbs[0] + TIMERS:016x})")
     assert out[at + 1:at + 3] == [
-        f"  5 {t1:016x}    3456789a 00000012 P nt!KeBugCheckEx (DPC @ {dpcs[0][2]:016x})",
-        f"200 {t2:016x}    00000001 00000009"]
+        f"  5 {t1:016x} P 3456789a 00000012  nt!KeBugCheckEx (DPC @ {dpcs[0][2]:016x})",
+        f"200 {t2:016x}   00000001 00000009"]
     assert out[-1] == "Total Timers: 2, Maximum List: 1"
 
 
@@ -197,7 +200,7 @@ def test_small_dump_says_what_it_lacks(machines):
 
 def test_bad_input_is_one_line(machines):
     with open_machine(machines, "e2") as s:
-        for command in ("!ready zz", "!ready 1 2", "!dpcs x", "!timer 5", "!exqueue 1 2", "!exqueue qq"):
+        for command in ("!ready zz", "!ready 1 2", "!dpcs x", "!dpcs 99", "!timer 5", "!exqueue 1 2", "!exqueue qq"):
             ok, out = run(s, command)
             assert not ok and len(out) == 1 and out[0].startswith(command.split()[0] + ": "), command
 
