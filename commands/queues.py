@@ -11,6 +11,8 @@ Thin: kdshell.kernel.queues walks the KPRCB's lists. Layouts from public transcr
   for the next ones in the same bucket), address, `P` when periodic, DueTime low/high and its DPC's
   routine; `Total Timers: N, Maximum List: M`. WinDbg's Fire Time column (the due time as a date) is
   left out: kdshell prints the 100 ns interrupt time only.
+- !exqueue: `Dumping ExWorkerQueue: addr`, then per queue `**** Critical WorkQueue( current = N maximum = M )`,
+  its worker threads as THREAD lines and its pending items (WorkerRoutine, Parameter).
 A small memory dump keeps only the crashing processor's KPRCB copy, and the lists point outside it.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.kernel import kuser
 from kdshell.kernel.prcb import Processor
-from kdshell.kernel.queues import Queues
+from kdshell.kernel.queues import Queues, WorkQueues
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -106,15 +108,19 @@ def _ready_lines(session: Session, title: str, threads: list[tuple[int, int]], n
         if priority != last:
             out.append(f"{title}: Ready Threads at priority {priority}")
             last = priority
-        try:
-            t = session.kernel.thread(address)
-            cid = f"{t.pid or 0:04x}.{t.tid or 0:04x}"
-            teb, win32 = _p(session, t.teb or 0), _p(session, t.win32_thread or 0)
-        except KdError:
-            cid, teb, win32 = "????.????", _p(session, None), _p(session, None)
-        where = f" READY on processor {number}" if number is not None else " READY"
-        out.append(f"    THREAD {_p(session, address)}  Cid {cid}  Teb: {teb} Win32Thread: {win32}{where}")
+        where = f"READY on processor {number}" if number is not None else "READY"
+        out.append("    " + _thread_line(session, address, where))
     return out
+
+
+def _thread_line(session: Session, address: int, state: str) -> str:
+    try:
+        t = session.kernel.thread(address)
+        cid = f"{t.pid or 0:04x}.{t.tid or 0:04x}"
+        teb, win32 = _p(session, t.teb or 0), _p(session, t.win32_thread or 0)
+    except KdError:
+        cid, teb, win32 = "????.????", _p(session, None), _p(session, None)
+    return f"THREAD {_p(session, address)}  Cid {cid}  Teb: {teb} Win32Thread: {win32} {state}"
 
 
 @command("!dpcs", family="kernel", needs=(needs_memory, not_on_arm64("!dpcs", ARM64_WHY)), syntax="!dpcs [Processor]",
@@ -186,7 +192,8 @@ def timer_(session: Session, inv: Invocation) -> None:
          syntax="!exqueue [Flags]",
          summary="Show the executive worker queues and their threads",
          example="!exqueue",
-         details="Not read yet: kdshell names what it would need.")
+         details="The classic queues at nt!ExWorkerQueue (Critical, Delayed, HyperCritical: their worker threads "
+                 "and pending work items); Windows 10 on keeps them in the nodes, which kdshell names in one line.")
 def exqueue_(session: Session, inv: Invocation) -> None:
     if len(inv.args) > 1:
         raise CommandError("!exqueue: too many arguments (!exqueue [Flags])")
@@ -195,8 +202,27 @@ def exqueue_(session: Session, inv: Invocation) -> None:
             Evaluator(session).evaluate(inv.args[0])
         except KdError:
             raise CommandError(f"!exqueue: '{inv.args[0]}' is not a number (!exqueue [Flags])") from None
-    if session.kernel.small:
+    k = session.kernel
+    if k.small:
         raise KdError(SMALL.format(name="!exqueue", what="worker queues"))
-    raise KdError("!exqueue: kdshell does not read the executive worker queues yet (nt!ExWorkerQueue before "
-                  "Windows 10, the nodes' _ENODE.ExWorkQueues from 10 on: their KQUEUE.EntryListHead and "
-                  "worker threads)")
+    array = k.symbol("ExWorkerQueue")
+    if not array:
+        raise KdError("!exqueue: the kernel has no nt!ExWorkerQueue (Windows 10 on keeps the worker queues in "
+                      "the nodes' _ENODE.ExWorkQueues, which kdshell does not read yet)")
+    engine = WorkQueues(k.memory, k.offsets, k.is64)
+    line = engine.missing()
+    if line is not None:
+        raise KdError(f"!exqueue: {line}")
+    out = [f"Dumping ExWorkerQueue: {_p(session, array)}", ""]
+    for q in engine.queues(array):
+        current = "?" if q.current is None else q.current
+        maximum = "?" if q.maximum is None else q.maximum
+        out.append(f"**** {q.name} WorkQueue( current = {current} maximum = {maximum} )")
+        for t in q.threads:
+            out.append(_thread_line(session, t, "WAIT"))
+        for item, routine, parameter in q.items:
+            out.append(f"PENDING: WorkerRoutine {_sym(session, routine) or _p(session, routine)} "
+                       f"({_p(session, routine)}) Parameter {_p(session, parameter)} (item {_p(session, item)})")
+        out += q.warnings
+        out.append("")
+    session.out.lines(out[:-1])

@@ -25,7 +25,12 @@ FAKE = {("_KPRCB", "DispatcherReadyListHead"): READY, ("_KTHREAD", "WaitListEntr
         ("_KDPC", "DeferredRoutine"): 0x18, ("_KPRCB", "TimerTable"): TIMERS, ("_KTIMER_TABLE", "TimerEntries"): 0x10,
         ("_KTIMER_TABLE_ENTRY", "Entry"): 0x8, ("_KTIMER", "TimerListEntry"): 0x20, ("_KTIMER", "DueTime"): 0x18,
         ("_KTIMER", "Period"): 0x38, ("_KTIMER", "Dpc"): 0x30}
-SIZES = {"_KDPC_DATA": 0x28, "_KTIMER_TABLE_ENTRY": 0x20, "_KTIMER_TABLE": 0x10 + 256 * 0x20}
+FAKE.update({("_EX_WORK_QUEUE", "WorkerQueue"): 0, ("_KQUEUE", "EntryListHead"): 0x18, ("_KQUEUE", "CurrentCount"): 0x28,
+             ("_KQUEUE", "MaximumCount"): 0x2C, ("_KQUEUE", "ThreadListHead"): 0x30,
+             ("_KTHREAD", "QueueListEntry"): 0x3100, ("_WORK_QUEUE_ITEM", "List"): 0,
+             ("_WORK_QUEUE_ITEM", "WorkerRoutine"): 0x10, ("_WORK_QUEUE_ITEM", "Parameter"): 0x18})
+SIZES = {"_KDPC_DATA": 0x28, "_KTIMER_TABLE_ENTRY": 0x20, "_KTIMER_TABLE": 0x10 + 256 * 0x20, "_EX_WORK_QUEUE": 0x80}
+WORKERS = 0xFFFFF80000F02000  # the test's nt!ExWorkerQueue
 
 
 def run(session, text):
@@ -128,6 +133,15 @@ def machine_laid(request, machines):
     mem.ptr(t2 + 0x18, 0x9_0000_0001)
     link(mem, p0 + TIMERS + 0x10 + 5 * 0x20 + 8, [t1 + 0x20])
     link(mem, p0 + TIMERS + 0x10 + 200 * 0x20 + 8, [t2 + 0x20])
+    # worker queues: Critical holds threads 0 and 1 and one pending item; Delayed and HyperCritical are empty
+    for i in range(3):
+        kq = WORKERS + i * 0x80
+        link(mem, kq + 0x18, []), link(mem, kq + 0x30, [])
+        mem.put(kq + 0x28, struct.pack("<II", 0, i + 1))
+    link(mem, WORKERS + 0x30, [threads[0]["address"] + 0x3100, threads[1]["address"] + 0x3100])
+    item = area + 0x3000
+    link(mem, WORKERS + 0x18, [item])
+    mem.ptr(item + 0x10, routines[1]), mem.ptr(item + 0x18, 0xABCD)
     yield s, truth, threads, dpcs, routines, (t1, t2), prcbs, mem, Offsets(k.offsets, FAKE, SIZES)
     s.close()
 
@@ -138,6 +152,10 @@ def laid(machine_laid, monkeypatch):
     *shown, mem, offsets = machine_laid
     real = Q.Queues
     monkeypatch.setattr(Q, "Queues", lambda memory, _offsets, is64: real(mem, offsets, is64))
+    work = Q.WorkQueues
+    monkeypatch.setattr(Q, "WorkQueues", lambda memory, _offsets, is64: work(mem, offsets, is64))
+    symbol = shown[0].kernel.symbol
+    monkeypatch.setattr(shown[0].kernel, "symbol", lambda name: WORKERS if name == "ExWorkerQueue" else symbol(name))
     return shown
 
 
@@ -179,6 +197,23 @@ def test_timer_lists_each_processors_timers(laid):
         f"  5 {t1:016x} P 3456789a 00000012  nt!KeBugCheckEx (DPC @ {dpcs[0][2]:016x})",
         f"200 {t2:016x}   00000001 00000009"]
     assert out[-1] == "Total Timers: 2, Maximum List: 1"
+
+
+def test_exqueue_lists_each_queue_its_workers_and_pending_items(laid):
+    s, truth, threads, dpcs, routines, *_ = laid
+    ok, out = run(s, "!exqueue")
+
+    def row(t):
+        return (f"THREAD {t['address']:016x}  Cid {t['cid'][0]:04x}.{t['cid'][1]:04x}  Teb: {t['teb'] or 0:016x} "
+                f"Win32Thread: {0:016x} WAIT")
+    assert ok and out == [
+        f"Dumping ExWorkerQueue: {WORKERS:016x}", "",
+        "**** Critical WorkQueue( current = 0 maximum = 1 )", row(threads[0]), row(threads[1]),
+        f"PENDING: WorkerRoutine nt!IofCompleteRequest ({routines[1]:016x}) Parameter {0xABCD:016x} "
+        f"(item {0xFFFFF80000F03000:016x})", "",
+        "**** Delayed WorkQueue( current = 0 maximum = 2 )", "",
+        "**** HyperCritical WorkQueue( current = 0 maximum = 3 )"]
+    assert run(s, "!exqueue 6")[1] == out
 
 
 def test_machine_as_built_names_the_missing_fields(machines):

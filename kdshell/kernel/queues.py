@@ -6,6 +6,7 @@ executive worker queues (!exqueue).
     q.shared_ready(prcb) -> ReadyQueue of KPRCB.SharedReadyQueue (None where the types lack it)
     q.dpcs(prcb)     -> DpcQueue: the KDPCs of KPRCB.DpcData[0] (normal) and [1] (threaded)
     q.timers(prcb)   -> TimerQueue: the KTIMERs of KPRCB.TimerTable.TimerEntries[*]
+    WorkQueues(memory, offsets, is64).queues(nt!ExWorkerQueue) -> the classic worker queues
     q.missing(what)  -> one line naming the fields no source knows, or None
 
 Every offset comes from the offsets object (the kernel PDB, the KDBG, the built-in table); none
@@ -204,3 +205,62 @@ class Queues:
                                       self.r.maybe_uint(t, L.need("timer_period"), 4), dpc or None,
                                       self.r.maybe_ptr(dpc, L.need("dpc_routine")) if dpc else None))
         return q
+
+
+# The classic executive worker queues (nt!ExWorkerQueue, an array of EX_WORK_QUEUE indexed by
+# WORK_QUEUE_TYPE, before Windows 10): each one's KQUEUE holds the queued WORK_QUEUE_ITEMs
+# (EntryListHead, linked through WORK_QUEUE_ITEM.List) and its worker threads (ThreadListHead,
+# linked through KTHREAD.QueueListEntry).
+WORK_QUEUE_NAMES = ("Critical", "Delayed", "HyperCritical")
+WORK_SPEC: dict[str, tuple[tuple[str, str], ...]] = {
+    "worker_queue": (("_EX_WORK_QUEUE", "WorkerQueue"),),
+    "entries": (("_KQUEUE", "EntryListHead"),),
+    "current": (("_KQUEUE", "CurrentCount"),),
+    "maximum": (("_KQUEUE", "MaximumCount"),),
+    "threads": (("_KQUEUE", "ThreadListHead"),),
+    "queue_link": (("_KTHREAD", "QueueListEntry"),),
+    "item_list": (("_WORK_QUEUE_ITEM", "List"),),
+    "item_routine": (("_WORK_QUEUE_ITEM", "WorkerRoutine"),),
+    "item_parameter": (("_WORK_QUEUE_ITEM", "Parameter"),),
+}
+
+
+@dataclass
+class WorkQueue:
+    name: str
+    address: int
+    current: int | None
+    maximum: int | None
+    threads: list[int] = field(default_factory=list)
+    items: list[tuple[int, int | None, int | None]] = field(default_factory=list)  # (item, routine, parameter)
+    warnings: list[str] = field(default_factory=list)
+
+
+class WorkQueues:
+    def __init__(self, memory: Memory, offsets: SizedOffsets, is64: bool) -> None:
+        self.offsets = offsets
+        self.layout = StructLayout(offsets, WORK_SPEC)
+        self.r = Reader(memory, is64)
+
+    def missing(self) -> str | None:
+        line = self.layout.missing_line(tuple(WORK_SPEC))
+        if line is None and not self.offsets.size("_EX_WORK_QUEUE"):
+            return "The size of _EX_WORK_QUEUE is not known (no kernel PDB): load the kernel's symbols"
+        return line
+
+    def queues(self, array: int) -> list[WorkQueue]:
+        L, size = self.layout, self.offsets.size("_EX_WORK_QUEUE") or 0
+        out = []
+        for index, name in enumerate(WORK_QUEUE_NAMES):
+            kq = array + index * size + L.need("worker_queue")
+            q = WorkQueue(name, array + index * size, self.r.maybe_uint(kq, L.need("current"), 4),
+                          self.r.maybe_uint(kq, L.need("maximum"), 4))
+            threads = walk_list(self.r, kq + L.need("threads"), f"{name} worker thread")
+            q.threads = [e - L.need("queue_link") for e in threads.entries]
+            items = walk_list(self.r, kq + L.need("entries"), f"{name} work item")
+            bases = [e - L.need("item_list") for e in items.entries]
+            q.items = [(b, self.r.maybe_ptr(b, L.need("item_routine")), self.r.maybe_ptr(b, L.need("item_parameter")))
+                       for b in bases]
+            q.warnings = [w for w in (threads.warning, items.warning) if w]
+            out.append(q)
+        return out
