@@ -9,7 +9,7 @@ Thin: kdshell.kernel.queues walks the KPRCB's lists. Layouts from public transcr
 - !timer: `Dump system timers`, `Interrupt time: low high`, the column line, a
   `PROCESSOR N (nt!_KTIMER_TABLE addr)` line per processor, then one row per KTIMER: its bucket (blank
   for the next ones in the same bucket), address, `P` when periodic, DueTime low/high and its DPC's
-  routine; `Total Timers: N, Maximum List: M`. WinDbg's Fire Time column (the due time as a date) is
+  routine (or `thread addr` for a thread's own timer); `Total Timers: N, Maximum List: M`. WinDbg's Fire Time column (the due time as a date) is
   left out: kdshell prints the 100 ns interrupt time only.
 - !exqueue: `Dumping ExWorkerQueue: addr`, then per queue `**** Critical WorkQueue( current = N maximum = M )`,
   its worker threads as THREAD lines and its pending items (WorkerRoutine, Parameter).
@@ -178,6 +178,8 @@ def timer_(session: Session, inv: Invocation) -> None:
             what = ""
             if t.dpc:
                 what = f"{_sym(session, t.routine) or '+' + _p(session, t.routine)} (DPC @ {_p(session, t.dpc)})"
+            elif t.thread is not None:
+                what = f"thread {_p(session, t.thread)}"
             bucket = "   " if t.bucket == last else f"{t.bucket:3d}"
             last = t.bucket
             out.append(f"{bucket} {_p(session, t.address)} {'P' if t.period else ' '} {due}  {what}".rstrip())

@@ -13,7 +13,7 @@ import pytest
 
 import kdshell.commands.queues as Q
 from conftest import CORPUS_SYMBOLS, corpus_dumps_if_present, open_machine
-from fixtures.machine.pdbtext import golden_publics
+from fixtures.machine.pdbtext import golden_publics, golden_types
 from kdshell.errors import MemoryNotPresent
 from kdshell.kernel.queues import Queues
 
@@ -126,9 +126,9 @@ def machine_laid(request, machines):
         heads = [prcbs[cpu] + DPCDATA + (0x28 if threaded else 0)] + [d + 8 for d in items]
         for a, b in zip(heads, heads[1:] + [0]):
             mem.ptr(a, b)
-    # timers: a periodic one with a DPC in bucket 5, a one-shot without in bucket 200
-    t1, t2 = area + 0x1000, area + 0x1100
-    mem.put(t1, bytes(0x40)), mem.put(t2, bytes(0x40))
+    # timers: a periodic one with a DPC in bucket 5; in bucket 200 thread 2's own KTHREAD.Timer (no DPC)
+    t1, t2 = area + 0x1000, threads[2]["address"] + golden_types("ntkrnlmp.pdb").offset("_KTHREAD", "Timer")
+    mem.put(t1, bytes(0x40)), mem.put(t2 + 0x18, bytes(0x28))
     mem.ptr(t1 + 0x18, 0x12_3456_789A), mem.put(t1 + 0x38, struct.pack("<I", 1000)), mem.ptr(t1 + 0x30, area)
     mem.ptr(t2 + 0x18, 0x9_0000_0001)
     link(mem, p0 + TIMERS + 0x10 + 5 * 0x20 + 8, [t1 + 0x20])
@@ -195,7 +195,7 @@ def test_timer_lists_each_processors_timers(laid):
     at = out.index(f"PROCESSOR 0 (nt!_KTIMER_TABLE {prcbs[0] + TIMERS:016x})")
     assert out[at + 1:at + 3] == [
         f"  5 {t1:016x} P 3456789a 00000012  nt!KeBugCheckEx (DPC @ {dpcs[0][2]:016x})",
-        f"200 {t2:016x}   00000001 00000009"]
+        f"200 {t2:016x}   00000001 00000009  thread {threads[2]['address']:016x}"]
     assert out[-1] == "Total Timers: 2, Maximum List: 1"
 
 

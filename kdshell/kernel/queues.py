@@ -44,6 +44,7 @@ SPEC: dict[str, tuple[tuple[str, str], ...]] = {
     "timer_due": (("_KTIMER", "DueTime"),),
     "timer_period": (("_KTIMER", "Period"),),
     "timer_dpc": (("_KTIMER", "Dpc"),),
+    "thread_timer": (("_KTHREAD", "Timer"),),  # a timer with no DPC is a thread's own (its waits' timeout)
 }
 
 NEEDS = {
@@ -91,6 +92,7 @@ class Timer:
     period: int | None
     dpc: int | None
     routine: int | None
+    thread: int | None = None  # the KTHREAD whose built-in timer this is (no DPC)
 
 
 @dataclass
@@ -201,9 +203,11 @@ class Queues:
             q.longest = max(q.longest, len(timers))
             for t in timers:
                 dpc = self.r.maybe_ptr(t, L.need("timer_dpc"))
+                own = L.get("thread_timer")
                 q.timers.append(Timer(t, bucket % 256, self.r.maybe_uint(t, L.need("timer_due"), 8),
                                       self.r.maybe_uint(t, L.need("timer_period"), 4), dpc or None,
-                                      self.r.maybe_ptr(dpc, L.need("dpc_routine")) if dpc else None))
+                                      self.r.maybe_ptr(dpc, L.need("dpc_routine")) if dpc else None,
+                                      t - own if not dpc and own is not None else None))
         return q
 
 
