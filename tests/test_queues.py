@@ -29,6 +29,8 @@ FAKE.update({("_EX_WORK_QUEUE", "WorkerQueue"): 0, ("_KQUEUE", "EntryListHead"):
              ("_KQUEUE", "MaximumCount"): 0x2C, ("_KQUEUE", "ThreadListHead"): 0x30,
              ("_KTHREAD", "QueueListEntry"): 0x3100, ("_WORK_QUEUE_ITEM", "List"): 0,
              ("_WORK_QUEUE_ITEM", "WorkerRoutine"): 0x10, ("_WORK_QUEUE_ITEM", "Parameter"): 0x18})
+FAKE.update({("_KPRCB", "SharedReadyQueue"): 0x9300, ("_KSHARED_READY_QUEUE", "ReadyListHead"): 0x40})
+SHARED = 0xFFFFF80000F04000  # the processors' one shared ready queue
 SIZES = {"_KDPC_DATA": 0x28, "_KTIMER_TABLE_ENTRY": 0x20, "_KTIMER_TABLE": 0x10 + 256 * 0x20, "_EX_WORK_QUEUE": 0x80}
 WORKERS = 0xFFFFF80000F02000  # the test's nt!ExWorkerQueue
 
@@ -105,7 +107,8 @@ def machine_laid(request, machines):
     prcbs = {p["number"]: p["prcb"] for p in truth["processors"]}
     for prcb in prcbs.values():
         empty_lists(mem, prcb)
-    threads = [t for t in truth["threads"] if t["state"] != 2][:3]
+    threads = [t for t in truth["threads"] if t["state"] != 2][:4]
+    assert len(threads) == 4
     nt = next(m for m in truth["modules"] if m["name"] == "ntoskrnl.exe")
     publics = golden_publics("ntkrnlmp.pdb")
     routines = [nt["base"] + publics[n] for n in ("KeBugCheckEx", "IofCompleteRequest")]
@@ -113,6 +116,11 @@ def machine_laid(request, machines):
     p0 = prcbs[0]
     link(mem, p0 + READY + 8 * 16, [threads[0]["address"] + 0x3000, threads[1]["address"] + 0x3000])
     link(mem, p0 + READY + 12 * 16, [threads[2]["address"] + 0x3000])
+    # the shared ready queue: thread 3 at priority 4
+    for prcb in prcbs.values():
+        mem.ptr(prcb + 0x9300, SHARED)
+    for p in range(32):
+        link(mem, SHARED + 0x40 + p * 16, [threads[3]["address"] + 0x3000] if p == 4 else [])
     # dpcs: two normal on the last processor, one threaded on processor 0 (SINGLE_LIST_ENTRY chains)
     area = 0xFFFFF80000F00000
     last = max(prcbs)
@@ -164,12 +172,13 @@ def test_ready_lists_each_processors_ready_threads_by_priority(laid):
     ok, out = run(s, "!ready")
     assert ok
 
-    def row(t):
+    def row(t, where=" on processor 0"):
         return (f"    THREAD {t['address']:016x}  Cid {t['cid'][0]:04x}.{t['cid'][1]:04x}  Teb: {t['teb'] or 0:016x} "
-                f"Win32Thread: {0:016x} READY on processor 0")
-    assert out[:5] == ["Processor 0: Ready Threads at priority 12", row(threads[2]),
+                f"Win32Thread: {0:016x} READY{where}")
+    assert out[:7] == [f"SharedReadyQueue {SHARED:016x}: Ready Threads at priority 4", row(threads[3], ""),
+                       "Processor 0: Ready Threads at priority 12", row(threads[2]),
                        "Processor 0: Ready Threads at priority 8", row(threads[0]), row(threads[1])]
-    assert out[5:] == [f"Processor {n}: No threads in READY state" for n in sorted(prcbs) if n]
+    assert out[7:] == [f"Processor {n}: No threads in READY state" for n in sorted(prcbs) if n]
     assert run(s, "!ready 6")[1] == out
 
 

@@ -66,7 +66,7 @@ class SizedOffsets(Protocol):
 
 @dataclass
 class ReadyQueue:
-    address: int
+    address: int  # the KPRCB's, or the KSHARED_READY_QUEUE's
     threads: list[tuple[int, int]] = field(default_factory=list)  # (priority, KTHREAD)
     warnings: list[str] = field(default_factory=list)
 
@@ -126,8 +126,8 @@ class Queues:
         walk = walk_list(self.r, head, what)
         return [e - link for e in walk.entries], walk.warning
 
-    def _ready_heads(self, heads: int, what: str) -> ReadyQueue:
-        q = ReadyQueue(heads)
+    def _ready_heads(self, address: int, heads: int, what: str) -> ReadyQueue:
+        q = ReadyQueue(address)
         link = self.layout.need("wait_list_entry")
         for priority in range(READY_PRIORITIES):
             threads, warning = self._list(heads + priority * 2 * self.ptr_size, f"{what} priority {priority}", link)
@@ -137,7 +137,7 @@ class Queues:
         return q
 
     def ready(self, prcb: int) -> ReadyQueue:
-        return self._ready_heads(prcb + self.layout.need("ready_heads"), "ready")
+        return self._ready_heads(prcb, prcb + self.layout.need("ready_heads"), "ready")
 
     def shared_ready(self, prcb: int) -> ReadyQueue | None:
         at, heads = self.layout.get("shared_ready"), self.layout.get("shared_heads")
@@ -147,7 +147,7 @@ class Queues:
             queue = self.r.ptr(prcb + at)
         except MemoryNotPresent:
             return None
-        return self._ready_heads(queue + heads, "shared ready") if queue else None
+        return self._ready_heads(queue, queue + heads, "shared ready") if queue else None
 
     def dpcs(self, prcb: int) -> DpcQueue:
         q = DpcQueue()
