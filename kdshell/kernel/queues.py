@@ -56,6 +56,14 @@ NEEDS = {
 SIZES = {"dpcs": ("_KDPC_DATA",), "timers": ("_KTIMER_TABLE_ENTRY",)}
 
 
+def _missing_line(layout: StructLayout, names: tuple[str, ...]) -> str | None:
+    """The layout's line, or, when the kernel's PDB is loaded and still lacks them, one that says so."""
+    gone = layout.missing(names)
+    if gone and getattr(layout.offsets, "types", None) is not None:
+        return f"the kernel's types (its PDB) declare no {', '.join(gone)}"
+    return layout.missing_line(names)
+
+
 class SizedOffsets(Protocol):
     def offset(self, type_name: str, path: str) -> int | None: ...
 
@@ -114,7 +122,7 @@ class Queues:
         names = NEEDS[what]
         if what == "dpcs" and not ({"dpc_single_head", "dpc_list_head"} & set(self.layout.found)):
             names = names + ("dpc_list_head",)
-        line = self.layout.missing_line(names)
+        line = _missing_line(self.layout, names)
         if line is not None:
             return line
         for type_name in SIZES.get(what, ()):
@@ -247,7 +255,7 @@ class WorkQueues:
         self.r = Reader(memory, is64)
 
     def missing(self) -> str | None:
-        line = self.layout.missing_line(tuple(WORK_SPEC))
+        line = _missing_line(self.layout, tuple(WORK_SPEC))
         if line is None and not self.offsets.size("_EX_WORK_QUEUE"):
             return "The size of _EX_WORK_QUEUE is not known (no kernel PDB): load the kernel's symbols"
         return line
