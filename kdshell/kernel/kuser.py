@@ -9,5 +9,6 @@ from __future__ import annotations
 ADDRESS = {True: 0xFFFF_F780_0000_0000, False: 0xFFDF_0000}
 
 # Fields (the same offsets on x86 and x64).
+INTERRUPT_TIME = 0x8  # InterruptTime (KSYSTEM_TIME: LowPart, High1Time), 100 ns since boot
 TICK_COUNT = 0x320  # TickCountQuad / TickCount (KSYSTEM_TIME, 12 bytes)
 TICK_COUNT_SIZE = 12

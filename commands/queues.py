@@ -1,0 +1,230 @@
+"""The processors' queues: !ready, !dpcs, !timer, !exqueue.
+
+Thin: kdshell.kernel.queues walks the KPRCB's lists. Layouts from public transcripts:
+- !ready: per processor `Processor N: Ready Threads at priority P` and under it
+  `    THREAD addr  Cid pid.tid  Teb: addr Win32Thread: addr READY on processor N`, or
+  `Processor N: No threads in READY state`; the shared ready queue first where the types have it.
+- !dpcs [Processor]: `CPU Type      KDPC       Function`, then ` N: Normal  : 0xKDPC 0xroutine nt!Routine`
+  (`Threaded` for KPRCB.DpcData[1]).
+- !timer: `Dump system timers`, `Interrupt time: low high`, the column line, a
+  `PROCESSOR N (nt!_KTIMER_TABLE addr)` line per processor, then one row per KTIMER: its bucket (blank
+  for the next ones in the same bucket), address, `P` when periodic, DueTime low/high and its DPC's
+  routine (or `thread addr` for a thread's own timer); `Total Timers: N, Maximum List: M`. WinDbg's Fire Time column (the due time as a date) is
+  left out: kdshell prints the 100 ns interrupt time only.
+- !exqueue: `Dumping ExWorkerQueue: addr`, then per queue `**** Critical WorkQueue( current = N maximum = M )`,
+  its worker threads as THREAD lines and its pending items (WorkerRoutine, Parameter).
+A small memory dump keeps only the crashing processor's KPRCB copy, and the lists point outside it.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
+from kdshell.errors import CommandError, KdError
+from kdshell.expr import Evaluator
+from kdshell.kernel import kuser
+from kdshell.kernel.prcb import Processor
+from kdshell.kernel.queues import Queues, WorkQueues
+
+if TYPE_CHECKING:
+    from kdshell.session import Session
+
+ARM64_WHY = "kdshell reads the KPRCB's ready, DPC and timer lists at their x64 and x86 layouts only"
+SMALL = ("{name}: a small memory dump keeps only the crashing processor's KPRCB copy and the {what} it "
+         "points to are outside it; a kernel or complete memory dump has them")
+
+
+def _engine(session: Session, name: str, what: str, lists: str) -> tuple[Queues, list[Processor]]:
+    k = session.kernel
+    if k.small:
+        raise KdError(SMALL.format(name=name, what=lists))
+    q = Queues(k.memory, k.offsets, k.is64)
+    line = q.missing(what)
+    if line is not None:
+        raise KdError(f"{name}: {line}")
+    return q, k.processors()
+
+
+def _p(session: Session, value: int | None) -> str:
+    w = 16 if session.kernel.is64 else 8
+    return "?" * w if value is None else f"{value:0{w}x}"
+
+
+def _sym(session: Session, value: int | None) -> str:
+    if not value:
+        return ""
+    return session.symbols.name_at(value) or ""
+
+
+def _interrupt_time(session: Session) -> str:
+    """KUSER_SHARED_DATA.InterruptTime, low and high halves, as the timers' due times are kept."""
+    k = session.kernel
+    try:
+        data = k.memory.read(kuser.ADDRESS[k.is64] + kuser.INTERRUPT_TIME, 8)
+    except KdError:
+        return "???????? ????????"
+    return f"{int.from_bytes(data[:4], 'little'):08x} {int.from_bytes(data[4:], 'little'):08x}"
+
+
+def _no_args(name: str, inv: Invocation) -> None:
+    if inv.args:
+        raise CommandError(f"{name}: unexpected argument '{inv.args[0]}' ({name} takes none)")
+
+
+@command("!ready", family="kernel", needs=(needs_memory, not_on_arm64("!ready", ARM64_WHY)), syntax="!ready [Flags]",
+         summary="Show the threads ready to run on each processor, by priority",
+         example="!ready",
+         details="From each KPRCB's DispatcherReadyListHead[32] (and the shared ready queue where the kernel has "
+                 "one). Flags is accepted for WinDbg's syntax (a number); kdshell prints the summary lines.")
+def ready_(session: Session, inv: Invocation) -> None:
+    if len(inv.args) > 1:
+        raise CommandError("!ready: too many arguments (!ready [Flags])")
+    if inv.args:
+        try:
+            Evaluator(session).evaluate(inv.args[0])
+        except KdError:
+            raise CommandError(f"!ready: '{inv.args[0]}' is not a number (!ready [Flags])") from None
+    q, processors = _engine(session, "!ready", "ready", "ready lists")
+    out: list[str] = []
+    seen: set[int] = set()
+    for p in processors:
+        shared = q.shared_ready(p.prcb)
+        if shared is not None and shared.address not in seen:
+            seen.add(shared.address)
+            out += _ready_lines(session, f"SharedReadyQueue {_p(session, shared.address)}", shared.threads, None)
+            out += shared.warnings
+        ready = q.ready(p.prcb)
+        out += _ready_lines(session, f"Processor {p.number}", ready.threads, p.number)
+        out += ready.warnings
+    session.out.lines(out)
+
+
+def _ready_lines(session: Session, title: str, threads: list[tuple[int, int]], number: int | None) -> list[str]:
+    if not threads:
+        return [f"{title}: No threads in READY state"]
+    out: list[str] = []
+    last = -1
+    for priority, address in sorted(threads, key=lambda pt: -pt[0]):
+        if priority != last:
+            out.append(f"{title}: Ready Threads at priority {priority}")
+            last = priority
+        where = f"READY on processor {number}" if number is not None else "READY"
+        out.append("    " + _thread_line(session, address, where))
+    return out
+
+
+def _thread_line(session: Session, address: int, state: str) -> str:
+    try:
+        t = session.kernel.thread(address)
+        cid = f"{t.pid or 0:04x}.{t.tid or 0:04x}"
+        teb, win32 = _p(session, t.teb or 0), _p(session, t.win32_thread or 0)
+    except KdError:
+        cid, teb, win32 = "????.????", _p(session, None), _p(session, None)
+    return f"THREAD {_p(session, address)}  Cid {cid}  Teb: {teb} Win32Thread: {win32} {state}"
+
+
+@command("!dpcs", family="kernel", needs=(needs_memory, not_on_arm64("!dpcs", ARM64_WHY)), syntax="!dpcs [Processor]",
+         summary="Show the DPCs queued on each processor (or one) and their routines",
+         example="!dpcs",
+         details="From each KPRCB's DpcData[0] (normal) and DpcData[1] (threaded) lists.")
+def dpcs_(session: Session, inv: Invocation) -> None:
+    if len(inv.args) > 1:
+        raise CommandError("!dpcs: too many arguments (!dpcs [Processor])")
+    only = None
+    if inv.args:
+        try:
+            only = Evaluator(session).evaluate(inv.args[0])
+        except KdError:
+            raise CommandError(f"!dpcs: '{inv.args[0]}' is not a processor number (!dpcs [Processor])") from None
+        try:
+            session.kernel.check_processor(only)
+        except KdError as e:
+            raise CommandError(f"!dpcs: {e}") from None
+    q, processors = _engine(session, "!dpcs", "dpcs", "DPC lists")
+    out = ["CPU Type      KDPC       Function"]
+    rows = 0
+    for p in processors:
+        if only is not None and p.number != only:
+            continue
+        queue = q.dpcs(p.prcb)
+        for d in queue.dpcs:
+            kind = "Threaded:" if d.threaded else "Normal  :"
+            out.append(f"{p.number:2d}: {kind} 0x{_p(session, d.address)} 0x{_p(session, d.routine)} "
+                       f"{_sym(session, d.routine)}".rstrip())
+            rows += 1
+        out += queue.warnings
+    if not rows:
+        out = ["No queued DPCs found."]
+    session.out.lines(out)
+
+
+@command("!timer", family="kernel", needs=(needs_memory, not_on_arm64("!timer", ARM64_WHY)), syntax="!timer",
+         summary="Show the timers of each processor's timer table: due time, period and DPC routine",
+         example="!timer",
+         details="From each KPRCB's TimerTable.TimerEntries list heads. The due time is the 100 ns interrupt "
+                 "time, low and high halves; P marks a periodic timer.")
+def timer_(session: Session, inv: Invocation) -> None:
+    _no_args("!timer", inv)
+    q, processors = _engine(session, "!timer", "timers", "timer lists")
+    out = ["Dump system timers", "", f"Interrupt time: {_interrupt_time(session)}", "",
+           "List Timer    Interrupt Low/High     DPC/thread"]
+    total = longest = 0
+    for p in processors:
+        queue = q.timers(p.prcb)
+        out.append(f"PROCESSOR {p.number} (nt!_KTIMER_TABLE {_p(session, queue.table)})")
+        last = -1
+        for t in queue.timers:
+            due = "???????? ????????" if t.due is None else f"{t.due & 0xFFFFFFFF:08x} {t.due >> 32:08x}"
+            what = ""
+            if t.dpc:
+                what = f"{_sym(session, t.routine) or '+' + _p(session, t.routine)} (DPC @ {_p(session, t.dpc)})"
+            elif t.thread is not None:
+                what = f"thread {_p(session, t.thread)}"
+            bucket = "   " if t.bucket == last else f"{t.bucket:3d}"
+            last = t.bucket
+            out.append(f"{bucket} {_p(session, t.address)} {'P' if t.period else ' '} {due}  {what}".rstrip())
+        out += queue.warnings
+        total += len(queue.timers)
+        longest = max(longest, queue.longest)
+    out += ["", f"Total Timers: {total}, Maximum List: {longest}"]
+    session.out.lines(out)
+
+
+@command("!exqueue", family="kernel", needs=(needs_memory, not_on_arm64("!exqueue", ARM64_WHY)),
+         syntax="!exqueue [Flags]",
+         summary="Show the executive worker queues and their threads",
+         example="!exqueue",
+         details="The classic queues at nt!ExWorkerQueue (Critical, Delayed, HyperCritical: their worker threads "
+                 "and pending work items); Windows 10 on keeps them in the nodes, which kdshell names in one line.")
+def exqueue_(session: Session, inv: Invocation) -> None:
+    if len(inv.args) > 1:
+        raise CommandError("!exqueue: too many arguments (!exqueue [Flags])")
+    if inv.args:
+        try:
+            Evaluator(session).evaluate(inv.args[0])
+        except KdError:
+            raise CommandError(f"!exqueue: '{inv.args[0]}' is not a number (!exqueue [Flags])") from None
+    k = session.kernel
+    if k.small:
+        raise KdError(SMALL.format(name="!exqueue", what="worker queues"))
+    array = k.symbol("ExWorkerQueue")
+    if not array:
+        raise KdError("!exqueue: the kernel has no nt!ExWorkerQueue (Windows 10 on keeps the worker queues in "
+                      "the nodes' _ENODE.ExWorkQueues, which kdshell does not read yet)")
+    engine = WorkQueues(k.memory, k.offsets, k.is64)
+    line = engine.missing()
+    if line is not None:
+        raise KdError(f"!exqueue: {line}")
+    out = [f"Dumping ExWorkerQueue: {_p(session, array)}", ""]
+    for q in engine.queues(array):
+        current = "?" if q.current is None else q.current
+        maximum = "?" if q.maximum is None else q.maximum
+        out.append(f"**** {q.name} WorkQueue( current = {current} maximum = {maximum} )")
+        for t in q.threads:
+            out.append(_thread_line(session, t, "WAIT"))
+        for item, routine, parameter in q.items:
+            out.append(f"PENDING: WorkerRoutine {_sym(session, routine) or _p(session, routine)} "
+                       f"({_p(session, routine)}) Parameter {_p(session, parameter)} (item {_p(session, item)})")
+        out += q.warnings
+        out.append("")
+    session.out.lines(out[:-1])
