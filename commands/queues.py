@@ -71,19 +71,26 @@ def _no_args(name: str, inv: Invocation) -> None:
         raise CommandError(f"{name}: unexpected argument '{inv.args[0]}' ({name} takes none)")
 
 
+def _one_number(session: Session, inv: Invocation, what: str) -> int | None:
+    """The command's one optional numeric argument (`what` names it in the usage), or None."""
+    usage = f"({inv.name} [{what}])"
+    if len(inv.args) > 1:
+        raise CommandError(f"{inv.name}: too many arguments {usage}")
+    if not inv.args:
+        return None
+    try:
+        return Evaluator(session).evaluate(inv.args[0])
+    except KdError:
+        raise CommandError(f"{inv.name}: '{inv.args[0]}' is not a number {usage}") from None
+
+
 @command("!ready", family="kernel", needs=(needs_memory, not_on_arm64("!ready", ARM64_WHY)), syntax="!ready [Flags]",
          summary="Show the threads ready to run on each processor, by priority",
          example="!ready",
          details="From each KPRCB's DispatcherReadyListHead[32] (and the shared ready queue where the kernel has "
                  "one). Flags is accepted for WinDbg's syntax (a number); kdshell prints the summary lines.")
 def ready_(session: Session, inv: Invocation) -> None:
-    if len(inv.args) > 1:
-        raise CommandError("!ready: too many arguments (!ready [Flags])")
-    if inv.args:
-        try:
-            Evaluator(session).evaluate(inv.args[0])
-        except KdError:
-            raise CommandError(f"!ready: '{inv.args[0]}' is not a number (!ready [Flags])") from None
+    _one_number(session, inv, "Flags")
     q, processors = _engine(session, "!ready", "ready", "ready lists")
     out: list[str] = []
     seen: set[int] = set()
@@ -128,14 +135,8 @@ def _thread_line(session: Session, address: int, state: str) -> str:
          example="!dpcs",
          details="From each KPRCB's DpcData[0] (normal) and DpcData[1] (threaded) lists.")
 def dpcs_(session: Session, inv: Invocation) -> None:
-    if len(inv.args) > 1:
-        raise CommandError("!dpcs: too many arguments (!dpcs [Processor])")
-    only = None
-    if inv.args:
-        try:
-            only = Evaluator(session).evaluate(inv.args[0])
-        except KdError:
-            raise CommandError(f"!dpcs: '{inv.args[0]}' is not a processor number (!dpcs [Processor])") from None
+    only = _one_number(session, inv, "Processor")
+    if only is not None:
         try:
             session.kernel.check_processor(only)
         except KdError as e:
@@ -197,13 +198,7 @@ def timer_(session: Session, inv: Invocation) -> None:
          details="The classic queues at nt!ExWorkerQueue (Critical, Delayed, HyperCritical: their worker threads "
                  "and pending work items); Windows 10 on keeps them in the nodes, which kdshell names in one line.")
 def exqueue_(session: Session, inv: Invocation) -> None:
-    if len(inv.args) > 1:
-        raise CommandError("!exqueue: too many arguments (!exqueue [Flags])")
-    if inv.args:
-        try:
-            Evaluator(session).evaluate(inv.args[0])
-        except KdError:
-            raise CommandError(f"!exqueue: '{inv.args[0]}' is not a number (!exqueue [Flags])") from None
+    _one_number(session, inv, "Flags")
     k = session.kernel
     if k.small:
         raise KdError(SMALL.format(name="!exqueue", what="worker queues"))
