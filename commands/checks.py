@@ -17,12 +17,12 @@ from kdshell.analysis.codes import describe, error_line
 from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
-from kdshell.kernel.verifier import flag_lines, read_verifier, statistics_lines, verifier_layout
+from kdshell.kernel.verifier import (flag_lines, read_verified_drivers, read_verifier, statistics_lines,
+                                     verifier_layout)
 
 if TYPE_CHECKING:
     from kdshell.session import Session
 
-MAX_DRIVER_BUFFER = 0x2000  # bytes of nt!MmVerifyDriverBuffer read at most
 
 
 @command("!error", family="analysis", syntax="!error Value [Flags]",
@@ -49,25 +49,6 @@ def _need(session: Session, name: str) -> int:
     return at
 
 
-def verified_drivers(session: Session) -> list[str] | None:
-    """The names in nt!MmVerifyDriverBuffer (None: the variable or its buffer is not in the dump)."""
-    k = session.kernel
-    at, length_at = k.symbol("MmVerifyDriverBuffer"), k.symbol("MmVerifyDriverBufferLength")
-    if at is None or length_at is None:
-        return None
-    try:
-        psize = 8 if k.is64 else 4
-        buffer = int.from_bytes(k.memory.read(at, psize), "little")
-        length = int.from_bytes(k.memory.read(length_at, 4), "little")
-        if not buffer or not length:
-            return []
-        raw = k.memory.read(buffer, min(length, MAX_DRIVER_BUFFER) & ~1)
-    except MemoryNotPresent:
-        return None
-    text = raw.decode("utf-16-le", "replace").split("\0")[0]
-    return text.split()
-
-
 @command("!verifier", family="analysis", needs=(needs_memory,), syntax="!verifier",
          summary="Show Driver Verifier's flags, pool counters and verified drivers",
          example="!verifier",
@@ -82,7 +63,9 @@ def verifier_(session: Session, inv: Invocation) -> None:
         raise KdError(f"!verifier: nt!MmVerifierData ({at:#x}) is not in the dump (a small dump keeps it only "
                       "sometimes; a kernel or complete dump does)") from None
     lines = flag_lines(data.level) + statistics_lines(data) + ["", "  Driver Verification List", "  " + "-" * 24]
-    drivers = verified_drivers(session)
+    buffer_at, length_at = k.symbol("MmVerifyDriverBuffer"), k.symbol("MmVerifyDriverBufferLength")
+    drivers = (None if buffer_at is None or length_at is None
+               else read_verified_drivers(k.memory, buffer_at, length_at, k.is64))
     if drivers is None:
         lines.append("  (nt!MmVerifyDriverBuffer is not in the dump)")
     elif not drivers:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
-from kdshell.kernel import kuser
 from kdshell.kernel.prcb import Processor
 from kdshell.kernel.queues import Queues, WorkQueues
 
@@ -57,13 +56,9 @@ def _sym(session: Session, value: int | None) -> str:
 
 
 def _interrupt_time(session: Session) -> str:
-    """KUSER_SHARED_DATA.InterruptTime, low and high halves, as the timers' due times are kept."""
-    k = session.kernel
-    try:
-        data = k.memory.read(kuser.ADDRESS[k.is64] + kuser.INTERRUPT_TIME, 8)
-    except KdError:
-        return "???????? ????????"
-    return f"{int.from_bytes(data[:4], 'little'):08x} {int.from_bytes(data[4:], 'little'):08x}"
+    """InterruptTime, low and high halves, as the timers' due times are kept."""
+    value = session.kernel.interrupt_time()
+    return "???????? ????????" if value is None else f"{value & 0xFFFFFFFF:08x} {value >> 32:08x}"
 
 
 def _no_args(name: str, inv: Invocation) -> None:

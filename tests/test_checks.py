@@ -155,9 +155,7 @@ def test_analyze_for_0xc4_points_at_verifier(tmp_path):
 
 def test_verified_drivers_from_the_driver_buffer():
     """nt!MmVerifyDriverBuffer -> the VerifyDrivers names (UTF-16, blank-separated), its length in bytes."""
-    from types import SimpleNamespace
-
-    from kdshell.commands.checks import verified_drivers
+    from kdshell.kernel.verifier import read_verified_drivers
 
     names = "mydrv.sys storfilt.sys\0".encode("utf-16-le")
     base = 0xFFFFF800_00010000
@@ -170,8 +168,5 @@ def test_verified_drivers_from_the_driver_buffer():
                 raise MemoryNotPresent(address, "not in the fake")
             return chunk[:size]
 
-    symbols = {"MmVerifyDriverBuffer": base + 0x100, "MmVerifyDriverBufferLength": base + 0x108}
-    session = SimpleNamespace(kernel=SimpleNamespace(symbol=symbols.get, memory=Memory(), is64=True))
-    assert verified_drivers(session) == ["mydrv.sys", "storfilt.sys"]
-    session.kernel.symbol = {}.get
-    assert verified_drivers(session) is None
+    assert read_verified_drivers(Memory(), base + 0x100, base + 0x108, True) == ["mydrv.sys", "storfilt.sys"]
+    assert read_verified_drivers(Memory(), base + 0x200, base + 0x108, True) is None  # the buffer variable absent

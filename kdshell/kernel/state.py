@@ -278,6 +278,14 @@ class KernelState:
         except (MemoryNotPresent, KdError):
             return None
 
+    def interrupt_time(self) -> int | None:
+        """KUSER_SHARED_DATA's InterruptTime at the crash (100 ns since boot; the clock the timers'
+        due times count in), None when its page is not in the dump."""
+        try:
+            return Reader(self.memory, self.is64).uint(kuser.ADDRESS[self.is64] + kuser.INTERRUPT_TIME, 8)
+        except (MemoryNotPresent, KdError):
+            return None
+
     # -- processors --------------------------------------------------------------------------
     def processor_count(self) -> int:
         return int(self.dump.header.number_processors or 1)

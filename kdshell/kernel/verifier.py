@@ -20,7 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdshell.errors import MemoryNotPresent
 from kdshell.kernel.layout import FieldOffsets, Memory, Reader, StructLayout
+
+MAX_DRIVER_BUFFER = 0x2000  # bytes of nt!MmVerifyDriverBuffer read at most
 
 ULONG_FIELDS = ("Level", "RaiseIrqls", "AcquireSpinLocks", "SynchronizeExecutions", "AllocationsAttempted",
                 "AllocationsSucceeded", "AllocationsSucceededSpecialPool", "AllocationsWithNoTag", "TrimRequests",
@@ -87,6 +90,21 @@ def read_verifier(memory: Memory, address: int, layout: StructLayout, is64: bool
         offset = default_offset(name, is64) if offset is None else offset
         values[name] = r.uint(address + offset, 4 if name in ULONG_FIELDS else r.psize)
     return VerifierData(address, values)
+
+
+def read_verified_drivers(memory: Memory, buffer_at: int, length_at: int, is64: bool) -> list[str] | None:
+    """The driver names in nt!MmVerifyDriverBuffer (a UTF-16 text of names separated by spaces,
+    its length in nt!MmVerifyDriverBufferLength); None when it is not in the dump."""
+    r = Reader(memory, is64)
+    try:
+        buffer = r.ptr(buffer_at)
+        length = r.uint(length_at, 4)
+        if not buffer or not length:
+            return []
+        raw = r.read(buffer, min(length, MAX_DRIVER_BUFFER) & ~1)
+    except MemoryNotPresent:
+        return None
+    return raw.decode("utf-16-le", "replace").split("\0")[0].split()
 
 
 def flag_lines(level: int) -> list[str]:
