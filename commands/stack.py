@@ -21,7 +21,7 @@ from kdshell.symbols.missing import missing_symbols_line
 
 if TYPE_CHECKING:
     from kdshell.session import Session
-    from kdshell.stack.walk import Frame
+    from kdshell.stack.walk import Frame, StackWalk
 
 MAX_FRAMES = 0xFFFF
 MISSING_SHOWN = 3  # modules without symbols named after a stack; the rest are counted
@@ -115,14 +115,19 @@ def start_context(session: Session, start: tuple[int, ...]) -> dict[str, int]:
                  "[scan-unverified] (no code in the dump to check the call), ', guess' on a guess.")
 def k_(session: Session, inv: Invocation) -> None:
     o = k_options(session, inv)
+    frames = k_frames(session, o)
+    session.out.lines(_colour_split(session, _frames(session, frames, o)))
+    note_missing_symbols(session, [f.lookup_address for f in frames])
+
+
+def k_frames(session: Session, o: KOptions) -> StackWalk:
+    """The frames `k` with options `o` (k_options) shows: from the current context, or from the
+    = BasePtr StackPtr InstructionPtr it names."""
     state = session.context
     count = o.count or state.kframes
     if o.start:
-        frames = state.walk(count, start_context(session, o.start), known=None)
-    else:
-        frames = state.walk(count)
-    session.out.lines(_colour_split(session, _frames(session, frames, o)))
-    note_missing_symbols(session, [f.lookup_address for f in frames])
+        return state.walk(count, start_context(session, o.start), known=None)
+    return state.walk(count)
 
 
 def note_missing_symbols(session: Session, addresses: Iterable[int]) -> None:

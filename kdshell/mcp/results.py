@@ -10,7 +10,7 @@ from kdshell.analysis import bugcodes
 from kdshell.analysis.analyze import analyze
 from kdshell.analysis.report import analysis_json, probably_caused_by, teach_lines
 from kdshell.commands.analyze import analyze_options
-from kdshell.commands.stack import k_options, start_context
+from kdshell.commands.stack import k_frames, k_options
 from kdshell.commands.symbols import lm_modules, lm_options, status_text
 from kdshell.dispatch import Command, Invocation, has_command
 from kdshell.errors import KdError
@@ -33,9 +33,7 @@ def analysis_record(session: Session) -> dict[str, Any]:
 def frames(session: Session, inv: Invocation) -> list[dict[str, Any]]:
     """The frames `k` (with these options) prints."""
     o = k_options(session, inv)
-    state = session.context
-    count = o.count or state.kframes
-    walked = state.walk(count, start_context(session, o.start), known=None) if o.start else state.walk(count)
+    walked = k_frames(session, o)
     return [{"frame": f.number, "child_sp": _hex(f.sp), "return_address": _hex(f.ret), "ip": _hex(f.ip),
              "call_site": call_site(session.symbols, f, session.is64, clean=o.clean),
              "how": f.how, "guessed": f.guess, "trap_frame": _hex(f.trap_frame)} for f in walked]
