@@ -10,7 +10,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 from kdshell.dispatch import Invocation, command, needs_memory
-from kdshell.errors import CommandError
+from kdshell.errors import CommandError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
 from kdshell.script import flow
@@ -126,10 +126,15 @@ def list_(session: Session, inv: Invocation) -> None:
     elements: list[int] = []
     element = start
     seen = set()
+    broken = None
     while element and element not in seen and (limit is None or len(elements) < limit):
         seen.add(element)
         elements.append(element)
-        element = int.from_bytes(memory.read(element + field, size), "little")
+        try:
+            element = int.from_bytes(memory.read(element + field, size), "little")
+        except MemoryNotPresent:  # the elements met so far still run; one line says where it ended
+            broken = f"!list: the link at {ptr(element + field, session.is64)} is not in the dump; the list stops here"
+            break
         if element == start:
             break
 
@@ -149,6 +154,8 @@ def list_(session: Session, inv: Invocation) -> None:
         session.pseudo_registers["$extret"] = elements[i]
 
     flow.for_each(session, blocks(), extret)
+    if broken:
+        session.out.lines([broken])
 
 
 def _field_offset(session: Session, spec: str) -> int:

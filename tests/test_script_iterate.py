@@ -148,3 +148,11 @@ def test_pool_tag_example_lists_the_tags_blocks(machine):
     counts = truth["pool"]["tracker"][tag]
     row = next(line.split() for line in out.splitlines() if line.split()[:1] == [tag])
     assert int(row[1]) == counts["nonpaged_allocs"] - counts["nonpaged_frees"]
+
+
+def test_list_stops_at_a_link_not_in_the_dump(machine):
+    """The elements met before an unreadable link still run; one line says where the list ended."""
+    s, _ = machine
+    out = s.capture('!list -x ".printf \\"%p\\n\\", @$extret" 0xffff800000000000').splitlines()
+    assert out == ["ffff800000000000",
+                   "!list: the link at ffff8000`00000000 is not in the dump; the list stops here"]
