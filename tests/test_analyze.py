@@ -92,7 +92,8 @@ def current_process(truth) -> str:
 def test_analysis_matches_the_truth(machines, name, kind):
     truth = machines.truth(name)
     chain = truth["call_chain"]
-    first = fault_index(truth)
+    # 0x133: the clock interrupt's trap frame is not a fault; the stack is KeBugCheckEx's
+    first = 0 if truth["bugcheck"]["code"] == 0x133 else fault_index(truth)
     with open_machine(machines, name, kind) as s:
         a = analyze(s)
         assert (a.code, list(a.params)) == (truth["bugcheck"]["code"], truth["bugcheck"]["parameters"])
@@ -108,6 +109,13 @@ def test_analysis_matches_the_truth(machines, name, kind):
             assert a.culprit is None and a.verdict == "hardware" and a.pseudo_module == "GenuineIntel"
             assert truth["whea"]["mca"]["vendor"] == 1 and truth["whea"]["generic"]["error_type"] == 1  # Intel, cache
             assert a.bucket == "0x124_0_GenuineIntel_PROCESSOR_CACHE"
+        elif truth["bugcheck"]["code"] == 0x133:  # the watchdog: the driver code the clock interrupted
+            trap = fault_index(truth)
+            module, _, rest = chain[trap]["function"].partition("!")
+            c = a.culprit
+            assert (a.verdict, c.image, c.module, c.function) == ("driver", "kbdcrash.sys", module, rest.split("+")[0])
+            assert c.frame == trap and c.ip == chain[trap]["rip"]
+            assert a.bucket == f"0x133_0_{module}!{c.function}"
         elif truth["culprit"] is None:
             assert a.culprit is None and a.verdict == "manual"
             assert a.bucket == "MANUALLY_INITIATED_CRASH"
@@ -144,7 +152,8 @@ def test_verbose_stack_text_is_what_the_stack_command_shows(machines, name):
         assert lines(s, "r") == before
         assert f["FAILURE_BUCKET_ID"] == analyze(s).bucket
         truth = machines.truth(name)
-        culprit = truth["culprit"] or {"c2": "mydrv.sys"}.get(name)  # c2: nt raises it for the caller
+        # c2: nt raises it for the caller; 133: the driver code the clock interrupted
+        culprit = truth["culprit"] or {"c2": "mydrv.sys", "133": "kbdcrash.sys"}.get(name)
         if culprit:
             assert f["IMAGE_NAME"] == culprit
             assert f["MODULE_NAME"] == culprit.rsplit(".", 1)[0]

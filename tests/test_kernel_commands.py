@@ -171,8 +171,10 @@ def test_thread_shows_a_waiting_thread_and_its_stack(machines, name):
             out = lines(s, f"!thread {t['address']:x}")
             owner = procs[t["process"]]
             event = owner["handles"][min(owner["handles"], key=int)] if len(owner["handles"]) == 1 else None
-            assert out[0] == thread_head(t, is64) + "WAIT: (UserRequest) UserMode Non-Alertable"
-            if event is not None:
+            # x64: three user threads were readied at the crash (fixtures/machine/sched.py)
+            state = "READY on processor 0" if t["state"] == 1 else "WAIT: (UserRequest) UserMode Non-Alertable"
+            assert out[0] == thread_head(t, is64) + state
+            if event is not None and t["state"] == 5:
                 assert out[1] == f"    {fmt(event)}  SynchronizationEvent"
             assert f"{'Owning Process':<26}{fmt(owner['address'])}       Image:         {owner['name']}" in out
             assert f"{'Attached Process':<26}N/A            Image:         N/A" in out
@@ -209,7 +211,7 @@ def test_thread_p_shows_the_owning_process_first(machines):
 def test_implicit_thread_and_processor_follow_thread_and_tilde(machines):
     truth = machines.truth("d1")
     p1 = truth["processors"][1]
-    waiting = next(x for x in truth["threads"] if x["kind"] == "user")
+    waiting = next(x for x in truth["threads"] if x["kind"] == "user" and x["state"] == 5)
     with open_machine(machines, "d1", "complete") as s:
         assert lines(s, "~1s") == [] and s.prompt == "1: kd> "
         idle = next(x for x in truth["threads"] if x["address"] == p1["current_thread"])
@@ -265,7 +267,11 @@ def test_running_pcr_prcb_irql(machines):
         assert lines(s, "!prcb 1") == [
             f"PRCB for Processor 1 at {p64(p1['prcb'])}:", "Current IRQL -- 0",
             f"Threads--  Current {p64(p1['current_thread'])} Next {p64(0)} Idle {p64(p1['idle_thread'])}",
-            "Processor Index 1 Number (0, 0) GroupSetMember 0"]
+            "Processor Index 1 Number (0, 0) GroupSetMember 0",
+            # the KPRCB's counters (0 on processor 1: no clock ticks in d1)
+            "Interrupt Count -- 00000000", "Times -- Dpc    00000000 Interrupt 00000000 ",
+            "         Kernel 00000000 User      00000000 "]
+        assert truth["queues"]["clock_ticks"] == 0
         assert lines(s, "!prcb")[0] == f"PRCB for Processor 0 at {p64(p0['prcb'])}:"
         pcr = lines(s, "!pcr 1")
         assert pcr[0] == f"KPCR for Processor 1 at {p64(p1['pcr'])}:" and pcr[1] == "    Major 1 Minor 1"

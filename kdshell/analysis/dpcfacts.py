@@ -1,13 +1,15 @@
 """!analyze -v for 0x133 DPC_WATCHDOG_VIOLATION: what the parameters say (a single DPC over its
 allotment, P1=0, with its run time and limit in ticks; or too long at DISPATCH_LEVEL, P1=1) and
-where: the processor that bug-checked and the DPC routine, the function nt!KiExecuteAllDpcs called
-on the crashing stack (the watchdog fires on the processor running the routine).
+where: the processor that bug-checked and the DPC routine -- the crashing processor's
+KPRCB.CurrentDpcRoutine where the kernel's types have it (what the watchdog measured), else the
+function nt!KiExecuteAllDpcs called on the crashing stack (a tail call can hide it there).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from kdshell.errors import KdError
+from kdshell.kernel.queues import running_dpc_routine
 from kdshell.view import SessionView
 
 DPC_DISPATCHERS = ("KiExecuteAllDpcs", "KiExecuteDpc")  # nt's routines that call a DPC routine
@@ -23,10 +25,17 @@ def dpc_fields(session: SessionView, code: int, params: Any, stack: Any) -> list
         out += [("DPC_RUNTIME", f"{p2:x}"), ("DPC_TIME_LIMIT", f"{p3:x}")]
     elif p1 == 1:
         out.append(("DPC_WATCHDOG_PERIOD", f"{p2:x}"))
+    routine = None
     try:
-        out.append(("DPC_PROCESSOR", str(session.kernel.crashing_processor)))
+        k = session.kernel
+        number = k.crashing_processor
+        out.append(("DPC_PROCESSOR", str(number)))
+        routine = running_dpc_routine(k.memory, k.offsets, k.is64, k.processor(number).prcb)
     except KdError:
         pass
+    if routine:
+        out.append(("DPC_ROUTINE", session.symbols.name_at(routine) or f"{routine:x}"))
+        return out
     names = [session.symbols.name_at(f.ip) or "" for f in stack]
     for i, name in enumerate(names):
         function = name.split("+", 1)[0]

@@ -219,6 +219,19 @@ class Queues:
         return q
 
 
+def running_dpc_routine(memory: Memory, offsets: SizedOffsets, is64: bool, prcb: int) -> int | None:
+    """KPRCB.CurrentDpcRoutine: the DPC routine the processor is running (set by KiExecuteAllDpcs
+    around the call, read by the DPC watchdog), None when the types lack it, it is 0 or not in the
+    dump. The stack may not show the routine itself: a tail call leaves only its callee."""
+    at = offsets.offset("_KPRCB", "CurrentDpcRoutine")
+    if at is None:
+        return None
+    try:
+        return Reader(memory, is64).ptr(prcb + at) or None
+    except MemoryNotPresent:
+        return None
+
+
 # The classic executive worker queues (nt!ExWorkerQueue, an array of EX_WORK_QUEUE indexed by
 # WORK_QUEUE_TYPE, before Windows 10): each one's KQUEUE holds the queued WORK_QUEUE_ITEMs
 # (EntryListHead, linked through WORK_QUEUE_ITEM.List) and its worker threads (ThreadListHead,
