@@ -233,19 +233,30 @@ def poolfind_lines(session: Session, tag: int) -> list[str]:
                 out.append(_found(b, _region(pool, b.address), is64))
     except PoolError as e:
         out.append(str(e))
-    found = pool.nonpaged_range()
+    scope = pool.small_scope()
     out.append("")
-    if found is None:
-        out.append("The kernel keeps no nonpaged pool range (nt!MmNonPagedPoolStart/End): only the large pool "
-                   "table was searched")
+    if scope is None:
+        out.append(NO_SMALL_SCOPE if not pool.heap_error else f"{pool.heap_error}: only the large pool table was "
+                   "searched")
         return out
-    lo, hi = found
-    out += [f"Searching nonpaged pool ({_p(lo, is64)} : {_p(hi, is64)}) for tag {tag:#x} ({text})", ""]
+    out += [f"Searching {scope} for tag {tag:#x} ({text})", ""]
     blocks, note = pool.scan_small(lambda b: b.tag & 0x7FFFFFFF == tag & 0x7FFFFFFF)
-    out += [_found(b, "Nonpaged pool", is64, pool.header.size) for b in blocks]
+    out += [_found(b, _block_region(b), is64, pool.header.size) for b in blocks]
     if note:
         out.append(note)
     return out
+
+
+NO_SMALL_SCOPE = ("The kernel keeps no nonpaged pool range (nt!MmNonPagedPoolStart/End): only the large pool "
+                  "table was searched")
+
+
+def _block_region(b: PoolBlock) -> str:
+    """A segment-heap block's region by its pool type (the heap itself has no ranges); classic blocks
+    come from the nonpaged range."""
+    if b.kind in ("lfh", "vs") and b.pool_type:
+        return "Paged pool" if b.paged else "Nonpaged pool"
+    return "Nonpaged pool"
 
 
 def _found(b: PoolBlock, region: str, is64: bool, header: int = 0) -> str:
