@@ -108,9 +108,10 @@ def pool_lines(session: Session, address: int, flags: int = 0) -> list[str]:
     if big is not None:
         return out + [block_line(big, True, is64), owner_line(big.tag_text)]
     walk = pool.walk_page(address)
+    if session.kernel.small and not any(b.contains(address) for b in walk.blocks):
+        # the few pages a small dump keeps (stacks, code) are not pool: one line, not a failed walk
+        raise KdError(f"!pool: {SMALL.format(what='pool pages')}")
     if not walk.blocks and walk.problem and walk.problem.endswith("is not in the dump"):
-        if session.kernel.small:
-            raise KdError(f"!pool: {SMALL.format(what='pool pages')}")
         return out + [f"{_p(page, is64)}: Unable to get contents of pool block (the page is not in the dump)"]
     for block in walk.blocks:
         star = block.contains(address)

@@ -332,25 +332,27 @@ class SegmentHeap:
 
     def _vs_blocks(self, sub: Subsegment) -> tuple[list[HeapBlock], str | None]:
         out: list[HeapBlock] = []
+        problems: list[str] = []
         at, previous = sub.start + self.vs_first, 0
         while at < sub.end and len(out) < MAX_BLOCKS:
             size, prev, allocated = self._decode_chunk(at)
+            header = at + self.chunk_size
+            block_size, tag, pool_type, previous_size = self._pool_header(header)
             if size == 0 or at + size > sub.end or prev != previous or allocated > 1:
                 what = ("a zero size" if size == 0 else "a size past the subsegment's end" if at + size > sub.end
                         else "a previous size that is not its neighbour's" if prev != previous
                         else "an allocated flag that is neither 0 nor 1")
-                problem = (f"The VS chunk header at {at:x} does not decode with nt!RtlpHpHeapGlobals.HeapKey "
-                           f"({what}): it is corrupt")
-                header = at + self.chunk_size
-                block_size, tag, pool_type, previous_size = self._pool_header(header)
-                if block_size and pool_type and header + block_size <= sub.end:
-                    out.append(HeapBlock(header, block_size, tag, pool_type, previous_size, True, at, True))
-                return out, problem
-            header = at + self.chunk_size
-            block_size, tag, pool_type, previous_size = self._pool_header(header)
+                problems.append(f"The VS chunk header at {at:x} does not decode with nt!RtlpHpHeapGlobals.HeapKey "
+                                f"({what}): it is corrupt")
+                if not (block_size and pool_type and header + block_size <= sub.end):
+                    break
+                # the POOL_HEADER behind it still says how long the block is: the walk goes on past it
+                out.append(HeapBlock(header, block_size, tag, pool_type, previous_size, True, at, True))
+                previous, at = block_size + self.chunk_size, header + block_size
+                continue
             if not allocated or not block_size or block_size > size - self.chunk_size:
                 block_size = size - self.chunk_size  # a free chunk: its own size
             out.append(HeapBlock(header, block_size, tag, pool_type, previous_size, bool(allocated), at))
             previous = size
             at += size
-        return out, None
+        return out, "; ".join(problems) or None
