@@ -267,7 +267,7 @@ def test_lm_ln_x_u_with_private_symbols(complete):
     complete.run(".reload /f")
     assert lines(complete, "lm") == [
         "start             end                 module name",
-        f"fffff800`00000000 fffff800`00011000   nt         (private pdb symbols)  {BIN}/ntkrnlmp.pdb",
+        f"fffff800`00000000 fffff800`00012000   nt         (private pdb symbols)  {BIN}/ntkrnlmp.pdb",
         f"fffff800`00400000 fffff800`00405000   hal        (private pdb symbols)  {BIN}/hal.pdb",
         f"fffff800`01000000 fffff800`01005000   mydrv      (private pdb symbols)  {BIN}/mydrv.pdb",
         f"fffff800`01800000 fffff800`01805000   mydrv_fffff80001800000 (private pdb symbols)  {BIN}/mydrv.pdb",
@@ -283,7 +283,7 @@ def test_lm_ln_x_u_with_private_symbols(complete):
         "fffff800`00001a30 nt!KeBugCheck2 (unsigned int, unsigned __int64, unsigned __int64, unsigned __int64, "
         "unsigned __int64, _KTRAP_FRAME *)",
         "fffff800`00001b40 nt!KeBugCheck (unsigned int)",
-        "fffff800`00006646 nt!KeBugCheckEx (KeBugCheckEx)",
+        "fffff800`00006e96 nt!KeBugCheckEx (KeBugCheckEx)",
         "fffff800`00009040 nt!KeBugCheckCallbackListHead = _LIST_ENTRY",
         "fffff800`0000c2bc nt!KeBugCheckActive = unsigned int",
         "fffff800`0000c2c0 nt!KeBugCheckCount = unsigned int",
@@ -293,7 +293,7 @@ def test_lm_ln_x_u_with_private_symbols(complete):
                                                                      "qword ptr [mydrv!__imp_ExAllocatePoolWithTag "
                                                                      "(fffff800`010021e0)]"]
     assert lines(complete, "dps @rsp L6") == [
-        "ffff8504`29890000  fffff800`00006646 nt!KeBugCheckEx",
+        "ffff8504`29890000  fffff800`00006e96 nt!KeBugCheckEx",
         "ffff8504`29890008  fffff800`01001234 mydrv!MyDrvUseAfterFree+0x84",
         "ffff8504`29890010  00000000`00000000",
         "ffff8504`29890018  11223344`55667788",
@@ -309,7 +309,7 @@ def test_symbols_are_deferred_until_needed(complete):
     assert lines(complete, "lm m mydrv")[1] == (
         f"fffff800`01000000 fffff800`01005000   mydrv      (private pdb symbols)  {BIN}/mydrv.pdb")
     assert lines(complete, "lm m nt")[1].endswith("(deferred)")
-    assert lines(complete, "? KeBugCheckEx") == ["Evaluate expression: -8796092996026 = fffff800`00006646"]
+    assert lines(complete, "? KeBugCheckEx") == ["Evaluate expression: -8796092993898 = fffff800`00006e96"]
     assert lines(complete, "? rax") == ["Evaluate expression: 4369 = 00000000`00001111"]
 
 
@@ -332,8 +332,8 @@ def test_a_module_given_by_hand(complete):
 def test_complete_dump_without_symbols_uses_exports(complete_path):
     with kdshell.open(complete_path, symbol_path="", image_path="") as s:
         assert lines(s, "ln nt!KeBugCheckEx+3") == [
-            "(fffff800`00006646)   nt!KeBugCheckEx+0x3   |  (fffff800`00009000)   nt!PsLoadedModuleList"]
-        assert lines(s, "lm m nt")[1] == "fffff800`00000000 fffff800`00011000   nt         (export symbols)       ntoskrnl.exe"
+            "(fffff800`00006e96)   nt!KeBugCheckEx+0x3   |  (fffff800`00009000)   nt!PsLoadedModuleList"]
+        assert lines(s, "lm m nt")[1] == "fffff800`00000000 fffff800`00012000   nt         (export symbols)       ntoskrnl.exe"
         assert lines(s, f"ln {MYDRV_BASE + 0x1234:x}") == ["(fffff800`01000000)   mydrv+0x1234"]
         # only exports is a symbol problem (lm e, Microsoft Learn), as is none; l lists exports as loaded
         nt = lines(s, "lm m nt")[1]
@@ -439,14 +439,14 @@ def test_the_other_commands_on_the_complete_dump(complete):
         "    Image path: \\SystemRoot\\System32\\drivers\\mydrv.sys",
         "    Image name: mydrv.sys",
         "    Image was built with /Brepro flag.",
-        "    Timestamp:        63DE1A76 (This is a reproducible build file hash, not a timestamp)",
-        "    CheckSum:         00002BF1",
+        "    Timestamp:        593C7249 (This is a reproducible build file hash, not a timestamp)",
+        "    CheckSum:         0000E9BA",
         "    ImageSize:        00005000",
         "    Translations:     0000.04b0 0000.04e4 0409.04b0 0409.04e4",
         "    Information from resource tables:",
     ]
     assert lines(complete, "!lmi mydrv")[-6:] == [
-        "             CODEVIEW    22,  20b4,    10b4 RSDS - GUID: {0B21D7EE-7971-A1E8-4C4C-44205044422E}",
+        "             CODEVIEW    22,  20b4,    12b4 RSDS - GUID: {BDA42398-D423-8722-4C4C-44205044422E}",
         "               Age: 1, Pdb: mydrv.pdb",
         "                REPRO     0,     0,       0",
         "     Image Type: MEMORY   - Image read successfully from loaded memory.",
