@@ -145,8 +145,8 @@ def test_verbose_stack_text_is_what_the_stack_command_shows(machines, name):
         assert lines(s, "r") == before
         assert f["FAILURE_BUCKET_ID"] == analyze(s).bucket
         truth = machines.truth(name)
-        # c2, 13a: nt raises them for the caller (the pool's verdict blames the driver that called)
-        culprit = truth["culprit"] or {"c2": "mydrv.sys", "13a": "mydrv.sys"}.get(name)
+        # c2: nt raises it for the caller; 13a: a corrupted heap header, WinDbg's Pool_Corruption
+        culprit = truth["culprit"] or {"c2": "mydrv.sys", "13a": "Pool_Corruption"}.get(name)
         if culprit:
             assert f["IMAGE_NAME"] == culprit
             assert f["MODULE_NAME"] == culprit.rsplit(".", 1)[0]

@@ -178,6 +178,10 @@ def test_analyze_names_the_corrupted_block_and_the_one_before(m13a):
             f"with the heap key); the block before it: {before['header']:x} size: {before['block_size']:x} "
             "(Allocated) tag MyDr") in out
     assert any(line.startswith("FAILURE_BUCKET_ID:  0x13A_11_") for line in out)
+    # the heap raised it inside the free that mydrv called: the frame the CPU ran
+    caller = next(f["function"] for f in truth["call_chain"] if f["function"].startswith("mydrv!"))
+    assert caller.startswith("mydrv!MyDrvHeapOverrun+0x")
+    assert lines(s, "!analyze")[10] == f"Probably caused by : Pool_Corruption ( {caller.replace('+0x', '+')} )"
 
 
 @pytest.mark.parametrize("code,params", [(0xC2, "freed"), (0x19, "scanned")])
