@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
-from kdshell.kernel.pool import PAGE, KernelPool, PoolBlock, PoolError, TagUse, tag_owner, tag_value
+from kdshell.kernel.pool import PAGE, KernelPool, PoolBlock, PoolError, TagUse, block_region, tag_owner, tag_value
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -253,11 +253,8 @@ NO_SMALL_SCOPE = ("The kernel keeps no nonpaged pool range (nt!MmNonPagedPoolSta
 
 
 def _block_region(b: PoolBlock) -> str:
-    """A segment-heap block's region by its pool type (the heap itself has no ranges); classic blocks
-    come from the nonpaged range."""
-    if b.kind in ("lfh", "vs") and b.pool_type:
-        return "Paged pool" if b.paged else "Nonpaged pool"
-    return "Nonpaged pool"
+    """Classic small blocks come from the nonpaged range; a segment heap's say by their pool type."""
+    return block_region(b) if b.kind in ("lfh", "vs") and b.pool_type else "Nonpaged pool"
 
 
 def _found(b: PoolBlock, region: str, is64: bool, header: int = 0) -> str:

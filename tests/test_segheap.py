@@ -269,3 +269,24 @@ def test_corpus_pool_on_addresses_answers_or_says_one_line(path):
             assert "Traceback" not in text and "Internal error" not in text, text
             if s.kernel.small:
                 assert len(text.splitlines()) == 1 and "small memory dump" in text, text
+
+
+def test_region_comes_from_the_block_when_the_kernel_keeps_no_ranges(m13a):
+    """Windows 10 has no MmNonPagedPoolStart/End: a segment-heap block's region is its pool type's."""
+    s, truth = m13a
+    k = s.kernel
+
+    def symbol(name):
+        return None if name.startswith(("MmNonPagedPool", "MmPagedPool")) else k.symbol(name)
+
+    def kdbg_value(name):
+        return None if name.startswith(("MmNonPagedPool", "MmPagedPool")) else k.kdbg_value(name)
+
+    pool = KernelPool(k.memory, k.offsets, k.is64, symbol, kdbg_value)
+    assert pool.nonpaged_range() is None
+    blocks = heap_blocks(truth)
+    paged = [b for b in blocks if b["paged"]]
+    assert paged and any(not b["paged"] for b in blocks)
+    for b in blocks:
+        assert pool.region(b["va"]) == ("Paged pool" if b["paged"] else "Nonpaged pool"), b
+    assert pool.region(k.symbol("KiBugCheckData")) is None  # nt's .data is no pool

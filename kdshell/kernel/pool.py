@@ -375,14 +375,23 @@ class KernelPool:
             return None
 
     def region(self, address: int) -> str | None:
-        """The pool region of `address` from the kernel's range variables, None when outside
-        them or when the kernel keeps none (Windows 10 places pool dynamically)."""
+        """The pool region of `address` from the kernel's range variables; else, in a segment heap,
+        from the pool type of the block that holds it (Windows 10 keeps no ranges: it places pool
+        dynamically); None when neither says."""
         for start, end, name in (("MmNonPagedPoolStart", "MmNonPagedPoolEnd", "Nonpaged pool"),
                                  ("MmPagedPoolStart", "MmPagedPoolEnd", "Paged pool")):
             lo, hi = self.variable(start), self.variable(end)
             if lo and hi and lo <= address < hi:
                 return name
-        return None
+        heap = self.segment_heap()
+        try:
+            sub = heap.locate(address & self.reader.mask) if heap is not None else None
+        except MemoryNotPresent:
+            sub = None
+        if heap is None or sub is None:
+            return None
+        block = next((b for b in self._heap_walk(heap, sub, address).blocks if b.contains(address)), None)
+        return block_region(block) if block is not None else None
 
     def nonpaged_range(self) -> tuple[int, int] | None:
         lo, hi = self.variable("MmNonPagedPoolStart"), self.variable("MmNonPagedPoolEnd")
@@ -440,6 +449,11 @@ class KernelPool:
             return self.reader.ptr(at)
         except MemoryNotPresent:
             return None
+
+
+def block_region(block: PoolBlock) -> str:
+    """A block's region by its POOL_HEADER's pool type (a segment heap has no ranges to say it)."""
+    return "Paged pool" if block.paged else "Nonpaged pool"
 
 
 # -- tag descriptions (kdshell/data/pooltags.txt) ----------------------------------------------------
