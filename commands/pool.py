@@ -7,13 +7,16 @@ transcripts show:
   the block that holds ADDR, and under it `\t\tPooltag Tag : description, Binary : owner` from
   kdshell/data/pooltags.txt. A big-page block: `*ADDR : large page allocation, tag is Tag, size is
   0x... bytes`. Flag 2: only the block holding ADDR; flag 1: each block's first 0x20 bytes as
-  quadwords after its line.
+  quadwords after its line. On a segment-heap kernel (19H1+) the blocks are those of the LFH or VS
+  subsegment that touch the page (kdshell.kernel.segheap), in the same layout, PreviousSize 0,
+  free or allocated by the heap's own state, and a line for a chunk header that does not decode.
 - !poolused [flags [tag]]: PoolTrackTable per tag, outstanding allocations and bytes in use for
   nonpaged and paged pool; flag 1 adds Frees/Diff, 2 sorts by nonpaged bytes, 4 by paged bytes
   (largest first), else by tag; the tag may hold * and ? wildcards.
 - !poolfind Tag [0 nonpaged | 1 paged]: the big-page table, then every small-pool page of the
-  kernel's nonpaged range (MmNonPagedPoolStart..End), one `ADDR : tag Tag, size 0x..., Nonpaged
-  pool` line per block, `(Free)` after the tag of a freed one.
+  kernel's nonpaged range (MmNonPagedPoolStart..End), or every LFH and VS subsegment of a segment
+  heap, one `ADDR : tag Tag, size 0x..., Nonpaged pool` line per block, `(Free)` after the tag of
+  a freed one.
 - !vm: the memory-usage lines kdshell can compute: physical memory (MmNumberOfPhysicalPages), pool
   in use by tag (sums of PoolTrackTable's bytes), nonpaged pool pages the kernel counts
   (MmAllocatedNonPagedPool); the page-file and commit lines need MiState/MmTotalCommittedPages,
@@ -82,7 +85,9 @@ def _region(pool: KernelPool, address: int) -> str:
          summary="Show the pool block that holds an address, with the other blocks of its page",
          example="!pool @rcx",
          details="The block holding Address is marked with *. Flags: 1 adds each block's first bytes, "
-                 "2 shows only the block holding Address. Big (page-sized) blocks come from nt!PoolBigPageTable.")
+                 "2 shows only the block holding Address. Big (page-sized) blocks come from nt!PoolBigPageTable; "
+                 "on a segment-heap kernel (19H1+) the page's blocks come from its LFH or VS subsegment, decoded "
+                 "with nt!RtlpHpHeapGlobals' keys.")
 def pool_(session: Session, inv: Invocation) -> None:
     if not inv.args:
         raise CommandError("!pool: give an address (!pool Address [Flags])")
@@ -209,8 +214,9 @@ def poolused_lines(uses: list[TagUse], flags: int = 0, pattern: str | None = Non
          syntax="!poolfind Tag [PoolType]",
          summary="Find the pool blocks with a tag: the big-page table, then the small-pool pages",
          example="!poolfind MyDr",
-         details="PoolType: 0 nonpaged (the default), 1 paged. Small blocks are searched in the kernel's "
-                 "nonpaged range (MmNonPagedPoolStart..MmNonPagedPoolEnd) when the kernel keeps one.")
+         details="PoolType: 0 nonpaged (the default), 1 paged. Small blocks are searched in the segment heap's "
+                 "LFH and VS subsegments (19H1+), else in the kernel's nonpaged range "
+                 "(MmNonPagedPoolStart..MmNonPagedPoolEnd) when the kernel keeps one.")
 def poolfind_(session: Session, inv: Invocation) -> None:
     if not inv.args:
         raise CommandError("!poolfind: give a tag (!poolfind Tag [PoolType])")
