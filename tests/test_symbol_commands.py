@@ -439,14 +439,14 @@ def test_the_other_commands_on_the_complete_dump(complete):
         "    Image path: \\SystemRoot\\System32\\drivers\\mydrv.sys",
         "    Image name: mydrv.sys",
         "    Image was built with /Brepro flag.",
-        "    Timestamp:        593C7249 (This is a reproducible build file hash, not a timestamp)",
-        "    CheckSum:         0000E9BA",
+        "    Timestamp:        0E7DD69F (This is a reproducible build file hash, not a timestamp)",
+        "    CheckSum:         0000773C",
         "    ImageSize:        00005000",
         "    Translations:     0000.04b0 0000.04e4 0409.04b0 0409.04e4",
         "    Information from resource tables:",
     ]
     assert lines(complete, "!lmi mydrv")[-6:] == [
-        "             CODEVIEW    22,  20b4,    12b4 RSDS - GUID: {BDA42398-D423-8722-4C4C-44205044422E}",
+        "             CODEVIEW    22,  20b4,    12b4 RSDS - GUID: {8BE9025C-4121-7FDB-4C4C-44205044422E}",
         "               Age: 1, Pdb: mydrv.pdb",
         "                REPRO     0,     0,       0",
         "     Image Type: MEMORY   - Image read successfully from loaded memory.",
