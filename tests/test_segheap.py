@@ -112,6 +112,13 @@ def test_pool_lists_the_vs_blocks_around_the_corrupted_header(m13a):
     assert allocated == sorted(want)
     for m in rows:
         assert int(m.group(4), 16) == 0  # the segment heap keeps no previous size
+    # a VS block the driver freed: free by its chunk header, its POOL_HEADER kept
+    freed = [b for h, b in ledger.items() if h < page + 0x1000 and h + b["block_size"] > page and b["freed"]]
+    assert freed
+    free_rows = {int(m.group(2), 16): m for m in rows if m.group(5) == "Free"}
+    for b in freed:
+        m = free_rows[b["header"]]
+        assert (int(m.group(3), 16), m.group(7)) == (b["block_size"], b["tag"])
 
 
 def test_pool_on_an_lfh_page_shows_the_bitmaps_state(m13a):
@@ -144,7 +151,7 @@ def test_poolfind_scans_the_heaps_subsegments(m13a):
     found = [line for line in out if re.match(r"^[0-9a-f]{16} : tag MyDr", line)]
     want = [f"{b['header']:016x} : tag MyDr{' (Free)' if b['freed'] else ''}, size {b['block_size'] - 0x10:#10x}, "
             "Nonpaged pool" for b in sorted(heap_blocks(truth), key=lambda b: b["header"]) if b["tag"] == "MyDr"]
-    assert found == want and len(want) == 4
+    assert found == want and len(want) == 5
     # every tag the CPU allocated from the heap is found, block for block
     obtb = {int(line.split()[0], 16) for line in lines(s, "!poolfind Obtb") if " : tag Obtb" in line}
     assert obtb == {b["header"] if b["kind"] != "big" else b["va"] for b in truth["pool"]["blocks"] if b["tag"] == "Obtb"}
