@@ -297,3 +297,32 @@ def test_region_comes_from_the_block_when_the_kernel_keeps_no_ranges(m13a):
     for b in blocks:
         assert pool.region(b["va"]) == ("Paged pool" if b["paged"] else "Nonpaged pool"), b
     assert pool.region(k.symbol("KiBugCheckData")) is None  # nt's .data is no pool
+
+
+class _KeyFlipped:
+    """The dump's memory with one byte of a key changed: what a decoder that skipped the key would not notice."""
+
+    def __init__(self, memory, at):
+        self.memory, self.at = memory, at
+
+    def read(self, address, size):
+        data = bytearray(self.memory.read(address, size))
+        if address <= self.at < address + size:
+            data[self.at - address] ^= 0x10
+        return bytes(data)
+
+
+def test_a_wrong_key_does_not_decode(m13a):
+    s, truth = m13a
+    k = s.kernel
+    keys = k.symbol("RtlpHpHeapGlobals")
+    kept = next(b for b in heap_blocks(truth) if b["kind"] == "lfh" and not b["freed"])
+    vs = next(b for b in heap_blocks(truth) if b["kind"] == "vs" and not b["freed"])
+    lfh_wrong = KernelPool(_KeyFlipped(k.memory, keys + 8), k.offsets, k.is64, k.symbol, k.kdbg_value)
+    walk = lfh_wrong.walk_page(kept["va"])
+    assert not walk.blocks and walk.problem.startswith("The LFH subsegment at ") and "LfhKey" in walk.problem
+    assert lfh_wrong.find(vs["va"]).address == vs["header"]  # the VS chunks need only HeapKey
+    heap_wrong = KernelPool(_KeyFlipped(k.memory, keys + 1), k.offsets, k.is64, k.symbol, k.kdbg_value)
+    assert heap_wrong.segment_heap() is not None
+    assert heap_wrong.segment_heap().locate(vs["va"]) is None  # no segment's signature matches
+    assert heap_wrong.find(vs["va"]) is None

@@ -314,11 +314,17 @@ class SegmentHeap:
                         f"(block size {size:#x}, first block {first:#x}, {count} blocks): it is corrupt")
         out = []
         bitmap = sub.start + self.lfh_bitmap
+        agree = 0
         for i in range(count):
             at = sub.start + first + i * size
             busy = bool((self.r.uint(bitmap + 8 * (i // 32), 8) >> (2 * (i % 32))) & 1)
-            _, tag, pool_type, previous = self._pool_header(at)
+            header_size, tag, pool_type, previous = self._pool_header(at)
+            agree += busy and header_size == size
             out.append(HeapBlock(at, size, tag, pool_type, previous, busy))
+        if any(b.allocated for b in out) and not agree:
+            # a wrong key can still give a plausible size: no allocated block's POOL_HEADER says it
+            return [], (f"The LFH subsegment at {sub.start:x} does not decode with nt!RtlpHpHeapGlobals.LfhKey "
+                        f"(block size {size:#x}: no allocated block's POOL_HEADER has that size): it is corrupt")
         return out, None
 
     def _decode_chunk(self, at: int) -> tuple[int, int, int]:
