@@ -326,3 +326,18 @@ def test_a_wrong_key_does_not_decode(m13a):
     assert heap_wrong.segment_heap() is not None
     assert heap_wrong.segment_heap().locate(vs["va"]) is None  # no segment's signature matches
     assert heap_wrong.find(vs["va"]) is None
+
+
+def test_pool_outside_the_subsegments_says_where_it_is(m13a):
+    s, truth = m13a
+    heap = kernel_pool(s).segment_heap()
+    (_, segment, shift, first), = list(heap.segments())
+    assert segment == min(b["header"] for b in heap_blocks(truth)) & ~0xFFFFF  # the one 1 MB segment
+    out = lines(s, f"!pool {segment:x}")
+    assert out[1] == (f"{segment:x} is in the segment's own header of the segment heap's segment {segment:x}: "
+                      "it holds no pool blocks")
+    used = max(b["header"] + b["block_size"] for b in heap_blocks(truth))
+    beyond = segment + 0xFF000  # the segment's last page: past every range the heap carved
+    assert used < beyond
+    assert lines(s, f"!pool {beyond:x}")[1] == (f"{beyond:x} is in a free page range of the segment heap's segment "
+                                                f"{segment:x}: it holds no pool blocks")
