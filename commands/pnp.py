@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kdshell.commands.io import io_objects
-from kdshell.commands.pool import ARM64_WHY, SMALL, kernel_pool
+from kdshell.commands.pool import ARM64_WHY, NO_SMALL_SCOPE, SMALL, kernel_pool
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
@@ -31,7 +31,6 @@ HEADER = "Irp    [ Thread ] irpStack: (Mj,Mn)   DevObj  [Driver]         MDL Pro
 def irp_blocks(session: Session) -> tuple[list[int], list[str]]:
     """The addresses of the allocated IRPs in the pool, and the lines saying where kdshell looked."""
     pool = kernel_pool(session)
-    is64 = session.kernel.is64
     notes = [f"Scanning large pool allocation table for tag {IRP_TAG:#x} (Irp )"]
     found: list[int] = []
 
@@ -42,17 +41,15 @@ def irp_blocks(session: Session) -> tuple[list[int], list[str]]:
         found += [b.address for b in pool.big_pages() if want(b)]
     except PoolError as e:
         notes.append(str(e))
-    span = pool.nonpaged_range()
-    if span is not None:
-        w = 16 if is64 else 8
-        notes.append(f"Searching nonpaged pool ({span[0]:0{w}x} : {span[1]:0{w}x}) for tag {IRP_TAG:#x} (Irp )")
+    scope = pool.small_scope()
+    if scope is not None:
+        notes.append(f"Searching {scope} for tag {IRP_TAG:#x} (Irp )")
         blocks, note = pool.scan_small(want)
         found += [b.address + pool.header.size for b in blocks]
         if note:
             notes.append(note)
     else:
-        notes.append("The kernel keeps no nonpaged pool range (nt!MmNonPagedPoolStart/End): only the large pool "
-                     "table was searched")
+        notes.append(NO_SMALL_SCOPE)
     return found, notes
 
 

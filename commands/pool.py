@@ -7,13 +7,16 @@ transcripts show:
   the block that holds ADDR, and under it `\t\tPooltag Tag : description, Binary : owner` from
   kdshell/data/pooltags.txt. A big-page block: `*ADDR : large page allocation, tag is Tag, size is
   0x... bytes`. Flag 2: only the block holding ADDR; flag 1: each block's first 0x20 bytes as
-  quadwords after its line.
+  quadwords after its line. On a segment-heap kernel (19H1+) the blocks are those of the LFH or VS
+  subsegment that touch the page (kdshell.kernel.segheap), in the same layout, PreviousSize 0,
+  free or allocated by the heap's own state, and a line for a chunk header that does not decode.
 - !poolused [flags [tag]]: PoolTrackTable per tag, outstanding allocations and bytes in use for
   nonpaged and paged pool; flag 1 adds Frees/Diff, 2 sorts by nonpaged bytes, 4 by paged bytes
   (largest first), else by tag; the tag may hold * and ? wildcards.
 - !poolfind Tag [0 nonpaged | 1 paged]: the big-page table, then every small-pool page of the
-  kernel's nonpaged range (MmNonPagedPoolStart..End), one `ADDR : tag Tag, size 0x..., Nonpaged
-  pool` line per block, `(Free)` after the tag of a freed one.
+  kernel's nonpaged range (MmNonPagedPoolStart..End), or every LFH and VS subsegment of a segment
+  heap, one `ADDR : tag Tag, size 0x..., Nonpaged pool` line per block, `(Free)` after the tag of
+  a freed one.
 - !vm: the memory-usage lines kdshell can compute: physical memory (MmNumberOfPhysicalPages), pool
   in use by tag (sums of PoolTrackTable's bytes), nonpaged pool pages the kernel counts
   (MmAllocatedNonPagedPool); the page-file and commit lines need MiState/MmTotalCommittedPages,
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
-from kdshell.kernel.pool import PAGE, KernelPool, PoolBlock, PoolError, TagUse, tag_owner, tag_value
+from kdshell.kernel.pool import PAGE, KernelPool, PoolBlock, PoolError, TagUse, block_region, tag_owner, tag_value
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -82,7 +85,9 @@ def _region(pool: KernelPool, address: int) -> str:
          summary="Show the pool block that holds an address, with the other blocks of its page",
          example="!pool @rcx",
          details="The block holding Address is marked with *. Flags: 1 adds each block's first bytes, "
-                 "2 shows only the block holding Address. Big (page-sized) blocks come from nt!PoolBigPageTable.")
+                 "2 shows only the block holding Address. Big (page-sized) blocks come from nt!PoolBigPageTable; "
+                 "on a segment-heap kernel (19H1+) the page's blocks come from its LFH or VS subsegment, decoded "
+                 "with nt!RtlpHpHeapGlobals' keys.")
 def pool_(session: Session, inv: Invocation) -> None:
     if not inv.args:
         raise CommandError("!pool: give an address (!pool Address [Flags])")
@@ -108,9 +113,10 @@ def pool_lines(session: Session, address: int, flags: int = 0) -> list[str]:
     if big is not None:
         return out + [block_line(big, True, is64), owner_line(big.tag_text)]
     walk = pool.walk_page(address)
+    if session.kernel.small and not any(b.contains(address) for b in walk.blocks):
+        # the few pages a small dump keeps (stacks, code) are not pool: one line, not a failed walk
+        raise KdError(f"!pool: {SMALL.format(what='pool pages')}")
     if not walk.blocks and walk.problem and walk.problem.endswith("is not in the dump"):
-        if session.kernel.small:
-            raise KdError(f"!pool: {SMALL.format(what='pool pages')}")
         return out + [f"{_p(page, is64)}: Unable to get contents of pool block (the page is not in the dump)"]
     for block in walk.blocks:
         star = block.contains(address)
@@ -208,8 +214,9 @@ def poolused_lines(uses: list[TagUse], flags: int = 0, pattern: str | None = Non
          syntax="!poolfind Tag [PoolType]",
          summary="Find the pool blocks with a tag: the big-page table, then the small-pool pages",
          example="!poolfind MyDr",
-         details="PoolType: 0 nonpaged (the default), 1 paged. Small blocks are searched in the kernel's "
-                 "nonpaged range (MmNonPagedPoolStart..MmNonPagedPoolEnd) when the kernel keeps one.")
+         details="PoolType: 0 nonpaged (the default), 1 paged. Small blocks are searched in the segment heap's "
+                 "LFH and VS subsegments (19H1+), else in the kernel's nonpaged range "
+                 "(MmNonPagedPoolStart..MmNonPagedPoolEnd) when the kernel keeps one.")
 def poolfind_(session: Session, inv: Invocation) -> None:
     if not inv.args:
         raise CommandError("!poolfind: give a tag (!poolfind Tag [PoolType])")
@@ -233,19 +240,27 @@ def poolfind_lines(session: Session, tag: int) -> list[str]:
                 out.append(_found(b, _region(pool, b.address), is64))
     except PoolError as e:
         out.append(str(e))
-    found = pool.nonpaged_range()
+    scope = pool.small_scope()
     out.append("")
-    if found is None:
-        out.append("The kernel keeps no nonpaged pool range (nt!MmNonPagedPoolStart/End): only the large pool "
-                   "table was searched")
+    if scope is None:
+        out.append(NO_SMALL_SCOPE if not pool.heap_error else f"{pool.heap_error}: only the large pool table was "
+                   "searched")
         return out
-    lo, hi = found
-    out += [f"Searching nonpaged pool ({_p(lo, is64)} : {_p(hi, is64)}) for tag {tag:#x} ({text})", ""]
+    out += [f"Searching {scope} for tag {tag:#x} ({text})", ""]
     blocks, note = pool.scan_small(lambda b: b.tag & 0x7FFFFFFF == tag & 0x7FFFFFFF)
-    out += [_found(b, "Nonpaged pool", is64, pool.header.size) for b in blocks]
+    out += [_found(b, _block_region(b), is64, pool.header.size) for b in blocks]
     if note:
         out.append(note)
     return out
+
+
+NO_SMALL_SCOPE = ("The kernel keeps no nonpaged pool range (nt!MmNonPagedPoolStart/End): only the large pool "
+                  "table was searched")
+
+
+def _block_region(b: PoolBlock) -> str:
+    """Classic small blocks come from the nonpaged range; a segment heap's say by their pool type."""
+    return block_region(b) if b.kind in ("lfh", "vs") and b.pool_type else "Nonpaged pool"
 
 
 def _found(b: PoolBlock, region: str, is64: bool, header: int = 0) -> str:

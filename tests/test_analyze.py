@@ -31,8 +31,9 @@ from kdshell.analysis.report import title_lines
 from kdshell.stack.text import call_site
 from test_stack_commands import MACHINE_SYMBOLS, open_machine
 
-# c2 (pool double free: blamed on the caller of ExFreePoolWithTag, no trap) is checked in test_pool.py
-MACHINE_DUMPS = [(name, kind) for name, kinds in PLAN.items() for kind in kinds if name != "c2"]
+# c2 (pool double free: blamed on the caller of ExFreePoolWithTag, no trap) is checked in test_pool.py,
+# 13a (a segment-heap block overrun, raised by the heap) in test_segheap.py
+MACHINE_DUMPS = [(name, kind) for name, kinds in PLAN.items() for kind in kinds if name not in ("c2", "13a")]
 EXR_P3 = 0xFFFF850429891EE8   # the triage dump's P3: the EXCEPTION_RECORD
 CXR_P4 = 0xFFFF850429891720   # and P4: the CONTEXT record
 HASH = re.compile(r"^\{[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\}$")
@@ -152,8 +153,9 @@ def test_verbose_stack_text_is_what_the_stack_command_shows(machines, name):
         assert lines(s, "r") == before
         assert f["FAILURE_BUCKET_ID"] == analyze(s).bucket
         truth = machines.truth(name)
-        # c2: nt raises it for the caller; 133: the driver code the clock interrupted
-        culprit = truth["culprit"] or {"c2": "mydrv.sys", "133": "kbdcrash.sys"}.get(name)
+        # c2: nt raises it for the caller; 133: the driver code the clock interrupted;
+        # 13a: a corrupted heap header, WinDbg's Pool_Corruption
+        culprit = truth["culprit"] or {"c2": "mydrv.sys", "133": "kbdcrash.sys", "13a": "Pool_Corruption"}.get(name)
         if culprit:
             assert f["IMAGE_NAME"] == culprit
             assert f["MODULE_NAME"] == culprit.rsplit(".", 1)[0]

@@ -7,7 +7,9 @@ parameter points into, with its tag and owner (kdshell.kernel.pool, kdshell/data
 
 Which parameter: the first of P2, P3, P4, P1 that lies in a pool block kdshell can find (0xC2
 subtype 7 names the freed address in P4, 0x19 subtype 0x20 the scanned entry in P2, 0x13A the
-corrupted entry in P3). A small dump keeps no pool pages: the field says so instead.
+corrupted entry in P3). A segment-heap block whose VS chunk header does not decode (0x13A) adds
+CORRUPTED_HEADER with the block that ends where that header starts. A small dump keeps no pool
+pages: the field says so instead.
 """
 from __future__ import annotations
 
@@ -47,6 +49,22 @@ def _find(pool: KernelPool, address: int) -> PoolBlock | None:
         return None
 
 
+def _corrupted(pool: KernelPool, block: PoolBlock) -> str:
+    """A segment-heap block whose VS chunk header does not decode, and the block that ends where the
+    header starts (the one most likely to have written past its end)."""
+    chunk = block.chunk or 0
+    text = f"{chunk:x} (the VS chunk header in front of {block.address:x} does not decode with the heap key)"
+    try:
+        walk = pool.walk_page(chunk - 1)
+    except KdError:
+        return text
+    before = next((b for b in walk.blocks if b.address + b.size == chunk), None)
+    if before is not None:
+        state = "Allocated" if before.allocated else "Free"
+        text += f"; the block before it: {before.address:x} size: {before.size:x} ({state}) tag {before.tag_text}"
+    return text
+
+
 def pool_fields(session: SessionView, code: int, params: tuple[int, ...] | list[int]) -> list[tuple[str, str]]:
     if code not in POOL_CODES or len(params) < 4:
         return []
@@ -71,6 +89,8 @@ def pool_fields(session: SessionView, code: int, params: tuple[int, ...] | list[
         kind = "large page allocation, " if block.big else ""
         fields = [("POOL_ADDRESS", f"{address:x}{region}"),
                   ("POOL_BLOCK", f"{block.address:x} {kind}{size} ({state}) tag {block.tag_text}{whose}")]
+        if block.corrupt and block.chunk is not None:
+            fields.append(("CORRUPTED_HEADER", _corrupted(pool, block)))
         if not block.allocated or (code == 0xC2 and params[0] in BAD_POOL_CALLER_DOUBLE_FREE):
             fields.append(("FREED_POOL_TAG", block.tag_text))
         return fields

@@ -21,12 +21,12 @@ Windows' generations, and what is read of each:
   tag, PoolType + 1 in bits 8-19 of the third ULONG, NumberOfBytes) says what they are. The
   segment heap of 19H1+ keeps this table for its large allocations, so big-page lookups work on
   both generations.
-- The segment heap's VS and LFH blocks (19H1+) carry encoded headers (_HEAP_VS_CHUNK_HEADER with
-  the heap key, LFH subsegments with an encoded block offset) and a POOL_HEADER only in front of
-  the caller's bytes. kdshell decodes the POOL_HEADER in front of an address when it is
-  consistent; it does not decode VS/LFH chunk headers (needs the kernel's heap keys and types,
-  which neither the test kernel nor the corpus dumps have). `walk_page` says so when a page's
-  first header does not chain.
+- The segment heap of 19H1+ (nt!ExPoolState names its heaps) carves segments into LFH and VS
+  subsegments with encoded headers, and keeps a POOL_HEADER in front of the caller's bytes of
+  each block (PreviousSize 0). kdshell.kernel.segheap decodes them with the keys of
+  nt!RtlpHpHeapGlobals and the kernel's types; `walk_page` then lists the blocks of the
+  subsegment that touch the page, allocated or free by the LFH bitmap or the VS chunk header.
+  Without the kernel's types or keys, one line says what is missing.
 - nt!PoolTrackTable points to nt!PoolTrackTableSize POOL_TRACKER_TABLE entries (Key = tag, 0 for
   an unused slot; allocations, frees and bytes for nonpaged and paged pool). Fields are read by
   name from the kernel's types when present, else Windows 10's layout (TRACKER64/TRACKER32).
@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.layout import Memory, Reader
+from kdshell.kernel.segheap import HeapError, SegmentHeap, Subsegment
 
 PAGE = 0x1000
 BIG_FREE_BIT = 1
@@ -103,7 +104,10 @@ class PoolBlock:
     previous_size: int = 0
     pool_index: int = 0
     big: bool = False
-    freed: bool = False  # a big entry with the free bit
+    freed: bool = False  # a big entry with the free bit; a segment-heap block its heap calls free
+    kind: str = "small"  # "small" (classic), "big", "lfh" or "vs" (segment heap)
+    chunk: int | None = None  # a VS block's HEAP_VS_CHUNK_HEADER (in front of its POOL_HEADER)
+    corrupt: bool = False  # its VS chunk header does not decode
 
     @property
     def allocated(self) -> bool:
@@ -118,7 +122,8 @@ class PoolBlock:
         return tag_text(self.tag)
 
     def contains(self, address: int) -> bool:
-        return self.address <= address < self.address + max(self.size, 1)
+        start = self.chunk if self.chunk is not None else self.address
+        return start <= address < self.address + max(self.size, 1)
 
 
 @dataclass
@@ -164,6 +169,9 @@ class KernelPool:
         self.symbol = symbol
         self.kdbg_value = kdbg_value
         self.header = HEADER64 if is64 else HEADER32
+        self._heap: SegmentHeap | None = None
+        self._heap_error: str | None = None
+        self._heap_opened = False
 
     # -- layouts: the kernel's types first, Windows 10's otherwise ---------------------------
     def _layout(self, type_name: str, default: tuple[dict[str, tuple[int, int]], int]) -> tuple[dict[str, tuple[int, int]], int]:
@@ -191,8 +199,63 @@ class KernelPool:
                          pool_type=_bits(ulong1, h.pool_type), previous_size=_bits(ulong1, h.previous_size) * h.size,
                          pool_index=_bits(ulong1, h.pool_index))
 
+    # -- the segment heap (19H1+) -----------------------------------------------------------
+    def segment_heap(self) -> SegmentHeap | None:
+        """The pool's segment heap, None on a classic pool or when it cannot be read
+        (`heap_error` then says why)."""
+        if not self._heap_opened:
+            self._heap_opened = True
+            try:
+                self._heap = SegmentHeap.open(self.reader, getattr(self.offsets, "types", None), self.symbol)
+            except (HeapError, MemoryNotPresent) as e:
+                self._heap_error = f"the pool is a segment heap kdshell cannot read: {e}"
+        return self._heap
+
+    @property
+    def heap_error(self) -> str | None:
+        self.segment_heap()
+        return self._heap_error
+
+    def _heap_blocks(self, heap: SegmentHeap, sub: Subsegment) -> tuple[list[PoolBlock], str | None]:
+        blocks, problem = heap.blocks(sub)
+        return [PoolBlock(address=b.header, size=b.size, tag=b.tag, pool_type=b.pool_type,
+                          previous_size=b.previous_size, freed=not b.allocated, kind=sub.kind, chunk=b.chunk,
+                          corrupt=b.corrupt) for b in blocks], problem
+
+    def _heap_walk(self, heap: SegmentHeap, sub: Subsegment, address: int) -> PageWalk:
+        page = address & ~(PAGE - 1) & self.reader.mask
+        walk = PageWalk(page)
+        if sub.kind not in ("lfh", "vs"):
+            what = {"header": "the segment's own header", "free": "a free page range",
+                    "range": "an allocated page range that is neither an LFH nor a VS subsegment"}[sub.kind]
+            walk.problem = f"{address:x} is in {what} of the segment heap's segment {sub.segment:x}: it holds no pool blocks"
+            return walk
+        try:
+            blocks, walk.problem = self._heap_blocks(heap, sub)
+        except MemoryNotPresent:
+            walk.problem = f"Pool page {page:x} is not in the dump"
+            return walk
+        walk.blocks = [b for b in blocks if (b.chunk if b.chunk is not None else b.address) < page + PAGE
+                       and b.address + b.size > page]
+        return walk
+
     def walk_page(self, address: int) -> PageWalk:
-        """Every block of the page holding `address`, from its first header, as !pool walks it."""
+        """Every block of the page holding `address`, as !pool walks it: a segment-heap subsegment's
+        blocks that touch the page, else the classic page's chain of headers from its first byte."""
+        heap = self.segment_heap()
+        if heap is not None:
+            try:
+                sub = heap.locate(address & self.reader.mask)
+            except MemoryNotPresent:
+                sub = None
+            if sub is not None:
+                return self._heap_walk(heap, sub, address & self.reader.mask)
+        walk = self._classic_walk(address)
+        if walk.problem and self.heap_error and not walk.problem.endswith("is not in the dump"):
+            walk.problem += f"; {self.heap_error}"
+        return walk
+
+    def _classic_walk(self, address: int) -> PageWalk:
         page = address & ~(PAGE - 1) & self.reader.mask
         walk = PageWalk(page)
         at, previous = page, 0
@@ -312,22 +375,45 @@ class KernelPool:
             return None
 
     def region(self, address: int) -> str | None:
-        """The pool region of `address` from the kernel's range variables, None when outside
-        them or when the kernel keeps none (Windows 10 places pool dynamically)."""
+        """The pool region of `address` from the kernel's range variables; else, in a segment heap,
+        from the pool type of the block that holds it (Windows 10 keeps no ranges: it places pool
+        dynamically); None when neither says."""
         for start, end, name in (("MmNonPagedPoolStart", "MmNonPagedPoolEnd", "Nonpaged pool"),
                                  ("MmPagedPoolStart", "MmPagedPoolEnd", "Paged pool")):
             lo, hi = self.variable(start), self.variable(end)
             if lo and hi and lo <= address < hi:
                 return name
-        return None
+        heap = self.segment_heap()
+        try:
+            sub = heap.locate(address & self.reader.mask) if heap is not None else None
+        except MemoryNotPresent:
+            sub = None
+        if heap is None or sub is None:
+            return None
+        block = next((b for b in self._heap_walk(heap, sub, address).blocks if b.contains(address)), None)
+        return block_region(block) if block is not None else None
 
     def nonpaged_range(self) -> tuple[int, int] | None:
         lo, hi = self.variable("MmNonPagedPoolStart"), self.variable("MmNonPagedPoolEnd")
         return (lo, hi) if lo and hi and lo < hi else None
 
     def scan_small(self, match: Callable[[PoolBlock], bool]) -> tuple[list[PoolBlock], str | None]:
-        """The small blocks of the nonpaged range that `match`, page by page (pages that do not
-        chain are skipped), and a note when the range is too large to walk whole."""
+        """The small blocks that `match`: every LFH and VS subsegment of a segment heap, else the
+        nonpaged range page by page (pages that do not chain are skipped); and a note when the
+        search stopped early."""
+        heap = self.segment_heap()
+        if heap is not None:
+            out: list[PoolBlock] = []
+            notes = []
+            for sub in heap.subsegments():
+                try:
+                    blocks, problem = self._heap_blocks(heap, sub)
+                except MemoryNotPresent:
+                    continue
+                out += [b for b in blocks if match(b)]
+                if problem:
+                    notes.append(problem)
+            return out, "; ".join(notes) or None
         found = self.nonpaged_range()
         if found is None:
             return [], None
@@ -341,6 +427,19 @@ class KernelPool:
                     f"({start:x} : {end:x})")
         return out, note
 
+    def small_scope(self) -> str | None:
+        """Where scan_small looks, as !poolfind names it; None when nowhere (no heap, no range)."""
+        heap = self.segment_heap()
+        if heap is not None:
+            segments = sum(1 for _ in heap.segments())
+            return (f"the segment heap's LFH and VS subsegments ({len(heap.heaps)} heap"
+                    f"{'s' if len(heap.heaps) != 1 else ''}, {segments} segment{'s' if segments != 1 else ''})")
+        found = self.nonpaged_range()
+        if found is None:
+            return None
+        w = 16 if self.is64 else 8
+        return f"nonpaged pool ({found[0]:0{w}x} : {found[1]:0{w}x})"
+
     def allocated_pages(self) -> int | None:
         """nt!MmAllocatedNonPagedPool (pages), None when unknown."""
         at = self.symbol("MmAllocatedNonPagedPool")
@@ -350,6 +449,11 @@ class KernelPool:
             return self.reader.ptr(at)
         except MemoryNotPresent:
             return None
+
+
+def block_region(block: PoolBlock) -> str:
+    """A block's region by its POOL_HEADER's pool type (a segment heap has no ranges to say it)."""
+    return "Paged pool" if block.paged else "Nonpaged pool"
 
 
 # -- tag descriptions (kdshell/data/pooltags.txt) ----------------------------------------------------
