@@ -18,7 +18,7 @@ from kdshell.errors import KdError, MemoryNotPresent
 from kdshell.kernel.layout import FieldOffsets, Memory, Reader, StructLayout, walk_list
 
 ACTION = "_POP_POWER_ACTION"
-CAPS = "_SYSTEM_POWER_CAPABILITIES"
+CAPS = "SYSTEM_POWER_CAPABILITIES"  # Windows' PDB spells it without the underscore
 IRP_DATA = "_POP_IRP_DATA"
 
 ACTION_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
