@@ -108,6 +108,14 @@ def test_analysis_matches_the_truth(machines, name, kind):
             assert a.culprit is None and a.verdict == "hardware" and a.pseudo_module == "GenuineIntel"
             assert truth["whea"]["mca"]["vendor"] == 1 and truth["whea"]["generic"]["error_type"] == 1  # Intel, cache
             assert a.bucket == "0x124_0_GenuineIntel_PROCESSOR_CACHE"
+        elif truth["bugcheck"]["code"] == 0x9F:  # the blocked IRP's holder, named from the IRP (test_power.py)
+            blocked = truth["power"]["blocked"]
+            if kind == "small":  # the IRP is not in a small dump: one warning says so
+                assert a.irp is None and len(a.errors) == 1 and "Unable to follow the IRP" in a.errors[0]
+                a.errors = []
+            else:
+                assert (a.verdict, a.culprit.image, a.culprit.frame) == ("driver", blocked["holder_image"], None)
+                assert a.bucket == "0x9F_3_storfilt_IMAGE_storfilt.sys"
         elif truth["culprit"] is None:
             assert a.culprit is None and a.verdict == "manual"
             assert a.bucket == "MANUALLY_INITIATED_CRASH"
@@ -145,7 +153,11 @@ def test_verbose_stack_text_is_what_the_stack_command_shows(machines, name):
         assert f["FAILURE_BUCKET_ID"] == analyze(s).bucket
         truth = machines.truth(name)
         culprit = truth["culprit"] or {"c2": "mydrv.sys"}.get(name)  # c2: nt raises it for the caller
-        if culprit:
+        if truth["bugcheck"]["code"] == 0x9F:  # named from the blocked IRP, not from a frame
+            image = truth["power"]["blocked"]["holder_image"]
+            assert (f["IMAGE_NAME"], f["MODULE_NAME"]) == (image, image.rsplit(".", 1)[0]) and "SYMBOL_NAME" not in f
+            assert lines(s, "!analyze")[10] == f"Probably caused by : {image}"
+        elif culprit:
             assert f["IMAGE_NAME"] == culprit
             assert f["MODULE_NAME"] == culprit.rsplit(".", 1)[0]
             assert lines(s, "!analyze")[10] == f"Probably caused by : {f['IMAGE_NAME']} ( {f['SYMBOL_NAME']} )"
