@@ -27,6 +27,7 @@ EXPECTED = {"d1": 0xD1, "7e": 0x1000007E, "7e-plain": 0x7E, "3b": 0x3B, "e2": 0x
 CULPRIT = {"d1": "mydrv.sys", "7e": "mydrv.sys", "7e-plain": "mydrv.sys", "3b": "storfilt.sys", "e2": None,
            "50": "mydrv.sys", "d1-x86": "mydrv.sys", "c2": None, "e2-deadlock": None}  # c2: nt raises it, KiBugCheckDriver stays empty
 EXPECTED["124"], CULPRIT["124"] = 0x124, None  # the machine check (fixtures/machine/whea.py)
+EXPECTED["9f"], CULPRIT["9f"] = 0x9F, None  # the power IRP watchdog (fixtures/machine/power.py): nt names no driver
 PHYSICAL_KINDS = ("complete", "bitmap5", "kernel", "active", "rdmp8")
 DUMP_TYPE = {"complete": 1, "bitmap5": 5, "kernel": 6, "active": 6, "rdmp8": 8, "small": 4}
 
