@@ -42,7 +42,7 @@ def test_the_watchdog_bug_checks_with_the_blocked_irp(machines):
     assert blocked["waited_seconds"] > blocked["timeout_seconds"]
 
 
-@pytest.mark.parametrize("kind", ["kernel", "complete"])
+@pytest.mark.parametrize("kind", ["kernel", "complete", "small"])
 def test_analyze_names_the_driver_holding_the_irp(machines, kind):
     truth = machines.truth("9f")
     blocked = truth["power"]["blocked"]
@@ -64,12 +64,21 @@ def test_analyze_names_the_driver_holding_the_irp(machines, kind):
     assert f"Probably caused by : {image}" in short
 
 
-def test_small_dump_says_the_irp_is_not_in_it(machines):
+def test_small_dump_keeps_the_irp_and_its_stack(machines):
+    """The small dump's data blocks (truth: what the writer put in, as the power manager's triage callback
+    does) hold the IRP, the holder's device and driver objects: !irp answers from them."""
+    truth = machines.truth("9f")
+    blocked = truth["power"]["blocked"]
+    blocks = truth["dumps"]["small"]["small"]["data_blocks"]
+
+    def kept(address):
+        return any(b["address"] <= address < b["address"] + b["size"] for b in blocks)
+
+    assert kept(blocked["irp"]) and kept(blocked["fdo"])
     with open_machine(machines, "9f", "small") as s:
-        out = s.capture("!analyze -v").splitlines()
-    assert "DRVPOWERSTATE_SUBCODE:  3" in out
-    assert sum("Unable to follow the IRP" in line and "not saved in the small memory dump" in line
-               for line in out) == 1
+        out = s.capture(f"!irp {blocked['irp']:x}").splitlines()
+    assert out[0].startswith(f"Irp is active with {blocked['stack_size']} stacks")
+    assert out[out.index(">[IRP_MJ_POWER(16), IRP_MN_SET_POWER(2)]") + 2].strip() == blocked["holder_driver"]
 
 
 def test_irp_devobj_devstack_podev_on_the_parameters(m9f):
