@@ -1,4 +1,4 @@
-"""I/O request, PnP and power extensions: !irpfind, !devnode, !podev, !poaction.
+"""I/O request, PnP and power extensions: !irpfind, !devnode, !podev, !poaction, !pocaps.
 
 Thin: the IRPs are found in the pool (kdshell.kernel.pool: blocks tagged `Irp `, small blocks in the
 kernel's nonpaged range and big-page entries) and read through kdshell.kernel.io, as !irp reads them.
@@ -19,7 +19,9 @@ from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.kernel.devnodes import DevNode, DevNodes, names, state_name
+from kdshell.kernel.layout import Reader, walk_list
 from kdshell.kernel.pool import PoolBlock, PoolError, tag_value
+from kdshell.kernel.power import PowerState
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -199,7 +201,9 @@ def podev_(session: Session, inv: Invocation) -> None:
     if flags is None:
         lines.append("PowerFlags: ???????? (not in the dump)")
     else:
-        lines.append(f"PowerFlags: {flags:08x} =>SystemState={info.system_state} DeviceState={info.device_state}")
+        active = " dvact" if flags & 0x400 else ""  # POPF_DEVICE_ACTIVE: a device power IRP is active
+        lines.append(f"PowerFlags: {flags:08x} =>SystemState={info.system_state} DeviceState={info.device_state}"
+                     f"{active}")
         lines.append(f"  ({_power_name('system_power', info.system_state)}, "
                      f"{_power_name('device_power', info.device_state)})")
     lines.append(f"Dope: {info.dope or 0:08x}:")
@@ -208,27 +212,107 @@ def podev_(session: Session, inv: Invocation) -> None:
     session.out.lines(lines)
 
 
-@command("!poaction", family="kernel", needs=(needs_memory,), syntax="!poaction",
-         summary="Show the power manager's current action (nt!PopAction), as far as the kernel's symbols describe it",
-         example="!poaction")
-def poaction_(session: Session, inv: Invocation) -> None:
+# -- !poaction, !pocaps (layouts: WinDbg's, public transcripts of !poaction and !powertriage) ---------
+ACTION_STATES = {0: "Idle", 1: "NewRequest", 2: "Callout", 3: "SetSystemState", 4: "Done"}
+ACTION_FLAGS = ((0x1, "QueryApps"), (0x2, "UIAllowed"), (0x4, "OverrideApps"), (0x20000000, "LockConsole"),
+                (0x40000000, "DisableWakes"), (0x80000000, "Critical"))
+IRP_MINORS = {0: "wait/wake", 1: "sequence", 2: "set", 3: "query"}
+SYSTEM_SHORT = {0: "Unspecified", 1: "Working", 2: "Sleeping1", 3: "Sleeping2", 4: "Sleeping3", 5: "Hibernate",
+                6: "Shutdown"}
+SLEEP_STATES = {0: "Sx", 1: "S0", 2: "S1", 3: "S2", 4: "S3", 5: "S4", 6: "S5"}  # !pocaps' wake states
+
+
+def _power(session: Session, what: str, symbol: str) -> tuple[PowerState, int]:
     k = session.kernel
     if k.small:
-        raise KdError(f"!poaction: {SMALL.format(what='power manager state')}")
-    address = session.resolve_symbol("nt!PopAction")
+        raise KdError(f"{what}: {SMALL.format(what='power manager state')}")
+    address = session.resolve_symbol(symbol)
     if address is None:
-        raise KdError("!poaction: nt!PopAction is not in the kernel's symbols (a kernel PDB with the power "
-                      "manager's variables is needed)")
-    offsets = k.offsets
-    fields = {name: offsets.offset("_POP_POWER_ACTION", name) for name in ("Updates", "State", "Action")}
-    if any(v is None for v in fields.values()):
-        raise KdError("!poaction: the kernel's types do not describe _POP_POWER_ACTION (load the kernel's PDB)")
-    kinds = names()["power_action"]
-    r = k.reader
-    try:
-        state, updates = r.uint(address + (fields["State"] or 0), 1), r.uint(address + (fields["Updates"] or 0), 1)
-        action = r.uint(address + (fields["Action"] or 0), 4)
-    except KdError:
-        raise KdError(f"!poaction: nt!PopAction ({address:x}) is not in the dump") from None
-    session.out.lines([f"PopAction: {address:x}", f"  State..........: {state:x}",
-                       f"  Updates........: {updates:x}", f"  Action.........: {kinds.get(action, hex(action))}"])
+        raise KdError(f"{what}: {symbol} is not in the kernel's symbols (the kernel's PDB is needed)")
+    return PowerState(k.memory, k.offsets, k.is64), address
+
+
+def _flag_names(flags: int) -> str:
+    return "|".join(name for bit, name in ACTION_FLAGS if flags & bit)
+
+
+@command("!poaction", family="kernel", needs=(needs_memory,), syntax="!poaction",
+         summary="Show the power manager's current action (nt!PopAction), the outstanding power IRPs "
+                 "(nt!PopIrpList) and the power IRP worker threads",
+         example="!poaction")
+def poaction_(session: Session, inv: Invocation) -> None:
+    power, address = _power(session, "!poaction", "nt!PopAction")
+    a = power.action(address).values
+    kinds, w = names()["power_action"], 16 if session.kernel.is64 else 8
+
+    def state(value: int | None) -> str:
+        return "?" if value is None else SYSTEM_SHORT.get(value, f"{value:#x}")
+
+    minor = a["IrpMinor"]
+    flags = a["Flags"] or 0
+    out = [f"PopAction: {address:x}",
+           f"  State..........: {a['State']:x} - {ACTION_STATES.get(a['State'] or 0, '?')}",
+           f"  Updates........: {a['Updates']:x} ",
+           f"  Action.........: {kinds.get(a['Action'] or 0, hex(a['Action'] or 0))}",
+           f"  Lightest State.: {state(a['LightestState'])}",
+           f"  Flags..........: {flags:x} {_flag_names(flags)}".rstrip(),
+           f"  Irp minor......: {({2: 'SetPower', 3: 'QueryPower'}).get(minor or 0, '??')}",
+           f"  System State...: {state(a['SystemState'])}",
+           f"  Hiber Context..: {a['HiberContext'] or 0:0{w}x}", ""]
+    irp_list = session.resolve_symbol("nt!PopIrpList")
+    if irp_list is not None:
+        out.append(f"Allocated power irps (PopIrpList - {irp_list:x})")
+        found = power.irps(irp_list)
+        for p in found.irps:
+            prefix = "D" if p.state_type == 1 else "S"
+            kind = IRP_MINORS.get(p.minor, f"{p.minor:x}")
+            what = kind if p.minor == 0 else f"{kind}/{prefix}{p.state - 1 if prefix == 'D' else p.state},"
+            current = f", CURRENT: {p.current:x}" if p.current else ""
+            out.append(f"  IRP: {p.irp:x} ({what}), PDO: {p.pdo:x}{current}")
+        if found.warning:
+            out.append(f"  {found.warning}")
+        out.append("")
+    threads = session.resolve_symbol("nt!PopIrpThreadList")
+    if threads is not None:
+        out.append(f"Irp worker threads (PopIrpThreadList - {threads:x})")
+        walk = walk_list(Reader(session.kernel.memory, session.kernel.is64), threads, "nt!PopIrpThreadList")
+        out += [f"  THREAD: {t:x} (static)" for t in walk.entries]
+        if walk.warning:
+            out.append(f"  {walk.warning}")
+    session.out.lines(out)
+
+
+@command("!pocaps", family="kernel", needs=(needs_memory,), syntax="!pocaps",
+         summary="Show the machine's power capabilities (nt!PopCapabilities: buttons, sleep states, "
+                 "hibernation, throttling, batteries, wake states)",
+         example="!pocaps")
+def pocaps_(session: Session, inv: Invocation) -> None:
+    power, address = _power(session, "!pocaps", "nt!PopCapabilities")
+    c = power.capabilities(address)
+    v = c.values
+    misc = [name for key, name in (("PowerButtonPresent", "PwrButton"), ("SleepButtonPresent", "SlpButton"),
+                                   ("LidPresent", "Lid"), ("SystemS1", "S1"), ("SystemS2", "S2"), ("SystemS3", "S3"),
+                                   ("SystemS4", "S4"), ("SystemS5", "S5"), ("HiberFilePresent", "HiberFile"),
+                                   ("FullWake", "FullWake"), ("VideoDimPresent", "VideoDim"), ("ApmPresent", "APM"),
+                                   ("UpsPresent", "UPS")) if v.get(key)]
+    processor = []
+    if v.get("ThermalControl"):
+        processor.append("Thermal")
+    if v.get("ProcessorThrottle"):
+        processor.append(f"Throttle (MinThrottle = {v.get('ProcessorMinThrottle', 0):02d}%, "
+                         f"MaxThrottle = {v.get('ProcessorMaxThrottle', 0):02d}%)")
+    battery = [name for key, name in (("SystemBatteriesPresent", "BatteriesPresent"),
+                                      ("BatteriesAreShortTerm", "ShortTerm")) if v.get(key)]
+    out = [f"PopCapabilities @ {address:#x}",
+           f"  Misc Supported Features:  {' '.join(misc)}".rstrip() if misc else "  Misc Supported Features: ",
+           f"  Processor Features:       {' '.join(processor)}" if processor else "  Processor Features:      ",
+           "  Disk Features:            SpinDown" if v.get("DiskSpinDown") else "  Disk Features:           ",
+           f"  Battery Features:         {' '.join(battery)}" if battery else "  Battery Features:        "]
+    if v.get("SystemBatteriesPresent"):
+        out += [f"    Battery {i} - Capacity: {cap:8x}  Granularity: {gran:8x}"
+                for i, (gran, cap) in enumerate(c.batteries)]
+    out.append("  Wake Caps")
+    for key, label in (("AcOnLineWake", "Ac OnLine Wake:"), ("SoftLidWake", "Soft Lid Wake:"), ("RtcWake", "RTC Wake:"),
+                       ("MinDeviceWakeState", "Min Device Wake:"), ("DefaultLowLatencyWake", "Default Wake:")):
+        out.append(f"    {label:<24}{SLEEP_STATES.get(v[key], f'{v[key]:#x}')}")
+    session.out.lines(out)

@@ -200,8 +200,9 @@ def vad_lines(session: Session, walk: VadWalk) -> list[str]:
         kind = "Private" if v.private else "Mapped"
         exe = "Exe" if v.vad_type == 2 else ""
         commit = f"{v.commit:16d}" if v.commit is not None else f"{'?':>16}"
+        name = f"  {v.file_name}" if v.file_name else ""
         out.append(f"{v.address:0{w}x} {v.level:2d} {v.start_vpn:>15x} {v.end_vpn:>15x}{commit} "
-                   f"{kind:<7} {exe:<4} {protection_name(v.protection)}".rstrip())
+                   f"{kind:<7} {exe:<4} {protection_name(v.protection)}{name}".rstrip())
     out.append("")
     if walk.vads:
         levels = [v.level for v in walk.vads]
@@ -223,7 +224,8 @@ def vad_lines(session: Session, walk: VadWalk) -> list[str]:
                  "of the subtree at VadNode",
          example="!vad",
          details="MMVAD_SHORT: StartingVpn/EndingVpn (with their high bytes), commit, Private/Mapped, Exe for "
-                 "an image, the protection. `.process ADDR` first for another process.")
+                 "an image, the protection, and a mapped view's file (MMVAD.Subsection -> ControlArea -> "
+                 "FilePointer -> FILE_OBJECT.FileName). `.process ADDR` first for another process.")
 def vad_(session: Session, inv: Invocation) -> None:
     k = session.kernel
     if k.small:

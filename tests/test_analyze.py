@@ -117,6 +117,10 @@ def test_analysis_matches_the_truth(machines, name, kind):
             assert (a.verdict, c.image, c.module, c.function) == ("driver", "kbdcrash.sys", module, rest.split("+")[0])
             assert c.frame == trap and c.ip == chain[trap]["rip"]
             assert a.bucket == f"0x133_0_{module}!{c.function}"
+        elif truth["bugcheck"]["code"] == 0x9F:  # the blocked IRP's holder, named from the IRP (test_power.py)
+            blocked = truth["power"]["blocked"]  # (small dumps keep the IRP and its stack: emit.power_triage_blocks)
+            assert (a.verdict, a.culprit.image, a.culprit.frame) == ("driver", blocked["holder_image"], None)
+            assert a.bucket == "0x9F_3_storfilt_IMAGE_storfilt.sys"
         elif truth["culprit"] is None:
             assert a.culprit is None and a.verdict == "manual"
             assert a.bucket == "MANUALLY_INITIATED_CRASH"
@@ -156,7 +160,11 @@ def test_verbose_stack_text_is_what_the_stack_command_shows(machines, name):
         # c2: nt raises it for the caller; 133: the driver code the clock interrupted;
         # 13a: a corrupted heap header, WinDbg's Pool_Corruption
         culprit = truth["culprit"] or {"c2": "mydrv.sys", "133": "kbdcrash.sys", "13a": "Pool_Corruption"}.get(name)
-        if culprit:
+        if truth["bugcheck"]["code"] == 0x9F:  # named from the blocked IRP, not from a frame
+            image = truth["power"]["blocked"]["holder_image"]
+            assert (f["IMAGE_NAME"], f["MODULE_NAME"]) == (image, image.rsplit(".", 1)[0]) and "SYMBOL_NAME" not in f
+            assert lines(s, "!analyze")[10] == f"Probably caused by : {image}"
+        elif culprit:
             assert f["IMAGE_NAME"] == culprit
             assert f["MODULE_NAME"] == culprit.rsplit(".", 1)[0]
             assert lines(s, "!analyze")[10] == f"Probably caused by : {f['IMAGE_NAME']} ( {f['SYMBOL_NAME']} )"

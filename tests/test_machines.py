@@ -29,6 +29,7 @@ CULPRIT = {"d1": "mydrv.sys", "7e": "mydrv.sys", "7e-plain": "mydrv.sys", "3b": 
 EXPECTED["124"], CULPRIT["124"] = 0x124, None  # the machine check (fixtures/machine/whea.py)
 EXPECTED["133"], CULPRIT["133"] = 0x133, None  # the DPC watchdog (fixtures/machine/sched.py)
 EXPECTED["13a"], CULPRIT["13a"] = 0x13A, None  # the segment heap raises it (nt/amd64/heap.c)
+EXPECTED["9f"], CULPRIT["9f"] = 0x9F, None  # the power IRP watchdog (fixtures/machine/power.py): nt names no driver
 PHYSICAL_KINDS = ("complete", "bitmap5", "kernel", "active", "rdmp8")
 DUMP_TYPE = {"complete": 1, "bitmap5": 5, "kernel": 6, "active": 6, "rdmp8": 8, "small": 4}
 

@@ -410,6 +410,12 @@ def _judge(session: SessionView, a: Analysis) -> None:
     # 0x9F P1=3: the blocked IRP and the driver holding it, whatever the verdict
     if a.rule.irp is not None and a.params[a.rule.irp]:
         a.irp = _quietly(a, irp_driver, session, a.params[a.rule.irp])
+        if a.irp and a.irp.get("module") and a.base_code == 0x9F:
+            # WinDbg blames the driver whose stack location is current in the blocked IRP, not
+            # the watchdog on the stack (tests/test_power.py pins it on the 0x9F machine)
+            a.culprit = Culprit(None, None, a.irp["module"], a.irp["image"] or a.irp["module"], None, 0, 0)
+            a.verdict = DRIVER
+            return
     top = a.fault_frame
     if a.stack and not len(session.symbols.modules):
         a.errors.append("The loaded-module list is not in the dump: no frame can be attributed to a module")
@@ -561,6 +567,8 @@ def bucket(a: Analysis) -> str:
             prefix += FAST_FAIL_NAMES[p[0]] + "_"
     else:
         prefix = f"0x{base:X}_"
+    if a.verdict == DRIVER and a.culprit is not None and a.culprit.frame is None and a.irp is not None:
+        return prefix + f"{a.culprit.module}_IMAGE_{a.culprit.image}"  # 0x9F_3: the IRP's holder
     if a.verdict == DRIVER and a.culprit is not None:
         return prefix + a.culprit.bucket_target
     if a.verdict == BAD_IP:

@@ -47,6 +47,8 @@ def probably_caused_by(a: Analysis) -> str:
     """`Probably caused by : amdppm.sys ( amdppm!WriteIoMemRawEx+70 )` or what replaces it."""
     if a.verdict == MANUAL:
         return f"No driver is to blame : {a.name} (the crash was requested on purpose)"
+    if a.culprit is not None and a.culprit.frame is None and not a.culprit.function:
+        return f"Probably caused by : {a.culprit.image}"  # named by the dump (0x9F_3: the IRP's holder)
     if a.culprit is not None:
         return f"Probably caused by : {a.culprit.image} ( {a.culprit.symbol_name} )"
     if a.verdict == BAD_IP:
@@ -121,6 +123,8 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
         field("VERIFIER_LEVEL", verifier_level(session))
     if a.critical_process:
         field("CRITICAL_PROCESS", a.critical_process)
+    if a.base_code == 0x9F:
+        field("DRVPOWERSTATE_SUBCODE", f"{a.params[0]:x}")
     if a.irp:
         field("IRP_ADDRESS", ptr(a.irp["irp"], is64))
         field("DEVICE_OBJECT", ptr(a.irp["device_object"], is64))
@@ -175,7 +179,8 @@ def verbose_lines(session: SessionView, a: Analysis) -> list[str]:
     if blamed is not None and blamed.ip is not None:
         out += ["FOLLOWUP_IP: ", blamed.symbol_name, followup_instruction(session, blamed.ip), ""]
     if a.culprit is not None:
-        field("SYMBOL_NAME", a.culprit.symbol_name)
+        if a.culprit.frame is not None or a.culprit.function:
+            field("SYMBOL_NAME", a.culprit.symbol_name)
         field("MODULE_NAME", a.culprit.module, " ")
         field("IMAGE_NAME", a.culprit.image)
         if a.culprit.image_version:

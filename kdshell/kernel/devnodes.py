@@ -57,6 +57,14 @@ VAD_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "commit": (("_MMVAD_SHORT", "u1.VadFlags1.CommitCharge"),),
 }
 VAD_NEEDS = ("left", "right", "start", "end", "vad_type", "protection", "private")
+# A mapped view's file: MMVAD.Subsection -> SUBSECTION.ControlArea -> CONTROL_AREA.FilePointer (an
+# EX_FAST_REF: the low 4 bits on x64, 3 on x86, are a reference count) -> FILE_OBJECT.FileName
+FILE_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "subsection": (("_MMVAD", "Subsection"),),
+    "control_area": (("_SUBSECTION", "ControlArea"),),
+    "file_pointer": (("_CONTROL_AREA", "FilePointer"),),
+    "file_name": (("_FILE_OBJECT", "FileName"),),
+}
 
 
 class PnpError(KdError):
@@ -231,6 +239,7 @@ class Vad:
     protection: int
     private: bool
     commit: int | None
+    file_name: str | None = None  # a mapped view's file (None: private, or not readable)
 
 
 @dataclass
@@ -242,8 +251,21 @@ class VadWalk:
 class VadTree:
     def __init__(self, memory: Memory, offsets: FieldOffsets, is64: bool) -> None:
         self.layout = StructLayout(offsets, VAD_FIELDS)
+        self.files = StructLayout(offsets, FILE_FIELDS)
         self.offsets = offsets
         self.r = Reader(memory, is64)
+        self.fast_ref_mask = ~0xF if is64 else ~0x7
+
+    def file_name(self, vad: int) -> str | None:
+        """The name of the file a mapped VAD views (None when a link is not in the dump or NULL)."""
+        f, r = self.files.need, self.r
+        try:
+            subsection = r.ptr(vad + f("subsection"))
+            control = r.ptr(subsection + f("control_area")) if subsection else 0
+            file_object = (r.ptr(control + f("file_pointer")) & self.fast_ref_mask) if control else 0
+        except MemoryNotPresent:
+            return None
+        return r.unicode_string(file_object + f("file_name")) if file_object else None
 
     def _bits(self, name: str) -> tuple[int, int, int] | None:
         return self.layout.bitfield(name) or _bits_from_table(self.offsets, self.layout.where.get(name))
@@ -258,8 +280,12 @@ class VadTree:
         start |= (r.maybe_uint(address, f("start_high"), 1) or 0) << 32
         end |= (r.maybe_uint(address, f("end_high"), 1) or 0) << 32
         bits = {n: r.maybe_bits(address, self._bits(n)) for n in ("vad_type", "protection", "private", "commit")}
-        return Vad(address, level, start, end, bits["vad_type"] or 0, bits["protection"] or 0,
-                   bool(bits["private"]), bits["commit"])
+        private = bool(bits["private"])
+        name = None
+        if not private and self.files.missing_line(tuple(FILE_FIELDS)) is None:  # only a mapped view is an MMVAD
+            name = self.file_name(address)
+        return Vad(address, level, start, end, bits["vad_type"] or 0, bits["protection"] or 0, private,
+                   bits["commit"], name)
 
     def walk(self, root: int) -> VadWalk:
         """In address order (in-order walk of the balanced tree), each VAD with its depth."""
@@ -269,6 +295,9 @@ class VadTree:
         if missing is not None:
             raise PnpError(missing)
         out = VadWalk()
+        files = self.files.missing_line(tuple(FILE_FIELDS))
+        if files is not None:
+            out.warnings.append(f"{files}: mapped views are shown without their file names")
         seen: set[int] = set()
         left, right = self.layout.need("left"), self.layout.need("right")
         stack: list[tuple[int, int]] = []
