@@ -83,7 +83,25 @@ RUN_CHAINS = {  # the functions each scenario's chain must hold, innermost first
     "e2": ["nt!KeBugCheckEx", "nt!KeBugCheck", "kbdcrash!KbdCrashInitiateCrash", "kbdcrash!KbdCrashHandleScanCode",
            "kbdcrash!KbdCrashProcessInput", "nt!KiExecuteAllDpcs", "nt!KiRetireDpcList", "nt!KiIdleLoop",
            "nt!KiSystemStartup"],
+    # then the user-mode frames: ntdll's stub at the svc ("syscall"), stortool.exe's program ("user")
+    "3b": ["nt!KeBugCheckEx", "nt!KiSystemServiceHandler", "nt!RtlDispatchException", "nt!KiDispatchException",
+           "nt!KiExceptionDispatch", "nt!KiSynchronousException", "storfilt!StorFiltValidateDescriptor",
+           "storfilt!StorFiltWalkDescriptors", "storfilt!StorFiltProcessRequest",
+           "storfilt!StorFiltDispatchDeviceControl", "nt!IopSynchronousServiceTail", "nt!IopXxxControlFile",
+           "nt!NtDeviceIoControlFile", "nt!KiSystemService"],
 }
+USER_KINDS = ("syscall", "user")
+
+
+def kernel_part(chain):
+    """The chain's kernel frames: everything before the first user-mode one."""
+    return [f for f in chain if f["kind"] not in USER_KINDS]
+
+
+def walked_part(chain):
+    """What k shows of a chain: the kernel frames and the interrupted user pc (the syscall frame;
+    kdshell, like WinDbg without user symbols, stops there), as on x64."""
+    return kernel_part(chain) + [f for f in chain if f["kind"] == "syscall"]
 
 
 class _Module:
@@ -142,7 +160,19 @@ def test_arm64_run_crashes_with_the_scenario_bug_check_and_chain(runs, name):
     code, params = run.bugcheck
     assert code == SCENARIOS_ARM64[name].expect_code
     chain = run.chain()
-    assert [f["function"].split("+")[0] for f in chain] == RUN_CHAINS[name]
+    assert [f["function"].split("+")[0] for f in kernel_part(chain)] == RUN_CHAINS[name]
+    if name == "3b":  # SYSTEM_SERVICE_EXCEPTION(C0000005, faulting pc, &CONTEXT, 0); then the svc and its caller
+        trap = next(f for f in chain if f["kind"] == "trap")
+        assert params[0] == 0xC0000005 and params[1] == trap["pc"] and params[3] == 0
+        assert run.exceptions[0]["far"] == 0x10
+        ctx = _context(run.read(params[2], 0x390))  # the CONTEXT KiDispatchException built: the faulting frame
+        assert (ctx["pc"], ctx["sp"]) == (trap["pc"], trap["sp"])
+        u = run.user
+        assert [(f["kind"], f["pc"], f["sp"]) for f in chain[-2:]] == [
+            ("syscall", u["user_pc"], u["user_sp"]), ("user", u["exe_base"] + 0x1058, u["user_sp"])]
+        assert run.read(u["user_pc"] - 4, 4) == (0xD4000001 | 7 << 5).to_bytes(4, "little")  # svc #7
+    else:
+        assert len(kernel_part(chain)) == len(chain)
     if name == "d1":  # DRIVER_IRQL_NOT_LESS_OR_EQUAL(address, IRQL 2, read, pc of the faulting load)
         trap = next(f for f in chain if f["kind"] == "trap")
         assert params == (0xFFFFF8A000BAD000, 2, 0, trap["pc"]) and run.exceptions[0]["far"] == params[0]
@@ -157,14 +187,14 @@ def test_arm64_unwind_from_the_bug_check_context_recovers_every_executed_frame(r
     run = runs[name]
     unwinder = _unwinder(run)
     ctx = _context(run.bugcheck_context())
-    chain = run.chain()
+    chain = walked_part(run.chain())  # 3b: up to the user pc (no user modules to unwind its leaf stub by)
     assert (ctx["pc"], ctx["sp"]) == (chain[0]["pc"], chain[0]["sp"])
     known, interrupted = frozenset(ctx), True
     for want in chain[1:]:
         step = unwinder.step(ctx, known, interrupted)
         assert isinstance(step, Arm64Step), (want["function"], step)
         assert (step.regs["pc"], step.regs["sp"]) == (want["pc"], want["sp"]), want["function"]
-        assert (step.how == "trap") == (want["kind"] == "trap")
+        assert (step.how == "trap") == (want["kind"] in ("trap", "syscall"))
         ctx, known, interrupted = step.regs, step.known, step.how == "trap"
 
 
@@ -178,13 +208,16 @@ def _excluded(run, pc: int) -> bool:
             return next(i.address for i in run.cs.disasm(run.read(start, 0x200), start)
                         if f"{i.mnemonic} {i.op_str}" == text)
         trap = run.sym["nt!KiSynchronousException"]
+        service = run.sym["nt!KiSystemService"]
         run._windows = ((trap, find("nt!KiSynchronousException", "stp w2, w3, [sp, #0x90]")),  # Spsr/Esr: the last
+                        (service, find("nt!KiSystemService", "stp w12, w13, [x9, #0x90]")),
                         (find("nt!KiSwapContext", "str x1, [x10, #8]") + 4, find("nt!KiSwapContext", "mov sp, x9")))
     return any(lo <= pc <= hi for lo, hi in run._windows)
 
 
 @pytest.mark.parametrize("name,module", [("d1", "mydrv"), ("7e", "mydrv"), ("e2", "kbdcrash"), ("d1", "nt"),
-                                         ("e2", "nt"), ("7e-plain", "storfilt"), ("7e-plain", "mydrv")])
+                                         ("e2", "nt"), ("7e-plain", "storfilt"), ("7e-plain", "mydrv"),
+                                         ("3b", "nt"), ("3b", "storfilt")])
 def test_arm64_unwind_at_every_executed_instruction(name, module):
     """At every instruction the CPU executes in `module` (prologs, bodies, epilogs, leaves), kdshell's
     unwind of the live registers gives the caller's pc and sp the shadow call stack recorded."""
@@ -245,7 +278,7 @@ def _hex(text: str) -> int:
 @pytest.mark.parametrize("name", sorted(RUN_CHAINS))
 def test_arm64_dump_bugcheck_registers_stack_and_modules(arm64_set, name, kind):
     entry, truth = arm64_set[name]
-    chain = truth["call_chain"]
+    chain = walked_part(truth["call_chain"])
     with _open(entry[kind]) as s:
         out = s.capture(".bugcheck").splitlines()
         assert out[0] == f"Bugcheck code {truth['bugcheck']['code']:08X}"
@@ -260,8 +293,11 @@ def test_arm64_dump_bugcheck_registers_stack_and_modules(arm64_set, name, kind):
         for i, row in enumerate(rows):
             child_sp, ret, site = row.split()[:3]
             assert _hex(child_sp) == chain[i]["sp"], row
-            assert site.split("+")[0] == chain[i]["function"].split("+")[0], row
             assert _hex(ret) == (chain[i + 1]["pc"] if i + 1 < len(chain) else 0), row
+            if chain[i]["kind"] == "syscall":  # the user pc, printed bare (no user module list)
+                assert site == f"0x{chain[i]['pc'] >> 32:08x}`{chain[i]['pc'] & 0xFFFFFFFF:08x}", row
+            else:
+                assert site.split("+")[0] == chain[i]["function"].split("+")[0], row
         # lm: the loaded modules the builder listed
         lm = s.capture("lm").splitlines()[1:]
         listed = {line.split()[2]: (_hex(line.split()[0]), _hex(line.split()[1])) for line in lm if line.strip()}
@@ -390,3 +426,113 @@ def test_arm64_irql_is_the_one_the_bug_check_interrupted(arm64_set, name, kind):
     assert truth["irql"] == want
     with _open(entry[kind]) as s:
         assert s.capture("!irql").strip().startswith(f"Debugger saved IRQL for processor 0x0 -- {want} (")
+
+
+# -- 0x3B: the system service from user mode (fixtures/machine/arm64user.py) -----------------------
+
+def _regs(s) -> dict[str, int]:
+    """`r`'s register dump as a dict (WinDbg's ARM64 layout: name=value pairs)."""
+    return {m.group(1): int(m.group(2), 16) for m in re.finditer(r"\b(x\d+|fp|lr|sp|pc)=([0-9a-f]{16})", s.capture("r"))}
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+def test_arm64_3b_cxr_gives_the_faulting_frame_and_its_stack(arm64_set, kind):
+    """`.cxr P3` (the CONTEXT KiDispatchException built from the KTRAP_FRAME and KEXCEPTION_FRAME)
+    gives the faulting load in storfilt with the pc/sp the CPU faulted at, and k from it the
+    executed frames down to the system-service entry and the user pc the svc left."""
+    entry, truth = arm64_set["3b"]
+    chain = walked_part(truth["call_chain"])
+    trap = next(i for i, f in enumerate(chain) if f["kind"] == "trap")
+    p3 = truth["bugcheck"]["parameters"][2]
+    with _open(entry[kind]) as s:
+        out = s.capture(f".cxr {p3:x}")
+        assert "storfilt!StorFiltValidateDescriptor+0x" in out
+        regs = _regs(s)
+        assert (regs["pc"], regs["sp"]) == (chain[trap]["pc"], chain[trap]["sp"])
+        assert regs["x0"] == 0x10  # the descriptor pointer it loaded from (the fault address)
+        rows = [line.split() for line in s.capture("k").splitlines()[1:] if line.strip()]
+        assert [(_hex(r[0]), r[2].split("+")[0]) for r in rows] == \
+            [(f["sp"], f["function"].split("+")[0] if f["kind"] != "syscall" else r[2])
+             for f, r in zip(chain[trap:], rows)]
+        assert len(rows) == len(chain) - trap
+        s.capture(".cxr")
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_3b_trap_frame_into_user_mode(arm64_set, kind):
+    """KTHREAD.TrapFrame is the KTRAP_FRAME nt!KiSystemService built from the svc: `.trap` on it
+    shows the user state at EL0 (pc after the svc in ntdll's stub, sp_el0, lr in stortool.exe,
+    x18 = the TEB, x0-x7 the NtDeviceIoControlFile arguments). The complete dump has the user page
+    (the svc is there); the kernel dump has no user pages."""
+    entry, truth = arm64_set["3b"]
+    u = truth["user"]
+    with _open(entry[kind]) as s:
+        got = re.search(r"TrapFrame\s+: 0x([0-9a-f`]+)", s.capture(f"dt nt!_KTHREAD {u['thread']:x} TrapFrame"))
+        assert got and _hex(got.group(1)) == u["trap_frame"]
+        out = s.capture(f".trap {u['trap_frame']:x}")
+        assert "EL0" in out
+        regs = _regs(s)
+        assert (regs["pc"], regs["sp"], regs["lr"], regs["x18"]) == (u["user_pc"], u["user_sp"], u["user_lr"], u["teb"])
+        assert [regs[f"x{i}"] for i in range(8)] == [u["handle"], 0, 0, 0, u["buffer"] + 0x200, u["ioctl"],
+                                                     u["buffer"] + 0x100, 0x30]
+        rows = [line.split() for line in s.capture("k").splitlines()[1:] if line.strip()]
+        assert _hex(rows[0][0]) == u["user_sp"] and rows[0][2] == f"0x{u['user_pc'] >> 32:08x}`{u['user_pc'] & 0xFFFFFFFF:08x}"
+        svc = s.capture(f"u {u['user_pc'] - 4:x} L1").splitlines()[-1]
+        if kind == "full":
+            assert svc.split()[1:] == ["d40000e1", "svc", "#7"]
+        else:
+            assert "????????" in svc
+        s.capture(".cxr")
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+def test_arm64_3b_analyze_process_and_thread(arm64_set, kind):
+    """!analyze blames storfilt (its faulting load, AV bucket) in stortool.exe's process;
+    !process/!thread show the user process and thread the builder made: Cid, Peb, Teb,
+    DirBase (the process's own root table), Image."""
+    entry, truth = arm64_set["3b"]
+    u = truth["user"]
+    with _open(entry[kind]) as s:
+        analysis = s.capture("!analyze -v")
+        thread = s.capture("!thread").splitlines()
+        process = s.capture(f"!process {u['eprocess']:x} 0").splitlines()
+    assert re.search(r"FAILURE_BUCKET_ID:\s+AV_storfilt!StorFiltValidateDescriptor", analysis)
+    assert re.search(r"MODULE_NAME:\s+storfilt", analysis) and re.search(r"PROCESS_NAME:\s+stortool\.exe", analysis)
+    assert re.search(r"OSPLATFORM_TYPE:\s+arm64", analysis)
+    assert thread[0] == (f"THREAD {u['thread']:x}  Cid {u['cid'][0]:04x}.{u['cid'][1]:04x}  Teb: {u['teb']:016x} "
+                         f"Win32Thread: {0:016x} RUNNING on processor 0")
+    assert any(line.split()[:3] == ["Owning", "Process", f"{u['eprocess']:x}"] and line.endswith("stortool.exe")
+               for line in thread)
+    assert process[0] == f"PROCESS {u['eprocess']:x}"
+    assert process[1].split()[3:] == [f"{u['pid']:04x}", "Peb:", f"{u['peb']:x}", "ParentCid:", f"{u['parent']:04x}"] \
+        if "parent" in u else process[1].split()[3] == f"{u['pid']:04x}"
+    if kind != "small":
+        assert process[2].split()[1] == f"{u['dtb']:08x}"
+    assert [line.strip() for line in process if line.strip()][-1] == "Image: stortool.exe"
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_3b_user_pages_under_the_process_root(arm64_set, kind):
+    """The user half is the process's own (DirBase): every user page the builder mapped
+    translates through it, and !pte decodes EL0 access, nG and PXN from the builder's entry."""
+    from kdshell.dumpfile.dump import open_dump
+    from kdshell.session import Session
+
+    entry, truth = arm64_set["3b"]
+    u = truth["user"]
+    with open_dump(entry[kind]) as d:
+        space = Session(d).spaces.space(u["dtb"])
+        for x in u["translations"]:
+            assert space.translate(x["va"] + 0x28) == x["pa"] + 0x28, hex(x["va"])
+        system = Session(d).spaces.space(truth["dtb"])
+        with pytest.raises(KdError):
+            system.translate(u["teb"])  # not in the System process's half
+    stub = next(x for x in u["translations"] if x["va"] == u["ntdll"])
+    data = next(x for x in u["translations"] if x["va"] == u["buffer"])
+    with _open(entry[kind]) as s:
+        code = s.capture(f"!pte {u['ntdll']:x}")
+        buf = s.capture(f"!pte {u['buffer']:x}")
+    assert _hex(code.splitlines()[2].split()[-1]) == stub["entry"] and _hex(buf.splitlines()[2].split()[-1]) == data["entry"]
+    assert "EL0 read-only; execute: EL1 no (PXN), EL0 yes" in code
+    assert "EL0 read/write; execute: EL1 no (PXN), EL0 no (UXN)" in buf
+    assert stub["entry"] >> 11 & 1 and data["entry"] >> 6 & 1  # nG, AP[1] (EL0 access)
