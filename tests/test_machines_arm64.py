@@ -536,3 +536,84 @@ def test_arm64_3b_user_pages_under_the_process_root(arm64_set, kind):
     assert "EL0 read-only; execute: EL1 no (PXN), EL0 yes" in code
     assert "EL0 read/write; execute: EL1 no (PXN), EL0 no (UXN)" in buf
     assert stub["entry"] >> 11 & 1 and data["entry"] >> 6 & 1  # nG, AP[1] (EL0 access)
+
+
+# -- !drvobj / !devobj / !devstack / !irp: the I/O objects the kernel made --------------------------
+
+def _devext(value: int) -> str:
+    return f"{value:016x}" if value else "00000000"
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+@pytest.mark.parametrize("name", ("3b", "d1"))  # d1: mydrv's DriverEntry crashed, the others never loaded
+def test_arm64_drvobj_and_devobj_match_the_kernels_objects(arm64_set, name, kind):
+    """Every boot driver object (nt!IopBootDriverObjects) by name: its address, name, device list,
+    DriverEntry/DriverUnload and the 28 dispatch routines as the kernel filled them; !devobj and
+    !devstack of each device (driver, RefCount, DeviceType, Flags, DeviceExtension) - with the
+    ARM64 kernel's PDB types."""
+    entry, truth = arm64_set[name]
+    io = truth["io"]
+    devices = {d["address"]: d for d in io["devices"]}
+    loaded = ["\\Driver\\mydrv", "\\Driver\\storfilt", "\\Driver\\kbdcrash"]
+    assert [d["name"] for d in io["drivers"]] == (loaded if name == "3b" else loaded[:1])
+    with _open(entry[kind]) as s:
+        for drv in io["drivers"]:
+            short = drv["name"].split("\\")[-1]
+            out = s.capture(f"!drvobj {short} 3").splitlines()
+            assert out[:3] == [f"Driver object ({drv['address']:016x}) is for:", f" {drv['name']}",
+                               "Driver Extension List: (id , addr)"]
+            listed = out[out.index("Device Object list:") + 1:out.index("Device Object list:") + 1 + len(drv["devices"])]
+            assert [_hex(x) for x in listed] == drv["devices"]
+            assert f"DriverEntry:   {drv['init']:016x}  {short}!DriverEntry" in out
+            assert any(line.startswith("DriverUnload:  ") and line.split()[1] == (f"{drv['unload']:016x}" if drv["unload"]
+                                                                                 else "00000000") for line in out)
+            routines = out[out.index("Dispatch routines:") + 1:]
+            assert [_hex(r.split()[2]) for r in routines] == drv["dispatch"]
+            assert routines[0x0E].split()[1] == "IRP_MJ_DEVICE_CONTROL"
+            assert s.capture(f"!drvobj {drv['address']:x} 3").splitlines() == out
+            for dev in drv["devices"]:
+                d = devices[dev]
+                assert s.capture(f"!devobj {dev:x}").splitlines() == [
+                    f"Device object ({dev:016x}) is for:",
+                    f"  {drv['name']} DriverObject {drv['address']:016x}",
+                    f"Current Irp {d['current_irp']:08x} RefCount {d['reference_count']} Type {d['device_type']:08x} "
+                    f"Flags {d['flags']:08x}",
+                    f"DevExt {_devext(d['extension'])} DevObjExt 00000000",
+                    "Device queue is not busy."]
+                stack = s.capture(f"!devstack {dev:x}").splitlines()
+                assert stack[1].split()[:3] == [">", f"{dev:016x}", drv["name"]]
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_irp_in_flight_from_the_system_call(arm64_set, kind):
+    """0x3B: the IRP NtDeviceIoControlFile built (on the thread's IrpList) when storfilt faulted:
+    one stack location, current, IRP_MJ_DEVICE_CONTROL to storfilt's device through the handle's
+    FILE_OBJECT, the IOCTL code and the buffered System buffer."""
+    entry, truth = arm64_set["3b"]
+    irp = truth["io"]["irps"][0]
+    u = truth["user"]
+    assert irp["thread"] == u["thread"] and irp["device"] == u["device"] and irp["file_object"] == u["file_object"]
+    with _open(entry[kind]) as s:
+        out = s.capture(f"!irp {irp['address']:x}").splitlines()
+        detail = s.capture(f"!irp {irp['address']:x} 1").splitlines()
+    assert out[0] == f"Irp is active with {irp['stack_count']} stacks {irp['current_location']} is current " \
+                     f"(= 0x{irp['location']:016x})"
+    assert out[1] == f" No Mdl: System buffer={irp['system_buffer']:016x}: Thread {irp['thread']:016x}:  Irp stack trace."
+    assert out[3] == f">[IRP_MJ_DEVICE_CONTROL({irp['major']:x}), N/A(0)]"
+    assert out[4].split()[2:4] == [f"{irp['device']:016x}", f"{irp['file_object']:016x}"]
+    assert out[5].strip() == "\\Driver\\storfilt"
+    assert out[6].split()[1:4] == ["00000000", "00000030", f"{irp['ioctl']:#x}"]  # output 0, input 0x30 bytes
+    assert "RequestorMode = 00000001" in detail and f"UserIosb = {u['buffer'] + 0x200:x}" in detail
+
+
+@pytest.mark.parametrize("text", ("!drvobj storfilt", "!drvobj {drv:x}", "!devobj {dev:x}", "!devstack {dev:x}",
+                                  "!irp {irp:x}"))
+def test_arm64_io_commands_without_the_kernel_pdb_say_one_line(arm64_set, text):
+    """No nt PDB (symbols from nowhere): the ARM64 I/O structures have no KDBG Offset* fields and
+    no per-build table, so each command says in one line that it needs the kernel's types."""
+    entry, truth = arm64_set["3b"]
+    io = truth["io"]
+    line = text.format(drv=io["drivers"][1]["address"], dev=io["devices"][1]["address"], irp=io["irps"][0]["address"])
+    with kdshell.open(entry["full"], symbol_path="", image_path="") as s:
+        out = s.capture(line).splitlines()
+    assert len(out) == 1 and "not available (no kernel PDB)" in out[0] and "nt's symbols" in out[0]
