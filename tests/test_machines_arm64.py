@@ -617,3 +617,17 @@ def test_arm64_io_commands_without_the_kernel_pdb_say_one_line(arm64_set, text):
     with kdshell.open(entry["full"], symbol_path="", image_path="") as s:
         out = s.capture(line).splitlines()
     assert len(out) == 1 and "not available (no kernel PDB)" in out[0] and "nt's symbols" in out[0]
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+def test_arm64_kd_dumps_the_stack_from_sp(arm64_set, kind):
+    """kd: the raw stack from the context's sp (ARM64 has no rsp), with the symbols of the return
+    addresses the executed frames left there."""
+    entry, truth = arm64_set["3b"]
+    chain = truth["call_chain"]
+    with _open(entry[kind]) as s:
+        rows = [line.split() for line in s.capture("kd 8").splitlines()]
+    assert [_hex(r[0]) for r in rows] == [chain[0]["sp"] + 8 * i for i in range(8)]
+    returns = {f["pc"]: f["function"] for f in chain[1:] if f["kind"] == "call"}
+    named = [(r[2], returns[_hex(r[1])]) for r in rows if _hex(r[1]) in returns]
+    assert named and all(a == b for a, b in named)
