@@ -631,3 +631,52 @@ def test_arm64_kd_dumps_the_stack_from_sp(arm64_set, kind):
     returns = {f["pc"]: f["function"] for f in chain[1:] if f["kind"] == "call"}
     named = [(r[2], returns[_hex(r[1])]) for r in rows if _hex(r[1]) in returns]
     assert named and all(a == b for a, b in named)
+
+
+# -- pool: ARM64 uses x64's 16-byte-unit POOL_HEADER (the fixture kernel's pool.c, shared) -------------
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_pool_commands_find_the_kernels_objects(arm64_set, kind):
+    """!pool on the IRP in flight names its block (tag 'Irp ', allocated, holding it); !poolfind
+    Proc lists a block holding each EPROCESS the kernel made; !poolused counts one allocation per
+    process, thread, driver object, device object and IRP the machine has."""
+    entry, truth = arm64_set["3b"]
+    io = truth["io"]
+    irp = io["irps"][0]["address"]
+    with _open(entry[kind]) as s:
+        pool = s.capture(f"!pool {irp:x}").splitlines()
+        found = s.capture("!poolfind Proc").splitlines()
+        used = s.capture("!poolused").splitlines()
+    mine = next(line for line in pool if line.startswith("*"))
+    start, size = _hex(mine.split()[0][1:]), int(mine.split()[2], 16)
+    assert start < irp < start + size and mine.split()[-1] == "*Irp" and "(Allocated)" in mine
+    blocks = [(_hex(line.split()[0]), int(line.split()[5].rstrip(","), 16)) for line in found if ": tag Proc" in line]
+    assert len(blocks) == len(truth["processes"])
+    for p in truth["processes"]:
+        assert any(b <= p["eprocess"] < b + n for b, n in blocks), hex(p["eprocess"])
+    counts = {line.split()[0]: int(line.split()[1]) for line in used if line[:1] == " " and len(line.split()) > 4
+              and line.split()[1].isdigit()}
+    threads = sum(len(p["threads"]) for p in truth["processes"])
+    assert (counts["Proc"], counts["Thre"], counts["Driv"], counts["Devi"], counts["Irp"]) == (
+        len(truth["processes"]), threads, len(io["drivers"]), len(io["devices"]), len(io["irps"]))
+
+
+def test_arm64_pool_commands_on_a_small_dump_say_one_line(arm64_set):
+    entry, _ = arm64_set["3b"]
+    with _open(entry["small"]) as s:
+        for command in ("!poolused", "!poolfind Proc"):
+            assert len(s.capture(command).splitlines()) == 1, command
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_vm_reads_the_kernels_pool_counters(arm64_set, kind):
+    """!vm: pool in use from the kernel's PoolTrackTable (pages, rounded up) and the nonpaged pool
+    pages from nt!MmAllocatedNonPagedPool, as the fixture kernel counted them."""
+    entry, truth = arm64_set["3b"]
+    pool = truth["pool"]
+    with _open(entry[kind]) as s:
+        out = s.capture("!vm").splitlines()
+    rows = {line.split(":")[0]: int(line.split(":")[1].split()[0]) for line in out if "Usage:" in line or "Pages:" in line}
+    assert rows["NonPagedPool Usage"] == -(-pool["nonpaged_bytes"] // 0x1000)
+    assert rows["PagedPool Usage"] == -(-pool["paged_bytes"] // 0x1000)
+    assert rows["NonPagedPool Pages"] == pool["allocated_nonpaged_pool"]  # counted in pages, as on Windows
