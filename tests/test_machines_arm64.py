@@ -680,3 +680,18 @@ def test_arm64_vm_reads_the_kernels_pool_counters(arm64_set, kind):
     assert rows["NonPagedPool Usage"] == -(-pool["nonpaged_bytes"] // 0x1000)
     assert rows["PagedPool Usage"] == -(-pool["paged_bytes"] // 0x1000)
     assert rows["NonPagedPool Pages"] == pool["allocated_nonpaged_pool"]  # counted in pages, as on Windows
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_irpfind_finds_the_irp_in_flight(arm64_set, kind):
+    """!irpfind scans the pool for 'Irp ' blocks: the one IRP the machine has, with its thread,
+    current stack location (IRP_MJ_DEVICE_CONTROL), device, driver and the thread's process."""
+    entry, truth = arm64_set["3b"]
+    irp, u = truth["io"]["irps"][0], truth["user"]
+    with _open(entry[kind]) as s:
+        rows = [line for line in s.capture("!irpfind").splitlines() if line[:1] in "0123456789abcdef" and line.strip()]
+    assert len(rows) == len(truth["io"]["irps"]) == 1
+    words = rows[0].replace("[", " ").replace("]", " ").split()
+    assert (_hex(words[0]), _hex(words[1])) == (irp["address"], irp["thread"])
+    assert rows[0].split("irpStack: (")[1].startswith(f"{irp['major']:2x}, 0)")
+    assert _hex(words[6]) == irp["device"] and words[7] == "\\Driver\\storfilt" and _hex(words[8]) == u["eprocess"]
