@@ -200,7 +200,7 @@ def test_arm64_unwind_from_the_bug_check_context_recovers_every_executed_frame(r
 
 def _excluded(run, pc: int) -> bool:
     """Instructions where no unwinder can know the caller: the trap handler before its KTRAP_FRAME
-    is complete (the state is still in registers being stored), and KiSwapContext between the
+    is complete (the state is still in registers being stored), and SwapContext between the
     switch of KPRCB.CurrentThread and of sp (the stack belongs to neither thread's record)."""
     if not hasattr(run, "_windows"):
         def find(function: str, text: str) -> int:  # the address of an instruction of `function`
@@ -211,7 +211,7 @@ def _excluded(run, pc: int) -> bool:
         service = run.sym["nt!KiSystemService"]
         run._windows = ((trap, find("nt!KiSynchronousException", "stp w2, w3, [sp, #0x90]")),  # Spsr/Esr: the last
                         (service, find("nt!KiSystemService", "stp w12, w13, [x9, #0x90]")),
-                        (find("nt!KiSwapContext", "str x1, [x10, #8]") + 4, find("nt!KiSwapContext", "mov sp, x9")))
+                        (find("nt!SwapContext", "str x1, [x10, #8]") + 4, find("nt!SwapContext", "mov sp, x9")))
     return any(lo <= pc <= hi for lo, hi in run._windows)
 
 
@@ -695,3 +695,24 @@ def test_arm64_irpfind_finds_the_irp_in_flight(arm64_set, kind):
     assert (_hex(words[0]), _hex(words[1])) == (irp["address"], irp["thread"])
     assert rows[0].split("irpStack: (")[1].startswith(f"{irp['major']:2x}, 0)")
     assert _hex(words[6]) == irp["device"] and words[7] == "\\Driver\\storfilt" and _hex(words[8]) == u["eprocess"]
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+@pytest.mark.parametrize("name", ("3b", "7e"))
+def test_arm64_waiting_threads_stacks_are_the_executed_ones(arm64_set, name, kind):
+    """A waiting thread's stack starts at its KSWITCH_FRAME (Windows' ARM64 layout: Fp +0x10,
+    Return +0x18, 0x20 bytes, pushed by SwapContext below KiSwapContext's frame): `.thread` + k
+    give every frame the shadow call stack recorded for it (Child-SP, RetAddr, function)."""
+    entry, truth = arm64_set[name]
+    waiting = [t for p in truth["processes"] for t in p["threads"] if t["state"] == 5]
+    assert waiting
+    with _open(entry[kind]) as s:
+        for t in waiting:
+            frames = t["frames"]
+            assert frames[0]["function"].startswith("nt!KiSwapContext+") and frames[0]["sp"] == t["kernel_stack"] + 0x20
+            s.capture(f".thread {t['ethread']:x}")
+            rows = [line.split() for line in s.capture("k").splitlines()[1:] if line.strip()]
+            assert [(_hex(r[0]), _hex(r[1]), r[2].split("+")[0]) for r in rows] == [
+                (f["sp"], frames[i + 1]["pc"] if i + 1 < len(frames) else 0, f["function"].split("+")[0])
+                for i, f in enumerate(frames)], hex(t["ethread"])
+        s.capture(".thread")
