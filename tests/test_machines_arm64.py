@@ -716,3 +716,57 @@ def test_arm64_waiting_threads_stacks_are_the_executed_ones(arm64_set, name, kin
                 (f["sp"], frames[i + 1]["pc"] if i + 1 < len(frames) else 0, f["function"].split("+")[0])
                 for i, f in enumerate(frames)], hex(t["ethread"])
         s.capture(".thread")
+
+
+# -- user-mode structures and the thread summaries (64-bit layouts, as on x64) ------------------------
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_teb_peb_and_handle_of_the_user_process(arm64_set, kind):
+    """!teb/!peb of stortool.exe's thread (complete dump: its user pages; kernel dump: one line
+    each), !handle: the one handle the builder opened (ObpCreateHandle) to the FILE_OBJECT."""
+    entry, truth = arm64_set["3b"]
+    u = truth["user"]
+    with _open(entry[kind]) as s:
+        teb, peb = s.capture("!teb").splitlines(), s.capture("!peb").splitlines()
+        handles = s.capture("!handle").splitlines()
+    if kind == "full":
+        fields = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in teb[1:]}
+        assert teb[0] == f"TEB at {u['teb']:016x}"
+        assert (_hex(fields["StackBase"]), _hex(fields["StackLimit"]), _hex(fields["Self"])) == (
+            u["stack_base"], u["stack_limit"], u["teb"])
+        assert fields["ClientId"] == f"{u['cid'][0]:016x} . {u['cid'][1]:016x}"
+        assert _hex(fields["PEB Address"]) == u["peb"]
+        assert peb[0] == f"PEB at {u['peb']:016x}"
+        assert any(line.split() == ["ImageBaseAddress:", f"{u['exe_base']:016x}"] for line in peb)
+    else:
+        assert len(teb) == len(peb) == 1 and "not in the dump" in teb[0] and "not in the dump" in peb[0]
+    row = next(line for line in handles if line.startswith(f"{u['handle']:04x}: "))
+    assert row.split()[1:4] == ["Object:", f"{u['file_object']:x}", "GrantedAccess:"] and "001f01ff" in row
+    assert any("with 1 entries in use" in line for line in handles)
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_stacks_and_locks(arm64_set, kind):
+    """!stacks: every thread of every process the kernel made, Blocked (waiting) or RUNNING, its
+    blocker one of the frames it executed; !locks: the machine holds no ERESOURCE."""
+    entry, truth = arm64_set["3b"]
+    with _open(entry[kind]) as s:
+        rows = [line.split() for line in s.capture("!stacks").splitlines() if re.match(r"\s*[0-9a-f]+\.[0-9a-f]+\s", line)]
+        locks = s.capture("!locks").splitlines()
+    by_thread = {_hex(r[1]): r for r in rows}
+    for p in truth["processes"]:
+        for t in p["threads"]:
+            r = by_thread[t["ethread"]]
+            assert r[0] == f"{p['pid']:x}.{t['tid']:06x}"
+            assert r[3] == ("RUNNING" if t["ethread"] == truth["current_thread"] else "Blocked")
+            if t["frames"] and t["ethread"] != truth["current_thread"]:
+                assert r[4] in [f["function"] for f in t["frames"]]
+    assert locks[-1] == "0 total locks, 0 locks currently held"
+
+
+def test_arm64_handle_without_the_kernel_pdb_says_one_line(arm64_set):
+    entry, _ = arm64_set["3b"]
+    with kdshell.open(entry["full"], symbol_path="", image_path="") as s:
+        out = s.capture("!handle").splitlines()
+    assert out == ["!handle: The offset of _EPROCESS.ObjectTable is not known for ARM64 build 19041 (no kernel PDB, "
+                   "KDBG field or built-in entry): load the kernel's symbols"]
