@@ -770,3 +770,21 @@ def test_arm64_handle_without_the_kernel_pdb_says_one_line(arm64_set):
         out = s.capture("!handle").splitlines()
     assert out == ["!handle: The offset of _EPROCESS.ObjectTable is not known for ARM64 build 19041 (no kernel PDB, "
                    "KDBG field or built-in entry): load the kernel's symbols"]
+
+
+def test_arm64_3b_dump_m_reopens_with_the_same_answers(arm64_set, tmp_path):
+    """.dump /m of the 3b kernel dump: a small dump that gives the same bug check, the same k (down
+    to the user pc of the system call) and the same current thread, process and Teb."""
+    entry, truth = arm64_set["3b"]
+    out = tmp_path / "3b-m.dmp"
+    commands = (".bugcheck", "k", "!thread")
+    with _open(entry["bitmap"]) as s:
+        before = [s.capture(c).splitlines() for c in commands]
+        s.capture(f".dump /m {out}")
+    with _open(out) as s:
+        after = [s.capture(c).splitlines() for c in commands]
+        header = s.capture(".dumpdebug").splitlines()
+        assert "DumpType              00000004 (TRIAGE)" in header and "MachineImageType      0000aa64" in header
+    assert after[0] == before[0] and after[1] == before[1]
+    assert after[2][0] == before[2][0] and after[2][0].startswith(f"THREAD {truth['user']['thread']:x}  Cid 1a5c.")
+    assert len(after[1]) - 1 == len(walked_part(truth["call_chain"]))
