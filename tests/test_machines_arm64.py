@@ -788,3 +788,23 @@ def test_arm64_3b_dump_m_reopens_with_the_same_answers(arm64_set, tmp_path):
     assert after[0] == before[0] and after[1] == before[1]
     assert after[2][0] == before[2][0] and after[2][0].startswith(f"THREAD {truth['user']['thread']:x}  Cid 1a5c.")
     assert len(after[1]) - 1 == len(walked_part(truth["call_chain"]))
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+def test_arm64_dv_reads_locals_at_codeview_arm64_registers(arm64_set, kind):
+    """dv on ARM64 frames: clang's PDB places mydrv's -O0 locals at ARM64_FP/ARM64_SP (CodeView 79,
+    81) + offset. MyDrvProcessWorkItem's Scenario is the scenario the builder set (2), its Local
+    lies at its frame's sp + 0x18, and MyDrvParseRecord's Record parameter points at that Local."""
+    entry, truth = arm64_set["7e"]
+    chain = truth["call_chain"]
+    work = next(i for i, f in enumerate(chain) if f["function"].startswith("mydrv!MyDrvProcessWorkItem"))
+    parse = next(i for i, f in enumerate(chain) if f["function"].startswith("mydrv!MyDrvParseRecord"))
+    with _open(entry[kind]) as s:
+        s.capture(f".frame {work:x}")
+        work_vars = {line.split()[2]: line.split() for line in s.capture("dv /V").splitlines() if "=" in line}
+        s.capture(f".frame {parse:x}")
+        parse_vars = {line.split()[2]: line.split() for line in s.capture("dv /V").splitlines() if "=" in line}
+    assert work_vars["Scenario"][1].startswith("@fp-") and work_vars["Scenario"][4] == "0x2"
+    local = chain[work]["sp"] + 0x18
+    assert work_vars["Local"][:2] == [f"{local >> 32:08x}`{local & 0xFFFFFFFF:08x}", "@sp+0x18"]
+    assert _hex(parse_vars["Record"][4]) == local
