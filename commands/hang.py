@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
+from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.kernel.locks import Chain, Locks, Resource
 from kdshell.kernel.threads import Thread
@@ -28,7 +28,6 @@ from kdshell.kernel.threads import Thread
 if TYPE_CHECKING:
     from kdshell.session import Session
 
-ARM64_WHY = "kdshell reads resources and thread stacks at their x64 and x86 layouts only"
 SMALL = "a small memory dump keeps only the crashing thread and no {what}; a kernel or complete memory dump has them"
 # Frames of the scheduler and of the wait routines themselves: the blocker is the first frame past them.
 WAIT_FRAMES = ("KiSwapContext", "KiSwapThread", "KiCommitThreadWait", "KeWaitForSingleObject",
@@ -82,7 +81,7 @@ def resource_name(session: Session, address: int) -> str:
 
 
 # -- !locks --------------------------------------------------------------------------------------
-@command("!locks", family="kernel", needs=(needs_memory, not_on_arm64("!locks", ARM64_WHY)), syntax="!locks [-v]",
+@command("!locks", family="kernel", needs=(needs_memory,), syntax="!locks [-v]",
          summary="Show the executive resources (ERESOURCE) that are held: owners and waiting threads",
          example="!locks",
          details="From nt!ExpSystemResourcesList. -v: every resource, held or not, with the stacks of the "
@@ -167,7 +166,7 @@ def blocker(frames: list[str]) -> str:
     return frames[-1] if frames else "????????"
 
 
-@command("!stacks", family="kernel", needs=(needs_memory, not_on_arm64("!stacks", ARM64_WHY)), syntax="!stacks [0|1|2] [Filter]",
+@command("!stacks", family="kernel", needs=(needs_memory,), syntax="!stacks [0|1|2] [Filter]",
          summary="Summarise every thread's kernel stack by process: state, ticks waited, where it blocks",
          example="!stacks 0 mydrv",
          details="Level 0: one line per thread; 1: and its call sites; 2: and its full kb lines. Filter: only "

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
-from kdshell.kernel.io import CHARACTERISTICS, EXTENSION_FLAGS, IoObjects, flag_names, major_name, minor_name
+from kdshell.kernel.io import CHARACTERISTICS, EXTENSION_FLAGS, IoError, IoObjects, flag_names, major_name, minor_name
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -72,7 +72,15 @@ def _routine(session: Session, address: int | None) -> str:
 # -- !drvobj -------------------------------------------------------------------------------------
 def _driver_address(session: Session, io: IoObjects, text: str) -> int:
     """An address, or a driver's name (\\Driver\\ assumed): WinDbg tries the name first."""
-    found = io.find_driver(text)
+    try:
+        found = io.find_driver(text)
+    except IoError:  # no kernel types: an address still gets io.driver's own one line
+        if text.startswith("\\") or session.symbols.module(text) is not None:
+            raise
+        try:
+            return Evaluator(session).evaluate(text)
+        except KdError:
+            raise KdError(f"!drvobj: {text} is neither a driver's name nor an address") from None
     if found:
         return found
     # A bare module name (`mydrv`) is a driver's name here, not the module's base address.

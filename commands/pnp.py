@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kdshell.commands.io import io_objects
-from kdshell.commands.pool import ARM64_WHY, NO_SMALL_SCOPE, SMALL, kernel_pool
+from kdshell.commands.pool import NO_SMALL_SCOPE, SMALL, kernel_pool
 from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
@@ -55,7 +55,7 @@ def irp_blocks(session: Session) -> tuple[list[int], list[str]]:
     return found, notes
 
 
-@command("!irpfind", family="kernel", needs=(needs_memory, not_on_arm64("!irpfind", ARM64_WHY)), syntax="!irpfind [PoolType]",
+@command("!irpfind", family="kernel", needs=(needs_memory,), syntax="!irpfind [PoolType]",
          summary="Find the IRPs in the pool: each one's thread, current stack location, device and driver",
          example="!irpfind",
          details="Searches the blocks tagged 'Irp ' (the big-page table and the kernel's nonpaged pool range); "

@@ -29,7 +29,7 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING
 
-from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
+from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError, MemoryNotPresent
 from kdshell.expr import Evaluator
 from kdshell.kernel.pool import PAGE, KernelPool, PoolBlock, PoolError, TagUse, block_region, tag_owner, tag_value
@@ -37,7 +37,6 @@ from kdshell.kernel.pool import PAGE, KernelPool, PoolBlock, PoolError, TagUse, 
 if TYPE_CHECKING:
     from kdshell.session import Session
 
-ARM64_WHY = "kdshell reads pool headers at their x64 and x86 layouts only"
 SMALL = "a small memory dump keeps no {what}; a kernel, active or complete memory dump has them"
 
 
@@ -81,7 +80,7 @@ def _region(pool: KernelPool, address: int) -> str:
 
 
 # -- !pool ---------------------------------------------------------------------------------------
-@command("!pool", family="kernel", needs=(needs_memory, not_on_arm64("!pool", ARM64_WHY)), syntax="!pool Address [Flags]",
+@command("!pool", family="kernel", needs=(needs_memory,), syntax="!pool Address [Flags]",
          summary="Show the pool block that holds an address, with the other blocks of its page",
          example="!pool @rcx",
          details="The block holding Address is marked with *. Flags: 1 adds each block's first bytes, "
@@ -147,7 +146,7 @@ def _raw_lines(pool: KernelPool, address: int, is64: bool) -> list[str]:
 
 
 # -- !poolused -----------------------------------------------------------------------------------
-@command("!poolused", family="kernel", needs=(needs_memory, not_on_arm64("!poolused", ARM64_WHY)),
+@command("!poolused", family="kernel", needs=(needs_memory,),
          syntax="!poolused [Flags [Tag]]",
          summary="Show pool use per tag (nt!PoolTrackTable): allocations and bytes, nonpaged and paged",
          example="!poolused 2",
@@ -210,7 +209,7 @@ def poolused_lines(uses: list[TagUse], flags: int = 0, pattern: str | None = Non
 
 
 # -- !poolfind -----------------------------------------------------------------------------------
-@command("!poolfind", family="kernel", needs=(needs_memory, not_on_arm64("!poolfind", ARM64_WHY)),
+@command("!poolfind", family="kernel", needs=(needs_memory,),
          syntax="!poolfind Tag [PoolType]",
          summary="Find the pool blocks with a tag: the big-page table, then the small-pool pages",
          example="!poolfind MyDr",
@@ -273,7 +272,7 @@ def _vm_row(label: str, pages: int) -> str:
     return f"{label}{pages:>{max(33 - len(label), 1)}} ({pages * 4:>11} Kb)"
 
 
-@command("!vm", family="kernel", needs=(needs_memory, not_on_arm64("!vm", ARM64_WHY)), syntax="!vm [Flags]",
+@command("!vm", family="kernel", needs=(needs_memory,), syntax="!vm [Flags]",
          summary="Show memory use: physical memory and pool in use",
          example="!vm",
          details="Physical memory from nt!MmNumberOfPhysicalPages, pool in use from the pool tag table's "

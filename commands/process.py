@@ -20,7 +20,6 @@ from kdshell.kernel.userviews import UserViews
 if TYPE_CHECKING:
     from kdshell.session import Session
 
-ARM64_WHY = "kdshell reads TEBs, PEBs and handle tables at their x64 and x86 layouts only"
 ABSENT = ("{what} at {address}: its page is not in the dump (user-mode pages are in complete and active memory "
           "dumps, not in kernel or small memory dumps)")
 TEB_ROWS = (("ExceptionList", "NtTib.ExceptionList"), ("StackBase", "NtTib.StackBase"),
@@ -50,7 +49,7 @@ def _address(session: Session, inv: Invocation) -> int | None:
         raise CommandError(f"{inv.name}: {inv.args[0]} is not an address ({e})") from None
 
 
-@command("!teb", family="kernel", needs=(needs_memory, not_on_arm64("!teb", ARM64_WHY)), syntax="!teb [Address]",
+@command("!teb", family="kernel", needs=(needs_memory,), syntax="!teb [Address]",
          summary="Show a thread environment block (default: the current thread's)",
          example="!teb",
          details="Read in the current process's address space; user pages are in complete and active dumps.")
@@ -79,7 +78,7 @@ def teb_(session: Session, inv: Invocation) -> None:
     session.out.lines(out)
 
 
-@command("!peb", family="kernel", needs=(needs_memory, not_on_arm64("!peb", ARM64_WHY)), syntax="!peb [Address]",
+@command("!peb", family="kernel", needs=(needs_memory,), syntax="!peb [Address]",
          summary="Show a process environment block (default: the current process's)",
          example="!peb",
          details="Read in the current process's address space; user pages are in complete and active dumps.")
@@ -114,7 +113,7 @@ def peb_(session: Session, inv: Invocation) -> None:
 
 
 # -- !handle -------------------------------------------------------------------------------------
-@command("!handle", family="kernel", needs=(needs_memory, not_on_arm64("!handle", ARM64_WHY)),
+@command("!handle", family="kernel", needs=(needs_memory,),
          syntax="!handle [Handle [Flags [Process]]]",
          summary="List a process's handles (default: the current process's, every handle)",
          example="!handle 0 3",
@@ -137,6 +136,9 @@ def handle_(session: Session, inv: Invocation) -> None:
         raise KdError("!handle: no current process")
     process = k.process(process_address)
     table = process.object_table
+    unknown = k.process_layout.missing_line(("object_table",)) if table is None else None
+    if unknown is not None:  # not "no handle table": where it is is not known (no kernel PDB)
+        raise KdError(f"!handle: {unknown}")
     if not table:
         raise KdError(f"!handle: process {_p(session, process_address)} has no handle table")
     code = k.process_layout.get("handle_table_code")

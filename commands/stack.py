@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from kdshell.dispatch import Invocation, command, needs_memory, resolve
+from kdshell.dumpfile.header import MACHINE_ARM64
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.format import ptr
@@ -164,7 +165,8 @@ def _colour_split(session: Session, lines: Iterable[str]) -> Iterator[str]:
          example="kd 20")
 def kd_(session: Session, inv: Invocation) -> None:
     count = Evaluator(session).evaluate(inv.text) if inv.text.strip() else 0x10
-    sp = session.registers.get("rsp" if session.is64 else "esp", 0)
+    arm64 = session.context.machine == MACHINE_ARM64
+    sp = session.registers.get("sp" if arm64 else "rsp" if session.is64 else "esp", 0)
     dps, dps_inv = resolve(f"dps {sp:#x} L{count:#x}")  # the memory family's dps, through the registry
     dps.func(session, dps_inv)
     session.repeat = None

@@ -83,7 +83,25 @@ RUN_CHAINS = {  # the functions each scenario's chain must hold, innermost first
     "e2": ["nt!KeBugCheckEx", "nt!KeBugCheck", "kbdcrash!KbdCrashInitiateCrash", "kbdcrash!KbdCrashHandleScanCode",
            "kbdcrash!KbdCrashProcessInput", "nt!KiExecuteAllDpcs", "nt!KiRetireDpcList", "nt!KiIdleLoop",
            "nt!KiSystemStartup"],
+    # then the user-mode frames: ntdll's stub at the svc ("syscall"), stortool.exe's program ("user")
+    "3b": ["nt!KeBugCheckEx", "nt!KiSystemServiceHandler", "nt!RtlDispatchException", "nt!KiDispatchException",
+           "nt!KiExceptionDispatch", "nt!KiSynchronousException", "storfilt!StorFiltValidateDescriptor",
+           "storfilt!StorFiltWalkDescriptors", "storfilt!StorFiltProcessRequest",
+           "storfilt!StorFiltDispatchDeviceControl", "nt!IopSynchronousServiceTail", "nt!IopXxxControlFile",
+           "nt!NtDeviceIoControlFile", "nt!KiSystemService"],
 }
+USER_KINDS = ("syscall", "user")
+
+
+def kernel_part(chain):
+    """The chain's kernel frames: everything before the first user-mode one."""
+    return [f for f in chain if f["kind"] not in USER_KINDS]
+
+
+def walked_part(chain):
+    """What k shows of a chain: the kernel frames and the interrupted user pc (the syscall frame;
+    kdshell, like WinDbg without user symbols, stops there), as on x64."""
+    return kernel_part(chain) + [f for f in chain if f["kind"] == "syscall"]
 
 
 class _Module:
@@ -142,7 +160,19 @@ def test_arm64_run_crashes_with_the_scenario_bug_check_and_chain(runs, name):
     code, params = run.bugcheck
     assert code == SCENARIOS_ARM64[name].expect_code
     chain = run.chain()
-    assert [f["function"].split("+")[0] for f in chain] == RUN_CHAINS[name]
+    assert [f["function"].split("+")[0] for f in kernel_part(chain)] == RUN_CHAINS[name]
+    if name == "3b":  # SYSTEM_SERVICE_EXCEPTION(C0000005, faulting pc, &CONTEXT, 0); then the svc and its caller
+        trap = next(f for f in chain if f["kind"] == "trap")
+        assert params[0] == 0xC0000005 and params[1] == trap["pc"] and params[3] == 0
+        assert run.exceptions[0]["far"] == 0x10
+        ctx = _context(run.read(params[2], 0x390))  # the CONTEXT KiDispatchException built: the faulting frame
+        assert (ctx["pc"], ctx["sp"]) == (trap["pc"], trap["sp"])
+        u = run.user
+        assert [(f["kind"], f["pc"], f["sp"]) for f in chain[-2:]] == [
+            ("syscall", u["user_pc"], u["user_sp"]), ("user", u["exe_base"] + 0x1058, u["user_sp"])]
+        assert run.read(u["user_pc"] - 4, 4) == (0xD4000001 | 7 << 5).to_bytes(4, "little")  # svc #7
+    else:
+        assert len(kernel_part(chain)) == len(chain)
     if name == "d1":  # DRIVER_IRQL_NOT_LESS_OR_EQUAL(address, IRQL 2, read, pc of the faulting load)
         trap = next(f for f in chain if f["kind"] == "trap")
         assert params == (0xFFFFF8A000BAD000, 2, 0, trap["pc"]) and run.exceptions[0]["far"] == params[0]
@@ -157,20 +187,20 @@ def test_arm64_unwind_from_the_bug_check_context_recovers_every_executed_frame(r
     run = runs[name]
     unwinder = _unwinder(run)
     ctx = _context(run.bugcheck_context())
-    chain = run.chain()
+    chain = walked_part(run.chain())  # 3b: up to the user pc (no user modules to unwind its leaf stub by)
     assert (ctx["pc"], ctx["sp"]) == (chain[0]["pc"], chain[0]["sp"])
     known, interrupted = frozenset(ctx), True
     for want in chain[1:]:
         step = unwinder.step(ctx, known, interrupted)
         assert isinstance(step, Arm64Step), (want["function"], step)
         assert (step.regs["pc"], step.regs["sp"]) == (want["pc"], want["sp"]), want["function"]
-        assert (step.how == "trap") == (want["kind"] == "trap")
+        assert (step.how == "trap") == (want["kind"] in ("trap", "syscall"))
         ctx, known, interrupted = step.regs, step.known, step.how == "trap"
 
 
 def _excluded(run, pc: int) -> bool:
     """Instructions where no unwinder can know the caller: the trap handler before its KTRAP_FRAME
-    is complete (the state is still in registers being stored), and KiSwapContext between the
+    is complete (the state is still in registers being stored), and SwapContext between the
     switch of KPRCB.CurrentThread and of sp (the stack belongs to neither thread's record)."""
     if not hasattr(run, "_windows"):
         def find(function: str, text: str) -> int:  # the address of an instruction of `function`
@@ -178,13 +208,16 @@ def _excluded(run, pc: int) -> bool:
             return next(i.address for i in run.cs.disasm(run.read(start, 0x200), start)
                         if f"{i.mnemonic} {i.op_str}" == text)
         trap = run.sym["nt!KiSynchronousException"]
+        service = run.sym["nt!KiSystemService"]
         run._windows = ((trap, find("nt!KiSynchronousException", "stp w2, w3, [sp, #0x90]")),  # Spsr/Esr: the last
-                        (find("nt!KiSwapContext", "str x1, [x10, #8]") + 4, find("nt!KiSwapContext", "mov sp, x9")))
+                        (service, find("nt!KiSystemService", "stp w12, w13, [x9, #0x90]")),
+                        (find("nt!SwapContext", "str x1, [x10, #8]") + 4, find("nt!SwapContext", "mov sp, x9")))
     return any(lo <= pc <= hi for lo, hi in run._windows)
 
 
 @pytest.mark.parametrize("name,module", [("d1", "mydrv"), ("7e", "mydrv"), ("e2", "kbdcrash"), ("d1", "nt"),
-                                         ("e2", "nt"), ("7e-plain", "storfilt"), ("7e-plain", "mydrv")])
+                                         ("e2", "nt"), ("7e-plain", "storfilt"), ("7e-plain", "mydrv"),
+                                         ("3b", "nt"), ("3b", "storfilt")])
 def test_arm64_unwind_at_every_executed_instruction(name, module):
     """At every instruction the CPU executes in `module` (prologs, bodies, epilogs, leaves), kdshell's
     unwind of the live registers gives the caller's pc and sp the shadow call stack recorded."""
@@ -245,7 +278,7 @@ def _hex(text: str) -> int:
 @pytest.mark.parametrize("name", sorted(RUN_CHAINS))
 def test_arm64_dump_bugcheck_registers_stack_and_modules(arm64_set, name, kind):
     entry, truth = arm64_set[name]
-    chain = truth["call_chain"]
+    chain = walked_part(truth["call_chain"])
     with _open(entry[kind]) as s:
         out = s.capture(".bugcheck").splitlines()
         assert out[0] == f"Bugcheck code {truth['bugcheck']['code']:08X}"
@@ -260,8 +293,11 @@ def test_arm64_dump_bugcheck_registers_stack_and_modules(arm64_set, name, kind):
         for i, row in enumerate(rows):
             child_sp, ret, site = row.split()[:3]
             assert _hex(child_sp) == chain[i]["sp"], row
-            assert site.split("+")[0] == chain[i]["function"].split("+")[0], row
             assert _hex(ret) == (chain[i + 1]["pc"] if i + 1 < len(chain) else 0), row
+            if chain[i]["kind"] == "syscall":  # the user pc, printed bare (no user module list)
+                assert site == f"0x{chain[i]['pc'] >> 32:08x}`{chain[i]['pc'] & 0xFFFFFFFF:08x}", row
+            else:
+                assert site.split("+")[0] == chain[i]["function"].split("+")[0], row
         # lm: the loaded modules the builder listed
         lm = s.capture("lm").splitlines()[1:]
         listed = {line.split()[2]: (_hex(line.split()[0]), _hex(line.split()[1])) for line in lm if line.strip()}
@@ -390,3 +426,385 @@ def test_arm64_irql_is_the_one_the_bug_check_interrupted(arm64_set, name, kind):
     assert truth["irql"] == want
     with _open(entry[kind]) as s:
         assert s.capture("!irql").strip().startswith(f"Debugger saved IRQL for processor 0x0 -- {want} (")
+
+
+# -- 0x3B: the system service from user mode (fixtures/machine/arm64user.py) -----------------------
+
+def _regs(s) -> dict[str, int]:
+    """`r`'s register dump as a dict (WinDbg's ARM64 layout: name=value pairs)."""
+    return {m.group(1): int(m.group(2), 16) for m in re.finditer(r"\b(x\d+|fp|lr|sp|pc)=([0-9a-f]{16})", s.capture("r"))}
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+def test_arm64_3b_cxr_gives_the_faulting_frame_and_its_stack(arm64_set, kind):
+    """`.cxr P3` (the CONTEXT KiDispatchException built from the KTRAP_FRAME and KEXCEPTION_FRAME)
+    gives the faulting load in storfilt with the pc/sp the CPU faulted at, and k from it the
+    executed frames down to the system-service entry and the user pc the svc left."""
+    entry, truth = arm64_set["3b"]
+    chain = walked_part(truth["call_chain"])
+    trap = next(i for i, f in enumerate(chain) if f["kind"] == "trap")
+    p3 = truth["bugcheck"]["parameters"][2]
+    with _open(entry[kind]) as s:
+        out = s.capture(f".cxr {p3:x}")
+        assert "storfilt!StorFiltValidateDescriptor+0x" in out
+        regs = _regs(s)
+        assert (regs["pc"], regs["sp"]) == (chain[trap]["pc"], chain[trap]["sp"])
+        assert regs["x0"] == 0x10  # the descriptor pointer it loaded from (the fault address)
+        rows = [line.split() for line in s.capture("k").splitlines()[1:] if line.strip()]
+        assert [(_hex(r[0]), r[2].split("+")[0]) for r in rows] == \
+            [(f["sp"], f["function"].split("+")[0] if f["kind"] != "syscall" else r[2])
+             for f, r in zip(chain[trap:], rows)]
+        assert len(rows) == len(chain) - trap
+        s.capture(".cxr")
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_3b_trap_frame_into_user_mode(arm64_set, kind):
+    """KTHREAD.TrapFrame is the KTRAP_FRAME nt!KiSystemService built from the svc: `.trap` on it
+    shows the user state at EL0 (pc after the svc in ntdll's stub, sp_el0, lr in stortool.exe,
+    x18 = the TEB, x0-x7 the NtDeviceIoControlFile arguments). The complete dump has the user page
+    (the svc is there); the kernel dump has no user pages."""
+    entry, truth = arm64_set["3b"]
+    u = truth["user"]
+    with _open(entry[kind]) as s:
+        got = re.search(r"TrapFrame\s+: 0x([0-9a-f`]+)", s.capture(f"dt nt!_KTHREAD {u['thread']:x} TrapFrame"))
+        assert got and _hex(got.group(1)) == u["trap_frame"]
+        out = s.capture(f".trap {u['trap_frame']:x}")
+        assert "EL0" in out
+        regs = _regs(s)
+        assert (regs["pc"], regs["sp"], regs["lr"], regs["x18"]) == (u["user_pc"], u["user_sp"], u["user_lr"], u["teb"])
+        assert [regs[f"x{i}"] for i in range(8)] == [u["handle"], 0, 0, 0, u["buffer"] + 0x200, u["ioctl"],
+                                                     u["buffer"] + 0x100, 0x30]
+        rows = [line.split() for line in s.capture("k").splitlines()[1:] if line.strip()]
+        assert _hex(rows[0][0]) == u["user_sp"] and rows[0][2] == f"0x{u['user_pc'] >> 32:08x}`{u['user_pc'] & 0xFFFFFFFF:08x}"
+        svc = s.capture(f"u {u['user_pc'] - 4:x} L1").splitlines()[-1]
+        if kind == "full":
+            assert svc.split()[1:] == ["d40000e1", "svc", "#7"]
+        else:
+            assert "????????" in svc
+        s.capture(".cxr")
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+def test_arm64_3b_analyze_process_and_thread(arm64_set, kind):
+    """!analyze blames storfilt (its faulting load, AV bucket) in stortool.exe's process;
+    !process/!thread show the user process and thread the builder made: Cid, Peb, Teb,
+    DirBase (the process's own root table), Image."""
+    entry, truth = arm64_set["3b"]
+    u = truth["user"]
+    with _open(entry[kind]) as s:
+        analysis = s.capture("!analyze -v")
+        thread = s.capture("!thread").splitlines()
+        process = s.capture(f"!process {u['eprocess']:x} 0").splitlines()
+    assert re.search(r"FAILURE_BUCKET_ID:\s+AV_storfilt!StorFiltValidateDescriptor", analysis)
+    assert re.search(r"MODULE_NAME:\s+storfilt", analysis) and re.search(r"PROCESS_NAME:\s+stortool\.exe", analysis)
+    assert re.search(r"OSPLATFORM_TYPE:\s+arm64", analysis)
+    assert thread[0] == (f"THREAD {u['thread']:x}  Cid {u['cid'][0]:04x}.{u['cid'][1]:04x}  Teb: {u['teb']:016x} "
+                         f"Win32Thread: {0:016x} RUNNING on processor 0")
+    assert any(line.split()[:3] == ["Owning", "Process", f"{u['eprocess']:x}"] and line.endswith("stortool.exe")
+               for line in thread)
+    assert process[0] == f"PROCESS {u['eprocess']:x}"
+    assert process[1].split()[3:] == [f"{u['pid']:04x}", "Peb:", f"{u['peb']:x}", "ParentCid:", f"{u['parent']:04x}"] \
+        if "parent" in u else process[1].split()[3] == f"{u['pid']:04x}"
+    if kind != "small":
+        assert process[2].split()[1] == f"{u['dtb']:08x}"
+    assert [line.strip() for line in process if line.strip()][-1] == "Image: stortool.exe"
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_3b_user_pages_under_the_process_root(arm64_set, kind):
+    """The user half is the process's own (DirBase): every user page the builder mapped
+    translates through it, and !pte decodes EL0 access, nG and PXN from the builder's entry."""
+    from kdshell.dumpfile.dump import open_dump
+    from kdshell.session import Session
+
+    entry, truth = arm64_set["3b"]
+    u = truth["user"]
+    with open_dump(entry[kind]) as d:
+        space = Session(d).spaces.space(u["dtb"])
+        for x in u["translations"]:
+            assert space.translate(x["va"] + 0x28) == x["pa"] + 0x28, hex(x["va"])
+        system = Session(d).spaces.space(truth["dtb"])
+        with pytest.raises(KdError):
+            system.translate(u["teb"])  # not in the System process's half
+    stub = next(x for x in u["translations"] if x["va"] == u["ntdll"])
+    data = next(x for x in u["translations"] if x["va"] == u["buffer"])
+    with _open(entry[kind]) as s:
+        code = s.capture(f"!pte {u['ntdll']:x}")
+        buf = s.capture(f"!pte {u['buffer']:x}")
+    assert _hex(code.splitlines()[2].split()[-1]) == stub["entry"] and _hex(buf.splitlines()[2].split()[-1]) == data["entry"]
+    assert "EL0 read-only; execute: EL1 no (PXN), EL0 yes" in code
+    assert "EL0 read/write; execute: EL1 no (PXN), EL0 no (UXN)" in buf
+    assert stub["entry"] >> 11 & 1 and data["entry"] >> 6 & 1  # nG, AP[1] (EL0 access)
+
+
+# -- !drvobj / !devobj / !devstack / !irp: the I/O objects the kernel made --------------------------
+
+def _devext(value: int) -> str:
+    return f"{value:016x}" if value else "00000000"
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+@pytest.mark.parametrize("name", ("3b", "d1"))  # d1: mydrv's DriverEntry crashed, the others never loaded
+def test_arm64_drvobj_and_devobj_match_the_kernels_objects(arm64_set, name, kind):
+    """Every boot driver object (nt!IopBootDriverObjects) by name: its address, name, device list,
+    DriverEntry/DriverUnload and the 28 dispatch routines as the kernel filled them; !devobj and
+    !devstack of each device (driver, RefCount, DeviceType, Flags, DeviceExtension) - with the
+    ARM64 kernel's PDB types."""
+    entry, truth = arm64_set[name]
+    io = truth["io"]
+    devices = {d["address"]: d for d in io["devices"]}
+    loaded = ["\\Driver\\mydrv", "\\Driver\\storfilt", "\\Driver\\kbdcrash"]
+    assert [d["name"] for d in io["drivers"]] == (loaded if name == "3b" else loaded[:1])
+    with _open(entry[kind]) as s:
+        for drv in io["drivers"]:
+            short = drv["name"].split("\\")[-1]
+            out = s.capture(f"!drvobj {short} 3").splitlines()
+            assert out[:3] == [f"Driver object ({drv['address']:016x}) is for:", f" {drv['name']}",
+                               "Driver Extension List: (id , addr)"]
+            listed = out[out.index("Device Object list:") + 1:out.index("Device Object list:") + 1 + len(drv["devices"])]
+            assert [_hex(x) for x in listed] == drv["devices"]
+            assert f"DriverEntry:   {drv['init']:016x}  {short}!DriverEntry" in out
+            assert any(line.startswith("DriverUnload:  ") and line.split()[1] == (f"{drv['unload']:016x}" if drv["unload"]
+                                                                                 else "00000000") for line in out)
+            routines = out[out.index("Dispatch routines:") + 1:]
+            assert [_hex(r.split()[2]) for r in routines] == drv["dispatch"]
+            assert routines[0x0E].split()[1] == "IRP_MJ_DEVICE_CONTROL"
+            assert s.capture(f"!drvobj {drv['address']:x} 3").splitlines() == out
+            for dev in drv["devices"]:
+                d = devices[dev]
+                assert s.capture(f"!devobj {dev:x}").splitlines() == [
+                    f"Device object ({dev:016x}) is for:",
+                    f"  {drv['name']} DriverObject {drv['address']:016x}",
+                    f"Current Irp {d['current_irp']:08x} RefCount {d['reference_count']} Type {d['device_type']:08x} "
+                    f"Flags {d['flags']:08x}",
+                    f"DevExt {_devext(d['extension'])} DevObjExt 00000000",
+                    "Device queue is not busy."]
+                stack = s.capture(f"!devstack {dev:x}").splitlines()
+                assert stack[1].split()[:3] == [">", f"{dev:016x}", drv["name"]]
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_irp_in_flight_from_the_system_call(arm64_set, kind):
+    """0x3B: the IRP NtDeviceIoControlFile built (on the thread's IrpList) when storfilt faulted:
+    one stack location, current, IRP_MJ_DEVICE_CONTROL to storfilt's device through the handle's
+    FILE_OBJECT, the IOCTL code and the buffered System buffer."""
+    entry, truth = arm64_set["3b"]
+    irp = truth["io"]["irps"][0]
+    u = truth["user"]
+    assert irp["thread"] == u["thread"] and irp["device"] == u["device"] and irp["file_object"] == u["file_object"]
+    with _open(entry[kind]) as s:
+        out = s.capture(f"!irp {irp['address']:x}").splitlines()
+        detail = s.capture(f"!irp {irp['address']:x} 1").splitlines()
+    assert out[0] == f"Irp is active with {irp['stack_count']} stacks {irp['current_location']} is current " \
+                     f"(= 0x{irp['location']:016x})"
+    assert out[1] == f" No Mdl: System buffer={irp['system_buffer']:016x}: Thread {irp['thread']:016x}:  Irp stack trace."
+    assert out[3] == f">[IRP_MJ_DEVICE_CONTROL({irp['major']:x}), N/A(0)]"
+    assert out[4].split()[2:4] == [f"{irp['device']:016x}", f"{irp['file_object']:016x}"]
+    assert out[5].strip() == "\\Driver\\storfilt"
+    assert out[6].split()[1:4] == ["00000000", "00000030", f"{irp['ioctl']:#x}"]  # output 0, input 0x30 bytes
+    assert "RequestorMode = 00000001" in detail and f"UserIosb = {u['buffer'] + 0x200:x}" in detail
+
+
+@pytest.mark.parametrize("text", ("!drvobj storfilt", "!drvobj {drv:x}", "!devobj {dev:x}", "!devstack {dev:x}",
+                                  "!irp {irp:x}"))
+def test_arm64_io_commands_without_the_kernel_pdb_say_one_line(arm64_set, text):
+    """No nt PDB (symbols from nowhere): the ARM64 I/O structures have no KDBG Offset* fields and
+    no per-build table, so each command says in one line that it needs the kernel's types."""
+    entry, truth = arm64_set["3b"]
+    io = truth["io"]
+    line = text.format(drv=io["drivers"][1]["address"], dev=io["devices"][1]["address"], irp=io["irps"][0]["address"])
+    with kdshell.open(entry["full"], symbol_path="", image_path="") as s:
+        out = s.capture(line).splitlines()
+    assert len(out) == 1 and "not available (no kernel PDB)" in out[0] and "nt's symbols" in out[0]
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+def test_arm64_kd_dumps_the_stack_from_sp(arm64_set, kind):
+    """kd: the raw stack from the context's sp (ARM64 has no rsp), with the symbols of the return
+    addresses the executed frames left there."""
+    entry, truth = arm64_set["3b"]
+    chain = truth["call_chain"]
+    with _open(entry[kind]) as s:
+        rows = [line.split() for line in s.capture("kd 8").splitlines()]
+    assert [_hex(r[0]) for r in rows] == [chain[0]["sp"] + 8 * i for i in range(8)]
+    returns = {f["pc"]: f["function"] for f in chain[1:] if f["kind"] == "call"}
+    named = [(r[2], returns[_hex(r[1])]) for r in rows if _hex(r[1]) in returns]
+    assert named and all(a == b for a, b in named)
+
+
+# -- pool: ARM64 uses x64's 16-byte-unit POOL_HEADER (the fixture kernel's pool.c, shared) -------------
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_pool_commands_find_the_kernels_objects(arm64_set, kind):
+    """!pool on the IRP in flight names its block (tag 'Irp ', allocated, holding it); !poolfind
+    Proc lists a block holding each EPROCESS the kernel made; !poolused counts one allocation per
+    process, thread, driver object, device object and IRP the machine has."""
+    entry, truth = arm64_set["3b"]
+    io = truth["io"]
+    irp = io["irps"][0]["address"]
+    with _open(entry[kind]) as s:
+        pool = s.capture(f"!pool {irp:x}").splitlines()
+        found = s.capture("!poolfind Proc").splitlines()
+        used = s.capture("!poolused").splitlines()
+    mine = next(line for line in pool if line.startswith("*"))
+    start, size = _hex(mine.split()[0][1:]), int(mine.split()[2], 16)
+    assert start < irp < start + size and mine.split()[-1] == "*Irp" and "(Allocated)" in mine
+    blocks = [(_hex(line.split()[0]), int(line.split()[5].rstrip(","), 16)) for line in found if ": tag Proc" in line]
+    assert len(blocks) == len(truth["processes"])
+    for p in truth["processes"]:
+        assert any(b <= p["eprocess"] < b + n for b, n in blocks), hex(p["eprocess"])
+    counts = {line.split()[0]: int(line.split()[1]) for line in used if line[:1] == " " and len(line.split()) > 4
+              and line.split()[1].isdigit()}
+    threads = sum(len(p["threads"]) for p in truth["processes"])
+    assert (counts["Proc"], counts["Thre"], counts["Driv"], counts["Devi"], counts["Irp"]) == (
+        len(truth["processes"]), threads, len(io["drivers"]), len(io["devices"]), len(io["irps"]))
+
+
+def test_arm64_pool_commands_on_a_small_dump_say_one_line(arm64_set):
+    entry, _ = arm64_set["3b"]
+    with _open(entry["small"]) as s:
+        for command in ("!poolused", "!poolfind Proc"):
+            assert len(s.capture(command).splitlines()) == 1, command
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_vm_reads_the_kernels_pool_counters(arm64_set, kind):
+    """!vm: pool in use from the kernel's PoolTrackTable (pages, rounded up) and the nonpaged pool
+    pages from nt!MmAllocatedNonPagedPool, as the fixture kernel counted them."""
+    entry, truth = arm64_set["3b"]
+    pool = truth["pool"]
+    with _open(entry[kind]) as s:
+        out = s.capture("!vm").splitlines()
+    rows = {line.split(":")[0]: int(line.split(":")[1].split()[0]) for line in out if "Usage:" in line or "Pages:" in line}
+    assert rows["NonPagedPool Usage"] == -(-pool["nonpaged_bytes"] // 0x1000)
+    assert rows["PagedPool Usage"] == -(-pool["paged_bytes"] // 0x1000)
+    assert rows["NonPagedPool Pages"] == pool["allocated_nonpaged_pool"]  # counted in pages, as on Windows
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_irpfind_finds_the_irp_in_flight(arm64_set, kind):
+    """!irpfind scans the pool for 'Irp ' blocks: the one IRP the machine has, with its thread,
+    current stack location (IRP_MJ_DEVICE_CONTROL), device, driver and the thread's process."""
+    entry, truth = arm64_set["3b"]
+    irp, u = truth["io"]["irps"][0], truth["user"]
+    with _open(entry[kind]) as s:
+        rows = [line for line in s.capture("!irpfind").splitlines() if line[:1] in "0123456789abcdef" and line.strip()]
+    assert len(rows) == len(truth["io"]["irps"]) == 1
+    words = rows[0].replace("[", " ").replace("]", " ").split()
+    assert (_hex(words[0]), _hex(words[1])) == (irp["address"], irp["thread"])
+    assert rows[0].split("irpStack: (")[1].startswith(f"{irp['major']:2x}, 0)")
+    assert _hex(words[6]) == irp["device"] and words[7] == "\\Driver\\storfilt" and _hex(words[8]) == u["eprocess"]
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+@pytest.mark.parametrize("name", ("3b", "7e"))
+def test_arm64_waiting_threads_stacks_are_the_executed_ones(arm64_set, name, kind):
+    """A waiting thread's stack starts at its KSWITCH_FRAME (Windows' ARM64 layout: Fp +0x10,
+    Return +0x18, 0x20 bytes, pushed by SwapContext below KiSwapContext's frame): `.thread` + k
+    give every frame the shadow call stack recorded for it (Child-SP, RetAddr, function)."""
+    entry, truth = arm64_set[name]
+    waiting = [t for p in truth["processes"] for t in p["threads"] if t["state"] == 5]
+    assert waiting
+    with _open(entry[kind]) as s:
+        for t in waiting:
+            frames = t["frames"]
+            assert frames[0]["function"].startswith("nt!KiSwapContext+") and frames[0]["sp"] == t["kernel_stack"] + 0x20
+            s.capture(f".thread {t['ethread']:x}")
+            rows = [line.split() for line in s.capture("k").splitlines()[1:] if line.strip()]
+            assert [(_hex(r[0]), _hex(r[1]), r[2].split("+")[0]) for r in rows] == [
+                (f["sp"], frames[i + 1]["pc"] if i + 1 < len(frames) else 0, f["function"].split("+")[0])
+                for i, f in enumerate(frames)], hex(t["ethread"])
+        s.capture(".thread")
+
+
+# -- user-mode structures and the thread summaries (64-bit layouts, as on x64) ------------------------
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_teb_peb_and_handle_of_the_user_process(arm64_set, kind):
+    """!teb/!peb of stortool.exe's thread (complete dump: its user pages; kernel dump: one line
+    each), !handle: the one handle the builder opened (ObpCreateHandle) to the FILE_OBJECT."""
+    entry, truth = arm64_set["3b"]
+    u = truth["user"]
+    with _open(entry[kind]) as s:
+        teb, peb = s.capture("!teb").splitlines(), s.capture("!peb").splitlines()
+        handles = s.capture("!handle").splitlines()
+    if kind == "full":
+        fields = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in teb[1:]}
+        assert teb[0] == f"TEB at {u['teb']:016x}"
+        assert (_hex(fields["StackBase"]), _hex(fields["StackLimit"]), _hex(fields["Self"])) == (
+            u["stack_base"], u["stack_limit"], u["teb"])
+        assert fields["ClientId"] == f"{u['cid'][0]:016x} . {u['cid'][1]:016x}"
+        assert _hex(fields["PEB Address"]) == u["peb"]
+        assert peb[0] == f"PEB at {u['peb']:016x}"
+        assert any(line.split() == ["ImageBaseAddress:", f"{u['exe_base']:016x}"] for line in peb)
+    else:
+        assert len(teb) == len(peb) == 1 and "not in the dump" in teb[0] and "not in the dump" in peb[0]
+    row = next(line for line in handles if line.startswith(f"{u['handle']:04x}: "))
+    assert row.split()[1:4] == ["Object:", f"{u['file_object']:x}", "GrantedAccess:"] and "001f01ff" in row
+    assert any("with 1 entries in use" in line for line in handles)
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_stacks_and_locks(arm64_set, kind):
+    """!stacks: every thread of every process the kernel made, Blocked (waiting) or RUNNING, its
+    blocker one of the frames it executed; !locks: the machine holds no ERESOURCE."""
+    entry, truth = arm64_set["3b"]
+    with _open(entry[kind]) as s:
+        rows = [line.split() for line in s.capture("!stacks").splitlines() if re.match(r"\s*[0-9a-f]+\.[0-9a-f]+\s", line)]
+        locks = s.capture("!locks").splitlines()
+    by_thread = {_hex(r[1]): r for r in rows}
+    for p in truth["processes"]:
+        for t in p["threads"]:
+            r = by_thread[t["ethread"]]
+            assert r[0] == f"{p['pid']:x}.{t['tid']:06x}"
+            assert r[3] == ("RUNNING" if t["ethread"] == truth["current_thread"] else "Blocked")
+            if t["frames"] and t["ethread"] != truth["current_thread"]:
+                assert r[4] in [f["function"] for f in t["frames"]]
+    assert locks[-1] == "0 total locks, 0 locks currently held"
+
+
+def test_arm64_handle_without_the_kernel_pdb_says_one_line(arm64_set):
+    entry, _ = arm64_set["3b"]
+    with kdshell.open(entry["full"], symbol_path="", image_path="") as s:
+        out = s.capture("!handle").splitlines()
+    assert out == ["!handle: The offset of _EPROCESS.ObjectTable is not known for ARM64 build 19041 (no kernel PDB, "
+                   "KDBG field or built-in entry): load the kernel's symbols"]
+
+
+def test_arm64_3b_dump_m_reopens_with_the_same_answers(arm64_set, tmp_path):
+    """.dump /m of the 3b kernel dump: a small dump that gives the same bug check, the same k (down
+    to the user pc of the system call) and the same current thread, process and Teb."""
+    entry, truth = arm64_set["3b"]
+    out = tmp_path / "3b-m.dmp"
+    commands = (".bugcheck", "k", "!thread")
+    with _open(entry["bitmap"]) as s:
+        before = [s.capture(c).splitlines() for c in commands]
+        s.capture(f".dump /m {out}")
+    with _open(out) as s:
+        after = [s.capture(c).splitlines() for c in commands]
+        header = s.capture(".dumpdebug").splitlines()
+        assert "DumpType              00000004 (TRIAGE)" in header and "MachineImageType      0000aa64" in header
+    assert after[0] == before[0] and after[1] == before[1]
+    assert after[2][0] == before[2][0] and after[2][0].startswith(f"THREAD {truth['user']['thread']:x}  Cid 1a5c.")
+    assert len(after[1]) - 1 == len(walked_part(truth["call_chain"]))
+
+
+@pytest.mark.parametrize("kind", DUMP_KINDS)
+def test_arm64_dv_reads_locals_at_codeview_arm64_registers(arm64_set, kind):
+    """dv on ARM64 frames: clang's PDB places mydrv's -O0 locals at ARM64_FP/ARM64_SP (CodeView 79,
+    81) + offset. MyDrvProcessWorkItem's Scenario is the scenario the builder set (2), its Local
+    lies at its frame's sp + 0x18, and MyDrvParseRecord's Record parameter points at that Local."""
+    entry, truth = arm64_set["7e"]
+    chain = truth["call_chain"]
+    work = next(i for i, f in enumerate(chain) if f["function"].startswith("mydrv!MyDrvProcessWorkItem"))
+    parse = next(i for i, f in enumerate(chain) if f["function"].startswith("mydrv!MyDrvParseRecord"))
+    with _open(entry[kind]) as s:
+        s.capture(f".frame {work:x}")
+        work_vars = {line.split()[2]: line.split() for line in s.capture("dv /V").splitlines() if "=" in line}
+        s.capture(f".frame {parse:x}")
+        parse_vars = {line.split()[2]: line.split() for line in s.capture("dv /V").splitlines() if "=" in line}
+    assert work_vars["Scenario"][1].startswith("@fp-") and work_vars["Scenario"][4] == "0x2"
+    local = chain[work]["sp"] + 0x18
+    assert work_vars["Local"][:2] == [f"{local >> 32:08x}`{local & 0xFFFFFFFF:08x}", "@sp+0x18"]
+    assert _hex(parse_vars["Record"][4]) == local

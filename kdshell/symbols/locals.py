@@ -80,6 +80,7 @@ CV_SIGNATURE_C13 = 4
 MAX_SCOPE_DEPTH = 64  # real code nests blocks a few levels; a hostile stream may not recurse on
 
 MACHINE_I386 = 0x14C
+MACHINE_ARM64 = 0xAA64
 
 # Where a variable is (Location.kind)
 REGISTER, REGISTER_RELATIVE, FRAME_RELATIVE, SUBFIELD = "register", "regrel", "framerel", "subfield"
@@ -132,17 +133,28 @@ def _register_table(is64: bool) -> dict[int, Register]:
     return table
 
 
+def _register_table_arm64() -> dict[int, Register]:
+    """CodeView's ARM64 numbers (CV_ARM64_*): W0-W30 10-40 (the low halves), X0-X28 50-78,
+    FP 79, LR 80, SP 81, PC 83 (clang's PDBs place -O0 locals at ARM64_FP/ARM64_SP + offset)."""
+    full = [f"x{i}" for i in range(29)] + ["fp", "lr"]
+    table = {10 + i: Register(f"w{i}", name, 0, 32) for i, name in enumerate(full)}
+    table.update({50 + i: Register(name, name, 0, 64) for i, name in enumerate(full)})
+    table.update({81: Register("sp", "sp", 0, 64), 83: Register("pc", "pc", 0, 64)})
+    return table
+
+
 REGISTERS_X64 = _register_table(True)
 REGISTERS_X86 = _register_table(False)
+REGISTERS_ARM64 = _register_table_arm64()
 # S_FRAMEPROC's encoded frame-pointer registers
 FRAME_BASE_X64 = {1: 335, 2: 334, 3: 341}  # RSP, RBP, R13
 FRAME_BASE_X86 = {1: 30006, 2: 22, 3: 20}  # VFRAME, EBP, EBX
 
 
-def register(number: int, is64: bool) -> Register:
+def register(number: int, is64: bool, arm64: bool = False) -> Register:
     """The register CodeView number `number` names; an unknown number gives a Register without
     a full register (its value is never available)."""
-    found = (REGISTERS_X64 if is64 else REGISTERS_X86).get(number)
+    found = (REGISTERS_ARM64 if arm64 else REGISTERS_X64 if is64 else REGISTERS_X86).get(number)
     return found if found is not None else Register(f"<register {number}>", None)
 
 
@@ -197,6 +209,7 @@ class Procedure:
     frame_flags: int | None = None  # S_FRAMEPROC flags, None without one
     variables: list[Variable] = field(default_factory=list)
     offset: int = 0  # of the procedure record in the module's symbol stream
+    arm64: bool = False  # ARM64 code: CodeView's ARM64 register numbers
 
     def frame_register(self, params: bool) -> Register | None:
         """The register FRAME_RELATIVE locations of parameters (or of locals) count from."""
@@ -241,7 +254,7 @@ def _range(buf: bytes, p: int, end: int, rva_of: RvaOf) -> AddressRange:
 
 
 def decode_procedure(data: bytes, pos: int, rva_of: RvaOf, is64: bool,
-                     end: int | None = None, what: str = "symbol stream") -> Procedure:
+                     end: int | None = None, what: str = "symbol stream", arm64: bool = False) -> Procedure:
     """The procedure whose record starts at `pos` in `data` (a module symbol stream), with its
     variables, read up to its end record. `rva_of(section, offset)` gives RVAs. Each record is
     decoded from its own bytes, so a record shorter than its kind is an error, not a read
@@ -258,7 +271,7 @@ def decode_procedure(data: bytes, pos: int, rva_of: RvaOf, is64: bool,
     length, = struct.unpack_from("<I", data, pos + 16)
     ti, off, seg = struct.unpack_from("<IIH", data, pos + 28)
     proc = Procedure(_cstr(data, pos + 39, rec_end), rva_of(seg, off), length, ti, is64,
-                     offset=pos)
+                     offset=pos, arm64=arm64)
     label = proc.name or hex(pos)
     scopes: list[tuple[int, AddressRange | None]] = [(kind, None)]  # (opening kind, block range)
     inlined = 0  # open inline sites: their records belong to another function
@@ -315,7 +328,7 @@ def _record(proc: Procedure, kind: int, d: bytes, at: int, scope: AddressRange |
         return var
     if kind == S_REGREL32:
         off, ti, reg = struct.unpack_from("<iIH", d, p)
-        loc = Location(REGISTER_RELATIVE, register(reg, is64), off, None, kind)
+        loc = Location(REGISTER_RELATIVE, register(reg, is64, proc.arm64), off, None, kind)
         add(Variable(_cstr(d, p + 10, end), ti, False, kind, [loc], 0, scope, at))
         return None
     if kind == S_BPREL32:
@@ -325,7 +338,7 @@ def _record(proc: Procedure, kind: int, d: bytes, at: int, scope: AddressRange |
         return None
     if kind == S_REGISTER:
         ti, reg = struct.unpack_from("<IH", d, p)
-        loc = Location(REGISTER, register(reg, is64), 0, None, kind)
+        loc = Location(REGISTER, register(reg, is64, proc.arm64), 0, None, kind)
         add(Variable(_cstr(d, p + 6, end), ti, False, kind, [loc], 0, scope, at))
         return None
     if current is None:
@@ -333,7 +346,7 @@ def _record(proc: Procedure, kind: int, d: bytes, at: int, scope: AddressRange |
     defrange: Location | None = None  # where the current S_LOCAL is, over a range
     if kind == S_DEFRANGE_REGISTER:
         reg, _ = struct.unpack_from("<HH", d, p)
-        defrange = Location(REGISTER, register(reg, is64), 0, _range(d, p + 4, end, rva_of), kind)
+        defrange = Location(REGISTER, register(reg, is64, proc.arm64), 0, _range(d, p + 4, end, rva_of), kind)
     elif kind == S_DEFRANGE_FRAMEPOINTER_REL:
         off, = struct.unpack_from("<i", d, p)
         defrange = Location(FRAME_RELATIVE, None, off, _range(d, p + 4, end, rva_of), kind)
@@ -342,11 +355,11 @@ def _record(proc: Procedure, kind: int, d: bytes, at: int, scope: AddressRange |
         defrange = Location(FRAME_RELATIVE, None, off, None, kind)
     elif kind == S_DEFRANGE_REGISTER_REL:
         reg, _, off = struct.unpack_from("<HHi", d, p)
-        defrange = Location(REGISTER_RELATIVE, register(reg, is64), off,
+        defrange = Location(REGISTER_RELATIVE, register(reg, is64, proc.arm64), off,
                             _range(d, p + 8, end, rva_of), kind)
     elif kind == S_DEFRANGE_SUBFIELD_REGISTER:
         reg, _, parent = struct.unpack_from("<HHI", d, p)
-        defrange = Location(SUBFIELD, register(reg, is64), 0, _range(d, p + 8, end, rva_of), kind,
+        defrange = Location(SUBFIELD, register(reg, is64, proc.arm64), 0, _range(d, p + 8, end, rva_of), kind,
                             parent & 0xFFF)
     if defrange is not None:
         current.locations.append(defrange)
@@ -414,7 +427,7 @@ def procedure_at(pdb: PdbFile, rva: int) -> Procedure | None:
     obj = m.name.replace("\\", "/").rsplit("/", 1)[-1]
     what = f"{getattr(pdb, '_label', None) or 'PDB'} module {obj}"
     proc = decode_procedure(data, index.offsets[i], pdb.rva_of, pdb.machine != MACHINE_I386,
-                            min(m.symbols_size, len(data)), what)
+                            min(m.symbols_size, len(data)), what, arm64=pdb.machine == MACHINE_ARM64)
     # unflagged records are parameters only where no S_LOCAL says which are (see the module note)
     if (any(v.record != S_LOCAL for v in proc.variables)
             and not any(v.is_param for v in proc.variables)):
@@ -494,7 +507,8 @@ def frame_registers(frame: FrameFacts, is64: bool) -> dict[str, int]:
     ESP - 8, when the walk stepped to the caller by its return address and not through a trap
     frame; else EBP, when known). `dv` and `kp` both place variables with these."""
     regs = {k: v for k, v in frame.registers.items() if k in frame.known}
-    sp, ip = ("rsp", "rip") if is64 else ("esp", "eip")
+    # an ARM64 frame's registers are ARM64's (the walk names them pc, sp, fp, x0...)
+    sp, ip = ("sp", "pc") if "pc" in frame.registers else ("rsp", "rip") if is64 else ("esp", "eip")
     regs[sp], regs[ip] = frame.sp, frame.ip
     if not is64:
         if frame.frame_size is not None and frame.trap_frame is None:
