@@ -120,7 +120,7 @@ def test_analysis_matches_the_truth(machines, name, kind):
         elif truth["bugcheck"]["code"] == 0x9F:  # the blocked IRP's holder, named from the IRP (test_power.py)
             blocked = truth["power"]["blocked"]  # (small dumps keep the IRP and its stack: emit.power_triage_blocks)
             assert (a.verdict, a.culprit.image, a.culprit.frame) == ("driver", blocked["holder_image"], None)
-            assert a.bucket == "0x9F_3_storfilt_IMAGE_storfilt.sys"
+            assert a.bucket == "0x9F_3_POWER_DOWN_IMAGE_storfilt.sys"  # a D3 IRP
         elif truth["culprit"] is None:
             assert a.culprit is None and a.verdict == "manual"
             assert a.bucket == "MANUALLY_INITIATED_CRASH"

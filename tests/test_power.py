@@ -4,6 +4,7 @@ fixtures/machine/power.py), !analyze on it, !irp/!devobj/!devstack/!podev on its
 (what the builder laid, what the CPU ran: truth 'power', 'pnp', 'vads', 'bugcheck', 'call_chain');
 the real corpus dumps answer or say in one line what they lack."""
 import re
+import struct
 
 import pytest
 
@@ -54,7 +55,8 @@ def test_analyze_names_the_driver_holding_the_irp(machines, kind):
     assert f"IRP_ADDRESS:  {_w(blocked['irp'])}" in out
     assert f"DEVICE_OBJECT:  {_w(blocked['fdo'])}" in out
     assert f"IMAGE_NAME:  {image}" in out and f"MODULE_NAME: {module}" in out
-    assert f"FAILURE_BUCKET_ID:  0x9F_3_{module}_IMAGE_{image}" in out
+    assert blocked["device_state"] > 1  # a set-power to D3: WinDbg 10's bucket says POWER_DOWN
+    assert f"FAILURE_BUCKET_ID:  0x9F_3_POWER_DOWN_IMAGE_{image}" in out
     at = out.index(f"IRP_STACK:  {blocked['stack_size']} locations, current {blocked['current_location']} (>)")
     current = out[at + blocked["current_location"]]
     assert current == f"   >[IRP_MJ_POWER({IRP_MJ_POWER:x}), IRP_MN_SET_POWER({IRP_MN_SET_POWER:x})] " \
@@ -224,3 +226,24 @@ def test_corpus_dumps(path):
             assert "Traceback" not in text and "Internal error" not in text
             assert len(text.strip().splitlines()) == 1, (command, text)
             assert re.search(r"small memory dump keeps no|is not in the kernel's symbols", text), text
+
+
+@pytest.mark.parametrize("major, minor, state, down", [
+    (IRP_MJ_POWER, IRP_MN_SET_POWER, 4, True),    # D3
+    (IRP_MJ_POWER, IRP_MN_SET_POWER, 1, False),   # D0 / S0: powering up
+    (IRP_MJ_POWER, 3, 4, False),                  # IRP_MN_QUERY_POWER
+    (0x1B, IRP_MN_SET_POWER, 4, False),           # IRP_MJ_PNP
+])
+def test_power_down_is_read_from_the_stack_location(major, minor, state, down):
+    from kdshell.analysis.facts import IRP_FIELDS, _sets_lower_power
+
+    location = 0x1000
+    raw = bytearray(0x48)
+    raw[0:2] = bytes((major, minor))
+    struct.pack_into("<I", raw, IRP_FIELDS[True][("_IO_STACK_LOCATION", "Parameters.Power.State")], state)
+
+    class Memory:
+        def read(self, address, size):
+            return bytes(raw[address - location:address - location + size])
+
+    assert _sets_lower_power(Memory(), location, lambda t, p: IRP_FIELDS[True][(t, p)]) is down

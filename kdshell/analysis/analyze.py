@@ -568,6 +568,8 @@ def bucket(a: Analysis) -> str:
     else:
         prefix = f"0x{base:X}_"
     if a.verdict == DRIVER and a.culprit is not None and a.culprit.frame is None and a.irp is not None:
+        if a.irp.get("power_down"):  # a set-power IRP to a lower state, as WinDbg 10 names it
+            return prefix + f"POWER_DOWN_IMAGE_{a.culprit.image}"
         return prefix + f"{a.culprit.module}_IMAGE_{a.culprit.image}"  # 0x9F_3: the IRP's holder
     if a.verdict == DRIVER and a.culprit is not None:
         return prefix + a.culprit.bucket_target

@@ -7,7 +7,7 @@ cannot answer; analyze.py turns that into a note and goes on.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from kdshell.bugcheck_roles import base_code
 from kdshell.dumpfile.blackbox import BLACK_BOXES, BlackBox
@@ -32,10 +32,13 @@ if TYPE_CHECKING:
 IRP_FIELDS = {
     True: {("_IRP", "Tail.Overlay.CurrentStackLocation"): 0xB8, ("_IO_STACK_LOCATION", "DeviceObject"): 0x28,
            ("_DEVICE_OBJECT", "DriverObject"): 0x8, ("_DRIVER_OBJECT", "DriverStart"): 0x18,
-           ("_DRIVER_OBJECT", "DriverName"): 0x38},
+           ("_DRIVER_OBJECT", "DriverName"): 0x38,
+           # Parameters.Power: SystemContext is POINTER_ALIGNMENT in wdm.h, so Type and State sit 8 apart
+           ("_IO_STACK_LOCATION", "Parameters.Power.Type"): 0x10, ("_IO_STACK_LOCATION", "Parameters.Power.State"): 0x18},
     False: {("_IRP", "Tail.Overlay.CurrentStackLocation"): 0x60, ("_IO_STACK_LOCATION", "DeviceObject"): 0x14,
             ("_DEVICE_OBJECT", "DriverObject"): 0x8, ("_DRIVER_OBJECT", "DriverStart"): 0xC,
-            ("_DRIVER_OBJECT", "DriverName"): 0x1C},
+            ("_DRIVER_OBJECT", "DriverName"): 0x1C,
+            ("_IO_STACK_LOCATION", "Parameters.Power.Type"): 0x8, ("_IO_STACK_LOCATION", "Parameters.Power.State"): 0xC},
 }
 
 
@@ -178,9 +181,26 @@ def irp_driver(session: SessionView, irp: int) -> dict[str, Any]:
 
     name = read_unicode_string(memory, driver + off("_DRIVER_OBJECT", "DriverName"), is64)
     module = session.symbols.module_at(start)
-    return {"irp": irp, "stack_location": location, "device_object": device, "driver_object": driver,
+    return {"power_down": _sets_lower_power(memory, location, off),"irp": irp, "stack_location": location, "device_object": device, "driver_object": driver,
             "driver_name": name, "driver_start": start, "module": module.name if module else None,
             "image": module.image_name if module else None}
+
+
+IRP_MJ_POWER, IRP_MN_SET_POWER = 0x16, 0x2
+POWER_ON = 1  # PowerSystemWorking and PowerDeviceD0 are both 1
+
+
+def _sets_lower_power(memory: VirtualMemory, location: int, off: Callable[[str, str], int]) -> bool | None:
+    """Whether the stack location is a set-power IRP to a state below working (S1-S5, D1-D3):
+    WinDbg's 0x9F_3 buckets say POWER_DOWN then. None when the location cannot be read."""
+    try:
+        major, minor = memory.read(location, 2)
+        if (major, minor) != (IRP_MJ_POWER, IRP_MN_SET_POWER):
+            return False
+        state = int.from_bytes(memory.read(location + off("_IO_STACK_LOCATION", "Parameters.Power.State"), 4), "little")
+    except MemoryNotPresent:
+        return None
+    return state > POWER_ON
 
 
 _PLATFORM = {MACHINE_AMD64: "x64", MACHINE_ARM64: "arm64"}  # WinDbg's OSPLATFORM_TYPE
