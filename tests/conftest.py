@@ -156,6 +156,19 @@ def open_machine(machines, name, kind="kernel", symbol_path=MACHINE_SYMBOLS):
     return s
 
 
+def open_corpus(path):
+    """A corpus dump with the corpus symbols, no image path, no progress bar; the test is skipped
+    for a file kdshell does not open (the corpus tests of the open itself are elsewhere)."""
+    import kdshell
+
+    try:
+        s = kdshell.open(path, symbol_path=str(CORPUS_SYMBOLS), image_path="")
+    except kdshell.errors.KdError:
+        pytest.skip("kdshell does not open this file")
+    s.progress = None
+    return s
+
+
 def run_lines(session, text):
     """A command's output lines; the command must succeed."""
     with session.out.capture() as buf:

@@ -6,7 +6,7 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine
+from conftest import REPO, corpus_dumps_if_present, open_corpus, open_machine
 from kdshell.kernel.devnodes import VadTree
 from kdshell.kernel.layout import StructLayout
 from kdshell.kernel.offsets import KernelOffsets
@@ -172,12 +172,7 @@ def test_small_machine_dump_says_what_it_lacks(machines):
 
 @pytest.mark.parametrize("path", corpus_dumps_if_present(), ids=lambda p: p.name)
 def test_corpus_dumps(path):
-    try:
-        s = kdshell.open(path, symbol_path=str(CORPUS_SYMBOLS), image_path="")
-    except kdshell.errors.KdError:
-        pytest.skip("kdshell does not open this file")
-    with s:
-        s.progress = None
+    with open_corpus(path) as s:
         for command in ("!devnode 0 1", "!devnode ffff800000001000", "!podev ffff800000001000", "!poaction", "!pocaps",
                         "!vad"):
             text = s.capture(command)

@@ -5,7 +5,7 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine
+from conftest import REPO, corpus_dumps_if_present, open_corpus, open_machine
 from kdshell.kernel.handles import decode_entry
 
 BIN = REPO / "fixtures" / "images" / "bin"
@@ -54,12 +54,7 @@ def test_small_dump(machines):
 
 @pytest.mark.parametrize("path", corpus_dumps_if_present(), ids=lambda p: p.name)
 def test_corpus_dumps(path):
-    try:
-        s = kdshell.open(path, symbol_path=str(CORPUS_SYMBOLS), image_path="")
-    except kdshell.errors.KdError:
-        pytest.skip("kdshell does not open this file")
-    with s:
-        s.progress = None
+    with open_corpus(path) as s:
         text = s.capture("!handle")
         assert "Traceback" not in text and "Internal error" not in text
         if s.kernel.small:

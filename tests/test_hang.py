@@ -7,7 +7,7 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine, run_lines as lines
+from conftest import REPO, corpus_dumps_if_present, open_corpus, open_machine, run_lines as lines
 from fixtures.machine.pdbtext import golden_publics
 
 BIN = REPO / "fixtures" / "images" / "bin"
@@ -101,12 +101,7 @@ def test_small_dumps_say_what_they_lack(machines):
 
 @pytest.mark.parametrize("path", corpus_dumps_if_present(), ids=lambda p: p.name)
 def test_corpus_dumps(path):
-    try:
-        s = kdshell.open(path, symbol_path=str(CORPUS_SYMBOLS), image_path="")
-    except kdshell.errors.KdError:
-        pytest.skip("kdshell does not open this file")
-    with s:
-        s.progress = None
+    with open_corpus(path) as s:
         for command in ("!locks", "!locks -v", "!stacks 2", "!analyze -hang"):
             text = s.capture(command)
             assert "Traceback" not in text and "Internal error" not in text, (command, text)

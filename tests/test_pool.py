@@ -8,7 +8,7 @@ import re
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine, run_lines as lines
+from conftest import REPO, corpus_dumps_if_present, open_corpus, open_machine, run_lines as lines
 from fixtures.machine.pdbtext import golden_types
 from kdshell.kernel.pool import HEADER32, HEADER64, TRACKER64, tag_owner, tag_text, tag_value
 
@@ -212,12 +212,7 @@ def test_x86_pool(machines):
 
 @pytest.mark.parametrize("path", corpus_dumps_if_present(), ids=lambda p: p.name)
 def test_corpus_dumps_answer_in_one_line_or_work(path):
-    try:
-        s = kdshell.open(path, symbol_path=str(CORPUS_SYMBOLS), image_path="")
-    except kdshell.errors.KdError:
-        pytest.skip("kdshell does not open this file")
-    with s:
-        s.progress = None
+    with open_corpus(path) as s:
         for command in NEW:
             with s.out.capture() as buf:
                 s.run(command)

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, corpus_dumps_if_present, open_machine
+from conftest import corpus_dumps_if_present, open_corpus, open_machine
 
 D3 = 4  # DEVICE_POWER_STATE PowerDeviceD3 (wdm.h)
 IRP_MJ_POWER, IRP_MN_SET_POWER = 0x16, 0x2
@@ -215,12 +215,7 @@ def test_vad_without_the_file_offsets_says_so_in_one_line(machines):
 
 @pytest.mark.parametrize("path", corpus_dumps_if_present(), ids=lambda p: p.name)
 def test_corpus_dumps(path):
-    try:
-        s = kdshell.open(path, symbol_path=str(CORPUS_SYMBOLS), image_path="")
-    except kdshell.errors.KdError:
-        pytest.skip("kdshell does not open this file")
-    with s:
-        s.progress = None
+    with open_corpus(path) as s:
         for command in ("!pocaps", "!poaction"):
             text = s.capture(command)
             assert "Traceback" not in text and "Internal error" not in text

@@ -4,8 +4,7 @@ record of the program's .text), user pages present in active/complete dumps, abs
 kernel and small dumps."""
 import pytest
 
-import kdshell
-from conftest import CORPUS_SYMBOLS, REPO, corpus_dumps_if_present, open_machine
+from conftest import REPO, corpus_dumps_if_present, open_corpus, open_machine
 
 BIN = REPO / "fixtures" / "images" / "bin"
 MACHINE_SYMBOLS = f"{BIN};{BIN / 'x86'}"
@@ -46,12 +45,7 @@ def test_kernel_dump_has_no_user_pages(machines):
 
 @pytest.mark.parametrize("path", corpus_dumps_if_present(), ids=lambda p: p.name)
 def test_corpus_dumps(path):
-    try:
-        s = kdshell.open(path, symbol_path=str(CORPUS_SYMBOLS), image_path="")
-    except kdshell.errors.KdError:
-        pytest.skip("kdshell does not open this file")
-    with s:
-        s.progress = None
+    with open_corpus(path) as s:
         for command in ("!teb", "!peb"):
             text = s.capture(command)
             assert "Traceback" not in text and "Internal error" not in text

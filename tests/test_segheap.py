@@ -10,7 +10,7 @@ import struct
 import pytest
 
 import kdshell
-from conftest import CORPUS_SYMBOLS, MACHINE_SYMBOLS, corpus_dumps_if_present, open_machine, run_lines as lines
+from conftest import MACHINE_SYMBOLS, corpus_dumps_if_present, open_corpus, open_machine, run_lines as lines
 from fixtures.machine.pdbtext import golden_types
 from kdshell.kernel.pool import KernelPool
 from kdshell.kernel.segheap import HeapError, SegmentHeap
@@ -262,12 +262,7 @@ def test_small_dump_says_what_it_lacks(machines):
 def test_corpus_pool_on_addresses_answers_or_says_one_line(path):
     """Real dumps (Windows 10 17763 and 19041, a segment-heap kernel, without its PDB): !pool on
     the bug check's parameters and the context's stack pointer answers without a traceback."""
-    try:
-        s = kdshell.open(path, symbol_path=str(CORPUS_SYMBOLS), image_path="")
-    except kdshell.errors.KdError:
-        pytest.skip("kdshell does not open this file")
-    with s:
-        s.progress = None
+    with open_corpus(path) as s:
         addresses = [a for a in s.dump.header.bugcheck_parameters if a > 0xFFFF800000000000][:3] + [0xFFFFC20A00017600]
         for address in addresses:
             with s.out.capture() as buf:
