@@ -169,6 +169,23 @@ def open_corpus(path):
     return s
 
 
+def assert_poolused_is_the_ledgers(out, tracker):
+    """!poolused's rows (tag: nonpaged allocs, bytes, paged allocs, bytes) against a pool ledger's
+    per-tag tracker (fixtures/machine/poolledger.py); returns the rows in their printed order."""
+    import re
+
+    rows = {}
+    for line in out:
+        m = re.match(r"^ (.{4}) +(-?\d+) +(-?\d+) +(-?\d+) +(-?\d+)\t", line)
+        if m:
+            rows[m.group(1)] = tuple(int(x) for x in m.groups()[1:])
+    assert set(rows) == set(tracker)
+    for tag, t in tracker.items():
+        assert rows[tag] == (t["nonpaged_allocs"] - t["nonpaged_frees"], t["nonpaged_bytes"],
+                             t["paged_allocs"] - t["paged_frees"], t["paged_bytes"]), tag
+    return rows
+
+
 def run_lines(session, text):
     """A command's output lines; the command must succeed."""
     with session.out.capture() as buf:

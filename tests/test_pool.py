@@ -8,7 +8,7 @@ import re
 import pytest
 
 import kdshell
-from conftest import REPO, corpus_dumps_if_present, open_corpus, open_machine, run_lines as lines
+from conftest import assert_poolused_is_the_ledgers, REPO, corpus_dumps_if_present, open_corpus, open_machine, run_lines as lines
 from fixtures.machine.pdbtext import golden_types
 from kdshell.kernel.pool import HEADER32, HEADER64, TRACKER64, tag_owner, tag_text, tag_value
 
@@ -131,15 +131,7 @@ def test_poolused_is_the_ledgers_sum(c2):
     s, truth = c2
     tracker = truth["pool"]["tracker"]
     out = lines(s, "!poolused")
-    rows = {}
-    for line in out:
-        m = re.match(r"^ (.{4}) +(-?\d+) +(-?\d+) +(-?\d+) +(-?\d+)\t", line)
-        if m:
-            rows[m.group(1)] = tuple(int(x) for x in m.groups()[1:])
-    assert set(rows) == set(tracker)
-    for tag, t in tracker.items():
-        assert rows[tag] == (t["nonpaged_allocs"] - t["nonpaged_frees"], t["nonpaged_bytes"],
-                             t["paged_allocs"] - t["paged_frees"], t["paged_bytes"]), tag
+    rows = assert_poolused_is_the_ledgers(out, tracker)
     assert list(rows) == sorted(rows)  # by tag
     total = out[-1].split()
     assert total[0] == "TOTAL" and int(total[2]) == sum(t["nonpaged_bytes"] for t in tracker.values())

@@ -10,7 +10,7 @@ import struct
 import pytest
 
 import kdshell
-from conftest import MACHINE_SYMBOLS, corpus_dumps_if_present, open_corpus, open_machine, run_lines as lines
+from conftest import assert_poolused_is_the_ledgers, MACHINE_SYMBOLS, corpus_dumps_if_present, open_corpus, open_machine, run_lines as lines
 from fixtures.machine.pdbtext import golden_types
 from kdshell.kernel.pool import KernelPool
 from kdshell.kernel.segheap import HeapError, SegmentHeap
@@ -160,15 +160,7 @@ def test_poolfind_scans_the_heaps_subsegments(m13a):
 def test_poolused_is_the_ledgers_sum(m13a):
     s, truth = m13a
     tracker = truth["pool"]["tracker"]
-    rows = {}
-    for line in lines(s, "!poolused"):
-        m = re.match(r"^ (.{4}) +(-?\d+) +(-?\d+) +(-?\d+) +(-?\d+)\t", line)
-        if m:
-            rows[m.group(1)] = tuple(int(x) for x in m.groups()[1:])
-    assert set(rows) == set(tracker)
-    for tag, t in tracker.items():
-        assert rows[tag] == (t["nonpaged_allocs"] - t["nonpaged_frees"], t["nonpaged_bytes"],
-                             t["paged_allocs"] - t["paged_frees"], t["paged_bytes"]), tag
+    assert_poolused_is_the_ledgers(lines(s, "!poolused"), tracker)
 
 
 # -- !analyze ------------------------------------------------------------------------------------------
