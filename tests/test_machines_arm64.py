@@ -704,7 +704,8 @@ def test_arm64_waiting_threads_stacks_are_the_executed_ones(arm64_set, name, kin
     Return +0x18, 0x20 bytes, pushed by SwapContext below KiSwapContext's frame): `.thread` + k
     give every frame the shadow call stack recorded for it (Child-SP, RetAddr, function)."""
     entry, truth = arm64_set[name]
-    waiting = [t for p in truth["processes"] for t in p["threads"] if t["state"] == 5]
+    readied = {r["thread"] for r in truth["queues"]["injected"]["readied"]}  # readied at the crash, never ran
+    waiting = [t for p in truth["processes"] for t in p["threads"] if t["state"] == 5 or t["ethread"] in readied]
     assert waiting
     with _open(entry[kind]) as s:
         for t in waiting:
@@ -747,7 +748,7 @@ def test_arm64_teb_peb_and_handle_of_the_user_process(arm64_set, kind):
 
 @pytest.mark.parametrize("kind", ("full", "bitmap"))
 def test_arm64_stacks_and_locks(arm64_set, kind):
-    """!stacks: every thread of every process the kernel made, Blocked (waiting) or RUNNING, its
+    """!stacks: every thread of every process the kernel made, Blocked (waiting), READY or RUNNING, its
     blocker one of the frames it executed; !locks: the machine holds no ERESOURCE."""
     entry, truth = arm64_set["3b"]
     with _open(entry[kind]) as s:
@@ -758,7 +759,8 @@ def test_arm64_stacks_and_locks(arm64_set, kind):
         for t in p["threads"]:
             r = by_thread[t["ethread"]]
             assert r[0] == f"{p['pid']:x}.{t['tid']:06x}"
-            assert r[3] == ("RUNNING" if t["ethread"] == truth["current_thread"] else "Blocked")
+            assert r[3] == ("RUNNING" if t["ethread"] == truth["current_thread"] else "READY" if t["state"] == 1
+                            else "Blocked")
             if t["frames"] and t["ethread"] != truth["current_thread"]:
                 assert r[4] in [f["function"] for f in t["frames"]]
     assert locks[-1] == "0 total locks, 0 locks currently held"
