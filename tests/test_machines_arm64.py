@@ -810,3 +810,75 @@ def test_arm64_dv_reads_locals_at_codeview_arm64_registers(arm64_set, kind):
     local = chain[work]["sp"] + 0x18
     assert work_vars["Local"][:2] == [f"{local >> 32:08x}`{local & 0xFFFFFFFF:08x}", "@sp+0x18"]
     assert _hex(parse_vars["Record"][4]) == local
+
+
+# -- the KPRCB's queues on ARM64: !ready, !dpcs, !timer vs the run's lists (fixtures/machine/arm64sched.py) ---------
+
+def _ready_row(truth, address):
+    t, pid = next((t, p["pid"]) for p in truth["processes"] for t in p["threads"] if t["ethread"] == address)
+    return f"    THREAD {address:016x}  Cid {pid:04x}.{t['tid']:04x}  Teb: {0:016x} Win32Thread: {0:016x} READY on processor 0"
+
+
+def test_arm64_kernel_queued_what_the_builder_asked_for(arm64_set):
+    """At KeBugCheckEx the ARM64 kernel's own KeSetEvent, KeInsertQueueDpc and KeSetTimerEx put the
+    builder's work in the KPRCB: readied threads at their boosted priorities, the DPC, both timers
+    in the buckets of their due times (interrupt time at boot + the relative due time)."""
+    from fixtures.machine.arm64run import SYSTEM_UPTIME
+    from fixtures.machine.sched import QUEUED_DPC, TIMERS
+
+    for name in ("7e", "e2", "3b"):
+        q = arm64_set[name][1]["queues"]
+        p0, injected = q["processors"][0], q["injected"]
+        assert injected["readied"] and all([r["priority"], r["thread"]] in p0["ready"] for r in injected["readied"])
+        assert len(injected["readied"]) == (1 if name == "7e" else 2)  # the waiters on events with one waiter
+        assert p0["ready_summary"] == sum(1 << pr for pr in {pr for pr, _ in p0["ready"]})
+        assert [d["name"] for d in p0["dpcs"]] == [QUEUED_DPC] and p0["dpcs"][0]["address"] == injected["dpcs"][0]["address"]
+        for (routine, due, period), t in zip(TIMERS, injected["timers"]):
+            got = next(x for x in p0["timers"] if x["address"] == t["address"])
+            assert got["due"] == SYSTEM_UPTIME + due and got["hand"] == (got["due"] // 156250) % 256
+            assert (got["name"], got["period"]) == (routine, period)
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+@pytest.mark.parametrize("name", ("7e", "e2", "3b"))
+def test_arm64_ready_dpcs_and_timer_match_the_run(arm64_set, name, kind):
+    from fixtures.machine.arm64run import SYSTEM_UPTIME
+
+    entry, truth = arm64_set[name]
+    p0 = truth["queues"]["processors"][0]
+    with _open(entry[kind]) as s:
+        ready, dpcs, dpcs0, timer = (s.capture(c).splitlines() for c in ("!ready", "!dpcs", "!dpcs 0", "!timer"))
+    want = []
+    for priority in sorted({pr for pr, _ in p0["ready"]}, reverse=True):
+        want.append(f"Processor 0: Ready Threads at priority {priority}")
+        want += [_ready_row(truth, t) for pr, t in p0["ready"] if pr == priority]
+    assert ready == want and len(want) >= 2
+    want = ["CPU Type      KDPC       Function"] + [
+        f" 0: {'Threaded:' if d['threaded'] else 'Normal  :'} 0x{d['address']:016x} 0x{d['routine']:016x} {d['name']}"
+        for d in p0["dpcs"]]
+    assert dpcs == dpcs0 == want and len(want) == 2
+    assert timer[2] == f"Interrupt time: {SYSTEM_UPTIME & 0xFFFFFFFF:08x} {SYSTEM_UPTIME >> 32:08x}"
+    want, last, counts = [f"PROCESSOR 0 (nt!_KTIMER_TABLE {p0['timer_table']:016x})"], None, {}
+    for t in p0["timers"]:
+        what = f"{t['name']} (DPC @ {t['dpc']:016x})" if t["dpc"] else f"thread {t['thread']:016x}"
+        key = (t["table"], t["hand"])
+        want.append(f"{'   ' if key == last else format(t['hand'], '3d')} {t['address']:016x} "
+                    f"{'P' if t['period'] else ' '} {t['due'] & 0xFFFFFFFF:08x} {t['due'] >> 32:08x}  {what}")
+        last, counts[key] = key, counts.get(key, 0) + 1
+    start = timer.index(want[0])
+    assert timer[start:start + len(want)] == want
+    assert timer[-1] == f"Total Timers: {len(p0['timers'])}, Maximum List: {max(counts.values())}"
+    if name in ("e2", "3b"):  # storfilt's thread waits in KeDelayExecutionThread: its own timer, no DPC
+        assert any(t["thread"] and not t["dpc"] for t in p0["timers"])
+
+
+def test_arm64_queues_say_one_line_without_the_pdb_or_in_a_small_dump(arm64_set):
+    entry, _ = arm64_set["e2"]
+    with kdshell.open(entry["full"], symbol_path="", image_path="") as s:
+        for command in ("!ready", "!dpcs", "!timer"):
+            out = s.capture(command).splitlines()
+            assert len(out) == 1 and out[0].startswith(command + ": The offset") and "ARM64 build" in out[0], out
+    with _open(entry["small"]) as s:
+        for command in ("!ready", "!dpcs", "!timer", "!exqueue"):
+            out = s.capture(command).splitlines()
+            assert len(out) == 1 and ("small memory dump" in out[0] or "does not apply to ARM64" in out[0]), out
