@@ -882,3 +882,67 @@ def test_arm64_queues_say_one_line_without_the_pdb_or_in_a_small_dump(arm64_set)
         for command in ("!ready", "!dpcs", "!timer", "!exqueue"):
             out = s.capture(command).splitlines()
             assert len(out) == 1 and ("small memory dump" in out[0] or "does not apply to ARM64" in out[0]), out
+
+
+# -- the device tree and the user process's VADs on ARM64 (fixtures/machine/arm64pnp.py over pnpvad.py) -------------
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_devnode_tree_and_podev_are_the_builders(arm64_set, kind):
+    from tests.test_devnode_vad import STATES, _blocks
+
+    entry, truth = arm64_set["3b"]
+    pnp = truth["pnp"]
+    nodes = {n["address"]: n for n in pnp["nodes"]}
+
+    def order(address, depth):
+        yield depth, address
+        for c in nodes[address]["children"]:
+            yield from order(c, depth + 1)
+
+    with _open(entry[kind]) as s:
+        out = s.capture("!devnode 0 1").splitlines()
+        podev = {n["address"]: s.capture(f"!podev {n['pdo']:x}").splitlines() for n in pnp["nodes"]}
+        storfilt = _blocks(s.capture("!devnode 0 1 storfilt").splitlines()[1:])
+    assert out[0] == f"Dumping IopRootDeviceNode (= {pnp['root']:#x})"
+    blocks = _blocks(out[1:])
+    assert [(d, a) for d, a, _, _ in blocks] == list(order(pnp["root"], 0)) and len(blocks) == 5
+    for depth, address, pdo, fields in blocks:
+        n = nodes[address]
+        assert (depth, pdo, fields["InstancePath"], fields.get("ServiceName")) == (
+            n["level"], n["pdo"], n["instance_path"], n["service"])
+        assert fields["State"] == f"{STATES[n['state']]} ({n['state']:#x})"
+        assert fields["Previous State"] == f"{STATES[n['previous_state']]} ({n['previous_state']:#x})"
+    assert [(b[0], b[1]) for b in storfilt] == [(n["level"], n["address"]) for n in pnp["nodes"]
+                                                 if n["service"] == "storfilt"]
+    for address, lines in podev.items():
+        n, flags = nodes[address], nodes[address]["power_flags"]
+        assert f"Device Object Extension: {n['extension']:016x}:" in lines
+        assert f"PowerFlags: {flags:08x} =>SystemState={flags & 0xF} DeviceState={(flags >> 4) & 0xF}" in lines
+        assert f"DevNode: {address:016x}" in lines
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_vad_is_the_user_processs_tree(arm64_set, kind):
+    """!vad of stortool.exe: one VAD per run of user pages the builder mapped (image views Exe, no
+    file name: ARM64's PDB has no MMVAD), in address order with their levels; !process shows VadRoot."""
+    from tests.test_devnode_vad import PROTECTIONS, _vad_rows
+
+    entry, truth = arm64_set["3b"]
+    (proc,) = truth["vads"]
+    vads = sorted(proc["vads"], key=lambda v: v["start_vpn"])
+    with _open(entry[kind]) as s:
+        s.capture(f".process {proc['process']:x}")
+        text = s.capture("!vad")
+        process = s.capture(f"!process {proc['process']:x} 1").splitlines()
+    warning, text = text.split("\n", 1)  # the views' files: one line naming the types the PDB lacks
+    assert warning.startswith("The offsets of _MMVAD.Subsection") and "without their file names" in warning
+    rows = _vad_rows(text)
+    assert [int(r.group(1), 16) for r in rows] == [v["address"] for v in vads] and len(vads) >= 5
+    for r, v in zip(rows, vads):
+        assert (int(r.group(2)), int(r.group(3), 16), int(r.group(4), 16), int(r.group(5))) == \
+            (v["level"], v["start_vpn"], v["end_vpn"], v["commit"])
+        assert r.group(6) == ("Private" if v["private"] else "Mapped ") and (r.group(7) == "Exe ") == (v["vad_type"] == 2)
+        assert r.group(8).strip() == PROTECTIONS[v["protection"]] and r.group(9) is None
+    levels = [v["level"] for v in vads]
+    assert f"Total VADs: {len(vads)}, average level: {sum(levels) // len(levels)}, maximum depth: {max(levels)}" in text
+    assert f"    VadRoot {proc['root']:016x} Vads {len(vads)}" in process
