@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from kdshell.commands.io import io_objects
 from kdshell.commands.pool import NO_SMALL_SCOPE, SMALL, kernel_pool
-from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
+from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.kernel.devnodes import DevNode, DevNodes, names, state_name
@@ -126,8 +126,7 @@ def devnode_lines(node: DevNode, indent: str) -> list[str]:
     return out
 
 
-@command("!devnode", family="kernel", needs=(needs_memory, not_on_arm64("!devnode", "kdshell reads device nodes at "
-                                                                        "their x64 and x86 layouts only")),
+@command("!devnode", family="kernel", needs=(needs_memory,),
          syntax="!devnode [Address [Flags [Service]]]",
          summary="Show a PnP device node; 0 is nt!IopRootDeviceNode, Flags 1 adds every child (the device tree), "
                  "Service keeps the nodes of that service",
@@ -172,8 +171,7 @@ def _power_name(kind: str, value: int | None) -> str:
     return names()[kind].get(value, str(value))
 
 
-@command("!podev", family="kernel", needs=(needs_memory, not_on_arm64("!podev", "kdshell reads device objects at "
-                                                                      "their x64 and x86 layouts only")),
+@command("!podev", family="kernel", needs=(needs_memory,),
          syntax="!podev DeviceObject",
          summary="Show a device object's power state (DEVOBJ_EXTENSION.PowerFlags: system and device state)",
          example="!podev ffffc20c`000001f0")

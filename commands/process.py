@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
+from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.kernel.devnodes import VadTree, VadWalk, protection_name
@@ -219,8 +219,7 @@ def vad_lines(session: Session, walk: VadWalk) -> list[str]:
     return out
 
 
-@command("!vad", family="kernel", needs=(needs_memory, not_on_arm64("!vad", "kdshell reads VADs at their x64 "
-                                                                    "layout only")),
+@command("!vad", family="kernel", needs=(needs_memory,),
          syntax="!vad [VadNode]",
          summary="Show the VAD tree: every virtual address descriptor of the current (or implicit) process, or "
                  "of the subtree at VadNode",

@@ -14,6 +14,7 @@ Thin: kdshell.kernel.queues walks the KPRCB's lists. Layouts from public transcr
 - !exqueue: `Dumping ExWorkerQueue: addr`, then per queue `**** Critical WorkQueue( current = N maximum = M )`,
   its worker threads as THREAD lines and its pending items (WorkerRoutine, Parameter).
 A small memory dump keeps only the crashing processor's KPRCB copy, and the lists point outside it.
+ARM64 takes the KPRCB's queue offsets from the kernel's PDB (no public table has them): without it, one line.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from kdshell.kernel.queues import Queues, WorkQueues
 if TYPE_CHECKING:
     from kdshell.session import Session
 
-ARM64_WHY = "kdshell reads the KPRCB's ready, DPC and timer lists at their x64 and x86 layouts only"
+ARM64_WHY = "kdshell reads the executive worker queues at their x64 and x86 layouts only"
 SMALL = ("{name}: a small memory dump keeps only the crashing processor's KPRCB copy and the {what} it "
          "points to are outside it; a kernel or complete memory dump has them")
 
@@ -79,7 +80,7 @@ def _one_number(session: Session, inv: Invocation, what: str) -> int | None:
         raise CommandError(f"{inv.name}: '{inv.args[0]}' is not a number {usage}") from None
 
 
-@command("!ready", family="kernel", needs=(needs_memory, not_on_arm64("!ready", ARM64_WHY)), syntax="!ready [Flags]",
+@command("!ready", family="kernel", needs=(needs_memory,), syntax="!ready [Flags]",
          summary="Show the threads ready to run on each processor, by priority",
          example="!ready",
          details="From each KPRCB's DispatcherReadyListHead[32] (and the shared ready queue where the kernel has "
@@ -125,7 +126,7 @@ def _thread_line(session: Session, address: int, state: str) -> str:
     return f"THREAD {_p(session, address)}  Cid {cid}  Teb: {teb} Win32Thread: {win32} {state}"
 
 
-@command("!dpcs", family="kernel", needs=(needs_memory, not_on_arm64("!dpcs", ARM64_WHY)), syntax="!dpcs [Processor]",
+@command("!dpcs", family="kernel", needs=(needs_memory,), syntax="!dpcs [Processor]",
          summary="Show the DPCs queued on each processor (or one) and their routines",
          example="!dpcs",
          details="From each KPRCB's DpcData[0] (normal) and DpcData[1] (threaded) lists.")
@@ -154,7 +155,7 @@ def dpcs_(session: Session, inv: Invocation) -> None:
     session.out.lines(out)
 
 
-@command("!timer", family="kernel", needs=(needs_memory, not_on_arm64("!timer", ARM64_WHY)), syntax="!timer",
+@command("!timer", family="kernel", needs=(needs_memory,), syntax="!timer",
          summary="Show the timers of each processor's timer table: due time, period and DPC routine",
          example="!timer",
          details="From each KPRCB's TimerTable.TimerEntries list heads. The due time is the 100 ns interrupt "

@@ -704,7 +704,8 @@ def test_arm64_waiting_threads_stacks_are_the_executed_ones(arm64_set, name, kin
     Return +0x18, 0x20 bytes, pushed by SwapContext below KiSwapContext's frame): `.thread` + k
     give every frame the shadow call stack recorded for it (Child-SP, RetAddr, function)."""
     entry, truth = arm64_set[name]
-    waiting = [t for p in truth["processes"] for t in p["threads"] if t["state"] == 5]
+    readied = {r["thread"] for r in truth["queues"]["injected"]["readied"]}  # readied at the crash, never ran
+    waiting = [t for p in truth["processes"] for t in p["threads"] if t["state"] == 5 or t["ethread"] in readied]
     assert waiting
     with _open(entry[kind]) as s:
         for t in waiting:
@@ -747,7 +748,7 @@ def test_arm64_teb_peb_and_handle_of_the_user_process(arm64_set, kind):
 
 @pytest.mark.parametrize("kind", ("full", "bitmap"))
 def test_arm64_stacks_and_locks(arm64_set, kind):
-    """!stacks: every thread of every process the kernel made, Blocked (waiting) or RUNNING, its
+    """!stacks: every thread of every process the kernel made, Blocked (waiting), READY or RUNNING, its
     blocker one of the frames it executed; !locks: the machine holds no ERESOURCE."""
     entry, truth = arm64_set["3b"]
     with _open(entry[kind]) as s:
@@ -758,7 +759,8 @@ def test_arm64_stacks_and_locks(arm64_set, kind):
         for t in p["threads"]:
             r = by_thread[t["ethread"]]
             assert r[0] == f"{p['pid']:x}.{t['tid']:06x}"
-            assert r[3] == ("RUNNING" if t["ethread"] == truth["current_thread"] else "Blocked")
+            assert r[3] == ("RUNNING" if t["ethread"] == truth["current_thread"] else "READY" if t["state"] == 1
+                            else "Blocked")
             if t["frames"] and t["ethread"] != truth["current_thread"]:
                 assert r[4] in [f["function"] for f in t["frames"]]
     assert locks[-1] == "0 total locks, 0 locks currently held"
@@ -808,3 +810,139 @@ def test_arm64_dv_reads_locals_at_codeview_arm64_registers(arm64_set, kind):
     local = chain[work]["sp"] + 0x18
     assert work_vars["Local"][:2] == [f"{local >> 32:08x}`{local & 0xFFFFFFFF:08x}", "@sp+0x18"]
     assert _hex(parse_vars["Record"][4]) == local
+
+
+# -- the KPRCB's queues on ARM64: !ready, !dpcs, !timer vs the run's lists (fixtures/machine/arm64sched.py) ---------
+
+def _ready_row(truth, address):
+    t, pid = next((t, p["pid"]) for p in truth["processes"] for t in p["threads"] if t["ethread"] == address)
+    return f"    THREAD {address:016x}  Cid {pid:04x}.{t['tid']:04x}  Teb: {0:016x} Win32Thread: {0:016x} READY on processor 0"
+
+
+def test_arm64_kernel_queued_what_the_builder_asked_for(arm64_set):
+    """At KeBugCheckEx the ARM64 kernel's own KeSetEvent, KeInsertQueueDpc and KeSetTimerEx put the
+    builder's work in the KPRCB: readied threads at their boosted priorities, the DPC, both timers
+    in the buckets of their due times (interrupt time at boot + the relative due time)."""
+    from fixtures.machine.arm64run import SYSTEM_UPTIME
+    from fixtures.machine.sched import QUEUED_DPC, TIMERS
+
+    for name in ("7e", "e2", "3b"):
+        q = arm64_set[name][1]["queues"]
+        p0, injected = q["processors"][0], q["injected"]
+        assert injected["readied"] and all([r["priority"], r["thread"]] in p0["ready"] for r in injected["readied"])
+        assert len(injected["readied"]) == (1 if name == "7e" else 2)  # the waiters on events with one waiter
+        assert p0["ready_summary"] == sum(1 << pr for pr in {pr for pr, _ in p0["ready"]})
+        assert [d["name"] for d in p0["dpcs"]] == [QUEUED_DPC] and p0["dpcs"][0]["address"] == injected["dpcs"][0]["address"]
+        for (routine, due, period), t in zip(TIMERS, injected["timers"]):
+            got = next(x for x in p0["timers"] if x["address"] == t["address"])
+            assert got["due"] == SYSTEM_UPTIME + due and got["hand"] == (got["due"] // 156250) % 256
+            assert (got["name"], got["period"]) == (routine, period)
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+@pytest.mark.parametrize("name", ("7e", "e2", "3b"))
+def test_arm64_ready_dpcs_and_timer_match_the_run(arm64_set, name, kind):
+    from fixtures.machine.arm64run import SYSTEM_UPTIME
+
+    entry, truth = arm64_set[name]
+    p0 = truth["queues"]["processors"][0]
+    with _open(entry[kind]) as s:
+        ready, dpcs, dpcs0, timer = (s.capture(c).splitlines() for c in ("!ready", "!dpcs", "!dpcs 0", "!timer"))
+    want = []
+    for priority in sorted({pr for pr, _ in p0["ready"]}, reverse=True):
+        want.append(f"Processor 0: Ready Threads at priority {priority}")
+        want += [_ready_row(truth, t) for pr, t in p0["ready"] if pr == priority]
+    assert ready == want and len(want) >= 2
+    want = ["CPU Type      KDPC       Function"] + [
+        f" 0: {'Threaded:' if d['threaded'] else 'Normal  :'} 0x{d['address']:016x} 0x{d['routine']:016x} {d['name']}"
+        for d in p0["dpcs"]]
+    assert dpcs == dpcs0 == want and len(want) == 2
+    assert timer[2] == f"Interrupt time: {SYSTEM_UPTIME & 0xFFFFFFFF:08x} {SYSTEM_UPTIME >> 32:08x}"
+    want, last, counts = [f"PROCESSOR 0 (nt!_KTIMER_TABLE {p0['timer_table']:016x})"], None, {}
+    for t in p0["timers"]:
+        what = f"{t['name']} (DPC @ {t['dpc']:016x})" if t["dpc"] else f"thread {t['thread']:016x}"
+        key = (t["table"], t["hand"])
+        want.append(f"{'   ' if key == last else format(t['hand'], '3d')} {t['address']:016x} "
+                    f"{'P' if t['period'] else ' '} {t['due'] & 0xFFFFFFFF:08x} {t['due'] >> 32:08x}  {what}")
+        last, counts[key] = key, counts.get(key, 0) + 1
+    start = timer.index(want[0])
+    assert timer[start:start + len(want)] == want
+    assert timer[-1] == f"Total Timers: {len(p0['timers'])}, Maximum List: {max(counts.values())}"
+    if name in ("e2", "3b"):  # storfilt's thread waits in KeDelayExecutionThread: its own timer, no DPC
+        assert any(t["thread"] and not t["dpc"] for t in p0["timers"])
+
+
+def test_arm64_queues_say_one_line_without_the_pdb_or_in_a_small_dump(arm64_set):
+    entry, _ = arm64_set["e2"]
+    with kdshell.open(entry["full"], symbol_path="", image_path="") as s:
+        for command in ("!ready", "!dpcs", "!timer"):
+            out = s.capture(command).splitlines()
+            assert len(out) == 1 and out[0].startswith(command + ": The offset") and "ARM64 build" in out[0], out
+    with _open(entry["small"]) as s:
+        for command in ("!ready", "!dpcs", "!timer", "!exqueue"):
+            out = s.capture(command).splitlines()
+            assert len(out) == 1 and ("small memory dump" in out[0] or "does not apply to ARM64" in out[0]), out
+
+
+# -- the device tree and the user process's VADs on ARM64 (fixtures/machine/arm64pnp.py over pnpvad.py) -------------
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_devnode_tree_and_podev_are_the_builders(arm64_set, kind):
+    from tests.test_devnode_vad import STATES, _blocks
+
+    entry, truth = arm64_set["3b"]
+    pnp = truth["pnp"]
+    nodes = {n["address"]: n for n in pnp["nodes"]}
+
+    def order(address, depth):
+        yield depth, address
+        for c in nodes[address]["children"]:
+            yield from order(c, depth + 1)
+
+    with _open(entry[kind]) as s:
+        out = s.capture("!devnode 0 1").splitlines()
+        podev = {n["address"]: s.capture(f"!podev {n['pdo']:x}").splitlines() for n in pnp["nodes"]}
+        storfilt = _blocks(s.capture("!devnode 0 1 storfilt").splitlines()[1:])
+    assert out[0] == f"Dumping IopRootDeviceNode (= {pnp['root']:#x})"
+    blocks = _blocks(out[1:])
+    assert [(d, a) for d, a, _, _ in blocks] == list(order(pnp["root"], 0)) and len(blocks) == 5
+    for depth, address, pdo, fields in blocks:
+        n = nodes[address]
+        assert (depth, pdo, fields["InstancePath"], fields.get("ServiceName")) == (
+            n["level"], n["pdo"], n["instance_path"], n["service"])
+        assert fields["State"] == f"{STATES[n['state']]} ({n['state']:#x})"
+        assert fields["Previous State"] == f"{STATES[n['previous_state']]} ({n['previous_state']:#x})"
+    assert [(b[0], b[1]) for b in storfilt] == [(n["level"], n["address"]) for n in pnp["nodes"]
+                                                 if n["service"] == "storfilt"]
+    for address, lines in podev.items():
+        n, flags = nodes[address], nodes[address]["power_flags"]
+        assert f"Device Object Extension: {n['extension']:016x}:" in lines
+        assert f"PowerFlags: {flags:08x} =>SystemState={flags & 0xF} DeviceState={(flags >> 4) & 0xF}" in lines
+        assert f"DevNode: {address:016x}" in lines
+
+
+@pytest.mark.parametrize("kind", ("full", "bitmap"))
+def test_arm64_vad_is_the_user_processs_tree(arm64_set, kind):
+    """!vad of stortool.exe: one VAD per run of user pages the builder mapped (image views Exe, no
+    file name: ARM64's PDB has no MMVAD), in address order with their levels; !process shows VadRoot."""
+    from tests.test_devnode_vad import PROTECTIONS, _vad_rows
+
+    entry, truth = arm64_set["3b"]
+    (proc,) = truth["vads"]
+    vads = sorted(proc["vads"], key=lambda v: v["start_vpn"])
+    with _open(entry[kind]) as s:
+        s.capture(f".process {proc['process']:x}")
+        text = s.capture("!vad")
+        process = s.capture(f"!process {proc['process']:x} 1").splitlines()
+    warning, text = text.split("\n", 1)  # the views' files: one line naming the types the PDB lacks
+    assert warning.startswith("The offsets of _MMVAD.Subsection") and "without their file names" in warning
+    rows = _vad_rows(text)
+    assert [int(r.group(1), 16) for r in rows] == [v["address"] for v in vads] and len(vads) >= 5
+    for r, v in zip(rows, vads):
+        assert (int(r.group(2)), int(r.group(3), 16), int(r.group(4), 16), int(r.group(5))) == \
+            (v["level"], v["start_vpn"], v["end_vpn"], v["commit"])
+        assert r.group(6) == ("Private" if v["private"] else "Mapped ") and (r.group(7) == "Exe ") == (v["vad_type"] == 2)
+        assert r.group(8).strip() == PROTECTIONS[v["protection"]] and r.group(9) is None
+    levels = [v["level"] for v in vads]
+    assert f"Total VADs: {len(vads)}, average level: {sum(levels) // len(levels)}, maximum depth: {max(levels)}" in text
+    assert f"    VadRoot {proc['root']:016x} Vads {len(vads)}" in process
