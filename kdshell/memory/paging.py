@@ -171,6 +171,7 @@ class PageCache:
         self.cached: dict[int, bytes] = {}  # PFN -> page, the most recent `limit` pages
         self._missing: dict[int, str] = {}
         self._tables: dict[int, dict[int, array]] = {8: {}, 4: {}}  # entry size -> table PA -> entries
+        self._downs: dict[str, tuple[dict[int, array], ...]] = {}  # mode -> per upper level: table PA -> downs
         self.lookups = 0  # PFN lookups that reached the container (for the benchmark)
 
     def _fetch(self, pfn: int) -> bytes | memoryview:
@@ -218,11 +219,22 @@ class PageCache:
         kept[pa] = entries
         return entries
 
+    def downs(self, mode: PagingMode) -> tuple[dict[int, array], ...]:
+        """Per level above the last, the kept `Paging.downs` arrays of `mode`'s tables by physical
+        address (what an entry means depends on the mode and the level: a large page or not)."""
+        kept = self._downs.get(mode.name)
+        if kept is None:
+            kept = self._downs[mode.name] = tuple({} for _ in mode.levels[:-1])
+        return kept
+
     def clear(self) -> None:
         """Forget every kept page and table (the record of missing PFNs stays: a dump never changes)."""
         self.cached.clear()
         for kept in self._tables.values():
             kept.clear()
+        for levels in self._downs.values():
+            for kept in levels:
+                kept.clear()
 
     def has(self, pfn: int) -> bool:
         try:
@@ -288,16 +300,13 @@ class Paging:
         self._leaf_index_mask = (1 << leaf.bits) - 1
         self._unpack = _U64 if mode.entry_size == 8 else _U32
         self._tables = pages.tables(mode.entry_size)  # table PA -> entries, shared by every space
-        # The walk's plan, one tuple per level from the top: (shift, index mask, large bit, its
-        # value for "large page" (x86 PS set, ARM64 bit 1 clear; -1 where none maps here), large
-        # address mask, large offset mask, level number). _plans[i] starts at level i (a walk
-        # resumed after a transition entry).
-        plan = tuple(
-            (lv.shift, (1 << lv.bits) - 1, lv.large_bit, lv.large_value if lv.large_mask else -1,
-             lv.large_mask or 0, (1 << lv.shift) - 1, i)
-            for i, lv in enumerate(mode.levels)
-        )
-        self._plans = tuple(plan[i:] for i in range(len(plan)))
+        # The walk's plan: per level above the last (shift, index mask, the level's kept downs
+        # arrays, level number); _uppers[i] starts at level i (a walk resumed after a transition
+        # entry; empty from the last level)
+        self._downs = pages.downs(mode)
+        uppers = tuple((lv.shift, (1 << lv.bits) - 1, self._downs[i], i) for i, lv in enumerate(mode.levels[:-1]))
+        self._uppers = tuple(uppers[i:] for i in range(len(mode.levels)))
+        self._last = len(mode.levels) - 1
         # what a missing table at level i takes away: everything the entry above it maps
         self._spans = (1 << mode.va_bits,) + tuple(1 << lv.shift for lv in mode.levels[:-1])
         # canonical addresses pass as they are: va >> (va_bits - 1) is 0 or all ones (64-bit);
@@ -342,32 +351,56 @@ class Paging:
         return pa
 
     def _walk(self, va: int, follow_prototype: bool, start: int = 0, table: int = -1) -> int:
-        """The walk: from the top table (or from level `start`'s table at `table`) down through
-        valid entries, each read from the kept table arrays (one dict lookup and one index per
-        level, no bytes sliced, no exception made); anything else (a table page to fetch, an
-        entry that is not valid) leaves the loop for the slower code beside it."""
-        tables = self._tables
-        tmask = self.mode.table_mask
+        """The walk, from the top table (or from level `start`'s table at `table`). Above the last
+        level each step is a dict lookup and an index into the table's downs array (the next
+        table's address, or -1 for anything else: `_downs_of`); the last level reads the entry
+        itself. No bytes are sliced and no exception is made on the way down; a large page, an
+        entry that is not valid or a table page still to fetch leaves for the code beside it."""
         if table < 0:
             table = self.dtb
-        entries = None
-        for shift, imask, lbit, lvalue, lmask, omask, i in self._plans[start]:
-            entries = tables.get(table)
-            if entries is None:
-                entries = self._table(va, i, table)
-            entry = entries[(va >> shift) & imask]
-            if entry & 1:
-                if entry & lbit == lvalue:
-                    return (entry & lmask) | (va & omask)
-                table = entry & tmask
-                continue
-            return self._not_valid(va, i, entry, follow_prototype)
-        # ended in a last-level table: keep it for the neighbours of va
-        leaves = self._leaf_tables
-        if len(leaves) >= self.TABLES_LIMIT:
-            _trim(leaves, self.TABLES_LIMIT)
-        leaves[va >> self._leaf_key_shift] = entries  # type: ignore[assignment]  # the loop ran
-        return table | (va & PAGE_MASK)
+        for shift, imask, kept, i in self._uppers[start]:
+            downs = kept.get(table)
+            if downs is None:
+                downs = self._downs_of(va, i, table)
+            down = downs[(va >> shift) & imask]
+            if down < 0:
+                return self._stop(va, i, table, follow_prototype)
+            table = down
+        entries = self._tables.get(table)
+        if entries is None:
+            entries = self._table(va, self._last, table)
+        entry = entries[(va >> PAGE_SHIFT) & self._leaf_index_mask]
+        if entry & 1:
+            leaves = self._leaf_tables  # the last-level table: kept for the neighbours of va
+            if len(leaves) >= self.TABLES_LIMIT:
+                _trim(leaves, self.TABLES_LIMIT)
+            leaves[va >> self._leaf_key_shift] = entries
+            return (entry & self.mode.table_mask) | (va & PAGE_MASK)
+        return self._not_valid(va, self._last, entry, follow_prototype)
+
+    def _downs_of(self, va: int, i: int, table: int) -> array:
+        """Level i's table at `table` as the walk reads it: for each entry the next table's
+        physical address when the entry is valid and points at one, else -1 (a large page or an
+        entry that is not valid: `_stop` reads the entry itself). Kept beside the table."""
+        entries = self._table(va, i, table)
+        level, tmask = self.mode.levels[i], self.mode.table_mask
+        if level.large_mask is None:
+            downs = array("q", [e & tmask if e & 1 else -1 for e in entries])
+        else:
+            bit, value = level.large_bit, level.large_value
+            downs = array("q", [e & tmask if e & 1 and e & bit != value else -1 for e in entries])
+        kept = self._downs[i]
+        _trim(kept, PageCache.TABLE_LIMIT)
+        kept[table] = downs
+        return downs
+
+    def _stop(self, va: int, i: int, table: int, follow_prototype: bool) -> int:
+        """Level i's entry for `va` does not point at a table: a large page, or not valid."""
+        level = self.mode.levels[i]
+        entry = self._table(va, i, table)[(va >> level.shift) & ((1 << level.bits) - 1)]
+        if entry & 1:  # valid and not a table: a large page (_downs_of)
+            return (entry & (level.large_mask or 0)) | (va & (level.span - 1))
+        return self._not_valid(va, i, entry, follow_prototype)
 
     def _table(self, va: int, i: int, table: int) -> array:
         """Level i's table at `table`, from the page cache, or PageNotPresent for `va`."""
