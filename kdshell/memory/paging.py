@@ -369,12 +369,14 @@ class Paging:
         entries = self._tables.get(table)
         if entries is None:
             entries = self._table(va, self._last, table)
+        # the last-level table, kept for the neighbours of va whatever its entry says (a scan
+        # skips a run of empty entries in it at once: runs())
+        leaves = self._leaf_tables
+        if len(leaves) >= self.TABLES_LIMIT:
+            _trim(leaves, self.TABLES_LIMIT)
+        leaves[va >> self._leaf_key_shift] = entries
         entry = entries[(va >> PAGE_SHIFT) & self._leaf_index_mask]
         if entry & 1:
-            leaves = self._leaf_tables  # the last-level table: kept for the neighbours of va
-            if len(leaves) >= self.TABLES_LIMIT:
-                _trim(leaves, self.TABLES_LIMIT)
-            leaves[va >> self._leaf_key_shift] = entries
             return (entry & self.mode.table_mask) | (va & PAGE_MASK)
         return self._not_valid(va, self._last, entry, follow_prototype)
 
