@@ -228,7 +228,7 @@ def probe_main(*argv: str) -> None:
 
     sys.argv = ["kdshell", *argv]
     try:
-        measured(runpy.run_module, "kdshell", run_name="__main__", alter_sys=True)
+        measured(lambda: runpy.run_module("kdshell", run_name="__main__", alter_sys=True))
     except SystemExit:
         pass
 
@@ -340,7 +340,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--base", default=BASE, help="the revision to compare with (default: %(default)s)")
     ap.add_argument("--dir", default="/tmp/kdshell-icount", help="dumps and the exported tree")
-    ap.add_argument("--only", help="rows whose name contains this")
+    ap.add_argument("--only", help="rows whose name contains one of these (comma-separated)")
+    ap.add_argument("--skip", help="rows whose name contains one of these (comma-separated)")
     ap.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -371,10 +372,16 @@ def main(argv=None) -> int:
     lines = [f"| row | data | {rev} (before) | {this} (after) | after / before |", "|---|---|---|---|---|"]
     print(f"instructions, {rev} -> {this}")
     worst = 0.0
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(2)  # the two trees side by side: counts do not depend on the load
     for row, data, probe, pargs, per in rows(work):
-        if args.only and args.only not in row:
+        if args.only and not any(w in row for w in args.only.split(",")):
             continue
-        before, after = count(base, probe, *pargs), count(REPO, probe, *pargs)
+        if args.skip and any(w in row for w in args.skip.split(",")):
+            continue
+        b, a = pool.submit(count, base, probe, *pargs), pool.submit(count, REPO, probe, *pargs)
+        before, after = b.result(), a.result()
         ratio = f"{after / before:.3f}" if isinstance(before, int) and isinstance(after, int) and before else "-"
         if ratio != "-":
             worst = max(worst, after / before)  # type: ignore[operator]

@@ -31,7 +31,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import compress, islice
 from typing import Iterator
 
 from kdshell.errors import MemoryNotPresent
@@ -304,6 +304,7 @@ class Paging:
         # arrays, level number); _uppers[i] starts at level i (a walk resumed after a transition
         # entry; empty from the last level)
         self._downs = pages.downs(mode)
+        self._seen_once: dict[int, None] = {}  # tables walked through once, no downs array yet
         uppers = tuple((lv.shift, (1 << lv.bits) - 1, self._downs[i], i) for i, lv in enumerate(mode.levels[:-1]))
         self._uppers = tuple(uppers[i:] for i in range(len(mode.levels)))
         self._last = len(mode.levels) - 1
@@ -360,9 +361,7 @@ class Paging:
             table = self.dtb
         for shift, imask, kept, i in self._uppers[start]:
             downs = kept.get(table)
-            if downs is None:
-                downs = self._downs_of(va, i, table)
-            down = downs[(va >> shift) & imask]
+            down = downs[(va >> shift) & imask] if downs is not None else self._down(va, i, table)
             if down < 0:
                 return self._stop(va, i, table, follow_prototype)
             table = down
@@ -380,17 +379,34 @@ class Paging:
             return (entry & self.mode.table_mask) | (va & PAGE_MASK)
         return self._not_valid(va, self._last, entry, follow_prototype)
 
+    def _down(self, va: int, i: int, table: int) -> int:
+        """The walk's step at a table without a downs array: the first time, from the entry
+        itself (a walk made once, as at open, does not pay for the array); the second, through
+        the array, made then."""
+        seen = self._seen_once
+        if table in seen:
+            del seen[table]
+            level = self.mode.levels[i]
+            return self._downs_of(va, i, table)[(va >> level.shift) & ((1 << level.bits) - 1)]
+        _trim(seen, PageCache.TABLE_LIMIT)
+        seen[table] = None
+        level = self.mode.levels[i]
+        e = self._table(va, i, table)[(va >> level.shift) & ((1 << level.bits) - 1)]
+        bit, value = (level.large_bit, level.large_value) if level.large_mask is not None else (0, 1)
+        return e & self.mode.table_mask if e & 1 and e & bit != value else -1
+
     def _downs_of(self, va: int, i: int, table: int) -> array:
         """Level i's table at `table` as the walk reads it: for each entry the next table's
         physical address when the entry is valid and points at one, else -1 (a large page or an
         entry that is not valid: `_stop` reads the entry itself). Kept beside the table."""
         entries = self._table(va, i, table)
         level, tmask = self.mode.levels[i], self.mode.table_mask
-        if level.large_mask is None:
-            downs = array("q", [e & tmask if e & 1 else -1 for e in entries])
-        else:
-            bit, value = level.large_bit, level.large_value
-            downs = array("q", [e & tmask if e & 1 and e & bit != value else -1 for e in entries])
+        bit, value = (level.large_bit, level.large_value) if level.large_mask is not None else (0, 1)
+        downs = array("q", [-1]) * len(entries)
+        for k in compress(range(len(entries)), entries):  # the non-zero entries only: upper tables are mostly empty
+            e = entries[k]
+            if e & 1 and e & bit != value:
+                downs[k] = e & tmask
         kept = self._downs[i]
         _trim(kept, PageCache.TABLE_LIMIT)
         kept[table] = downs
