@@ -83,6 +83,11 @@ class KdshellReader:
     def flush(self, tables: bool = False) -> None:
         self._memory().paging.flush(tables)
 
+    def flusher(self):
+        """The flush itself, bound once: a timed loop of flushed walks pays for the flush, not
+        for finding the address space again on every call."""
+        return self._memory().paging.flush
+
     def close(self) -> None:
         self.session.close()
 

@@ -146,7 +146,7 @@ def child_workload(reader: str, meta: str, reads: int, translations: int, cold: 
     out["translations"] = len(vas)
     if cold and hasattr(r, "flush"):
         for key, tables in (("translate_cold_us", True), ("translate_first_touch_us", False)):
-            flush = r.flush
+            flush = r.flusher()
             t = time.perf_counter()
             for va in vas[:cold]:
                 flush(tables)

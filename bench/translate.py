@@ -69,7 +69,7 @@ def measure(reader: str, path: str, seq: list[int], dtb: int | None = None, *, c
         va, pa, got = wrong[0]
         raise AssertionError(f"{reader}: {len(wrong)} wrong translations, e.g. {va:#x} -> {got} (expected {pa:#x})")
     if cold:
-        flush = r.flush
+        flush = r.flusher()
         t = time.perf_counter()
         for va in seq:
             flush(tables)

@@ -150,7 +150,7 @@ def test_reads_across_pages_and_the_tlb():
     assert p.pages.physical.calls == calls  # cached translation, cached table pages
     m.map(K, 0x9000)  # the dump cannot change, but flush() must forget
     p.flush(tables=True)
-    p.pages.cached.clear()
+    p.pages.clear()  # pages and kept tables
     assert p.translate(K) == 0x9000000
 
 
@@ -174,6 +174,20 @@ def test_last_level_table_cache_gives_the_walks_answers():
     assert e.value.level == "PTE" and walks == [K + PAGE]
     p.flush(tables=True)
     assert p.translate(K + 2 * PAGE) == 0x7000000 and walks[-1] == K + 2 * PAGE
+
+
+def test_a_scan_meeting_an_empty_pte_reads_the_rest_of_its_table_without_walks():
+    """runs() over 2 MiB whose first PTE is zero: the walk that says so keeps the table, and the
+    other 511 entries come from it (one walk, not a walk and an exception per page)."""
+    m = Machine()
+    m.map(K + 100 * PAGE, 0x5000)
+    p, _ = paging_of(m)
+    walks = []
+    full = p._walk
+    p._walk = lambda va, follow_prototype, *rest: walks.append(va) or full(va, follow_prototype, *rest)
+    pieces = [(va - K, isinstance(what, int), n) for va, what, n in p.runs(K, 0x200000)]
+    assert pieces == [(0, False, 100 * PAGE), (100 * PAGE, True, PAGE), (101 * PAGE, False, 0x200000 - 101 * PAGE)]
+    assert walks == [K]
 
 
 @pytest.mark.parametrize("pat", [0, 1 << 12])

@@ -18,7 +18,8 @@ a CPU's paging-structure cache: a page whose table is kept costs one index, not 
 Both are bounded and evict gradually (the oldest eighth when full), and a full translation cache
 takes no more entries from the tables (they answer nearly as fast): a working set larger than
 the cache has no cliff. `Paging.runs(va, size)` gives physically contiguous pieces and what an
-empty entry covers at once, for scans. Table pages come from a shared `PageCache` that also remembers
+empty entry covers at once, for scans. Table pages come from a shared `PageCache`, kept as arrays
+of their entries (the walk's step per level is a dict lookup and an index), that also remembers
 which PFNs the dump does not have (so a walk over a kernel-only dump fails at once instead of
 searching the bitmap again). Invalid entries are decoded by pte.py: transition pages are read
 from their PFN, prototype PTEs are followed once, everything else raises `PageNotPresent`
@@ -28,8 +29,9 @@ from __future__ import annotations
 
 import struct
 import sys
+from array import array
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import compress, islice
 from typing import Iterator
 
 from kdshell.errors import MemoryNotPresent
@@ -37,7 +39,7 @@ from kdshell.memory import pte as P
 from kdshell.memory.physical import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory, not_present_message
 
 PAGE_MASK = PAGE_SIZE - 1
-_NATIVE_LE = sys.byteorder == "little"  # last-level tables are read as native-order arrays
+_NATIVE_LE = sys.byteorder == "little"  # table arrays are native-order: swapped when not
 _U64 = struct.Struct("<Q").unpack_from
 _U32 = struct.Struct("<I").unpack_from
 
@@ -156,35 +158,83 @@ class PageCache:
     """Physical pages by PFN with a bounded cache of recent pages and a record of missing PFNs.
 
     Pages are copied out of the mapping (a 4 KiB copy costs less than a second bitmap lookup),
-    so nothing here pins the container's mmap.
+    so nothing here pins the container's mmap. Page tables are kept apart, as arrays of their
+    entries by the table's physical address (`tables`): a walk reads an entry with one dict
+    lookup and one index, the page's bytes never sliced or unpacked again.
     """
+
+    TABLE_LIMIT = 1 << 12  # table pages kept per entry width (16 MiB at most)
 
     def __init__(self, physical: PhysicalMemory, limit: int = 4096) -> None:
         self.physical = physical
         self.limit = limit
         self.cached: dict[int, bytes] = {}  # PFN -> page, the most recent `limit` pages
         self._missing: dict[int, str] = {}
+        self._tables: dict[int, dict[int, array]] = {8: {}, 4: {}}  # entry size -> table PA -> entries
+        self._downs: dict[str, tuple[dict[int, array], ...]] = {}  # mode -> per upper level: table PA -> downs
         self.lookups = 0  # PFN lookups that reached the container (for the benchmark)
 
-    def page(self, pfn: int) -> bytes:
-        data = self.cached.get(pfn)
-        if data is not None:
-            return data
+    def _fetch(self, pfn: int) -> bytes | memoryview:
+        """The page from the container, remembering a PFN it does not have."""
         why = self._missing.get(pfn)
         if why is not None:
             raise MemoryNotPresent(pfn << PAGE_SHIFT, why, physical=True)
         self.lookups += 1
         try:
-            data = bytes(self.physical.page(pfn))
+            return self.physical.page(pfn)
         except MemoryNotPresent as exc:
             if len(self._missing) > 1 << 20:
                 self._missing.clear()
             self._missing[pfn] = exc.why
             raise
+
+    def page(self, pfn: int) -> bytes:
+        data = self.cached.get(pfn)
+        if data is not None:
+            return data
+        data = bytes(self._fetch(pfn))
         if len(self.cached) >= self.limit:
             del self.cached[next(iter(self.cached))]
         self.cached[pfn] = data
         return data
+
+    def tables(self, entry_size: int) -> dict[int, array]:
+        """The kept tables of one entry width, by physical address (for a walk to read directly)."""
+        return self._tables[entry_size]
+
+    def table(self, pa: int, entry_size: int) -> array:
+        """The entries of the table at `pa` to the end of its page (a PAE PDPT is 32-byte
+        aligned: its 4 entries come first), kept; MemoryNotPresent when the page is missing."""
+        kept = self._tables[entry_size]
+        entries = kept.get(pa)
+        if entries is not None:
+            return entries
+        pfn = pa >> PAGE_SHIFT
+        page = self.cached.get(pfn)
+        entries = array("Q" if entry_size == 8 else "I")
+        entries.frombytes((page if page is not None else self._fetch(pfn))[pa & PAGE_MASK :])
+        if not _NATIVE_LE:
+            entries.byteswap()  # the dump's entries are little-endian
+        _trim(kept, self.TABLE_LIMIT)
+        kept[pa] = entries
+        return entries
+
+    def downs(self, mode: PagingMode) -> tuple[dict[int, array], ...]:
+        """Per level above the last, the kept `Paging.downs` arrays of `mode`'s tables by physical
+        address (what an entry means depends on the mode and the level: a large page or not)."""
+        kept = self._downs.get(mode.name)
+        if kept is None:
+            kept = self._downs[mode.name] = tuple({} for _ in mode.levels[:-1])
+        return kept
+
+    def clear(self) -> None:
+        """Forget every kept page and table (the record of missing PFNs stays: a dump never changes)."""
+        self.cached.clear()
+        for kept in self._tables.values():
+            kept.clear()
+        for levels in self._downs.values():
+            for kept in levels:
+                kept.clear()
 
     def has(self, pfn: int) -> bool:
         try:
@@ -232,7 +282,7 @@ class Paging:
     """One address space: a DTB walked in one mode."""
 
     TLB_LIMIT = 1 << 16
-    TABLES_LIMIT = 1 << 12  # last-level tables kept as views of their pages (16 MiB at most)
+    TABLES_LIMIT = 1 << 12  # last-level tables kept by their 2 MiB of addresses (16 MiB at most)
 
     def __init__(self, pages: PageCache, dtb: int, mode: PagingMode = X64_4,
                  fmt: P.PteFormat | None = None) -> None:
@@ -241,23 +291,29 @@ class Paging:
         self.dtb = dtb & mode.dtb_mask
         self.fmt = fmt or P.PteFormat(mode.pte_mode)
         self._tlb: dict[int, int] = {}
-        # last-level tables by (va >> leaf.shift + leaf.bits), as entry arrays (memoryviews of
-        # their pages): what a valid, not large, entry of the level above points at; a dump never
-        # changes, so nothing here goes stale, and a translation next to a page already read is
-        # one index, not a walk
-        self._leaf_tables: dict[int, memoryview] = {}
+        # last-level tables by (va >> leaf.shift + leaf.bits): the entry arrays the walk ended
+        # in (the page cache's own); a dump never changes, so nothing here goes stale, and a
+        # translation next to a page already read is one index, not a walk
+        self._leaf_tables: dict[int, array] = {}
         leaf = mode.levels[-1]
         self._leaf_key_shift = leaf.shift + leaf.bits
         self._leaf_index_mask = (1 << leaf.bits) - 1
         self._unpack = _U64 if mode.entry_size == 8 else _U32
-        # (shift, index mask, large mask or 0, large offset mask, large bit, level) per level, for
-        # the hot loop: a valid entry maps a large page when lmask and (entry ^ flip) & lbit
-        self._plan = tuple(
-            (lv.shift, (1 << lv.bits) - 1, lv.large_mask or 0, (1 << lv.shift) - 1, lv.large_bit, lv)
-            for lv in mode.levels
-        )
-        # (a mode's large-page levels share one test: x86 PS set, ARM64 bit 1 clear)
-        self._flip = next((lv.large_bit ^ lv.large_value for lv in mode.levels if lv.large_mask), 0)
+        self._tables = pages.tables(mode.entry_size)  # table PA -> entries, shared by every space
+        # The walk's plan: per level above the last (shift, index mask, the level's kept downs
+        # arrays, level number); _uppers[i] starts at level i (a walk resumed after a transition
+        # entry; empty from the last level)
+        self._downs = pages.downs(mode)
+        self._seen_once: dict[int, None] = {}  # tables walked through once, no downs array yet
+        uppers = tuple((lv.shift, (1 << lv.bits) - 1, self._downs[i], i) for i, lv in enumerate(mode.levels[:-1]))
+        self._uppers = tuple(uppers[i:] for i in range(len(mode.levels)))
+        self._last = len(mode.levels) - 1
+        # what a missing table at level i takes away: everything the entry above it maps
+        self._spans = (1 << mode.va_bits,) + tuple(1 << lv.shift for lv in mode.levels[:-1])
+        # canonical addresses pass as they are: va >> (va_bits - 1) is 0 or all ones (64-bit);
+        # anything else (and every 32-bit address) goes through mode.canonical()
+        self._canon_shift = mode.va_bits - 1 if mode.is64 else 32
+        self._canon_tops = (0, (1 << (65 - mode.va_bits)) - 1) if mode.is64 else (0,)
 
     def flush(self, tables: bool = False) -> None:
         """Forget cached translations (and the cached last-level tables with `tables`)."""
@@ -281,76 +337,112 @@ class Paging:
                 if len(tlb) < self.TLB_LIMIT:  # a full cache is left as it is: the table answers as fast
                     tlb[vpn] = pa_page
                 return pa_page | (va & PAGE_MASK)
-        cva = self.mode.canonical(va)
-        if cva is None:
-            bits = self.mode.va_bits
-            raise PageNotPresent(va, f"{va:#x} is not a canonical {bits}-bit address",
-                                 span=_hole_span(va, bits))
-        pa = self._walk(cva, follow_prototype=True)
+        if va >> self._canon_shift in self._canon_tops:
+            pa = self._walk(va, True)
+        else:
+            cva = self.mode.canonical(va)
+            if cva is None:
+                bits = self.mode.va_bits
+                raise PageNotPresent(va, f"{va:#x} is not a canonical {bits}-bit address",
+                                     span=_hole_span(va, bits))
+            pa = self._walk(cva, True)
         if len(tlb) >= self.TLB_LIMIT:
             _trim(tlb, self.TLB_LIMIT)
         tlb[vpn] = pa & ~PAGE_MASK
         return pa
 
-    def _walk(self, va: int, follow_prototype: bool) -> int:
-        esize = self.mode.entry_size
-        unpack = self._unpack
-        table = self.dtb
-        table_mask = self.mode.table_mask
-        last = len(self._plan) - 1
-        cached = self.pages.cached  # the page cache's dict, read directly: a call per level costs
-        page_of = self.pages.page
-        parent_span = 1 << self.mode.va_bits
-        i = 0
-        flip = self._flip
-        for shift, imask, lmask, omask, lbit, level in self._plan:
-            epa = table + ((va >> shift) & imask) * esize
-            page = cached.get(epa >> PAGE_SHIFT)
-            if page is None:
-                try:
-                    page = page_of(epa >> PAGE_SHIFT)
-                except MemoryNotPresent:
-                    pfn = epa >> PAGE_SHIFT
-                    raise PageNotPresent(va, f"{level.name} table: {not_present_message(pfn)}", level=level.name,
-                                         pfn=pfn, span=parent_span) from None
-            entry = unpack(page, epa & PAGE_MASK)[0]
-            if entry & 1:
-                if lmask and (entry ^ flip) & lbit:
-                    return (entry & lmask) | (va & omask)
-                table = entry & table_mask
-                parent_span = 1 << shift
-                if i == last - 1 and not table & PAGE_MASK and _NATIVE_LE:
-                    self._keep_leaf(va, table)
-                i += 1
-                continue
-            state = P.decode(entry, self.fmt)
-            if state.kind == P.TRANSITION:
-                table = state.pfn << PAGE_SHIFT  # type: ignore[operator]  # transition: a PFN
-                parent_span = 1 << shift
-                if i == last:
-                    return table | (va & PAGE_MASK)
-                i += 1
-                continue
-            if state.kind == P.PROTOTYPE and i == last and follow_prototype:
-                return self._via_prototype(va, state, level)
-            raise PageNotPresent(va, P.why_not_readable(state, level.name, self.mode.hex_digits),
-                                 level=level.name, entry=entry, state=state, span=1 << shift)
-        return table | (va & PAGE_MASK)
-
-    def _keep_leaf(self, va: int, table: int) -> None:
-        """Keep the last-level table at `table` for `va`'s 2 MiB (4 MiB non-PAE) of addresses."""
+    def _walk(self, va: int, follow_prototype: bool, start: int = 0, table: int = -1) -> int:
+        """The walk, from the top table (or from level `start`'s table at `table`). Above the last
+        level each step is a dict lookup and an index into the table's downs array (the next
+        table's address, or -1 for anything else: `_downs_of`); the last level reads the entry
+        itself. No bytes are sliced and no exception is made on the way down; a large page, an
+        entry that is not valid or a table page still to fetch leaves for the code beside it."""
+        if table < 0:
+            table = self.dtb
+        for shift, imask, kept, i in self._uppers[start]:
+            downs = kept.get(table)
+            down = downs[(va >> shift) & imask] if downs is not None else self._down(va, i, table)
+            if down < 0:
+                return self._stop(va, i, table, follow_prototype)
+            table = down
+        entries = self._tables.get(table)
+        if entries is None:
+            entries = self._table(va, self._last, table)
+        # the last-level table, kept for the neighbours of va whatever its entry says (a scan
+        # skips a run of empty entries in it at once: runs())
         leaves = self._leaf_tables
-        key = va >> self._leaf_key_shift
-        if key in leaves:
-            return
-        try:
-            page = self.pages.page(table >> PAGE_SHIFT)
-        except MemoryNotPresent:
-            return  # the walk says so in a moment
         if len(leaves) >= self.TABLES_LIMIT:
             _trim(leaves, self.TABLES_LIMIT)
-        view = memoryview(page)
-        leaves[key] = view.cast("Q") if self.mode.entry_size == 8 else view.cast("I")
+        leaves[va >> self._leaf_key_shift] = entries
+        entry = entries[(va >> PAGE_SHIFT) & self._leaf_index_mask]
+        if entry & 1:
+            return (entry & self.mode.table_mask) | (va & PAGE_MASK)
+        return self._not_valid(va, self._last, entry, follow_prototype)
+
+    def _down(self, va: int, i: int, table: int) -> int:
+        """The walk's step at a table without a downs array: the first time, from the entry
+        itself (a walk made once, as at open, does not pay for the array); the second, through
+        the array, made then."""
+        seen = self._seen_once
+        if table in seen:
+            del seen[table]
+            level = self.mode.levels[i]
+            return self._downs_of(va, i, table)[(va >> level.shift) & ((1 << level.bits) - 1)]
+        _trim(seen, PageCache.TABLE_LIMIT)
+        seen[table] = None
+        level = self.mode.levels[i]
+        e = self._table(va, i, table)[(va >> level.shift) & ((1 << level.bits) - 1)]
+        bit, value = (level.large_bit, level.large_value) if level.large_mask is not None else (0, 1)
+        return e & self.mode.table_mask if e & 1 and e & bit != value else -1
+
+    def _downs_of(self, va: int, i: int, table: int) -> array:
+        """Level i's table at `table` as the walk reads it: for each entry the next table's
+        physical address when the entry is valid and points at one, else -1 (a large page or an
+        entry that is not valid: `_stop` reads the entry itself). Kept beside the table."""
+        entries = self._table(va, i, table)
+        level, tmask = self.mode.levels[i], self.mode.table_mask
+        bit, value = (level.large_bit, level.large_value) if level.large_mask is not None else (0, 1)
+        downs = array("q", [-1]) * len(entries)
+        for k in compress(range(len(entries)), entries):  # the non-zero entries only: upper tables are mostly empty
+            e = entries[k]
+            if e & 1 and e & bit != value:
+                downs[k] = e & tmask
+        kept = self._downs[i]
+        _trim(kept, PageCache.TABLE_LIMIT)
+        kept[table] = downs
+        return downs
+
+    def _stop(self, va: int, i: int, table: int, follow_prototype: bool) -> int:
+        """Level i's entry for `va` does not point at a table: a large page, or not valid."""
+        level = self.mode.levels[i]
+        entry = self._table(va, i, table)[(va >> level.shift) & ((1 << level.bits) - 1)]
+        if entry & 1:  # valid and not a table: a large page (_downs_of)
+            return (entry & (level.large_mask or 0)) | (va & (level.span - 1))
+        return self._not_valid(va, i, entry, follow_prototype)
+
+    def _table(self, va: int, i: int, table: int) -> array:
+        """Level i's table at `table`, from the page cache, or PageNotPresent for `va`."""
+        try:
+            return self.pages.table(table, self.mode.entry_size)
+        except MemoryNotPresent:
+            pfn = table >> PAGE_SHIFT
+            name = self.mode.levels[i].name
+            raise PageNotPresent(va, f"{name} table: {not_present_message(pfn)}", level=name,
+                                 pfn=pfn, span=self._spans[i]) from None
+
+    def _not_valid(self, va: int, i: int, entry: int, follow_prototype: bool) -> int:
+        """A not-valid entry at level i: a transition entry goes on from its PFN, a prototype PTE
+        is followed once, anything else stops the walk with PageNotPresent."""
+        level = self.mode.levels[i]
+        state = P.decode(entry, self.fmt)
+        last = i == len(self.mode.levels) - 1
+        if state.kind == P.TRANSITION:
+            table = state.pfn << PAGE_SHIFT  # type: ignore[operator]  # transition: a PFN
+            return table | (va & PAGE_MASK) if last else self._walk(va, follow_prototype, i + 1, table)
+        if state.kind == P.PROTOTYPE and last and follow_prototype:
+            return self._via_prototype(va, state, level)
+        raise PageNotPresent(va, P.why_not_readable(state, level.name, self.mode.hex_digits),
+                             level=level.name, entry=entry, state=state, span=1 << level.shift)
 
     def _via_prototype(self, va: int, state: P.PteState, level: Level) -> int:
         """Follow a prototype PTE once: valid or transition gives the page, anything else stops."""
@@ -495,9 +587,9 @@ class Paging:
             return w
         esize = self.mode.entry_size
         table = self.dtb
-        last = len(self._plan) - 1
-        for i, (shift, imask, lmask, omask, _, level) in enumerate(self._plan):
-            epa = table + ((cva >> shift) & imask) * esize
+        last = len(self.mode.levels) - 1
+        for i, level in enumerate(self.mode.levels):
+            epa = table + ((cva >> level.shift) & ((1 << level.bits) - 1)) * esize
             step = WalkStep(level, table, epa, None)
             w.steps.append(step)
             try:
@@ -512,7 +604,7 @@ class Paging:
             if entry & 1:
                 if level.maps_large(entry):
                     w.large = True
-                    w.physical = (entry & lmask) | (cva & omask)
+                    w.physical = (entry & (level.large_mask or 0)) | (cva & (level.span - 1))
                     return w
                 table = entry & self.mode.table_mask
                 continue
