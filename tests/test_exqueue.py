@@ -2,8 +2,9 @@
 
 The x64 fixture kernel keeps them as Windows 10 1507/1511 does (src/inc/ntexq.h: KPRCB.ParentNode ->
 _ENODE.ExWorkQueues[8] -> EX_WORK_QUEUE, whose KPRIQUEUE holds the items by priority) and fills them
-with its own nt!ExQueueWorkItem (src/nt/amd64/exqueue.c). At KeBugCheckEx's entry the builder queues
-the drivers' work items (fixtures/machine/sched.py WORK_ITEMS). Expected values come from the truth
+with its own nt!ExQueueWorkItem (src/nt/amd64/exqueue.c); ExpWorkerInitialization, called where phase 1
+would (before the drivers load), starts two worker threads that join the queue and wait. At
+KeBugCheckEx's entry the builder queues the drivers' work items (fixtures/machine/sched.py WORK_ITEMS). Expected values come from the truth
 JSON: the builder's record of what it queued and the queues walked after the run with the PDB text
 layouts (not kdshell)."""
 import pytest
@@ -20,6 +21,12 @@ def run(session, text):
     with session.out.capture() as buf:
         ok = session.run(text)
     return ok, "".join(buf).splitlines()
+
+
+def worker_row(truth, address):
+    t = next(t for t in truth["threads"] if t["address"] == address)
+    return (f"THREAD {address:016x}  Cid {t['cid'][0]:04x}.{t['cid'][1]:04x}  Teb: {t['teb'] or 0:016x} "
+            f"Win32Thread: {0:016x} WAIT")
 
 
 @pytest.fixture(scope="module", params=[(s, k) for s in SCENARIOS for k in ("kernel", "complete")
@@ -41,7 +48,13 @@ def test_the_kernel_queued_each_item_at_its_types_priority(machines):
         assert sorted(node["processors"]) == [p["number"] for p in q["processors"]]
         (queue,) = node["queues"]
         assert queue["index"] == 0 and queue["node"] == node["address"]
-        assert queue["maximum"] == len(q["processors"]) and not queue["threads"]
+        assert queue["maximum"] == len(q["processors"])
+        # the workers ExpWorkerInitialization started joined the queue and wait for work (WrQueue)
+        truth = machines.truth(scenario)
+        workers = [t for t in truth["threads"] if t["address"] in queue["threads"]]
+        assert len(workers) == len(queue["threads"]) == queue["thread_count"] == 2
+        assert all(t["wait_reason"] == 15 and t["cid"][0] == 4 for t in workers)
+        assert all(any(f["function"].startswith("nt!ExpWorkerThread+") for f in t["frames"]) for t in workers)
         want = {0: 13, 1: 12, 42: 10}
         queued = [(i["item"], want[i["queue_type"]]) for i in q["injected"]["work"]]
         assert [(i["item"], i["priority"]) for i in queue["items"]] == sorted(queued, key=lambda x: x[1])
@@ -61,6 +74,7 @@ def test_exqueue_lists_each_priority_class_and_its_pending_items(machine):
                             f"{queue['current'][priority]}/{queue['maximum']} )")
                 want += [f"PENDING: WorkerRoutine {i['name']} ({i['routine']:016x}) Parameter {i['parameter']:016x} "
                          f"(item {i['item']:016x})" for i in queue["items"] if i["priority"] == priority]
+            want += [worker_row(truth, t) for t in queue["threads"]]
             want.append("")
     assert ok and out == want[:-1]
     assert "Priority 10 WorkQueue" in "\n".join(out)  # CustomPriorityWorkQueue + 10
