@@ -11,8 +11,12 @@ Thin: kdshell.kernel.queues walks the KPRCB's lists. Layouts from public transcr
   for the next ones in the same bucket), address, `P` when periodic, DueTime low/high and its DPC's
   routine (or `thread addr` for a thread's own timer); `Total Timers: N, Maximum List: M`. WinDbg's Fire Time column (the due time as a date) is
   left out: kdshell prints the 100 ns interrupt time only.
-- !exqueue: `Dumping ExWorkerQueue: addr`, then per queue `**** Critical WorkQueue( current = N maximum = M )`,
-  its worker threads as THREAD lines and its pending items (WorkerRoutine, Parameter).
+- !exqueue: before Windows 10 `Dumping ExWorkerQueue: addr`, then per queue `**** Critical WorkQueue( current =
+  N maximum = M )`, its worker threads as THREAD lines and its pending items (WorkerRoutine, Parameter).
+  Windows 10 (queues per node): per node and priority class kdexts' `**** NUMA Node N Critical WorkQueue`
+  heading, here with `( Threads: ThreadCount/MaxThreads, Concurrency: CurrentCount[p]/MaximumCount )`, the
+  PENDING items of that priority under it, then the queue's worker threads; a priority outside the seven
+  WORK_QUEUE_TYPE classes (CustomPriorityWorkQueue + p) shows as `Priority p` when it holds items.
 A small memory dump keeps only the crashing processor's KPRCB copy, and the lists point outside it.
 ARM64 takes the KPRCB's queue offsets from the kernel's PDB (no public table has them): without it, one line.
 """
@@ -24,7 +28,7 @@ from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.kernel.prcb import Processor
-from kdshell.kernel.queues import Queues, WorkQueues
+from kdshell.kernel.queues import PRIORITY_NAMES, NodeWorkQueue, NodeWorkQueues, Queues, WorkQueues
 
 if TYPE_CHECKING:
     from kdshell.session import Session
@@ -192,7 +196,9 @@ def timer_(session: Session, inv: Invocation) -> None:
          summary="Show the executive worker queues and their threads",
          example="!exqueue",
          details="The classic queues at nt!ExWorkerQueue (Critical, Delayed, HyperCritical: their worker threads "
-                 "and pending work items); Windows 10 on keeps them in the nodes, which kdshell names in one line.")
+                 "and pending work items); on Windows 10 those of each NUMA node (KPRCB.ParentNode -> "
+                 "_ENODE.ExWorkQueues), by priority class, from the kernel's PDB types. Flags is accepted for "
+                 "WinDbg's syntax.")
 def exqueue_(session: Session, inv: Invocation) -> None:
     _one_number(session, inv, "Flags")
     k = session.kernel
@@ -200,8 +206,8 @@ def exqueue_(session: Session, inv: Invocation) -> None:
         raise KdError(SMALL.format(name="!exqueue", what="worker queues"))
     array = k.symbol("ExWorkerQueue")
     if not array:
-        raise KdError("!exqueue: the kernel has no nt!ExWorkerQueue (Windows 10 on keeps the worker queues in "
-                      "the nodes' _ENODE.ExWorkQueues, which kdshell does not read yet)")
+        session.out.lines(_node_queues(session))
+        return
     engine = WorkQueues(k.memory, k.offsets, k.is64)
     line = engine.missing()
     if line is not None:
@@ -214,8 +220,49 @@ def exqueue_(session: Session, inv: Invocation) -> None:
         for t in q.threads:
             out.append(_thread_line(session, t, "WAIT"))
         for item, routine, parameter in q.items:
-            out.append(f"PENDING: WorkerRoutine {_sym(session, routine) or _p(session, routine)} "
-                       f"({_p(session, routine)}) Parameter {_p(session, parameter)} (item {_p(session, item)})")
+            out.append(_pending(session, item, routine, parameter))
         out += q.warnings
         out.append("")
     session.out.lines(out[:-1])
+
+
+def _pending(session: Session, item: int, routine: int | None, parameter: int | None) -> str:
+    return (f"PENDING: WorkerRoutine {_sym(session, routine) or _p(session, routine)} "
+            f"({_p(session, routine)}) Parameter {_p(session, parameter)} (item {_p(session, item)})")
+
+
+def _node_queues(session: Session) -> list[str]:
+    """Windows 10's queues: each node's (KPRCB.ParentNode) EX_WORK_QUEUEs by priority class."""
+    k = session.kernel
+    engine = NodeWorkQueues(k.memory, k.offsets, k.is64)
+    line = engine.missing()
+    if line is not None:
+        raise KdError(f"!exqueue: no nt!ExWorkerQueue (Windows 10 keeps the worker queues per node) and "
+                      f"{line[0].lower()}{line[1:]}")
+    nodes = engine.nodes([(p.number, p.prcb) for p in k.processors()])
+    if not nodes:
+        raise KdError("!exqueue: no processor's KPRCB.ParentNode points to a node: the worker queues are "
+                      "not set up in this dump")
+    out: list[str] = []
+    for node in nodes:
+        out += node.warnings
+        for q in node.queues:
+            out += _priority_lines(session, node.number, q)
+    return out[:-1] if out and not out[-1] else out
+
+
+def _priority_lines(session: Session, node: int, q: NodeWorkQueue) -> list[str]:
+    def count(value: int | None) -> str:
+        return "?" if value is None else str(value)
+
+    out: list[str] = []
+    busy = {i.priority for i in q.items}
+    for priority in sorted(set(PRIORITY_NAMES) | busy, reverse=True):
+        name = PRIORITY_NAMES.get(priority, f"Priority {priority}")
+        out.append(f"**** NUMA Node {node} {name} WorkQueue ( Threads: {count(q.thread_count)}/"
+                   f"{count(q.max_threads)}, Concurrency: {count(q.current[priority])}/{count(q.maximum)} )")
+        out += [_pending(session, i.address, i.routine, i.parameter) for i in q.items if i.priority == priority]
+    out += [_thread_line(session, t, "WAIT") for t in q.threads]
+    out += q.warnings
+    out.append("")
+    return out

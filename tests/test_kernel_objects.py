@@ -385,11 +385,16 @@ def crashing_processor(truth) -> int:
 
 def system_handles(truth) -> int:
     """Kernel handles in the System process: the thread handles PsCreateSystemThread returned to
-    the drivers (the truth's `handles` lists only those the builder itself created), one per
-    system thread that starts outside nt."""
+    the drivers and to x64's nt!ExpWorkerInitialization (the truth's `handles` lists only those the
+    builder itself created), one per system thread that starts outside nt or at nt!ExpWorkerThread
+    (its address from the golden PDB text)."""
+    from fixtures.machine.pdbtext import golden_publics
+
     nt = truth["modules"][0]
+    worker = golden_publics("ntkrnlmp.pdb").get("ExpWorkerThread") if truth["arch"] == "x64" else None
     return sum(1 for t in truth["threads"] if t["kind"] == "system"
-               and not nt["base"] <= t["start_address"] < nt["base"] + nt["size"])
+               and (not nt["base"] <= t["start_address"] < nt["base"] + nt["size"]
+                    or worker is not None and t["start_address"] == nt["base"] + worker))
 
 
 @pytest.mark.parametrize("name,kind", MACHINE_DUMPS, ids=[f"{n}-{k}" for n, k in MACHINE_DUMPS])

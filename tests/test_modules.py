@@ -146,14 +146,14 @@ def test_psloadedmodulelist_of_a_complete_dump(complete):
     mods = complete.symbols.modules
     assert mods.source == "PsLoadedModuleList"
     assert [(m.name, m.base, m.size, m.image_name) for m in mods] == [
-        ("nt", NT_BASE, 0x1a000, "ntoskrnl.exe"),
+        ("nt", NT_BASE, 0x1b000, "ntoskrnl.exe"),
         ("hal", HAL_BASE, 0x5000, "hal.dll"),
         ("mydrv", MYDRV_BASE, 0x5000, "mydrv.sys"),
         ("afd", AFD_BASE, 0x9000, "afd.sys"),
         ("mydrv_fffff80001800000", MYDRV2_BASE, 0x5000, "mydrv.sys"),
     ]
     nt = mods.kernel
-    assert (nt.timestamp, nt.checksum) == (0xC116AE74, 0x1A722)
+    assert (nt.timestamp, nt.checksum) == (0x0BE421A0, 0x1AD86)
     assert mods.by_address(MYDRV_BASE + 0x4FFF).name == "mydrv"
     assert mods.by_address(MYDRV_BASE + 0x5000) is None
     assert mods.by_name("MYDRV.SYS").base == MYDRV_BASE  # image names work too, any case
@@ -163,7 +163,7 @@ def test_psloadedmodulelist_of_a_complete_dump(complete):
 def test_lm_on_the_complete_dump(complete):
     assert lines(complete, "lm") == [
         "start             end                 module name",
-        "fffff800`00000000 fffff800`0001a000   nt         (deferred)",
+        "fffff800`00000000 fffff800`0001b000   nt         (deferred)",
         "fffff800`00400000 fffff800`00405000   hal        (deferred)",
         "fffff800`01000000 fffff800`01005000   mydrv      (deferred)",
         "fffff800`01800000 fffff800`01805000   mydrv_fffff80001800000 (deferred)",
@@ -179,7 +179,7 @@ def test_lm_without_a_symbol_path_uses_exports_from_the_dump(complete):
     complete.run(".reload /f")
     assert lines(complete, "lmo") == [
         "start             end                 module name",
-        "fffff800`00000000 fffff800`0001a000   nt         (export symbols)       ntoskrnl.exe",
+        "fffff800`00000000 fffff800`0001b000   nt         (export symbols)       ntoskrnl.exe",
         "fffff800`00400000 fffff800`00405000   hal        (export symbols)       hal.dll",
         "fffff800`01000000 fffff800`01005000   mydrv      (no symbols)",
         "fffff800`01800000 fffff800`01805000   mydrv_fffff80001800000 (no symbols)",
@@ -279,13 +279,13 @@ def test_the_triage_dump_borrows_every_section(triage):
 # -- the PE reader ------------------------------------------------------------------------------
 def test_pe_image_facts():
     nt = PeImage.from_file(str(BIN / "ntoskrnl.exe"))
-    assert (nt.base, nt.size_of_image, nt.timestamp, nt.machine_name) == (NT_BASE, 0x1a000, 0xC116AE74, "AMD64")
+    assert (nt.base, nt.size_of_image, nt.timestamp, nt.machine_name) == (NT_BASE, 0x1b000, 0x0BE421A0, "AMD64")
     assert nt.export_name == "ntoskrnl.exe" and len(nt.exports) == 72  # KeCancelTimer, KeInitializeTimer(Ex), KeSetTimer(Ex)
     e = {x.name: x for x in nt.exports}["KeBugCheckEx"]
     assert e.rva == _pdb_rva("ntkrnlmp.pdb", "KeBugCheckEx")
     cv = nt.codeview
-    assert (cv.pdb_name, cv.age, cv.key) == ("ntkrnlmp.pdb", 1, "CEE5E2240E1290EF4C4C44205044422E1")
-    assert nt.reproducible and len(nt.runtime_functions) == 91
+    assert (cv.pdb_name, cv.age, cv.key) == ("ntkrnlmp.pdb", 1, "17D4B79FB9A9DAD94C4C44205044422E1")
+    assert nt.reproducible and len(nt.runtime_functions) == 94
     f = nt.runtime_function(e.rva)
     assert f.begin == e.rva
     amdppm = PeImage.from_file(str(CORPUS_SYMBOLS / "amdppm.sys" / "c9c030003b000" / "amdppm.sys"))

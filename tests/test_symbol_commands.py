@@ -267,7 +267,7 @@ def test_lm_ln_x_u_with_private_symbols(complete):
     complete.run(".reload /f")
     assert lines(complete, "lm") == [
         "start             end                 module name",
-        f"fffff800`00000000 fffff800`0001a000   nt         (private pdb symbols)  {BIN}/ntkrnlmp.pdb",
+        f"fffff800`00000000 fffff800`0001b000   nt         (private pdb symbols)  {BIN}/ntkrnlmp.pdb",
         f"fffff800`00400000 fffff800`00405000   hal        (private pdb symbols)  {BIN}/hal.pdb",
         f"fffff800`01000000 fffff800`01005000   mydrv      (private pdb symbols)  {BIN}/mydrv.pdb",
         f"fffff800`01800000 fffff800`01805000   mydrv_fffff80001800000 (private pdb symbols)  {BIN}/mydrv.pdb",
@@ -283,24 +283,24 @@ def test_lm_ln_x_u_with_private_symbols(complete):
         "fffff800`000027b0 nt!KeBugCheck2 (unsigned int, unsigned __int64, unsigned __int64, unsigned __int64, "
         "unsigned __int64, _KTRAP_FRAME *)",
         "fffff800`000028c0 nt!KeBugCheck (unsigned int)",
-        "fffff800`00007f26 nt!KeBugCheckEx (KeBugCheckEx)",
-        "fffff800`0000a040 nt!KeBugCheckCallbackListHead = _LIST_ENTRY",
-        "fffff800`0000ca24 nt!KeBugCheckActive = unsigned int",
-        "fffff800`0000ca28 nt!KeBugCheckCount = unsigned int",
+        "fffff800`00008296 nt!KeBugCheckEx (KeBugCheckEx)",
+        "fffff800`0000b040 nt!KeBugCheckCallbackListHead = _LIST_ENTRY",
+        "fffff800`0000da24 nt!KeBugCheckActive = unsigned int",
+        "fffff800`0000da28 nt!KeBugCheckCount = unsigned int",
     ]
     assert lines(complete, "u mydrv!MyDrvUseAfterFree L7")[0::7] == ["mydrv!MyDrvUseAfterFree:",
                                                                      "fffff800`010011ca ff1510100000    call    "
                                                                      "qword ptr [mydrv!__imp_ExAllocatePoolWithTag "
                                                                      "(fffff800`010021e0)]"]
     assert lines(complete, "dps @rsp L6") == [
-        "ffff8504`29890000  fffff800`00007f26 nt!KeBugCheckEx",
+        "ffff8504`29890000  fffff800`00008296 nt!KeBugCheckEx",
         "ffff8504`29890008  fffff800`01001234 mydrv!MyDrvUseAfterFree+0x84",
         "ffff8504`29890010  00000000`00000000",
         "ffff8504`29890018  11223344`55667788",
         "ffff8504`29890020  fffff800`004010c0 hal!HalInitSystem",
         "ffff8504`29890028  fffff800`02000010 afd+0x10",
     ]
-    assert lines(complete, "dq nt!PsLoadedModuleList L2") == ["fffff800`0000a000  ffff9b00`00010000 ffff9b00`00010400"]
+    assert lines(complete, "dq nt!PsLoadedModuleList L2") == ["fffff800`0000b000  ffff9b00`00010000 ffff9b00`00010400"]
 
 
 def test_symbols_are_deferred_until_needed(complete):
@@ -309,7 +309,7 @@ def test_symbols_are_deferred_until_needed(complete):
     assert lines(complete, "lm m mydrv")[1] == (
         f"fffff800`01000000 fffff800`01005000   mydrv      (private pdb symbols)  {BIN}/mydrv.pdb")
     assert lines(complete, "lm m nt")[1].endswith("(deferred)")
-    assert lines(complete, "? KeBugCheckEx") == ["Evaluate expression: -8796092989658 = fffff800`00007f26"]
+    assert lines(complete, "? KeBugCheckEx") == ["Evaluate expression: -8796092988778 = fffff800`00008296"]
     assert lines(complete, "? rax") == ["Evaluate expression: 4369 = 00000000`00001111"]
 
 
@@ -332,15 +332,15 @@ def test_a_module_given_by_hand(complete):
 def test_complete_dump_without_symbols_uses_exports(complete_path):
     with kdshell.open(complete_path, symbol_path="", image_path="") as s:
         assert lines(s, "ln nt!KeBugCheckEx+3") == [
-            "(fffff800`00007f26)   nt!KeBugCheckEx+0x3   |  (fffff800`0000a000)   nt!PsLoadedModuleList"]
-        assert lines(s, "lm m nt")[1] == "fffff800`00000000 fffff800`0001a000   nt         (export symbols)       ntoskrnl.exe"
+            "(fffff800`00008296)   nt!KeBugCheckEx+0x3   |  (fffff800`0000b000)   nt!PsLoadedModuleList"]
+        assert lines(s, "lm m nt")[1] == "fffff800`00000000 fffff800`0001b000   nt         (export symbols)       ntoskrnl.exe"
         assert lines(s, f"ln {MYDRV_BASE + 0x1234:x}") == ["(fffff800`01000000)   mydrv+0x1234"]
         # only exports is a symbol problem (lm e, Microsoft Learn), as is none; l lists exports as loaded
         nt = lines(s, "lm m nt")[1]
         assert lines(s, "lme")[1:] == [nt, "fffff800`01000000 fffff800`01005000   mydrv      (no symbols)"]
         assert lines(s, "lml")[1:] == [nt]
         # the kernel's exports and its KDBG names together
-        assert lines(s, "x nt!PsLoaded*") == ["fffff800`0000a000 nt!PsLoadedModuleList = <no type information>"]
+        assert lines(s, "x nt!PsLoaded*") == ["fffff800`0000b000 nt!PsLoadedModuleList = <no type information>"]
 
 
 # -- the built-in offsets ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ executive worker queues (!exqueue).
     q.dpcs(prcb)     -> DpcQueue: the KDPCs of KPRCB.DpcData[0] (normal) and [1] (threaded)
     q.timers(prcb)   -> TimerQueue: the KTIMERs of KPRCB.TimerTable.TimerEntries[*]
     WorkQueues(memory, offsets, is64).queues(nt!ExWorkerQueue) -> the classic worker queues
+    NodeWorkQueues(memory, offsets, is64).nodes([(n, prcb)]) -> Windows 10's, per node (KPRCB.ParentNode)
     q.missing(what)  -> one line naming the fields no source knows, or None
 
 Every offset comes from the offsets object (the kernel PDB, the KDBG, the built-in table); none
@@ -289,3 +290,131 @@ class WorkQueues:
             q.warnings = [w for w in (threads.warning, items.warning) if w]
             out.append(q)
         return out
+
+
+# Windows 10 1507/1511 (x64) keep the worker queues per NUMA node: KPRCB.ParentNode is the node's
+# _ENODE, whose ExWorkQueues[8] (by EXQUEUEINDEX) point at EX_WORK_QUEUEs. Each queue's KPRIQUEUE
+# (WorkPriQueue) holds the queued WORK_QUEUE_ITEMs in EntryListHead[priority] and its worker threads
+# in ThreadListHead; the old queue types survive as priorities (WORK_QUEUE_TYPE's documentation).
+# 1703 on keep them in the partition (_EX_PARTITION), and their PDBs declare no _ENODE.ExWorkQueues.
+NODE_QUEUE_SLOTS = 8
+PRIORITIES = 32
+PRIORITY_NAMES = {18: "RealTime", 15: "HyperCritical", 14: "SuperCritical", 13: "Critical", 12: "Delayed",
+                  8: "Normal", 7: "Background"}
+NODE_SPEC: dict[str, tuple[tuple[str, str], ...]] = {
+    "parent_node": (("_KPRCB", "ParentNode"),),
+    "node_queues": (("_ENODE", "ExWorkQueues"),),
+    "pri_queue": (("_EX_WORK_QUEUE", "WorkPriQueue"),),
+    "pri_entries": (("_KPRIQUEUE", "EntryListHead"),),
+    "pri_current": (("_KPRIQUEUE", "CurrentCount"),),
+    "pri_maximum": (("_KPRIQUEUE", "MaximumCount"),),
+    "pri_threads": (("_KPRIQUEUE", "ThreadListHead"),),
+    "queue_link": (("_KTHREAD", "QueueListEntry"),),
+    "item_list": (("_WORK_QUEUE_ITEM", "List"),),
+    "item_routine": (("_WORK_QUEUE_ITEM", "WorkerRoutine"),),
+    "item_parameter": (("_WORK_QUEUE_ITEM", "Parameter"),),
+    # reported when the types have them
+    "node_number": (("_ENODE", "Ncb.NodeNumber"),),
+    "thread_count": (("_EX_WORK_QUEUE", "ThreadCount"),),
+    "max_threads": (("_EX_WORK_QUEUE", "MaxThreads"),),
+}
+NODE_NEEDS = ("parent_node", "node_queues", "pri_queue", "pri_entries", "pri_current", "pri_maximum",
+              "pri_threads", "queue_link", "item_list", "item_routine", "item_parameter")
+
+
+@dataclass
+class WorkItem:
+    address: int
+    priority: int
+    routine: int | None
+    parameter: int | None
+
+
+@dataclass
+class NodeWorkQueue:
+    index: int  # in _ENODE.ExWorkQueues
+    address: int
+    maximum: int | None  # KPRIQUEUE.MaximumCount: the concurrency
+    current: list[int | None]  # KPRIQUEUE.CurrentCount[priority]
+    thread_count: int | None
+    max_threads: int | None
+    threads: list[int] = field(default_factory=list)
+    items: list[WorkItem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Node:
+    number: int
+    address: int
+    processors: list[int]
+    queues: list[NodeWorkQueue] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class NodeWorkQueues:
+    def __init__(self, memory: Memory, offsets: SizedOffsets, is64: bool) -> None:
+        self.layout = StructLayout(offsets, NODE_SPEC)
+        self.r = Reader(memory, is64)
+        self.ptr_size = 8 if is64 else 4
+
+    def missing(self) -> str | None:
+        return _missing_line(self.layout, NODE_NEEDS)
+
+    def nodes(self, prcbs: list[tuple[int, int]]) -> list[Node]:
+        """The nodes the processors' KPRCB.ParentNode point at, each once, from (number, KPRCB) pairs."""
+        L = self.layout
+        out: list[Node] = []
+        for number, prcb in prcbs:
+            try:
+                address = self.r.ptr(prcb + L.need("parent_node"))
+            except MemoryNotPresent:
+                continue
+            if not address:
+                continue
+            known = next((n for n in out if n.address == address), None)
+            if known is not None:
+                known.processors.append(number)
+                continue
+            node_number = self.r.maybe_uint(address, L.get("node_number"), 2)
+            node = Node(len(out) if node_number is None else node_number, address, [number])
+            self._queues(node)
+            out.append(node)
+        return out
+
+    def _queues(self, node: Node) -> None:
+        L = self.layout
+        seen: set[int] = set()
+        for index in range(NODE_QUEUE_SLOTS):
+            slot = node.address + L.need("node_queues") + index * self.ptr_size
+            try:
+                address = self.r.ptr(slot)
+            except MemoryNotPresent:
+                node.warnings.append(f"_ENODE.ExWorkQueues[{index}] at {slot:#x} is not in the dump")
+                continue
+            if not address or address in seen:
+                continue
+            seen.add(address)
+            node.queues.append(self._queue(index, address))
+
+    def _queue(self, index: int, address: int) -> NodeWorkQueue:
+        L = self.layout
+        pq = address + L.need("pri_queue")
+        current = [self.r.maybe_uint(pq + L.need("pri_current") + 4 * p, 0, 4) for p in range(PRIORITIES)]
+        q = NodeWorkQueue(index, address, self.r.maybe_uint(pq, L.need("pri_maximum"), 4), current,
+                          self.r.maybe_uint(address, L.get("thread_count"), 4),
+                          self.r.maybe_uint(address, L.get("max_threads"), 4))
+        threads = walk_list(self.r, pq + L.need("pri_threads"), "work queue thread")
+        q.threads = [e - L.need("queue_link") for e in threads.entries]
+        if threads.warning:
+            q.warnings.append(threads.warning)
+        for priority in range(PRIORITIES):
+            items = walk_list(self.r, pq + L.need("pri_entries") + priority * 2 * self.ptr_size,
+                              f"priority {priority} work item")
+            for e in items.entries:
+                b = e - L.need("item_list")
+                q.items.append(WorkItem(b, priority, self.r.maybe_ptr(b, L.need("item_routine")),
+                                        self.r.maybe_ptr(b, L.need("item_parameter"))))
+            if items.warning:
+                q.warnings.append(items.warning)
+        return q
