@@ -196,8 +196,9 @@ def timer_(session: Session, inv: Invocation) -> None:
          summary="Show the executive worker queues and their threads",
          example="!exqueue",
          details="The classic queues at nt!ExWorkerQueue (Critical, Delayed, HyperCritical: their worker threads "
-                 "and pending work items); on Windows 10 those of each NUMA node (KPRCB.ParentNode -> "
-                 "_ENODE.ExWorkQueues), by priority class, from the kernel's PDB types. Flags is accepted for "
+                 "and pending work items); on Windows 10 those of each NUMA node (KPRCB.ParentNode), found "
+                 "through the system partition (nt!PspSystemPartition -> _EX_PARTITION.WorkQueues, 1607 on) "
+                 "or _ENODE.ExWorkQueues (1507/1511), by priority class, from the kernel's PDB types. Flags is accepted for "
                  "WinDbg's syntax.")
 def exqueue_(session: Session, inv: Invocation) -> None:
     _one_number(session, inv, "Flags")
@@ -239,7 +240,8 @@ def _node_queues(session: Session) -> list[str]:
     if line is not None:
         raise KdError(f"!exqueue: no nt!ExWorkerQueue (Windows 10 keeps the worker queues per node) and "
                       f"{line[0].lower()}{line[1:]}")
-    nodes = engine.nodes([(p.number, p.prcb) for p in k.processors()])
+    nodes = engine.nodes([(p.number, p.prcb) for p in k.processors()],
+                         k.symbol("PspSystemPartition") if engine.partitioned else None)
     if not nodes:
         raise KdError("!exqueue: no processor's KPRCB.ParentNode points to a node: the worker queues are "
                       "not set up in this dump")

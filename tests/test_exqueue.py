@@ -1,7 +1,9 @@
 """!exqueue on Windows 10's per-node work queues, on the test machines' own queues.
 
-The x64 fixture kernel keeps them as Windows 10 1507/1511 does (src/inc/ntexq.h: KPRCB.ParentNode ->
-_ENODE.ExWorkQueues[8] -> EX_WORK_QUEUE, whose KPRIQUEUE holds the items by priority) and fills them
+The x64 fixture kernel keeps them as Windows 10 2004 (build 19041, what it claims) does
+(src/inc/ntexq.h: nt!PspSystemPartition -> _EPARTITION.ExPartition -> _EX_PARTITION.WorkQueues[node
+number][8] -> EX_WORK_QUEUE, whose KPRIQUEUE holds the items by priority; the node is
+KPRCB.ParentNode) and fills them
 with its own nt!ExQueueWorkItem (src/nt/amd64/exqueue.c); ExpWorkerInitialization, called where phase 1
 would (before the drivers load), starts two worker threads that join the queue and wait. At
 KeBugCheckEx's entry the builder queues the drivers' work items (fixtures/machine/sched.py WORK_ITEMS). Expected values come from the truth
@@ -9,6 +11,7 @@ JSON: the builder's record of what it queued and the queues walked after the run
 layouts (not kdshell)."""
 import pytest
 
+import kdshell.commands.queues as Q
 from conftest import open_machine
 from fixtures.machine.sched import WORK_ITEMS
 
@@ -47,7 +50,9 @@ def test_the_kernel_queued_each_item_at_its_types_priority(machines):
         (node,) = q["nodes"]
         assert sorted(node["processors"]) == [p["number"] for p in q["processors"]]
         (queue,) = node["queues"]
-        assert queue["index"] == 0 and queue["node"] == node["address"]
+        assert queue["index"] == 0 and queue["node"] == node["address"] and node["number"] == 0
+        # found through the system partition: its EX_PARTITION's table for node 0, the queue's own Partition
+        assert node["partition"] and node["array"] and queue["partition"] == node["partition"]
         assert queue["maximum"] == len(q["processors"])
         # the workers ExpWorkerInitialization started joined the queue and wait for work (WrQueue)
         truth = machines.truth(scenario)
@@ -86,6 +91,68 @@ def test_exqueue_without_the_types_names_what_is_missing(machines):
         ok, out = run(s, "!exqueue")
         assert not ok and len(out) == 1 and out[0].startswith("!exqueue: no nt!ExWorkerQueue")
         assert "_ENODE.ExWorkQueues" in out[0] and "_KPRCB.ParentNode" in out[0]
+        assert "_EX_PARTITION.WorkQueues" in out[0]
+
+
+class Offsets:
+    """The machine's PDB types with some fields moved or taken away by the test."""
+
+    def __init__(self, base, extra):
+        self.base, self.extra = base, extra
+
+    def offset(self, t, p):
+        return self.extra[(t, p)] if (t, p) in self.extra else self.base.offset(t, p)
+
+    def source(self, t, p):
+        return "test" if (t, p) in self.extra else self.base.source(t, p)
+
+    def size(self, t):
+        return self.base.size(t)
+
+
+def _expected(truth):
+    node, = truth["queues"]["nodes"]
+    queue, = node["queues"]
+    return node, queue
+
+
+def test_exqueue_on_the_1511_layout_reads_enode_exworkqueues(machines, monkeypatch):
+    """1507/1511 types (no _EX_PARTITION.WorkQueues; _ENODE.ExWorkQueues[8]): the test declares the
+    node's queue array at the offset where the machine's real array lies from the node (both the
+    builder's record), so the engine reads the same queues through the node."""
+    truth = machines.truth("e2")
+    node, queue = _expected(truth)
+    with open_machine(machines, "e2") as s:
+        with s.out.capture() as buf:
+            assert s.run("!exqueue")
+        want = "".join(buf).splitlines()
+        offsets = Offsets(s.kernel.offsets, {("_EX_PARTITION", "WorkQueues"): None,
+                                             ("_EPARTITION", "ExPartition"): None,
+                                             ("_ENODE", "ExWorkQueues"): node["array"] - node["address"]})
+        real = Q.NodeWorkQueues
+        made = []
+
+        def engine(memory, _offsets, is64):
+            made.append(real(memory, offsets, is64))
+            return made[-1]
+        monkeypatch.setattr(Q, "NodeWorkQueues", engine)
+        monkeypatch.setattr(s.kernel, "symbol", lambda name, _real=s.kernel.symbol:
+                            None if name == "PspSystemPartition" else _real(name))
+        ok, out = run(s, "!exqueue")
+        assert ok and out == want and not made[0].partitioned
+        assert f"{queue['items'][0]['item']:016x}" in "\n".join(out)
+        # the same types without _ENODE.ExWorkQueues either: one line naming both
+        offsets.extra[("_ENODE", "ExWorkQueues")] = None
+        ok, out = run(s, "!exqueue")
+        assert not ok and len(out) == 1 and "_ENODE.ExWorkQueues" in out[0] and "_EX_PARTITION.WorkQueues" in out[0]
+
+
+def test_exqueue_without_the_system_partition_symbol_is_one_line_per_node(machines, monkeypatch):
+    with open_machine(machines, "e2") as s:
+        monkeypatch.setattr(s.kernel, "symbol", lambda name, _real=s.kernel.symbol:
+                            None if name == "PspSystemPartition" else _real(name))
+        ok, out = run(s, "!exqueue")
+        assert out == ["no nt!PspSystemPartition: the system partition's work queues cannot be found"]
 
 
 def test_exqueue_on_small_dumps_and_bad_input_is_one_line(machines):

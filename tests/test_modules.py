@@ -153,7 +153,7 @@ def test_psloadedmodulelist_of_a_complete_dump(complete):
         ("mydrv_fffff80001800000", MYDRV2_BASE, 0x5000, "mydrv.sys"),
     ]
     nt = mods.kernel
-    assert (nt.timestamp, nt.checksum) == (0x0BE421A0, 0x1AD86)
+    assert (nt.timestamp, nt.checksum) == (0x59FD87EE, 0x21ABC)
     assert mods.by_address(MYDRV_BASE + 0x4FFF).name == "mydrv"
     assert mods.by_address(MYDRV_BASE + 0x5000) is None
     assert mods.by_name("MYDRV.SYS").base == MYDRV_BASE  # image names work too, any case
@@ -279,12 +279,12 @@ def test_the_triage_dump_borrows_every_section(triage):
 # -- the PE reader ------------------------------------------------------------------------------
 def test_pe_image_facts():
     nt = PeImage.from_file(str(BIN / "ntoskrnl.exe"))
-    assert (nt.base, nt.size_of_image, nt.timestamp, nt.machine_name) == (NT_BASE, 0x1b000, 0x0BE421A0, "AMD64")
+    assert (nt.base, nt.size_of_image, nt.timestamp, nt.machine_name) == (NT_BASE, 0x1b000, 0x59FD87EE, "AMD64")
     assert nt.export_name == "ntoskrnl.exe" and len(nt.exports) == 72  # KeCancelTimer, KeInitializeTimer(Ex), KeSetTimer(Ex)
     e = {x.name: x for x in nt.exports}["KeBugCheckEx"]
     assert e.rva == _pdb_rva("ntkrnlmp.pdb", "KeBugCheckEx")
     cv = nt.codeview
-    assert (cv.pdb_name, cv.age, cv.key) == ("ntkrnlmp.pdb", 1, "17D4B79FB9A9DAD94C4C44205044422E1")
+    assert (cv.pdb_name, cv.age, cv.key) == ("ntkrnlmp.pdb", 1, "B2D8DED8FE762BD54C4C44205044422E1")
     assert nt.reproducible and len(nt.runtime_functions) == 94
     f = nt.runtime_function(e.rva)
     assert f.begin == e.rva

@@ -283,7 +283,7 @@ def test_lm_ln_x_u_with_private_symbols(complete):
         "fffff800`000027b0 nt!KeBugCheck2 (unsigned int, unsigned __int64, unsigned __int64, unsigned __int64, "
         "unsigned __int64, _KTRAP_FRAME *)",
         "fffff800`000028c0 nt!KeBugCheck (unsigned int)",
-        "fffff800`00008296 nt!KeBugCheckEx (KeBugCheckEx)",
+        "fffff800`000082d6 nt!KeBugCheckEx (KeBugCheckEx)",
         "fffff800`0000b040 nt!KeBugCheckCallbackListHead = _LIST_ENTRY",
         "fffff800`0000da24 nt!KeBugCheckActive = unsigned int",
         "fffff800`0000da28 nt!KeBugCheckCount = unsigned int",
@@ -293,7 +293,7 @@ def test_lm_ln_x_u_with_private_symbols(complete):
                                                                      "qword ptr [mydrv!__imp_ExAllocatePoolWithTag "
                                                                      "(fffff800`010021e0)]"]
     assert lines(complete, "dps @rsp L6") == [
-        "ffff8504`29890000  fffff800`00008296 nt!KeBugCheckEx",
+        "ffff8504`29890000  fffff800`000082d6 nt!KeBugCheckEx",
         "ffff8504`29890008  fffff800`01001234 mydrv!MyDrvUseAfterFree+0x84",
         "ffff8504`29890010  00000000`00000000",
         "ffff8504`29890018  11223344`55667788",
@@ -309,7 +309,7 @@ def test_symbols_are_deferred_until_needed(complete):
     assert lines(complete, "lm m mydrv")[1] == (
         f"fffff800`01000000 fffff800`01005000   mydrv      (private pdb symbols)  {BIN}/mydrv.pdb")
     assert lines(complete, "lm m nt")[1].endswith("(deferred)")
-    assert lines(complete, "? KeBugCheckEx") == ["Evaluate expression: -8796092988778 = fffff800`00008296"]
+    assert lines(complete, "? KeBugCheckEx") == ["Evaluate expression: -8796092988714 = fffff800`000082d6"]
     assert lines(complete, "? rax") == ["Evaluate expression: 4369 = 00000000`00001111"]
 
 
@@ -332,7 +332,7 @@ def test_a_module_given_by_hand(complete):
 def test_complete_dump_without_symbols_uses_exports(complete_path):
     with kdshell.open(complete_path, symbol_path="", image_path="") as s:
         assert lines(s, "ln nt!KeBugCheckEx+3") == [
-            "(fffff800`00008296)   nt!KeBugCheckEx+0x3   |  (fffff800`0000b000)   nt!PsLoadedModuleList"]
+            "(fffff800`000082d6)   nt!KeBugCheckEx+0x3   |  (fffff800`0000b000)   nt!PsLoadedModuleList"]
         assert lines(s, "lm m nt")[1] == "fffff800`00000000 fffff800`0001b000   nt         (export symbols)       ntoskrnl.exe"
         assert lines(s, f"ln {MYDRV_BASE + 0x1234:x}") == ["(fffff800`01000000)   mydrv+0x1234"]
         # only exports is a symbol problem (lm e, Microsoft Learn), as is none; l lists exports as loaded

@@ -7,7 +7,8 @@ executive worker queues (!exqueue).
     q.dpcs(prcb)     -> DpcQueue: the KDPCs of KPRCB.DpcData[0] (normal) and [1] (threaded)
     q.timers(prcb)   -> TimerQueue: the KTIMERs of KPRCB.TimerTable.TimerEntries[*]
     WorkQueues(memory, offsets, is64).queues(nt!ExWorkerQueue) -> the classic worker queues
-    NodeWorkQueues(memory, offsets, is64).nodes([(n, prcb)]) -> Windows 10's, per node (KPRCB.ParentNode)
+    NodeWorkQueues(memory, offsets, is64).nodes([(n, prcb)], nt!PspSystemPartition) -> Windows 10's, per
+                     node (KPRCB.ParentNode), through the partition (1607 on) or _ENODE (1507/1511)
     q.missing(what)  -> one line naming the fields no source knows, or None
 
 Every offset comes from the offsets object (the kernel PDB, the KDBG, the built-in table); none
@@ -292,11 +293,13 @@ class WorkQueues:
         return out
 
 
-# Windows 10 1507/1511 (x64) keep the worker queues per NUMA node: KPRCB.ParentNode is the node's
-# _ENODE, whose ExWorkQueues[8] (by EXQUEUEINDEX) point at EX_WORK_QUEUEs. Each queue's KPRIQUEUE
-# (WorkPriQueue) holds the queued WORK_QUEUE_ITEMs in EntryListHead[priority] and its worker threads
-# in ThreadListHead; the old queue types survive as priorities (WORK_QUEUE_TYPE's documentation).
-# 1703 on keep them in the partition (_EX_PARTITION), and their PDBs declare no _ENODE.ExWorkQueues.
+# Windows 10 keeps the worker queues per NUMA node (KPRCB.ParentNode is the node). 1507/1511 (x64)
+# point at them from the node: _ENODE.ExWorkQueues[8] (by EXQUEUEINDEX). 1607 on keep them in the
+# executive's share of the partition: nt!PspSystemPartition (the system _EPARTITION) -> ExPartition
+# (_EX_PARTITION) -> WorkQueues[node number] -> that node's 8 EX_WORK_QUEUE pointers (by EXQUEUEINDEX);
+# their PDBs declare no _ENODE.ExWorkQueues. Each queue's KPRIQUEUE (WorkPriQueue) holds the queued
+# WORK_QUEUE_ITEMs in EntryListHead[priority] and its worker threads in ThreadListHead; the old queue
+# types survive as priorities (WORK_QUEUE_TYPE's documentation).
 NODE_QUEUE_SLOTS = 8
 PRIORITIES = 32
 PRIORITY_NAMES = {18: "RealTime", 15: "HyperCritical", 14: "SuperCritical", 13: "Critical", 12: "Delayed",
@@ -304,6 +307,8 @@ PRIORITY_NAMES = {18: "RealTime", 15: "HyperCritical", 14: "SuperCritical", 13: 
 NODE_SPEC: dict[str, tuple[tuple[str, str], ...]] = {
     "parent_node": (("_KPRCB", "ParentNode"),),
     "node_queues": (("_ENODE", "ExWorkQueues"),),
+    "partition_ex": (("_EPARTITION", "ExPartition"),),
+    "partition_queues": (("_EX_PARTITION", "WorkQueues"),),
     "pri_queue": (("_EX_WORK_QUEUE", "WorkPriQueue"),),
     "pri_entries": (("_KPRIQUEUE", "EntryListHead"),),
     "pri_current": (("_KPRIQUEUE", "CurrentCount"),),
@@ -313,13 +318,15 @@ NODE_SPEC: dict[str, tuple[tuple[str, str], ...]] = {
     "item_list": (("_WORK_QUEUE_ITEM", "List"),),
     "item_routine": (("_WORK_QUEUE_ITEM", "WorkerRoutine"),),
     "item_parameter": (("_WORK_QUEUE_ITEM", "Parameter"),),
+    "node_number": (("_ENODE", "Ncb.NodeNumber"), ("_KNODE", "NodeNumber")),
     # reported when the types have them
-    "node_number": (("_ENODE", "Ncb.NodeNumber"),),
     "thread_count": (("_EX_WORK_QUEUE", "ThreadCount"),),
     "max_threads": (("_EX_WORK_QUEUE", "MaxThreads"),),
 }
-NODE_NEEDS = ("parent_node", "node_queues", "pri_queue", "pri_entries", "pri_current", "pri_maximum",
-              "pri_threads", "queue_link", "item_list", "item_routine", "item_parameter")
+NODE_COMMON = ("parent_node", "pri_queue", "pri_entries", "pri_current", "pri_maximum", "pri_threads",
+               "queue_link", "item_list", "item_routine", "item_parameter")
+NODE_NEEDS = NODE_COMMON + ("node_queues",)
+PARTITION_NEEDS = NODE_COMMON + ("partition_ex", "partition_queues", "node_number")
 
 
 @dataclass
@@ -332,7 +339,7 @@ class WorkItem:
 
 @dataclass
 class NodeWorkQueue:
-    index: int  # in _ENODE.ExWorkQueues
+    index: int  # the EXQUEUEINDEX: in _ENODE.ExWorkQueues, or in the partition's array for the node
     address: int
     maximum: int | None  # KPRIQUEUE.MaximumCount: the concurrency
     current: list[int | None]  # KPRIQUEUE.CurrentCount[priority]
@@ -353,17 +360,31 @@ class Node:
 
 
 class NodeWorkQueues:
+    """The per-node queues: through the partition where the types have _EX_PARTITION.WorkQueues
+    (1607 on), else through _ENODE.ExWorkQueues (1507/1511)."""
+
     def __init__(self, memory: Memory, offsets: SizedOffsets, is64: bool) -> None:
         self.layout = StructLayout(offsets, NODE_SPEC)
         self.r = Reader(memory, is64)
         self.ptr_size = 8 if is64 else 4
+        self.partitioned = self.layout.get("partition_queues") is not None
 
     def missing(self) -> str | None:
-        return _missing_line(self.layout, NODE_NEEDS)
+        if self.partitioned:
+            return _missing_line(self.layout, PARTITION_NEEDS)
+        if self.layout.get("node_queues") is not None:
+            return _missing_line(self.layout, NODE_NEEDS)
+        return _missing_line(self.layout, NODE_NEEDS + ("partition_ex", "partition_queues"))
 
-    def nodes(self, prcbs: list[tuple[int, int]]) -> list[Node]:
-        """The nodes the processors' KPRCB.ParentNode point at, each once, from (number, KPRCB) pairs."""
+    def nodes(self, prcbs: list[tuple[int, int]], system_partition: int | None = None) -> list[Node]:
+        """The nodes the processors' KPRCB.ParentNode point at, each once, from (number, KPRCB) pairs.
+        system_partition is nt!PspSystemPartition's address (a pointer to the _EPARTITION), which the
+        partition layout needs."""
         L = self.layout
+        table: int | None = None
+        table_warning: str | None = None
+        if self.partitioned:
+            table, table_warning = self._partition_table(system_partition)
         out: list[Node] = []
         for number, prcb in prcbs:
             try:
@@ -378,19 +399,50 @@ class NodeWorkQueues:
                 continue
             node_number = self.r.maybe_uint(address, L.get("node_number"), 2)
             node = Node(len(out) if node_number is None else node_number, address, [number])
-            self._queues(node)
+            if not self.partitioned:
+                self._queues(node, address + L.need("node_queues"), "_ENODE.ExWorkQueues")
+            elif table is None:
+                node.warnings.append(table_warning or "the partition's work queue table is not in the dump")
+            elif node_number is None:
+                node.warnings.append(f"the node number of the node at {address:#x} is not in the dump")
+            else:
+                slot = table + node_number * self.ptr_size
+                try:
+                    array = self.r.ptr(slot)
+                except MemoryNotPresent:
+                    array = 0
+                if array:
+                    self._queues(node, array, f"_EX_PARTITION.WorkQueues[{node_number}]")
+                else:
+                    node.warnings.append(f"_EX_PARTITION.WorkQueues[{node_number}] at {slot:#x} is empty or "
+                                         f"not in the dump")
             out.append(node)
         return out
 
-    def _queues(self, node: Node) -> None:
+    def _partition_table(self, system_partition: int | None) -> tuple[int | None, str | None]:
+        """_EX_PARTITION.WorkQueues of the system partition (nt!PspSystemPartition -> _EPARTITION
+        .ExPartition -> _EX_PARTITION), or None and why."""
         L = self.layout
+        if not system_partition:
+            return None, "no nt!PspSystemPartition: the system partition's work queues cannot be found"
+        try:
+            partition = self.r.ptr(system_partition)
+            ex = self.r.ptr(partition + L.need("partition_ex")) if partition else 0
+            table = self.r.ptr(ex + L.need("partition_queues")) if ex else 0
+        except MemoryNotPresent as e:
+            return None, f"the system partition's work queues are not in the dump ({e})"
+        if not table:
+            return None, "the system partition has no work queues (nt!PspSystemPartition or its ExPartition is 0)"
+        return table, None
+
+    def _queues(self, node: Node, array: int, what: str) -> None:
         seen: set[int] = set()
         for index in range(NODE_QUEUE_SLOTS):
-            slot = node.address + L.need("node_queues") + index * self.ptr_size
+            slot = array + index * self.ptr_size
             try:
                 address = self.r.ptr(slot)
             except MemoryNotPresent:
-                node.warnings.append(f"_ENODE.ExWorkQueues[{index}] at {slot:#x} is not in the dump")
+                node.warnings.append(f"{what}[{index}] at {slot:#x} is not in the dump")
                 continue
             if not address or address in seen:
                 continue
