@@ -14,8 +14,8 @@ import pytest
 import kdshell.commands.queues as Q
 from conftest import open_machine
 from fixtures.machine.sched import WORK_ITEMS
+from test_sched import SCENARIOS, machine  # noqa: F401 (the same machines' kernel and complete dumps)
 
-SCENARIOS = ("e2", "133", "d1", "e2-deadlock")
 CLASSES = {18: "RealTime", 15: "HyperCritical", 14: "SuperCritical", 13: "Critical", 12: "Delayed", 8: "Normal",
            7: "Background"}  # WORK_QUEUE_TYPE's priorities (wdm.h's documentation)
 
@@ -30,16 +30,6 @@ def worker_row(truth, address):
     t = next(t for t in truth["threads"] if t["address"] == address)
     return (f"THREAD {address:016x}  Cid {t['cid'][0]:04x}.{t['cid'][1]:04x}  Teb: {t['teb'] or 0:016x} "
             f"Win32Thread: {0:016x} WAIT")
-
-
-@pytest.fixture(scope="module", params=[(s, k) for s in SCENARIOS for k in ("kernel", "complete")
-                                        if (s, k) != ("e2-deadlock", "complete")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
-def machine(request, machines):
-    scenario, kind = request.param
-    s = open_machine(machines, scenario, kind)
-    yield s, machines.truth(scenario)
-    s.close()
 
 
 def test_the_kernel_queued_each_item_at_its_types_priority(machines):
