@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kdshell.dispatch import Invocation, command, needs_memory, not_on_arm64
+from kdshell.dispatch import Invocation, command, needs_memory
 from kdshell.errors import CommandError, KdError
 from kdshell.expr import Evaluator
 from kdshell.kernel.prcb import Processor
@@ -33,7 +33,6 @@ from kdshell.kernel.queues import PRIORITY_NAMES, NodeWorkQueue, NodeWorkQueues,
 if TYPE_CHECKING:
     from kdshell.session import Session
 
-ARM64_WHY = "kdshell reads the executive worker queues at their x64 and x86 layouts only"
 SMALL = ("{name}: a small memory dump keeps only the crashing processor's KPRCB copy and the {what} it "
          "points to are outside it; a kernel or complete memory dump has them")
 
@@ -191,7 +190,7 @@ def timer_(session: Session, inv: Invocation) -> None:
     session.out.lines(out)
 
 
-@command("!exqueue", family="kernel", needs=(needs_memory, not_on_arm64("!exqueue", ARM64_WHY)),
+@command("!exqueue", family="kernel", needs=(needs_memory,),
          syntax="!exqueue [Flags]",
          summary="Show the executive worker queues and their threads",
          example="!exqueue",

@@ -448,9 +448,12 @@ def test_reads_through_the_tables(dumps, kind):
 
 def test_commands_that_do_not_apply_to_arm64_say_so(full):
     # the kernel-object commands work on ARM64 (tests/test_arm64_objects.py); the CPUID ones do not apply
-    for command in ("!cpuinfo", "!sysinfo cpuspeed", "!exqueue"):
+    for command in ("!cpuinfo", "!sysinfo cpuspeed"):
         out = lines(full, command)
         assert len(out) == 1 and "does not apply to ARM64 dumps" in out[0], command
+    # the work queues come from the kernel's PDB types, as on x64: without them, one line naming them
+    out = lines(full, "!exqueue")
+    assert len(out) == 1 and "_EX_PARTITION.WorkQueues" in out[0] and "_ENODE.ExWorkQueues" in out[0], out
     # the KPRCB's queues work from the kernel's PDB (tests/test_machines_arm64.py); without it, one line
     for command in ("!ready", "!dpcs", "!timer"):
         out = lines(full, command)
