@@ -6,7 +6,8 @@
     r.read_virtual(va, size) -> bytes          # sequential virtual reads
     r.first_command(pa)                        # what "to first command" means for this reader
 
-- kdshell: `kdshell.open(path)` (a Session); pages from the container, translations and virtual
+- kdshell: `kdshell.open(path)` (a Session), its compiled walk when built ("kdshell-python": the
+  Python walk alone, as on an install without a C compiler); pages from the container, translations and virtual
   reads through the session's memory (its translation cache warm, as commands use it);
   `first_command` runs `!db <pa> L10` through the dispatcher.
 - kdmp-parser (PyPI `kdmp-parser`, a C++ library behind a Python binding): its public
@@ -33,7 +34,7 @@ def available(reader: str) -> bool:
 
 
 def import_reader(reader: str) -> None:
-    if reader == "kdshell":
+    if reader in ("kdshell", "kdshell-python"):
         import kdshell  # noqa: F401
         import kdshell.commands  # noqa: F401  (the registry, loaded at the first Session)
         import kdshell.session  # noqa: F401
@@ -49,10 +50,14 @@ def import_reader(reader: str) -> None:
 
 class KdshellReader:
     name = "kdshell"
+    compiled = True  # the compiled walk (kdshell/memory/_walk.c) when it is built
 
     def __init__(self, path: str, dtb: int | None = None):
         import kdshell
+        from kdshell.memory import paging
 
+        # every address space this process makes from now on (they are made lazily)
+        paging.COMPILED = self.compiled and paging._CompiledTranslator is not None
         self.session = kdshell.open(path, symbol_path="", image_path="")
         self.session.progress = None
         self.dtb = dtb
@@ -90,6 +95,13 @@ class KdshellReader:
 
     def close(self) -> None:
         self.session.close()
+
+
+class KdshellPythonReader(KdshellReader):
+    """kdshell as it runs where the install had no C compiler: the Python walk alone."""
+
+    name = "kdshell-python"
+    compiled = False
 
 
 class KdmpReader:
@@ -205,7 +217,7 @@ class Vol3Reader:
 
 
 def open_reader(reader: str, path: str, dtb: int | None = None):
-    return {"kdshell": KdshellReader, "kdmp-parser": KdmpReader, "volatility3": Vol3Reader}[reader](path, dtb)
+    return {"kdshell": KdshellReader, "kdshell-python": KdshellPythonReader, "kdmp-parser": KdmpReader, "volatility3": Vol3Reader}[reader](path, dtb)
 
 
 def memory_mb() -> dict:

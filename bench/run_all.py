@@ -455,6 +455,12 @@ def section_reads(t: Table, args, machines, sizes) -> dict:
                                    translations=n, cold=args.translations // 10 if reader == "kdshell" else 0,
                                    seq_chunk=0x10000) for _ in range(runs)]
             per[reader] = best_of(results_r)
+        python_walk = None  # kdshell as installed without a C compiler: its Python walk alone
+        if installed("kdshell"):
+            python_walk = best_of([run_child("workload", timeout=1800, reader="kdshell-python", meta=info["meta"],
+                                             reads=args.reads, translations=args.translations,
+                                             cold=args.translations // 10, seq_chunk=0x10000)
+                                   for _ in range(args.runs)])
         results[gib] = per
         if (gib, present) != sizes[-1]:
             continue
@@ -475,6 +481,14 @@ def section_reads(t: Table, args, machines, sizes) -> dict:
                "kdmp-parser": value(per["kdmp-parser"], "translate_us"),
                "volatility3": value(per["volatility3"], "translate_us")},
               note="translations flushed, last-level tables kept (as commands meet a new page)")
+        if python_walk is not None:
+            peers = {"kdmp-parser": value(per["kdmp-parser"], "translate_us"),
+                     "volatility3": value(per["volatility3"], "translate_us")}
+            for what, key in (("warm", "translate_us"), ("caches flushed", "translate_cold_us"),
+                              ("first touch", "translate_first_touch_us")):
+                t.add("reads", f"  same, {what}: kdshell's Python walk", label, "us",
+                      {"kdshell": value(python_walk, key), **peers},
+                      note="the Python walk alone, as on an install without a C compiler")
         t.add("reads", "sequential virtual read", label, "MB/s",
               {r: value(v, "seq_mbs") for r, v in per.items()}, higher_better=True,
               note="64 MiB in 64 KiB reads; kdmp-parser page by page")

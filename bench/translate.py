@@ -111,6 +111,7 @@ def main() -> None:
     from dumpfactory import write_kind
 
     import kdshell
+    from kdshell.memory import paging
 
     n = args.count
     m, vas = build()
@@ -121,9 +122,14 @@ def main() -> None:
         seq = addresses(vas, n)
         with kdshell.open(path) as s:
             truth = [(va, s.memory.translate(va)) for va in vas[:200]]
-        report("kdshell translate (warm cache)", measure("kdshell", path, seq, check=truth))
-        report("kdshell translate (cold: walk each time)", measure("kdshell", path, seq, cold=True))
-        report("kdshell translate (first touch of a page)", measure("kdshell", path, seq, cold=True, tables=False))
+        for reader, walk in (("kdshell", "compiled walk"), ("kdshell-python", "Python walk")):
+            if reader == "kdshell" and not paging.COMPILED:
+                print("kdshell's compiled walk is not built (no C compiler at install): pip install -e .")
+                continue
+            report(f"kdshell translate, {walk} (warm cache)", measure(reader, path, seq, check=truth))
+            report(f"kdshell translate, {walk} (cold: walk each time)", measure(reader, path, seq, cold=True))
+            report(f"kdshell translate, {walk} (first touch)", measure(reader, path, seq, cold=True, tables=False))
+        paging.COMPILED = paging._CompiledTranslator is not None
         with kdshell.open(path) as s:
             read = s.memory.read
             timed("kdshell read(va, 8) (warm)", lambda: [read(va, 8) for va in seq], n)

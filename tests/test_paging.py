@@ -119,9 +119,10 @@ class FakePhysical:
         return memoryview(bytes(self.machine.pages[pfn]))
 
 
-def paging_of(m: Machine, fmt: P.PteFormat | None = None, missing=()) -> tuple[Paging, TranslatedMemory]:
+def paging_of(m: Machine, fmt: P.PteFormat | None = None, missing=(),
+              compiled: bool | None = None) -> tuple[Paging, TranslatedMemory]:
     pages = PageCache(FakePhysical(m, missing))
-    p = Paging(pages, m.dtb, m.mode, fmt or P.PteFormat(m.mode.pte_mode, 19041, 0))
+    p = Paging(pages, m.dtb, m.mode, fmt or P.PteFormat(m.mode.pte_mode, 19041, 0), compiled=compiled)
     return p, TranslatedMemory(pages, p)
 
 
@@ -160,7 +161,7 @@ def test_last_level_table_cache_gives_the_walks_answers():
     m = Machine()
     m.map(K, 0x5000)
     m.map(K + 2 * PAGE, 0x7000)
-    p, _ = paging_of(m)
+    p, _ = paging_of(m, compiled=False)  # the Python walk, watched (the compiled one: below)
     assert p.translate(K) == 0x5000000
     assert p._leaf_tables  # the PTE table of K, by its 2 MiB region
     p.flush()  # translations only: the table stays
@@ -516,7 +517,7 @@ def test_random_tables_agree_with_kdmp_parser(tmp_path_factory):
     check()
 
 
-def test_caches_stay_bounded_and_right_under_eviction():
+def test_caches_stay_bounded_and_right_under_eviction(monkeypatch):
     """A working set far larger than both caches: every translation is the uncached walk's
     (Paging.walk reads the tables afresh), and neither cache grows past its limit; eviction is
     gradual (a full cache keeps most of its entries)."""
@@ -527,8 +528,9 @@ def test_caches_stay_bounded_and_right_under_eviction():
     vas = sorted({K + rng.randrange(0, 1 << 30) // PAGE * PAGE for _ in range(3000)})
     for i, va in enumerate(vas):
         m.map(va, 0x10000 + i)
+    monkeypatch.setattr(Paging, "TLB_LIMIT", 256)  # before the Paging is made: the compiled walk copies them
+    monkeypatch.setattr(Paging, "TABLES_LIMIT", 16)
     p, _ = paging_of(m)
-    p.TLB_LIMIT, p.TABLES_LIMIT = 256, 16
     sizes = []
     for _ in range(4):
         for va in rng.sample(vas, len(vas)):

@@ -32,13 +32,20 @@ import sys
 from array import array
 from dataclasses import dataclass, field
 from itertools import compress, islice
-from typing import Iterator
+from typing import Callable, Iterator
 
 from kdshell.errors import MemoryNotPresent
 from kdshell.memory import pte as P
 from kdshell.memory.physical import PAGE_SHIFT, PAGE_SIZE, PhysicalMemory, not_present_message
 
+try:  # the optional compiled walk (setup.py builds it when a C compiler is there)
+    from kdshell.memory._walk import Translator as _CompiledTranslator
+except ImportError:  # pragma: no cover - an install without a compiler
+    _CompiledTranslator = None  # type: ignore[assignment,misc]
+
 PAGE_MASK = PAGE_SIZE - 1
+# Paging.translate through the compiled walk when it is built (False: the Python walk alone)
+COMPILED = _CompiledTranslator is not None
 _NATIVE_LE = sys.byteorder == "little"  # table arrays are native-order: swapped when not
 _U64 = struct.Struct("<Q").unpack_from
 _U32 = struct.Struct("<I").unpack_from
@@ -284,8 +291,13 @@ class Paging:
     TLB_LIMIT = 1 << 16
     TABLES_LIMIT = 1 << 12  # last-level tables kept by their 2 MiB of addresses (16 MiB at most)
 
+    # Physical address of `va`, or PageNotPresent naming the level that stopped the walk: the
+    # compiled walk when it is built (it answers the common cases over the same caches and hands
+    # everything else to `translate_python`), else `translate_python` itself.
+    translate: Callable[[int], int]
+
     def __init__(self, pages: PageCache, dtb: int, mode: PagingMode = X64_4,
-                 fmt: P.PteFormat | None = None) -> None:
+                 fmt: P.PteFormat | None = None, compiled: bool | None = None) -> None:
         self.pages = pages
         self.mode = mode
         self.dtb = dtb & mode.dtb_mask
@@ -314,6 +326,14 @@ class Paging:
         # anything else (and every 32-bit address) goes through mode.canonical()
         self._canon_shift = mode.va_bits - 1 if mode.is64 else 32
         self._canon_tops = (0, (1 << (65 - mode.va_bits)) - 1) if mode.is64 else (0,)
+        self.translate = self.translate_python
+        if (COMPILED if compiled is None else compiled) and _CompiledTranslator is not None:
+            self.translate = _CompiledTranslator(
+                tlb=self._tlb, leaves=self._leaf_tables, tables=self._tables, slow=self.translate_python,
+                top=self.dtb, table_mask=mode.table_mask, entry_size=mode.entry_size,
+                levels=[(lv.shift, lv.bits, lv.large_mask or 0, lv.large_bit, lv.large_value) for lv in mode.levels],
+                leaf_key_shift=self._leaf_key_shift, canon_shift=self._canon_shift, canon_top=self._canon_tops[-1],
+                tlb_limit=self.TLB_LIMIT, leaves_limit=self.TABLES_LIMIT)
 
     def flush(self, tables: bool = False) -> None:
         """Forget cached translations (and the cached last-level tables with `tables`)."""
@@ -322,7 +342,7 @@ class Paging:
             self._leaf_tables.clear()
 
     # -- fast path --------------------------------------------------------------------------
-    def translate(self, va: int) -> int:
+    def translate_python(self, va: int) -> int:
         """Physical address of `va`, or PageNotPresent naming the level that stopped the walk."""
         vpn = va >> PAGE_SHIFT
         tlb = self._tlb
